@@ -1,0 +1,158 @@
+"""The on-disk schema of studies and runs (documented in ``docs/artifacts.md``).
+
+```
+<artifacts>/
+  schema.json                          {"schema_version": 1}
+  datasets/<fingerprint>/manifest.json  files, labels, classes, import report
+  datasets/<fingerprint>/images-<size>.npy   decoded uint8 cache (never committed)
+  features/<key>.npy                   cached pooled features of the frozen protocol
+  studies/<study_id>/study.json        dataset, protocol, folds (held-out indices), seed, size
+  studies/<study_id>/runs/<backbone>/fold-<k>/
+      config.json  history.json  metrics.json  predictions.csv  model.keras  status.json
+  jobs.sqlite                          the background job store
+```
+
+``study_id`` hashes the canonical inputs of a study (dataset fingerprint, protocol, folds, seed,
+input size, weights) plus the schema version, so the same request finds the same folder. Every
+file is written atomically, and ``status.json`` is written last: a run folder without it is
+incomplete and is never read as a result; running it again overwrites it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import atomic, settings
+
+SCHEMA_VERSION = 1
+RUN_FILES = ("config.json", "history.json", "metrics.json", "predictions.csv")
+
+
+def canonical_hash(obj: object, *, length: int = 12) -> str:
+    text = json.dumps({"schema_version": SCHEMA_VERSION, "inputs": obj}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def ensure_root(artifacts: Path | None = None) -> Path:
+    root = artifacts or settings.artifacts_dir()
+    schema = root / "schema.json"
+    if not schema.exists():
+        atomic.write_json(schema, {"schema_version": SCHEMA_VERSION})
+    return root
+
+
+def study_dir(study_id: str, artifacts: Path | None = None) -> Path:
+    return (artifacts or settings.artifacts_dir()) / "studies" / study_id
+
+
+def run_dir(study_id: str, backbone: str, fold: int, artifacts: Path | None = None) -> Path:
+    return study_dir(study_id, artifacts) / "runs" / backbone / f"fold-{fold}"
+
+
+def is_complete(path: Path) -> bool:
+    """A run is a result only once its final status file says so."""
+    status = path / "status.json"
+    if not status.is_file():
+        return False
+    try:
+        return atomic.read_json(status).get("state") == "done"
+    except (OSError, ValueError):
+        return False
+
+
+def clear_incomplete(path: Path) -> None:
+    """Remove what a killed run left behind, so nothing of it is ever read."""
+    if path.exists() and not is_complete(path):
+        shutil.rmtree(path)
+
+
+def predictions_csv(files: list[str], folds: list[int], y_true: np.ndarray, proba: np.ndarray, classes) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "fold", "true", "predicted", *[f"p[{c}]" for c in classes]])
+    for f, k, t, p in zip(files, folds, y_true, proba):
+        writer.writerow([f, k, classes[t], classes[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+    return out.getvalue()
+
+
+def write_run(path: Path, *, config: dict, history: dict, metrics: dict, predictions: str, status: dict) -> None:
+    """Write a run's files atomically; ``status.json`` last, so a crash leaves it incomplete."""
+    atomic.write_json(path / "config.json", config)
+    atomic.write_json(path / "history.json", history)
+    atomic.write_json(path / "metrics.json", metrics)
+    atomic.write_text(path / "predictions.csv", predictions)
+    atomic.write_json(path / "status.json", {"state": "done", "schema_version": SCHEMA_VERSION, **status})
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run, read back from disk."""
+
+    study_id: str
+    backbone: str
+    fold: int
+    path: Path
+    config: dict
+    history: dict
+    metrics: dict
+    status: dict
+
+    @property
+    def model_path(self) -> Path | None:
+        model = self.path / "model.keras"
+        return model if model.is_file() else None
+
+
+def read_run(path: Path) -> RunResult | None:
+    """The run at ``path``, or ``None`` while it is incomplete."""
+    if not is_complete(path):
+        return None
+    config = atomic.read_json(path / "config.json")
+    return RunResult(
+        study_id=config["study_id"],
+        backbone=config["backbone"],
+        fold=int(config["fold"]),
+        path=path,
+        config=config,
+        history=atomic.read_json(path / "history.json"),
+        metrics=atomic.read_json(path / "metrics.json"),
+        status=atomic.read_json(path / "status.json"),
+    )
+
+
+def read_predictions(run: RunResult) -> list[dict[str, str]]:
+    with open(run.path / "predictions.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def list_study_ids(artifacts: Path | None = None) -> list[str]:
+    root = (artifacts or settings.artifacts_dir()) / "studies"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "study.json").is_file())
+
+
+def read_study(study_id: str, artifacts: Path | None = None) -> dict:
+    return atomic.read_json(study_dir(study_id, artifacts) / "study.json")
+
+
+def study_runs(study_id: str, artifacts: Path | None = None) -> list[RunResult]:
+    """Every complete run of a study, by backbone then fold."""
+    runs_root = study_dir(study_id, artifacts) / "runs"
+    if not runs_root.is_dir():
+        return []
+    found = []
+    for backbone in sorted(runs_root.iterdir()):
+        for fold_dir in sorted(backbone.glob("fold-*")):
+            run = read_run(fold_dir)
+            if run is not None:
+                found.append(run)
+    return found

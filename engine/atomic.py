@@ -1,0 +1,62 @@
+"""Atomic writes: a temp file in the same folder, flushed, then ``os.replace``.
+
+A reader therefore sees either the old file or the whole new one, never half of one, whatever
+moment the writer is killed at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """Open a binary file that appears at ``path`` only once it is closed without error."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        yield fh
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as fh:
+        fh.write(data)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_writer(path) as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

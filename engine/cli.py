@@ -1,0 +1,156 @@
+"""``python -m engine COMMAND``: the command line the app, the worker and the benchmarks share.
+
+Bad arguments and bad inputs end with a one-line ``error: ...`` on stderr and exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXPECTED_ERRORS = (ValueError, OSError, PermissionError, RuntimeError, KeyError)
+
+
+def add_artifacts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", type=Path, default=None, help="artifacts folder (default: CXR_ARTIFACTS or ./artifacts)")
+
+
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    from engine.backbones import REGISTRY
+    from engine.protocols import PROTOCOLS
+
+    parser.add_argument("--data", required=True, help="dataset folder (one sub-folder per class) or its .zip")
+    parser.add_argument(
+        "--arch", action="append", required=True, metavar="NAME",
+        help=f"backbone, repeatable; 'paper' for the paper's 14. One of: {', '.join(REGISTRY)}",
+    )
+    parser.add_argument("--protocol", default="frozen", choices=sorted(PROTOCOLS))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None, help="override the protocol's (last stage's) epochs")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--weights", default="imagenet", choices=["imagenet", "none"])
+    add_artifacts(parser)
+
+
+def study_request(args: argparse.Namespace):
+    from engine.protocols import get_protocol
+    from engine.study import StudyRequest
+
+    protocol = get_protocol(args.protocol).replace(epochs=args.epochs, batch_size=args.batch_size)
+    weights = None if args.weights == "none" else "imagenet"
+    return StudyRequest(protocol=protocol, n_folds=args.folds, seed=args.seed, weights=weights)
+
+
+def expand_arches(arches: list[str]) -> list[str]:
+    from engine.backbones import PAPER_BACKBONES
+
+    out: list[str] = []
+    for name in arches:
+        for item in PAPER_BACKBONES if name == "paper" else [name]:
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def _progress_line(progress) -> None:
+    logs = " ".join(f"{k}={v:.3f}" for k, v in progress.logs.items())
+    width = 24
+    filled = int(width * progress.fraction)
+    sys.stderr.write(
+        f"\r{progress.backbone} fold {progress.fold} [{'#' * filled}{'.' * (width - filled)}] "
+        f"{progress.phase} epoch {min(progress.epoch + 1, progress.epochs)}/{progress.epochs} {logs}\033[K"
+    )
+    sys.stderr.flush()
+
+
+def summary_table(rows: list[dict], keys: tuple[str, ...]) -> str:
+    header = ["backbone", "protocol", "folds", *keys]
+    lines = [header]
+    for row in rows:
+        cells = [row["backbone"], row["protocol"], f"{row['folds_done']}/{row['n_folds']}"]
+        for key in keys:
+            m = row["metrics"].get(key)
+            cells.append(f"{m['mean']:.3f}±{m['std']:.3f}" if m else "-")
+        lines.append(cells)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+TABLE_KEYS = ("accuracy", "precision", "recall", "f1", "macro_f1", "recall[COVID-19]", "loss")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from engine.runner import run_study
+    from engine.study import summarize
+
+    request = study_request(args)
+    study = run_study(
+        args.data,
+        backbones=expand_arches(args.arch),
+        request=request,
+        input_size=args.input_size,
+        artifacts_root=args.artifacts,
+        on_progress=_progress_line,
+        on_run=lambda run: sys.stderr.write(
+            f"\r{run.backbone} fold {run.fold}: accuracy {run.metrics['accuracy']:.3f}\033[K\n"
+        ),
+    )
+    rows = [r for r in summarize(args.artifacts) if r["study_id"] == study["study_id"]]
+    print(f"study {study['study_id']}: {study['title']}")
+    print(summary_table(rows, TABLE_KEYS))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from engine.study import summarize
+
+    rows = summarize(args.artifacts)
+    if args.json:
+        print(json.dumps({"studies": rows}, indent=2))
+    elif rows:
+        print(summary_table(rows, TABLE_KEYS))
+    else:
+        print("no finished runs yet")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="COVID-19 chest X-ray transfer-learning studies")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("study", help="run a study in the foreground and print its summary")
+    add_study_options(p)
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("summary", help="mean and std over folds of every metric, per study and backbone")
+    add_artifacts(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_summary)
+
+    from engine import cli_jobs, cli_models
+
+    cli_jobs.register(sub)
+    cli_models.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished folds are kept", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"\nerror: {message}", file=sys.stderr)
+        return 2

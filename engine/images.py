@@ -1,0 +1,114 @@
+"""Decode one X-ray file into a square uint8 grayscale array, or say in one line why not.
+
+Every way in (dataset import, the classify page, the CLI) goes through :func:`decode_xray`, so
+the same rules hold everywhere: Pillow's decompression-bomb limit stays on, the EXIF orientation
+is applied, 16-bit images are scaled (not clipped) to 8 bits, and animated files use their first
+frame (the note says so).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_PIXELS = 64_000_000
+ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO"}
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as an X-ray; the message is one line meant for a user."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, resized image with what a user should know about how it was read."""
+
+    pixels: np.ndarray
+    source_size: tuple[int, int]
+    source_mode: str
+    notes: tuple[str, ...] = ()
+
+
+def _to_grayscale(img: Image.Image, notes: list[str]) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        notes.append(f"{mode} image scaled from [{lo:g}, {hi:g}] to 8 bits")
+        if hi <= lo:
+            return np.zeros(arr.shape, dtype=np.uint8)
+        return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if mode == "P" or mode in ("LA", "PA", "RGBA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def decode_xray(data: bytes, *, size: int, name: str = "image") -> DecodedImage:
+    """Decode ``data`` (PNG or JPEG bytes) into a ``(size, size)`` uint8 grayscale array.
+
+    Raises :class:`ImageError` with a one-line reason for anything that is not a usable image.
+    """
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got size={size!r}")
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB limit")
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.format not in ACCEPTED_FORMATS:
+                raise ImageError(f"{name}: {img.format or 'unknown'} files are not accepted; use PNG or JPEG")
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
+                    "(possible decompression bomb)"
+                )
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"animated image: first of {frames} frames used")
+            source_mode = img.mode
+            if img.format == "JPEG":
+                img.draft("L", (size, size))
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            gray = _to_grayscale(img, notes)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read (PNG or JPEG expected)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+    resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return DecodedImage(np.asarray(resized, dtype=np.uint8), (width, height), source_mode, tuple(notes))
+
+
+def looks_like_xray(decoded: DecodedImage, raw: bytes) -> list[str]:
+    """Warnings for inputs that are probably not a chest X-ray (small, colour, odd shape)."""
+    warnings_: list[str] = []
+    width, height = decoded.source_size
+    if min(width, height) < 128:
+        warnings_.append(f"very small image ({width}x{height}); chest X-rays are usually 1000+ pixels wide")
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > 2.0:
+        warnings_.append(f"unusual aspect ratio {ratio:.1f}:1; chest X-rays are close to square")
+    if decoded.source_mode in ("RGB", "RGBA", "CMYK", "P"):
+        with Image.open(io.BytesIO(raw)) as img:
+            small = np.asarray(img.convert("RGB").resize((64, 64)), dtype=np.int16)
+        spread = np.abs(small - small.mean(axis=2, keepdims=True)).mean()
+        if spread > 8:
+            warnings_.append("colour image; chest X-rays are grayscale")
+    return warnings_

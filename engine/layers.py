@@ -1,0 +1,148 @@
+"""Backend-neutral Keras layers that put the paper's input pipeline inside the model graph.
+
+Both are registered serializable classes, so a saved ``.keras`` model loads with
+``safe_mode=True`` (no ``Lambda`` layers) once :mod:`engine` is imported.
+
+How the paper's ``ImageDataGenerator`` arguments map onto :class:`XRayAugment`:
+
+| ``ImageDataGenerator`` | ``XRayAugment`` | sampled per image |
+| --- | --- | --- |
+| ``rotation_range=50`` | ``rotation=50.0`` | angle uniform in [-50, 50] degrees |
+| ``width_shift_range=0.2`` | ``width_shift=0.2`` | x shift uniform in [-0.2, 0.2] x width |
+| ``height_shift_range=0.2`` | ``height_shift=0.2`` | y shift uniform in [-0.2, 0.2] x height |
+| ``zoom_range=0.1`` | ``zoom=0.1`` | x and y scale each uniform in [0.9, 1.1] |
+| ``horizontal_flip=True`` | ``horizontal_flip=True`` | mirrored left-right with p = 0.5 |
+| ``vertical_flip=True`` | ``vertical_flip=True`` | mirrored top-bottom with p = 0.5 |
+| ``fill_mode='nearest'`` (default) | ``fill_mode="nearest"`` | edge pixels repeated |
+
+All six compose into one affine transform per image, applied with one bilinear resampling of
+the single grayscale channel; the 3 RGB channels are made afterwards by
+:class:`ImageNetPreprocess`. That is why it is several times faster than three separate Keras
+augmentation layers on 3 channels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class XRayAugment(keras.layers.Layer):
+    """Random rotation, shift, zoom and flips as one affine warp; identity at inference."""
+
+    def __init__(
+        self,
+        rotation: float = 50.0,
+        width_shift: float = 0.2,
+        height_shift: float = 0.2,
+        zoom: float = 0.1,
+        horizontal_flip: bool = True,
+        vertical_flip: bool = True,
+        fill_mode: str = "nearest",
+        seed: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.rotation = float(rotation)
+        self.width_shift = float(width_shift)
+        self.height_shift = float(height_shift)
+        self.zoom = float(zoom)
+        self.horizontal_flip = bool(horizontal_flip)
+        self.vertical_flip = bool(vertical_flip)
+        self.fill_mode = fill_mode
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _uniform(self, batch, low: float, high: float):
+        return keras.random.uniform((batch,), minval=low, maxval=high, seed=self.seed_generator)
+
+    def _flip(self, batch, enabled: bool):
+        if not enabled:
+            return ops.ones((batch,))
+        coin = keras.random.uniform((batch,), seed=self.seed_generator)
+        return ops.where(coin < 0.5, -1.0, 1.0)
+
+    def transforms(self, batch, height: int, width: int):
+        """Per-image 8-vectors mapping each output pixel to the input pixel it samples."""
+        angle = self._uniform(batch, -self.rotation, self.rotation) * (math.pi / 180.0)
+        zx = self._uniform(batch, 1.0 - self.zoom, 1.0 + self.zoom)
+        zy = self._uniform(batch, 1.0 - self.zoom, 1.0 + self.zoom)
+        tx = self._uniform(batch, -self.width_shift, self.width_shift) * width
+        ty = self._uniform(batch, -self.height_shift, self.height_shift) * height
+        fx = self._flip(batch, self.horizontal_flip)
+        fy = self._flip(batch, self.vertical_flip)
+        cos, sin = ops.cos(angle), ops.sin(angle)
+        m00, m01 = cos * zx * fx, -sin * zy * fy
+        m10, m11 = sin * zx * fx, cos * zy * fy
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        a2 = cx - m00 * cx - m01 * cy + tx
+        b2 = cy - m10 * cx - m11 * cy + ty
+        zeros = ops.zeros_like(angle)
+        return ops.stack([m00, m01, a2, m10, m11, b2, zeros, zeros], axis=1)
+
+    def call(self, images, training=None):
+        images = ops.cast(images, self.compute_dtype)
+        if not training:
+            return images
+        shape = ops.shape(images)
+        matrix = self.transforms(shape[0], images.shape[1], images.shape[2])
+        return ops.image.affine_transform(
+            images, ops.cast(matrix, self.compute_dtype), interpolation="bilinear", fill_mode=self.fill_mode
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "rotation": self.rotation,
+            "width_shift": self.width_shift,
+            "height_shift": self.height_shift,
+            "zoom": self.zoom,
+            "horizontal_flip": self.horizontal_flip,
+            "vertical_flip": self.vertical_flip,
+            "fill_mode": self.fill_mode,
+            "seed": self.seed,
+        }
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class ImageNetPreprocess(keras.layers.Layer):
+    """Grayscale [0, 255] to the 3-channel input a backbone's own ``preprocess_input`` makes.
+
+    ``mode`` is the one ``keras.applications`` uses for the architecture: ``tf`` (scale to
+    [-1, 1]), ``caffe`` (BGR, ImageNet mean subtracted) or ``torch`` (scale to [0, 1], ImageNet
+    mean and std). A gray image has equal R, G and B, so the channel swap of ``caffe`` only
+    reorders the means.
+    """
+
+    def __init__(self, mode: str, **kwargs) -> None:
+        if mode not in ("tf", "caffe", "torch"):
+            raise ValueError(f"mode must be 'tf', 'caffe' or 'torch', got mode={mode!r}")
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, images):
+        gray = ops.cast(images, self.compute_dtype)
+        if self.mode == "tf":
+            return ops.repeat(gray / 127.5 - 1.0, 3, axis=-1)
+        if self.mode == "caffe":
+            mean = ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=self.compute_dtype)
+            return ops.repeat(gray, 3, axis=-1) - mean
+        mean = ops.convert_to_tensor(TORCH_MEAN_RGB, dtype=self.compute_dtype)
+        std = ops.convert_to_tensor(TORCH_STD_RGB, dtype=self.compute_dtype)
+        return (ops.repeat(gray / 255.0, 3, axis=-1) - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}

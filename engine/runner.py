@@ -1,0 +1,42 @@
+"""Run a whole study in this process (the CLI's ``study`` command and the benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from engine import artifacts, settings
+from engine.datasets import import_dataset
+from engine.study import StudyRequest, check_backbones, prepare_study, refuse_if_read_only
+from engine.training import Progress, train_fold
+
+
+def run_study(
+    data: str | Path,
+    *,
+    backbones: list[str],
+    request: StudyRequest,
+    input_size: int = 224,
+    artifacts_root: Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_run: Callable[[artifacts.RunResult], None] | None = None,
+) -> dict:
+    """Import ``data``, prepare the study and train every (backbone, fold) not already on disk."""
+    refuse_if_read_only()
+    root = artifacts.ensure_root(artifacts_root or settings.artifacts_dir())
+    check_backbones(backbones, input_size)
+    dataset = import_dataset(data, input_size=input_size, artifacts=root)
+    study = prepare_study(dataset, request, artifacts_root=root)
+    for backbone in backbones:
+        for fold in range(request.n_folds):
+            run = train_fold(
+                dataset=dataset,
+                study=study,
+                backbone=backbone,
+                fold=fold,
+                artifacts_root=root,
+                on_progress=on_progress,
+            )
+            if on_run:
+                on_run(run)
+    return study

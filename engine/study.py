@@ -1,0 +1,132 @@
+"""Studies: one dataset, one protocol, k stratified folds shared by every backbone.
+
+:func:`prepare_study` checks the request before any work (folds against the smallest class,
+backbone names, protocol) and writes ``study.json`` with the fold indices once; every backbone
+of the study then sees the same folds. :func:`summarize` gives the mean and standard deviation
+over folds of every metric, with stable keys.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import artifacts, atomic, settings
+from engine.backbones import get_backbone
+from engine.datasets import Dataset
+from engine.metrics import flat_metrics
+from engine.protocols import Protocol
+from engine.splits import stratified_folds
+
+
+class ReadOnlyError(PermissionError):
+    """Training was asked for while the read-only (hosted demo) setting is on."""
+
+
+def refuse_if_read_only() -> None:
+    if settings.read_only():
+        raise ReadOnlyError("this is a read-only demo (CXR_READ_ONLY=1): training and job submission are disabled")
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """What a user asks for; its canonical form names the study folder."""
+
+    protocol: Protocol
+    n_folds: int = 5
+    seed: int = 42
+    weights: str | None = "imagenet"
+
+
+def study_id_for(dataset: Dataset, request: StudyRequest) -> str:
+    return artifacts.canonical_hash(
+        {
+            "dataset": dataset.fingerprint,
+            "protocol": request.protocol.to_dict(),
+            "n_folds": request.n_folds,
+            "seed": request.seed,
+            "input_size": dataset.input_size,
+            "weights": request.weights,
+        }
+    )
+
+
+def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Path | None = None) -> dict:
+    """Create (or find) the study of ``request`` on ``dataset``; returns its ``study.json`` content."""
+    root = artifacts.ensure_root(artifacts_root)
+    study_id = study_id_for(dataset, request)
+    path = artifacts.study_dir(study_id, root) / "study.json"
+    if path.is_file():
+        return atomic.read_json(path)
+    folds = stratified_folds(dataset.labels, dataset.classes, n_splits=request.n_folds, seed=request.seed)
+    study = {
+        "schema_version": artifacts.SCHEMA_VERSION,
+        "study_id": study_id,
+        "title": (
+            f"{dataset.name} · {request.protocol.name} · {request.n_folds}-fold · "
+            f"{dataset.input_size}px · seed {request.seed}"
+        ),
+        "created_at": time.time(),
+        "dataset": {
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
+            "source": dataset.source,
+            "classes": list(dataset.classes),
+            "counts": {c: int(np.sum(dataset.labels == k)) for k, c in enumerate(dataset.classes)},
+            "n_images": len(dataset),
+        },
+        "protocol": request.protocol.to_dict(),
+        "n_folds": request.n_folds,
+        "seed": request.seed,
+        "input_size": dataset.input_size,
+        "weights": request.weights,
+        "folds": folds,
+    }
+    atomic.write_json(path, study)
+    return study
+
+
+def check_backbones(names: list[str], input_size: int) -> None:
+    """Fail before any work on an unknown name or an input size below a backbone's minimum."""
+    if not names:
+        raise ValueError("at least one backbone is needed, got an empty list")
+    for name in names:
+        spec = get_backbone(name)
+        if input_size < spec.min_input_size:
+            raise ValueError(f"input_size={input_size} is below the minimum of {spec.min_input_size} for {name}")
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+
+
+def summarize(artifacts_root: Path | None = None) -> list[dict]:
+    """Per (study, backbone): folds done and mean/std over folds of every flat metric."""
+    rows = []
+    for study_id in artifacts.list_study_ids(artifacts_root):
+        study = artifacts.read_study(study_id, artifacts_root)
+        by_backbone: dict[str, list[artifacts.RunResult]] = {}
+        for run in artifacts.study_runs(study_id, artifacts_root):
+            by_backbone.setdefault(run.backbone, []).append(run)
+        for backbone, runs in by_backbone.items():
+            flats = [flat_metrics(r.metrics) for r in runs]
+            keys = [k for k in flats[0] if all(k in f for f in flats)]
+            rows.append(
+                {
+                    "study_id": study_id,
+                    "title": study["title"],
+                    "dataset": study["dataset"]["name"],
+                    "dataset_fingerprint": study["dataset"]["fingerprint"],
+                    "protocol": study["protocol"]["name"],
+                    "backbone": backbone,
+                    "folds_done": len(runs),
+                    "n_folds": study["n_folds"],
+                    "weights": runs[0].config["weights"],
+                    "metrics": {k: _mean_std([f[k] for f in flats]) for k in keys},
+                }
+            )
+    return rows

@@ -1,0 +1,348 @@
+"""Train and evaluate one (backbone, fold) of a study, and keep the result on disk.
+
+A fresh model per fold; seeds set per run; the run is looked up before any work, so a finished
+fold is loaded, never trained again. Progress and cancellation go through two plain callables,
+which is all the background worker needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from engine import artifacts, atomic
+from engine.backbones import get_backbone, weights_identity
+from engine.datasets import Dataset
+from engine.metrics import fold_metrics
+from engine.protocols import Protocol
+from engine.splits import train_indices
+
+FEATURE_BATCH = 64
+PROGRESS_EVERY_S = 2.0
+
+
+class Cancelled(Exception):
+    """Raised when ``should_stop`` asked the training of a fold to stop."""
+
+
+@dataclass
+class Progress:
+    """A snapshot of one fold's training, sent at least once per epoch and every few seconds."""
+
+    backbone: str
+    fold: int
+    phase: str
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    logs: dict[str, float] = field(default_factory=dict)
+    images_per_second: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of this fold done (feature extraction counts as the first tenth when cached)."""
+        if self.phase == "features":
+            return 0.1 * self.batch / max(1, self.batches)
+        done = (self.epoch + self.batch / max(1, self.batches)) / max(1, self.epochs)
+        return min(1.0, done)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fraction": self.fraction}
+
+
+ProgressFn = Callable[[Progress], None]
+StopFn = Callable[[], bool]
+
+
+def _seed(study: dict, fold: int) -> int:
+    return int(study["seed"]) * 1000 + fold
+
+
+def classifier(backbone_name: str, *, n_classes: int, input_size: int, weights: str | None, protocol: Protocol):
+    """Grayscale uint8 image in, class probabilities out; augmentation and preprocessing inside."""
+    import keras
+
+    from engine.layers import ImageNetPreprocess, XRayAugment
+
+    spec = get_backbone(backbone_name)
+    inputs = keras.Input((input_size, input_size, 1), name="xray")
+    x = inputs
+    if protocol.augmentation is not None:
+        x = XRayAugment(**asdict(protocol.augmentation), name="augment")(x)
+    x = ImageNetPreprocess(spec.preprocess_mode, name="preprocess")(x)
+    base = spec.build(input_size=input_size, weights=weights)
+    base.name = "backbone"
+    x = base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    regularizer = keras.regularizers.L2(protocol.head_l2) if protocol.head_l2 else None
+    outputs = keras.layers.Dense(
+        n_classes, activation="softmax", dtype="float32", kernel_regularizer=regularizer, name="head"
+    )(x)
+    return keras.Model(inputs, outputs, name=f"cxr_{backbone_name.replace('-', '_')}")
+
+
+@functools.lru_cache(maxsize=4)
+def _feature_extractor(backbone_name: str, input_size: int, weights: str | None):
+    import keras
+
+    from engine.layers import ImageNetPreprocess
+
+    spec = get_backbone(backbone_name)
+    inputs = keras.Input((input_size, input_size, 1))
+    x = ImageNetPreprocess(spec.preprocess_mode)(inputs)
+    x = spec.build(input_size=input_size, weights=weights)(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+VIEWS = ("identity", "flip_lr", "flip_ud", "flip_both")
+
+
+def _view(batch: np.ndarray, view: str) -> np.ndarray:
+    if view == "flip_lr":
+        return batch[:, :, ::-1]
+    if view == "flip_ud":
+        return batch[:, ::-1, :]
+    if view == "flip_both":
+        return batch[:, ::-1, ::-1]
+    return batch
+
+
+def cached_features(
+    dataset: Dataset,
+    backbone_name: str,
+    *,
+    weights: str | None,
+    views: int,
+    artifacts_root,
+    on_batch: Callable[[int, int], None] | None = None,
+    should_stop: StopFn | None = None,
+) -> np.ndarray:
+    """Pooled features, shape (N, views, D), computed once per (dataset, backbone, size, weights)."""
+    spec = get_backbone(backbone_name)
+    identity = weights_identity(spec, input_size=dataset.input_size, weights=weights)
+    key = artifacts.canonical_hash(
+        {
+            "dataset": dataset.fingerprint,
+            "backbone": backbone_name,
+            "input_size": dataset.input_size,
+            "weights": identity,
+            "views": VIEWS[: max(1, views)],
+        }
+    )
+    path = artifacts_root / "features" / f"{backbone_name}-{dataset.input_size}-{key}.npy"
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    extractor = _feature_extractor(backbone_name, dataset.input_size, weights)
+    chosen = VIEWS[: max(1, views)]
+    n = len(dataset)
+    steps = -(-n // FEATURE_BATCH) * len(chosen)
+    out = None
+    step = 0
+    for v, view in enumerate(chosen):
+        for start in range(0, n, FEATURE_BATCH):
+            if should_stop and should_stop():
+                raise Cancelled(f"{backbone_name}: cancelled during feature extraction")
+            batch = _view(np.asarray(dataset.images[start : start + FEATURE_BATCH]), view)[..., None]
+            feats = np.asarray(extractor(batch.astype("float32"), training=False))
+            if out is None:
+                out = np.empty((n, len(chosen), feats.shape[-1]), dtype=np.float32)
+            out[start : start + len(batch), v] = feats
+            step += 1
+            if on_batch:
+                on_batch(step, steps)
+    atomic.save_npy(path, out)
+    return out
+
+
+def _progress_callback(backbone: str, fold: int, epochs: int, on_progress, should_stop, cancelled: list):
+    import keras
+
+    class ProgressCallback(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.last = 0.0
+            self.epoch = 0
+            self.started = time.monotonic()
+            self.seen = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def _send(self, batch: int, logs: dict, batches: int) -> None:
+            if on_progress is None:
+                return
+            elapsed = time.monotonic() - self.started
+            rate = self.seen / elapsed if elapsed > 0 else None
+            clean = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v) or np.ndim(v) == 0}
+            on_progress(Progress(backbone, fold, "train", self.epoch, epochs, batch, batches, clean, rate))
+            self.last = time.monotonic()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen += int(self.params.get("batch_size") or 0) or 1
+            if should_stop and should_stop():
+                cancelled.append(True)
+                self.model.stop_training = True
+            if time.monotonic() - self.last >= PROGRESS_EVERY_S:
+                self._send(batch + 1, logs or {}, self.params.get("steps") or 0)
+
+        def on_epoch_end(self, epoch, logs=None):
+            steps = self.params.get("steps") or 0
+            self.epoch = epoch + 1
+            self._send(0, logs or {}, steps)
+            self.epoch = epoch
+
+    return ProgressCallback()
+
+
+def _optimizer(protocol: Protocol, learning_rate: float):
+    import keras
+
+    return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=protocol.beta_1, beta_2=protocol.beta_2)
+
+
+def _fit_stages(model, protocol: Protocol, x, y, val, callback, trainable_layers, cancelled) -> dict:
+    history: dict[str, list[float]] = {}
+    done = 0
+    for stage in protocol.stages:
+        for layer in trainable_layers:
+            layer.trainable = stage.trainable == "all"
+        model.compile(
+            optimizer=_optimizer(protocol, stage.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        fitted = model.fit(
+            x,
+            y,
+            batch_size=protocol.batch_size,
+            epochs=done + stage.epochs,
+            initial_epoch=done,
+            validation_data=val,
+            callbacks=[callback],
+            shuffle=True,
+            verbose=0,
+        )
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        done += stage.epochs
+        if cancelled:
+            break
+    return history
+
+
+def train_fold(
+    *,
+    dataset: Dataset,
+    study: dict,
+    backbone: str,
+    fold: int,
+    artifacts_root,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    save_model: bool = True,
+) -> artifacts.RunResult:
+    """Train ``backbone`` on every fold but ``fold`` and evaluate it on ``fold``; cached on disk."""
+    import keras
+
+    path = artifacts.run_dir(study["study_id"], backbone, fold, artifacts_root)
+    done = artifacts.read_run(path)
+    if done is not None:
+        return done
+    artifacts.clear_incomplete(path)
+    if dataset.fingerprint != study["dataset"]["fingerprint"]:
+        raise ValueError(
+            f"dataset {dataset.fingerprint} is not the one of study {study['study_id']} "
+            f"({study['dataset']['fingerprint']})"
+        )
+    protocol = Protocol.from_dict(study["protocol"])
+    weights = study["weights"]
+    seed = _seed(study, fold)
+    keras.utils.set_random_seed(seed)
+    test = np.asarray(study["folds"][fold], dtype=np.int64)
+    train = train_indices(study["folds"][fold], len(dataset))
+    labels = dataset.labels
+    classes = dataset.classes
+    started = time.time()
+    cancelled: list[bool] = []
+    callback = _progress_callback(backbone, fold, protocol.epochs, on_progress, should_stop, cancelled)
+
+    model = classifier(
+        backbone,
+        n_classes=len(classes),
+        input_size=dataset.input_size,
+        weights=weights,
+        protocol=protocol,
+    )
+    if protocol.cached_features:
+
+        def on_batch(step: int, steps: int) -> None:
+            if on_progress:
+                on_progress(Progress(backbone, fold, "features", 0, protocol.epochs, step, steps))
+
+        feats = cached_features(
+            dataset,
+            backbone,
+            weights=weights,
+            views=protocol.feature_views,
+            artifacts_root=artifacts_root,
+            on_batch=on_batch,
+            should_stop=should_stop,
+        )
+        views = feats.shape[1]
+        head_in = keras.Input((feats.shape[-1],))
+        head_layer = model.get_layer("head")
+        head = keras.Model(head_in, head_layer(head_in))
+        x_train = np.asarray(feats[train]).reshape(len(train) * views, -1)
+        y_train = np.repeat(labels[train], views)
+        val = (np.asarray(feats[test, 0]), labels[test])
+        history = _fit_stages(head, protocol, x_train, y_train, val, callback, [], cancelled)
+        if not cancelled:
+            proba = head.predict(val[0], batch_size=256, verbose=0)
+    else:
+        x_train = np.asarray(dataset.images[train])[..., None]
+        val = (np.asarray(dataset.images[test])[..., None], labels[test])
+        history = _fit_stages(
+            model, protocol, x_train, labels[train], val, callback, [model.get_layer("backbone")], cancelled
+        )
+        if not cancelled:
+            proba = model.predict(val[0], batch_size=protocol.batch_size, verbose=0)
+    if cancelled:
+        raise Cancelled(f"{backbone} fold {fold}: cancelled")
+    proba = np.asarray(proba, dtype=np.float64)
+    metrics = fold_metrics(labels[test], proba, classes)
+    spec = get_backbone(backbone)
+    config = {
+        "study_id": study["study_id"],
+        "backbone": backbone,
+        "fold": fold,
+        "n_folds": len(study["folds"]),
+        "seed": seed,
+        "input_size": dataset.input_size,
+        "protocol": protocol.to_dict(),
+        "dataset": study["dataset"],
+        "classes": list(classes),
+        "weights": weights_identity(spec, input_size=dataset.input_size, weights=weights),
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+    }
+    if save_model:
+        with atomic.atomic_path(path / "model.keras", suffix=".keras") as tmp:
+            model.save(tmp)
+    predictions = artifacts.predictions_csv(
+        [dataset.files[i] for i in test], [fold] * len(test), labels[test], proba, classes
+    )
+    artifacts.write_run(
+        path,
+        config=config,
+        history=history,
+        metrics=metrics,
+        predictions=predictions,
+        status={"seconds": round(time.time() - started, 2), "finished_at": time.time()},
+    )
+    return artifacts.read_run(path)
