@@ -1,0 +1,37 @@
+"""Shared test settings: quiet TensorFlow, a fresh artifacts folder, the real-data switch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from engine import settings  # noqa: E402
+from tests.synthetic import make_dataset  # noqa: E402
+
+SHARED = settings.shared_dir()
+HAS_SHARED_DATA = (SHARED / "data" / "covid19-radiography-paper").is_dir()
+HAS_SHARED_WEIGHTS = (SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5").is_file()
+requires_shared = pytest.mark.skipif(
+    not (HAS_SHARED_DATA and HAS_SHARED_WEIGHTS),
+    reason=f"real data and weights not found under {SHARED} (set CXR_SHARED to the shared folder)",
+)
+
+
+@pytest.fixture
+def artifacts_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh artifacts folder, also set as CXR_ARTIFACTS for code and subprocesses."""
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
+    monkeypatch.delenv("CXR_READ_ONLY", raising=False)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """Three class folders (COVID, NORMAL, Viral Pneumonia) of six 40x40 PNGs each."""
+    return make_dataset(tmp_path / "tiny")
