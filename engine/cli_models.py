@@ -1,9 +1,111 @@
-"""Model commands (evaluate, classify, report)."""
+"""Model commands: ``evaluate`` on unseen labelled images, ``classify`` images, ``report``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.cli import add_artifacts
+
+
+def _pick_model(args: argparse.Namespace):
+    from engine.inference import list_models, load_classifier
+
+    if args.model:
+        return load_classifier(args.model, artifacts_root=args.artifacts)
+    models = list_models(args.artifacts)
+    if not models:
+        raise ValueError("no trained model in the artifacts folder; run a study first or pass --model")
+    return load_classifier(models[0].path, artifacts_root=args.artifacts)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.evaluation import evaluate_folder
+
+    classifier = _pick_model(args)
+    result = evaluate_folder(classifier, args.data, artifacts_root=args.artifacts)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    info = result["model"]
+    print(f"model: {info['backbone']} · {info['protocol']} · fold {info['fold']} (study {info['study_id']})")
+    print(f"data: {result['data']['name']} {result['data']['counts']}; skipped {len(result['data']['skipped'])}")
+    print(f"accuracy {result['accuracy']:.3f}")
+    for cls, recall in result["recall"].items():
+        print(f"recall[{cls}] {recall:.3f}")
+    print("confusion matrix (rows: true, columns: predicted):", ", ".join(classifier.classes))
+    for name, row in zip(classifier.classes, result["metrics"]["confusion_matrix"]):
+        print(f"  {name:<16} {row}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    classifier = _pick_model(args)
+    items = []
+    failed = 0
+    for raw in args.images:
+        path = Path(raw)
+        try:
+            items.append((str(path), path.read_bytes()))
+        except OSError as exc:
+            print(f"error: {path}: {exc.strerror or exc}", file=sys.stderr)
+            failed += 1
+    predictions = classifier.classify(items)
+    rows = [
+        {
+            "file": p.name,
+            "predicted": p.predicted,
+            "probabilities": p.probabilities,
+            "warnings": p.warnings,
+            "error": p.error,
+        }
+        for p in predictions
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            if row["error"]:
+                print(f"error: {row['error']}")
+                continue
+            probs = "  ".join(f"{c} {v:.3f}" for c, v in row["probabilities"].items())
+            print(f"{row['file']}: {row['predicted']}  ({probs})")
+            for warning in row["warnings"]:
+                print(f"  warning: {warning}")
+    return 2 if failed or any(r["error"] for r in rows) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from engine.report import reproduction_report
+
+    text = reproduction_report(args.artifacts)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model commands to the ``python -m engine`` parser."""
+    p = sub.add_parser("evaluate", help="evaluate a trained model on a folder of labelled images no fold has seen")
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class (some classes may be missing)")
+    p.add_argument("--model", default=None, help="a model.keras in the artifacts folder (default: the best one)")
+    p.add_argument("--json", action="store_true")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("classify", help="print each image's class probabilities")
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("--model", default=None, help="a model.keras in the artifacts folder (default: the best one)")
+    p.add_argument("--json", action="store_true")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("report", help="write the reproduction report (docs/reproduction.md) from the artifacts")
+    p.add_argument("--out", default="docs/reproduction.md", help="output file, or - for stdout")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_report)
