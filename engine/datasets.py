@@ -4,13 +4,23 @@ Each file is decoded once, resized to the study's input size and stored as uint8
 ``<artifacts>/datasets/<fingerprint>/images-<size>.npy``; the fingerprint hashes every file's
 class, path and content, so a second import of the same data is a memory map away and a changed
 file gives a new fingerprint. A bad file is skipped with its reason; it never stops the import.
+
+Inputs are untrusted: a ``.zip`` is read in memory, entry by entry, and never extracted, so no
+entry name (``../x``, ``/etc/x``, a symlink) can make a write outside the artifacts folder;
+archives whose declared sizes or compression ratio are far beyond any image set are refused.
+Decoded images go straight into a memory-mapped ``.npy`` beside the target (then an atomic
+rename), so 20,000 images never sit in memory at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import lzma
+import os
 import stat
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,8 +35,24 @@ from engine.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, ImageError, decode_xra
 DATASET_SCHEMA = 1
 IGNORED_FOLDERS = {"masks", "__macosx"}
 TRANSPARENT_FOLDERS = {"images"}
+SIDE_FILE_SUFFIXES = (".xlsx", ".csv", ".txt", ".md", ".json", ".metadata")
+MAX_ZIP_ENTRIES = 500_000
 MAX_ZIP_TOTAL_BYTES = 16 * 2**30
 MAX_ZIP_RATIO = 200
+RATIO_CHECK_MIN_BYTES = 2**20
+COPY_ROWS = 512
+DECODE_BATCH = 4
+READ_ERRORS = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    ValueError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+)
+CLASS_EXAMPLE = "one folder per class, e.g. COVID-19/, Normal/, Viral Pneumonia/"
 
 
 class DatasetError(ValueError):
@@ -63,27 +89,52 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class _File:
+    """One file of the source, named by a display-safe POSIX path, read only when needed."""
+
+    relpath: str
+    read: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
 class _Entry:
     relpath: str
     folder: str
     read: Callable[[], bytes]
 
 
-def _class_entries(paths: list[tuple[str, Callable[[], bytes]]], report: ImportReport) -> list[_Entry]:
-    """Find the class folder of every image path: the level right below their common prefix."""
-    kept: list[tuple[str, tuple[str, ...], Callable[[], bytes]]] = []
-    for rel, read in paths:
-        parts = PurePosixPath(rel).parts
+def display_name(name: str) -> str:
+    """``name`` with undecodable bytes (``surrogateescape``) written as ``\\xNN``, so any writer can encode it."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _path_key(relpath: str) -> tuple[str, ...]:
+    return tuple(relpath.split("/"))
+
+
+def _class_entries(files: list[_File], report: ImportReport, where: str) -> list[_Entry]:
+    """Find the class folder of every image path: the level right below their common prefix.
+
+    Paths are returned relative to that common prefix, so a folder and its ``.zip`` (which
+    usually adds a top folder) give the same paths and the same fingerprint.
+    """
+    kept: list[tuple[tuple[str, ...], tuple[str, ...], _File]] = []
+    for file in files:
+        parts = PurePosixPath(file.relpath).parts
         if any(p.lower() in IGNORED_FOLDERS or p.startswith(".") for p in parts):
             continue
-        if not rel.lower().endswith(IMAGE_SUFFIXES):
-            if not rel.lower().endswith((".xlsx", ".csv", ".txt", ".md", ".json", ".metadata")):
-                report.skipped.append({"file": rel, "reason": "not a .png/.jpg/.jpeg file"})
+        if not file.relpath.lower().endswith(IMAGE_SUFFIXES):
+            if not file.relpath.lower().endswith(SIDE_FILE_SUFFIXES):
+                report.skipped.append({"file": file.relpath, "reason": "not a .png/.jpg/.jpeg file"})
             continue
         dirs = tuple(p for p in parts[:-1] if p.lower() not in TRANSPARENT_FOLDERS)
-        kept.append((rel, dirs, read))
+        kept.append((parts, dirs, file))
     if not kept:
-        raise DatasetError("no PNG or JPEG images found; expected one folder per class, e.g. COVID-19/, Normal/")
+        raise DatasetError(f"{where}: no PNG or JPEG images found; expected {CLASS_EXAMPLE}")
     prefix = list(kept[0][1])
     for _, dirs, _ in kept[1:]:
         n = 0
@@ -92,68 +143,110 @@ def _class_entries(paths: list[tuple[str, Callable[[], bytes]]], report: ImportR
         prefix = prefix[:n]
     depth = len(prefix)
     entries = []
-    for rel, dirs, read in kept:
+    for parts, dirs, file in kept:
         if len(dirs) <= depth:
-            report.skipped.append({"file": rel, "reason": "not inside a class folder"})
+            report.skipped.append({"file": file.relpath, "reason": "not inside a class folder"})
             continue
-        entries.append(_Entry(rel, dirs[depth], read))
+        relpath = "/".join(parts[depth:]) if list(parts[:depth]) == prefix else file.relpath
+        entries.append(_Entry(relpath, dirs[depth], file.read))
+    if not entries:
+        found_in = "/".join(prefix) or "the top level"
+        raise DatasetError(
+            f"{where}: images are not in class folders (all are in {found_in}); expected {CLASS_EXAMPLE}"
+        )
     return entries
 
 
-def _folder_paths(root: Path, report: ImportReport) -> list[tuple[str, Callable[[], bytes]]]:
-    paths = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            report.skipped.append({"file": rel, "reason": "symbolic link not followed"})
-        elif path.is_file():
-            paths.append((rel, path.read_bytes))
-        elif path.is_dir() and not any(path.iterdir()):
-            report.notes.append({"file": rel, "note": "empty folder ignored"})
-    return paths
+def _folder_files(root: Path, report: ImportReport) -> list[_File]:
+    """Regular files under ``root``; symlinks are reported and never followed, odd names kept."""
+    files = []
+
+    def rel(path: Path) -> str:
+        return display_name(path.relative_to(root).as_posix())
+
+    def unlistable(exc: OSError) -> None:
+        report.skipped.append(
+            {"file": rel(Path(exc.filename)), "reason": f"folder could not be listed ({exc.strerror})"}
+        )
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable):
+        here = Path(dirpath)
+        for name in [d for d in dirnames if (here / d).is_symlink()]:
+            report.skipped.append({"file": rel(here / name), "reason": "symbolic link not followed"})
+            dirnames.remove(name)
+        if here != root and not dirnames and not filenames:
+            report.notes.append({"file": rel(here), "note": "empty folder ignored"})
+        for name in filenames:
+            path = here / name
+            try:
+                info = path.lstat()
+            except OSError as exc:
+                report.skipped.append({"file": rel(path), "reason": f"could not be read ({exc.strerror})"})
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                report.skipped.append({"file": rel(path), "reason": "symbolic link not followed"})
+            elif not stat.S_ISREG(info.st_mode):
+                report.skipped.append({"file": rel(path), "reason": "not a regular file"})
+            elif info.st_size > MAX_FILE_BYTES and rel(path).lower().endswith(IMAGE_SUFFIXES):
+                report.skipped.append({"file": rel(path), "reason": f"{info.st_size:,} bytes, over the size limit"})
+            else:
+                files.append(_File(rel(path), path.read_bytes))
+    return sorted(files, key=lambda f: _path_key(f.relpath))
 
 
-def _zip_paths(archive: Path, report: ImportReport) -> list[tuple[str, Callable[[], bytes]]]:
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DatasetError(f"{archive.name}: not a readable zip archive ({exc})") from None
+def _unsafe_member(name: str) -> bool:
+    pure = PurePosixPath(name.replace("\\", "/"))
+    return pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":")
+
+
+def _zip_files(zf: zipfile.ZipFile, where: str, report: ImportReport) -> list[_File]:
+    """The archive's members, checked from its directory before a byte is decompressed."""
     infos = zf.infolist()
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise DatasetError(f"{where}: {len(infos):,} entries, over the limit of {MAX_ZIP_ENTRIES:,}")
     total = sum(i.file_size for i in infos)
+    packed = sum(i.compress_size for i in infos)
     if total > MAX_ZIP_TOTAL_BYTES:
         raise DatasetError(
-            f"{archive.name}: unpacks to {total / 2**30:.1f} GiB, over the {MAX_ZIP_TOTAL_BYTES // 2**30} GiB limit"
+            f"{where}: unpacks to {total / 2**30:.1f} GiB, over the {MAX_ZIP_TOTAL_BYTES // 2**30} GiB limit"
         )
-    paths = []
+    if total > 64 * RATIO_CHECK_MIN_BYTES and total > MAX_ZIP_RATIO * max(1, packed):
+        raise DatasetError(f"{where}: compression ratio {total // max(1, packed):,}:1 (a zip bomb?); refused")
 
     def reader(info: zipfile.ZipInfo) -> Callable[[], bytes]:
         return lambda: zf.read(info)
 
-    for info in sorted(infos, key=lambda i: i.filename):
+    files: dict[str, _File] = {}
+    folders: set[str] = set()
+    for info in infos:
         name = info.filename
-        pure = PurePosixPath(name.replace("\\", "/"))
-        if info.is_dir():
-            continue
-        if pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":"):
-            report.skipped.append({"file": name, "reason": "unsafe path in archive (absolute or '..')"})
+        clean = PurePosixPath(name.replace("\\", "/")).as_posix()
+        if _unsafe_member(name):
+            report.skipped.append({"file": name, "reason": "unsafe path in archive (absolute or '..'); not read"})
+        elif info.is_dir():
+            folders.add(clean)
         elif stat.S_ISLNK(info.external_attr >> 16):
             report.skipped.append({"file": name, "reason": "symbolic link in archive not followed"})
+        elif clean in files:
+            report.skipped.append({"file": name, "reason": "second entry with the same name in the archive"})
         elif info.file_size > MAX_FILE_BYTES:
-            report.skipped.append({"file": name, "reason": f"unpacks to {info.file_size:,} bytes, over the limit"})
-        elif info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO and info.file_size > 2**20:
-            report.skipped.append(
-                {"file": name, "reason": f"compression ratio {info.file_size // info.compress_size}:1 (zip bomb?)"}
-            )
+            report.skipped.append({"file": name, "reason": f"unpacks to {info.file_size:,} bytes, over the size limit"})
+        elif info.file_size > RATIO_CHECK_MIN_BYTES and info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
+            ratio = info.file_size // max(1, info.compress_size)
+            report.skipped.append({"file": name, "reason": f"compression ratio {ratio:,}:1 (zip bomb?)"})
         else:
-            paths.append((pure.as_posix(), reader(info)))
-    return paths
+            files[clean] = _File(clean, reader(info))
+    for folder in sorted(folders):
+        if not any(path.startswith(f"{folder}/") for path in files):
+            report.notes.append({"file": folder, "note": "empty folder ignored"})
+    return sorted(files.values(), key=lambda f: _path_key(f.relpath))
 
 
 def _read(entry: _Entry) -> tuple[bytes | None, str | None]:
     try:
         return entry.read(), None
-    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError) as exc:
-        return None, f"could not be read ({exc})"
+    except READ_ERRORS as exc:
+        return None, f"could not be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
 
 
 def _hash_entry(entry: _Entry) -> tuple[str | None, str | None]:
@@ -168,7 +261,7 @@ def _decode(entry: _Entry, size: int) -> tuple[np.ndarray | None, str | None, tu
     try:
         decoded = decode_xray(data, size=size, name=entry.relpath)
     except ImageError as exc:
-        return None, str(exc).split(": ", 1)[-1], ()
+        return None, str(exc).removeprefix(f"{entry.relpath}: "), ()
     return decoded.pixels, None, decoded.notes
 
 
@@ -181,6 +274,53 @@ def _fingerprint(records: list[tuple[str, str, str]]) -> str:
 
 def dataset_dir(fingerprint: str, artifacts: Path | None = None) -> Path:
     return (artifacts or settings.artifacts_dir()) / "datasets" / fingerprint
+
+
+def _need_two_classes(entries: list[_Entry], where: str) -> None:
+    classes = sort_classes({canonical_class(e.folder) for e in entries})
+    if len(classes) < 2:
+        found = ", ".join(classes) or "none"
+        raise DatasetError(f"{where}: at least 2 class folders with readable images are needed, found {found}")
+
+
+def _shrink_npy(path: Path, rows: int) -> None:
+    """Keep the first ``rows`` rows of the ``.npy`` at ``path``, copying chunk by chunk."""
+    full = np.load(path, mmap_mode="r")
+    compact_path = path.with_name(f"{path.name}.compact.npy")
+    try:
+        compact = np.lib.format.open_memmap(compact_path, mode="w+", dtype=full.dtype, shape=(rows, *full.shape[1:]))
+        for start in range(0, rows, COPY_ROWS):
+            stop = min(start + COPY_ROWS, rows)
+            compact[start:stop] = full[start:stop]
+        compact.flush()
+        del compact, full
+        os.replace(compact_path, path)
+    finally:
+        compact_path.unlink(missing_ok=True)
+
+
+def _decode_all(
+    entries: list[_Entry], tmp: Path, *, size: int, n_jobs: int, report: ImportReport, where: str
+) -> list[_Entry]:
+    """Decode ``entries`` into the ``.npy`` at ``tmp`` in order; returns those that were kept."""
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(entries), size, size))
+    kept: list[_Entry] = []
+    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator", batch_size=DECODE_BATCH)(
+        delayed(_decode)(entry, size) for entry in entries
+    )
+    for entry, (pixels, error, notes) in zip(entries, results, strict=True):
+        if error:
+            report.skipped.append({"file": entry.relpath, "reason": error})
+            continue
+        report.notes.extend({"file": entry.relpath, "note": n} for n in notes)
+        out[len(kept)] = pixels
+        kept.append(entry)
+    out.flush()
+    del out
+    _need_two_classes(kept, where)
+    if len(kept) < len(entries):
+        _shrink_npy(tmp, len(kept))
+    return kept
 
 
 def import_dataset(
@@ -198,74 +338,65 @@ def import_dataset(
     source = Path(source)
     if input_size < 8:
         raise ValueError(f"input_size must be at least 8 pixels, got input_size={input_size!r}")
+    where = display_name(source.name) or display_name(str(source))
     report = ImportReport()
-    if source.is_dir():
-        paths = _folder_paths(source, report)
-    elif source.is_file() and source.suffix.lower() == ".zip":
-        paths = _zip_paths(source, report)
-    elif source.exists():
-        raise DatasetError(f"{source}: expected a folder of class folders or a .zip archive")
-    else:
-        raise DatasetError(f"{source}: no such folder or file")
-    entries = _class_entries(paths, report)
+    with contextlib.ExitStack() as stack:
+        if source.is_dir():
+            files = _folder_files(source, report)
+        elif source.is_file() and source.suffix.lower() == ".zip":
+            try:
+                zf = stack.enter_context(zipfile.ZipFile(source))
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DatasetError(f"{where}: not a readable zip archive ({exc})") from None
+            files = _zip_files(zf, where, report)
+        elif source.exists():
+            raise DatasetError(f"{where}: expected a folder of class folders or a .zip archive")
+        else:
+            raise DatasetError(f"{display_name(str(source))}: no such folder or file")
+        entries = _class_entries(files, report, where)
+        _need_two_classes(entries, where)
 
-    hashed = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_hash_entry)(e) for e in entries)
-    shas = [sha for sha, _ in hashed]
-    for entry, (_, error) in zip(entries, hashed):
-        if error:
-            report.skipped.append({"file": entry.relpath, "reason": error})
+        hashed = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_hash_entry)(e) for e in entries)
+        seen: dict[str, str] = {}
+        chosen: list[_Entry] = []
+        records: list[tuple[str, str, str]] = []
+        for entry, (sha, error) in zip(entries, hashed, strict=True):
+            if sha is None:
+                report.skipped.append({"file": entry.relpath, "reason": error or "could not be read"})
+            elif sha in seen:
+                report.duplicates.append({"file": entry.relpath, "same_bytes_as": seen[sha]})
+            else:
+                seen[sha] = entry.relpath
+                chosen.append(entry)
+                records.append((canonical_class(entry.folder), entry.relpath, sha))
+        _need_two_classes(chosen, where)
+        fingerprint = _fingerprint(records)
+        folder = dataset_dir(fingerprint, artifacts)
+        manifest_path = folder / "manifest.json"
+        images_path = folder / f"images-{input_size}.npy"
+        if manifest_path.exists() and images_path.exists():
+            return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
 
-    seen: dict[str, str] = {}
-    chosen: list[int] = []
-    for i, (entry, sha) in enumerate(zip(entries, shas)):
-        if sha is None:
-            continue
-        if sha in seen:
-            report.duplicates.append({"file": entry.relpath, "same_bytes_as": seen[sha]})
-            continue
-        seen[sha] = entry.relpath
-        chosen.append(i)
-    records = [(canonical_class(entries[i].folder), entries[i].relpath, shas[i]) for i in chosen]
-    fingerprint = _fingerprint(records)
-    folder = dataset_dir(fingerprint, artifacts)
-    manifest_path = folder / "manifest.json"
-    images_path = folder / f"images-{input_size}.npy"
-    if manifest_path.exists() and images_path.exists():
-        return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
-
-    decoded = Parallel(n_jobs=n_jobs, prefer="threads")(
-        delayed(_decode)(entries[i], input_size) for i in chosen
-    )
-    images, files, labels_text = [], [], []
-    for i, (pixels, error, notes) in zip(chosen, decoded):
-        entry = entries[i]
-        if error:
-            report.skipped.append({"file": entry.relpath, "reason": error})
-            continue
-        report.notes.extend({"file": entry.relpath, "note": n} for n in notes)
-        images.append(pixels)
-        files.append(entry.relpath)
-        labels_text.append(canonical_class(entry.folder))
-        report.class_folders.setdefault(canonical_class(entry.folder), [])
-        if entry.folder not in report.class_folders[canonical_class(entry.folder)]:
-            report.class_folders[canonical_class(entry.folder)].append(entry.folder)
+        with atomic.atomic_path(images_path, suffix=".npy") as tmp:
+            kept = _decode_all(chosen, tmp, size=input_size, n_jobs=n_jobs, report=report, where=where)
+    labels_text = [canonical_class(e.folder) for e in kept]
+    for entry, label in zip(kept, labels_text, strict=True):
+        folders = report.class_folders.setdefault(label, [])
+        if entry.folder not in folders:
+            folders.append(entry.folder)
     classes = sort_classes(set(labels_text))
-    if len(classes) < 2:
-        found = ", ".join(classes) or "none"
-        raise DatasetError(f"{source.name}: at least 2 class folders with readable images are needed, found {found}")
     report.counts = {c: labels_text.count(c) for c in classes}
     labels = np.array([classes.index(t) for t in labels_text], dtype=np.int64)
     manifest = {
         "schema_version": DATASET_SCHEMA,
-        "name": name or source.stem,
-        "source": str(source),
+        "name": name or display_name(source.stem),
+        "source": display_name(str(source)),
         "fingerprint": fingerprint,
         "classes": list(classes),
-        "files": files,
+        "files": [e.relpath for e in kept],
         "labels": labels.tolist(),
         "report": asdict(report),
     }
-    atomic.save_npy(images_path, np.stack(images))
     atomic.write_json(manifest_path, manifest)
     return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
 

@@ -1,15 +1,16 @@
 """Decode one X-ray file into a square uint8 grayscale array, or say in one line why not.
 
 Every way in (dataset import, the classify page, the CLI) goes through :func:`decode_xray`, so
-the same rules hold everywhere: Pillow's decompression-bomb limit stays on, the EXIF orientation
-is applied, 16-bit images are scaled (not clipped) to 8 bits, and animated files use their first
-frame (the note says so).
+the same rules hold everywhere: Pillow's decompression-bomb limit stays on and a lower pixel limit
+of our own is checked before any pixel is decoded, the EXIF orientation is applied, 16-bit images
+are scaled (not clipped) to 8 bits, transparency is flattened onto black (the colour of air on an
+X-ray), and animated PNGs use their first frame (the note says so). GIF and every other format are
+refused, whatever the file is named.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 64_000_000
 ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO"}
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 
 
 class ImageError(ValueError):
@@ -30,7 +33,7 @@ class DecodedImage:
     """A decoded, resized image with what a user should know about how it was read."""
 
     pixels: np.ndarray
-    source_size: tuple[int, int]
+    source_size: tuple[int, int]  # (width, height) as displayed, after the EXIF orientation
     source_mode: str
     notes: tuple[str, ...] = ()
 
@@ -38,7 +41,7 @@ class DecodedImage:
 def _to_grayscale(img: Image.Image, notes: list[str]) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         notes.append(f"{mode} image scaled from [{lo:g}, {hi:g}] to 8 bits")
         if hi <= lo:
@@ -64,34 +67,36 @@ def decode_xray(data: bytes, *, size: int, name: str = "image") -> DecodedImage:
         raise ImageError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB limit")
     notes: list[str] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in ACCEPTED_FORMATS:
-                raise ImageError(f"{name}: {img.format or 'unknown'} files are not accepted; use PNG or JPEG")
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(
-                    f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                    "(possible decompression bomb)"
-                )
-            frames = getattr(img, "n_frames", 1)
-            if frames > 1:
-                notes.append(f"animated image: first of {frames} frames used")
-            source_mode = img.mode
-            if img.format == "JPEG":
-                img.draft("L", (size, size))
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            gray = _to_grayscale(img, notes)
+        img = Image.open(io.BytesIO(data))
+        if img.format not in ACCEPTED_FORMATS:
+            raise ImageError(f"{name}: {img.format or 'unknown'} files are not accepted; use PNG or JPEG")
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise ImageError(
+                f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb)"
+            )
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"{frames} frames: the first one is used")
+        if img.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+        source_mode = img.mode
+        if img.format == "JPEG":
+            img.draft("L", (size, size))
+        img = ImageOps.exif_transpose(img)
+        img.load()
+        gray = _to_grayscale(img, notes)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image Pillow can read (PNG or JPEG expected)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+    except MemoryError:
+        raise ImageError(f"{name}: too large to decode in the memory available") from None
+    except Exception as exc:  # Pillow's plugins raise many types (struct.error, IndexError...) on malformed files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f"{name}: corrupt or truncated image ({reason})") from None
     resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     return DecodedImage(np.asarray(resized, dtype=np.uint8), (width, height), source_mode, tuple(notes))
 
