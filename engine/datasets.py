@@ -194,6 +194,10 @@ def _folder_files(root: Path, report: ImportReport) -> list[_File]:
     return sorted(files, key=lambda f: _path_key(f.relpath))
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
 def _unsafe_member(name: str) -> bool:
     pure = PurePosixPath(name.replace("\\", "/"))
     return pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":")
@@ -207,9 +211,7 @@ def _zip_files(zf: zipfile.ZipFile, where: str, report: ImportReport) -> list[_F
     total = sum(i.file_size for i in infos)
     packed = sum(i.compress_size for i in infos)
     if total > MAX_ZIP_TOTAL_BYTES:
-        raise DatasetError(
-            f"{where}: unpacks to {total / 2**30:.1f} GiB, over the {MAX_ZIP_TOTAL_BYTES // 2**30} GiB limit"
-        )
+        raise DatasetError(f"{where}: unpacks to {_gib(total)}, over the {_gib(MAX_ZIP_TOTAL_BYTES)} limit; refused")
     if total > 64 * RATIO_CHECK_MIN_BYTES and total > MAX_ZIP_RATIO * max(1, packed):
         raise DatasetError(f"{where}: compression ratio {total // max(1, packed):,}:1 (a zip bomb?); refused")
 
