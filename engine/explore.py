@@ -1,0 +1,300 @@
+"""Read-side access to studies for the explorer: every table the pages show, as pandas DataFrames.
+
+Everything here only reads the artifacts folder (see :mod:`engine.artifacts`) and the paper's
+reference tables; nothing trains, and nothing imports streamlit, so the same tables serve the
+app, notebooks and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine import artifacts, settings
+from engine.metrics import flat_metrics, per_class_from_confusion
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+PAPER_METRICS = ("accuracy", "precision", "recall", "f1", "loss")
+PROPER_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "loss")
+COVID_RECALL = "recall[COVID-19]"
+COMPARISON_METRICS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    COVID_RECALL,
+    "loss",
+)
+LOWER_IS_BETTER = frozenset({"loss"})
+PAPER_TABLE1_COLUMNS = {"accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "f1_score"}
+PAPER_CLASS_COLUMNS = {"pred_covid19": "COVID-19", "pred_normal": "Normal", "pred_viral_pneumonia": "Viral Pneumonia"}
+
+
+def _root(artifacts_root: Path | None) -> Path:
+    return artifacts_root or settings.artifacts_dir()
+
+
+def study_key(study_id: str, artifacts_root: Path | None = None) -> tuple[int, float]:
+    """A cheap change marker for caching: the number of finished runs and the newest status time."""
+    statuses = list((artifacts.study_dir(study_id, _root(artifacts_root)) / "runs").glob("*/fold-*/status.json"))
+    return len(statuses), max((p.stat().st_mtime for p in statuses), default=0.0)
+
+
+def artifacts_key(artifacts_root: Path | None = None) -> tuple[tuple[str, tuple[int, float]], ...]:
+    """The change marker of every study, for caches of cross-study lists."""
+    return tuple((sid, study_key(sid, artifacts_root)) for sid in artifacts.list_study_ids(_root(artifacts_root)))
+
+
+def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
+    """One row per study, newest first: what it is and how far it got."""
+    root = _root(artifacts_root)
+    rows = []
+    for study_id in artifacts.list_study_ids(root):
+        study = artifacts.read_study(study_id, root)
+        runs = artifacts.study_runs(study_id, root)
+        rows.append(
+            {
+                "study_id": study_id,
+                "title": study["title"],
+                "protocol": study["protocol"]["name"],
+                "dataset": study["dataset"]["name"],
+                "n_images": study["dataset"]["n_images"],
+                "n_folds": study["n_folds"],
+                "backbones": len({r.backbone for r in runs}),
+                "folds_done": len(runs),
+                "created_at": pd.to_datetime(study["created_at"], unit="s"),
+            }
+        )
+    columns = [
+        "study_id",
+        "title",
+        "protocol",
+        "dataset",
+        "n_images",
+        "n_folds",
+        "backbones",
+        "folds_done",
+        "created_at",
+    ]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["folds_done", "created_at"], ascending=False, ignore_index=True)
+
+
+def fold_metrics(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame:
+    """One row per finished (backbone, fold) with every flat metric and the fold's sizes."""
+    rows = []
+    for run in artifacts.study_runs(study_id, _root(artifacts_root)):
+        rows.append(
+            {
+                "backbone": run.backbone,
+                "fold": run.fold,
+                "n_train": run.config["n_train"],
+                "n_test": run.config["n_test"],
+                **flat_metrics(run.metrics),
+            }
+        )
+    return pd.DataFrame(rows, columns=None if rows else ["backbone", "fold", "n_train", "n_test"])
+
+
+def fold_metrics_long(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame:
+    """The per-fold metrics as (backbone, fold, metric, value) rows, for plots."""
+    wide = fold_metrics(study_id, artifacts_root)
+    return wide.drop(columns=["n_train", "n_test"]).melt(
+        id_vars=["backbone", "fold"], var_name="metric", value_name="value"
+    )
+
+
+def comparison_table(
+    study_id: str, artifacts_root: Path | None = None, *, metrics: tuple[str, ...] = COMPARISON_METRICS
+) -> pd.DataFrame:
+    """One row per backbone: folds done, then ``<metric> mean`` and ``<metric> std`` over folds."""
+    wide = fold_metrics(study_id, artifacts_root)
+    if wide.empty:
+        return pd.DataFrame(columns=["backbone", "folds"])
+    present = [m for m in metrics if m in wide.columns]
+    grouped = wide.groupby("backbone")
+    table = pd.DataFrame({"folds": grouped["fold"].count()})
+    for metric in present:
+        table[f"{metric} mean"] = grouped[metric].mean()
+        table[f"{metric} std"] = grouped[metric].std(ddof=1).fillna(0.0)
+    return table.reset_index()
+
+
+def best_per_column(table: pd.DataFrame) -> dict[str, str]:
+    """For each ``<metric> mean`` column, the backbone with the best value (lowest for the loss)."""
+    best = {}
+    for column in table.columns:
+        if not column.endswith(" mean") or table[column].isna().all():
+            continue
+        metric = column.removesuffix(" mean")
+        index = table[column].idxmin() if metric in LOWER_IS_BETTER else table[column].idxmax()
+        best[column] = str(table.loc[index, "backbone"])
+    return best
+
+
+def paper_table1() -> pd.DataFrame:
+    """The paper's Table 1 (mean over its 5 folds), with the matching ``keras.applications`` name."""
+    return pd.read_csv(REFERENCE_DIR / "paper_table1.csv")
+
+
+def paper_vs_study(comparison: pd.DataFrame, *, definition: str) -> pd.DataFrame:
+    """Paper's Table 1 beside this study's means and the difference, for backbones of the paper.
+
+    ``definition`` ``"paper"`` compares like with like (the paper's precision/recall/F1);
+    ``"per-class"`` puts this study's macro per-class figures beside the paper's numbers.
+    """
+    if definition not in ("paper", "per-class"):
+        raise ValueError(f"definition must be 'paper' or 'per-class', got definition={definition!r}")
+    paper = paper_table1().set_index("keras_application")
+    study = comparison.set_index("backbone") if "backbone" in comparison.columns else pd.DataFrame()
+    rows = []
+    for backbone, reference in paper.iterrows():
+        row: dict[str, object] = {"backbone": backbone, "in this study": backbone in study.index}
+        for paper_key, paper_column in PAPER_TABLE1_COLUMNS.items():
+            key = paper_key if definition == "paper" or paper_key == "accuracy" else f"macro_{paper_key}"
+            ours = study.loc[backbone, f"{key} mean"] if backbone in study.index and f"{key} mean" in study else np.nan
+            row[f"{paper_key} paper"] = float(reference[paper_column])
+            row[f"{paper_key} study"] = float(ours)
+            row[f"{paper_key} diff"] = float(ours) - float(reference[paper_column])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def classes_of(study_id: str, artifacts_root: Path | None = None) -> list[str]:
+    return list(artifacts.read_study(study_id, _root(artifacts_root))["dataset"]["classes"])
+
+
+def confusion_matrix(
+    study_id: str, backbone: str, fold: int | None = None, artifacts_root: Path | None = None
+) -> pd.DataFrame:
+    """Counts (rows: true class, columns: predicted) of one fold, or summed over every finished fold."""
+    root = _root(artifacts_root)
+    classes = classes_of(study_id, root)
+    runs = [r for r in artifacts.study_runs(study_id, root) if r.backbone == backbone]
+    if fold is not None:
+        runs = [r for r in runs if r.fold == fold]
+    if not runs:
+        raise ValueError(f"no finished run of backbone={backbone!r}, fold={fold!r} in study {study_id}")
+    total = np.sum([np.asarray(r.metrics["confusion_matrix"], dtype=np.int64) for r in runs], axis=0)
+    return pd.DataFrame(total, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+
+
+def per_class_table(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Sensitivity, specificity, precision, NPV and support of each class (one-vs-rest)."""
+    figures = per_class_from_confusion(matrix.to_numpy())
+    table = pd.DataFrame({key: values for key, values in figures.items()}, index=matrix.index)
+    table["support"] = table["support"].astype(int)
+    return table.rename_axis("class").reset_index()
+
+
+def paper_confusion_matrices() -> dict[str, pd.DataFrame]:
+    """The paper's Tables 2-4 (best fold of DenseNet201, ResNet50, MobileNet), by model name."""
+    raw = pd.read_csv(REFERENCE_DIR / "paper_confusion_matrices.csv")
+    out = {}
+    for (model, table), group in raw.groupby(["model", "table"], sort=False):
+        matrix = group.set_index("true_class")[list(PAPER_CLASS_COLUMNS)].rename(columns=PAPER_CLASS_COLUMNS)
+        out[f"{model} (Table {table})"] = matrix.rename_axis(index="true", columns="predicted")
+    return out
+
+
+def histories(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame:
+    """Per-epoch training curves as (backbone, fold, epoch, metric, value) rows; epochs count from 1."""
+    rows = []
+    for run in artifacts.study_runs(study_id, _root(artifacts_root)):
+        for metric, values in run.history.items():
+            for epoch, value in enumerate(values, start=1):
+                rows.append((run.backbone, run.fold, epoch, metric, float(value)))
+    return pd.DataFrame(rows, columns=["backbone", "fold", "epoch", "metric", "value"])
+
+
+def history_bands(curves: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and fold count per (backbone, metric, epoch) of :func:`histories`."""
+    grouped = curves.groupby(["backbone", "metric", "epoch"])["value"]
+    bands = grouped.agg(mean="mean", std="std", folds="count").reset_index()
+    bands["std"] = bands["std"].fillna(0.0)
+    return bands
+
+
+def best_epochs(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone, the epoch where the mean validation loss over folds was lowest."""
+    val = history_bands(curves[curves["metric"] == "val_loss"])
+    if val.empty:
+        return pd.DataFrame(columns=["backbone", "epoch", "val_loss"])
+    best = val.loc[val.groupby("backbone")["mean"].idxmin(), ["backbone", "epoch", "mean"]]
+    return best.rename(columns={"mean": "val_loss"}).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Which data and which weights produced a study's numbers."""
+
+    study_id: str
+    title: str
+    dataset: str
+    fingerprint: str
+    source: str
+    class_counts: dict[str, int]
+    protocol: str
+    protocol_description: str
+    n_folds: int
+    seed: int
+    input_size: int
+    weights: pd.DataFrame
+
+
+def provenance(study_id: str, artifacts_root: Path | None = None) -> Provenance:
+    """The dataset and the weights (file and sha256 per backbone) of a study."""
+    root = _root(artifacts_root)
+    study = artifacts.read_study(study_id, root)
+    weights = {}
+    for run in artifacts.study_runs(study_id, root):
+        identity = run.config["weights"]
+        weights.setdefault(
+            run.backbone,
+            {
+                "backbone": run.backbone,
+                "weights": identity.get("weights") or "none (random init)",
+                "file": identity.get("file"),
+                "sha256": identity.get("sha256"),
+                "keras": run.config.get("keras_version"),
+            },
+        )
+    return Provenance(
+        study_id=study_id,
+        title=study["title"],
+        dataset=study["dataset"]["name"],
+        fingerprint=study["dataset"]["fingerprint"],
+        source=study["dataset"].get("source", ""),
+        class_counts={k: int(v) for k, v in study["dataset"]["counts"].items()},
+        protocol=study["protocol"]["name"],
+        protocol_description=study["protocol"]["description"],
+        n_folds=int(study["n_folds"]),
+        seed=int(study["seed"]),
+        input_size=int(study["input_size"]),
+        weights=pd.DataFrame(list(weights.values()), columns=["backbone", "weights", "file", "sha256", "keras"]),
+    )
+
+
+def paired_folds(study_id: str, metric: str, backbone_a: str, backbone_b: str, artifacts_root=None) -> pd.DataFrame:
+    """``metric`` of two backbones on the folds both finished, with each fold's sizes."""
+    wide = fold_metrics(study_id, artifacts_root)
+    if metric not in wide.columns:
+        raise ValueError(f"unknown metric {metric!r}; this study has: {', '.join(wide.columns[4:])}")
+    a = wide[wide["backbone"] == backbone_a].set_index("fold")
+    b = wide[wide["backbone"] == backbone_b].set_index("fold")
+    common = a.index.intersection(b.index).sort_values()
+    return pd.DataFrame(
+        {
+            "fold": common,
+            backbone_a: a.loc[common, metric].to_numpy(),
+            backbone_b: b.loc[common, metric].to_numpy(),
+            "n_train": a.loc[common, "n_train"].to_numpy(),
+            "n_test": a.loc[common, "n_test"].to_numpy(),
+        }
+    )

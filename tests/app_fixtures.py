@@ -1,0 +1,50 @@
+"""One tiny real study shared by the explorer's tests (built once per test session, about a minute).
+
+Two small MobileNets, frozen protocol, 2 folds, 32 px on the synthetic dataset. With the shared
+ImageNet weights present the features are real and the folds' numbers differ; without them the
+backbones start from random weights (still a real study, with flatter numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from engine.protocols import get_protocol
+from engine.runner import run_study
+from engine.study import StudyRequest
+from tests.conftest import HAS_SHARED_WEIGHTS
+from tests.synthetic import make_dataset
+
+TINY_BACKBONES = ("MobileNet-0.25", "MobileNetV2-0.35")
+TINY_FOLDS = 2
+TINY_EPOCHS = 20
+TINY_SIZE = 32
+
+
+@dataclass(frozen=True)
+class TinyStudy:
+    root: Path
+    study_id: str
+    data: Path
+    weights: str | None
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
+    """A finished study in its own artifacts folder; tests must only read it."""
+    base = tmp_path_factory.mktemp("explorer")
+    data = make_dataset(base / "tiny-data", n_per_class=8)
+    weights = "imagenet" if HAS_SHARED_WEIGHTS else None
+    study = run_study(
+        data,
+        backbones=list(TINY_BACKBONES),
+        request=StudyRequest(
+            protocol=get_protocol("frozen").replace(epochs=TINY_EPOCHS), n_folds=TINY_FOLDS, weights=weights
+        ),
+        input_size=TINY_SIZE,
+        artifacts_root=base / "artifacts",
+    )
+    return TinyStudy(root=base / "artifacts", study_id=study["study_id"], data=data, weights=weights)
