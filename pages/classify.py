@@ -1,0 +1,155 @@
+"""Classify: run a trained model on uploaded X-rays and see its probabilities and Grad-CAM heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine import explore
+from engine.inference import MAX_UPLOAD_BYTES, Classifier, ModelInfo, Prediction, list_models, load_classifier
+from pages import common
+
+MAX_FILES = 50
+ACCEPTED = ("png", "jpg", "jpeg")
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def classifier(path: str) -> Classifier:
+    """One loaded model per path, shared by every session (at most two kept in memory)."""
+    return load_classifier(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def models(root: str, key: tuple) -> list[ModelInfo]:
+    return list_models(Path(root))
+
+
+def model_id(info: ModelInfo) -> str:
+    return f"{info.study_id}/{info.backbone}/{info.fold}"
+
+
+def probability_chart(prediction: Prediction) -> go.Figure:
+    table = pd.DataFrame(
+        {"class": list(prediction.probabilities), "probability": list(prediction.probabilities.values())}
+    )
+    figure = px.bar(table, x="probability", y="class", orientation="h", range_x=[0, 1], text_auto=".1%")
+    figure.update_layout(height=220, margin={"t": 10, "l": 10, "r": 10, "b": 10}, yaxis={"title": None})
+    return figure
+
+
+def overlay(prediction: Prediction, *, show_heatmap: bool) -> go.Figure:
+    """The resized input in grey with the Grad-CAM map of the predicted class over it."""
+    figure = go.Figure(go.Heatmap(z=prediction.image, colorscale="gray", showscale=False, hoverinfo="skip"))
+    if show_heatmap and prediction.heatmap is not None:
+        figure.add_trace(
+            go.Heatmap(
+                z=prediction.heatmap,
+                colorscale="Jet",
+                opacity=0.4,
+                zmin=0,
+                zmax=1,
+                colorbar={"title": "Grad-CAM", "thickness": 10},
+                hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        height=320,
+        margin={"t": 10, "l": 10, "r": 10, "b": 10},
+        yaxis={"autorange": "reversed", "scaleanchor": "x", "visible": False},
+        xaxis={"visible": False},
+    )
+    return figure
+
+
+def checked_uploads(uploads) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """Server-side size and count checks (the uploader's type filter is only a hint to the browser)."""
+    items, refused = [], []
+    for upload in uploads[:MAX_FILES]:
+        if upload.size > MAX_UPLOAD_BYTES:
+            refused.append(
+                f"{upload.name}: {upload.size / 2**20:.1f} MB is over the {MAX_UPLOAD_BYTES // 2**20} MB limit"
+            )
+            continue
+        items.append((upload.name, upload.getvalue()))
+    if len(uploads) > MAX_FILES:
+        refused.append(
+            f"only the first {MAX_FILES} of {len(uploads)} files were used; classify the rest in another batch"
+        )
+    return items, refused
+
+
+def results_table(predictions: list[Prediction], classes: tuple[str, ...]) -> pd.DataFrame:
+    rows = []
+    for p in predictions:
+        rows.append(
+            {
+                "file": p.name,
+                "predicted": p.predicted or "",
+                **{f"p[{c}]": round(p.probabilities[c], 4) if p.predicted else None for c in classes},
+                "warnings": "; ".join(p.warnings),
+                "error": p.error or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def show(prediction: Prediction, *, show_heatmap: bool) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{prediction.name}**")
+        if prediction.error:
+            st.error(prediction.error)
+            return
+        for warning in prediction.warnings:
+            st.warning(f"This may not be a chest X-ray, or was read unusually: {warning}", icon="⚠️")
+        image_column, chart_column = st.columns([1, 1])
+        image_column.plotly_chart(
+            overlay(prediction, show_heatmap=show_heatmap), width="stretch", key=f"img-{prediction.name}"
+        )
+        chart_column.markdown(
+            f"Predicted: **{prediction.predicted}** ({prediction.probabilities[prediction.predicted]:.1%})"
+        )
+        chart_column.plotly_chart(probability_chart(prediction), width="stretch", key=f"p-{prediction.name}")
+
+
+st.title("Classify chest X-rays")
+st.error(common.NOT_A_DEVICE, icon="⚠️")
+root = common.artifacts_root()
+available = models(str(root), explore.artifacts_key(root))
+if not available:
+    st.info(
+        f"No trained model in `{root}` yet. Models are saved by every finished fold: launch a training job from "
+        "the sidebar, then come back here."
+    )
+    st.stop()
+by_id = {model_id(m): m for m in available}
+chosen = by_id[
+    common.choose(
+        "Model (best held-out accuracy first)", list(by_id), param="model", format_func=lambda key: by_id[key].label
+    )
+]
+st.caption(
+    f"{chosen.title} · trained on {len(chosen.classes)} classes at {chosen.input_size} px · "
+    f"accuracy on its held-out fold {chosen.accuracy:.3f}"
+)
+uploads = st.file_uploader("PNG or JPEG chest X-rays (one or many)", type=list(ACCEPTED), accept_multiple_files=True)
+show_heatmap = st.toggle("Show the Grad-CAM heatmap (where the model looked for its prediction)", value=True)
+if not uploads:
+    st.info("Upload one or more frontal chest X-rays to see the model's class probabilities and heatmap.")
+    st.stop()
+items, refused = checked_uploads(uploads)
+for reason in refused:
+    st.error(reason)
+with st.spinner("Classifying…"):
+    predictions = classifier(str(chosen.path)).classify(items) if items else []
+for prediction in predictions:
+    show(prediction, show_heatmap=show_heatmap)
+table = results_table(predictions, chosen.classes)
+st.subheader("Results")
+st.dataframe(table, hide_index=True)
+st.download_button(
+    "Download results (CSV)", table.to_csv(index=False).encode(), file_name="classification.csv", mime="text/csv"
+)

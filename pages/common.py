@@ -1,0 +1,132 @@
+"""What every page of the explorer shares: cached reads, the chosen view in the URL, empty states.
+
+The chosen study, backbone and fold live in ``st.query_params`` so a copied link opens the same
+view; they are also remembered in the session, because moving between pages through the
+navigation menu starts a page with an empty URL query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from engine import explore, settings
+
+NOT_A_DEVICE = (
+    "Research tool, not a diagnostic device: results describe models trained on a public research "
+    "dataset and must not be used to diagnose or treat anyone."
+)
+PAGES = {
+    "home": "pages/home.py",
+    "jobs": "pages/jobs.py",
+    "comparison": "pages/comparison.py",
+    "confusion": "pages/confusion.py",
+    "curves": "pages/curves.py",
+    "classify": "pages/classify.py",
+    "report": "pages/report.py",
+}
+NO_STUDY_HELP = (
+    "No study with finished runs in `{root}` yet. Launch a training job from the sidebar "
+    "(or run `python -m engine study --data <folder> --backbones MobileNet`), then follow it on the Jobs page."
+)
+
+
+def artifacts_root() -> Path:
+    return settings.artifacts_dir()
+
+
+def remembered(param: str) -> str | None:
+    """The URL's value of ``param``, else the one chosen earlier in this session."""
+    return st.query_params.get(param) or st.session_state.get("view", {}).get(param)
+
+
+def remember(**values: object) -> None:
+    """Put the chosen view in the URL and in the session."""
+    view = st.session_state.setdefault("view", {})
+    for param, value in values.items():
+        if value is None:
+            view.pop(param, None)
+            st.query_params.pop(param, None)
+        else:
+            view[param] = str(value)
+            st.query_params[param] = str(value)
+
+
+def choose(
+    label: str,
+    options: Sequence,
+    *,
+    param: str,
+    where=st,
+    format_func: Callable[[object], str] = str,
+    help: str | None = None,
+    exclude: object = None,
+):
+    """A selectbox whose choice is kept in the URL under ``param``."""
+    options = [o for o in options if exclude is None or o != exclude]
+    if not options:
+        return None
+    wanted = remembered(param)
+    index = next((i for i, o in enumerate(options) if str(o) == wanted), 0)
+    value = where.selectbox(label, options, index=index, format_func=format_func, help=help, key=f"choose-{param}")
+    remember(**{param: value})
+    return value
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _studies(root: str, key: tuple) -> pd.DataFrame:
+    return explore.list_studies(Path(root))
+
+
+def studies() -> pd.DataFrame:
+    root = artifacts_root()
+    return _studies(str(root), explore.artifacts_key(root))
+
+
+def selected_study() -> str | None:
+    """The study chosen in the sidebar, if any study has finished runs."""
+    table = studies()
+    ids = list(table.loc[table["folds_done"] > 0, "study_id"])
+    wanted = remembered("study")
+    if wanted in ids:
+        return wanted
+    return ids[0] if ids else None
+
+
+def require_study() -> str:
+    """The chosen study, or an explanation of what to do and the end of this page's script."""
+    study_id = selected_study()
+    if study_id is None:
+        st.info(NO_STUDY_HELP.format(root=artifacts_root()))
+        st.stop()
+    return study_id
+
+
+def cached(read: Callable, study_id: str, *args: object) -> object:
+    """``read(study_id, *args, artifacts_root)`` cached until a run of the study finishes."""
+    root = artifacts_root()
+    return _cached_read(read.__name__, str(root), study_id, args, explore.study_key(study_id, root))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_read(name: str, root: str, study_id: str, args: tuple, key: tuple) -> object:
+    return getattr(explore, name)(study_id, *args, artifacts_root=Path(root))
+
+
+def backbones_of(study_id: str) -> list[str]:
+    table = cached(explore.fold_metrics, study_id)
+    return sorted(table["backbone"].unique()) if not table.empty else []
+
+
+def folds_of(study_id: str, backbone: str) -> list[int]:
+    table = cached(explore.fold_metrics, study_id)
+    return sorted(int(f) for f in table.loc[table["backbone"] == backbone, "fold"])
+
+
+def study_caption(study_id: str) -> None:
+    table = studies().set_index("study_id")
+    row = table.loc[study_id]
+    st.caption(f"Study `{study_id}` · {row['title']} · {row['folds_done']} finished runs")

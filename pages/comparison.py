@@ -1,0 +1,148 @@
+"""Comparison: every backbone's mean and spread over folds, the paper's Table 1, and a fair pairwise test."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from engine import explore
+from engine.stats import corrected_resampled_ttest, verdict
+from pages import common
+
+PAPER_LABELS = {"precision": "precision (paper)", "recall": "recall (paper)", "f1": "F1 (paper)"}
+MACRO_LABELS = {"macro_precision": "precision (macro)", "macro_recall": "recall (macro)", "macro_f1": "F1 (macro)"}
+DEFINITIONS_NOTE = (
+    "**Why two definitions.** The paper's precision/recall are Keras `Precision()`/`Recall()` on one-hot "
+    "softmax outputs with a 0.5 threshold: every (image, class) pair counts as one yes/no decision, so the many "
+    'easy "not this class" cells lift precision above accuracy (0.98 vs 0.94 in Table 1).  \n'
+    "The per-class (macro) figures average each class's own precision and recall, so the small COVID-19 class "
+    "weighs as much as the others: use them to judge models, and the paper's to compare with Table 1."
+)
+
+
+def metric_labels(per_class: bool) -> dict[str, str]:
+    """The columns of the comparison: the toggle swaps the paper's precision/recall/F1 for the macro ones."""
+    chosen = MACRO_LABELS if per_class else {**PAPER_LABELS, "macro_f1": "F1 (macro)"}
+    return {"accuracy": "accuracy", **chosen, explore.COVID_RECALL: "COVID-19 recall", "loss": "loss"}
+
+
+def labelled(table: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Keep the chosen metrics' mean and std columns, under readable names."""
+    columns = {"backbone": "backbone", "folds": "folds"}
+    for key, label in labels.items():
+        columns[f"{key} mean"] = label
+        columns[f"{key} std"] = f"{label} ±sd"
+    present = {k: v for k, v in columns.items() if k in table.columns}
+    return table[list(present)].rename(columns=present)
+
+
+def mark_best(table: pd.DataFrame, best: dict[str, str]):
+    """Highlight each metric's best backbone (lowest loss, highest everything else)."""
+    numbers = [c for c in table.columns if c not in ("backbone", "folds")]
+
+    def highlight(column: pd.Series) -> list[str]:
+        winner = best.get(column.name)
+        return ["background-color: #d4edda; font-weight: 700" if b == winner else "" for b in table["backbone"]]
+
+    return table.style.format("{:.3f}", subset=numbers).apply(highlight, subset=[c for c in best if c in table])
+
+
+def means_table(comparison: pd.DataFrame, labels: dict[str, str]) -> None:
+    st.subheader("Mean ± standard deviation over folds")
+    best = {
+        labels[c.removesuffix(" mean")]: b
+        for c, b in explore.best_per_column(comparison).items()
+        if c.removesuffix(" mean") in labels
+    }
+    st.dataframe(mark_best(labelled(comparison, labels), best), hide_index=True)
+    st.caption("Click a column header to sort. Green: best mean of each metric (lowest for the loss).")
+
+
+def paper_table(comparison: pd.DataFrame, definition: str) -> None:
+    st.subheader("The paper's Table 1 beside this study")
+    side = explore.paper_vs_study(comparison, definition=definition)
+    ours = "macro (per-class)" if definition == "per-class" else "the paper's"
+    st.caption(
+        f"Paper: mean over its 5 folds on 1,850 training images at 224 px. Study: this study's means with {ours} "
+        "precision/recall/F1. diff = study − paper. Backbones not trained in this study are left blank."
+    )
+    st.dataframe(
+        side.style.format("{:+.3f}", subset=[c for c in side if c.endswith("diff")], na_rep="").format(
+            "{:.3f}", subset=[c for c in side if c.endswith(("paper", "study"))], na_rep=""
+        ),
+        hide_index=True,
+    )
+
+
+def fold_plot(study_id: str, labels: dict[str, str]) -> None:
+    st.subheader("Every fold")
+    long = common.cached(explore.fold_metrics_long, study_id)
+    metric = common.choose("Metric", list(labels), param="metric", format_func=labels.get)
+    shown = long[long["metric"] == metric]
+    figure = px.box(
+        shown,
+        x="backbone",
+        y="value",
+        points="all",
+        hover_data=["fold"],
+        color="backbone",
+        labels={"value": labels[metric]},
+    )
+    figure.update_layout(showlegend=False, height=380, margin={"t": 10})
+    st.plotly_chart(figure, width="stretch")
+
+
+def pairwise_test(study_id: str, backbones: list[str], labels: dict[str, str]) -> None:
+    st.subheader("Is one backbone really better than another?")
+    if len(backbones) < 2:
+        st.info("Train a second backbone in this study to compare two backbones fold by fold.")
+        return
+    left, middle, right = st.columns(3)
+    a = common.choose("Backbone A", backbones, param="backbone", where=left)
+    b = common.choose("Backbone B", backbones, param="vs", where=middle, exclude=a)
+    metric = common.choose("Metric", list(labels), param="test_metric", where=right, format_func=labels.get)
+    paired = common.cached(explore.paired_folds, study_id, metric, a, b)
+    if len(paired) < 2:
+        st.info(f"{a} and {b} share {len(paired)} finished fold(s); the test needs at least 2.")
+        return
+    result = corrected_resampled_ttest(
+        paired[a], paired[b], n_train=paired["n_train"].mean(), n_test=paired["n_test"].mean()
+    )
+    sentence = verdict(result, name_a=a, name_b=b, metric=labels[metric], higher_is_better=metric != "loss")
+    (st.success if result.p_value < 0.05 else st.info)(sentence)
+    stats = st.columns(4)
+    stats[0].metric("mean difference (A − B)", f"{result.mean_difference:+.4f}")
+    stats[1].metric("t", f"{result.t:.3f}")
+    stats[2].metric("degrees of freedom", result.df)
+    stats[3].metric("p-value (two-sided)", f"{result.p_value:.4f}")
+    st.dataframe(paired.assign(difference=paired[a] - paired[b]), hide_index=True)
+    st.caption(
+        "Corrected resampled t-test (Nadeau and Bengio, 2003): t = mean(d) / sqrt((1/k + n_test/n_train) · var(d)). "
+        "Folds share most of their training images, so a plain paired t-test finds differences that are not there."
+    )
+
+
+study_id = common.require_study()
+st.title("Backbone comparison")
+common.study_caption(study_id)
+comparison = common.cached(explore.comparison_table, study_id)
+per_class = st.toggle(
+    "Per-class (macro) precision, recall and F1",
+    value=common.remembered("definition") == "per-class",
+    help="Off: the paper's definitions, to compare with its Table 1. On: the proper per-class means.",
+)
+definition = "per-class" if per_class else "paper"
+common.remember(definition=definition)
+st.info(DEFINITIONS_NOTE, icon="ℹ️")
+labels = metric_labels(per_class)
+means_table(comparison, labels)
+paper_table(comparison, definition)
+fold_plot(study_id, labels)
+pairwise_test(study_id, list(comparison["backbone"]), labels)
+st.page_link(
+    common.PAGES["confusion"],
+    label="See the confusion matrices of these backbones",
+    icon="🔢",
+    query_params={"study": study_id},
+)

@@ -1,0 +1,112 @@
+"""Confusion matrices: which classes each backbone mixes up, per fold or summed over folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine import explore
+from pages import common
+
+ALL_FOLDS = "all"
+VIEWS = {
+    "counts": "Counts",
+    "row": "Row % (recall: share of each true class)",
+    "column": "Column % (precision: share of each prediction)",
+}
+
+
+def percentages(matrix: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    counts = matrix.to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rows = np.nan_to_num(100 * counts / counts.sum(axis=1, keepdims=True))
+        columns = np.nan_to_num(100 * counts / counts.sum(axis=0, keepdims=True))
+    return rows, columns
+
+
+def heatmap(matrix: pd.DataFrame, *, view: str, title: str) -> go.Figure:
+    """A heatmap whose hover shows the count, the row % and the column % of every cell."""
+    rows, columns = percentages(matrix)
+    counts = matrix.to_numpy()
+    shown = {"counts": counts, "row": rows, "column": columns}[view]
+    text = [[f"{v:.0f}" if view == "counts" else f"{v:.1f}%" for v in line] for line in shown]
+    figure = go.Figure(
+        go.Heatmap(
+            z=shown,
+            x=list(matrix.columns),
+            y=list(matrix.index),
+            text=text,
+            texttemplate="%{text}",
+            customdata=np.dstack([counts, rows, columns]),
+            hovertemplate=(
+                "true %{y} → predicted %{x}<br>count %{customdata[0]:.0f}<br>"
+                "row %{customdata[1]:.1f}% · column %{customdata[2]:.1f}%<extra></extra>"
+            ),
+            colorscale="Blues",
+            showscale=False,
+        )
+    )
+    figure.update_layout(
+        title=title,
+        height=380,
+        margin={"t": 40, "l": 10, "r": 10, "b": 10},
+        xaxis={"title": "predicted", "side": "bottom"},
+        yaxis={"title": "true", "autorange": "reversed"},
+    )
+    return figure
+
+
+def fold_label(fold: object) -> str:
+    return "all folds (summed)" if fold == ALL_FOLDS else f"fold {fold}"
+
+
+def backbone_panel(study_id: str, backbone: str, fold: object, view: str) -> None:
+    chosen = None if fold == ALL_FOLDS else int(fold)
+    if chosen is not None and chosen not in common.folds_of(study_id, backbone):
+        st.info(f"{backbone} has not finished fold {chosen}; showing all its finished folds summed.")
+        chosen = None
+    matrix = common.cached(explore.confusion_matrix, study_id, backbone, chosen)
+    title = f"{backbone} · {fold_label(ALL_FOLDS if chosen is None else chosen)}"
+    st.plotly_chart(heatmap(matrix, view=view, title=title), width="stretch", key=f"cm-{backbone}")
+    table = explore.per_class_table(matrix)
+    st.dataframe(
+        table.style.format("{:.3f}", subset=["sensitivity", "specificity", "precision", "npv"]), hide_index=True
+    )
+
+
+study_id = common.require_study()
+st.title("Confusion matrices")
+common.study_caption(study_id)
+backbones = common.backbones_of(study_id)
+first, second, fold_column, view_column = st.columns([2, 2, 1.4, 2])
+backbone = common.choose("Backbone", backbones, param="backbone", where=first)
+other = common.choose("Side by side with", ["none", *backbones], param="vs", where=second, exclude=backbone)
+folds = sorted(set(common.folds_of(study_id, backbone)))
+fold = common.choose("Fold", [ALL_FOLDS, *folds], param="fold", where=fold_column, format_func=fold_label)
+view = view_column.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=False)
+st.caption(
+    "Rows are the true class, columns the prediction. Hover a cell for its count, row % and column %. "
+    "Per-class figures are one-vs-rest: sensitivity = recall, NPV = negative predictive value."
+)
+if other in (None, "none"):
+    backbone_panel(study_id, backbone, fold, view)
+else:
+    left, right = st.columns(2)
+    with left:
+        backbone_panel(study_id, backbone, fold, view)
+    with right:
+        backbone_panel(study_id, other, fold, view)
+
+st.header("The paper's confusion matrices (Tables 2-4)")
+st.caption("Best fold of each model in the paper, for reference: counts on its held-out fold of about 580 images.")
+for column, (name, matrix) in zip(st.columns(3), explore.paper_confusion_matrices().items(), strict=True):
+    with column:
+        st.plotly_chart(heatmap(matrix, view=view, title=name), width="stretch", key=f"paper-{name}")
+st.page_link(
+    common.PAGES["curves"],
+    label="See how these backbones trained",
+    icon="📈",
+    query_params={"study": study_id, "backbone": backbone},
+)

@@ -1,0 +1,121 @@
+"""Training curves: training vs validation accuracy and loss per epoch, per fold and as a mean with a band."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.colors
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine import explore
+from pages import common
+
+PANELS = {"accuracy": "Accuracy", "loss": "Loss"}
+SEPARATOR = ","
+
+
+def rgba(colour: str, alpha: float) -> str:
+    red, green, blue = plotly.colors.hex_to_rgb(colour)
+    return f"rgba({red},{green},{blue},{alpha})"
+
+
+def add_mean_band(figure: go.Figure, bands: pd.DataFrame, *, name: str, colour: str, dash: str) -> None:
+    """The mean over folds as a line, and mean ± one standard deviation as a shaded band."""
+    upper, lower = bands["mean"] + bands["std"], bands["mean"] - bands["std"]
+    figure.add_trace(
+        go.Scatter(
+            x=pd.concat([bands["epoch"], bands["epoch"][::-1]]),
+            y=pd.concat([upper, lower[::-1]]),
+            fill="toself",
+            fillcolor=rgba(colour, 0.15),
+            line={"width": 0},
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup=name,
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=bands["epoch"],
+            y=bands["mean"],
+            name=name,
+            legendgroup=name,
+            mode="lines+markers",
+            line={"color": colour, "dash": dash, "width": 2.5},
+            customdata=bands[["std", "folds"]],
+            hovertemplate="epoch %{x}: %{y:.4f} ± %{customdata[0]:.4f} over %{customdata[1]} folds<extra>"
+            + name
+            + "</extra>",
+        )
+    )
+
+
+def panel(curves: pd.DataFrame, best: pd.DataFrame, *, metric: str, backbones: list[str], each_fold: bool) -> go.Figure:
+    figure = go.Figure()
+    palette = plotly.colors.qualitative.Plotly
+    for index, backbone in enumerate(backbones):
+        colour = palette[index % len(palette)]
+        for key, kind, dash in ((metric, "training", "dot"), (f"val_{metric}", "validation", "solid")):
+            rows = curves[(curves["backbone"] == backbone) & (curves["metric"] == key)]
+            if rows.empty:
+                continue
+            if each_fold:
+                for fold, line in rows.groupby("fold"):
+                    figure.add_trace(
+                        go.Scatter(
+                            x=line["epoch"],
+                            y=line["value"],
+                            mode="lines",
+                            line={"color": rgba(colour, 0.35), "width": 1, "dash": dash},
+                            name=f"{backbone} {kind} fold {fold}",
+                            legendgroup=f"{backbone} {kind}",
+                            showlegend=False,
+                        )
+                    )
+            add_mean_band(figure, explore.history_bands(rows), name=f"{backbone} {kind}", colour=colour, dash=dash)
+        lowest = best[best["backbone"] == backbone]
+        for _, row in lowest.iterrows():
+            figure.add_vline(
+                x=row["epoch"],
+                line={"color": colour, "dash": "dash", "width": 1},
+                annotation_text=f"lowest val loss: epoch {row['epoch']}",
+                annotation_position="top",
+            )
+    figure.update_layout(
+        title=PANELS[metric],
+        height=420,
+        margin={"t": 60, "l": 10, "r": 10, "b": 10},
+        xaxis={"title": "epoch", "dtick": 1},
+        yaxis={"title": metric},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+study_id = common.require_study()
+st.title("Training curves")
+common.study_caption(study_id)
+curves = common.cached(explore.histories, study_id)
+available = sorted(curves["backbone"].unique())
+wanted = [
+    b
+    for b in (common.remembered("backbones") or common.remembered("backbone") or "").split(SEPARATOR)
+    if b in available
+]
+backbones = st.multiselect("Backbones (overlaid)", available, default=wanted or available[:3])
+common.remember(backbones=SEPARATOR.join(backbones) or None)
+each_fold = st.toggle("Show each fold", value=True)
+if not backbones:
+    st.info("Choose at least one backbone.")
+    st.stop()
+st.caption(
+    "Dotted: training, solid: validation (the held-out fold). Thick lines are the mean over folds with a ±1 sd "
+    "band; thin lines are single folds. The dashed vertical line marks the epoch with the lowest mean validation "
+    "loss: a validation loss that rises after it while training loss keeps falling means over-fitting."
+)
+best = explore.best_epochs(curves[curves["backbone"].isin(backbones)])
+for metric in PANELS:
+    st.plotly_chart(panel(curves, best, metric=metric, backbones=backbones, each_fold=each_fold), width="stretch")
+st.dataframe(
+    best.rename(columns={"epoch": "epoch of lowest mean val loss", "val_loss": "mean val loss"}), hide_index=True
+)

@@ -1,0 +1,86 @@
+"""Home: what the study is, which data and weights produced the numbers shown, and where to start."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine import explore
+from pages import common
+
+st.title("Transfer learning for COVID-19 chest X-rays: study explorer")
+st.warning(common.NOT_A_DEVICE, icon="⚠️")
+st.markdown(
+    """
+This explorer reproduces and extends *On Transfer Learning for Classifying COVID-19 in Chest X-Rays
+Images* (Santos, Silva, Cortes): ImageNet-pretrained `keras.applications` CNNs are retrained to tell
+**COVID-19**, **Normal** and **Viral Pneumonia** chest X-rays apart, and each one is evaluated with
+stratified k-fold cross-validation on the same folds, so backbones can be compared fold by fold.
+It shows each backbone's mean and spread over folds, the paper's Table 1 beside them, confusion
+matrices, training curves, and lets you classify your own X-rays with a trained model and see where it looked.
+"""
+)
+st.caption(
+    "Known caveat of the public data: Normal and Viral Pneumonia images are of children, COVID-19 images mostly "
+    "of adults, so a model can learn anatomy instead of disease (DeGrave et al., Nature Machine Intelligence 2021). "
+    "The Grad-CAM heatmaps on the Classify page are how to check what a model looks at."
+)
+
+study_id = common.selected_study()
+if study_id is None:
+    st.info(common.NO_STUDY_HELP.format(root=common.artifacts_root()))
+    st.stop()
+
+source = common.cached(explore.provenance, study_id)
+st.header("Where these results come from")
+common.study_caption(study_id)
+data_col, protocol_col = st.columns(2)
+with data_col:
+    st.subheader("Dataset")
+    st.markdown(
+        f"**{source.dataset}** · fingerprint `{source.fingerprint}` · "
+        f"{sum(source.class_counts.values()):,} images at {source.input_size}×{source.input_size} px"
+    )
+    counts = st.columns(len(source.class_counts))
+    for column, (name, count) in zip(counts, source.class_counts.items(), strict=True):
+        column.metric(name, f"{count:,}")
+    st.caption(f"Imported from `{source.source}`")
+with protocol_col:
+    st.subheader("Protocol")
+    st.markdown(f"**{source.protocol}** · {source.n_folds}-fold stratified cross-validation · seed {source.seed}")
+    st.caption(source.protocol_description)
+st.subheader("Weights")
+st.dataframe(
+    source.weights,
+    hide_index=True,
+    column_config={
+        "weights": "initial weights",
+        "file": "weights file",
+        "sha256": st.column_config.TextColumn("sha256 (first 16 hex)"),
+        "keras": "Keras version",
+    },
+)
+
+st.header("Where to start")
+params = {"study": study_id}
+st.page_link(
+    common.PAGES["comparison"],
+    label="Compare backbones, and this study with the paper's Table 1",
+    icon="📊",
+    query_params=params,
+)
+st.page_link(common.PAGES["confusion"], label="See which classes each model confuses", icon="🔢", query_params=params)
+st.page_link(
+    common.PAGES["curves"],
+    label="Check training and validation curves for over-fitting",
+    icon="📈",
+    query_params=params,
+)
+st.page_link(common.PAGES["classify"], label="Classify your own X-rays, with Grad-CAM heatmaps", icon="🩻")
+st.page_link(common.PAGES["jobs"], label="Follow training jobs", icon="⏱️")
+
+st.header("All studies in this artifacts folder")
+st.dataframe(
+    common.studies(),
+    hide_index=True,
+    column_config={"created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")},
+)

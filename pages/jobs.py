@@ -1,0 +1,127 @@
+"""Jobs: every training job with live progress, its tasks, its log, and a cancel button."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import streamlit as st
+
+from engine import settings
+from engine.jobs import Job, JobStore
+from engine.worker import ensure_worker, worker_alive
+from pages import common
+
+ACTIVE = ("queued", "running")
+STATE_ICONS = {"queued": "🕓", "running": "⚙️", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
+LOG_TAIL_CHARS = 6000
+
+
+def when(timestamp: float | None) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "–"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def progress_text(job: Job) -> str:
+    """Where the job is: task, backbone, fold, epoch, ETA and the latest validation accuracy."""
+    p = job.progress or {}
+    parts = [f"task {p.get('tasks_done', 0)}/{p.get('tasks_total', '?')}"]
+    if p.get("backbone"):
+        parts.append(f"{p['backbone']} fold {p.get('fold')}")
+    if p.get("epochs"):
+        parts.append(f"epoch {min(int(p.get('epoch') or 0) + 1, int(p['epochs']))}/{p['epochs']}")
+    val_accuracy = (p.get("logs") or {}).get("val_accuracy")
+    if val_accuracy is not None:
+        parts.append(f"val accuracy {val_accuracy:.3f}")
+    if job.state == "running":
+        parts.append(f"ETA {duration(p.get('eta_seconds'))}")
+    return " · ".join(parts)
+
+
+def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:
+    request = job.request
+    with st.container(border=True):
+        head, action = st.columns([5, 1])
+        head.markdown(
+            f"**{STATE_ICONS.get(job.state, '')} {job.state}** · job `{job.id}` · {', '.join(request.backbones)} · "
+            f"protocol {request.protocol} · {request.folds} folds"
+        )
+        head.caption(
+            f"data `{request.data}` · created {when(job.created_at)} · started {when(job.started_at)} · "
+            f"finished {when(job.finished_at)} · executor: {job.executor or 'not yet picked up'}"
+        )
+        if can_cancel and job.state in ACTIVE and action.button("Cancel", key=f"cancel-{job.id}"):
+            job = store.cancel(job.id)
+            st.toast(f"Job {job.id}: {job.state}")
+        fraction = float((job.progress or {}).get("fraction") or (1.0 if job.state == "done" else 0.0))
+        st.progress(min(max(fraction, 0.0), 1.0), text=f"{fraction:.0%} · {progress_text(job)}")
+        if job.error:
+            st.error(job.error)
+        if job.study_id:
+            st.page_link(
+                common.PAGES["comparison"],
+                label=f"Results of study {job.study_id}",
+                icon="📊",
+                query_params={"study": job.study_id},
+            )
+        with st.expander("Tasks and log"):
+            tasks = store.tasks(job.id)
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "backbone": t.backbone,
+                            "fold": t.fold,
+                            "state": t.state,
+                            "started": when(t.started_at),
+                            "finished": when(t.finished_at),
+                            "error": t.error or "",
+                        }
+                        for t in tasks
+                    ],
+                    columns=["backbone", "fold", "state", "started", "finished", "error"],
+                ),
+                hide_index=True,
+            )
+            log = store.log(job.id)
+            st.code(log[-LOG_TAIL_CHARS:] or "(no log yet)", language="text")
+
+
+@st.fragment(run_every=2)
+def live_jobs() -> None:
+    """Re-drawn every two seconds, so progress moves without reloading the page."""
+    store = JobStore(common.artifacts_root())
+    jobs = store.list_jobs()
+    if not jobs:
+        st.info(
+            "No jobs yet. Launch one from the sidebar form (dataset folder or .zip, backbones, protocol), "
+            "or from a terminal with `python -m engine submit ...`."
+        )
+        return
+    read_only = settings.read_only()
+    alive = worker_alive(common.artifacts_root())
+    waiting = any(job.state in ACTIVE for job in jobs)
+    if waiting and not alive:
+        st.warning("Jobs are waiting but no worker is running.")
+        if not read_only and st.button("Start the worker"):
+            ensure_worker(common.artifacts_root())
+    st.caption(f"Worker {'running' if alive else 'stopped'} · refreshed {dt.datetime.now():%H:%M:%S}")
+    focus = common.remembered("job")
+    ordered = sorted(jobs, key=lambda j: (j.id != focus, j.state not in ACTIVE, -(j.created_at or 0)))
+    for job in ordered:
+        job_card(store, job, can_cancel=not read_only)
+
+
+st.title("Training jobs")
+st.caption(
+    "Each job trains its backbones on every fold, one task at a time, in a background worker; finished folds are "
+    "kept, so a cancelled or failed job resumes where it stopped when queued again."
+)
+live_jobs()

@@ -1,0 +1,152 @@
+"""The study explorer: page router, the study picker, and the form that launches a training job.
+
+Run with ``streamlit run streamlit_app.py``. With ``CXR_READ_ONLY=1`` (or ``read_only = true`` in
+``.streamlit/secrets.toml``) the app is a read-only demo: the launch form is hidden and the
+engine refuses to queue anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from engine import settings
+from engine.backbones import PAPER_BACKBONES, REGISTRY
+from engine.jobs import JobRequest, JobStore
+from engine.protocols import PROTOCOLS
+from engine.study import ReadOnlyError
+from engine.worker import ensure_worker
+from pages import common
+
+ALL_PAPER = "All 14 of the paper"
+ZIP_SIGNATURE = b"PK\x03\x04"
+MAX_ZIP_BYTES = 200 * 1024 * 1024
+DEFAULT_DATA = settings.shared_dir() / "data" / "covid19-radiography-paper"
+
+
+def secrets_read_only() -> bool:
+    """``read_only = true`` in the app's secrets; absent secrets mean not read-only."""
+    try:
+        return bool(st.secrets.get("read_only", False))
+    except FileNotFoundError:
+        return False
+
+
+def read_only() -> bool:
+    """The demo switch; a secrets-only setting is passed to the engine so it refuses too."""
+    if secrets_read_only():
+        os.environ["CXR_READ_ONLY"] = "1"
+    return settings.read_only()
+
+
+def saved_upload(upload) -> Path:
+    """Keep an uploaded dataset zip under ``<artifacts>/uploads/<sha256>.zip`` (once per content)."""
+    data = upload.getvalue()
+    if len(data) > MAX_ZIP_BYTES:
+        raise ValueError(f"{upload.name}: {len(data) / 2**20:.0f} MB is over the {MAX_ZIP_BYTES // 2**20} MB limit")
+    if not data.startswith(ZIP_SIGNATURE):
+        raise ValueError(f"{upload.name}: not a .zip archive (its content does not start like one)")
+    target = common.artifacts_root() / "uploads" / f"{hashlib.sha256(data).hexdigest()}.zip"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return target
+
+
+def chosen_backbones(picked: list[str]) -> tuple[str, ...]:
+    if ALL_PAPER in picked:
+        return tuple(dict.fromkeys([*PAPER_BACKBONES, *(p for p in picked if p != ALL_PAPER)]))
+    return tuple(picked)
+
+
+def study_picker() -> None:
+    table = common.studies()
+    done = table[table["folds_done"] > 0]
+    if done.empty:
+        st.sidebar.caption("No finished study yet.")
+        return
+    titles = {row.study_id: f"{row.title} ({row.folds_done} runs)" for row in done.itertuples()}
+    common.choose("Study", list(titles), param="study", where=st.sidebar, format_func=titles.get)
+
+
+def launch_form() -> None:
+    """Dataset, backbones and protocol parameters; submitting queues a job and wakes the worker."""
+    st.sidebar.subheader("Launch a training job")
+    protocol = PROTOCOLS[st.sidebar.selectbox("Protocol preset", list(PROTOCOLS), key="launch_protocol")]
+    st.sidebar.caption(protocol.description)
+    with st.sidebar.form("launch", border=True):
+        folder = st.text_input(
+            "Dataset folder on the server (one sub-folder per class)",
+            value=str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else "",
+        )
+        upload = st.file_uploader("…or upload a .zip of class folders (used instead of the folder)", type=["zip"])
+        picked = st.multiselect("Backbones", [ALL_PAPER, *REGISTRY], default=["MobileNet"])
+        left, right = st.columns(2)
+        folds = left.number_input("Folds", min_value=2, max_value=10, value=5)
+        epochs = right.number_input(
+            "Epochs" if len(protocol.stages) == 1 else "Epochs (last stage)",
+            min_value=1,
+            max_value=500,
+            value=protocol.stages[-1].epochs,
+        )
+        batch_size = left.number_input("Batch size", min_value=1, max_value=512, value=protocol.batch_size)
+        input_size = right.number_input("Input size (px)", min_value=32, max_value=512, value=224, step=16)
+        seed = left.number_input("Seed", min_value=0, value=42)
+        weights = right.selectbox("Weights", ["imagenet", "none"], help="'none' trains from random weights")
+        submitted = st.form_submit_button("Queue the job", type="primary")
+    if submitted:
+        submit(folder, upload, picked, int(folds), int(epochs), int(batch_size), int(input_size), int(seed), weights)
+    last = st.session_state.get("last_job")
+    if last:
+        st.sidebar.success(f"Job `{last}` queued.")
+        st.sidebar.page_link(common.PAGES["jobs"], label="Follow it on the Jobs page", icon="⏱️")
+
+
+def submit(folder, upload, picked, folds, epochs, batch_size, input_size, seed, weights) -> None:
+    try:
+        data = str(saved_upload(upload)) if upload is not None else folder.strip()
+        if not data:
+            raise ValueError("give a dataset folder or upload a .zip")
+        request = JobRequest(
+            data=data,
+            backbones=chosen_backbones(picked),
+            protocol=st.session_state["launch_protocol"],
+            folds=folds,
+            epochs=epochs,
+            batch_size=batch_size,
+            input_size=input_size,
+            seed=seed,
+            weights=weights,
+        )
+        job = JobStore(common.artifacts_root()).submit(request)
+    except (ReadOnlyError, ValueError) as exc:
+        st.sidebar.error(str(exc))
+        return
+    ensure_worker(common.artifacts_root())
+    st.session_state["last_job"] = job.id
+
+
+st.set_page_config(page_title="CXR transfer-learning study explorer", page_icon="🫁", layout="wide")
+navigation = st.navigation(
+    [
+        st.Page(common.PAGES["home"], title="Home", icon="🏠", default=True),
+        st.Page(common.PAGES["comparison"], title="Comparison", icon="📊"),
+        st.Page(common.PAGES["confusion"], title="Confusion matrices", icon="🔢"),
+        st.Page(common.PAGES["curves"], title="Training curves", icon="📈"),
+        st.Page(common.PAGES["classify"], title="Classify X-rays", icon="🩻"),
+        st.Page(common.PAGES["jobs"], title="Jobs", icon="⏱️"),
+        st.Page(common.PAGES["report"], title="Reproduction report", icon="📄"),
+    ]
+)
+study_picker()
+if read_only():
+    st.sidebar.info("Read-only demo: browsing finished studies only; training and job submission are disabled.")
+else:
+    launch_form()
+st.sidebar.caption(common.NOT_A_DEVICE)
+navigation.run()

@@ -1,0 +1,152 @@
+"""Every page of the explorer through Streamlit's AppTest: on a tiny real study, and on an empty folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import explore
+from engine.stats import corrected_resampled_ttest
+from tests import app_fixtures
+from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+TIMEOUT_S = 120
+tiny_study = app_fixtures.tiny_study
+
+
+def open_page(page: str | None = None, *, query: dict[str, str] | None = None) -> AppTest:
+    """The app on ``page`` (the home page when None), after the first run, with ``query`` in the URL."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.query_params.update(query or {})
+    at.run()
+    if page is not None:
+        at.switch_page(page)
+        at.query_params.update(query or {})
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+@pytest.fixture
+def study_root(tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch) -> TinyStudy:
+    monkeypatch.setenv("CXR_ARTIFACTS", str(tiny_study.root))
+    monkeypatch.delenv("CXR_READ_ONLY", raising=False)
+    return tiny_study
+
+
+@pytest.fixture
+def empty_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
+    monkeypatch.delenv("CXR_READ_ONLY", raising=False)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        (None, "No study with finished runs"),
+        ("pages/comparison.py", "No study with finished runs"),
+        ("pages/confusion.py", "No study with finished runs"),
+        ("pages/curves.py", "No study with finished runs"),
+        ("pages/classify.py", "No trained model"),
+        ("pages/jobs.py", "No jobs yet"),
+        ("pages/report.py", "No study with finished runs"),
+    ],
+)
+def test_every_page_explains_what_to_do_on_an_empty_folder(empty_root: Path, page: str | None, expected: str) -> None:
+    at = open_page(page)
+    assert expected in texts(at.info)
+
+
+def test_home_names_the_dataset_weights_and_where_to_start(study_root: TinyStudy) -> None:
+    at = open_page()
+    source = explore.provenance(study_root.study_id, study_root.root)
+    page = texts(at.markdown)
+    assert source.fingerprint in page and "tiny-data" in page
+    assert [m.value for m in at.metric] == ["8", "8", "8"]
+    weights = at.dataframe[0].value
+    assert sorted(weights["backbone"]) == sorted(TINY_BACKBONES)
+    assert "not a diagnostic device" in texts(at.warning)
+    assert {link.proto.page for link in at.get("page_link")} >= {
+        "comparison",
+        "confusion",
+        "curves",
+        "classify",
+        "jobs",
+    }
+
+
+def test_comparison_table_toggle_and_paired_test(study_root: TinyStudy) -> None:
+    at = open_page("pages/comparison.py", query={"study": study_root.study_id})
+    means = at.dataframe[0].value
+    assert sorted(means["backbone"]) == sorted(TINY_BACKBONES)
+    assert {"accuracy", "precision (paper)", "F1 (macro)", "COVID-19 recall", "loss ±sd"} <= set(means.columns)
+    expected = explore.comparison_table(study_root.study_id, study_root.root).set_index("backbone")
+    for _, row in means.iterrows():
+        assert row["accuracy"] == pytest.approx(expected.loc[row["backbone"], "accuracy mean"])
+    paper = at.dataframe[1].value
+    assert len(paper) == 14 and "accuracy diff" in paper.columns
+
+    a, b = at.selectbox(key="choose-backbone").value, at.selectbox(key="choose-vs").value
+    assert {a, b} == set(TINY_BACKBONES)
+    paired = explore.paired_folds(study_root.study_id, "accuracy", a, b, study_root.root)
+    result = corrected_resampled_ttest(
+        paired[a], paired[b], n_train=paired["n_train"].mean(), n_test=paired["n_test"].mean()
+    )
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["p-value (two-sided)"] == f"{result.p_value:.4f}"
+    assert shown["degrees of freedom"] == str(TINY_FOLDS - 1)
+    assert at.query_params["backbone"] == a
+
+    at.toggle[0].set_value(True).run()
+    assert not at.exception
+    assert {"precision (macro)", "recall (macro)"} <= set(at.dataframe[0].value.columns)
+    assert "precision (paper)" not in at.dataframe[0].value.columns
+    assert at.query_params["definition"] == "per-class"
+
+
+def test_confusion_page_opens_the_view_of_a_shared_link(study_root: TinyStudy) -> None:
+    backbone = TINY_BACKBONES[1]
+    at = open_page("pages/confusion.py", query={"study": study_root.study_id, "backbone": backbone, "fold": "1"})
+    assert at.selectbox(key="choose-backbone").value == backbone
+    assert at.selectbox(key="choose-fold").value == 1
+    matrix = explore.confusion_matrix(study_root.study_id, backbone, 1, study_root.root)
+    per_class = at.dataframe[0].value.set_index("class")
+    assert list(per_class["support"]) == list(matrix.sum(axis=1))
+    expected = explore.per_class_table(matrix).set_index("class")
+    assert per_class["sensitivity"].tolist() == pytest.approx(expected["sensitivity"].tolist())
+    assert len(at.get("plotly_chart")) == 1 + 3
+
+    at.selectbox(key="choose-fold").set_value("all").run()
+    at.selectbox(key="choose-vs").set_value(TINY_BACKBONES[0]).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2 + 3
+    total = explore.confusion_matrix(study_root.study_id, backbone, None, study_root.root)
+    assert list(at.dataframe[0].value["support"]) == list(total.sum(axis=1))
+    assert at.query_params["fold"] == "all"
+
+
+def test_curves_page_marks_the_lowest_validation_loss(study_root: TinyStudy) -> None:
+    at = open_page("pages/curves.py", query={"study": study_root.study_id})
+    assert len(at.get("plotly_chart")) == 2
+    best = explore.best_epochs(explore.histories(study_root.study_id, study_root.root)).set_index("backbone")
+    shown = at.dataframe[0].value.set_index("backbone")
+    for backbone in TINY_BACKBONES:
+        assert shown.loc[backbone, "epoch of lowest mean val loss"] == best.loc[backbone, "epoch"]
+    at.multiselect[0].set_value([TINY_BACKBONES[0]]).run()
+    assert list(at.dataframe[0].value["backbone"]) == [TINY_BACKBONES[0]]
+    assert at.query_params["backbones"] == TINY_BACKBONES[0]
+
+
+def test_report_page_renders_the_live_report(study_root: TinyStudy) -> None:
+    at = open_page("pages/report.py")
+    assert "# Reproduction report" in texts(at.markdown)
