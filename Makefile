@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
-STREAMLIT_ARGS ?=
+STREAMLIT_ARGS ?= --server.headless true
 
 .PHONY: run test lint bench venv clean-venv
 
