@@ -24,6 +24,7 @@ from pages import common
 ALL_PAPER = "All 14 of the paper"
 ZIP_SIGNATURE = b"PK\x03\x04"
 MAX_ZIP_BYTES = 200 * 1024 * 1024
+DEFAULT_PROTOCOL = "frozen"
 DEFAULT_DATA = settings.shared_dir() / "data" / "covid19-radiography-paper"
 
 
@@ -77,7 +78,10 @@ def study_picker() -> None:
 def launch_form() -> None:
     """Dataset, backbones and protocol parameters; submitting queues a job and wakes the worker."""
     st.sidebar.subheader("Launch a training job")
-    protocol = PROTOCOLS[st.sidebar.selectbox("Protocol preset", list(PROTOCOLS), key="launch_protocol")]
+    names = list(PROTOCOLS)
+    protocol = PROTOCOLS[
+        st.sidebar.selectbox("Protocol preset", names, index=names.index(DEFAULT_PROTOCOL), key="launch_protocol")
+    ]
     st.sidebar.caption(protocol.description)
     with st.sidebar.form("launch", border=True):
         folder = st.text_input(

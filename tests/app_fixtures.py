@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from streamlit.runtime.pages_manager import PagesManager
 
 from engine.protocols import get_protocol
 from engine.runner import run_study
@@ -48,3 +49,20 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
         artifacts_root=base / "artifacts",
     )
     return TinyStudy(root=base / "artifacts", study_id=study["study_id"], data=data, weights=weights)
+
+
+@pytest.fixture
+def served_navigation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the entry script on every AppTest run, as the server does once ``st.navigation`` was called.
+
+    AppTest resets Streamlit's legacy "pages directory" flag before each run, and with a ``pages/``
+    folder present it then runs the page script alone on reruns, skipping the router and sidebar.
+    The real server clears the flag for good at the first ``st.navigation`` call; this does the same.
+    """
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)

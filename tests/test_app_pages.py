@@ -15,6 +15,8 @@ from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 TIMEOUT_S = 120
 tiny_study = app_fixtures.tiny_study
+served_navigation = app_fixtures.served_navigation
+pytestmark = pytest.mark.usefixtures("served_navigation")
 
 
 def open_page(page: str | None = None, *, query: dict[str, str] | None = None) -> AppTest:
@@ -65,6 +67,8 @@ def empty_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_every_page_explains_what_to_do_on_an_empty_folder(empty_root: Path, page: str | None, expected: str) -> None:
     at = open_page(page)
     assert expected in texts(at.info)
+    assert "Research tool, not a diagnostic device" in texts(at.sidebar.caption)
+    assert at.sidebar.get("form"), "the launch form is in the sidebar of every page"
 
 
 def test_home_names_the_dataset_weights_and_where_to_start(study_root: TinyStudy) -> None:
@@ -76,6 +80,7 @@ def test_home_names_the_dataset_weights_and_where_to_start(study_root: TinyStudy
     weights = at.dataframe[0].value
     assert sorted(weights["backbone"]) == sorted(TINY_BACKBONES)
     assert "not a diagnostic device" in texts(at.warning)
+    assert at.sidebar.selectbox(key="choose-study").value == study_root.study_id
     assert {link.proto.page for link in at.get("page_link")} >= {
         "comparison",
         "confusion",
