@@ -1,0 +1,537 @@
+"""The persistent job store: study requests queued by the app or the CLI, run by the worker.
+
+One SQLite file beside the artifacts (``<artifacts>/jobs.sqlite``) in WAL mode, so the app reads
+while the worker writes. A job is a study request; it expands into one task per (backbone, fold),
+run in submission order. Every change is one transaction: a reader sees a job either before or
+after a change, never half of one, whatever moment the worker is killed at. The worker holds an
+``flock`` on ``<artifacts>/worker.lock`` while it lives; a ``running`` row only means something
+while that lock is held, which is how a killed worker's task is found and queued again.
+
+Reading jobs needs only the standard library: :mod:`engine.study` (and scikit-learn behind it)
+is imported when a request is checked, so ``jobs``/``logs`` commands and app readers start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine import artifacts, settings
+from engine.protocols import Protocol, get_protocol
+
+if TYPE_CHECKING:
+    from engine.study import StudyRequest
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+WEIGHTS_CHOICES = ("imagenet", "none")
+DB_NAME = "jobs.sqlite"
+LOCK_NAME = "worker.lock"
+BUSY_TIMEOUT_S = 30.0
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    request TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    study_id TEXT,
+    executor TEXT NOT NULL DEFAULT '',
+    progress TEXT NOT NULL DEFAULT '{}',
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_request
+    ON jobs (request_hash) WHERE state IN ('queued', 'running') AND cancel_requested = 0;
+CREATE TABLE IF NOT EXISTS tasks (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    position INTEGER NOT NULL,
+    backbone TEXT NOT NULL,
+    fold INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (job_id, position)
+);
+CREATE TABLE IF NOT EXISTS job_logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    at REAL NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_logs_by_job ON job_logs (job_id, seq);
+"""
+
+
+class UnknownJobError(ValueError):
+    """No job has the id that was asked for."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A study request as the user gives it: one dataset, several backbones, one protocol."""
+
+    data: str
+    backbones: tuple[str, ...]
+    protocol: str = "frozen"
+    folds: int = 5
+    epochs: int | None = None
+    batch_size: int | None = None
+    input_size: int = 224
+    seed: int = 42
+    weights: str = "imagenet"
+
+    def validated(self) -> JobRequest:
+        """The request checked and in canonical form (absolute data path, no repeated backbone)."""
+        from engine.study import check_backbones
+
+        if isinstance(self.backbones, str):
+            raise ValueError(f"backbones must be a list of names, got backbones={self.backbones!r}")
+        backbones = tuple(dict.fromkeys(self.backbones))
+        check_backbones(list(backbones), self.input_size)
+        get_protocol(self.protocol)
+        if not isinstance(self.folds, int) or self.folds < 2:
+            raise ValueError(f"folds must be an integer of at least 2, got folds={self.folds!r}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1 (or None for the protocol's), got epochs={self.epochs!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got seed={self.seed!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got batch_size={self.batch_size!r}")
+        weights = "none" if self.weights is None else self.weights
+        if weights not in WEIGHTS_CHOICES:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}, got weights={self.weights!r}")
+        data = Path(self.data).expanduser().resolve()
+        if not (data.is_dir() or (data.is_file() and data.suffix.lower() == ".zip")):
+            raise ValueError(f"data must be an existing dataset folder or .zip file, got data={self.data!r}")
+        return replace(self, data=str(data), backbones=backbones, weights=weights)
+
+    def study_protocol(self) -> Protocol:
+        return get_protocol(self.protocol).replace(epochs=self.epochs, batch_size=self.batch_size)
+
+    def study_request(self) -> StudyRequest:
+        from engine.study import StudyRequest
+
+        weights = None if self.weights == "none" else self.weights
+        return StudyRequest(protocol=self.study_protocol(), n_folds=self.folds, seed=self.seed, weights=weights)
+
+    def canonical_hash(self) -> str:
+        """Equal for requests that train the same thing (``epochs=None`` equals the protocol's own count)."""
+        return artifacts.canonical_hash(
+            {
+                "data": self.data,
+                "backbones": list(self.backbones),
+                "protocol": self.study_protocol().to_dict(),
+                "folds": self.folds,
+                "input_size": self.input_size,
+                "seed": self.seed,
+                "weights": self.weights,
+            },
+            length=32,
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "backbones": list(self.backbones)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JobRequest:
+        return cls(**{**data, "backbones": tuple(data["backbones"])})
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored, with its live progress (written by the worker, read by the app)."""
+
+    id: str
+    request: JobRequest
+    state: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    study_id: str | None
+    executor: str
+    progress: dict = field(default_factory=dict)
+    cancel_requested: bool = False
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "request": self.request.to_dict()}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One (backbone, fold) of a job."""
+
+    job_id: str
+    backbone: str
+    fold: int
+    state: str
+    error: str | None
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone} fold {self.fold}"
+
+
+def empty_progress() -> dict:
+    """Every progress key the app may read, before the worker wrote any."""
+    return {
+        "fraction": 0.0,
+        "backbone": None,
+        "fold": None,
+        "phase": None,
+        "epoch": None,
+        "epochs": None,
+        "batch": None,
+        "batches": None,
+        "logs": {},
+        "eta_seconds": None,
+        "updated_at": None,
+        "tasks_done": 0,
+        "tasks_total": 0,
+    }
+
+
+def worker_lock_path(artifacts_root: Path) -> Path:
+    return artifacts_root / LOCK_NAME
+
+
+def lock_is_held(path: Path) -> bool:
+    """True while some process (this one included, through another descriptor) holds ``path``'s flock."""
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+class JobStore:
+    """Jobs, tasks and logs of one artifacts folder, safe to use from many processes at once."""
+
+    def __init__(self, artifacts_root: Path | None = None) -> None:
+        self.root = artifacts.ensure_root(Path(artifacts_root) if artifacts_root else settings.artifacts_dir())
+        self.path = self.root / DB_NAME
+        self._create_schema()
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        con.execute("PRAGMA synchronous = NORMAL")
+        return con
+
+    def _create_schema(self) -> None:
+        """Create the tables once; an flock keeps two first-time openers from racing on the WAL switch."""
+        probe = self._connect()
+        try:
+            ready = probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        finally:
+            probe.close()
+        if ready:
+            return
+        fd = os.open(self.root / f"{DB_NAME}.init-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            con = self._connect()
+            try:
+                if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    con.execute("PRAGMA journal_mode = WAL")
+                    con.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            finally:
+                con.close()
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction; a writer takes the write lock up front, so two writers never deadlock."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    # --- what the app and the CLI use ---
+
+    def submit(self, request: JobRequest) -> Job:
+        """Queue ``request``, or return the queued or running job that asks for the same thing."""
+        from engine.study import refuse_if_read_only
+
+        refuse_if_read_only()
+        request = request.validated()
+        digest = request.canonical_hash()
+        for _ in range(3):
+            try:
+                with self._transaction(write=True) as con:
+                    existing = self._active_with_hash(con, digest)
+                    if existing is not None:
+                        return self._job(con, existing)
+                    job_id = secrets.token_hex(4)
+                    self._insert(con, job_id, request, digest)
+                    return self._job(con, job_id)
+            except sqlite3.IntegrityError:
+                continue
+        raise RuntimeError(f"could not queue the job of {request.data}: the job store kept refusing the insert")
+
+    def list_jobs(self) -> list[Job]:
+        """Every job, newest first."""
+        with self._transaction(write=False) as con:
+            ids = [row["id"] for row in con.execute("SELECT id FROM jobs ORDER BY seq DESC")]
+            return [self._job(con, job_id) for job_id in ids]
+
+    def get(self, job_id: str) -> Job:
+        with self._transaction(write=False) as con:
+            return self._job(con, job_id)
+
+    def tasks(self, job_id: str) -> list[Task]:
+        with self._transaction(write=False) as con:
+            self._row(con, job_id)
+            rows = con.execute("SELECT * FROM tasks WHERE job_id = ? ORDER BY position", (job_id,))
+            return [_task(row) for row in rows]
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: at once when queued or when no worker is alive, else within one batch of the worker."""
+        with self._transaction(write=True) as con:
+            row = self._row(con, job_id)
+            if row["state"] in ACTIVE_STATES and not row["cancel_requested"]:
+                con.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                self._log(con, job_id, "cancel requested")
+                if row["state"] == "queued" or not lock_is_held(worker_lock_path(self.root)):
+                    self._finish_job(con, job_id)
+            return self._job(con, job_id)
+
+    def log(self, job_id: str) -> str:
+        """The job's log, one line per event, oldest first."""
+        with self._transaction(write=False) as con:
+            self._row(con, job_id)
+            rows = con.execute("SELECT at, line FROM job_logs WHERE job_id = ? ORDER BY seq", (job_id,))
+            return "".join(f"{_clock(r['at'])}  {r['line']}\n" for r in rows)
+
+    def log_entries(self, job_id: str) -> list[tuple[float, str]]:
+        """The log as (time, line) pairs, for code that needs the exact times."""
+        with self._transaction(write=False) as con:
+            self._row(con, job_id)
+            rows = con.execute("SELECT at, line FROM job_logs WHERE job_id = ? ORDER BY seq", (job_id,))
+            return [(r["at"], r["line"]) for r in rows]
+
+    # --- what the worker uses ---
+
+    def requeue_interrupted(self) -> list[Task]:
+        """Queue again the tasks a killed worker left running; call only while holding the worker lock."""
+        with self._transaction(write=True) as con:
+            rows = con.execute("SELECT * FROM tasks WHERE state = 'running' ORDER BY job_id, position").fetchall()
+            for row in rows:
+                con.execute(
+                    "UPDATE tasks SET state = 'queued', started_at = NULL WHERE job_id = ? AND position = ?",
+                    (row["job_id"], row["position"]),
+                )
+                label = f"{row['backbone']} fold {row['fold']}"
+                self._log(con, row["job_id"], f"{label}: interrupted (worker stopped); queued again")
+            return [_task(row) for row in rows]
+
+    def claim_next(self, *, executor: str) -> Task | None:
+        """Mark the first queued task (oldest job first) running and return it; ``None`` when nothing is queued."""
+        with self._transaction(write=True) as con:
+            jobs = con.execute(
+                "SELECT id, cancel_requested FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"
+            ).fetchall()
+            for job in jobs:
+                if job["cancel_requested"]:
+                    self._finish_job(con, job["id"])
+                    continue
+                row = con.execute(
+                    "SELECT * FROM tasks WHERE job_id = ? AND state = 'queued' ORDER BY position LIMIT 1", (job["id"],)
+                ).fetchone()
+                if row is None:
+                    if not self._count(con, job["id"], ("running",)):
+                        self._finish_job(con, job["id"])
+                    continue
+                now = _now()
+                con.execute(
+                    "UPDATE tasks SET state = 'running', started_at = ?, error = NULL "
+                    "WHERE job_id = ? AND position = ?",
+                    (now, row["job_id"], row["position"]),
+                )
+                con.execute(
+                    "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?), executor = ? "
+                    "WHERE id = ?",
+                    (now, executor, job["id"]),
+                )
+                self._log(con, job["id"], f"{row['backbone']} fold {row['fold']}: started ({executor})")
+                return replace(_task(row), state="running", started_at=now)
+        return None
+
+    def finish_task(self, task: Task, *, state: str, error: str | None = None, note: str = "") -> None:
+        """Record a task's outcome; the job ends once no task is left, or at once when it was cancelled."""
+        if state not in ("done", "failed", "cancelled"):
+            raise ValueError(f"a task finishes as done, failed or cancelled, got state={state!r}")
+        with self._transaction(write=True) as con:
+            con.execute(
+                "UPDATE tasks SET state = ?, error = ?, finished_at = ? WHERE job_id = ? AND backbone = ? AND fold = ?",
+                (state, error, _now(), task.job_id, task.backbone, task.fold),
+            )
+            self._log(con, task.job_id, f"{task.label}: {state}" + (f": {error}" if error else "") + note)
+            row = self._row(con, task.job_id)
+            if row["cancel_requested"] or not self._count(con, task.job_id, ACTIVE_STATES):
+                self._finish_job(con, task.job_id)
+
+    def set_progress(self, job_id: str, progress: dict, *, log_line: str | None = None) -> None:
+        with self._transaction(write=True) as con:
+            con.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress, allow_nan=False), job_id))
+            if log_line:
+                self._log(con, job_id, log_line)
+
+    def set_study_id(self, job_id: str, study_id: str) -> None:
+        with self._transaction(write=True) as con:
+            con.execute("UPDATE jobs SET study_id = ? WHERE id = ? AND study_id IS NULL", (study_id, job_id))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._transaction(write=False) as con:
+            return bool(self._row(con, job_id)["cancel_requested"])
+
+    def has_pending(self) -> bool:
+        with self._transaction(write=False) as con:
+            return con.execute("SELECT 1 FROM jobs WHERE state IN ('queued', 'running') LIMIT 1").fetchone() is not None
+
+    def task_counts(self, job_id: str) -> tuple[int, int]:
+        """(tasks finished, done or failed; all tasks) of a job."""
+        with self._transaction(write=False) as con:
+            return self._count(con, job_id, ("done", "failed")), self._count(con, job_id, STATES)
+
+    # --- internals ---
+
+    def _row(self, con: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(f"no job with id {job_id!r} in {self.path}")
+        return row
+
+    def _job(self, con: sqlite3.Connection, job_id: str) -> Job:
+        row = self._row(con, job_id)
+        done, total = self._count(con, job_id, ("done", "failed")), self._count(con, job_id, STATES)
+        progress = {**empty_progress(), **json.loads(row["progress"]), "tasks_done": done, "tasks_total": total}
+        if row["state"] != "running":
+            progress.update(fraction=done / total if total else 0.0, eta_seconds=None)
+        return Job(
+            id=row["id"],
+            request=JobRequest.from_dict(json.loads(row["request"])),
+            state=row["state"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            error=row["error"],
+            study_id=row["study_id"],
+            executor=row["executor"],
+            progress=progress,
+            cancel_requested=bool(row["cancel_requested"]),
+        )
+
+    @staticmethod
+    def _count(con: sqlite3.Connection, job_id: str, states: tuple[str, ...]) -> int:
+        marks = ", ".join("?" * len(states))
+        query = f"SELECT COUNT(*) FROM tasks WHERE job_id = ? AND state IN ({marks})"
+        return con.execute(query, (job_id, *states)).fetchone()[0]
+
+    @staticmethod
+    def _active_with_hash(con: sqlite3.Connection, digest: str) -> str | None:
+        row = con.execute(
+            "SELECT id FROM jobs WHERE request_hash = ? AND state IN ('queued', 'running') AND cancel_requested = 0",
+            (digest,),
+        ).fetchone()
+        return row["id"] if row else None
+
+    def _insert(self, con: sqlite3.Connection, job_id: str, request: JobRequest, digest: str) -> None:
+        con.execute(
+            "INSERT INTO jobs (id, request, request_hash, state, created_at) VALUES (?, ?, ?, 'queued', ?)",
+            (job_id, json.dumps(request.to_dict()), digest, _now()),
+        )
+        tasks = [(b, k) for b in request.backbones for k in range(request.folds)]
+        con.executemany(
+            "INSERT INTO tasks (job_id, position, backbone, fold, state) VALUES (?, ?, ?, ?, 'queued')",
+            [(job_id, i, b, k) for i, (b, k) in enumerate(tasks)],
+        )
+        self._log(
+            con,
+            job_id,
+            f"submitted: {', '.join(request.backbones)} · protocol {request.protocol} · {request.folds} folds · "
+            f"{len(tasks)} tasks · data {request.data}",
+        )
+
+    def _finish_job(self, con: sqlite3.Connection, job_id: str) -> None:
+        """End a job: cancelled if asked, else failed if any task failed (errors listed), else done."""
+        row = self._row(con, job_id)
+        now = _now()
+        if row["cancel_requested"]:
+            con.execute(
+                "UPDATE tasks SET state = 'cancelled', finished_at = ? "
+                "WHERE job_id = ? AND state IN ('queued', 'running')",
+                (now, job_id),
+            )
+            state, error = "cancelled", None
+        else:
+            failed = con.execute(
+                "SELECT backbone, fold, error FROM tasks WHERE job_id = ? AND state = 'failed' ORDER BY position",
+                (job_id,),
+            ).fetchall()
+            total = self._count(con, job_id, STATES)
+            state, error = ("failed", _failure_summary(failed, total)) if failed else ("done", None)
+        con.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?", (state, error, now, job_id))
+        done = self._count(con, job_id, ("done",))
+        self._log(con, job_id, f"job {state}: {done} of {self._count(con, job_id, STATES)} tasks done")
+
+    @staticmethod
+    def _log(con: sqlite3.Connection, job_id: str, line: str) -> None:
+        con.execute("INSERT INTO job_logs (job_id, at, line) VALUES (?, ?, ?)", (job_id, _now(), line))
+
+
+def _failure_summary(failed: list[sqlite3.Row], total: int) -> str:
+    lines = [f"{row['backbone']} fold {row['fold']}: {row['error']}" for row in failed]
+    return f"{len(failed)} of {total} tasks failed:\n" + "\n".join(lines)
+
+
+def _task(row: sqlite3.Row) -> Task:
+    return Task(
+        job_id=row["job_id"],
+        backbone=row["backbone"],
+        fold=row["fold"],
+        state=row["state"],
+        error=row["error"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )

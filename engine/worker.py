@@ -1,0 +1,245 @@
+"""The background worker: runs queued tasks one at a time, in submission order, outside Streamlit.
+
+``python -m engine worker`` holds ``<artifacts>/worker.lock`` (``flock``) for its whole life, so
+at most one worker serves an artifacts folder and a killed worker's lock frees itself. On start it
+queues again whatever a killed worker left running; finished folds are read back from disk by
+``train_fold``, never trained again. :func:`run_task` does one task and only talks to the store,
+so another executor can call it elsewhere; :func:`run_worker` is the local loop around it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from engine import artifacts, settings
+from engine.datasets import Dataset, import_dataset
+from engine.jobs import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
+from engine.metrics import flat_metrics
+from engine.study import prepare_study, refuse_if_read_only
+from engine.training import Cancelled, Progress, train_fold
+
+EXECUTOR = "local"
+IDLE_POLL_S = 1.0
+STOP_POLL_S = 0.5
+PROGRESS_EVERY_S = 1.0
+LOCK_WAIT_S = 2.0
+LOG_DIR = "logs"
+LOG_NAME = "worker.log"
+
+
+def _root(artifacts_root: Path | None) -> Path:
+    return artifacts.ensure_root(Path(artifacts_root) if artifacts_root else settings.artifacts_dir())
+
+
+def worker_alive(artifacts_root: Path | None = None) -> bool:
+    """True while a worker holds this artifacts folder's lock."""
+    return lock_is_held(worker_lock_path(_root(artifacts_root)))
+
+
+def ensure_worker(artifacts_root: Path | None = None) -> bool:
+    """Start a detached worker unless one is alive; True if it started one.
+
+    The worker outlives the caller (its own session) and exits once the queue is empty.
+    """
+    refuse_if_read_only()
+    root = _root(artifacts_root)
+    if worker_alive(root):
+        return False
+    log_path = root / LOG_DIR / LOG_NAME
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "engine", "worker", "--artifacts", str(root), "--once"],
+            cwd=settings.PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return True
+
+
+def _acquire_lock(root: Path) -> int | None:
+    """The worker lock's descriptor, or ``None`` if another worker holds it.
+
+    Retries for a moment, since :func:`worker_alive` probes the lock by taking it briefly.
+    """
+    fd = os.open(worker_lock_path(root), os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+
+def _say(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: {message}", file=sys.stderr, flush=True)
+
+
+@functools.lru_cache(maxsize=2)
+def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, dict]:
+    """The job's dataset and study, imported once per job (the import itself is cached by content)."""
+    dataset = import_dataset(request.data, input_size=request.input_size, artifacts=root)
+    return dataset, prepare_study(dataset, request.study_request(), artifacts_root=root)
+
+
+class StopPoll:
+    """``should_stop`` for ``train_fold``: called every batch, reads the store at most every ``STOP_POLL_S``."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.checked = 0.0
+        self.stop = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.stop and now - self.checked >= STOP_POLL_S:
+            self.checked = now
+            self.stop = self.store.cancel_requested(self.job_id)
+        return self.stop
+
+
+class ProgressWriter:
+    """``on_progress`` for ``train_fold``: the job's live progress, written at every epoch end and every second."""
+
+    def __init__(self, store: JobStore, job: Job, task: Task) -> None:
+        self.store = store
+        self.job = job
+        self.task = task
+        self.tasks_done, self.tasks_total = store.task_counts(job.id)
+        self.started = time.monotonic()
+        self.written = 0.0
+        self.logs: dict[str, float | None] = {}
+
+    def snapshot(self, progress: Progress | None) -> dict:
+        fold_fraction = progress.fraction if progress else 0.0
+        elapsed = time.monotonic() - self.started
+        remaining_tasks = self.tasks_total - self.tasks_done - 1
+        eta = None
+        if fold_fraction >= 0.02:
+            per_task = elapsed / fold_fraction
+            eta = per_task * (1.0 - fold_fraction) + per_task * remaining_tasks
+        return {
+            "fraction": (self.tasks_done + fold_fraction) / max(1, self.tasks_total),
+            "backbone": self.task.backbone,
+            "fold": self.task.fold,
+            "phase": progress.phase if progress else "starting",
+            "epoch": progress.epoch if progress else 0,
+            "epochs": progress.epochs if progress else self.job.request.study_protocol().epochs,
+            "batch": progress.batch if progress else 0,
+            "batches": progress.batches if progress else 0,
+            "logs": dict(self.logs),
+            "images_per_second": progress.images_per_second if progress else None,
+            "eta_seconds": eta,
+            "updated_at": time.time(),
+            "tasks_done": self.tasks_done,
+            "tasks_total": self.tasks_total,
+        }
+
+    def start(self) -> None:
+        self.store.set_progress(self.job.id, self.snapshot(None))
+        self.written = time.monotonic()
+
+    def __call__(self, progress: Progress) -> None:
+        self.logs.update({k: v if math.isfinite(v) else None for k, v in progress.logs.items()})
+        epoch_end = progress.phase == "train" and progress.batch == 0 and progress.epoch > 0
+        if not epoch_end and time.monotonic() - self.written < PROGRESS_EVERY_S:
+            return
+        line = None
+        if epoch_end:
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(progress.logs.items()))
+            line = f"{self.task.label}: epoch {progress.epoch}/{progress.epochs} {metrics}"
+        self.store.set_progress(self.job.id, self.snapshot(progress), log_line=line)
+        self.written = time.monotonic()
+
+
+def run_task(store: JobStore, task: Task) -> artifacts.RunResult:
+    """Train (or read back, when already on disk) one task; raises ``Cancelled`` or the task's error."""
+    job = store.get(task.job_id)
+    writer = ProgressWriter(store, job, task)
+    writer.start()
+    dataset, study = _prepared(store.root, job.id, job.request)
+    store.set_study_id(job.id, study["study_id"])
+    return train_fold(
+        dataset=dataset,
+        study=study,
+        backbone=task.backbone,
+        fold=task.fold,
+        artifacts_root=store.root,
+        on_progress=writer,
+        should_stop=StopPoll(store, job.id),
+    )
+
+
+def _execute(store: JobStore, task: Task) -> None:
+    """Run one task and record its outcome; a failing task fails alone, the loop goes on."""
+    started = time.monotonic()
+    try:
+        run = run_task(store, task)
+    except Cancelled:
+        store.finish_task(task, state="cancelled")
+    except Exception as exc:  # missing weights, out of memory, bad data, full disk: the task's own failure
+        _say(f"{task.label} of job {task.job_id} failed\n{traceback.format_exc()}")
+        message = str(exc).strip() or type(exc).__name__
+        store.finish_task(task, state="failed", error=f"{type(exc).__name__}: {message}")
+    else:
+        accuracy = flat_metrics(run.metrics)["accuracy"]
+        store.finish_task(task, state="done", note=f", accuracy {accuracy:.3f} ({time.monotonic() - started:.1f} s)")
+
+
+def run_worker(artifacts_root: Path | None = None, *, once: bool = False) -> int:
+    """Serve the queue of one artifacts folder; with ``once``, return when it is empty."""
+    refuse_if_read_only()
+    store = JobStore(artifacts_root)
+    fd = _acquire_lock(store.root)
+    if fd is None:
+        _say(f"another worker already serves {store.root}; exiting")
+        return 0
+    _say(f"serving {store.root}")
+    try:
+        _requeue(store)
+        while True:
+            task = store.claim_next(executor=EXECUTOR)
+            if task is not None:
+                _say(f"running {task.label} of job {task.job_id}")
+                _execute(store, task)
+                continue
+            if not once:
+                time.sleep(IDLE_POLL_S)
+                continue
+            os.close(fd)
+            fd = None
+            if not store.has_pending():
+                _say("queue empty; exiting")
+                return 0
+            fd = _acquire_lock(store.root)
+            if fd is None:
+                return 0
+            _requeue(store)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _requeue(store: JobStore) -> None:
+    """Queue again what a killed worker left running; only the lock holder may do this."""
+    for task in store.requeue_interrupted():
+        _say(f"queued again {task.label} of job {task.job_id} (interrupted)")
