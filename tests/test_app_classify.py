@@ -1,0 +1,56 @@
+"""The Classify page through AppTest: a model of the tiny study on an upload batch with a bad file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from engine.inference import list_models, load_classifier
+from tests import app_fixtures
+from tests.app_fixtures import TinyStudy
+from tests.synthetic import make_image
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+TIMEOUT_S = 120
+tiny_study = app_fixtures.tiny_study
+served_navigation = app_fixtures.served_navigation
+pytestmark = pytest.mark.usefixtures("served_navigation")
+
+
+def png(label: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(make_image(label, 40, np.random.default_rng(7))).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
+    tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXR_ARTIFACTS", str(tiny_study.root))
+    best = list_models(tiny_study.root)[0]
+    image = png(0)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.run()
+    at.switch_page("pages/classify.py").run()
+    assert "not a diagnostic device" in "\n".join(e.value for e in at.error)
+    assert at.selectbox(key="choose-model").value == f"{best.study_id}/{best.backbone}/{best.fold}"
+    at.get("file_uploader")[0].set_value([("xray.png", image, "image/png"), ("notes.png", b"hello", "image/png")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    expected = load_classifier(best.path).classify([("xray.png", image)])[0]
+    table = at.dataframe[0].value.set_index("file")
+    assert table.loc["xray.png", "predicted"] == expected.predicted
+    for name, probability in expected.probabilities.items():
+        assert table.loc["xray.png", f"p[{name}]"] == pytest.approx(probability, abs=1e-4)
+    assert "not a PNG or JPEG" in table.loc["notes.png", "error"]
+    assert "not a PNG or JPEG" in "\n".join(e.value for e in at.error)
+    assert "very small image" in "\n".join(w.value for w in at.warning)
+    assert f"Predicted: **{expected.predicted}**" in "\n".join(m.value for m in at.markdown)
+    assert len(at.get("plotly_chart")) == 2
+    assert at.get("download_button")
