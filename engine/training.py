@@ -159,7 +159,9 @@ def cached_features(
     return out
 
 
-def _progress_callback(backbone: str, fold: int, epochs: int, on_progress, should_stop, cancelled: list):
+def _progress_callback(
+    backbone: str, fold: int, epochs: int, batch_size: int, on_progress, should_stop, cancelled: list
+):
     import keras
 
     class ProgressCallback(keras.callbacks.Callback):
@@ -182,7 +184,7 @@ def _progress_callback(backbone: str, fold: int, epochs: int, on_progress, shoul
             self.last = time.monotonic()
 
         def on_train_batch_end(self, batch, logs=None):
-            self.seen += int(self.params.get("batch_size") or 0) or 1
+            self.seen += batch_size
             if should_stop and should_stop():
                 cancelled.append(True)
                 self.model.stop_training = True
@@ -268,7 +270,9 @@ def train_fold(
     classes = dataset.classes
     started = time.time()
     cancelled: list[bool] = []
-    callback = _progress_callback(backbone, fold, protocol.epochs, on_progress, should_stop, cancelled)
+    callback = _progress_callback(
+        backbone, fold, protocol.epochs, protocol.batch_size, on_progress, should_stop, cancelled
+    )
 
     model = classifier(
         backbone,

@@ -1,0 +1,159 @@
+"""Both protocols end to end on tiny images, caching, repeatability and atomic runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from engine import artifacts
+from engine.datasets import import_dataset
+from engine.protocols import Protocol, Stage, get_protocol
+from engine.runner import run_study
+from engine.study import ReadOnlyError, StudyRequest, prepare_study, summarize
+from engine.training import train_fold
+from tests.synthetic import make_dataset
+
+TINY_PAPER = StudyRequest(protocol=get_protocol("paper").replace(epochs=1), n_folds=2, weights=None)
+TINY_FROZEN = StudyRequest(protocol=get_protocol("frozen").replace(epochs=30), n_folds=2, weights=None)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny", n_per_class=8)
+
+
+@pytest.fixture(scope="module")
+def paper_study(tiny_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("artifacts")
+    study = run_study(tiny_root, backbones=["MobileNet-0.25"], request=TINY_PAPER, input_size=32, artifacts_root=root)
+    return root, study
+
+
+def test_paper_protocol_runs_end_to_end(paper_study):
+    root, study = paper_study
+    runs = artifacts.study_runs(study["study_id"], root)
+    assert [(r.backbone, r.fold) for r in runs] == [("MobileNet-0.25", 0), ("MobileNet-0.25", 1)]
+    for run in runs:
+        assert set(run.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+        assert len(run.history["loss"]) == 1
+        assert run.config["protocol"]["name"] == "paper"
+        assert run.config["n_test"] == 12 and run.config["n_train"] == 12
+        assert 0.0 <= run.metrics["accuracy"] <= 1.0
+        assert np.isfinite(run.metrics["loss"])
+        assert run.model_path is not None
+        rows = artifacts.read_predictions(run)
+        assert len(rows) == 12
+        probs = np.array([[float(r[k]) for k in r if k.startswith("p[")] for r in rows])
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_folds_are_shared_disjoint_and_cover_the_dataset(paper_study):
+    _, study = paper_study
+    folds = study["folds"]
+    flat = sorted(i for f in folds for i in f)
+    assert flat == list(range(24))
+
+
+def test_second_run_trains_nothing(paper_study, tiny_root, monkeypatch):
+    root, study = paper_study
+    before = {p: p.stat().st_mtime_ns for p in (root / "studies").rglob("*") if p.is_file()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr("engine.training.classifier", refuse)
+    again = run_study(tiny_root, backbones=["MobileNet-0.25"], request=TINY_PAPER, input_size=32, artifacts_root=root)
+    assert again["study_id"] == study["study_id"]
+    after = {p: p.stat().st_mtime_ns for p in (root / "studies").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_summary_has_mean_and_std_of_every_metric(paper_study):
+    root, study = paper_study
+    (row,) = [r for r in summarize(root) if r["study_id"] == study["study_id"]]
+    assert row["folds_done"] == 2 and row["backbone"] == "MobileNet-0.25"
+    for key in ("accuracy", "loss", "precision", "recall", "f1", "recall[COVID-19]", "macro_f1"):
+        assert set(row["metrics"][key]) == {"mean", "std"}
+    runs = artifacts.study_runs(study["study_id"], root)
+    assert row["metrics"]["accuracy"]["mean"] == pytest.approx(np.mean([r.metrics["accuracy"] for r in runs]))
+
+
+def test_killed_mid_write_run_is_not_listed_and_is_retrained(paper_study, tiny_root):
+    root, study = paper_study
+    run_path = artifacts.run_dir(study["study_id"], "MobileNet-0.25", 1, root)
+    saved = run_path.parent / "saved-fold-1"
+    shutil.copytree(run_path, saved)
+    (run_path / "status.json").unlink()
+    (run_path / "metrics.json").write_text('{"accuracy": 0.9')
+    assert artifacts.read_run(run_path) is None
+    assert [r.fold for r in artifacts.study_runs(study["study_id"], root)] == [0]
+    dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
+    rerun = train_fold(dataset=dataset, study=study, backbone="MobileNet-0.25", fold=1, artifacts_root=root)
+    assert rerun.fold == 1 and artifacts.is_complete(run_path)
+    assert json.loads((run_path / "metrics.json").read_text())["accuracy"] == rerun.metrics["accuracy"]
+    shutil.rmtree(saved)
+
+
+def test_same_config_gives_the_same_predictions(paper_study, tiny_root, tmp_path):
+    root, study = paper_study
+    other = tmp_path / "again"
+    dataset = import_dataset(tiny_root, input_size=32, artifacts=other)
+    twin = prepare_study(dataset, TINY_PAPER, artifacts_root=other)
+    assert twin["study_id"] == study["study_id"] and twin["folds"] == study["folds"]
+    run = train_fold(dataset=dataset, study=twin, backbone="MobileNet-0.25", fold=0, artifacts_root=other)
+    first = artifacts.read_run(artifacts.run_dir(study["study_id"], "MobileNet-0.25", 0, root))
+    a = [r["p[COVID-19]"] for r in artifacts.read_predictions(first)]
+    b = [r["p[COVID-19]"] for r in artifacts.read_predictions(run)]
+    assert a == b
+
+
+def test_frozen_protocol_learns_the_tiny_task(tiny_root, tmp_path):
+    study = run_study(tiny_root, backbones=["MobileNet-0.25"], request=TINY_FROZEN, input_size=32,
+                      artifacts_root=tmp_path)
+    runs = artifacts.study_runs(study["study_id"], tmp_path)
+    assert len(runs) == 2
+    assert len(runs[0].history["loss"]) == 30
+    assert runs[0].history["loss"][-1] < runs[0].history["loss"][0]
+    features = list((tmp_path / "features").glob("*.npy"))
+    assert len(features) == 1
+    assert np.load(features[0]).shape == (24, 1, 256)
+
+
+def test_custom_protocol_is_data(tiny_root, tmp_path):
+    two_stage = Protocol(
+        name="warmup-test",
+        description="head then all",
+        stages=(Stage(epochs=1, trainable="head"), Stage(epochs=1, learning_rate=1e-4)),
+        batch_size=8,
+        augmentation=None,
+    )
+    request = StudyRequest(protocol=two_stage, n_folds=2, weights=None)
+    study = run_study(tiny_root, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=tmp_path)
+    run = artifacts.study_runs(study["study_id"], tmp_path)[0]
+    assert len(run.history["loss"]) == 2
+    assert [s["trainable"] for s in run.config["protocol"]["stages"]] == ["head", "all"]
+
+
+def test_protocol_checks_before_work():
+    with pytest.raises(ValueError, match="epochs=0"):
+        Stage(epochs=0)
+    with pytest.raises(ValueError, match="cached features only allow"):
+        Protocol(name="x", description="", stages=(Stage(epochs=1),), cached_features=True)
+    with pytest.raises(ValueError, match="unknown protocol 'fast'"):
+        get_protocol("fast")
+
+
+def test_too_many_folds_refused_naming_both_numbers(tiny_root, tmp_path):
+    request = StudyRequest(protocol=get_protocol("paper"), n_folds=9, weights=None)
+    with pytest.raises(ValueError, match="n_splits=9 cannot be greater.*has 8 image"):
+        run_study(tiny_root, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=tmp_path)
+
+
+def test_read_only_refuses_training(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_READ_ONLY", "1")
+    with pytest.raises(ReadOnlyError):
+        run_study(tiny_root, backbones=["MobileNet-0.25"], request=TINY_PAPER, input_size=32, artifacts_root=tmp_path)
+    assert not (tmp_path / "studies").exists()
