@@ -81,6 +81,8 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
 
 def check_upload(name: str, data: bytes) -> None:
     """Server-side check of an upload's size and type, before any decoder sees it."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageError(f"{name}: {len(data) / 2**20:.1f} MB is over the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
     if not data.startswith(UPLOAD_SIGNATURES):

@@ -1,0 +1,192 @@
+"""Classify, Grad-CAM, external evaluation, the report and the CLI, on a tiny real study."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import artifacts
+from engine.cli import main
+from engine.inference import _cam_model, list_models, load_classifier
+from engine.protocols import get_protocol
+from engine.report import reproduction_report
+from engine.runner import run_study
+from engine.study import StudyRequest
+from tests.synthetic import make_dataset, make_image
+
+REQUEST = StudyRequest(protocol=get_protocol("frozen").replace(epochs=20), n_folds=2, weights=None)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A finished 2-fold frozen study of MobileNet-0.25 on 32-px synthetic images."""
+    base = tmp_path_factory.mktemp("study")
+    data = make_dataset(base / "data", n_per_class=8)
+    root = base / "artifacts"
+    study = run_study(data, backbones=["MobileNet-0.25"], request=REQUEST, input_size=32, artifacts_root=root)
+    return root, study, data
+
+
+@pytest.fixture
+def env(tiny, monkeypatch):
+    root, study, data = tiny
+    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
+    monkeypatch.delenv("CXR_READ_ONLY", raising=False)
+    return root, study, data
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_list_models_best_first(env):
+    root, study, _ = env
+    models = list_models(root)
+    assert [m.fold for m in models] != [] and len(models) == 2
+    assert models[0].accuracy >= models[1].accuracy
+    assert models[0].classes == ("COVID-19", "Normal", "Viral Pneumonia")
+    assert models[0].input_size == 32 and "MobileNet-0.25" in models[0].label
+
+
+def test_classify_a_batch_with_heatmaps_and_clean_errors(env):
+    root, _, _ = env
+    classifier = load_classifier(list_models(root)[0].path, artifacts_root=root)
+    rng = np.random.default_rng(5)
+    items = [
+        ("covid.png", _png(make_image(0, 256, rng))),
+        ("renamed.png", b"%PDF-1.4 not an image"),
+        ("tiny.png", _png(make_image(1, 40, rng))),
+        ("colour.png", _png(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8))),
+    ]
+    results = classifier.classify(items)
+    assert [r.name for r in results] == [name for name, _ in items]
+    good = results[0]
+    assert good.error is None and good.predicted in classifier.classes
+    assert sum(good.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert good.heatmap.shape == (32, 32) and 0.0 <= good.heatmap.min() and good.heatmap.max() <= 1.0
+    assert results[1].error and "not a PNG or JPEG" in results[1].error and results[1].probabilities == {}
+    assert any("very small" in w for w in results[2].warnings)
+    assert any("colour" in w for w in results[3].warnings)
+
+
+def test_closed_form_grad_cam_equals_autodiff_grad_cam(env):
+    import tensorflow as tf
+
+    root, _, _ = env
+    classifier = load_classifier(list_models(root)[0].path, artifacts_root=root)
+    images = np.stack([make_image(k, 32, np.random.default_rng(k)) for k in range(3)])
+    _, heatmaps = classifier.predict_arrays(images)
+    model = classifier.model
+    fmap_model = _cam_model(model)
+    head = model.get_layer("head")
+    kernel, bias = head.get_weights()
+    x = tf.constant(images[..., None].astype("float32"))
+    fmap, proba = fmap_model(x, training=False)
+    with tf.GradientTape() as tape:
+        tape.watch(fmap)
+        logits = tf.matmul(tf.reduce_mean(fmap, axis=(1, 2)), kernel) + bias
+        chosen = tf.gather(logits, np.argmax(proba, axis=1), axis=1, batch_dims=1)
+    grads = tape.gradient(chosen, fmap).numpy()
+    alphas = grads.mean(axis=(1, 2))
+    for i in range(3):
+        cam = np.maximum(np.einsum("hwk,k->hw", fmap[i].numpy(), alphas[i]), 0)
+        cam = cam / cam.max() if cam.max() > 0 else cam
+        up = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((32, 32), Image.Resampling.BILINEAR))
+        np.testing.assert_allclose(heatmaps[i], np.clip(up, 0, 1), atol=1e-4)
+
+
+def test_models_load_only_from_the_artifacts_folder(env, tmp_path):
+    root, _, _ = env
+    model = list_models(root)[0].path
+    outside = tmp_path / "model.keras"
+    shutil.copy(model, outside)
+    with pytest.raises(ValueError, match="inside"):
+        load_classifier(outside, artifacts_root=root)
+    with pytest.raises(ValueError, match="inside"):
+        load_classifier(model.with_name("config.json"), artifacts_root=root)
+
+
+def test_evaluate_a_folder_with_only_some_classes(env, tmp_path, capsys):
+    root, _, _ = env
+    data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9, classes=("covid19",))
+    assert main(["evaluate", "--data", str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["classes_present"] == ["COVID-19"]
+    assert result["data"]["counts"] == {"COVID-19": 5}
+    assert result["accuracy"] == pytest.approx(result["recall"]["COVID-19"])
+    assert sum(result["metrics"]["confusion_matrix"][0]) == 5
+    assert len(list((root / "evaluations").glob("*.json"))) >= 1
+
+
+def test_classify_cli_prints_probabilities_and_fails_cleanly(env, tmp_path, capsys):
+    good = tmp_path / "x ray 1.png"
+    good.write_bytes(_png(make_image(2, 64, np.random.default_rng(1))))
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    code = main(["classify", str(good), str(bad), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 2
+    assert rows[0]["error"] is None and set(rows[0]["probabilities"]) == {"COVID-19", "Normal", "Viral Pneumonia"}
+    assert rows[1]["error"].endswith("empty file")
+
+
+def test_summary_json_has_per_class_recall(env, capsys):
+    root, study, _ = env
+    assert main(["summary", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = [r for r in doc["studies"] if r["study_id"] == study["study_id"]]
+    assert row["folds_done"] == 2
+    for key in ("accuracy", "loss", "precision", "recall", "f1", "recall[COVID-19]", "recall[Normal]"):
+        assert 0 <= row["metrics"][key]["mean"] or key == "loss"
+
+
+def test_report_is_deterministic(env, tmp_path):
+    root, _, _ = env
+    first = reproduction_report(root)
+    assert "Table 1" in first and "| **paper** MobileNet |" in first
+    assert "ours MobileNet-0.25" in first
+    assert reproduction_report(root) == first
+    assert main(["report", "--out", str(tmp_path / "r.md")]) == 0
+    assert (tmp_path / "r.md").read_text() == first
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["study", "--data", "/no/such/folder", "--arch", "MobileNet"], "no such folder"),
+        (["study", "--data", ".", "--arch", "ResNet999"], "unknown backbone 'ResNet999'"),
+        (["classify", "x.png", "--model", "/tmp/elsewhere.keras"], "model must be a .keras file inside"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(env, argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_every_command_has_help(capsys):
+    for command in ("study", "summary", "evaluate", "classify", "report"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_incomplete_run_model_is_not_loaded(env):
+    root, study, _ = env
+    path = artifacts.run_dir(study["study_id"], "MobileNet-0.25", 0, root)
+    status = (path / "status.json").read_bytes()
+    (path / "status.json").unlink()
+    try:
+        with pytest.raises(ValueError, match="not a finished run"):
+            load_classifier(path / "model.keras", artifacts_root=root)
+    finally:
+        (path / "status.json").write_bytes(status)
