@@ -78,7 +78,7 @@ def predictions_csv(files: list[str], folds: list[int], y_true: np.ndarray, prob
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "fold", "true", "predicted", *[f"p[{c}]" for c in classes]])
-    for f, k, t, p in zip(files, folds, y_true, proba):
+    for f, k, t, p in zip(files, folds, y_true, proba, strict=True):
         writer.writerow([f, k, classes[t], classes[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
     return out.getvalue()
 

@@ -48,9 +48,7 @@ class Backbone:
         import keras
 
         if input_size < self.min_input_size:
-            raise ValueError(
-                f"input_size={input_size} is below the minimum of {self.min_input_size} for {self.name}"
-            )
+            raise ValueError(f"input_size={input_size} is below the minimum of {self.min_input_size} for {self.name}")
         resolved = resolve_weights(self, input_size=input_size) if weights == "imagenet" else weights
         constructor = getattr(keras.applications, self.constructor)
         try:

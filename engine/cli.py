@@ -18,7 +18,9 @@ EXPECTED_ERRORS = (ValueError, OSError, PermissionError, RuntimeError, KeyError)
 
 
 def add_artifacts(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--artifacts", type=Path, default=None, help="artifacts folder (default: CXR_ARTIFACTS or ./artifacts)")
+    parser.add_argument(
+        "--artifacts", type=Path, default=None, help="artifacts folder (default: CXR_ARTIFACTS or ./artifacts)"
+    )
 
 
 def add_study_options(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +29,10 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--data", required=True, help="dataset folder (one sub-folder per class) or its .zip")
     parser.add_argument(
-        "--arch", action="append", required=True, metavar="NAME",
+        "--arch",
+        action="append",
+        required=True,
+        metavar="NAME",
         help=f"backbone, repeatable; 'paper' for the paper's 14. One of: {', '.join(REGISTRY)}",
     )
     parser.add_argument("--protocol", default="frozen", choices=sorted(PROTOCOLS))
@@ -81,7 +86,7 @@ def summary_table(rows: list[dict], keys: tuple[str, ...]) -> str:
             cells.append(f"{m['mean']:.3f}±{m['std']:.3f}" if m else "-")
         lines.append(cells)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
 
 
 TABLE_KEYS = ("accuracy", "precision", "recall", "f1", "macro_f1", "recall[COVID-19]", "loss")
@@ -123,7 +128,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="COVID-19 chest X-ray transfer-learning studies")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", description="COVID-19 chest X-ray transfer-learning studies"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("study", help="run a study in the foreground and print its summary")

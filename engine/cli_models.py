@@ -36,7 +36,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for cls, recall in result["recall"].items():
         print(f"recall[{cls}] {recall:.3f}")
     print("confusion matrix (rows: true, columns: predicted):", ", ".join(classifier.classes))
-    for name, row in zip(classifier.classes, result["metrics"]["confusion_matrix"]):
+    for name, row in zip(classifier.classes, result["metrics"]["confusion_matrix"], strict=True):
         print(f"  {name:<16} {row}")
     return 0
 

@@ -59,7 +59,7 @@ def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root:
         raise ValueError(f"{root}: no images of the model's classes ({', '.join(classifier.classes)}) found")
     decoded = Parallel(n_jobs=-1, prefer="threads")(delayed(_decode)(p, classifier.input_size) for p, _ in known)
     images, labels, skipped, digest = [], [], [], hashlib.sha256()
-    for (path, cls), (pixels, error, sha) in zip(known, decoded):
+    for (path, cls), (pixels, error, sha) in zip(known, decoded, strict=True):
         digest.update(f"{cls}\0{path.relative_to(root).as_posix()}\0{sha}\n".encode())
         if error:
             skipped.append({"file": str(path.relative_to(root)), "reason": error})

@@ -110,7 +110,6 @@ class Classifier:
     """A loaded model with its classes; thread-safe, so one instance serves every session."""
 
     def __init__(self, model, *, classes: tuple[str, ...], input_size: int, info: dict) -> None:
-        import keras
 
         self.model = model
         self.classes = classes
@@ -157,7 +156,7 @@ class Classifier:
         if ready:
             proba, heatmaps = self.predict_arrays(np.stack([results[i].image for i in ready]))
             for row, i in enumerate(ready):
-                results[i].probabilities = {c: float(p) for c, p in zip(self.classes, proba[row])}
+                results[i].probabilities = {c: float(p) for c, p in zip(self.classes, proba[row], strict=True)}
                 results[i].predicted = self.classes[int(proba[row].argmax())]
                 results[i].heatmap = heatmaps[row]
         return results
@@ -181,5 +180,10 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
         model,
         classes=tuple(run.config["classes"]),
         input_size=int(run.config["input_size"]),
-        info={"backbone": run.backbone, "fold": run.fold, "study_id": run.study_id, "protocol": run.config["protocol"]["name"]},
+        info={
+            "backbone": run.backbone,
+            "fold": run.fold,
+            "study_id": run.study_id,
+            "protocol": run.config["protocol"]["name"],
+        },
     )

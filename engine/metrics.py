@@ -66,9 +66,7 @@ def fold_metrics(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...]
     labels = list(range(len(classes)))
     y_pred = proba.argmax(axis=1)
     cm = confusion_matrix(y_true, y_pred, labels=labels)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     one_vs_rest = per_class_from_confusion(cm)
     present = np.unique(y_true)
     auc: list[float] = []

@@ -17,12 +17,34 @@ from engine.evaluation import list_evaluations
 from engine.study import summarize
 
 REFERENCE = Path(__file__).parent / "reference"
-PAPER_FAMILY = {"MobileNet": "MobileNet", "MobileNet-0.25": "MobileNet", "MobileNetV2": "MobileNetV2",
-                "MobileNetV2-0.35": "MobileNetV2"}
-COLUMNS = ("accuracy", "precision", "recall", "f1", "macro_precision", "macro_recall", "macro_f1",
-           f"recall[{COVID}]", "loss")
-HEADERS = ("accuracy", "precision (paper)", "recall (paper)", "F1 (paper)", "macro precision", "macro recall",
-           "macro F1", "COVID-19 recall", "loss")
+PAPER_FAMILY = {
+    "MobileNet": "MobileNet",
+    "MobileNet-0.25": "MobileNet",
+    "MobileNetV2": "MobileNetV2",
+    "MobileNetV2-0.35": "MobileNetV2",
+}
+COLUMNS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    f"recall[{COVID}]",
+    "loss",
+)
+HEADERS = (
+    "accuracy",
+    "precision (paper)",
+    "recall (paper)",
+    "F1 (paper)",
+    "macro precision",
+    "macro recall",
+    "macro F1",
+    "COVID-19 recall",
+    "loss",
+)
 
 
 def paper_table1() -> dict[str, dict[str, float]]:
@@ -60,9 +82,20 @@ def _study_section(rows: list[dict]) -> str:
     for r in rows:
         w = r["weights"]
         weights = f"{w.get('file') or w.get('weights')} ({w['sha256']})" if w.get("sha256") else str(w.get("weights"))
-        body.append([r["backbone"], r["protocol"], f"{r['folds_done']}/{r['n_folds']}", r["dataset"],
-                     r["dataset_fingerprint"], weights, r["study_id"]])
-    return _table(["backbone", "protocol", "folds", "dataset", "dataset fingerprint", "ImageNet weights", "study"], body)
+        body.append(
+            [
+                r["backbone"],
+                r["protocol"],
+                f"{r['folds_done']}/{r['n_folds']}",
+                r["dataset"],
+                r["dataset_fingerprint"],
+                weights,
+                r["study_id"],
+            ]
+        )
+    return _table(
+        ["backbone", "protocol", "folds", "dataset", "dataset fingerprint", "ImageNet weights", "study"], body
+    )
 
 
 def _comparison(rows: list[dict]) -> str:
@@ -75,11 +108,20 @@ def _comparison(rows: list[dict]) -> str:
             if PAPER_FAMILY.get(r["backbone"]) != family:
                 continue
             means = {c: r["metrics"][c]["mean"] for c in COLUMNS if c in r["metrics"]}
-            body.append([f"ours {r['backbone']}", r["protocol"],
-                         *[f"{_fmt(means.get(c))} ± {r['metrics'][c]['std']:.3f}" if c in means else "–"
-                           for c in COLUMNS]])
-            body.append([f"difference (ours − paper) {r['backbone']}", r["protocol"],
-                         *[f"{means[c] - ref[c]:+.3f}" if c in ref and c in means else "–" for c in COLUMNS]])
+            body.append(
+                [
+                    f"ours {r['backbone']}",
+                    r["protocol"],
+                    *[f"{_fmt(means.get(c))} ± {r['metrics'][c]['std']:.3f}" if c in means else "–" for c in COLUMNS],
+                ]
+            )
+            body.append(
+                [
+                    f"difference (ours − paper) {r['backbone']}",
+                    r["protocol"],
+                    *[f"{means[c] - ref[c]:+.3f}" if c in ref and c in means else "–" for c in COLUMNS],
+                ]
+            )
     return _table(["model", "protocol", *HEADERS], body)
 
 
@@ -91,7 +133,8 @@ def _best_fold_confusion(rows: list[dict], artifacts_root: Path | None) -> tuple
     chosen = candidates[0]
     runs = [r for r in artifacts.study_runs(chosen["study_id"], artifacts_root) if r.backbone == chosen["backbone"]]
     best = max(runs, key=lambda r: (r.metrics["accuracy"], -r.fold))
-    label = f"{best.backbone}, {chosen['protocol']} protocol, best fold ({best.fold}, accuracy {best.metrics['accuracy']:.3f})"
+    accuracy = best.metrics["accuracy"]
+    label = f"{best.backbone}, {chosen['protocol']} protocol, best fold ({best.fold}, accuracy {accuracy:.3f})"
     return label, best.metrics["confusion_matrix"]
 
 
@@ -100,15 +143,26 @@ def _confusion_section(rows: list[dict], artifacts_root: Path | None) -> str:
     paper = paper_confusion("MobileNet")
     ours = _best_fold_confusion(rows, artifacts_root)
     header = ["true \\ predicted", *classes]
-    parts = ["Paper, Table 4 (MobileNet, best fold):", "",
-             _table(header, [[c, *map(str, r)] for c, r in zip(classes, paper)])]
+    parts = [
+        "Paper, Table 4 (MobileNet, best fold):",
+        "",
+        _table(header, [[c, *map(str, r)] for c, r in zip(classes, paper, strict=True)]),
+    ]
     if ours:
         label, cm = ours
-        parts += ["", f"Ours ({label}):", "", _table(header, [[c, *map(str, r)] for c, r in zip(classes, cm)])]
+        parts += [
+            "",
+            f"Ours ({label}):",
+            "",
+            _table(header, [[c, *map(str, r)] for c, r in zip(classes, cm, strict=True)]),
+        ]
         for name, matrix in (("paper", paper), ("ours", cm)):
             arr = np.asarray(matrix, dtype=float)
             recall = np.diag(arr) / arr.sum(axis=1)
-            parts.append(f"\nPer-class recall, {name}: " + ", ".join(f"{c} {v:.3f}" for c, v in zip(classes, recall)))
+            parts.append(
+                f"\nPer-class recall, {name}: "
+                + ", ".join(f"{c} {v:.3f}" for c, v in zip(classes, recall, strict=True))
+            )
     return "\n".join(parts)
 
 
@@ -121,8 +175,15 @@ def _external_section(artifacts_root: Path | None) -> str:
         m = e["model"]
         counts = ", ".join(f"{c} {n}" for c, n in e["data"]["counts"].items())
         recalls = ", ".join(f"{c} {v:.3f}" for c, v in e["recall"].items())
-        body.append([e["data"]["name"], counts, f"{m['backbone']} · {m['protocol']} · fold {m['fold']}",
-                     f"{e['accuracy']:.3f}", recalls])
+        body.append(
+            [
+                e["data"]["name"],
+                counts,
+                f"{m['backbone']} · {m['protocol']} · fold {m['fold']}",
+                f"{e['accuracy']:.3f}",
+                recalls,
+            ]
+        )
     return _table(["data (no fold saw it)", "images", "model", "accuracy", "recall per class"], body)
 
 
@@ -151,32 +212,35 @@ def reproduction_report(artifacts_root: Path | None = None) -> str:
     rows = sorted(summarize(artifacts_root), key=lambda r: (r["protocol"], r["backbone"], r["study_id"]))
     if not rows:
         raise ValueError("no finished runs in the artifacts folder; nothing to report")
-    return "\n".join([
-        "# Reproduction report",
-        "",
-        "Generated by `python -m engine report` from the committed artifacts; do not edit by hand.",
-        "Santos, Silva and Cortes, *On Transfer Learning for Classifying COVID-19 in Chest X-Rays Images*:",
-        "Table 1 (mean over 5 folds) and Table 4 against this project's runs. Research use only, not a diagnostic device.",
-        "",
-        "## What was run",
-        "",
-        _study_section(rows),
-        "",
-        "## Table 1: MobileNet and MobileNetV2, both metric definitions",
-        "",
-        "Ours: mean ± standard deviation over the folds of a stratified 5-fold cross-validation.",
-        "",
-        _comparison(rows),
-        "",
-        "## Why the numbers differ",
-        "",
-        WHY,
-        "## Confusion matrix against the paper's Table 4",
-        "",
-        _confusion_section(rows, artifacts_root),
-        "",
-        "## External check on images no fold has seen",
-        "",
-        _external_section(artifacts_root),
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Reproduction report",
+            "",
+            "Generated by `python -m engine report` from the committed artifacts; do not edit by hand.",
+            "Santos, Silva and Cortes, *On Transfer Learning for Classifying COVID-19 in Chest X-Rays Images*:",
+            "Table 1 (mean over 5 folds) and Table 4 against this project's runs.",
+            "Research use only, not a diagnostic device.",
+            "",
+            "## What was run",
+            "",
+            _study_section(rows),
+            "",
+            "## Table 1: MobileNet and MobileNetV2, both metric definitions",
+            "",
+            "Ours: mean ± standard deviation over the folds of a stratified 5-fold cross-validation.",
+            "",
+            _comparison(rows),
+            "",
+            "## Why the numbers differ",
+            "",
+            WHY,
+            "## Confusion matrix against the paper's Table 4",
+            "",
+            _confusion_section(rows, artifacts_root),
+            "",
+            "## External check on images no fold has seen",
+            "",
+            _external_section(artifacts_root),
+            "",
+        ]
+    )

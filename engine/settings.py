@@ -3,7 +3,7 @@
 | variable | meaning | default |
 | --- | --- | --- |
 | ``CXR_ARTIFACTS`` | artifacts folder (results, caches, job store) | ``<project>/artifacts`` |
-| ``CXR_WEIGHTS_DIR`` | folder of ImageNet weight files with their official Keras names | ``<project>/../shared/weights`` if present |
+| ``CXR_WEIGHTS_DIR`` | folders (``:``-separated) of ImageNet weights, Keras file names | ``../shared/weights`` |
 | ``CXR_SHARED`` | the shared folder with real data and weights (tests, benchmarks) | ``<project>/../shared`` |
 | ``CXR_READ_ONLY`` | ``1`` for a hosted demo: nothing can be queued or trained | ``0`` |
 """

@@ -13,15 +13,29 @@ from engine.layers import ImageNetPreprocess
 from tests.conftest import SHARED, requires_shared
 
 FEATURES = {
-    "ResNet50": 2048, "MobileNet": 1024, "DenseNet169": 1664, "VGG16": 512, "DenseNet121": 1024,
-    "DenseNet201": 1920, "MobileNetV2": 1280, "VGG19": 512, "Xception": 2048, "NASNetLarge": 4032,
-    "NASNetMobile": 1056, "InceptionV3": 2048, "InceptionResNetV2": 1536, "ResNet50V2": 2048,
-    "MobileNet-0.25": 256, "MobileNetV2-0.35": 1280,
+    "ResNet50": 2048,
+    "MobileNet": 1024,
+    "DenseNet169": 1664,
+    "VGG16": 512,
+    "DenseNet121": 1024,
+    "DenseNet201": 1920,
+    "MobileNetV2": 1280,
+    "VGG19": 512,
+    "Xception": 2048,
+    "NASNetLarge": 4032,
+    "NASNetMobile": 1056,
+    "InceptionV3": 2048,
+    "InceptionResNetV2": 1536,
+    "ResNet50V2": 2048,
+    "MobileNet-0.25": 256,
+    "MobileNetV2-0.35": 1280,
 }
 
 
 def test_registry_has_the_papers_fourteen_and_two_small_models():
-    paper_names = {line.split(",")[1] for line in (Path("engine/reference/paper_table1.csv").read_text().splitlines()[1:])}
+    paper_names = {
+        line.split(",")[1] for line in (Path("engine/reference/paper_table1.csv").read_text().splitlines()[1:])
+    }
     assert set(PAPER_BACKBONES) == paper_names
     assert len(PAPER_BACKBONES) == 14
     assert set(REGISTRY) == set(FEATURES)

@@ -21,8 +21,9 @@ def test_identity_at_inference():
 
 def test_no_op_parameters_give_the_same_image():
     x = _images()
-    layer = XRayAugment(rotation=0, width_shift=0, height_shift=0, zoom=0, horizontal_flip=False,
-                        vertical_flip=False, seed=1)
+    layer = XRayAugment(
+        rotation=0, width_shift=0, height_shift=0, zoom=0, horizontal_flip=False, vertical_flip=False, seed=1
+    )
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, training=True)), x, atol=1e-3)
 
 
@@ -31,7 +32,7 @@ def test_flips_alone_are_exact_mirror_images():
     layer = XRayAugment(rotation=0, width_shift=0, height_shift=0, zoom=0, seed=3)
     out = keras.ops.convert_to_numpy(layer(x, training=True))
     seen = set()
-    for img, aug in zip(x, out):
+    for img, aug in zip(x, out, strict=True):
         for name, cand in (("none", img), ("lr", img[:, ::-1]), ("ud", img[::-1]), ("both", img[::-1, ::-1])):
             if np.allclose(aug, cand, atol=1e-3):
                 seen.add(name)
@@ -52,8 +53,9 @@ def test_paper_augmentation_changes_images_within_range_and_is_seeded():
 
 
 def test_rotation_respects_the_range():
-    layer = XRayAugment(rotation=50, width_shift=0, height_shift=0, zoom=0, horizontal_flip=False,
-                        vertical_flip=False, seed=0)
+    layer = XRayAugment(
+        rotation=50, width_shift=0, height_shift=0, zoom=0, horizontal_flip=False, vertical_flip=False, seed=0
+    )
     m = keras.ops.convert_to_numpy(layer.transforms(2000, 10, 10))
     angles = np.degrees(np.arctan2(m[:, 3], m[:, 0]))
     assert -50.01 <= angles.min() < -45 and 45 < angles.max() <= 50.01

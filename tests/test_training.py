@@ -111,8 +111,9 @@ def test_same_config_gives_the_same_predictions(paper_study, tiny_root, tmp_path
 
 
 def test_frozen_protocol_learns_the_tiny_task(tiny_root, tmp_path):
-    study = run_study(tiny_root, backbones=["MobileNet-0.25"], request=TINY_FROZEN, input_size=32,
-                      artifacts_root=tmp_path)
+    study = run_study(
+        tiny_root, backbones=["MobileNet-0.25"], request=TINY_FROZEN, input_size=32, artifacts_root=tmp_path
+    )
     runs = artifacts.study_runs(study["study_id"], tmp_path)
     assert len(runs) == 2
     assert len(runs[0].history["loss"]) == 30
