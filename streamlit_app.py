@@ -108,7 +108,7 @@ def launch_form() -> None:
     last = st.session_state.get("last_job")
     if last:
         st.sidebar.success(f"Job `{last}` queued.")
-        st.sidebar.page_link(common.PAGES["jobs"], label="Follow it on the Jobs page", icon="⏱️")
+        st.sidebar.page_link(common.PAGES["jobs"], label="Follow it on the Jobs page", icon=":material/schedule:")
 
 
 def submit(folder, upload, picked, folds, epochs, batch_size, input_size, seed, weights) -> None:
@@ -138,13 +138,13 @@ def submit(folder, upload, picked, folds, epochs, batch_size, input_size, seed, 
 st.set_page_config(page_title="CXR transfer-learning study explorer", page_icon="🫁", layout="wide")
 navigation = st.navigation(
     [
-        st.Page(common.PAGES["home"], title="Home", icon="🏠", default=True),
-        st.Page(common.PAGES["comparison"], title="Comparison", icon="📊"),
-        st.Page(common.PAGES["confusion"], title="Confusion matrices", icon="🔢"),
-        st.Page(common.PAGES["curves"], title="Training curves", icon="📈"),
-        st.Page(common.PAGES["classify"], title="Classify X-rays", icon="🩻"),
-        st.Page(common.PAGES["jobs"], title="Jobs", icon="⏱️"),
-        st.Page(common.PAGES["report"], title="Reproduction report", icon="📄"),
+        st.Page(common.PAGES["home"], title="Home", icon=":material/home:", default=True),
+        st.Page(common.PAGES["comparison"], title="Comparison", icon=":material/leaderboard:"),
+        st.Page(common.PAGES["confusion"], title="Confusion matrices", icon=":material/grid_on:"),
+        st.Page(common.PAGES["curves"], title="Training curves", icon=":material/show_chart:"),
+        st.Page(common.PAGES["classify"], title="Classify X-rays", icon=":material/radiology:"),
+        st.Page(common.PAGES["jobs"], title="Jobs", icon=":material/schedule:"),
+        st.Page(common.PAGES["report"], title="Reproduction report", icon=":material/description:"),
     ]
 )
 study_picker()

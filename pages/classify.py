@@ -104,7 +104,7 @@ def show(prediction: Prediction, *, show_heatmap: bool) -> None:
             st.error(prediction.error)
             return
         for warning in prediction.warnings:
-            st.warning(f"This may not be a chest X-ray, or was read unusually: {warning}", icon="⚠️")
+            st.warning(f"This may not be a chest X-ray, or was read unusually: {warning}", icon=":material/warning:")
         image_column, chart_column = st.columns([1, 1])
         image_column.plotly_chart(
             overlay(prediction, show_heatmap=show_heatmap), width="stretch", key=f"img-{prediction.name}"
@@ -116,7 +116,7 @@ def show(prediction: Prediction, *, show_heatmap: bool) -> None:
 
 
 st.title("Classify chest X-rays")
-st.error(common.NOT_A_DEVICE, icon="⚠️")
+st.error(common.NOT_A_DEVICE, icon=":material/warning:")
 root = common.artifacts_root()
 available = models(str(root), explore.artifacts_key(root))
 if not available:

@@ -62,17 +62,25 @@ def means_table(comparison: pd.DataFrame, labels: dict[str, str]) -> None:
 def paper_table(comparison: pd.DataFrame, definition: str) -> None:
     st.subheader("The paper's Table 1 beside this study")
     side = explore.paper_vs_study(comparison, definition=definition)
-    ours = "macro (per-class)" if definition == "per-class" else "the paper's"
+    ours = "per-class (macro)" if definition == "per-class" else "the paper's"
     st.caption(
-        f"Paper: mean over its 5 folds on 1,850 training images at 224 px. Study: this study's means with {ours} "
-        "precision/recall/F1. diff = study − paper. Backbones not trained in this study are left blank."
+        f"paper: the paper's mean over its 5 folds. study: this study's mean over its folds, with {ours} "
+        "precision/recall/F1. diff = study − paper. Only backbones of the paper trained here can be compared."
     )
-    st.dataframe(
-        side.style.format("{:+.3f}", subset=[c for c in side if c.endswith("diff")], na_rep="").format(
-            "{:.3f}", subset=[c for c in side if c.endswith(("paper", "study"))], na_rep=""
-        ),
-        hide_index=True,
-    )
+    numbers = side.drop(columns=["in this study"])
+    styled = numbers[side["in this study"]]
+    if styled.empty:
+        st.info("None of this study's backbones is one of the paper's 14; the paper's numbers are listed below.")
+    else:
+        st.dataframe(
+            styled.style.format("{:+.3f}", subset=[c for c in numbers if c.endswith("diff")]).format(
+                "{:.3f}", subset=[c for c in numbers if c.endswith(("paper", "study"))]
+            ),
+            hide_index=True,
+        )
+    with st.expander("All 14 backbones of the paper's Table 1"):
+        paper = explore.paper_table1()
+        st.dataframe(paper, hide_index=True)
 
 
 def fold_plot(study_id: str, labels: dict[str, str]) -> None:
@@ -134,7 +142,7 @@ per_class = st.toggle(
 )
 definition = "per-class" if per_class else "paper"
 common.remember(definition=definition)
-st.info(DEFINITIONS_NOTE, icon="ℹ️")
+st.info(DEFINITIONS_NOTE, icon=":material/info:")
 labels = metric_labels(per_class)
 means_table(comparison, labels)
 paper_table(comparison, definition)
@@ -143,6 +151,6 @@ pairwise_test(study_id, list(comparison["backbone"]), labels)
 st.page_link(
     common.PAGES["confusion"],
     label="See the confusion matrices of these backbones",
-    icon="🔢",
+    icon=":material/grid_on:",
     query_params={"study": study_id},
 )

@@ -107,6 +107,6 @@ for column, (name, matrix) in zip(st.columns(3), explore.paper_confusion_matrice
 st.page_link(
     common.PAGES["curves"],
     label="See how these backbones trained",
-    icon="📈",
+    icon=":material/show_chart:",
     query_params={"study": study_id, "backbone": backbone},
 )

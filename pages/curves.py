@@ -40,7 +40,7 @@ def add_mean_band(figure: go.Figure, bands: pd.DataFrame, *, name: str, colour: 
             y=bands["mean"],
             name=name,
             legendgroup=name,
-            mode="lines+markers",
+            mode="lines",
             line={"color": colour, "dash": dash, "width": 2.5},
             customdata=bands[["std", "folds"]],
             hovertemplate="epoch %{x}: %{y:.4f} ± %{customdata[0]:.4f} over %{customdata[1]} folds<extra>"
@@ -73,19 +73,23 @@ def panel(curves: pd.DataFrame, best: pd.DataFrame, *, metric: str, backbones: l
                         )
                     )
             add_mean_band(figure, explore.history_bands(rows), name=f"{backbone} {kind}", colour=colour, dash=dash)
-        lowest = best[best["backbone"] == backbone]
-        for _, row in lowest.iterrows():
-            figure.add_vline(
-                x=row["epoch"],
-                line={"color": colour, "dash": "dash", "width": 1},
-                annotation_text=f"lowest val loss: epoch {row['epoch']}",
-                annotation_position="top",
-            )
+        for _, row in best[best["backbone"] == backbone].iterrows():
+            figure.add_vline(x=row["epoch"], line={"color": colour, "dash": "dash", "width": 1})
+            if metric == "loss":
+                figure.add_trace(
+                    go.Scatter(
+                        x=[row["epoch"]],
+                        y=[row["val_loss"]],
+                        mode="markers",
+                        marker={"symbol": "star", "size": 14, "color": colour, "line": {"width": 1, "color": "black"}},
+                        name=f"{backbone}: lowest mean val loss (epoch {row['epoch']})",
+                    )
+                )
     figure.update_layout(
         title=PANELS[metric],
         height=420,
         margin={"t": 60, "l": 10, "r": 10, "b": 10},
-        xaxis={"title": "epoch", "dtick": 1},
+        xaxis={"title": "epoch", "range": [1, curves["epoch"].max()]},
         yaxis={"title": metric},
         legend={"orientation": "h", "y": -0.2},
     )

@@ -8,7 +8,7 @@ from engine import explore
 from pages import common
 
 st.title("Transfer learning for COVID-19 chest X-rays: study explorer")
-st.warning(common.NOT_A_DEVICE, icon="⚠️")
+st.warning(common.NOT_A_DEVICE, icon=":material/warning:")
 st.markdown(
     """
 This explorer reproduces and extends *On Transfer Learning for Classifying COVID-19 in Chest X-Rays
@@ -65,18 +65,25 @@ params = {"study": study_id}
 st.page_link(
     common.PAGES["comparison"],
     label="Compare backbones, and this study with the paper's Table 1",
-    icon="📊",
+    icon=":material/leaderboard:",
     query_params=params,
 )
-st.page_link(common.PAGES["confusion"], label="See which classes each model confuses", icon="🔢", query_params=params)
+st.page_link(
+    common.PAGES["confusion"],
+    label="See which classes each model confuses",
+    icon=":material/grid_on:",
+    query_params=params,
+)
 st.page_link(
     common.PAGES["curves"],
     label="Check training and validation curves for over-fitting",
-    icon="📈",
+    icon=":material/show_chart:",
     query_params=params,
 )
-st.page_link(common.PAGES["classify"], label="Classify your own X-rays, with Grad-CAM heatmaps", icon="🩻")
-st.page_link(common.PAGES["jobs"], label="Follow training jobs", icon="⏱️")
+st.page_link(
+    common.PAGES["classify"], label="Classify your own X-rays, with Grad-CAM heatmaps", icon=":material/radiology:"
+)
+st.page_link(common.PAGES["jobs"], label="Follow training jobs", icon=":material/schedule:")
 
 st.header("All studies in this artifacts folder")
 st.dataframe(

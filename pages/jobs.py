@@ -13,7 +13,13 @@ from engine.worker import ensure_worker, worker_alive
 from pages import common
 
 ACTIVE = ("queued", "running")
-STATE_ICONS = {"queued": "🕓", "running": "⚙️", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
+STATE_ICONS = {
+    "queued": ":gray[:material/schedule:]",
+    "running": ":blue[:material/autorenew:]",
+    "done": ":green[:material/check_circle:]",
+    "failed": ":red[:material/error:]",
+    "cancelled": ":orange[:material/cancel:]",
+}
 LOG_TAIL_CHARS = 6000
 
 
@@ -68,7 +74,7 @@ def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:
             st.page_link(
                 common.PAGES["comparison"],
                 label=f"Results of study {job.study_id}",
-                icon="📊",
+                icon=":material/leaderboard:",
                 query_params={"study": job.study_id},
             )
         with st.expander("Tasks and log"):

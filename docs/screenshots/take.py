@@ -1,0 +1,166 @@
+"""Save a PNG screenshot of every page of the explorer into docs/screenshots/.
+
+    python docs/screenshots/take.py [--artifacts artifacts] [--xray some.png]
+
+The studies of ``--artifacts`` are copied into a temporary folder first and the app is served
+read-only from the copy, so taking screenshots never writes to the real artifacts. Needs
+Debian's Chromium (``apt-get install chromium``) and the ``playwright`` package. The browser
+test (tests/test_browser.py) drives the app with the same helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+PAGES = {
+    "home": "",
+    "comparison": "comparison",
+    "confusion": "confusion",
+    "curves": "curves",
+    "classify": "classify",
+    "jobs": "jobs",
+    "report": "report",
+}
+START_TIMEOUT_S = 90
+IDLE_TIMEOUT_MS = 120_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(artifacts: Path, *, read_only: bool = False, port: int | None = None) -> Iterator[str]:
+    """``streamlit run streamlit_app.py`` on localhost against ``artifacts``; yields the base URL."""
+    port = port or free_port()
+    env = {**os.environ, "CXR_ARTIFACTS": str(artifacts), "CXR_READ_ONLY": "1" if read_only else "0"}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "streamlit_app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "localhost",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://localhost:{port}"
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        raise RuntimeError(f"streamlit did not start on port {port}:\n{log.read().decode()}") from None
+                    time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+@contextlib.contextmanager
+def browser_page(*, width: int = 1440, height: int = 1000):
+    """A headless Chromium page (Debian's binary, no sandbox, no background traffic)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()
+
+
+def wait_until_idle(page, *, timeout_ms: int = IDLE_TIMEOUT_MS) -> None:
+    """Wait until the app is drawn and its script is no longer running (no status widget)."""
+    page.wait_for_selector("[data-testid=stMain] h1", timeout=timeout_ms)
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=timeout_ms)
+    page.wait_for_timeout(500)
+
+
+def open_page(page, url: str, name: str) -> None:
+    page.goto(f"{url}/{PAGES[name]}")
+    wait_until_idle(page)
+
+
+def upload_xray(page, xray: Path) -> None:
+    page.locator("[data-testid=stMain] input[type=file]").set_input_files(str(xray))
+    page.get_by_text("Predicted:").first.wait_for(timeout=IDLE_TIMEOUT_MS)
+    wait_until_idle(page)
+
+
+def screenshot(page, path: Path, *, width: int = 1440, max_height: int = 7000) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so the window is made as tall as the content."""
+    height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
+    page.set_viewport_size({"width": width, "height": min(max_height, max(800, int(height) + 40))})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": width, "height": 1000})
+
+
+def copy_studies(artifacts: Path, target: Path) -> Path:
+    """The studies of ``artifacts`` (results and models; no caches, no job store) under ``target``."""
+    shutil.copytree(artifacts / "studies", target / "studies")
+    return target
+
+
+def take(artifacts: Path, out: Path, *, xray: Path | None) -> list[Path]:
+    saved = []
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = copy_studies(artifacts, Path(scratch) / "artifacts")
+        with serve(copy, read_only=True) as url, browser_page() as page:
+            for name in PAGES:
+                open_page(page, url, name)
+                if name == "classify" and xray is not None:
+                    upload_xray(page, xray)
+                path = out / f"{name}.png"
+                screenshot(page, path)
+                saved.append(path)
+    return saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=PROJECT / "artifacts")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--xray", type=Path, default=None, help="a chest X-ray to show on the Classify page")
+    args = parser.parse_args()
+    for path in take(args.artifacts, args.out, xray=args.xray):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
