@@ -1,0 +1,89 @@
+"""One memory measurement in a fresh process; prints its peak resident memory as JSON.
+
+``python -m benchmarks.memory_probe study DATA ARTIFACTS SIZE WEIGHTS FOLDS EPOCHS``: a cold frozen
+study of MobileNet 1.0. ``... train DATA ARTIFACTS SIZE WEIGHTS FEED``: import, then the paper-protocol
+training path for a few batches, with the training images either loaded as one array (``array``,
+what ``engine.training.train_fold`` does) or read batch by batch from the memory map (``batches``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from benchmarks.harness import peak_rss_mb  # noqa: E402
+
+BACKBONE = "MobileNet"
+TRAIN_STEPS = 3
+
+
+def _weights(text: str) -> str | None:
+    return None if text == "none" else text
+
+
+def study(data: Path, artifacts: Path, size: int, weights: str, folds: int, epochs: int) -> dict:
+    from engine.protocols import FROZEN
+    from engine.runner import run_study
+    from engine.study import StudyRequest
+
+    request = StudyRequest(protocol=FROZEN.replace(epochs=epochs), n_folds=folds, weights=_weights(weights))
+    run_study(data, backbones=[BACKBONE], request=request, input_size=size, artifacts_root=artifacts)
+    return {"rss_mb": peak_rss_mb()}
+
+
+def _memmap_batches(images, labels, indices, batch_size: int):
+    import keras
+    import numpy as np
+
+    class MemmapBatches(keras.utils.PyDataset):
+        def __len__(self) -> int:
+            return -(-len(indices) // batch_size)
+
+        def __getitem__(self, index: int):
+            rows = np.sort(indices[index * batch_size : (index + 1) * batch_size])
+            return np.asarray(images[rows])[..., None], labels[rows]
+
+    return MemmapBatches()
+
+
+def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> dict:
+    import keras
+    import numpy as np
+
+    from engine.datasets import import_dataset
+    from engine.protocols import PAPER
+    from engine.training import classifier
+
+    dataset = import_dataset(data, input_size=size, artifacts=artifacts)
+    after_import = peak_rss_mb()
+    train_rows = np.random.default_rng(0).permutation(len(dataset))[: int(0.8 * len(dataset))]
+    model = classifier(
+        BACKBONE, n_classes=len(dataset.classes), input_size=size, weights=_weights(weights), protocol=PAPER
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    batch = PAPER.batch_size
+    if feed == "array":
+        x = np.asarray(dataset.images[train_rows])[..., None]
+        model.fit(x, dataset.labels[train_rows], batch_size=batch, epochs=1, steps_per_epoch=TRAIN_STEPS, verbose=0)
+    else:
+        batches = _memmap_batches(dataset.images, dataset.labels, train_rows, batch)
+        model.fit(batches, epochs=1, steps_per_epoch=TRAIN_STEPS, verbose=0)
+    return {"rss_mb": peak_rss_mb(), "rss_after_import_mb": after_import, "images": len(dataset)}
+
+
+def main(argv: list[str]) -> int:
+    kind, data, artifacts, size, weights, *rest = argv
+    if kind == "study":
+        out = study(Path(data), Path(artifacts), int(size), weights, int(rest[0]), int(rest[1]))
+    else:
+        out = train(Path(data), Path(artifacts), int(size), weights, rest[0])
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
