@@ -20,7 +20,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -365,8 +365,12 @@ class JobStore:
                 self._log(con, row["job_id"], f"{label}: interrupted (worker stopped); queued again")
             return [_task(row) for row in rows]
 
-    def claim_next(self, *, executor: str) -> Task | None:
-        """Mark the first queued task (oldest job first) running and return it; ``None`` when nothing is queued."""
+    def claim_next(self, *, executor: str, hold: Collection[tuple[str, str]] = ()) -> Task | None:
+        """Mark the first queued task (oldest job first) running and return it; ``None`` when nothing is queued.
+
+        ``hold`` lists (job id, backbone) pairs not to start now: a parallel executor holds a backbone's
+        other folds back until its first fold has cached the features they share.
+        """
         with self._transaction(write=True) as con:
             jobs = con.execute(
                 "SELECT id, cancel_requested FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"
@@ -375,11 +379,12 @@ class JobStore:
                 if job["cancel_requested"]:
                     self._finish_job(con, job["id"])
                     continue
-                row = con.execute(
-                    "SELECT * FROM tasks WHERE job_id = ? AND state = 'queued' ORDER BY position LIMIT 1", (job["id"],)
-                ).fetchone()
+                queued = con.execute(
+                    "SELECT * FROM tasks WHERE job_id = ? AND state = 'queued' ORDER BY position", (job["id"],)
+                ).fetchall()
+                row = next((r for r in queued if (job["id"], r["backbone"]) not in hold), None)
                 if row is None:
-                    if not self._count(con, job["id"], ("running",)):
+                    if not queued and not self._count(con, job["id"], ("running",)):
                         self._finish_job(con, job["id"])
                     continue
                 now = _now()

@@ -3,8 +3,9 @@
 ``python -m engine worker`` holds ``<artifacts>/worker.lock`` (``flock``) for its whole life, so
 at most one worker serves an artifacts folder and a killed worker's lock frees itself. On start it
 queues again whatever a killed worker left running; finished folds are read back from disk by
-``train_fold``, never trained again. :func:`run_task` does one task and only talks to the store,
-so another executor can call it elsewhere; :func:`run_worker` is the local loop around it.
+``train_fold``, never trained again. :func:`attempt` does one task and only talks to the store,
+so it runs in this process or on a Dask worker alike (:mod:`engine.executors`, chosen by
+``CXR_EXECUTOR``); :func:`run_worker` is the loop that claims tasks and records their outcomes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine import artifacts, settings
 from engine.datasets import Dataset, import_dataset
@@ -26,7 +29,9 @@ from engine.metrics import flat_metrics
 from engine.study import prepare_study, refuse_if_read_only
 from engine.training import Cancelled, Progress, train_fold
 
-EXECUTOR = "local"
+if TYPE_CHECKING:
+    from engine.executors import ExecutorSettings
+
 IDLE_POLL_S = 1.0
 STOP_POLL_S = 0.5
 PROGRESS_EVERY_S = 1.0
@@ -89,7 +94,8 @@ def _acquire_lock(root: Path) -> int | None:
         return fd
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """One timestamped line on stderr (``logs/worker.log`` for the local worker, the Dask worker's log remotely)."""
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: {message}", file=sys.stderr, flush=True)
 
 
@@ -120,10 +126,12 @@ class StopPoll:
 class ProgressWriter:
     """``on_progress`` for ``train_fold``: the job's live progress, written at every epoch end and every second."""
 
-    def __init__(self, store: JobStore, job: Job, task: Task) -> None:
+    def __init__(self, store: JobStore, job: Job, task: Task, *, where: str = "", parallel: int = 1) -> None:
         self.store = store
         self.job = job
         self.task = task
+        self.where = where
+        self.parallel = max(1, parallel)
         self.tasks_done, self.tasks_total = store.task_counts(job.id)
         self.started = time.monotonic()
         self.written = 0.0
@@ -136,7 +144,7 @@ class ProgressWriter:
         eta = None
         if fold_fraction >= 0.02:
             per_task = elapsed / fold_fraction
-            eta = per_task * (1.0 - fold_fraction) + per_task * remaining_tasks
+            eta = per_task * (1.0 - fold_fraction) + per_task * remaining_tasks / self.parallel
         return {
             "fraction": (self.tasks_done + fold_fraction) / max(1, self.tasks_total),
             "backbone": self.task.backbone,
@@ -155,7 +163,8 @@ class ProgressWriter:
         }
 
     def start(self) -> None:
-        self.store.set_progress(self.job.id, self.snapshot(None))
+        line = f"{self.task.label}: running on {self.where}" if self.where else None
+        self.store.set_progress(self.job.id, self.snapshot(None), log_line=line)
         self.written = time.monotonic()
 
     def __call__(self, progress: Progress) -> None:
@@ -171,10 +180,14 @@ class ProgressWriter:
         self.written = time.monotonic()
 
 
-def run_task(store: JobStore, task: Task) -> artifacts.RunResult:
-    """Train (or read back, when already on disk) one task; raises ``Cancelled`` or the task's error."""
+def run_task(store: JobStore, task: Task, *, where: str = "", parallel: int = 1) -> artifacts.RunResult:
+    """Train (or read back, when already on disk) one task; raises ``Cancelled`` or the task's error.
+
+    ``where`` (host, pid, executor) goes to the job's log when the task starts; ``parallel`` is how
+    many tasks run at once, for the time left.
+    """
     job = store.get(task.job_id)
-    writer = ProgressWriter(store, job, task)
+    writer = ProgressWriter(store, job, task, where=where, parallel=parallel)
     writer.start()
     dataset, study = _prepared(store.root, job.id, job.request)
     store.set_study_id(job.id, study["study_id"])
@@ -189,51 +202,72 @@ def run_task(store: JobStore, task: Task) -> artifacts.RunResult:
     )
 
 
-def _execute(store: JobStore, task: Task) -> None:
-    """Run one task and record its outcome; a failing task fails alone, the loop goes on."""
+@dataclass(frozen=True)
+class Outcome:
+    """How a task ended, as :meth:`JobStore.finish_task` records it; picklable, so a Dask worker can return it."""
+
+    state: str
+    error: str | None = None
+    note: str = ""
+
+    def record(self, store: JobStore, task: Task) -> None:
+        store.finish_task(task, state=self.state, error=self.error, note=self.note)
+
+
+def error_text(exc: BaseException) -> str:
+    """``ExceptionType: message``, as the job store lists a failed task."""
+    return f"{type(exc).__name__}: {str(exc).strip() or type(exc).__name__}"
+
+
+def attempt(store: JobStore, task: Task, *, where: str = "", parallel: int = 1) -> Outcome:
+    """Run one task and say how it ended; a failing task fails alone, the loop goes on."""
     started = time.monotonic()
     try:
-        run = run_task(store, task)
+        run = run_task(store, task, where=where, parallel=parallel)
     except Cancelled:
-        store.finish_task(task, state="cancelled")
+        return Outcome("cancelled")
     except Exception as exc:  # missing weights, out of memory, bad data, full disk: the task's own failure
-        _say(f"{task.label} of job {task.job_id} failed\n{traceback.format_exc()}")
-        message = str(exc).strip() or type(exc).__name__
-        store.finish_task(task, state="failed", error=f"{type(exc).__name__}: {message}")
-    else:
-        accuracy = flat_metrics(run.metrics)["accuracy"]
-        store.finish_task(task, state="done", note=f", accuracy {accuracy:.3f} ({time.monotonic() - started:.1f} s)")
+        say(f"{task.label} of job {task.job_id} failed\n{traceback.format_exc()}")
+        return Outcome("failed", error=error_text(exc))
+    accuracy = flat_metrics(run.metrics)["accuracy"]
+    return Outcome("done", note=f", accuracy {accuracy:.3f} ({time.monotonic() - started:.1f} s)")
 
 
-def run_worker(artifacts_root: Path | None = None, *, once: bool = False) -> int:
-    """Serve the queue of one artifacts folder; with ``once``, return when it is empty."""
+def run_worker(
+    artifacts_root: Path | None = None, *, once: bool = False, executor: ExecutorSettings | None = None
+) -> int:
+    """Serve the queue of one artifacts folder; with ``once``, return when it is empty.
+
+    ``executor`` defaults to the environment's choice (``CXR_EXECUTOR``), so the app starts the same
+    worker whether tasks run here or on a cluster.
+    """
+    from engine.executors import executor_settings, open_executor
+
     refuse_if_read_only()
+    chosen = executor or executor_settings()
     store = JobStore(artifacts_root)
     fd = _acquire_lock(store.root)
     if fd is None:
-        _say(f"another worker already serves {store.root}; exiting")
+        say(f"another worker already serves {store.root}; exiting")
         return 0
-    _say(f"serving {store.root}")
+    say(f"serving {store.root} (executor: {chosen.name})")
     try:
-        _requeue(store)
-        while True:
-            task = store.claim_next(executor=EXECUTOR)
-            if task is not None:
-                _say(f"running {task.label} of job {task.job_id}")
-                _execute(store, task)
-                continue
-            if not once:
-                time.sleep(IDLE_POLL_S)
-                continue
-            os.close(fd)
-            fd = None
-            if not store.has_pending():
-                _say("queue empty; exiting")
-                return 0
-            fd = _acquire_lock(store.root)
-            if fd is None:
-                return 0
+        with open_executor(chosen) as runner:
             _requeue(store)
+            while True:
+                runner.drain(store)
+                if not once:
+                    time.sleep(IDLE_POLL_S)
+                    continue
+                os.close(fd)
+                fd = None
+                if not store.has_pending():
+                    say("queue empty; exiting")
+                    return 0
+                fd = _acquire_lock(store.root)
+                if fd is None:
+                    return 0
+                _requeue(store)
     finally:
         if fd is not None:
             os.close(fd)
@@ -242,4 +276,4 @@ def run_worker(artifacts_root: Path | None = None, *, once: bool = False) -> int
 def _requeue(store: JobStore) -> None:
     """Queue again what a killed worker left running; only the lock holder may do this."""
     for task in store.requeue_interrupted():
-        _say(f"queued again {task.label} of job {task.job_id} (interrupted)")
+        say(f"queued again {task.label} of job {task.job_id} (interrupted)")

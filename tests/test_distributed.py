@@ -1,0 +1,215 @@
+"""Scale-out: the Dask executor on a real local cluster (two worker processes, loopback only).
+
+The job runs as the app runs it: ``python -m engine worker --once`` with ``CXR_EXECUTOR=dask`` in
+its environment, watched only through the job store. Tiny synthetic images at 32 px and random
+weights keep a task to seconds. The cluster tests skip when ``distributed`` is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine import artifacts, executors
+from engine.executors import ExecutorSettings, executor_settings, open_executor
+from engine.jobs import JobRequest, JobStore
+from tests.synthetic import make_dataset
+from tests.test_jobs import start_worker, watch
+
+BACKBONES = ("MobileNet-0.25", "MobileNetV2-0.35")
+RUNNING_ON = re.compile(
+    r"^(?P<label>.+ fold \d+): running on (?P<host>[^:]+):(?P<pid>\d+) \(dask worker (?P<addr>\S+)\)$"
+)
+
+
+def request(folder: Path, **changes) -> JobRequest:
+    options = dict(
+        data=str(folder), backbones=BACKBONES, protocol="frozen", folds=2, epochs=1, input_size=32, weights="none"
+    )
+    return JobRequest(**{**options, **changes})
+
+
+def finished(seen) -> bool:
+    return seen.state not in ("queued", "running")
+
+
+def placements(store: JobStore, job_id: str) -> list[tuple[str, int, str]]:
+    """(task label, pid, Dask worker address) of every start of a task on the cluster, in order."""
+    lines = [line for _, line in store.log_entries(job_id)]
+    return [(m["label"], int(m["pid"]), m["addr"]) for line in lines if (m := RUNNING_ON.match(line))]
+
+
+def probabilities(root: Path, study_id: str) -> dict[tuple[str, int], np.ndarray]:
+    runs = artifacts.study_runs(study_id, root)
+    out = {}
+    for run in runs:
+        frame = pd.read_csv(artifacts.run_dir(study_id, run.backbone, run.fold, root) / "predictions.csv")
+        out[(run.backbone, run.fold)] = frame[[c for c in frame.columns if c.startswith("p[")]].to_numpy()
+    return out
+
+
+# --- configuration, no cluster ---
+
+
+def test_the_executor_is_chosen_by_environment_variables() -> None:
+    assert executor_settings({}) == ExecutorSettings(kind="local") and executor_settings({}).name == "local"
+    local = executor_settings({"CXR_EXECUTOR": " local ", "CXR_DASK_SCHEDULER": "tcp://10.0.0.5:8786"})
+    assert local == ExecutorSettings(kind="local", scheduler=None)
+    dask = executor_settings({"CXR_EXECUTOR": "Dask", "CXR_DASK_SCHEDULER": "tcp://10.0.0.5:8786"})
+    assert (dask.kind, dask.scheduler, dask.name) == ("dask", "tcp://10.0.0.5:8786", "dask tcp://10.0.0.5:8786")
+    with pytest.raises(ValueError, match=r"CXR_EXECUTOR.*got 'ray'"):
+        executor_settings({"CXR_EXECUTOR": "ray"})
+    with pytest.raises(ValueError, match=r"CXR_DASK_SCHEDULER.*got scheduler=None"):
+        executor_settings({"CXR_EXECUTOR": "dask", "CXR_DASK_SCHEDULER": "  "})
+    with pytest.raises(ValueError, match="retries=-1"):
+        ExecutorSettings(kind="dask", scheduler="tcp://10.0.0.5:8786", retries=-1)
+
+
+def test_an_unreachable_scheduler_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("distributed", reason="distributed is not installed (pip install -r requirements-cluster.txt)")
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT_S", 1.0)
+    with (
+        pytest.raises(ConnectionError, match=re.escape("CXR_DASK_SCHEDULER='tcp://127.0.0.1:9'")),
+        open_executor(ExecutorSettings(kind="dask", scheduler="tcp://127.0.0.1:9")),
+    ):
+        pass
+
+
+# --- a real local cluster ---
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip(
+        "distributed", reason="distributed is not installed (pip install -r requirements-cluster.txt)"
+    )
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        resources={"GPU": 1},
+        dashboard_address=None,
+    ) as local_cluster:
+        yield local_cluster
+
+
+def dask_env(cluster) -> dict[str, str]:
+    return {"CXR_EXECUTOR": "dask", "CXR_DASK_SCHEDULER": cluster.scheduler_address}
+
+
+@pytest.mark.slow
+def test_tasks_spread_over_the_workers_with_the_local_worker_s_predictions(cluster, tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=12)
+    roots = {name: tmp_path / name for name in ("dask", "local")}
+    stores = {name: JobStore(root) for name, root in roots.items()}
+    jobs = {name: store.submit(request(data)) for name, store in stores.items()}
+    envs = {"dask": dask_env(cluster), "local": {"CXR_EXECUTOR": "local"}}
+    workers = {
+        name: start_worker(roots[name], tmp_path / f"{name}.log", env={**envs[name], "CXR_ARTIFACTS": str(roots[name])})
+        for name in roots
+    }
+    for name in roots:
+        watch(stores[name], jobs[name].id, finished, timeout=150, worker=workers[name], log=tmp_path / f"{name}.log")
+        assert workers[name].wait(timeout=60) == 0
+
+    done = {name: stores[name].get(jobs[name].id) for name in roots}
+    assert done["dask"].executor == f"dask {cluster.scheduler_address}" and done["local"].executor == "local"
+    for name, job in done.items():
+        assert job.state == "done" and job.error is None, (name, stores[name].log(job.id))
+        assert [t.state for t in stores[name].tasks(job.id)] == ["done"] * 4
+    assert done["dask"].study_id == done["local"].study_id
+
+    starts = placements(stores["dask"], jobs["dask"].id)
+    pids = {addr: pid for addr, pid in cluster.get_client().run(os.getpid).items()}
+    assert sorted(label for label, _, _ in starts) == sorted(f"{b} fold {k}" for b in BACKBONES for k in (0, 1))
+    assert {addr for _, _, addr in starts} == set(pids), starts
+    assert all(pids[addr] == pid for _, pid, addr in starts)
+
+    lines = [line for _, line in stores["dask"].log_entries(jobs["dask"].id)]
+    for backbone in BACKBONES:
+        first_done = next(i for i, line in enumerate(lines) if line.startswith(f"{backbone} fold 0: done"))
+        second_start = next(i for i, line in enumerate(lines) if line.startswith(f"{backbone} fold 1: started"))
+        assert first_done < second_start, "a backbone's second fold started before its first cached the features"
+
+    expected = probabilities(roots["local"], done["local"].study_id)
+    got = probabilities(roots["dask"], done["dask"].study_id)
+    assert sorted(got) == sorted(expected) == sorted((b, k) for b in BACKBONES for k in (0, 1))
+    for key, proba in expected.items():
+        np.testing.assert_allclose(got[key], proba, rtol=0, atol=1e-6, err_msg=str(key))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_task_has_the_task_run_again_and_the_job_finishes(cluster, tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=40)
+    root = tmp_path / "artifacts"
+    store = JobStore(root)
+    epochs = 20
+    job = store.submit(request(data, epochs=epochs, batch_size=4))
+    log = tmp_path / "worker.log"
+    worker = start_worker(root, log, env={**dask_env(cluster), "CXR_ARTIFACTS": str(root)})
+    victim = f"{BACKBONES[0]} fold 0"
+
+    def victim_training(_seen) -> bool:
+        return any(line.startswith(f"{victim}: epoch 1/") for _, line in store.log_entries(job.id))
+
+    watch(store, job.id, victim_training, timeout=150, worker=worker, log=log)
+    (label, pid, addr), *_ = [p for p in placements(store, job.id) if p[0] == victim]
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    watch(store, job.id, finished, timeout=150, worker=worker, log=log)
+    assert worker.wait(timeout=60) == 0
+
+    job = store.get(job.id)
+    assert job.state == "done" and job.error is None, store.log(job.id)
+    assert [t.state for t in store.tasks(job.id)] == ["done"] * 4
+    starts = placements(store, job.id)
+    victim_starts = [(pid, addr) for label, pid, addr in starts if label == victim]
+    assert len(victim_starts) == 2 and victim_starts[0] == (pid, addr) and victim_starts[1][0] != pid, starts
+    assert sorted(label for label, _, _ in starts if label != victim) == sorted(
+        f"{b} fold {k}" for b in BACKBONES for k in (0, 1) if f"{b} fold {k}" != victim
+    ), "a task that was not killed ran twice"
+    victim_done = [at for at, line in store.log_entries(job.id) if line.startswith(f"{victim}: done")]
+    assert len(victim_done) == 1 and victim_done[0] > killed_at
+    runs = artifacts.study_runs(job.study_id, root)
+    assert len(runs) == 4 and all(len(r.history["loss"]) == epochs for r in runs)
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_cluster_s_tasks_and_frees_the_workers(cluster, tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=40)
+    root = tmp_path / "artifacts"
+    store = JobStore(root)
+    epochs = 200
+    job = store.submit(request(data, epochs=epochs, batch_size=4))
+    log = tmp_path / "worker.log"
+    worker = start_worker(root, log, env={**dask_env(cluster), "CXR_ARTIFACTS": str(root)})
+
+    def both_first_folds_training(_seen) -> bool:
+        lines = [line for _, line in store.log_entries(job.id)]
+        return all(any(line.startswith(f"{b} fold 0: epoch 1/") for line in lines) for b in BACKBONES)
+
+    watch(store, job.id, both_first_folds_training, timeout=150, worker=worker, log=log)
+    asked = time.time()
+    assert store.cancel(job.id).cancel_requested
+    seen = watch(store, job.id, lambda s: s.state == "cancelled", timeout=60, worker=worker, log=log)
+    assert seen[-1].at - asked < 4.0
+    assert worker.wait(timeout=60) == 0
+    assert [t.state for t in store.tasks(job.id)] == ["cancelled"] * 4
+
+    time.sleep(3.0)
+    assert artifacts.study_runs(store.get(job.id).study_id, root) == []
+    epoch_ends = [
+        (at, int(m.group(1)))
+        for at, line in store.log_entries(job.id)
+        if (m := re.search(r"fold 0: epoch (\d+)/", line))
+    ]
+    assert max(epoch for _, epoch in epoch_ends) < epochs // 2
+    assert max(at for at, _ in epoch_ends) < asked + 2.0, "a cancelled task kept training on its worker"
