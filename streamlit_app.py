@@ -108,7 +108,12 @@ def launch_form() -> None:
     last = st.session_state.get("last_job")
     if last:
         st.sidebar.success(f"Job `{last}` queued.")
-        st.sidebar.page_link(common.PAGES["jobs"], label="Follow it on the Jobs page", icon=":material/schedule:")
+        st.sidebar.page_link(
+            common.PAGES["jobs"],
+            label="Follow it on the Jobs page",
+            icon=":material/schedule:",
+            query_params={"job": last},
+        )
 
 
 def submit(folder, upload, picked, folds, epochs, batch_size, input_size, seed, weights) -> None:

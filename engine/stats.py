@@ -56,14 +56,20 @@ def corrected_resampled_ttest(
 
 
 def verdict(
-    result: PairedTest, *, name_a: str, name_b: str, metric: str, higher_is_better: bool = True,
+    result: PairedTest,
+    *,
+    name_a: str,
+    name_b: str,
+    metric: str,
+    higher_is_better: bool = True,
     alpha: float = DEFAULT_ALPHA,
 ) -> str:
     """One plain sentence a reader can act on, that does not overstate a small number of folds."""
     if result.p_value >= alpha:
         return (
             f"No evidence of a difference in {metric} between {name_a} and {name_b} over these {result.k} folds "
-            f"(p = {result.p_value:.3f} ≥ {alpha}); treat them as equivalent on this data."
+            f"(p = {result.p_value:.3f} ≥ {alpha}); these folds cannot tell which is better, "
+            "which is not proof that they are equal."
         )
     a_better = (result.mean_difference > 0) == higher_is_better
     winner, loser = (name_a, name_b) if a_better else (name_b, name_a)

@@ -50,7 +50,9 @@ def add_mean_band(figure: go.Figure, bands: pd.DataFrame, *, name: str, colour: 
     )
 
 
-def panel(curves: pd.DataFrame, best: pd.DataFrame, *, metric: str, backbones: list[str], each_fold: bool) -> go.Figure:
+def panel(
+    curves: pd.DataFrame, best: pd.DataFrame, *, metric: str, backbones: list[str], each_fold: bool, log_loss: bool
+) -> go.Figure:
     figure = go.Figure()
     palette = plotly.colors.qualitative.Plotly
     for index, backbone in enumerate(backbones):
@@ -90,7 +92,7 @@ def panel(curves: pd.DataFrame, best: pd.DataFrame, *, metric: str, backbones: l
         height=420,
         margin={"t": 60, "l": 10, "r": 10, "b": 10},
         xaxis={"title": "epoch", "range": [1, curves["epoch"].max()]},
-        yaxis={"title": metric},
+        yaxis={"title": metric, "type": "log" if log_loss and metric == "loss" else "linear"},
         legend={"orientation": "h", "y": -0.2},
     )
     return figure
@@ -108,7 +110,9 @@ wanted = [
 ]
 backbones = st.multiselect("Backbones (overlaid)", available, default=wanted or available[:3])
 common.remember(backbones=SEPARATOR.join(backbones) or None)
-each_fold = st.toggle("Show each fold", value=True)
+fold_column, scale_column = st.columns(2)
+each_fold = fold_column.toggle("Show each fold", value=True)
+log_loss = scale_column.toggle("Log scale for the loss", value=True)
 if not backbones:
     st.info("Choose at least one backbone.")
     st.stop()
@@ -119,7 +123,9 @@ st.caption(
 )
 best = explore.best_epochs(curves[curves["backbone"].isin(backbones)])
 for metric in PANELS:
-    st.plotly_chart(panel(curves, best, metric=metric, backbones=backbones, each_fold=each_fold), width="stretch")
+    st.plotly_chart(
+        panel(curves, best, metric=metric, backbones=backbones, each_fold=each_fold, log_loss=log_loss), width="stretch"
+    )
 st.dataframe(
     best.rename(columns={"epoch": "epoch of lowest mean val loss", "val_loss": "mean val loss"}), hide_index=True
 )

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import settings
-from engine.jobs import Job, JobStore
+from engine.jobs import DB_NAME, Job, JobStore
 from engine.worker import ensure_worker, worker_alive
 from pages import common
 
@@ -36,18 +36,21 @@ def duration(seconds: float | None) -> str:
 
 
 def progress_text(job: Job) -> str:
-    """Where the job is: task, backbone, fold, epoch, ETA and the latest validation accuracy."""
+    """Where the job is: task, backbone, fold, epoch (or feature batch), validation accuracy and ETA."""
     p = job.progress or {}
     parts = [f"task {p.get('tasks_done', 0)}/{p.get('tasks_total', '?')}"]
+    if job.state != "running":
+        return " · ".join(parts)
     if p.get("backbone"):
         parts.append(f"{p['backbone']} fold {p.get('fold')}")
-    if p.get("epochs"):
+    if p.get("phase") == "features":
+        parts.append(f"ImageNet features, batch {p.get('batch')}/{p.get('batches')}")
+    elif p.get("epochs"):
         parts.append(f"epoch {min(int(p.get('epoch') or 0) + 1, int(p['epochs']))}/{p['epochs']}")
     val_accuracy = (p.get("logs") or {}).get("val_accuracy")
     if val_accuracy is not None:
         parts.append(f"val accuracy {val_accuracy:.3f}")
-    if job.state == "running":
-        parts.append(f"ETA {duration(p.get('eta_seconds'))}")
+    parts.append(f"ETA {duration(p.get('eta_seconds'))}")
     return " · ".join(parts)
 
 
@@ -70,7 +73,7 @@ def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:
         st.progress(min(max(fraction, 0.0), 1.0), text=f"{fraction:.0%} · {progress_text(job)}")
         if job.error:
             st.error(job.error)
-        if job.study_id:
+        if job.study_id and (job.progress or {}).get("tasks_done"):
             st.page_link(
                 common.PAGES["comparison"],
                 label=f"Results of study {job.study_id}",
@@ -103,7 +106,12 @@ def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:
 @st.fragment(run_every=2)
 def live_jobs() -> None:
     """Re-drawn every two seconds, so progress moves without reloading the page."""
-    store = JobStore(common.artifacts_root())
+    read_only = settings.read_only()
+    root = common.artifacts_root()
+    if read_only and not (root / DB_NAME).is_file():
+        st.info("Read-only demo: no training jobs run here. The finished studies are on the other pages.")
+        return
+    store = JobStore(root)
     jobs = store.list_jobs()
     if not jobs:
         st.info(
@@ -111,13 +119,12 @@ def live_jobs() -> None:
             "or from a terminal with `python -m engine submit ...`."
         )
         return
-    read_only = settings.read_only()
-    alive = worker_alive(common.artifacts_root())
+    alive = worker_alive(root)
     waiting = any(job.state in ACTIVE for job in jobs)
     if waiting and not alive:
         st.warning("Jobs are waiting but no worker is running.")
         if not read_only and st.button("Start the worker"):
-            ensure_worker(common.artifacts_root())
+            ensure_worker(root)
     st.caption(f"Worker {'running' if alive else 'stopped'} · refreshed {dt.datetime.now():%H:%M:%S}")
     focus = common.remembered("job")
     ordered = sorted(jobs, key=lambda j: (j.id != focus, j.state not in ACTIVE, -(j.created_at or 0)))

@@ -1,9 +1,11 @@
 """Save a PNG screenshot of every page of the explorer into docs/screenshots/.
 
-    python docs/screenshots/take.py [--artifacts artifacts] [--xray some.png]
+    python docs/screenshots/take.py [--artifacts artifacts] [--xray some.png] [--job-data folder] [--read-only]
 
 The studies of ``--artifacts`` are copied into a temporary folder first and the app is served
-read-only from the copy, so taking screenshots never writes to the real artifacts. Needs
+from the copy, so taking screenshots never writes to the real artifacts. ``--job-data`` queues a
+small job on that folder in the copy (and starts its worker), so the Jobs page shows live progress;
+it is cancelled when the screenshots are done. Needs
 Debian's Chromium (``apt-get install chromium``) and the ``playwright`` package. The browser
 test (tests/test_browser.py) drives the app with the same helpers.
 """
@@ -37,6 +39,7 @@ PAGES = {
 }
 START_TIMEOUT_S = 90
 IDLE_TIMEOUT_MS = 120_000
+DEMO_SEED = 7
 
 
 def free_port() -> int:
@@ -124,7 +127,10 @@ def upload_xray(page, xray: Path) -> None:
 
 def screenshot(page, path: Path, *, width: int = 1440, max_height: int = 7000) -> None:
     """The whole page: Streamlit scrolls inside its main block, so the window is made as tall as the content."""
-    height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
+    height = page.evaluate(
+        "() => Math.max(...['stMain', 'stSidebarContent'].map("
+        "id => document.querySelector(`[data-testid=${id}]`)?.scrollHeight || 0))"
+    )
     page.set_viewport_size({"width": width, "height": min(max_height, max(800, int(height) + 40))})
     page.wait_for_timeout(1500)
     page.screenshot(path=str(path))
@@ -137,18 +143,48 @@ def copy_studies(artifacts: Path, target: Path) -> Path:
     return target
 
 
-def take(artifacts: Path, out: Path, *, xray: Path | None) -> list[Path]:
+def queue_demo_job(root: Path, data: Path) -> str:
+    """A frozen-protocol MobileNet-0.25 job on ``data`` in ``root``, with its worker started.
+
+    Its own seed makes new folds, so it trains (a study that exists would be read from disk at once).
+    """
+    from engine.jobs import JobRequest, JobStore
+    from engine.worker import ensure_worker
+
+    job = JobStore(root).submit(
+        JobRequest(data=str(data), backbones=("MobileNet-0.25",), protocol="frozen", seed=DEMO_SEED)
+    )
+    ensure_worker(root)
+    return job.id
+
+
+def stop_demo_job(root: Path, job_id: str) -> None:
+    from engine.jobs import JobStore
+    from engine.worker import worker_alive
+
+    JobStore(root).cancel(job_id)
+    deadline = time.monotonic() + 60
+    while worker_alive(root) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+def take(artifacts: Path, out: Path, *, xray: Path | None, job_data: Path | None, read_only: bool) -> list[Path]:
     saved = []
     with tempfile.TemporaryDirectory() as scratch:
         copy = copy_studies(artifacts, Path(scratch) / "artifacts")
-        with serve(copy, read_only=True) as url, browser_page() as page:
-            for name in PAGES:
-                open_page(page, url, name)
-                if name == "classify" and xray is not None:
-                    upload_xray(page, xray)
-                path = out / f"{name}.png"
-                screenshot(page, path)
-                saved.append(path)
+        job_id = queue_demo_job(copy, job_data) if job_data else None
+        try:
+            with serve(copy, read_only=read_only) as url, browser_page() as page:
+                for name in PAGES:
+                    open_page(page, url, name)
+                    if name == "classify" and xray is not None:
+                        upload_xray(page, xray)
+                    path = out / f"{name}.png"
+                    screenshot(page, path)
+                    saved.append(path)
+        finally:
+            if job_id:
+                stop_demo_job(copy, job_id)
     return saved
 
 
@@ -157,8 +193,11 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=PROJECT / "artifacts")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--xray", type=Path, default=None, help="a chest X-ray to show on the Classify page")
+    parser.add_argument("--job-data", type=Path, default=None, help="a dataset folder to queue a demo job on")
+    parser.add_argument("--read-only", action="store_true", help="serve as the hosted read-only demo")
     args = parser.parse_args()
-    for path in take(args.artifacts, args.out, xray=args.xray):
+    sys.path.insert(0, str(PROJECT))
+    for path in take(args.artifacts, args.out, xray=args.xray, job_data=args.job_data, read_only=args.read_only):
         print(path)
 
 
