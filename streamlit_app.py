@@ -104,7 +104,16 @@ def launch_form() -> None:
         weights = right.selectbox("Weights", ["imagenet", "none"], help="'none' trains from random weights")
         submitted = st.form_submit_button("Queue the job", type="primary")
     if submitted:
-        submit(folder, upload, picked, int(folds), int(epochs), int(batch_size), int(input_size), int(seed), weights)
+        options = {
+            "protocol": protocol.name,
+            "folds": int(folds),
+            "epochs": int(epochs),
+            "batch_size": int(batch_size),
+            "input_size": int(input_size),
+            "seed": int(seed),
+            "weights": weights,
+        }
+        submit(folder=folder, upload=upload, backbones=chosen_backbones(picked), options=options)
     last = st.session_state.get("last_job")
     if last:
         st.sidebar.success(f"Job `{last}` queued.")
@@ -116,22 +125,13 @@ def launch_form() -> None:
         )
 
 
-def submit(folder, upload, picked, folds, epochs, batch_size, input_size, seed, weights) -> None:
+def submit(*, folder: str, upload, backbones: tuple[str, ...], options: dict) -> None:
+    """Queue the job (the zip, when given, wins over the folder) and wake the worker; errors go in the sidebar."""
     try:
         data = str(saved_upload(upload)) if upload is not None else folder.strip()
         if not data:
             raise ValueError("give a dataset folder or upload a .zip")
-        request = JobRequest(
-            data=data,
-            backbones=chosen_backbones(picked),
-            protocol=st.session_state["launch_protocol"],
-            folds=folds,
-            epochs=epochs,
-            batch_size=batch_size,
-            input_size=input_size,
-            seed=seed,
-            weights=weights,
-        )
+        request = JobRequest(data=data, backbones=backbones, **options)
         job = JobStore(common.artifacts_root()).submit(request)
     except (ReadOnlyError, ValueError) as exc:
         st.sidebar.error(str(exc))
