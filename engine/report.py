@@ -6,34 +6,21 @@ reviewer can regenerate it and diff.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from engine import artifacts
-from engine.classes import COVID
+from engine import artifacts, explore
 from engine.evaluation import list_evaluations
 from engine.study import summarize
 
-REFERENCE = Path(__file__).parent / "reference"
 PAPER_FAMILY = {
     "MobileNet": "MobileNet",
     "MobileNet-0.25": "MobileNet",
     "MobileNetV2": "MobileNetV2",
     "MobileNetV2-0.35": "MobileNetV2",
 }
-COLUMNS = (
-    "accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "macro_precision",
-    "macro_recall",
-    "macro_f1",
-    f"recall[{COVID}]",
-    "loss",
-)
+COLUMNS = explore.COMPARISON_METRICS
 HEADERS = (
     "accuracy",
     "precision (paper)",
@@ -48,23 +35,10 @@ HEADERS = (
 
 
 def paper_table1() -> dict[str, dict[str, float]]:
-    with open(REFERENCE / "paper_table1.csv", newline="") as fh:
-        return {
-            row["keras_application"]: {
-                "accuracy": float(row["accuracy"]),
-                "precision": float(row["precision"]),
-                "recall": float(row["recall"]),
-                "f1": float(row["f1_score"]),
-                "loss": float(row["loss"]),
-            }
-            for row in csv.DictReader(fh)
-        }
-
-
-def paper_confusion(model: str) -> list[list[int]]:
-    with open(REFERENCE / "paper_confusion_matrices.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["model"] == model]
-    return [[int(r["pred_covid19"]), int(r["pred_normal"]), int(r["pred_viral_pneumonia"])] for r in rows]
+    """The paper's Table 1 rows by ``keras.applications`` name, under this project's metric keys."""
+    table = explore.paper_table1().set_index("keras_application")
+    renamed = table.rename(columns={"f1_score": "f1"})[["accuracy", "precision", "recall", "f1", "loss"]]
+    return renamed.to_dict(orient="index")
 
 
 def _fmt(value: float | None) -> str:
@@ -140,7 +114,7 @@ def _best_fold_confusion(rows: list[dict], artifacts_root: Path | None) -> tuple
 
 def _confusion_section(rows: list[dict], artifacts_root: Path | None) -> str:
     classes = ["COVID-19", "Normal", "Viral Pneumonia"]
-    paper = paper_confusion("MobileNet")
+    paper = explore.paper_confusion_matrices()["MobileNet (Table 4)"].to_numpy().tolist()
     ours = _best_fold_confusion(rows, artifacts_root)
     header = ["true \\ predicted", *classes]
     parts = [
