@@ -10,9 +10,10 @@ Choosing one is configuration, read from the environment by :func:`executor_sett
 With ``dask`` the worker process that the app starts stays the only one that claims tasks and
 records their outcomes. It ships each (backbone, fold) to a Dask worker with a free ``GPU``
 resource, keeps as many in flight as the cluster has GPUs, and cancels a cancelled job's futures.
-The shipped :func:`remote_task` opens the same job store through the shared artifacts path and
-writes the task's progress there itself. A Dask worker that dies mid-task has its task run again
-on another worker by the scheduler. See docs/scale-out.md.
+The shipped :func:`remote_task` reads and writes run files in the shared artifacts folder, but
+never opens the SQLite job store there (SQLite's WAL mode needs all its users on one host): its
+progress comes back as Dask worker events, which this process writes to the store. A Dask worker
+that dies mid-task has its task run again on another worker by the scheduler. See docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.jobs import DB_NAME, JobStore, Task
+from engine.jobs import DB_NAME, Job, JobStore, Task
 from engine.worker import Outcome, attempt, error_text, say
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ GPU = "GPU"
 POLL_S = 0.5
 CONNECT_TIMEOUT_S = 30.0
 RETRIES = 2
+TOPIC = "cxr-task-progress"
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,46 @@ class LocalExecutor:
             attempt(store, task).record(store, task)
 
 
-def remote_task(artifacts_root: str, task: Task, *, parallel: int = 1) -> Outcome:
+def cancel_event_name(job_id: str) -> str:
+    """The Dask ``Event`` that tells a job's running tasks to stop."""
+    return f"cxr-cancel-{job_id}"
+
+
+class RelayedStore:
+    """The job store as a task on a Dask worker sees it, without opening the SQLite file there.
+
+    SQLite in WAL mode needs every user of the file on one host, and the shared folder may be a
+    network one. So the job and its task counts travel with the task, cancel is a Dask ``Event``
+    set by the executor, and progress goes back as worker events (topic ``TOPIC``) that the
+    executor writes to the store.
+    """
+
+    def __init__(self, root: Path, job: Job, counts: tuple[int, int]) -> None:
+        from distributed import Event, get_worker
+
+        self.root = root
+        self.job = job
+        self.counts = counts
+        self.worker = get_worker()
+        self.cancel_event = Event(cancel_event_name(job.id))
+
+    def get(self, job_id: str) -> Job:
+        return self.job
+
+    def task_counts(self, job_id: str) -> tuple[int, int]:
+        return self.counts
+
+    def set_progress(self, job_id: str, progress: dict, *, log_line: str | None = None) -> None:
+        self.worker.log_event(TOPIC, {"job_id": job_id, "progress": progress, "log_line": log_line})
+
+    def set_study_id(self, job_id: str, study_id: str) -> None:
+        self.worker.log_event(TOPIC, {"job_id": job_id, "study_id": study_id})
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.cancel_event.is_set()
+
+
+def remote_task(artifacts_root: str, job: Job, task: Task, counts: tuple[int, int], *, parallel: int = 1) -> Outcome:
     """Run one task on a Dask worker against the shared artifacts folder (TensorFlow loads here, not in the caller).
 
     A node that does not see the shared folder raises, so Dask retries the task (perhaps elsewhere)
@@ -110,7 +152,7 @@ def remote_task(artifacts_root: str, task: Task, *, parallel: int = 1) -> Outcom
             f"artifacts_root={artifacts_root!r} has no {DB_NAME} on {where}: "
             "mount the shared artifacts folder at the same path on every node"
         )
-    return attempt(JobStore(root), task, where=where, parallel=parallel)
+    return attempt(RelayedStore(root, job, counts), task, where=where, parallel=parallel)
 
 
 @dataclass
@@ -143,6 +185,8 @@ class DaskExecutor:
         self.name = settings.name
         self.client: Client | None = None
         self.features = _Features()
+        self.jobs: dict[str, Job] = {}
+        self.relayed: deque[tuple[float, dict]] = deque()
         self.said_waiting = False
 
     def __enter__(self) -> DaskExecutor:
@@ -154,6 +198,7 @@ class DaskExecutor:
             raise ConnectionError(
                 f"cannot reach the Dask scheduler at CXR_DASK_SCHEDULER={self.settings.scheduler!r}: {exc}"
             ) from exc
+        self.client.subscribe_topic(TOPIC, self.relayed.append)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -168,6 +213,7 @@ class DaskExecutor:
         """Keep one task per GPU in flight until none is queued or running; record each outcome as it comes."""
         flights: dict[Future, Task] = {}
         while True:
+            self._write_relayed(store)
             self._collect(store, flights)
             self._cancel_requested(store, flights)
             slots = self.gpu_slots()
@@ -186,16 +232,31 @@ class DaskExecutor:
         key = f"{task.backbone}-fold{task.fold}-{task.job_id}-{secrets.token_hex(3)}"
         say(f"submitting {task.label} of job {task.job_id} to {self.name} as {key}")
         self.said_waiting = False
+        job = self.jobs.setdefault(task.job_id, store.get(task.job_id))
         return self.client.submit(
             remote_task,
             str(store.root),
+            job,
             task,
+            store.task_counts(task.job_id),
             parallel=parallel,
             key=key,
             resources={GPU: 1},
             retries=self.settings.retries,
             pure=False,
         )
+
+    def _write_relayed(self, store: JobStore) -> None:
+        """Write the progress that this executor's tasks sent (other executors may share the scheduler)."""
+        while self.relayed:
+            _, message = self.relayed.popleft()
+            job_id = message.get("job_id")
+            if job_id not in self.jobs:
+                continue
+            if "study_id" in message:
+                store.set_study_id(job_id, message["study_id"])
+            else:
+                store.set_progress(job_id, message["progress"], log_line=message["log_line"])
 
     def _collect(self, store: JobStore, flights: dict[Future, Task]) -> None:
         for future, task in list(flights.items()):
@@ -224,11 +285,14 @@ class DaskExecutor:
 
     def _cancel_requested(self, store: JobStore, flights: dict[Future, Task]) -> None:
         """Cancel the futures of cancelled jobs: queued ones never start, running ones stop within a batch
-        (their ``should_stop`` reads the same flag)."""
+        (their ``should_stop`` reads the job's cancel event)."""
+        from distributed import Event
+
         for job_id in {t.job_id for t in flights.values()}:
             if not store.cancel_requested(job_id):
                 continue
             futures = [f for f, t in flights.items() if t.job_id == job_id]
+            Event(cancel_event_name(job_id), client=self.client).set()
             self.client.cancel(futures)
             tasks = [flights.pop(f) for f in futures]
             say(f"cancelled {len(tasks)} task(s) of job {job_id} on {self.name}")

@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from engine import artifacts, settings
 from engine.datasets import Dataset, import_dataset
@@ -106,10 +106,27 @@ def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, di
     return dataset, prepare_study(dataset, request.study_request(), artifacts_root=root)
 
 
+class TaskStore(Protocol):
+    """The part of the job store that a running task uses: :class:`JobStore` itself in this process, a relay
+    on a Dask worker (:class:`engine.executors.RelayedStore`), which never opens the SQLite file."""
+
+    root: Path
+
+    def get(self, job_id: str) -> Job: ...
+
+    def task_counts(self, job_id: str) -> tuple[int, int]: ...
+
+    def set_progress(self, job_id: str, progress: dict, *, log_line: str | None = None) -> None: ...
+
+    def set_study_id(self, job_id: str, study_id: str) -> None: ...
+
+    def cancel_requested(self, job_id: str) -> bool: ...
+
+
 class StopPoll:
     """``should_stop`` for ``train_fold``: called every batch, reads the store at most every ``STOP_POLL_S``."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
+    def __init__(self, store: TaskStore, job_id: str) -> None:
         self.store = store
         self.job_id = job_id
         self.checked = 0.0
@@ -126,7 +143,7 @@ class StopPoll:
 class ProgressWriter:
     """``on_progress`` for ``train_fold``: the job's live progress, written at every epoch end and every second."""
 
-    def __init__(self, store: JobStore, job: Job, task: Task, *, where: str = "", parallel: int = 1) -> None:
+    def __init__(self, store: TaskStore, job: Job, task: Task, *, where: str = "", parallel: int = 1) -> None:
         self.store = store
         self.job = job
         self.task = task
@@ -180,7 +197,7 @@ class ProgressWriter:
         self.written = time.monotonic()
 
 
-def run_task(store: JobStore, task: Task, *, where: str = "", parallel: int = 1) -> artifacts.RunResult:
+def run_task(store: TaskStore, task: Task, *, where: str = "", parallel: int = 1) -> artifacts.RunResult:
     """Train (or read back, when already on disk) one task; raises ``Cancelled`` or the task's error.
 
     ``where`` (host, pid, executor) goes to the job's log when the task starts; ``parallel`` is how
@@ -219,7 +236,7 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip() or type(exc).__name__}"
 
 
-def attempt(store: JobStore, task: Task, *, where: str = "", parallel: int = 1) -> Outcome:
+def attempt(store: TaskStore, task: Task, *, where: str = "", parallel: int = 1) -> Outcome:
     """Run one task and say how it ended; a failing task fails alone, the loop goes on."""
     started = time.monotonic()
     try:
