@@ -96,8 +96,8 @@ PAPER = Protocol(
 FROZEN = Protocol(
     name="frozen",
     description=(
-        "ImageNet base frozen; its pooled features are computed once (plus flipped views) and cached, "
-        "and a softmax head is trained on them with Adam. Practical for a full study on a CPU."
+        "ImageNet base frozen; its pooled features are computed once per dataset, backbone and input size and "
+        "cached, and a softmax head (L2 1e-4) is trained on them with Adam. Practical for a full study on a CPU."
     ),
     stages=(Stage(epochs=60, learning_rate=1e-3, trainable="head"),),
     augmentation=None,
