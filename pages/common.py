@@ -30,7 +30,7 @@ PAGES = {
 }
 NO_STUDY_HELP = (
     "No study with finished runs in `{root}` yet. Launch a training job from the sidebar "
-    "(or run `python -m engine study --data <folder> --backbones MobileNet`), then follow it on the Jobs page."
+    "(or run `python -m engine study --data <folder> --arch MobileNet`), then follow it on the Jobs page."
 )
 
 

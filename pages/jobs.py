@@ -116,7 +116,7 @@ def live_jobs() -> None:
     if not jobs:
         st.info(
             "No jobs yet. Launch one from the sidebar form (dataset folder or .zip, backbones, protocol), "
-            "or from a terminal with `python -m engine submit ...`."
+            "or from a terminal with `python -m engine submit --data <folder> --arch MobileNet`."
         )
         return
     alive = worker_alive(root)

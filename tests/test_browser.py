@@ -23,14 +23,13 @@ from tests.conftest import SHARED
 PROJECT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 JOB_TIMEOUT_S = 300
-HAS_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's Chromium: apt-get install chromium"),
-    pytest.mark.skipif(not HAS_PLAYWRIGHT, reason="needs the playwright package"),
 ]
 tiny_study = app_fixtures.tiny_study
+playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
 
 
 def load_take():
@@ -40,7 +39,7 @@ def load_take():
     return module
 
 
-def xray_file(tmp_path: Path, tiny: TinyStudy) -> Path:
+def xray_file(tiny: TinyStudy) -> Path:
     """A real chest X-ray when the shared data is there, else one of the synthetic images."""
     real = sorted((SHARED / "data" / "covid19-radiography-paper" / "COVID-19").glob("*.png"))
     return real[0] if real else sorted(tiny.data.rglob("*.png"))[0]
@@ -55,8 +54,11 @@ def submit_tiny_job(page, data: Path) -> None:
     sidebar.get_by_label("Dataset folder on the server (one sub-folder per class)").fill(str(data))
     for label, value in (("Folds", "2"), ("Epochs", "2"), ("Input size (px)", "32"), ("Batch size", "8")):
         sidebar.get_by_label(label, exact=True).fill(value)
-    sidebar.locator("[data-testid=stSelectbox]").filter(has_text="Weights").click()
-    page.get_by_role("option", name="none").click()
+    weights = sidebar.locator("[data-testid=stSelectbox]").filter(has_text="Weights")
+    weights.locator("input").click()
+    page.keyboard.type("none")
+    page.keyboard.press("Enter")
+    playwright.expect(weights.get_by_role("combobox")).to_have_value("none")
     sidebar.get_by_role("button", name="Queue the job").click()
     sidebar.get_by_text(re.compile(r"Job .* queued")).wait_for(timeout=60_000)
 
@@ -110,7 +112,7 @@ def test_pages_job_and_prediction_in_chromium(tiny_study: TinyStudy, tmp_path: P
             no_exception(page, "jobs")
 
             take.open_page(page, url, "classify")
-            take.upload_xray(page, xray_file(tmp_path, tiny_study))
+            take.upload_xray(page, xray_file(tiny_study))
             no_exception(page, "classify")
             assert page.locator(".js-plotly-plot").filter(has_text="Grad-CAM").count() == 1
             assert page.locator(".js-plotly-plot").filter(has_text="probability").count() == 1

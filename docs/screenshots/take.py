@@ -40,6 +40,7 @@ PAGES = {
 START_TIMEOUT_S = 90
 IDLE_TIMEOUT_MS = 120_000
 DEMO_SEED = 7
+ACTION_TIMEOUT_MS = 90_000
 
 
 def free_port() -> int:
@@ -101,7 +102,9 @@ def browser_page(*, width: int = 1440, height: int = 1000):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(ACTION_TIMEOUT_MS)
+            yield page
         finally:
             browser.close()
 
