@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,16 @@ def classifier(path: str) -> Classifier:
 @st.cache_data(show_spinner=False, max_entries=8)
 def models(root: str, key: tuple) -> list[ModelInfo]:
     return list_models(Path(root))
+
+
+def classified(path: str, items: list[tuple[str, bytes]]) -> list[Prediction]:
+    """The batch's predictions, computed once per (model, files): toggles and reruns do not classify again."""
+    key = (path, tuple((name, hashlib.sha256(data).hexdigest()) for name, data in items))
+    last = st.session_state.get("classified")
+    if last is None or last[0] != key:
+        with st.spinner(f"Classifying {len(items)} image(s)…"):
+            st.session_state["classified"] = (key, classifier(path).classify(items))
+    return st.session_state["classified"][1]
 
 
 def model_id(info: ModelInfo) -> str:
@@ -128,7 +139,10 @@ if not available:
 by_id = {model_id(m): m for m in available}
 chosen = by_id[
     common.choose(
-        "Model (best held-out accuracy first)", list(by_id), param="model", format_func=lambda key: by_id[key].label
+        "Model (best held-out accuracy first)",
+        list(by_id),
+        param="model",
+        format_func=lambda key: f"{by_id[key].label} · study {by_id[key].study_id}",
     )
 ]
 st.caption(
@@ -143,8 +157,7 @@ if not uploads:
 items, refused = checked_uploads(uploads)
 for reason in refused:
     st.error(reason)
-with st.spinner("Classifying…"):
-    predictions = classifier(str(chosen.path)).classify(items) if items else []
+predictions = classified(str(chosen.path), items) if items else []
 for prediction in predictions:
     show(prediction, show_heatmap=show_heatmap)
 table = results_table(predictions, chosen.classes)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import engine.inference
 from engine.inference import list_models, load_classifier
 from tests import app_fixtures
 from tests.app_fixtures import TinyStudy
@@ -32,8 +33,17 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CXR_ARTIFACTS", str(tiny_study.root))
+    batches: list[list[str]] = []
+    classify = engine.inference.Classifier.classify
+
+    def counted(self, items):
+        batches.append([name for name, _ in items])
+        return classify(self, items)
+
     best = list_models(tiny_study.root)[0]
     image = png(0)
+    expected = load_classifier(best.path).classify([("xray.png", image)])[0]
+    monkeypatch.setattr(engine.inference.Classifier, "classify", counted)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.run()
     at.switch_page("pages/classify.py").run()
@@ -43,7 +53,6 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     at.run()
     assert not at.exception, [e.value for e in at.exception]
 
-    expected = load_classifier(best.path).classify([("xray.png", image)])[0]
     table = at.dataframe[0].value.set_index("file")
     assert table.loc["xray.png", "predicted"] == expected.predicted
     for name, probability in expected.probabilities.items():
@@ -54,3 +63,10 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     assert f"Predicted: **{expected.predicted}**" in "\n".join(m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) == 2
     assert at.get("download_button")
+    assert '"Grad-CAM"' in at.get("plotly_chart")[0].proto.spec
+
+    at.toggle[0].set_value(False).run()
+    assert not at.exception
+    assert '"Grad-CAM"' not in at.get("plotly_chart")[0].proto.spec
+    assert at.dataframe[0].value.equals(table.reset_index())
+    assert batches == [["xray.png", "notes.png"]], "a rerun must not classify the batch again"
