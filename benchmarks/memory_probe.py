@@ -4,6 +4,8 @@
 study of MobileNet 1.0. ``... train DATA ARTIFACTS SIZE WEIGHTS FEED``: import, then the paper-protocol
 training path for a few batches, with the training images either loaded as one array (``array``,
 what ``engine.training.train_fold`` does) or read batch by batch from the memory map (``batches``).
+``... features MODE SIZE WEIGHTS COUNT BATCH``: pooled features of COUNT images, the extractor
+called eagerly (``eager``, as ``engine.training.cached_features`` does) or compiled (``compiled``).
 """
 
 from __future__ import annotations
@@ -75,8 +77,35 @@ def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> di
     return {"rss_mb": peak_rss_mb(), "rss_after_import_mb": after_import, "images": len(dataset)}
 
 
+def features(mode: str, size: int, weights: str, count: int, batch: int) -> dict:
+    import time
+
+    import keras
+    import numpy as np
+
+    from engine.backbones import get_backbone
+    from engine.layers import ImageNetPreprocess
+
+    spec = get_backbone(BACKBONE)
+    inputs = keras.Input((size, size, 1))
+    x = spec.build(input_size=size, weights=_weights(weights))(ImageNetPreprocess(spec.preprocess_mode)(inputs))
+    extractor = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    images = np.random.default_rng(0).integers(0, 256, (count + batch, size, size, 1), dtype=np.uint8)
+    call = extractor.predict_on_batch if mode == "compiled" else lambda b: extractor(b, training=False)
+    np.asarray(call(images[:batch].astype("float32")))
+    started = time.perf_counter()
+    for start in range(batch, count + batch, batch):
+        np.asarray(call(images[start : start + batch].astype("float32")))
+    return {"images/s": count / (time.perf_counter() - started), "peak RSS MB": peak_rss_mb()}
+
+
 def main(argv: list[str]) -> int:
-    kind, data, artifacts, size, weights, *rest = argv
+    kind, *rest = argv
+    if kind == "features":
+        mode, size, weights, count, batch = rest
+        print(json.dumps(features(mode, int(size), weights, int(count), int(batch))), flush=True)
+        return 0
+    data, artifacts, size, weights, *rest = rest
     if kind == "study":
         out = study(Path(data), Path(artifacts), int(size), weights, int(rest[0]), int(rest[1]))
     else:

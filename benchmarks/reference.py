@@ -40,14 +40,14 @@ def directory_iterator(data: Path, *, input_size: int, batch_size: int, preproce
     )
 
 
-def batches_of(iterator, *, batches: int):
-    """The first ``batches`` batches of ``iterator`` as a generator for Keras 3 ``fit``.
+def batches_of(iterator, *, first: int = 0, batches: int):
+    """Batches ``first`` to ``first + batches`` of ``iterator`` as a generator for Keras 3 ``fit``.
 
     ``fit`` reads a generator through ``tf.data`` with prefetching, so batches are made in a
     background thread while the model trains, like Keras 2's ``fit_generator`` with its default
     single worker. (A ``PyDataset`` would be read twice for its first batches.)
     """
-    for index in range(batches):
+    for index in range(first, first + batches):
         yield iterator[index % len(iterator)]
 
 

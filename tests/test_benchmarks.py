@@ -25,6 +25,7 @@ EXPECTED = {
     "frozen_study": {"frozen_study_cold_s", "frozen_study_warm_s"},
     "classify": {"classify_p50_ms", "classify_p95_ms"},
     "memory": {"study_rss_mb", "rss_20k_mb"},
+    "features": {"features_eager_images_per_s", "features_compiled_images_per_s", "features_compiled_speedup"},
     "gpu": {"gpu_study_projected_h", "gpu_backbones_measured"},
 }
 
@@ -46,15 +47,18 @@ def check(figures: dict, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pipeline", "finetune_epoch", "frozen_study", "classify", "gpu", "memory"])
+@pytest.mark.parametrize("name", ["pipeline", "finetune_epoch", "classify", "gpu", "memory", "features"])
 def test_benchmark_prints_figures_last(name: str, tiny_set: Path, artifacts_root: Path, capsys) -> None:
     check(run_tiny(name, tiny_set, capsys), name)
 
 
 @pytest.mark.slow
-def test_record_writes_result_and_docs(tiny_set: Path, artifacts_root: Path, tmp_path: Path, capsys) -> None:
+def test_frozen_study_record_writes_result_and_docs(
+    tiny_set: Path, artifacts_root: Path, tmp_path: Path, capsys
+) -> None:
     results, docs = tmp_path / "results", tmp_path / "benchmarks.md"
     figures = run_tiny("frozen_study", tiny_set, capsys, "--record", "--results-dir", str(results), "--docs", str(docs))
+    check(figures, "frozen_study")
     stored = json.loads((results / "frozen_study.json").read_text())
     assert stored["figures"] == figures
     assert stored["command"].startswith("python -m benchmarks frozen_study")
