@@ -17,8 +17,6 @@ from engine import artifacts, settings
 from engine.metrics import flat_metrics, per_class_from_confusion
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
-PAPER_METRICS = ("accuracy", "precision", "recall", "f1", "loss")
-PROPER_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "loss")
 COVID_RECALL = "recall[COVID-19]"
 COMPARISON_METRICS = (
     "accuracy",
