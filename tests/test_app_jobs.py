@@ -168,3 +168,12 @@ def test_read_only_from_secrets_reaches_the_engine(artifacts_root: Path, monkeyp
     assert not at.sidebar.get("form")
     with pytest.raises(ReadOnlyError):
         engine.worker.ensure_worker(artifacts_root)
+
+
+def test_read_only_jobs_page_creates_no_job_store(artifacts_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_READ_ONLY", "1")
+    at = home()
+    at.switch_page("pages/jobs.py").run()
+    assert not at.exception
+    assert "Read-only demo: no training jobs run here" in "\n".join(i.value for i in at.info)
+    assert not (artifacts_root / "jobs.sqlite").exists()
