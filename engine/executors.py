@@ -224,6 +224,7 @@ class DaskExecutor:
                 flights[self._submit(store, task, parallel=slots)] = task
             if not flights:
                 if slots or not store.has_pending():
+                    self._write_relayed(store)
                     return
                 self._say_waiting()
             time.sleep(POLL_S)
@@ -232,11 +233,12 @@ class DaskExecutor:
         key = f"{task.backbone}-fold{task.fold}-{task.job_id}-{secrets.token_hex(3)}"
         say(f"submitting {task.label} of job {task.job_id} to {self.name} as {key}")
         self.said_waiting = False
-        job = self.jobs.setdefault(task.job_id, store.get(task.job_id))
+        if task.job_id not in self.jobs:
+            self.jobs[task.job_id] = store.get(task.job_id)
         return self.client.submit(
             remote_task,
             str(store.root),
-            job,
+            self.jobs[task.job_id],
             task,
             store.task_counts(task.job_id),
             parallel=parallel,
