@@ -7,6 +7,7 @@ backbones start from random weights (still a real study, with flatter numbers).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +34,11 @@ class TinyStudy:
     weights: str | None
 
 
-@pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
-    """A finished study in its own artifacts folder; tests must only read it."""
-    base = tmp_path_factory.mktemp("explorer")
-    data = make_dataset(base / "tiny-data", n_per_class=8)
+@functools.cache
+def build_tiny_study(base: Path) -> TinyStudy:
+    """Built once per test session, whichever test module asks first (each module binds its own fixture)."""
+    root = base / "explorer"
+    data = make_dataset(root / "tiny-data", n_per_class=8)
     weights = "imagenet" if HAS_SHARED_WEIGHTS else None
     study = run_study(
         data,
@@ -46,9 +47,15 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
             protocol=get_protocol("frozen").replace(epochs=TINY_EPOCHS), n_folds=TINY_FOLDS, weights=weights
         ),
         input_size=TINY_SIZE,
-        artifacts_root=base / "artifacts",
+        artifacts_root=root / "artifacts",
     )
-    return TinyStudy(root=base / "artifacts", study_id=study["study_id"], data=data, weights=weights)
+    return TinyStudy(root=root / "artifacts", study_id=study["study_id"], data=data, weights=weights)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
+    """A finished study in its own artifacts folder; tests must only read it."""
+    return build_tiny_study(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture
