@@ -148,7 +148,7 @@ def cached_features(
             if should_stop and should_stop():
                 raise Cancelled(f"{backbone_name}: cancelled during feature extraction")
             batch = _view(np.asarray(dataset.images[start : start + FEATURE_BATCH]), view)[..., None]
-            feats = np.asarray(extractor(batch.astype("float32"), training=False))
+            feats = np.asarray(extractor.predict_on_batch(batch.astype("float32")))
             if out is None:
                 out = np.empty((n, len(chosen), feats.shape[-1]), dtype=np.float32)
             out[start : start + len(batch), v] = feats
