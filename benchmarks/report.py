@@ -28,8 +28,10 @@ rounds where that is possible, so the load hits both sides alike.
 
 In the records of 2026-11-26, `frozen_study`, `memory` and `features` ran at the same time as each
 other (and as `tests/test_benchmarks.py`) to fit the session; that inflates their seconds, not their
-memory peaks. `pipeline` and `finetune_epoch` ran with no other benchmark of this package. The first
-`pipeline` record of that day (load average 7.5 to 12.8) gave `pipeline_speedup` 8.61; it is in git history.
+memory peaks. `finetune_epoch` shared its last 8 minutes with the start of `memory`, and the second
+`pipeline` record shared the machine with the test run; both interleave their sides, so such load
+hits every side alike. The first `pipeline` record of that day (load average 7.5 to 12.8, nothing
+else of this package running) gave `pipeline_speedup` 8.61; it is in git history.
 
 The shared images are 224x224 already; the paper's were about 1024x1024, so its generator also
 had to decode and resize 20 times more pixels per image. The reference side here does not pay
