@@ -145,11 +145,13 @@ def proposals(records: dict[str, dict | None]) -> str:
             "2. `engine/training.py`, `train_fold` (trainable protocols): feed `model.fit` batches read from the "
             "memory-mapped cache (a `keras.utils.PyDataset` of index batches) instead of copying the training split "
             f"into one array: 20,000 images peak at {f('memory', 'rss_20k_mb')} MB today against "
-            f"{f('memory', 'rss_20k_memmap_batches_mb')} MB from the memory map.",
+            f"{f('memory', 'rss_20k_memmap_batches_mb')} MB from the memory map (the import alone peaks at "
+            f"{f('memory', 'rss_20k_import_mb')} MB).",
             "3. `engine/layers.py`, `XRayAugment`: XLA (`jit_compile=True`) is not an option on the CPU "
             "(TensorFlow cannot compile `ImageProjectiveTransformV3`); warping the uint8 image before the cast "
             f"gives {f('pipeline', 'engine_uint8_images_per_s')} images/s against "
-            f"{f('pipeline', 'engine_images_per_s')} (same run).",
+            f"{f('pipeline', 'engine_images_per_s')} (same run), a gain within this machine's noise: not worth a "
+            "change on its own.",
             "",
         ]
     )
