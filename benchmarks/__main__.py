@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -33,12 +34,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_one(name: str, options: Options) -> dict:
+def run_one(name: str, options: Options, *, command: str) -> dict:
     module = importlib.import_module(f"benchmarks.{MODULES.get(name, name)}")
     before = load_average()
     started = time.perf_counter()
     result = module.run(options)
-    return finish(result, options, load_before=before, seconds=time.perf_counter() - started)
+    return finish(result, options, command=command, load_before=before, seconds=time.perf_counter() - started)
 
 
 def run_all(argv: list[str]) -> int:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         results_dir=args.results_dir,
         docs_path=args.docs,
     )
-    run_one(args.name, options)
+    run_one(args.name, options, command=shlex.join(["python", "-m", "benchmarks", *argv]))
     return 0
 
 

@@ -8,7 +8,6 @@ import os
 import platform
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -137,17 +136,12 @@ def print_table(rows: list[dict[str, object]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
-def command_line() -> str:
-    args = " ".join(sys.argv[1:])
-    return f"python -m benchmarks {args}".strip()
-
-
-def finish(result: Result, options: Options, *, load_before: list[float], seconds: float) -> dict:
+def finish(result: Result, options: Options, *, command: str, load_before: list[float], seconds: float) -> dict:
     """Print the table and the figures (last line, JSON); with ``--record``, store them and regenerate the doc."""
     check_figures(result.figures)
     record = {
         **asdict(result),
-        "command": command_line(),
+        "command": command,
         "machine": machine(),
         "load_average_before": load_before,
         "load_average_after": load_average(),
