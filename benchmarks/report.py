@@ -53,7 +53,10 @@ SECTIONS = {
         "layer trainable), the same network on both sides: reference = `flow_from_directory` + the architecture's "
         "`preprocess_input` in the generator feeding `model.fit` (one worker, as Keras 2's default); engine = "
         "`engine.training.classifier` + `model.fit` on the cached uint8 array. Training pass only (no validation). "
-        "Each side gets one warm-up step (graph tracing) before the timed epoch."
+        "Each side gets one warm-up step (graph tracing) before the timed epoch, and the sides train in interleaved "
+        "rounds. A third side, the engine's model without augmentation, is the network's share. `--limit N` trains "
+        "on N images instead of a whole training fold (2,318 images, several minutes per side on this machine); the "
+        "command and settings below say which was used."
     ),
     "frozen_study": (
         "Wall time of a 5-fold study of MobileNet 1.0 under the frozen protocol (`engine.runner.run_study`): cold = "
