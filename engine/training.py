@@ -63,8 +63,21 @@ def _seed(study: dict, fold: int) -> int:
     return int(study["seed"]) * 1000 + fold
 
 
-def classifier(backbone_name: str, *, n_classes: int, input_size: int, weights: str | None, protocol: Protocol):
-    """Grayscale uint8 image in, class probabilities out; augmentation and preprocessing inside."""
+def classifier(
+    backbone_name: str,
+    *,
+    n_classes: int,
+    input_size: int,
+    weights: str | None,
+    protocol: Protocol,
+    seed: int | None = None,
+):
+    """Grayscale uint8 image in, class probabilities out; augmentation and preprocessing inside.
+
+    ``seed`` fixes the head's initial weights and the augmentation stream explicitly, so a fold
+    trains the same way whichever process runs it (Keras' default seeds come from Python's global
+    ``random``, which other threads of a Dask worker also draw from).
+    """
     import keras
 
     from engine.layers import ImageNetPreprocess, XRayAugment
@@ -73,7 +86,7 @@ def classifier(backbone_name: str, *, n_classes: int, input_size: int, weights: 
     inputs = keras.Input((input_size, input_size, 1), name="xray")
     x = inputs
     if protocol.augmentation is not None:
-        x = XRayAugment(**asdict(protocol.augmentation), name="augment")(x)
+        x = XRayAugment(**asdict(protocol.augmentation), seed=seed, name="augment")(x)
     x = ImageNetPreprocess(spec.preprocess_mode, name="preprocess")(x)
     base = spec.build(input_size=input_size, weights=weights)
     base.name = "backbone"
@@ -81,7 +94,12 @@ def classifier(backbone_name: str, *, n_classes: int, input_size: int, weights: 
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     regularizer = keras.regularizers.L2(protocol.head_l2) if protocol.head_l2 else None
     outputs = keras.layers.Dense(
-        n_classes, activation="softmax", dtype="float32", kernel_regularizer=regularizer, name="head"
+        n_classes,
+        activation="softmax",
+        dtype="float32",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        kernel_regularizer=regularizer,
+        name="head",
     )(x)
     return keras.Model(inputs, outputs, name=f"cxr_{backbone_name.replace('-', '_')}")
 
@@ -280,6 +298,7 @@ def train_fold(
         input_size=dataset.input_size,
         weights=weights,
         protocol=protocol,
+        seed=seed,
     )
     if protocol.cached_features:
 
