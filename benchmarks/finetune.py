@@ -55,7 +55,7 @@ def _array_fit(model, x: np.ndarray, y: np.ndarray, batch_size: int):
 
 
 def _images_per_epoch(options: Options, n_images: int, batch_size: int) -> int:
-    wanted = options.limit or (4 * batch_size if options.tiny else int(0.8 * n_images))
+    wanted = options.limit or (batch_size if options.tiny else int(0.8 * n_images))
     return max(batch_size, min(wanted, n_images) // batch_size * batch_size)
 
 

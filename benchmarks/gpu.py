@@ -35,7 +35,7 @@ class Setting:
 
 def setting(options: Options) -> Setting:
     if options.tiny:
-        return Setting(("MobileNet", "ResNet50"), 32, 4, 2, 3600.0)
+        return Setting(("MobileNet", "MobileNetV2"), 32, 4, 2, 3600.0)
     return Setting(PAPER_BACKBONES, 224, PAPER.batch_size, options.limit or 10, 420.0)
 
 
