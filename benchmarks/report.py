@@ -136,8 +136,10 @@ def proposals(records: dict[str, dict | None]) -> str:
             "loaded 2-core machine. The input pipeline's speedup matters where the network is fast (a GPU), "
             "which is what `pipeline_speedup` measures.",
             "",
-            "1. `engine/training.py`, `cached_features`: call the extractor with `extractor.predict_on_batch(batch)` "
-            "instead of `extractor(batch, training=False)`. The eager call runs layer by layer outside a graph. "
+            "1. Applied (commit after 46840e1): `engine/training.py`, `cached_features` calls the extractor with "
+            "`extractor.predict_on_batch(batch)` instead of `extractor(batch, training=False)`; `frozen_study` and "
+            "`memory` below were recorded before it and are due to be re-recorded. The eager call ran layer by "
+            "layer outside a graph. "
             f"features: {f('features', 'features_eager_images_per_s')} images/s and "
             f"{f('features', 'features_eager_rss_mb')} MB peak RSS eagerly, against "
             f"{f('features', 'features_compiled_images_per_s')} images/s and "
