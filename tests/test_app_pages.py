@@ -43,15 +43,6 @@ def study_root(tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch) -> TinySt
     return tiny_study
 
 
-@pytest.fixture
-def empty_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "artifacts"
-    root.mkdir()
-    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
-    monkeypatch.delenv("CXR_READ_ONLY", raising=False)
-    return root
-
-
 @pytest.mark.parametrize(
     ("page", "expected"),
     [
@@ -64,7 +55,9 @@ def empty_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("pages/report.py", "No study with finished runs"),
     ],
 )
-def test_every_page_explains_what_to_do_on_an_empty_folder(empty_root: Path, page: str | None, expected: str) -> None:
+def test_every_page_explains_what_to_do_on_an_empty_folder(
+    artifacts_root: Path, page: str | None, expected: str
+) -> None:
     at = open_page(page)
     assert expected in texts(at.info)
     assert "Research tool, not a diagnostic device" in texts(at.sidebar.caption)
