@@ -140,6 +140,7 @@ def submit(*, folder: str, upload, backbones: tuple[str, ...], options: dict) ->
     st.session_state["last_job"] = job.id
 
 
+settings.log_to_stderr()
 st.set_page_config(page_title="CXR transfer-learning study explorer", page_icon="🫁", layout="wide")
 navigation = st.navigation(
     [
@@ -152,6 +153,7 @@ navigation = st.navigation(
         st.Page(common.PAGES["report"], title="Reproduction report", icon=":material/description:"),
     ]
 )
+common.mark_routed()
 study_picker()
 if read_only():
     st.sidebar.info("Read-only demo: browsing finished studies only; training and job submission are disabled.")

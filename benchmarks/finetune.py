@@ -27,7 +27,7 @@ ROUNDS = 4
 NO_AUGMENT = dataclasses.replace(PAPER, augmentation=None)
 LABELS = {
     "reference": "reference: flow_from_directory + preprocess_input",
-    "engine": "engine: classifier + model.fit on the uint8 cache",
+    "engine": "engine: classifier + model.fit on ImageBatches from the uint8 memory map",
     "network": "engine without augmentation (the network's share)",
 }
 
@@ -44,12 +44,13 @@ def _compile(model, *, jit_compile: bool | str = "auto") -> None:
     )
 
 
-def _array_fit(model, x: np.ndarray, y: np.ndarray, batch_size: int):
-    """Train ``model`` on batches ``first`` to ``first + count`` of the array, shuffled within that slice."""
+def _batches_fit(model, images: np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int):
+    """Train ``model`` on batches ``first`` to ``first + count`` of ``rows``, read as ``train_fold`` reads them."""
+    from engine.batches import ImageBatches
 
     def fit(first: int, count: int) -> None:
-        rows = slice(first * batch_size, (first + count) * batch_size)
-        model.fit(x[rows], y[rows], batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
+        chosen = rows[first * batch_size : (first + count) * batch_size]
+        model.fit(ImageBatches(images, labels, chosen, batch_size=batch_size, seed=first), epochs=1, verbose=0)
 
     return fit
 
@@ -60,16 +61,18 @@ def _images_per_epoch(options: Options, n_images: int, batch_size: int) -> int:
 
 
 def run(options: Options) -> Result:
+    batch_size = 8 if options.tiny else PAPER.batch_size
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+        dataset = import_dataset(options.data, input_size=options.input_size, artifacts=options.artifacts or Path(tmp))
+        return _measure(options, dataset, batch_size)
+
+
+def _measure(options: Options, dataset, batch_size: int) -> Result:
     import keras
 
-    batch_size = 8 if options.tiny else PAPER.batch_size
     size = options.input_size
-    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
-        dataset = import_dataset(options.data, input_size=size, artifacts=options.artifacts or Path(tmp))
-        n = _images_per_epoch(options, len(dataset), batch_size)
-        chosen = np.sort(np.random.default_rng(0).choice(len(dataset), n, replace=False))
-        x = np.array(dataset.images[chosen])[..., None]
-        y = dataset.labels[chosen]
+    n = _images_per_epoch(options, len(dataset), batch_size)
+    chosen = np.random.default_rng(0).choice(len(dataset), n, replace=False)
     n_classes = len(dataset.classes)
     batches = n // batch_size
 
@@ -85,8 +88,8 @@ def run(options: Options) -> Result:
         _compile(model)
     sides = {
         "reference": lambda first, count: reference.fit(batches_of(iterator, first=first, batches=count), verbose=0),
-        "engine": _array_fit(engine, x, y, batch_size),
-        "network": _array_fit(network, x, y, batch_size),
+        "engine": _batches_fit(engine, dataset.images, dataset.labels, chosen, batch_size),
+        "network": _batches_fit(network, dataset.images, dataset.labels, chosen, batch_size),
     }
     for side in sides.values():
         side(0, 1)

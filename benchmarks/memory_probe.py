@@ -3,7 +3,8 @@
 ``python -m benchmarks.memory_probe study DATA ARTIFACTS SIZE WEIGHTS FOLDS EPOCHS``: a cold frozen
 study of MobileNet 1.0. ``... train DATA ARTIFACTS SIZE WEIGHTS FEED``: import, then the paper-protocol
 training path for a few batches, with the training images either loaded as one array (``array``,
-what ``engine.training.train_fold`` does) or read batch by batch from the memory map (``batches``).
+the usual way, and the engine's until it read batches) or read batch by batch from the memory map
+by ``engine.batches.ImageBatches`` (``batches``, what ``engine.training.train_fold`` does).
 ``... features MODE SIZE WEIGHTS COUNT BATCH``: pooled features of COUNT images, the extractor
 called eagerly (``eager``, as ``engine.training.cached_features`` does) or compiled (``compiled``).
 """
@@ -37,21 +38,6 @@ def study(data: Path, artifacts: Path, size: int, weights: str, folds: int, epoc
     return {"rss_mb": peak_rss_mb()}
 
 
-def _memmap_batches(images, labels, indices, batch_size: int):
-    import keras
-    import numpy as np
-
-    class MemmapBatches(keras.utils.PyDataset):
-        def __len__(self) -> int:
-            return -(-len(indices) // batch_size)
-
-        def __getitem__(self, index: int):
-            rows = np.sort(indices[index * batch_size : (index + 1) * batch_size])
-            return np.asarray(images[rows])[..., None], labels[rows]
-
-    return MemmapBatches()
-
-
 def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> dict:
     import keras
     import numpy as np
@@ -72,7 +58,9 @@ def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> di
         x = np.asarray(dataset.images[train_rows])[..., None]
         model.fit(x, dataset.labels[train_rows], batch_size=batch, epochs=1, steps_per_epoch=TRAIN_STEPS, verbose=0)
     else:
-        batches = _memmap_batches(dataset.images, dataset.labels, train_rows, batch)
+        from engine.batches import ImageBatches
+
+        batches = ImageBatches(dataset.images, dataset.labels, train_rows, batch_size=batch, seed=0)
         model.fit(batches, epochs=1, steps_per_epoch=TRAIN_STEPS, verbose=0)
     return {"rss_mb": peak_rss_mb(), "rss_after_import_mb": after_import, "images": len(dataset)}
 

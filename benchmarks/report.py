@@ -20,18 +20,16 @@ shortens the ones that take long.
 
 ## How to read the figures
 
-The development machine has 2 CPU cores shared with other work (a long training run, test suites,
-a browser); the load average before and after each run is recorded with it. **Absolute figures
-were measured on a loaded machine** and are pessimistic; the ratios that matter (engine over the
-paper's way) come from methods measured side by side in one process and one run, in interleaved
-rounds where that is possible, so the load hits both sides alike.
-
-In the records of 2026-11-26, `frozen_study`, `memory` and `features` ran at the same time as each
-other (and as `tests/test_benchmarks.py`) to fit the session; that inflates their seconds, not their
-memory peaks. `finetune_epoch` shared its last 8 minutes with the start of `memory`, and the second
-`pipeline` record shared the machine with the test run; both interleave their sides, so such load
-hits every side alike. The first `pipeline` record of that day (load average 7.5 to 12.8, nothing
-else of this package running) gave `pipeline_speedup` 8.61; it is in git history.
+The development machine has 2 CPU cores, usually shared with a long training run (the demo
+study's paper-protocol jobs); the load average before and after each run is recorded with it.
+The records of 2026-11-27 for `pipeline`, `finetune_epoch`, `frozen_study` and `classify` were
+taken with that training worker paused (`kill -STOP`, resumed with `kill -CONT` after them;
+nothing else ran), so their absolute times are those of an idle 2-core machine; the load average
+"before" still shows the training of the minutes before. `memory` measures peaks of resident
+memory, which load does not change; it ran beside the training. The `features` record (2026-11-26)
+ran beside other benchmarks and a test run: its seconds are inflated, its memory peaks are not.
+Ratios (engine over the paper's way) come from methods measured side by side in one process and
+one run, in interleaved rounds where that is possible, so any load hits both sides alike.
 
 The shared images are 224x224 already; the paper's were about 1024x1024, so its generator also
 had to decode and resize 20 times more pixels per image. The reference side here does not pay
@@ -42,9 +40,10 @@ SECTIONS = {
     "pipeline": (
         "Images per second delivered to the model with the paper's augmentation (rotation 50, shifts 0.2, zoom 0.1, "
         "both flips, 224x224, batch 32, MobileNet's preprocessing). The reference is tf_keras "
-        "`ImageDataGenerator.flow_from_directory` with the paper's parameters reading the PNGs; the engine feeds "
-        "batches of its cached uint8 array through `XRayAugment` + `ImageNetPreprocess` in one compiled function, as "
-        "`model.fit` does. `import_s` is the engine's one-off import (decode to the cache), paid once per dataset. "
+        "`ImageDataGenerator.flow_from_directory` with the paper's parameters reading the PNGs; the engine reads "
+        "batches from its cached uint8 memory map (`engine.batches.ImageBatches`, what `train_fold` feeds `model.fit`) "
+        "through `XRayAugment` + `ImageNetPreprocess` in one compiled function, as `model.fit` runs them. "
+        "`import_s` is the engine's one-off import (decode to the cache), paid once per dataset. "
         "XLA (`jit_compile=True`) cannot compile TensorFlow's `ImageProjectiveTransformV3` on the CPU, so (b') is "
         "reported only where it compiles; (b'') is a candidate change (the warp on uint8, cast after)."
     ),
@@ -52,7 +51,8 @@ SECTIONS = {
         "One paper-protocol training epoch of MobileNet alpha 0.25 with ImageNet weights (Adam 1e-3, batch 32, every "
         "layer trainable), the same network on both sides: reference = `flow_from_directory` + the architecture's "
         "`preprocess_input` in the generator feeding `model.fit` (one worker, as Keras 2's default); engine = "
-        "`engine.training.classifier` + `model.fit` on the cached uint8 array. Training pass only (no validation). "
+        "`engine.training.classifier` + `model.fit` on `ImageBatches` read from the cached uint8 memory map, as "
+        "`train_fold` does. Training pass only (no validation). "
         "Each side gets one warm-up step (graph tracing) before the timed epoch, and the sides train in interleaved "
         "rounds. A third side, the engine's model without augmentation, is the network's share. `--limit N` trains "
         "on N images instead of a whole training fold (2,318 images, several minutes per side on this machine); the "
@@ -122,41 +122,42 @@ def _figure(records: dict[str, dict | None], name: str, key: str) -> str:
 
 
 def proposals(records: dict[str, dict | None]) -> str:
-    """Engine changes the measurements point to, with the recorded figures that back each one."""
+    """What the measurements showed and the engine changes they led to, with the recorded figures."""
     f = lambda name, key: _figure(records, name, key)  # noqa: E731
     return "\n".join(
         [
-            "## Findings and proposed engine changes",
+            "## Findings and engine changes",
             "",
-            "On this CPU a fine-tuning epoch is the network's work, not the input pipeline's: the engine took "
+            "On this CPU a fine-tuning epoch is mostly the network's work: the engine took "
             f"{f('finetune_epoch', 'engine_epoch_s')} s, the reference {f('finetune_epoch', 'reference_epoch_s')} s "
             f"and the engine's model without augmentation {f('finetune_epoch', 'network_only_epoch_s')} s for the same "
             "images, interleaved (`finetune_epoch_speedup` "
-            f"{f('finetune_epoch', 'finetune_epoch_speedup')}). Differences that size are within the noise of a "
-            "loaded 2-core machine. The input pipeline's speedup matters where the network is fast (a GPU), "
-            "which is what `pipeline_speedup` measures.",
+            f"{f('finetune_epoch', 'finetune_epoch_speedup')}). What the engine saves there is the reference "
+            "generator's decoding and NumPy augmentation, which runs between training steps. In every record so "
+            "far the side without augmentation was the slowest of the three, which a network's share should not "
+            "be; its cause was not found, so that side bounds nothing. The input pipeline's own speedup "
+            "(`pipeline_speedup`) matters where the network is fast: on a GPU.",
             "",
-            "1. Applied (commit after 46840e1): `engine/training.py`, `cached_features` calls the extractor with "
-            "`extractor.predict_on_batch(batch)` instead of `extractor(batch, training=False)`; `frozen_study` and "
-            "`memory` below were recorded before it and are due to be re-recorded. The eager call ran layer by "
-            "layer outside a graph. "
+            "1. Applied: `engine/training.py`, `cached_features` calls the extractor with "
+            "`extractor.predict_on_batch(batch)` (one compiled function) instead of "
+            "`extractor(batch, training=False)`, which ran layer by layer outside a graph. "
             f"features: {f('features', 'features_eager_images_per_s')} images/s and "
             f"{f('features', 'features_eager_rss_mb')} MB peak RSS eagerly, against "
             f"{f('features', 'features_compiled_images_per_s')} images/s and "
             f"{f('features', 'features_compiled_rss_mb')} MB compiled "
-            f"(x{f('features', 'features_compiled_speedup')}). This step is most of a cold frozen study "
-            f"(`frozen_study_cold_s` {f('frozen_study', 'frozen_study_cold_s')} s) and its memory peak "
-            f"(`study_rss_mb` {f('memory', 'study_rss_mb')} MB).",
-            "2. `engine/training.py`, `train_fold` (trainable protocols): feed `model.fit` batches read from the "
-            "memory-mapped cache (a `keras.utils.PyDataset` of index batches) instead of copying the training split "
-            f"into one array: 20,000 images peak at {f('memory', 'rss_20k_mb')} MB today against "
-            f"{f('memory', 'rss_20k_memmap_batches_mb')} MB from the memory map (the import alone peaks at "
-            f"{f('memory', 'rss_20k_import_mb')} MB).",
-            "3. `engine/layers.py`, `XRayAugment`: XLA (`jit_compile=True`) is not an option on the CPU "
-            "(TensorFlow cannot compile `ImageProjectiveTransformV3`); warping the uint8 image before the cast "
-            f"gives {f('pipeline', 'engine_uint8_images_per_s')} images/s against "
-            f"{f('pipeline', 'engine_images_per_s')} (same run), a gain within this machine's noise: not worth a "
-            "change on its own.",
+            f"(x{f('features', 'features_compiled_speedup')}, measured on a loaded machine). A cold 5-fold frozen "
+            f"study now takes {f('frozen_study', 'frozen_study_cold_s')} s (`frozen_study_cold_s`; the engine issue "
+            f"asks under 300 s) and peaks at {f('memory', 'study_rss_mb')} MB (`study_rss_mb`).",
+            "2. Applied: `engine/batches.py`, `ImageBatches` (a `keras.utils.PyDataset`): `train_fold` feeds "
+            "`model.fit` batches read from the memory-mapped cache (rows sorted within a batch, a seeded permutation "
+            "per epoch) instead of copying the training split into one array. 20,000 images: "
+            f"{f('memory', 'rss_20k_mb')} MB peak (`rss_20k_mb`) against {f('memory', 'rss_20k_one_array_mb')} MB "
+            f"with the split as one array; the import alone peaks at {f('memory', 'rss_20k_import_mb')} MB.",
+            "3. Not applied: XLA (`jit_compile=True`) cannot compile TensorFlow's `ImageProjectiveTransformV3` on the "
+            "CPU, and warping the uint8 image before the cast to float gave "
+            f"{f('pipeline', 'engine_uint8_images_per_s')} images/s against {f('pipeline', 'engine_images_per_s')} "
+            "in the same run, a difference of the size of this machine's run-to-run noise; it would also round "
+            "every warped pixel to an integer.",
             "",
         ]
     )

@@ -9,7 +9,9 @@ together, with no gradient tape and nothing rebuilt per image; it runs on any Ke
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from PIL import Image
 
 from engine import artifacts, settings
 from engine.images import ImageError, decode_xray, looks_like_xray
+
+log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 32 * 2**20
 UPLOAD_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
@@ -175,7 +179,9 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
     run = artifacts.read_run(path.parent)
     if run is None:
         raise ValueError(f"{path.parent} is not a finished run; its model is not loaded")
+    started = time.perf_counter()
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    log.info("loaded model %s (%s fold %d) in %.1f s", path, run.backbone, run.fold, time.perf_counter() - started)
     return Classifier(
         model,
         classes=tuple(run.config["classes"]),

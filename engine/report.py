@@ -72,6 +72,11 @@ def _study_section(rows: list[dict]) -> str:
     )
 
 
+def _mean_cell(mean: float, std: float, folds: int) -> str:
+    """``mean ± sd`` over folds; a single fold has no spread to show."""
+    return f"{_fmt(mean)} ± {std:.3f}" if folds > 1 else f"{_fmt(mean)} (1 fold)"
+
+
 def _comparison(rows: list[dict]) -> str:
     paper = paper_table1()
     body = []
@@ -86,7 +91,10 @@ def _comparison(rows: list[dict]) -> str:
                 [
                     f"ours {r['backbone']}",
                     r["protocol"],
-                    *[f"{_fmt(means.get(c))} ± {r['metrics'][c]['std']:.3f}" if c in means else "–" for c in COLUMNS],
+                    *[
+                        _mean_cell(means[c], r["metrics"][c]["std"], r["folds_done"]) if c in means else "–"
+                        for c in COLUMNS
+                    ],
                 ]
             )
             body.append(
@@ -171,6 +179,12 @@ WHY = """\
   MobileNet alpha 1.0.
 - **Protocol.** `paper` fine-tunes every layer exactly as the paper describes; `frozen` keeps the ImageNet
   base fixed and trains only the softmax head on cached features.
+- **BatchNorm under full fine-tuning.** `paper` trains every layer, so BatchNorm layers normalise each
+  augmented training batch by its own statistics while evaluation uses their moving averages. Keras'
+  MobileNetV2 updates those with momentum 0.999 (MobileNet: 0.99): after 10 epochs of 73 steps they still
+  hold 0.999^730 = 48 % of the ImageNet statistics, far from X-ray ones. Held-out accuracy therefore swings
+  from epoch to epoch (see the Training curves page), and the paper's rule of reporting the last epoch can
+  catch a poor one. The `frozen` protocol does not meet this: its base runs in inference mode throughout.
 - **Metric definitions.** The paper's precision/recall are Keras `Precision()`/`Recall()` on one-hot
   outputs at a 0.5 threshold (every image-class cell is one decision), which is why its precision is above
   its accuracy; macro (per-class) figures are the ones to judge a model by.

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +46,14 @@ def keras_cache_dir() -> Path:
 def read_only() -> bool:
     """True on a hosted demo: the engine refuses to queue or train anything."""
     return os.environ.get("CXR_READ_ONLY", "0").strip().lower() in TRUE_WORDS
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Send the ``engine`` loggers' records (model loads) to stderr, the server's log; once per process."""
+    logger = logging.getLogger("engine")
+    logger.setLevel(level)
+    if not any(getattr(handler, "cxr", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler.cxr = True
+        logger.addHandler(handler)

@@ -225,6 +225,7 @@ def _optimizer(protocol: Protocol, learning_rate: float):
 
 
 def _fit_stages(model, protocol: Protocol, x, y, val, callback, trainable_layers, cancelled) -> dict:
+    """Fit each stage in turn; ``y=None`` means ``x`` is a batch dataset that shuffles itself."""
     history: dict[str, list[float]] = {}
     done = 0
     for stage in protocol.stages:
@@ -235,15 +236,14 @@ def _fit_stages(model, protocol: Protocol, x, y, val, callback, trainable_layers
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
+        array_options = {} if y is None else {"y": y, "batch_size": protocol.batch_size, "shuffle": True}
         fitted = model.fit(
             x,
-            y,
-            batch_size=protocol.batch_size,
+            **array_options,
             epochs=done + stage.epochs,
             initial_epoch=done,
             validation_data=val,
             callbacks=[callback],
-            shuffle=True,
             verbose=0,
         )
         for key, values in fitted.history.items():
@@ -326,13 +326,14 @@ def train_fold(
         if not cancelled:
             proba = head.predict(val[0], batch_size=256, verbose=0)
     else:
-        x_train = np.asarray(dataset.images[train])[..., None]
-        val = (np.asarray(dataset.images[test])[..., None], labels[test])
-        history = _fit_stages(
-            model, protocol, x_train, labels[train], val, callback, [model.get_layer("backbone")], cancelled
-        )
+        from engine.batches import ImageBatches
+
+        batch_size = protocol.batch_size
+        x_train = ImageBatches(dataset.images, labels, train, batch_size=batch_size, seed=seed)
+        val = ImageBatches(dataset.images, labels, test, batch_size=batch_size)
+        history = _fit_stages(model, protocol, x_train, None, val, callback, [model.get_layer("backbone")], cancelled)
         if not cancelled:
-            proba = model.predict(val[0], batch_size=protocol.batch_size, verbose=0)
+            proba = model.predict(ImageBatches(dataset.images, None, test, batch_size=batch_size), verbose=0)
     if cancelled:
         raise Cancelled(f"{backbone} fold {fold}: cancelled")
     proba = np.asarray(proba, dtype=np.float64)

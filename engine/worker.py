@@ -150,18 +150,28 @@ class ProgressWriter:
         self.where = where
         self.parallel = max(1, parallel)
         self.tasks_done, self.tasks_total = store.task_counts(job.id)
-        self.started = time.monotonic()
+        self.phase_started: dict[str, float] = {}
         self.written = 0.0
         self.logs: dict[str, float | None] = {}
 
+    def eta_seconds(self, progress: Progress | None) -> float | None:
+        """Time left: of the feature extraction while it runs (later folds reuse its features, so it says
+        nothing of them), else of the job, from this fold's training speed."""
+        if progress is None:
+            return None
+        elapsed = time.monotonic() - self.phase_started.setdefault(progress.phase, time.monotonic())
+        if progress.phase == "features":
+            done = progress.batch / max(1, progress.batches)
+            return elapsed / done * (1.0 - done) if done >= 0.02 else None
+        done = min(1.0, (progress.epoch + progress.batch / max(1, progress.batches)) / max(1, progress.epochs))
+        if done < 0.02:
+            return None
+        per_task = elapsed / done
+        remaining_tasks = self.tasks_total - self.tasks_done - 1
+        return per_task * (1.0 - done) + per_task * remaining_tasks / self.parallel
+
     def snapshot(self, progress: Progress | None) -> dict:
         fold_fraction = progress.fraction if progress else 0.0
-        elapsed = time.monotonic() - self.started
-        remaining_tasks = self.tasks_total - self.tasks_done - 1
-        eta = None
-        if fold_fraction >= 0.02:
-            per_task = elapsed / fold_fraction
-            eta = per_task * (1.0 - fold_fraction) + per_task * remaining_tasks / self.parallel
         return {
             "fraction": (self.tasks_done + fold_fraction) / max(1, self.tasks_total),
             "backbone": self.task.backbone,
@@ -173,7 +183,7 @@ class ProgressWriter:
             "batches": progress.batches if progress else 0,
             "logs": dict(self.logs),
             "images_per_second": progress.images_per_second if progress else None,
-            "eta_seconds": eta,
+            "eta_seconds": self.eta_seconds(progress),
             "updated_at": time.time(),
             "tasks_done": self.tasks_done,
             "tasks_total": self.tasks_total,
@@ -185,6 +195,7 @@ class ProgressWriter:
         self.written = time.monotonic()
 
     def __call__(self, progress: Progress) -> None:
+        self.phase_started.setdefault(progress.phase, time.monotonic())
         self.logs.update({k: v if math.isfinite(v) else None for k, v in progress.logs.items()})
         epoch_end = progress.phase == "train" and progress.batch == 0 and progress.epoch > 0
         if not epoch_end and time.monotonic() - self.written < PROGRESS_EVERY_S:

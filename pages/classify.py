@@ -14,6 +14,8 @@ from engine import explore
 from engine.inference import MAX_UPLOAD_BYTES, Classifier, ModelInfo, Prediction, list_models, load_classifier
 from pages import common
 
+common.require_router(__file__)
+
 MAX_FILES = 50
 ACCEPTED = ("png", "jpg", "jpeg")
 

@@ -34,6 +34,31 @@ NO_STUDY_HELP = (
 )
 
 
+ROUTED = "routed"
+
+
+def mark_routed() -> None:
+    """Called by the router (``streamlit_app.py``) on every run, before it runs the page."""
+    st.session_state[ROUTED] = True
+
+
+def require_router(page_file: str) -> None:
+    """Send a page that runs without the router through it; every page calls it first, with ``__file__``.
+
+    Streamlit keeps a legacy mode for apps with a ``pages/`` folder: until some session has run
+    ``st.navigation``, a deep link (``/classify``) on a freshly started server runs the page file
+    alone, without the sidebar, the read-only banner or the server's logging. Calling
+    ``st.navigation`` once turns that mode off for the whole server; switching to the same page
+    (and the same query, so a shared view survives) then goes through the router.
+    """
+    if st.session_state.get(ROUTED):
+        return
+    st.navigation([st.Page(path) for path in PAGES.values()], position="hidden")
+    page = Path(page_file).resolve().relative_to(settings.PROJECT_ROOT).as_posix()
+    target = page if page in PAGES.values() else PAGES["home"]
+    st.switch_page(target, query_params=st.query_params.to_dict())
+
+
 def artifacts_root() -> Path:
     return settings.artifacts_dir()
 
@@ -130,3 +155,7 @@ def study_caption(study_id: str) -> None:
     table = studies().set_index("study_id")
     row = table.loc[study_id]
     st.caption(f"Study `{study_id}` · {row['title']} · {row['folds_done']} finished runs")
+
+
+if __name__ == "__main__":  # opened as a page by the legacy mode: go through the router
+    require_router(__file__)

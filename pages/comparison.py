@@ -10,6 +10,8 @@ from engine import explore
 from engine.stats import corrected_resampled_ttest, verdict
 from pages import common
 
+common.require_router(__file__)
+
 PAPER_LABELS = {"precision": "precision (paper)", "recall": "recall (paper)", "f1": "F1 (paper)"}
 MACRO_LABELS = {"macro_precision": "precision (macro)", "macro_recall": "recall (macro)", "macro_f1": "F1 (macro)"}
 DEFINITIONS_NOTE = (

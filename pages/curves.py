@@ -10,6 +10,8 @@ import streamlit as st
 from engine import explore
 from pages import common
 
+common.require_router(__file__)
+
 PANELS = {"accuracy": "Accuracy", "loss": "Loss"}
 SEPARATOR = ","
 

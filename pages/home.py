@@ -7,6 +7,8 @@ import streamlit as st
 from engine import explore
 from pages import common
 
+common.require_router(__file__)
+
 st.title("Transfer learning for COVID-19 chest X-rays: study explorer")
 st.warning(common.NOT_A_DEVICE, icon=":material/warning:")
 st.markdown(

@@ -12,6 +12,8 @@ from engine.jobs import DB_NAME, Job, JobStore
 from engine.worker import ensure_worker, worker_alive
 from pages import common
 
+common.require_router(__file__)
+
 ACTIVE = ("queued", "running")
 STATE_ICONS = {
     "queued": ":gray[:material/schedule:]",
@@ -45,7 +47,9 @@ def progress_text(job: Job) -> str:
         parts.append(f"{p['backbone']} fold {p.get('fold')}")
     if p.get("phase") == "features":
         parts.append(f"ImageNet features, batch {p.get('batch')}/{p.get('batches')}")
-    elif p.get("epochs"):
+        parts.append(f"features done in {duration(p.get('eta_seconds'))}")
+        return " · ".join(parts)
+    if p.get("epochs"):
         parts.append(f"epoch {min(int(p.get('epoch') or 0) + 1, int(p['epochs']))}/{p['epochs']}")
     val_accuracy = (p.get("logs") or {}).get("val_accuracy")
     if val_accuracy is not None:

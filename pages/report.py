@@ -10,6 +10,8 @@ from engine import explore, settings
 from engine.report import reproduction_report
 from pages import common
 
+common.require_router(__file__)
+
 COMMITTED = settings.PROJECT_ROOT / "docs" / "reproduction.md"
 
 

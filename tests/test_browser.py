@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwr
 def load_take():
     spec = importlib.util.spec_from_file_location("take_screenshots", PROJECT / "docs" / "screenshots" / "take.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -24,7 +24,8 @@ from engine import artifacts, settings
 from engine.cli import main as cli_main
 from engine.jobs import JobRequest, JobStore, UnknownJobError
 from engine.study import ReadOnlyError
-from engine.worker import worker_alive
+from engine.training import Progress
+from engine.worker import ProgressWriter, worker_alive
 from tests.conftest import SHARED, requires_shared
 from tests.synthetic import make_dataset
 
@@ -207,6 +208,28 @@ def test_cli_job_commands(artifacts_root: Path, tiny_data: Path, capsys: pytest.
         JobStore(artifacts_root).get("zz")
 
 
+def test_eta_covers_the_feature_step_alone_then_the_job_from_training_speed(
+    artifacts_root: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JobStore(artifacts_root)
+    job = store.submit(request(tiny_data, folds=4))
+    task = store.claim_next(executor="test")
+    clock = [1000.0]
+    monkeypatch.setattr("engine.worker.time.monotonic", lambda: clock[0])
+    writer = ProgressWriter(store, store.get(job.id), task)
+
+    def at(seconds: float, progress: Progress) -> float | None:
+        clock[0] = 1000.0 + seconds
+        writer(progress)
+        return writer.eta_seconds(progress)
+
+    assert at(0, Progress(BACKBONE, 0, "features", 0, 60, 1, 100)) is None
+    assert at(50, Progress(BACKBONE, 0, "features", 0, 60, 50, 100)) == pytest.approx(50.0)
+    assert at(100, Progress(BACKBONE, 0, "train", 0, 60, 1, 10)) is None
+    # a quarter of the fold's training in 30 s: 90 s more for it, then 3 more folds of 120 s each
+    assert at(130, Progress(BACKBONE, 0, "train", 15, 60, 0, 10)) == pytest.approx(90.0 + 3 * 120.0)
+
+
 # --- a real worker process ---
 
 
@@ -220,8 +243,19 @@ class Seen:
     tasks: list[str]
 
 
-def start_worker(root: Path, log: Path, *, once: bool = True, env: dict | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "engine", "worker", "--artifacts", str(root), *(["--once"] if once else [])]
+def start_worker(
+    root: Path, log: Path, *, once: bool = True, env: dict | None = None, command: list[str] | None = None, **popen
+) -> subprocess.Popen:
+    """``python -m engine worker`` (or ``command``) on ``root`` from the project folder, output appended to ``log``."""
+    command = command or [
+        sys.executable,
+        "-m",
+        "engine",
+        "worker",
+        "--artifacts",
+        str(root),
+        *(["--once"] if once else []),
+    ]
     with open(log, "ab") as out:
         return subprocess.Popen(
             command,
@@ -229,6 +263,7 @@ def start_worker(root: Path, log: Path, *, once: bool = True, env: dict | None =
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+            **popen,
         )
 
 

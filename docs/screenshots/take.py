@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -49,9 +50,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running ``streamlit run``: its base URL, its process and the file its output goes to."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+
 @contextlib.contextmanager
-def serve(artifacts: Path, *, read_only: bool = False, port: int | None = None) -> Iterator[str]:
-    """``streamlit run streamlit_app.py`` on localhost against ``artifacts``; yields the base URL."""
+def server(artifacts: Path, *, read_only: bool = False, port: int | None = None) -> Iterator[Server]:
+    """``streamlit run streamlit_app.py`` on localhost against ``artifacts``, until the block ends."""
     port = port or free_port()
     env = {**os.environ, "CXR_ARTIFACTS": str(artifacts), "CXR_READ_ONLY": "1" if read_only else "0"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -70,8 +80,10 @@ def serve(artifacts: Path, *, read_only: bool = False, port: int | None = None) 
         "--browser.gatherUsageStats",
         "false",
     ]
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with tempfile.TemporaryDirectory(prefix="cxr-server-") as tmp:
+        log_path = Path(tmp) / "server.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://localhost:{port}"
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -81,17 +93,23 @@ def serve(artifacts: Path, *, read_only: bool = False, port: int | None = None) 
                         if answer.status == 200:
                             break
                 except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        log.seek(0)
-                        raise RuntimeError(f"streamlit did not start on port {port}:\n{log.read().decode()}") from None
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"streamlit did not start on port {port}:\n{log_path.read_text()}") from None
                     time.sleep(0.5)
-            yield url
+            yield Server(url, process, log_path)
         finally:
-            server.terminate()
+            process.terminate()
             try:
-                server.wait(timeout=20)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                server.kill()
+                process.kill()
+
+
+@contextlib.contextmanager
+def serve(artifacts: Path, *, read_only: bool = False, port: int | None = None) -> Iterator[str]:
+    """Like :func:`server`; yields only the base URL."""
+    with server(artifacts, read_only=read_only, port=port) as running:
+        yield running.url
 
 
 @contextlib.contextmanager
