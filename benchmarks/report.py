@@ -88,17 +88,25 @@ SECTIONS = {
 
 MISSING = {
     "gpu": (
-        "**Not run on a GPU yet**: the development machine has no GPU. Only the CPU `--tiny` setting (2 backbones "
-        "at 32x32, a few steps) has run, in `tests/test_benchmarks.py`. On a GPU machine: "
-        "`KERAS_BACKEND=jax python -m benchmarks gpu --record` (under 8 minutes)."
+        "**No complete GPU record yet**: the development machine has no GPU, and the one try on a lent GPU ran out "
+        "of device time (below). The CPU `--tiny` setting (2 backbones at 32x32, a few steps) runs in "
+        "`tests/test_benchmarks.py`. On a GPU machine: `KERAS_BACKEND=jax python -m benchmarks gpu --record` "
+        "(under 8 minutes)."
     ),
 }
 
+# A partial measurement kept beside a benchmark that has no complete record: ``results/<file>``.
+PARTIAL = {"gpu": "gpu_first_try.json"}
+
 GOALS = (
     ("pipeline", "pipeline_speedup", "at least 10", lambda v: v >= 10),
+    ("finetune_epoch", "finetune_epoch_speedup", "above 1", lambda v: v > 1),
+    ("frozen_study", "frozen_study_cold_s", "under 300 s", lambda v: v < 300),
+    ("frozen_study", "frozen_study_warm_s", "under 30 s", lambda v: v < 30),
     ("classify", "classify_p50_ms", "under 300 ms", lambda v: v < 300),
     ("memory", "study_rss_mb", "under 4 GB", lambda v: v < 4096),
     ("memory", "rss_20k_mb", "under 4 GB", lambda v: v < 4096),
+    ("gpu", "gpu_study_projected_h", "under 0.75 h (45 min) on one H100", lambda v: v < 0.75),
 )
 
 
@@ -188,10 +196,28 @@ def _machine_text(machine: dict) -> str:
     )
 
 
-def section(name: str, record: dict | None) -> str:
+def partial_section(partial: dict) -> str:
+    """A partial measurement (a device run cut short), as it was recorded."""
+    lines = [
+        f"### Partial measurement, {partial['finished_at']}",
+        "",
+        f"- device: {partial['device']}",
+        f"- command: `{partial['command']}` (commit {partial['git_commit']})",
+        "",
+        _table_text(partial["rows"]),
+        "",
+    ]
+    lines += [f"- {note}" for note in partial["notes"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def section(name: str, record: dict | None, partial: dict | None = None) -> str:
     lines = [f"## {name}", "", SECTIONS[name], ""]
     if record is None:
         lines += [MISSING.get(name, "Not recorded yet."), ""]
+        if partial is not None:
+            lines.append(partial_section(partial))
         return "\n".join(lines)
     figures = [{"figure": k, "value": v} for k, v in record["figures"].items()]
     lines += [
@@ -217,6 +243,12 @@ def write_docs(results_dir: Path, docs_path: Path) -> None:
         path = results_dir / f"{name}.json"
         records[name] = json.loads(path.read_text()) if path.is_file() else None
     summary = "## Goals\n\n" + goals_table(records) + "\n"
-    text = "\n".join([INTRO, summary, proposals(records), *(section(name, records[name]) for name in ORDER)])
+    partials = {
+        name: json.loads((results_dir / file).read_text())
+        for name, file in PARTIAL.items()
+        if (results_dir / file).is_file()
+    }
+    sections = (section(name, records[name], partials.get(name)) for name in ORDER)
+    text = "\n".join([INTRO, summary, proposals(records), *sections])
     docs_path.parent.mkdir(parents=True, exist_ok=True)
     docs_path.write_text(text.rstrip() + "\n")

@@ -19,6 +19,14 @@ All six compose into one affine transform per image, applied with one bilinear r
 the single grayscale channel; the 3 RGB channels are made afterwards by
 :class:`ImageNetPreprocess`. That is why it is several times faster than three separate Keras
 augmentation layers on 3 channels.
+
+The resampling is written with ``keras.ops`` gathers (:func:`bilinear_warp`; it gives the same
+pixels as ``keras.ops.image.affine_transform``, which the tests check) so that XLA can compile
+it. TensorFlow runs a model on the CPU one kernel at a time, and its projective-transform kernel
+cannot be compiled by XLA; each layer's arithmetic is therefore wrapped in its own XLA cluster
+under TensorFlow (:func:`_xla`), which makes the pair about twice as fast on 2 cores
+(``benchmarks/pipeline.py``). They are two clusters, not one: fused with the 3-channel copy, XLA
+computed each warped pixel once per channel. JAX compiles the whole step with XLA anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +39,55 @@ from keras import ops
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def _xla(fn):
+    """``fn`` as one XLA cluster under TensorFlow (see the module's docstring); unchanged on other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return fn
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=True)
+
+
+def bilinear_warp(images, transforms):
+    """Bilinear resampling of one-channel ``images`` (B, H, W, 1) by per-image affine ``transforms`` (B, 8).
+
+    Output pixel (x, y) samples input point (a0 x + a1 y + a2, b0 x + b1 y + b2), as in
+    ``keras.ops.image.affine_transform``; points outside are moved to the nearest edge
+    (``fill_mode="nearest"``). Coordinates are float32 whatever the input's dtype, so a
+    float16 policy does not round them; the result is float32.
+    """
+    batch, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
+    rows, cols = ops.meshgrid(ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"), indexing="ij")
+    t = ops.cast(transforms, "float32")
+    a0, a1, a2, b0, b1, b2 = (t[:, i, None, None] for i in range(6))
+    x = ops.clip(a0 * cols + a1 * rows + a2, 0.0, width - 1.0)
+    y = ops.clip(b0 * cols + b1 * rows + b2, 0.0, height - 1.0)
+    x0, y0 = ops.floor(x), ops.floor(y)
+    wx, wy = x - x0, y - y0
+    x0, y0 = ops.cast(x0, "int32"), ops.cast(y0, "int32")
+    x1, y1 = ops.minimum(x0 + 1, width - 1), ops.minimum(y0 + 1, height - 1)
+    flat = ops.reshape(images, (-1,))
+    first = ops.reshape(ops.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
+    row0, row1 = first + y0 * width, first + y1 * width
+
+    def at(index):
+        return ops.cast(ops.take(flat, index), "float32")
+
+    top = at(row0 + x0) * (1.0 - wx) + at(row0 + x1) * wx
+    bottom = at(row1 + x0) * (1.0 - wx) + at(row1 + x1) * wx
+    return ops.expand_dims(top * (1.0 - wy) + bottom * wy, -1)
+
+
+_warp = _xla(bilinear_warp)
+
+
+def _gray_to_channels(gray, scale, shift):
+    return ops.repeat(gray, 3, axis=-1) * scale + shift
+
+
+_to_channels = _xla(_gray_to_channels)
 
 
 @keras.saving.register_keras_serializable(package="cxr")
@@ -49,6 +106,10 @@ class XRayAugment(keras.layers.Layer):
         seed: int | None = None,
         **kwargs,
     ) -> None:
+        if fill_mode != "nearest":
+            raise ValueError(
+                f"fill_mode must be 'nearest' (ImageDataGenerator's default, the paper's), got fill_mode={fill_mode!r}"
+            )
         super().__init__(**kwargs)
         self.rotation = float(rotation)
         self.width_shift = float(width_shift)
@@ -88,14 +149,10 @@ class XRayAugment(keras.layers.Layer):
         return ops.stack([m00, m01, a2, m10, m11, b2, zeros, zeros], axis=1)
 
     def call(self, images, training=None):
-        images = ops.cast(images, self.compute_dtype)
         if not training:
-            return images
-        shape = ops.shape(images)
-        matrix = self.transforms(shape[0], images.shape[1], images.shape[2])
-        return ops.image.affine_transform(
-            images, ops.cast(matrix, self.compute_dtype), interpolation="bilinear", fill_mode=self.fill_mode
-        )
+            return ops.cast(images, self.compute_dtype)
+        matrix = self.transforms(ops.shape(images)[0], images.shape[1], images.shape[2])
+        return ops.cast(_warp(images, matrix), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -130,16 +187,22 @@ class ImageNetPreprocess(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mode = mode
 
-    def call(self, images):
-        gray = ops.cast(images, self.compute_dtype)
+    def scale_and_shift(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel ``scale`` and ``shift``: the mode's preprocessing is ``gray * scale + shift`` per channel."""
         if self.mode == "tf":
-            return ops.repeat(gray / 127.5 - 1.0, 3, axis=-1)
+            return (1 / 127.5,) * 3, (-1.0,) * 3
         if self.mode == "caffe":
-            mean = ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=self.compute_dtype)
-            return ops.repeat(gray, 3, axis=-1) - mean
-        mean = ops.convert_to_tensor(TORCH_MEAN_RGB, dtype=self.compute_dtype)
-        std = ops.convert_to_tensor(TORCH_STD_RGB, dtype=self.compute_dtype)
-        return (ops.repeat(gray / 255.0, 3, axis=-1) - mean) / std
+            return (1.0,) * 3, tuple(-m for m in CAFFE_MEAN_BGR)
+        scale = tuple(1 / (255.0 * s) for s in TORCH_STD_RGB)
+        return scale, tuple(-m / s for m, s in zip(TORCH_MEAN_RGB, TORCH_STD_RGB, strict=True))
+
+    def call(self, images):
+        scale, shift = self.scale_and_shift()
+        return _to_channels(
+            ops.cast(images, self.compute_dtype),
+            ops.convert_to_tensor(scale, dtype=self.compute_dtype),
+            ops.convert_to_tensor(shift, dtype=self.compute_dtype),
+        )
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 3)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from engine import artifacts, atomic
+from engine import artifacts, atomic, compilation
 from engine.backbones import get_backbone, weights_identity
 from engine.datasets import Dataset
 from engine.metrics import fold_metrics
@@ -282,6 +282,7 @@ def train_fold(
     weights = study["weights"]
     seed = _seed(study, fold)
     keras.utils.set_random_seed(seed)
+    compilation.use_persistent_cache(artifacts_root)
     test = np.asarray(study["folds"][fold], dtype=np.int64)
     train = train_indices(study["folds"][fold], len(dataset))
     labels = dataset.labels

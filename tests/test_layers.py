@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from engine.layers import ImageNetPreprocess, XRayAugment
+from engine.layers import ImageNetPreprocess, XRayAugment, bilinear_warp
 
 
 def _images(n: int = 4, size: int = 16) -> np.ndarray:
@@ -77,3 +77,31 @@ def test_saved_model_loads_in_safe_mode(tmp_path):
 def test_bad_preprocess_mode_names_the_value():
     with pytest.raises(ValueError, match="mode='bgr'"):
         ImageNetPreprocess("bgr")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_bilinear_warp_gives_the_pixels_of_keras_affine_transform(dtype):
+    x = _images(n=16, size=24).astype(dtype)
+    transforms = XRayAugment(seed=5).transforms(16, 24, 24)
+    expected = keras.ops.image.affine_transform(
+        x.astype("float32"), transforms, interpolation="bilinear", fill_mode="nearest"
+    )
+    got = bilinear_warp(x, transforms)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), atol=1e-3)
+
+
+def test_mixed_precision_keeps_float32_coordinates():
+    x = _images(n=8, size=32)
+    full = keras.ops.convert_to_numpy(XRayAugment(seed=2)(x, training=True))
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        half = keras.ops.convert_to_numpy(XRayAugment(seed=2)(x, training=True))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half.astype("float32"), full, atol=0.25)
+
+
+def test_other_fill_modes_are_refused_by_name():
+    with pytest.raises(ValueError, match="fill_mode='reflect'"):
+        XRayAugment(fill_mode="reflect")
