@@ -9,6 +9,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 STREAMLIT_ARGS ?= --server.headless true
 
 .PHONY: run test lint bench venv clean-venv
@@ -17,7 +18,7 @@ run: $(RUN_STAMP)
 	$(BIN)/streamlit run streamlit_app.py $(STREAMLIT_ARGS)
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -23,7 +23,7 @@ from engine.protocols import PAPER
 from engine.training import classifier
 
 BACKBONE = "MobileNet-0.25"
-ROUNDS = 4
+ROUNDS = 12
 NO_AUGMENT = dataclasses.replace(PAPER, augmentation=None)
 LABELS = {
     "reference": "reference: flow_from_directory + preprocess_input",
@@ -97,10 +97,11 @@ def _measure(options: Options, dataset, batch_size: int) -> Result:
     rounds = min(ROUNDS, batches)
     per_round = [batches // rounds + (r < batches % rounds) for r in range(rounds)]
     first = 0
-    for count in per_round:
-        for name, side in sides.items():
+    names = list(sides)
+    for round_index, count in enumerate(per_round):
+        for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
             with stopwatch() as elapsed:
-                side(first, count)
+                sides[name](first, count)
             seconds[name] += elapsed()
         first += count
 
@@ -128,6 +129,7 @@ def _measure(options: Options, dataset, batch_size: int) -> Result:
         },
         notes=[
             f"{n} images per epoch ({batches} batches of {batch_size}), training pass only, in {rounds} interleaved "
-            "rounds (each side trains on the next slice of batches in turn, so load changes hit all sides alike)"
+            "rounds (each side trains on the next slice of batches in turn, so load changes hit all sides alike; "
+            "the order of the sides rotates from round to round, so that none always comes first)"
         ],
     )

@@ -3,8 +3,8 @@
 (a) the paper's way: ``ImageDataGenerator.flow_from_directory`` reading PNGs from disk;
 (b) the engine: batches read from the cached uint8 memory map (``engine.batches.ImageBatches``) through
 ``XRayAugment`` + ``ImageNetPreprocess`` in one compiled function (what ``model.fit`` runs before
-the backbone; each layer is its own XLA cluster under TensorFlow), and (b') the same two layers
-compiled as one XLA cluster;
+the backbone; each layer is its own XLA cluster under TensorFlow), and (b') both layers compiled
+as one XLA cluster;
 (c) four separate Keras augmentation layers on 3 channels; (d) the same layers on 1 channel.
 The methods run in interleaved rounds, so a change of machine load hits all of them alike.
 """
@@ -118,7 +118,7 @@ def _time_reference(iterator, count: int) -> float:
 LABELS = {
     "reference": "(a) ImageDataGenerator.flow_from_directory, PNGs from disk",
     "engine": "(b) engine: ImageBatches from the uint8 memory map, XRayAugment + ImageNetPreprocess, compiled",
-    "engine_xla": "(b') the same two layers as one XLA cluster",
+    "engine_xla": "(b') both layers as one XLA cluster",
     "layers_rgb": "(c) 4 Keras augmentation layers, 3 channels",
     "layers_gray": "(d) 4 Keras augmentation layers, 1 channel",
 }

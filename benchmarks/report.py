@@ -20,14 +20,14 @@ shortens the ones that take long.
 
 ## How to read the figures
 
-The development machine has 2 CPU cores, usually shared with a long training run (the demo
+The development machine has 2 CPU cores, often shared with a long training run (the demo
 study's paper-protocol jobs); the load average before and after each run is recorded with it.
-The records of 2026-11-27 for `pipeline`, `finetune_epoch`, `frozen_study` and `classify` were
-taken with that training worker paused (`kill -STOP`, resumed with `kill -CONT` after them;
-nothing else ran), so their absolute times are those of an idle 2-core machine; the load average
-"before" still shows the training of the minutes before. `memory` measures peaks of resident
-memory, which load does not change; it ran beside the training. The `features` record (2026-11-26)
-ran beside other benchmarks and a test run: its seconds are inflated, its memory peaks are not.
+The records of `pipeline`, `classify`, `frozen_study` and `finetune_epoch` of 2026-11-27 after
+03:40 UTC were taken one after another on an otherwise idle machine (no training job, no tests),
+so their absolute times are those of an idle 2-core machine. `memory` measures peaks of resident
+memory, which load does not change; it ran beside a training job. The `features` record
+(2026-11-26) ran beside other benchmarks and a test run: its seconds are inflated, its memory
+peaks are not.
 Ratios (engine over the paper's way) come from methods measured side by side in one process and
 one run, in interleaved rounds where that is possible, so any load hits both sides alike.
 
@@ -139,12 +139,14 @@ def proposals(records: dict[str, dict | None]) -> str:
             "On this CPU a fine-tuning epoch is mostly the network's work: the engine took "
             f"{f('finetune_epoch', 'engine_epoch_s')} s, the reference {f('finetune_epoch', 'reference_epoch_s')} s "
             f"and the engine's model without augmentation {f('finetune_epoch', 'network_only_epoch_s')} s for the same "
-            "images, interleaved (`finetune_epoch_speedup` "
-            f"{f('finetune_epoch', 'finetune_epoch_speedup')}). What the engine saves there is the reference "
-            "generator's decoding and NumPy augmentation, which runs between training steps. In every record so "
-            "far the side without augmentation was the slowest of the three, which a network's share should not "
-            "be; its cause was not found, so that side bounds nothing. The input pipeline's own speedup "
-            "(`pipeline_speedup`) matters where the network is fast: on a GPU.",
+            "images, in interleaved rounds (`finetune_epoch_speedup` "
+            f"{f('finetune_epoch', 'finetune_epoch_speedup')}; the goal, above 1, is not met in this record). Each "
+            "side calls `fit` once per round, and the engine's two models pay more per call than the reference: the "
+            "side without augmentation, which does the least work, is the slowest, in every record so far. A fold "
+            "trains with one `fit` "
+            "per stage, so it pays that once, not 12 times; the cause was not found, and the figure stands as "
+            "measured. The input pipeline's own speedup (`pipeline_speedup`) matters where the network is fast: "
+            "on a GPU.",
             "",
             "1. Applied: `engine/training.py`, `cached_features` calls the extractor with "
             "`extractor.predict_on_batch(batch)` (one compiled function) instead of "
@@ -161,11 +163,19 @@ def proposals(records: dict[str, dict | None]) -> str:
             "per epoch) instead of copying the training split into one array. 20,000 images: "
             f"{f('memory', 'rss_20k_mb')} MB peak (`rss_20k_mb`) against {f('memory', 'rss_20k_one_array_mb')} MB "
             f"with the split as one array; the import alone peaks at {f('memory', 'rss_20k_import_mb')} MB.",
-            "3. Not applied: XLA (`jit_compile=True`) cannot compile TensorFlow's `ImageProjectiveTransformV3` on the "
-            "CPU, and warping the uint8 image before the cast to float gave "
-            f"{f('pipeline', 'engine_uint8_images_per_s')} images/s against {f('pipeline', 'engine_images_per_s')} "
-            "in the same run, a difference of the size of this machine's run-to-run noise; it would also round "
-            "every warped pixel to an integer.",
+            "3. Applied: `engine/layers.py`, the augmentation's bilinear warp is written with `keras.ops` gathers "
+            "(`bilinear_warp`; it gives the pixels of `keras.ops.image.affine_transform`, which a test checks), and "
+            "under TensorFlow each of the two input layers runs as its own XLA cluster. TensorFlow's own "
+            "projective-transform kernel, which XLA cannot compile on the CPU, was most of the pipeline's time. The "
+            f"engine now delivers {f('pipeline', 'engine_images_per_s')} images/s against the reference's "
+            f"{f('pipeline', 'reference_images_per_s')} (`pipeline_speedup` {f('pipeline', 'pipeline_speedup')}). "
+            "Both layers compiled as one cluster are slower "
+            f"({f('pipeline', 'engine_xla_images_per_s')} images/s, (b')): fused with the 3-channel copy, XLA "
+            "computes each warped pixel once per channel.",
+            "4. Applied for the JAX backend: `engine/compilation.py` keeps XLA's persistent compilation cache in "
+            "`<artifacts>/cache/xla`. On the H200 (`gpu` below) building and compiling a model took longer than "
+            "training it for a whole fold, and every fold builds a fresh model; with the cache, the next folds of "
+            "a backbone load the compiled program instead.",
             "",
         ]
     )
