@@ -126,20 +126,20 @@ def _fold_seconds(row: dict[str, object], *, first: bool) -> float:
 
 
 def _run_pool(plan: Setting, cache_dir: Path) -> tuple[list[dict], list[str]]:
-    """Rows of the backbones measured before the deadline, printed as they come; the names left unmeasured."""
+    """Each backbone's outcome (a row or its error) before the deadline, printed as it comes; the names left over."""
     context = multiprocessing.get_context("spawn")
     deadline = time.monotonic() + plan.budget_s
-    rows: list[dict] = []
+    outcomes: list[dict] = []
     with context.Pool(plan.processes, initializer=_share_lock, initargs=(context.Lock(),)) as pool:
         pending = {name: pool.apply_async(_measure_or_report, (name, plan, str(cache_dir))) for name in plan.backbones}
         while pending and time.monotonic() < deadline:
             for name in [name for name, result in pending.items() if result.ready()]:
-                row = pending.pop(name).get()
-                print(f"measured: {row}", flush=True)
-                rows.append(row)
+                outcome = pending.pop(name).get()
+                print(f"measured: {outcome}", flush=True)
+                outcomes.append(outcome)
             time.sleep(0.5)
         pool.terminate()
-    return rows, list(pending)
+    return outcomes, list(pending)
 
 
 def run(options: Options) -> Result:

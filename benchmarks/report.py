@@ -89,7 +89,7 @@ SECTIONS = {
 MISSING = {
     "gpu": (
         "**No complete GPU record yet**: the development machine has no GPU, and the one try on a lent GPU ran out "
-        "of device time (below). The CPU `--tiny` setting (2 backbones at 32x32, a few steps) runs in "
+        "of device time (below). The CPU `--tiny` setting (MobileNet-0.25 at 32x32, a few steps) runs in "
         "`tests/test_benchmarks.py`. On a GPU machine: `KERAS_BACKEND=jax python -m benchmarks gpu --record` "
         "(under 8 minutes)."
     ),
@@ -143,8 +143,8 @@ def proposals(records: dict[str, dict | None]) -> str:
             f"{f('finetune_epoch', 'finetune_epoch_speedup')}; the goal, above 1, is not met in this record). Each "
             "side calls `fit` once per round, and the engine's two models pay more per call than the reference: the "
             "side without augmentation, which does the least work, is the slowest, in every record so far. A fold "
-            "trains with one `fit` "
-            "per stage, so it pays that once, not 12 times; the cause was not found, and the figure stands as "
+            "trains with one `fit` per stage, so it pays that once, not 12 times; the cause was not found, and the "
+            "figure stands as "
             "measured. The input pipeline's own speedup (`pipeline_speedup`) matters where the network is fast: "
             "on a GPU.",
             "",
