@@ -14,9 +14,9 @@ machine (gdb: the main thread, holding the GIL, waiting in TensorFlow's ``RootDa
 destructor for one of its pipeline's threads); with a collection after every ``fit``, such
 pauses came only in the reference's collections, never in the engine's. Such pauses were charged
 to whichever side was training: the likely reason why the engine's model without augmentation,
-which does the least work, came out slowest in earlier records. They come from running a Keras 2
-generator through Keras 3's ``fit``, not from the paper's way itself, so the speedup leaves every
-side's collections out; the table shows them.
+which does the least work, came out slowest in earlier records. A pause is a cost per ``fit`` call
+(one iterator each), which the 12 rounds multiply by 12 where a real epoch pays it at most once,
+so the speedup leaves every side's collections out; the table shows them.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def finish(result: Result, options: Options, *, command: str, load_before: list[
         "load_average_after": load_average(),
         "seconds": round(seconds, 1),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
     print_table(result.table)
     for note in result.notes:
@@ -165,7 +165,7 @@ def finish(result: Result, options: Options, *, command: str, load_before: list[
     return record
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """HEAD, followed by the tracked files that differ from it, if any: the code a record really ran.
 
     Earlier records and the docs made from them (``benchmarks/results/``, ``docs/``) are left out.

@@ -148,10 +148,10 @@ def proposals(records: dict[str, dict | None]) -> str:
             "mostly during the engine's steps, where it freed tf.data iterators that earlier `fit` calls had left in "
             "reference cycles; destroying one took 10 to 86 s in diagnosis runs. Each side now runs a full collection "
             "after each of its rounds, timed apart: such pauses then came only in the reference's collections (in "
-            "three runs its collections took 10 to 26 s longer than the engine's), never in the engine's. They come "
-            "from running a Keras 2 generator through Keras 3's `fit`, not from the paper's way itself, so the "
-            "speedup leaves every side's collections out. The input pipeline's own speedup (`pipeline_speedup`) "
-            "matters more where the network is fast: on a GPU.",
+            "three runs its collections took 10 to 26 s longer than the engine's), never in the engine's. A pause is "
+            "a cost per `fit` call (one iterator each), which the benchmark's 12 rounds multiply by 12 where a real "
+            "epoch pays it at most once, so the speedup leaves every side's collections out. The input pipeline's "
+            "own speedup (`pipeline_speedup`) matters more where the network is fast: on a GPU.",
             "",
             "1. Applied: `engine/training.py`, `cached_features` calls the extractor with "
             "`extractor.predict_on_batch(batch)` (one compiled function) instead of "

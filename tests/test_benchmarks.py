@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.harness import _git_commit, last_json_line
+from benchmarks.harness import git_commit, last_json_line
 from benchmarks.report import format_value
 from engine import settings
 from tests.synthetic import make_dataset
@@ -87,10 +87,10 @@ def test_a_record_names_uncommitted_code_but_not_earlier_records(tmp_path: Path,
     git("add", ".")
     git("commit", "-q", "-m", "first")
     monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
-    head = _git_commit()
+    head = git_commit()
     assert head and " " not in head
     (tmp_path / "docs/benchmarks.md").write_text("2\n")
     (tmp_path / "benchmarks/results/x.json").write_text("2\n")
-    assert _git_commit() == head
+    assert git_commit() == head
     (tmp_path / "code.py").write_text("2\n")
-    assert _git_commit() == f"{head} + uncommitted changes to code.py"
+    assert git_commit() == f"{head} + uncommitted changes to code.py"
