@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.harness import git_commit, last_json_line
-from benchmarks.report import format_value
+from benchmarks.report import format_value, goals_table
 from engine import settings
 from tests.synthetic import make_dataset
 
@@ -94,3 +94,14 @@ def test_a_record_names_uncommitted_code_but_not_earlier_records(tmp_path: Path,
     assert git_commit() == head
     (tmp_path / "code.py").write_text("2\n")
     assert git_commit() == f"{head} + uncommitted changes to code.py"
+
+
+def test_a_gpu_projection_over_part_of_the_backbones_is_not_called_met() -> None:
+    partial = {"figures": {"gpu_study_projected_h": 0.1, "gpu_backbones_measured": 2}}
+    complete = {"figures": {"gpu_study_projected_h": 0.5, "gpu_backbones_measured": 14}}
+    slow = {"figures": {"gpu_study_projected_h": 2.0, "gpu_backbones_measured": 14}}
+    gpu_row = lambda table: next(line for line in table.splitlines() if "gpu_study_projected_h" in line)  # noqa: E731
+    assert "incomplete: 2 of 14 backbones measured" in gpu_row(goals_table({"gpu": partial}))
+    assert gpu_row(goals_table({"gpu": complete})).endswith("| met |")
+    assert gpu_row(goals_table({"gpu": slow})).endswith("| not met |")
+    assert gpu_row(goals_table({})).endswith("| not recorded |")
