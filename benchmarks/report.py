@@ -28,9 +28,8 @@ study's paper-protocol jobs); the load average before and after each run is reco
 The records of `pipeline`, `classify`, `frozen_study`, `finetune_epoch` and `memory` of 2026-11-27
 after 03:40 UTC were taken one after another on an otherwise idle machine (no training job, no
 tests), so their absolute times are those of an idle 2-core machine (`memory` measures peaks of
-resident memory, which load does not change). The `features` record
-(2026-11-26) ran beside other benchmarks and a test run: its seconds are inflated, its memory
-peaks are not.
+resident memory, which load does not change). The `features` record (2026-11-26) ran beside
+other benchmarks and a test run: its seconds are inflated, its memory peaks are not.
 Ratios (engine over the paper's way) come from methods measured side by side in one process and
 one run, in interleaved rounds where that is possible, so any load hits both sides alike.
 

@@ -25,8 +25,9 @@ pixels as ``keras.ops.image.affine_transform``, which the tests check) so that X
 it. TensorFlow runs a model on the CPU one kernel at a time, and its projective-transform kernel
 cannot be compiled by XLA; each layer's arithmetic is therefore wrapped in its own XLA cluster
 under TensorFlow (:func:`_xla`), which made the pair about 1.6 times as fast on 2 cores
-(``benchmarks/pipeline.py``: 857 to 1,384 images/s). They are two clusters, not one: fused with the 3-channel copy, XLA
-computed each warped pixel once per channel. JAX compiles the whole step with XLA anyway.
+(``benchmarks/pipeline.py``: 857 to 1,384 images/s). They are two clusters, not one: fused with
+the 3-channel copy, XLA computed each warped pixel once per channel. JAX compiles the whole step
+with XLA anyway.
 """
 
 from __future__ import annotations
