@@ -3,18 +3,20 @@
 Meant for a GPU machine: ``KERAS_BACKEND=jax python -m benchmarks gpu`` (``python -m benchmarks
 gpu`` picks JAX itself when it is installed). Weights are ``None``: the speed is the same as with
 ImageNet weights. XLA compiling a large network's training step takes longer than training it
-for a few steps, so backbones are built and compiled in several processes at once; only the
-timed steps are taken one process at a time (a shared lock), so that no two measurements share
-the device. A time budget keeps the run under 8 minutes: the backbones not measured by then are
-listed as such and left out of the projection, and each row is printed as it comes, so that even
-a run killed from outside leaves its measurements behind. ``--tiny`` runs MobileNet-0.25 at 32x32
-for a few steps, which is what the tests check on the CPU.
+for a few steps, so backbones are built and compiled in several processes at once, deepest graphs
+first (the longest compilations start first); only the timed steps are taken one process at a
+time (a shared lock), so that no two measurements overlap. A time budget keeps the run under 8
+minutes: each worker sends its row as soon as its steps are timed, then measures the next folds'
+compilation; what has not arrived by the deadline is listed as such, and each message is printed
+as it comes, so that even a run killed from outside leaves its measurements behind. ``--tiny``
+runs MobileNet-0.25 at 32x32 for a few steps, which is what the tests check on the CPU.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +33,24 @@ TEST_IMAGES_PER_FOLD = 579
 FOLDS = 5
 N_CLASSES = 3
 POLICY = "mixed_float16"
+NEXT_COMPILE = "next folds' compile s"
+# Depth of each network as the Keras applications table gives it: the compile order, deepest first.
+KERAS_DEPTH = {
+    "NASNetLarge": 533,
+    "InceptionResNetV2": 449,
+    "DenseNet201": 402,
+    "NASNetMobile": 389,
+    "DenseNet169": 338,
+    "ResNet152": 311,
+    "DenseNet121": 242,
+    "ResNet101": 209,
+    "InceptionV3": 189,
+    "ResNet50": 107,
+    "Xception": 81,
+    "MobileNet": 55,
+    "VGG19": 19,
+    "VGG16": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -46,23 +66,25 @@ class Setting:
 def setting(options: Options) -> Setting:
     if options.tiny:
         return Setting(("MobileNet-0.25",), 32, 4, 2, 3600.0, 1)
-    return Setting(PAPER_BACKBONES, 224, PAPER.batch_size, options.limit or 40, 420.0, 8)
+    ordered = sorted(PAPER_BACKBONES, key=lambda name: -KERAS_DEPTH[name])
+    return Setting(tuple(ordered), 224, PAPER.batch_size, options.limit or 64, 420.0, 8)
 
 
 _timing_lock = None
+_messages = None
 
 
-def _share_lock(lock) -> None:
-    global _timing_lock
-    _timing_lock = lock
+def _share(lock, messages) -> None:
+    global _timing_lock, _messages
+    _timing_lock, _messages = lock, messages
 
 
-def _measure_or_report(name: str, plan: Setting, cache_dir: str) -> dict[str, object]:
-    """One backbone's row; a backbone that fails (out of device memory, say) is reported with its error."""
+def _measure_or_report(name: str, plan: Setting, cache_dir: str) -> None:
+    """Send one backbone's messages; a failure (out of device memory, say) is sent as its error, not fatal."""
     try:
-        return _measure(name, plan, Path(cache_dir))
-    except Exception as error:  # noqa: BLE001 - one backbone's failure is reported in its row, not fatal to the rest
-        return {"backbone": name, "error": f"{type(error).__name__}: {error}"[:300]}
+        _measure(name, plan, Path(cache_dir))
+    except Exception as error:  # noqa: BLE001 - reported in the backbone's row
+        _messages.put({"backbone": name, "error": f"{type(error).__name__}: {error}"[:300]})
 
 
 def _compiled_model(name: str, plan: Setting, x: np.ndarray, y: np.ndarray):
@@ -83,7 +105,7 @@ def _compiled_model(name: str, plan: Setting, x: np.ndarray, y: np.ndarray):
     return model
 
 
-def _measure(name: str, plan: Setting, cache_dir: Path) -> dict[str, object]:
+def _measure(name: str, plan: Setting, cache_dir: Path) -> None:
     """In a worker process: compile (first fold), time training and prediction holding the lock, compile again.
 
     The second compilation is what the next folds pay: the engine keeps XLA's persistent cache
@@ -106,40 +128,49 @@ def _measure(name: str, plan: Setting, cache_dir: Path) -> dict[str, object]:
             model.fit(x, y, batch_size=plan.batch_size, epochs=1, verbose=0)
         with stopwatch() as eval_time:
             model.predict(x, batch_size=plan.batch_size, verbose=0)
-    parameters = model.count_params()
+    _messages.put(
+        {
+            "backbone": name,
+            "parameters": model.count_params(),
+            "train images/s": n / train_time(),
+            "eval images/s": n / eval_time(),
+            "compile s": compile_time(),
+        }
+    )
     with stopwatch() as recompile_time:
         _compiled_model(name, plan, x, y)
-    return {
-        "backbone": name,
-        "parameters": parameters,
-        "train images/s": n / train_time(),
-        "eval images/s": n / eval_time(),
-        "compile s": compile_time(),
-        "next folds' compile s": recompile_time(),
-    }
+    _messages.put({"backbone": name, NEXT_COMPILE: recompile_time()})
 
 
 def _fold_seconds(row: dict[str, object], *, first: bool) -> float:
     """One fold as the engine runs it: a fresh model compiled, then 10 epochs of training and validation."""
     per_epoch = TRAIN_IMAGES_PER_FOLD / row["train images/s"] + TEST_IMAGES_PER_FOLD / row["eval images/s"]
-    return row["compile s" if first else "next folds' compile s"] + PAPER.epochs * per_epoch
+    compile_s = row["compile s"] if first else row.get(NEXT_COMPILE, row["compile s"])
+    return compile_s + PAPER.epochs * per_epoch
 
 
-def _run_pool(plan: Setting, cache_dir: Path) -> tuple[list[dict], list[str]]:
-    """Each backbone's outcome (a row or its error) before the deadline, printed as it comes; the names left over."""
+def _run_pool(plan: Setting, cache_dir: Path) -> dict[str, dict]:
+    """What each backbone's worker sent before the deadline (merged per backbone), printed as it comes."""
     context = multiprocessing.get_context("spawn")
-    deadline = time.monotonic() + plan.budget_s
-    outcomes: list[dict] = []
-    with context.Pool(plan.processes, initializer=_share_lock, initargs=(context.Lock(),)) as pool:
-        pending = {name: pool.apply_async(_measure_or_report, (name, plan, str(cache_dir))) for name in plan.backbones}
-        while pending and time.monotonic() < deadline:
-            for name in [name for name, result in pending.items() if result.ready()]:
-                outcome = pending.pop(name).get()
-                print(f"measured: {outcome}", flush=True)
-                outcomes.append(outcome)
-            time.sleep(0.5)
+    started = time.monotonic()
+    deadline = started + plan.budget_s
+    messages = context.Queue()
+    outcomes: dict[str, dict] = {}
+    finished: set[str] = set()
+    with context.Pool(plan.processes, initializer=_share, initargs=(context.Lock(), messages)) as pool:
+        for name in plan.backbones:
+            pool.apply_async(_measure_or_report, (name, plan, str(cache_dir)))
+        while len(finished) < len(plan.backbones) and time.monotonic() < deadline:
+            try:
+                message = messages.get(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+            except queue.Empty:
+                continue
+            print(f"{time.monotonic() - started:.0f} s, measured: {message}", flush=True)
+            outcomes.setdefault(message["backbone"], {}).update(message)
+            if "error" in message or NEXT_COMPILE in message:
+                finished.add(message["backbone"])
         pool.terminate()
-    return outcomes, list(pending)
+    return outcomes
 
 
 def run(options: Options) -> Result:
@@ -148,23 +179,36 @@ def run(options: Options) -> Result:
     plan = setting(options)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as cache_dir:
-        outcomes, unfinished = _run_pool(plan, Path(cache_dir))
-    order = {name: i for i, name in enumerate(plan.backbones)}
-    outcomes.sort(key=lambda row: order[row["backbone"]])
+        outcomes = _run_pool(plan, Path(cache_dir))
+    measured = [outcomes[name] for name in plan.backbones if "train images/s" in outcomes.get(name, {})]
     rows = [
-        {**row, "first fold s (projected)": _fold_seconds(row, first=True)} for row in outcomes if "error" not in row
+        {**{k: v for k, v in row.items() if k != "error"}, "first fold s (projected)": _fold_seconds(row, first=True)}
+        for row in measured
     ]
-    failed = [f"{row['backbone']} ({row['error']})" for row in outcomes if "error" in row]
+    unfinished = [name for name in plan.backbones if name not in outcomes]
+    failed = [f"{name} ({row['error']})" for name, row in outcomes.items() if "train images/s" not in row]
+    no_recompile = [
+        row["backbone"] + (f" (failed: {row['error']})" if "error" in row else "")
+        for row in measured
+        if NEXT_COMPILE not in row
+    ]
     study_s = sum(_fold_seconds(row, first=True) + (FOLDS - 1) * _fold_seconds(row, first=False) for row in rows)
     devices = _devices()
     notes = [
         f"backend {keras.backend.backend()}, devices {devices}, {POLICY}, batch {plan.batch_size}, "
         f"{plan.steps} timed training steps per backbone after 1 compiling step; "
-        f"compiled in {plan.processes} worker process(es) at once, timed one at a time",
+        f"compiled in {plan.processes} worker process(es) at once, deepest first, timed one at a time",
         "'compile s' (build, first training step, first prediction) was measured while other processes compiled, "
         "which makes it longer than alone; the projection counts it for each backbone's first fold and "
         "\"next folds' compile s\" (a fresh model again, with XLA's persistent cache) for the other four",
+        "while one process timed its steps, the others went on compiling, and XLA's autotuning runs trial "
+        "kernels on the same GPU: that can only slow the timed steps down",
     ]
+    if no_recompile:
+        notes.append(
+            f"next folds' compilation not measured within the budget for {', '.join(no_recompile)}: "
+            "the projection counts their first compilation for all 5 folds (an upper bound)"
+        )
     if unfinished:
         notes.append(
             f"not finished within the {plan.budget_s:.0f} s budget, left out of the projection: {', '.join(unfinished)}"
@@ -206,7 +250,7 @@ def _devices() -> str:
     if keras.backend.backend() == "jax":
         import jax
 
-        return ", ".join(str(d) for d in jax.devices())
+        return ", ".join(f"{d.device_kind} ({d.platform})" for d in jax.devices())
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
