@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.gpu import NEXT_COMPILE, projection
 from benchmarks.harness import git_commit, last_json_line
-from benchmarks.report import format_value, goals_table
+from benchmarks.report import format_value, goals_table, gpu_finding
 from engine import settings
 from tests.synthetic import make_dataset
 
@@ -105,3 +106,19 @@ def test_a_gpu_projection_over_part_of_the_backbones_is_not_called_met() -> None
     assert gpu_row(goals_table({"gpu": complete})).endswith("| met |")
     assert gpu_row(goals_table({"gpu": slow})).endswith("| not met |")
     assert gpu_row(goals_table({})).endswith("| not recorded |")
+
+
+def test_gpu_projection_parts_add_up_and_an_unmeasured_recompile_counts_as_the_first() -> None:
+    measured = {"backbone": "A", "train images/s": 2318.0, "eval images/s": 579.0, "compile s": 30.0}
+    rows = [{**measured, NEXT_COMPILE: 5.0}, {**measured, "backbone": "B"}]
+    parts = projection(rows)
+    # 5 folds x 10 epochs x (1 s training + 1 s validation) per backbone; B's next four folds count 30 s each.
+    assert parts == {
+        "training and validation": 200.0,
+        "first folds' compilation": 60.0,
+        "next folds' compilation": 4 * 5.0 + 4 * 30.0,
+    }
+    record = {"figures": {"gpu_study_projected_h": sum(parts.values()) / 3600.0}, "table": rows}
+    text = gpu_finding(record)
+    assert "training and validation take 0.0556 h" in text
+    assert "an upper bound: B's next folds' compilation was not measured" in text
