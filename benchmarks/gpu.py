@@ -88,28 +88,26 @@ def _measure_or_report(name: str, plan: Setting, cache_dir: str) -> None:
 
 
 def _compiled_model(name: str, plan: Setting, x: np.ndarray, y: np.ndarray):
-    """A fresh model as ``train_fold`` builds one, after its first training step and first prediction."""
-    import keras
+    """A fold's model as ``train_fold`` gets one, after its first training step and first prediction.
 
-    from engine.training import classifier
+    The first time, a fresh model compiled; after that, the fresh model's state in the compiled
+    model kept from the last time (``engine.compiled_models``).
+    """
+    from engine.training import classifier, compiled_model, program_key
 
-    keras.backend.clear_session()
-    model = classifier(name, n_classes=N_CLASSES, input_size=plan.input_size, weights=None, protocol=PAPER)
-    model.compile(
-        optimizer=keras.optimizers.Adam(PAPER.stages[0].learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    model.fit(x[: plan.batch_size], y[: plan.batch_size], batch_size=plan.batch_size, verbose=0)
-    model.predict(x[: plan.batch_size], batch_size=plan.batch_size, verbose=0)
+    key = program_key(PAPER, backbone=name, n_classes=N_CLASSES, input_size=plan.input_size)
+    fresh = classifier(name, n_classes=N_CLASSES, input_size=plan.input_size, weights=None, protocol=PAPER, seed=0)
+    with compiled_model(fresh, PAPER, key) as model:
+        model.fit(x[: plan.batch_size], y[: plan.batch_size], batch_size=plan.batch_size, verbose=0)
+        model.predict(x[: plan.batch_size], batch_size=plan.batch_size, verbose=0)
     return model
 
 
 def _measure(name: str, plan: Setting, cache_dir: Path) -> None:
-    """In a worker process: compile (first fold), time training and prediction holding the lock, compile again.
+    """In a worker process: compile (first fold), time training and prediction holding the lock, then a next fold.
 
-    The second compilation is what the next folds pay: the engine keeps XLA's persistent cache
-    (``engine.compilation``), so under JAX it is a load from that cache.
+    The next fold is what folds 2 to 5 pay: a fresh model built and its state put into the
+    compiled model of the fold before (``engine.compiled_models``).
     """
     import keras
 
@@ -215,7 +213,8 @@ def run(options: Options) -> Result:
         f"compiled in {plan.processes} worker process(es) at once, deepest first, timed one at a time",
         "'compile s' (build, first training step, first prediction) was measured while other processes compiled, "
         "which makes it longer than alone; the projection counts it for each backbone's first fold and "
-        "\"next folds' compile s\" (a fresh model again, with XLA's persistent cache) for the other four",
+        '"next folds\' compile s" (a fresh model built, its state put into the compiled model of the fold '
+        "before, as train_fold does) for the other four",
         "while one process timed its steps, the others went on compiling, and XLA's autotuning runs trial "
         "kernels on the same GPU: that can only slow the timed steps down",
     ]
@@ -251,7 +250,8 @@ def run(options: Options) -> Result:
             "policy": POLICY,
             "backend": keras.backend.backend(),
             "devices": devices,
-            "projection": f"per backbone, 1 fold x compile + {FOLDS - 1} folds x cached compile, and "
+            "next_folds": "the fold before's compiled model in the fresh model's state (engine.compiled_models)",
+            "projection": f"per backbone, 1 fold x compile + {FOLDS - 1} folds x next folds' compile, and "
             f"{FOLDS} folds x {PAPER.epochs} epochs x "
             f"({TRAIN_IMAGES_PER_FOLD} train + {TEST_IMAGES_PER_FOLD} validation images)",
         },

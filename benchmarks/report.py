@@ -195,6 +195,11 @@ def proposals(records: dict[str, dict | None]) -> str:
             "`<artifacts>/cache/xla`. Every fold builds a fresh model, and on the H200 (`gpu` below) compiling one "
             "took longer than training it for a whole fold; with the cache, the next folds of a backbone load the "
             "compiled program instead of compiling it again.",
+            "5. Applied on every backend: `engine/compiled_models.py`. A fold still builds its fresh, seeded model, "
+            "but when the fold before in the same process compiled the same program, it trains that compiled model "
+            "with the fresh model's variables and a freshly built optimizer's state, so Keras does not trace the "
+            "training step again (and JAX does not compile it). `tests/test_training.py` checks that a fold trained "
+            "this way gives the history and predictions of a fold trained on a newly compiled model.",
             "",
             gpu_finding(records.get("gpu")),
             "",
@@ -226,11 +231,15 @@ def gpu_finding(record: dict | None) -> str:
         f"{len(rows)} backbones (`gpu` below), against the paper's ~47 GPU-hours. Of it, training and validation "
         f"take {training} h; compiling takes the rest: {first} h for each backbone's first fold (measured while "
         f"other processes compiled) and {later} h for the next four{bound}. Compiling "
-        "runs on the CPU while the GPU waits, and the projection counts the study one fold after another. What "
-        "would bring it closer to 45 minutes: reusing a backbone's compiled training step across its folds (fresh "
-        "weights and optimizer state, the same program) instead of rebuilding and retracing the model, and "
-        "compiling the next backbone while the current one trains. Neither is in the engine yet; each needs a GPU "
-        "run to measure."
+        "runs mostly on the CPU while the GPU waits, and the projection counts the study one fold after another. "
+        + (
+            ""
+            if "next_folds" in record.get("settings", {})
+            else "This record predates `engine/compiled_models.py`: its next folds built, traced and compiled a new "
+            "model (XLA's persistent cache spared only the last step). A fold now puts its fresh model's state into "
+            "the compiled model of the fold before, which a new GPU run would measure. "
+        )
+        + "Compiling the next backbone while the current one trains is not in the engine."
     )
 
 

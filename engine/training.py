@@ -1,6 +1,7 @@
 """Train and evaluate one (backbone, fold) of a study, and keep the result on disk.
 
-A fresh model per fold; seeds set per run; the run is looked up before any work, so a finished
+A fresh model per fold (its state may be trained on the last fold's compiled program, which
+``engine.compiled_models`` explains); seeds set per run; the run is looked up before any work, so a finished
 fold is loaded, never trained again. Progress and cancellation go through two plain callables,
 which is all the background worker needs.
 """
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from engine import artifacts, atomic, compilation
+from engine import artifacts, atomic, compilation, compiled_models
 from engine.backbones import get_backbone, weights_identity
 from engine.datasets import Dataset
 from engine.metrics import fold_metrics
@@ -224,18 +226,65 @@ def _optimizer(protocol: Protocol, learning_rate: float):
     return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=protocol.beta_1, beta_2=protocol.beta_2)
 
 
-def _fit_stages(model, protocol: Protocol, x, y, val, callback, trainable_layers, cancelled) -> dict:
-    """Fit each stage in turn; ``y=None`` means ``x`` is a batch dataset that shuffles itself."""
+def _compile(model, protocol: Protocol, stage, trainable_layers) -> None:
+    """Compile ``model`` for ``stage`` and build its optimizer (whose fresh state a reused model goes back to)."""
+    for layer in trainable_layers:
+        layer.trainable = stage.trainable == "all"
+    model.compile(
+        optimizer=_optimizer(protocol, stage.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.optimizer.build(model.trainable_variables)
+
+
+def program_key(protocol: Protocol, *, backbone: str, n_classes: int, input_size: int) -> str | None:
+    """The key under which a fold's compiled model is kept for the next fold, or None: not kept.
+
+    A second stage changes what is trainable, which is a new program anyway, and a cached-features
+    fold trains a small head of its own.
+    """
+    if len(protocol.stages) != 1 or protocol.cached_features:
+        return None
+    return compiled_models.program_key(
+        backbone=backbone, n_classes=n_classes, input_size=input_size, protocol=protocol.to_dict()
+    )
+
+
+@contextmanager
+def compiled_model(fresh, protocol: Protocol, key: str | None) -> Iterator:
+    """``fresh`` compiled for the first stage, or the last fold's compiled model in ``fresh``'s state."""
+    first = protocol.stages[0]
+    with compiled_models.compiled_for(
+        fresh, key=key, compile_model=lambda m: _compile(m, protocol, first, [m.get_layer("backbone")])
+    ) as model:
+        if model is not fresh:
+            _carry_seeds(fresh, model)
+        yield model
+
+
+def _carry_seeds(fresh, kept) -> None:
+    """The fold's seeds into the kept model's configuration, so that it saves what a fresh model would.
+
+    Their effect is in the variables already: the head's initial weights and the augmentation's seed state.
+    """
+    kept.get_layer("head").kernel_initializer = fresh.get_layer("head").kernel_initializer
+    if any(layer.name == "augment" for layer in fresh.layers):
+        kept.get_layer("augment").seed = fresh.get_layer("augment").seed
+
+
+def _fit_stages(
+    model, protocol: Protocol, x, y, val, callback, trainable_layers, cancelled, *, compiled: bool = False
+) -> dict:
+    """Fit each stage in turn; ``y=None`` means ``x`` is a batch dataset that shuffles itself.
+
+    ``compiled``: the model is already compiled for the first stage.
+    """
     history: dict[str, list[float]] = {}
     done = 0
-    for stage in protocol.stages:
-        for layer in trainable_layers:
-            layer.trainable = stage.trainable == "all"
-        model.compile(
-            optimizer=_optimizer(protocol, stage.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+    for index, stage in enumerate(protocol.stages):
+        if index > 0 or not compiled:
+            _compile(model, protocol, stage, trainable_layers)
         array_options = {} if y is None else {"y": y, "batch_size": protocol.batch_size, "shuffle": True}
         fitted = model.fit(
             x,
@@ -293,81 +342,86 @@ def train_fold(
         backbone, fold, protocol.epochs, protocol.batch_size, on_progress, should_stop, cancelled
     )
 
-    model = classifier(
-        backbone,
-        n_classes=len(classes),
-        input_size=dataset.input_size,
-        weights=weights,
-        protocol=protocol,
-        seed=seed,
-    )
-    if protocol.cached_features:
-
-        def on_batch(step: int, steps: int) -> None:
-            if on_progress:
-                on_progress(Progress(backbone, fold, "features", 0, protocol.epochs, step, steps))
-
-        feats = cached_features(
-            dataset,
+    key = program_key(protocol, backbone=backbone, n_classes=len(classes), input_size=dataset.input_size)
+    compiled_models.release_other_than(key)
+    with ExitStack() as stack:
+        model = classifier(
             backbone,
+            n_classes=len(classes),
+            input_size=dataset.input_size,
             weights=weights,
-            views=protocol.feature_views,
-            artifacts_root=artifacts_root,
-            on_batch=on_batch,
-            should_stop=should_stop,
+            protocol=protocol,
+            seed=seed,
         )
-        views = feats.shape[1]
-        head_in = keras.Input((feats.shape[-1],))
-        head_layer = model.get_layer("head")
-        head = keras.Model(head_in, head_layer(head_in))
-        x_train = np.asarray(feats[train]).reshape(len(train) * views, -1)
-        y_train = np.repeat(labels[train], views)
-        val = (np.asarray(feats[test, 0]), labels[test])
-        history = _fit_stages(head, protocol, x_train, y_train, val, callback, [], cancelled)
-        if not cancelled:
-            proba = head.predict(val[0], batch_size=256, verbose=0)
-    else:
-        from engine.batches import ImageBatches
+        if protocol.cached_features:
 
-        batch_size = protocol.batch_size
-        x_train = ImageBatches(dataset.images, labels, train, batch_size=batch_size, seed=seed)
-        val = ImageBatches(dataset.images, labels, test, batch_size=batch_size)
-        history = _fit_stages(model, protocol, x_train, None, val, callback, [model.get_layer("backbone")], cancelled)
-        if not cancelled:
-            proba = model.predict(ImageBatches(dataset.images, None, test, batch_size=batch_size), verbose=0)
-    if cancelled:
-        raise Cancelled(f"{backbone} fold {fold}: cancelled")
-    proba = np.asarray(proba, dtype=np.float64)
-    metrics = fold_metrics(labels[test], proba, classes)
-    spec = get_backbone(backbone)
-    config = {
-        "study_id": study["study_id"],
-        "backbone": backbone,
-        "fold": fold,
-        "n_folds": len(study["folds"]),
-        "seed": seed,
-        "input_size": dataset.input_size,
-        "protocol": protocol.to_dict(),
-        "dataset": study["dataset"],
-        "classes": list(classes),
-        "weights": weights_identity(spec, input_size=dataset.input_size, weights=weights),
-        "keras_version": keras.__version__,
-        "backend": keras.backend.backend(),
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
-    }
-    if save_model:
-        with atomic.atomic_path(path / "model.keras", suffix=".keras") as tmp:
-            model.save(tmp)
-    predictions = artifacts.predictions_csv(
-        [dataset.files[i] for i in test], [fold] * len(test), labels[test], proba, classes
-    )
-    artifacts.write_run(
-        path,
-        config=config,
-        history=history,
-        metrics=metrics,
-        predictions=predictions,
-        status={"seconds": round(time.time() - started, 2), "finished_at": time.time()},
-    )
-    return artifacts.read_run(path)
+            def on_batch(step: int, steps: int) -> None:
+                if on_progress:
+                    on_progress(Progress(backbone, fold, "features", 0, protocol.epochs, step, steps))
+
+            feats = cached_features(
+                dataset,
+                backbone,
+                weights=weights,
+                views=protocol.feature_views,
+                artifacts_root=artifacts_root,
+                on_batch=on_batch,
+                should_stop=should_stop,
+            )
+            views = feats.shape[1]
+            head_in = keras.Input((feats.shape[-1],))
+            head_layer = model.get_layer("head")
+            head = keras.Model(head_in, head_layer(head_in))
+            x_train = np.asarray(feats[train]).reshape(len(train) * views, -1)
+            y_train = np.repeat(labels[train], views)
+            val = (np.asarray(feats[test, 0]), labels[test])
+            history = _fit_stages(head, protocol, x_train, y_train, val, callback, [], cancelled)
+            if not cancelled:
+                proba = head.predict(val[0], batch_size=256, verbose=0)
+        else:
+            from engine.batches import ImageBatches
+
+            batch_size = protocol.batch_size
+            x_train = ImageBatches(dataset.images, labels, train, batch_size=batch_size, seed=seed)
+            val = ImageBatches(dataset.images, labels, test, batch_size=batch_size)
+            model = stack.enter_context(compiled_model(model, protocol, key))
+            layers = [model.get_layer("backbone")]
+            history = _fit_stages(model, protocol, x_train, None, val, callback, layers, cancelled, compiled=True)
+            if not cancelled:
+                proba = model.predict(ImageBatches(dataset.images, None, test, batch_size=batch_size), verbose=0)
+        if cancelled:
+            raise Cancelled(f"{backbone} fold {fold}: cancelled")
+        proba = np.asarray(proba, dtype=np.float64)
+        metrics = fold_metrics(labels[test], proba, classes)
+        spec = get_backbone(backbone)
+        config = {
+            "study_id": study["study_id"],
+            "backbone": backbone,
+            "fold": fold,
+            "n_folds": len(study["folds"]),
+            "seed": seed,
+            "input_size": dataset.input_size,
+            "protocol": protocol.to_dict(),
+            "dataset": study["dataset"],
+            "classes": list(classes),
+            "weights": weights_identity(spec, input_size=dataset.input_size, weights=weights),
+            "keras_version": keras.__version__,
+            "backend": keras.backend.backend(),
+            "n_train": int(len(train)),
+            "n_test": int(len(test)),
+        }
+        if save_model:
+            with atomic.atomic_path(path / "model.keras", suffix=".keras") as tmp:
+                model.save(tmp)
+        predictions = artifacts.predictions_csv(
+            [dataset.files[i] for i in test], [fold] * len(test), labels[test], proba, classes
+        )
+        artifacts.write_run(
+            path,
+            config=config,
+            history=history,
+            metrics=metrics,
+            predictions=predictions,
+            status={"seconds": round(time.time() - started, 2), "finished_at": time.time()},
+        )
+        return artifacts.read_run(path)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from engine import artifacts, settings
+from engine import artifacts, compiled_models, settings
 from engine.datasets import Dataset, import_dataset
 from engine.jobs import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
 from engine.metrics import flat_metrics
@@ -284,6 +284,7 @@ def run_worker(
             _requeue(store)
             while True:
                 runner.drain(store)
+                compiled_models.forget()
                 if not once:
                     time.sleep(IDLE_POLL_S)
                     continue

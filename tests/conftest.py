@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from engine import settings  # noqa: E402
+from engine import compiled_models, settings  # noqa: E402
 from tests.synthetic import make_dataset  # noqa: E402
 
 SHARED = settings.shared_dir()
@@ -19,6 +19,12 @@ requires_shared = pytest.mark.skipif(
     not (HAS_SHARED_DATA and HAS_SHARED_WEIGHTS),
     reason=f"real data and weights not found under {SHARED} (set CXR_SHARED to the shared folder)",
 )
+
+
+@pytest.fixture(autouse=True)
+def no_kept_model() -> None:
+    """Each test starts without a compiled model kept from another test's folds."""
+    compiled_models.forget()
 
 
 @pytest.fixture

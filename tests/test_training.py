@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
 
-from engine import artifacts
+from engine import artifacts, compiled_models, training
 from engine.datasets import import_dataset
 from engine.protocols import Protocol, Stage, get_protocol
 from engine.runner import run_study
@@ -108,6 +109,38 @@ def test_same_config_gives_the_same_predictions(paper_study, tiny_root, tmp_path
     a = [r["p[COVID-19]"] for r in artifacts.read_predictions(first)]
     b = [r["p[COVID-19]"] for r in artifacts.read_predictions(run)]
     assert a == b
+
+
+def test_a_fold_on_the_last_compiled_model_trains_and_saves_as_on_a_fresh_one(tiny_root, tmp_path, monkeypatch):
+    request = StudyRequest(protocol=get_protocol("paper").replace(epochs=2), n_folds=2, weights=None)
+    compiles = []
+    real_compile = training._compile
+    monkeypatch.setattr(training, "_compile", lambda *args: (compiles.append(args[0]), real_compile(*args)))
+
+    def fold(root, k: int) -> artifacts.RunResult:
+        dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
+        study = prepare_study(dataset, request, artifacts_root=root)
+        return train_fold(dataset=dataset, study=study, backbone="MobileNet-0.25", fold=k, artifacts_root=root)
+
+    fresh = fold(tmp_path / "fresh", 1)
+    compiled_models.forget()
+    fold(tmp_path / "reused", 0)
+    reused = fold(tmp_path / "reused", 1)
+    assert len(compiles) == 2, "the fold after fold 0 compiled a model of its own"
+    assert reused.history == fresh.history
+    assert artifacts.read_predictions(reused) == artifacts.read_predictions(fresh)
+    assert reused.metrics == fresh.metrics
+    # The saved configuration carries the fold's own seeds (auto-numbered layer names differ anyway).
+    seeds = []
+    for run in (fresh, reused):
+        layers = {layer["name"]: layer["config"] for layer in saved_config(run)["config"]["layers"]}
+        seeds.append((layers["augment"]["seed"], layers["head"]["kernel_initializer"]["config"]["seed"]))
+    assert seeds[0] == seeds[1] == (reused.config["seed"],) * 2
+
+
+def saved_config(run: artifacts.RunResult) -> dict:
+    with zipfile.ZipFile(run.path / "model.keras") as saved:
+        return json.loads(saved.read("config.json"))
 
 
 def test_frozen_protocol_learns_the_tiny_task(tiny_root, tmp_path):
