@@ -1,9 +1,9 @@
 """Train and evaluate one (backbone, fold) of a study, and keep the result on disk.
 
-A fresh model per fold (its state may be trained on the last fold's compiled program, which
-``engine.compiled_models`` explains); seeds set per run; the run is looked up before any work, so a finished
-fold is loaded, never trained again. Progress and cancellation go through two plain callables,
-which is all the background worker needs.
+A fresh model per fold (whose state may train on the fold before's compiled model, as
+``engine.compiled_models`` explains); seeds set per run; the run is looked up before any work, so
+a finished fold is loaded, never trained again. Progress and cancellation go through two plain
+callables, which is all the background worker needs.
 """
 
 from __future__ import annotations
