@@ -211,17 +211,17 @@ def gpu_finding(record: dict | None) -> str:
     """Where the projected GPU study's time goes, computed from the recorded rows."""
     if record is None:
         return "The GPU projection is not recorded yet (`gpu` below)."
-    from benchmarks.gpu import NEXT_COMPILE, projection
+    from benchmarks.gpu import FOLDS, NEXT_COMPILE, projection
 
     rows = record["table"]
-    training, first, later = (format_value(s / 3600.0) for s in projection(rows).values())
     hours = lambda seconds: format_value(seconds / 3600.0)  # noqa: E731
+    training, first, later = (hours(seconds) for seconds in projection(rows).values())
     unmeasured = [row for row in rows if NEXT_COMPILE not in row]
     bound = (
         " (an upper bound: "
         + ", ".join(f"{row['backbone']}'s next folds' compilation was not measured" for row in unmeasured)
         + ", so its first compilation is counted for them, "
-        + " + ".join(f"{hours(4 * row['compile s'])} h" for row in unmeasured)
+        + " + ".join(f"{hours((FOLDS - 1) * row['compile s'])} h" for row in unmeasured)
         + ")"
         if unmeasured
         else ""
