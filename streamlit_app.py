@@ -14,11 +14,11 @@ from pathlib import Path
 import streamlit as st
 
 from engine import settings
-from engine.backbones import PAPER_BACKBONES, REGISTRY
-from engine.jobs import JobRequest, JobStore
-from engine.protocols import PROTOCOLS
-from engine.study import ReadOnlyError
-from engine.worker import ensure_worker
+from engine.jobs.store import JobRequest, JobStore
+from engine.jobs.worker import ensure_worker
+from engine.models.backbones import PAPER_BACKBONES, REGISTRY
+from engine.training.protocols import PROTOCOLS
+from engine.training.study import ReadOnlyError
 from pages import common
 
 ALL_PAPER = "All 14 of the paper"

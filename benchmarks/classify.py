@@ -15,12 +15,12 @@ import numpy as np
 
 from benchmarks.harness import Options, Result
 from engine import settings
-from engine.datasets import import_dataset
-from engine.images import decode_xray
-from engine.inference import list_models, load_classifier
-from engine.protocols import FROZEN
-from engine.study import StudyRequest, prepare_study
-from engine.training import train_fold
+from engine.data.datasets import import_dataset
+from engine.data.images import decode_xray
+from engine.models.inference import list_models, load_classifier
+from engine.training.fold import train_fold
+from engine.training.protocols import FROZEN
+from engine.training.study import StudyRequest, prepare_study
 
 BACKBONE = "MobileNet"
 

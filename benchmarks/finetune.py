@@ -30,10 +30,10 @@ import numpy as np
 
 from benchmarks.harness import Options, Result, stopwatch
 from benchmarks.reference import batches_of, directory_iterator, reference_model
-from engine.backbones import get_backbone
-from engine.datasets import import_dataset
-from engine.protocols import PAPER
-from engine.training import classifier
+from engine.data.datasets import import_dataset
+from engine.models.backbones import get_backbone
+from engine.training.fold import classifier
+from engine.training.protocols import PAPER
 
 BACKBONE = "MobileNet-0.25"
 ROUNDS = 12
@@ -59,7 +59,7 @@ def _compile(model, *, jit_compile: bool | str = "auto") -> None:
 
 def _batches_fit(model, images: np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int):
     """Train ``model`` on batches ``first`` to ``first + count`` of ``rows``, read as ``train_fold`` reads them."""
-    from engine.batches import ImageBatches
+    from engine.training.batches import ImageBatches
 
     def fit(first: int, count: int) -> None:
         chosen = rows[first * batch_size : (first + count) * batch_size]

@@ -1,4 +1,4 @@
-"""Wall time of a cold and a warm 5-fold frozen study of MobileNet 1.0 (``engine.runner.run_study``).
+"""Wall time of a cold and a warm 5-fold frozen study of MobileNet 1.0 (``engine.training.runner.run_study``).
 
 Cold: a fresh artifacts folder, so the dataset is imported, the pooled features computed and
 every fold trained and saved. Warm: the same request on the same folder, where every fold is
@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.harness import Options, Result, stopwatch
-from engine.protocols import FROZEN
-from engine.runner import run_study
-from engine.study import StudyRequest
+from engine.training.protocols import FROZEN
+from engine.training.runner import run_study
+from engine.training.study import StudyRequest
 
 BACKBONE = "MobileNet"
 

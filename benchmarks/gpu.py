@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import Options, Result, stopwatch
-from engine.backbones import PAPER_BACKBONES
-from engine.protocols import PAPER
+from engine.models.backbones import PAPER_BACKBONES
+from engine.training.protocols import PAPER
 
 TRAIN_IMAGES_PER_FOLD = 2318
 TEST_IMAGES_PER_FOLD = 579
@@ -91,9 +91,9 @@ def _compiled_model(name: str, plan: Setting, x: np.ndarray, y: np.ndarray):
     """A fold's model as ``train_fold`` gets one, after its first training step and first prediction.
 
     The first time, a fresh model compiled; after that, the fresh model's state in the compiled
-    model kept from the last time (``engine.compiled_models``).
+    model kept from the last time (``engine.training.compiled_models``).
     """
-    from engine.training import classifier, compiled_model, program_key
+    from engine.training.fold import classifier, compiled_model, program_key
 
     key = program_key(PAPER, backbone=name, n_classes=N_CLASSES, input_size=plan.input_size)
     fresh = classifier(name, n_classes=N_CLASSES, input_size=plan.input_size, weights=None, protocol=PAPER, seed=0)
@@ -107,11 +107,11 @@ def _measure(name: str, plan: Setting, cache_dir: Path) -> None:
     """In a worker process: compile (first fold), time training and prediction holding the lock, then a next fold.
 
     The next fold is what folds 2 to 5 pay: a fresh model built and its state put into the
-    compiled model of the fold before (``engine.compiled_models``).
+    compiled model of the fold before (``engine.training.compiled_models``).
     """
     import keras
 
-    from engine.compilation import use_persistent_cache
+    from engine.training.compilation import use_persistent_cache
 
     use_persistent_cache(cache_dir)
     keras.mixed_precision.set_global_policy(POLICY)
@@ -250,7 +250,8 @@ def run(options: Options) -> Result:
             "policy": POLICY,
             "backend": keras.backend.backend(),
             "devices": devices,
-            "next_folds": "the fold before's compiled model in the fresh model's state (engine.compiled_models)",
+            "next_folds": "the fold before's compiled model in the fresh model's state "
+            "(engine.training.compiled_models)",
             "projection": f"per backbone, 1 fold x compile + {FOLDS - 1} folds x next folds' compile, and "
             f"{FOLDS} folds x {PAPER.epochs} epochs x "
             f"({TRAIN_IMAGES_PER_FOLD} train + {TEST_IMAGES_PER_FOLD} validation images)",

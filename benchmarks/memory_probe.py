@@ -4,9 +4,9 @@
 study of MobileNet 1.0. ``... train DATA ARTIFACTS SIZE WEIGHTS FEED``: import, then the paper-protocol
 training path for a few batches, with the training images either loaded as one array (``array``,
 the usual way, and the engine's until it read batches) or read batch by batch from the memory map
-by ``engine.batches.ImageBatches`` (``batches``, what ``engine.training.train_fold`` does).
+by ``engine.training.batches.ImageBatches`` (``batches``, what ``engine.training.fold.train_fold`` does).
 ``... features MODE SIZE WEIGHTS COUNT BATCH``: pooled features of COUNT images, the extractor
-called eagerly (``eager``, as ``engine.training.cached_features`` does) or compiled (``compiled``).
+called eagerly (``eager``, as ``engine.training.fold.cached_features`` does) or compiled (``compiled``).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ def _weights(text: str) -> str | None:
 
 
 def study(data: Path, artifacts: Path, size: int, weights: str, folds: int, epochs: int) -> dict:
-    from engine.protocols import FROZEN
-    from engine.runner import run_study
-    from engine.study import StudyRequest
+    from engine.training.protocols import FROZEN
+    from engine.training.runner import run_study
+    from engine.training.study import StudyRequest
 
     request = StudyRequest(protocol=FROZEN.replace(epochs=epochs), n_folds=folds, weights=_weights(weights))
     run_study(data, backbones=[BACKBONE], request=request, input_size=size, artifacts_root=artifacts)
@@ -42,9 +42,9 @@ def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> di
     import keras
     import numpy as np
 
-    from engine.datasets import import_dataset
-    from engine.protocols import PAPER
-    from engine.training import classifier
+    from engine.data.datasets import import_dataset
+    from engine.training.fold import classifier
+    from engine.training.protocols import PAPER
 
     dataset = import_dataset(data, input_size=size, artifacts=artifacts)
     after_import = peak_rss_mb()
@@ -58,7 +58,7 @@ def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> di
         x = np.asarray(dataset.images[train_rows])[..., None]
         model.fit(x, dataset.labels[train_rows], batch_size=batch, epochs=1, steps_per_epoch=TRAIN_STEPS, verbose=0)
     else:
-        from engine.batches import ImageBatches
+        from engine.training.batches import ImageBatches
 
         batches = ImageBatches(dataset.images, dataset.labels, train_rows, batch_size=batch, seed=0)
         model.fit(batches, epochs=1, steps_per_epoch=TRAIN_STEPS, verbose=0)
@@ -71,8 +71,8 @@ def features(mode: str, size: int, weights: str, count: int, batch: int) -> dict
     import keras
     import numpy as np
 
-    from engine.backbones import get_backbone
-    from engine.layers import ImageNetPreprocess
+    from engine.models.backbones import get_backbone
+    from engine.models.layers import ImageNetPreprocess
 
     spec = get_backbone(BACKBONE)
     inputs = keras.Input((size, size, 1))

@@ -1,7 +1,7 @@
 """Images per second delivered to the model with the paper's augmentation, four ways, same images.
 
 (a) the paper's way: ``ImageDataGenerator.flow_from_directory`` reading PNGs from disk;
-(b) the engine: batches read from the cached uint8 memory map (``engine.batches.ImageBatches``) through
+(b) the engine: batches read from the cached uint8 memory map (``engine.training.batches.ImageBatches``) through
 ``XRayAugment`` + ``ImageNetPreprocess`` in one compiled function (what ``model.fit`` runs before
 the backbone; each layer is its own XLA cluster under TensorFlow), and (b') both layers compiled
 as one XLA cluster;
@@ -20,9 +20,9 @@ import numpy as np
 
 from benchmarks.harness import Options, Result, stopwatch
 from benchmarks.reference import directory_iterator
-from engine.backbones import get_backbone
-from engine.datasets import import_dataset
-from engine.protocols import Augmentation
+from engine.data.datasets import import_dataset
+from engine.models.backbones import get_backbone
+from engine.training.protocols import Augmentation
 
 BACKBONE = "MobileNet"
 
@@ -56,7 +56,7 @@ def compiled_transforms(mode: str) -> dict[str, object]:
     import keras
     import tensorflow as tf
 
-    from engine.layers import ImageNetPreprocess, XRayAugment
+    from engine.models.layers import ImageNetPreprocess, XRayAugment
 
     augment = XRayAugment(**asdict(Augmentation()))
     preprocess = ImageNetPreprocess(mode)
@@ -87,8 +87,9 @@ def compiled_transforms(mode: str) -> dict[str, object]:
 
 
 def _engine_batches(images: np.ndarray, batch_size: int, seed: int):
-    """Shuffled batches read from the dataset's memory map, as ``engine.training.train_fold`` feeds ``model.fit``."""
-    from engine.batches import ImageBatches
+    """Shuffled batches read from the dataset's memory map, as ``engine.training.fold.train_fold`` "
+    "feeds ``model.fit``."""
+    from engine.training.batches import ImageBatches
 
     labels = np.zeros(len(images), dtype=np.int64)
     whole = (len(images) // batch_size) * batch_size

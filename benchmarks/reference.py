@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.backbones import get_backbone
+from engine.models.backbones import get_backbone
 
 PAPER_AUGMENTATION = {
     "rotation_range": 50,

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.backbones import PAPER_BACKBONES
+from engine.models.backbones import PAPER_BACKBONES
 
 ORDER = ("pipeline", "finetune_epoch", "frozen_study", "classify", "memory", "features", "gpu")
 
@@ -45,7 +45,8 @@ SECTIONS = {
         "Images per second delivered to the model with the paper's augmentation (rotation 50, shifts 0.2, zoom 0.1, "
         "both flips, 224x224, batch 32, MobileNet's preprocessing). The reference is tf_keras "
         "`ImageDataGenerator.flow_from_directory` with the paper's parameters reading the PNGs; the engine reads "
-        "batches from its cached uint8 memory map (`engine.batches.ImageBatches`, what `train_fold` feeds `model.fit`) "
+        "batches from its cached uint8 memory map (`engine.training.batches.ImageBatches`, what "
+        "`train_fold` feeds `model.fit`) "
         "through `XRayAugment` + `ImageNetPreprocess` in one compiled function, as `model.fit` runs them. "
         "`import_s` is the engine's one-off import (decode to the cache), paid once per dataset. "
         "XLA (`jit_compile=True`) cannot compile TensorFlow's `ImageProjectiveTransformV3` on the CPU, so (b') is "
@@ -55,7 +56,7 @@ SECTIONS = {
         "One paper-protocol training epoch of MobileNet alpha 0.25 with ImageNet weights (Adam 1e-3, batch 32, every "
         "layer trainable), the same network on both sides: reference = `flow_from_directory` + the architecture's "
         "`preprocess_input` in the generator feeding `model.fit` (one worker, as Keras 2's default); engine = "
-        "`engine.training.classifier` + `model.fit` on `ImageBatches` read from the cached uint8 memory map, as "
+        "`engine.training.fold.classifier` + `model.fit` on `ImageBatches` read from the cached uint8 memory map, as "
         "`train_fold` does. Training pass only (no validation). "
         "Each side gets one warm-up step (graph tracing) before the timed epoch, and the sides train in interleaved "
         "rounds; after each of its rounds, each side runs a full garbage collection, timed apart and not counted in "
@@ -64,12 +65,14 @@ SECTIONS = {
         "(2,318 images, several minutes per side on this machine); the command and settings below say which was used."
     ),
     "frozen_study": (
-        "Wall time of a 5-fold study of MobileNet 1.0 under the frozen protocol (`engine.runner.run_study`): cold = "
+        "Wall time of a 5-fold study of MobileNet 1.0 under the frozen protocol "
+        "(`engine.training.runner.run_study`): cold = "
         "fresh artifacts folder (import, pooled features of every image and its flipped view, 5 heads, models "
         "saved); warm = the same request on the same folder (every fold is found on disk)."
     ),
     "classify": (
-        "Latency of one upload through `engine.inference` (`Classifier.classify`: check, decode, preprocess, predict "
+        "Latency of one upload through `engine.models.inference` (`Classifier.classify`: check, "
+        "decode, preprocess, predict "
         "and closed-form Grad-CAM) with a MobileNet 1.0 model of a study, on the CPU."
     ),
     "memory": (
@@ -80,7 +83,7 @@ SECTIONS = {
     ),
     "features": (
         "Not in the issue; it backs a proposed engine change. Pooled-feature extraction of MobileNet 1.0 (the frozen "
-        "protocol's cold step) called eagerly batch by batch, as `engine.training.cached_features` does, against "
+        "protocol's cold step) called eagerly batch by batch, as `engine.training.fold.cached_features` does, against "
         "`predict_on_batch` (one compiled function), each in a fresh process: images per second and peak RSS."
     ),
     "gpu": (
@@ -167,7 +170,7 @@ def proposals(records: dict[str, dict | None]) -> str:
             "epoch pays it at most once, so the speedup leaves every side's collections out. The input pipeline's "
             "own speedup (`pipeline_speedup`) matters more where the network is fast: on a GPU.",
             "",
-            "1. Applied: `engine/training.py`, `cached_features` calls the extractor with "
+            "1. Applied: `engine/training/fold.py`, `cached_features` calls the extractor with "
             "`extractor.predict_on_batch(batch)` (one compiled function) instead of "
             "`extractor(batch, training=False)`, which ran layer by layer outside a graph. "
             f"features: {f('features', 'features_eager_images_per_s')} images/s and "
@@ -177,12 +180,13 @@ def proposals(records: dict[str, dict | None]) -> str:
             f"(x{f('features', 'features_compiled_speedup')}, measured on a loaded machine). A cold 5-fold frozen "
             f"study now takes {f('frozen_study', 'frozen_study_cold_s')} s (`frozen_study_cold_s`; the engine issue "
             f"asks under 300 s) and peaks at {f('memory', 'study_rss_mb')} MB (`study_rss_mb`).",
-            "2. Applied: `engine/batches.py`, `ImageBatches` (a `keras.utils.PyDataset`): `train_fold` feeds "
+            "2. Applied: `engine/training/batches.py`, `ImageBatches` (a `keras.utils.PyDataset`): `train_fold` feeds "
             "`model.fit` batches read from the memory-mapped cache (rows sorted within a batch, a seeded permutation "
             "per epoch) instead of copying the training split into one array. 20,000 images: "
             f"{f('memory', 'rss_20k_mb')} MB peak (`rss_20k_mb`) against {f('memory', 'rss_20k_one_array_mb')} MB "
             f"with the split as one array; the import alone peaks at {f('memory', 'rss_20k_import_mb')} MB.",
-            "3. Applied: `engine/layers.py`, the augmentation's bilinear warp is written with `keras.ops` gathers "
+            "3. Applied: `engine/models/layers.py`, the augmentation's bilinear warp is written with "
+            "`keras.ops` gathers "
             "(`bilinear_warp`; it gives the pixels of `keras.ops.image.affine_transform`, which a test checks), and "
             "under TensorFlow each of the two input layers runs as its own XLA cluster. TensorFlow's own "
             "projective-transform kernel, which XLA cannot compile on the CPU, was most of the pipeline's time. The "
@@ -191,11 +195,13 @@ def proposals(records: dict[str, dict | None]) -> str:
             "Both layers compiled as one cluster are slower "
             f"({f('pipeline', 'engine_xla_images_per_s')} images/s, (b')): fused with the 3-channel copy, XLA "
             "computes each warped pixel once per channel.",
-            "4. Applied for the JAX backend: `engine/compilation.py` keeps XLA's persistent compilation cache in "
+            "4. Applied for the JAX backend: `engine/training/compilation.py` keeps XLA's persistent "
+            "compilation cache in "
             "`<artifacts>/cache/xla`. Every fold builds a fresh model, and on the H200 (`gpu` below) compiling one "
             "took longer than training it for a whole fold; with the cache, the next folds of a backbone load the "
             "compiled program instead of compiling it again.",
-            "5. Applied on every backend: `engine/compiled_models.py`. A fold still builds its fresh, seeded model, "
+            "5. Applied on every backend: `engine/training/compiled_models.py`. A fold still builds "
+            "its fresh, seeded model, "
             "but when the fold before in the same process compiled the same program, it trains that compiled model "
             "with the fresh model's variables and a freshly built optimizer's state, so Keras does not trace the "
             "training step again (and JAX does not compile it). `tests/test_training.py` checks that a fold trained "
@@ -235,7 +241,8 @@ def gpu_finding(record: dict | None) -> str:
         + (
             ""
             if "next_folds" in record.get("settings", {})
-            else "This record predates `engine/compiled_models.py`: its next folds built, traced and compiled a new "
+            else "This record predates `engine/training/compiled_models.py`: its next folds built, traced "
+            "and compiled a new "
             "model (XLA's persistent cache spared only the last step). A fold now puts its fresh model's state into "
             "the compiled model of the fold before, which a new GPU run would measure. "
         )

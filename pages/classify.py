@@ -10,8 +10,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import explore
-from engine.inference import MAX_UPLOAD_BYTES, Classifier, ModelInfo, Prediction, list_models, load_classifier
+from engine.models.inference import MAX_UPLOAD_BYTES, Classifier, ModelInfo, Prediction, list_models, load_classifier
+from engine.reports import explore
 from pages import common
 
 common.require_router(__file__)

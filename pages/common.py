@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import explore, settings
+from engine import settings
+from engine.reports import explore
 
 NOT_A_DEVICE = (
     "Research tool, not a diagnostic device: results describe models trained on a public research "

@@ -6,8 +6,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from engine import explore
-from engine.stats import corrected_resampled_ttest, verdict
+from engine.evaluation.stats import corrected_resampled_ttest, verdict
+from engine.reports import explore
 from pages import common
 
 common.require_router(__file__)

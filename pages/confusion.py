@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import explore
+from engine.reports import explore
 from pages import common
 
 common.require_router(__file__)

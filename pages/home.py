@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import explore
+from engine.reports import explore
 from pages import common
 
 common.require_router(__file__)

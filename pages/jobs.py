@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from engine import settings
-from engine.jobs import DB_NAME, Job, JobStore
-from engine.worker import ensure_worker, worker_alive
+from engine.jobs.store import DB_NAME, Job, JobStore
+from engine.jobs.worker import ensure_worker, worker_alive
 from pages import common
 
 common.require_router(__file__)

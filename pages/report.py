@@ -6,8 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine import explore, settings
-from engine.report import reproduction_report
+from engine import settings
+from engine.reports import explore
+from engine.reports.reproduction import reproduction_report
 from pages import common
 
 common.require_router(__file__)

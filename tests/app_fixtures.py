@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from streamlit.runtime.pages_manager import PagesManager
 
-from engine.protocols import get_protocol
-from engine.runner import run_study
-from engine.study import StudyRequest
+from engine.training.protocols import get_protocol
+from engine.training.runner import run_study
+from engine.training.study import StudyRequest
 from tests.conftest import HAS_SHARED_WEIGHTS
 from tests.synthetic import make_dataset
 

@@ -9,7 +9,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from engine import compiled_models, settings  # noqa: E402
+from engine import settings  # noqa: E402
+from engine.training import compiled_models
 from tests.synthetic import make_dataset  # noqa: E402
 
 SHARED = settings.shared_dir()

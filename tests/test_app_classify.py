@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import engine.inference
-from engine.inference import list_models, load_classifier
+import engine.models.inference
+from engine.models.inference import list_models, load_classifier
 from tests import app_fixtures
 from tests.app_fixtures import TinyStudy
 from tests.synthetic import make_image
@@ -34,7 +34,7 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
 ) -> None:
     monkeypatch.setenv("CXR_ARTIFACTS", str(tiny_study.root))
     batches: list[list[str]] = []
-    classify = engine.inference.Classifier.classify
+    classify = engine.models.inference.Classifier.classify
 
     def counted(self, items):
         batches.append([name for name, _ in items])
@@ -43,7 +43,7 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     best = list_models(tiny_study.root)[0]
     image = png(0)
     expected = load_classifier(best.path).classify([("xray.png", image)])[0]
-    monkeypatch.setattr(engine.inference.Classifier, "classify", counted)
+    monkeypatch.setattr(engine.models.inference.Classifier, "classify", counted)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.run()
     at.switch_page("pages/classify.py").run()

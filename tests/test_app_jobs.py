@@ -1,6 +1,6 @@
 """The sidebar's launch form, the Jobs page and the read-only demo, through Streamlit's AppTest.
 
-No real worker runs here: ``engine.worker.ensure_worker`` is replaced by a recorder (the app
+No real worker runs here: ``engine.jobs.worker.ensure_worker`` is replaced by a recorder (the app
 imports it on every run, so the replacement is what the form calls). The browser test runs a
 real worker.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import engine.worker
-from engine.backbones import PAPER_BACKBONES
-from engine.jobs import JobRequest, JobStore
-from engine.study import ReadOnlyError
+import engine.jobs.worker
+from engine.jobs.store import JobRequest, JobStore
+from engine.models.backbones import PAPER_BACKBONES
+from engine.training.study import ReadOnlyError
 from tests import app_fixtures
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("served_navigation")
 @pytest.fixture
 def started_workers(monkeypatch: pytest.MonkeyPatch) -> list[Path | None]:
     calls: list[Path | None] = []
-    monkeypatch.setattr(engine.worker, "ensure_worker", lambda artifacts_root=None: calls.append(artifacts_root))
+    monkeypatch.setattr(engine.jobs.worker, "ensure_worker", lambda artifacts_root=None: calls.append(artifacts_root))
     return calls
 
 
@@ -167,7 +167,7 @@ def test_read_only_from_secrets_reaches_the_engine(artifacts_root: Path, monkeyp
     assert not at.exception
     assert not at.sidebar.get("form")
     with pytest.raises(ReadOnlyError):
-        engine.worker.ensure_worker(artifacts_root)
+        engine.jobs.worker.ensure_worker(artifacts_root)
 
 
 def test_read_only_jobs_page_creates_no_job_store(artifacts_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import explore
-from engine.stats import corrected_resampled_ttest
+from engine.evaluation.stats import corrected_resampled_ttest
+from engine.reports import explore
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy
 

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from engine.backbones import PAPER_BACKBONES, REGISTRY, MissingWeightsError, get_backbone, resolve_weights
-from engine.layers import ImageNetPreprocess
+from engine.models.backbones import PAPER_BACKBONES, REGISTRY, MissingWeightsError, get_backbone, resolve_weights
+from engine.models.layers import ImageNetPreprocess
 from tests.conftest import SHARED, requires_shared
 
 FEATURES = {

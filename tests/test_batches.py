@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.batches import ImageBatches
+from engine.training.batches import ImageBatches
 
 
 @pytest.fixture

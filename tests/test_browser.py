@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs import JobStore
-from engine.worker import worker_alive
+from engine.jobs.store import JobStore
+from engine.jobs.worker import worker_alive
 from tests import app_fixtures
 from tests.app_fixtures import TinyStudy
 from tests.conftest import SHARED

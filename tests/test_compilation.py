@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from engine.compilation import use_persistent_cache
+from engine.training.compilation import use_persistent_cache
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="checks the TensorFlow side")

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import engine.datasets as datasets_module
-from engine.classes import PAPER_CLASSES
-from engine.datasets import DatasetError, dataset_dir, import_dataset, load_dataset, read_manifest
-from engine.images import decode_xray
-from engine.splits import check_folds, stratified_folds
+import engine.data.datasets as datasets_module
+from engine.data.classes import PAPER_CLASSES
+from engine.data.datasets import DatasetError, dataset_dir, import_dataset, load_dataset, read_manifest
+from engine.data.images import decode_xray
+from engine.data.splits import check_folds, stratified_folds
 from tests.synthetic import make_dataset
 
 

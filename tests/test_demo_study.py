@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engine import settings
-from engine.inference import list_models, load_classifier
-from engine.report import reproduction_report
-from engine.study import summarize
+from engine.models.inference import list_models, load_classifier
+from engine.reports.reproduction import reproduction_report
+from engine.training.study import summarize
 from tests.synthetic import make_image
 
 DEMO = settings.PROJECT_ROOT / "artifacts"

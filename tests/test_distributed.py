@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine import artifacts, executors
-from engine.backbones import get_backbone, resolve_weights
-from engine.executors import TOPIC, ExecutorSettings, executor_settings, open_executor
-from engine.jobs import JobRequest, JobStore
+from engine.jobs import executors
+from engine.jobs.executors import TOPIC, ExecutorSettings, executor_settings, open_executor
+from engine.jobs.store import JobRequest, JobStore
+from engine.models.backbones import get_backbone, resolve_weights
+from engine.results import artifacts
 from tests.synthetic import make_dataset
 from tests.test_jobs import start_worker, watch
 

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine import artifacts, explore
-from engine.metrics import flat_metrics
+from engine.evaluation.metrics import flat_metrics
+from engine.reports import explore
+from engine.results import artifacts
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES, TINY_EPOCHS, TINY_FOLDS, TinyStudy
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import artifacts
-from engine.jobs import JobRequest, JobStore
+from engine.jobs.store import JobRequest, JobStore
+from engine.results import artifacts
 from tests.synthetic import make_dataset
 from tests.test_jobs import start_worker
 
@@ -44,7 +44,7 @@ def replace(src, dst):
     real_replace(src, dst)
 
 os.replace = replace
-from engine.cli import main
+from engine.cli.main import main
 sys.exit(main(["worker", "--once", "--artifacts", sys.argv[2]]))
 """
 

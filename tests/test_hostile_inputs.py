@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import engine.images as images_module
-from engine import atomic
-from engine.artifacts import predictions_csv
-from engine.datasets import DatasetError, import_dataset, read_manifest
-from engine.images import ImageError, decode_xray
-from engine.splits import check_folds
+import engine.data.images as images_module
+from engine.data.datasets import DatasetError, import_dataset, read_manifest
+from engine.data.images import ImageError, decode_xray
+from engine.data.splits import check_folds
+from engine.results import atomic
+from engine.results.artifacts import predictions_csv
 from tests.synthetic import make_dataset
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import DecodedImage, ImageError, decode_xray, looks_like_xray
+from engine.data.images import DecodedImage, ImageError, decode_xray, looks_like_xray
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **options) -> bytes:

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import artifacts
-from engine.cli import main
-from engine.inference import _cam_model, list_models, load_classifier
-from engine.protocols import get_protocol
-from engine.report import reproduction_report
-from engine.runner import run_study
-from engine.study import StudyRequest
+from engine.cli.main import main
+from engine.models.inference import _cam_model, list_models, load_classifier
+from engine.reports.reproduction import reproduction_report
+from engine.results import artifacts
+from engine.training.protocols import get_protocol
+from engine.training.runner import run_study
+from engine.training.study import StudyRequest
 from tests.synthetic import make_dataset, make_image
 
 REQUEST = StudyRequest(protocol=get_protocol("frozen").replace(epochs=20), n_folds=2, weights=None)

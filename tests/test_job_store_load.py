@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine.jobs import JobRequest, JobStore
+from engine.jobs.store import JobRequest, JobStore
 
 READER_PROCESSES = 3
 THREADS_PER_READER = 4
@@ -55,7 +55,7 @@ def _reader(root: str, barrier, out) -> None:
 
 
 def _writer(root: str, data: str, barrier, out) -> None:
-    import engine.study  # noqa: F401 - submit's checks import it; loaded before the start, not during the race
+    import engine.training.study  # noqa: F401 - submit's checks import it; loaded before the start, not during the race
 
     barrier.wait(timeout=120)
     errors, writes = [], 0

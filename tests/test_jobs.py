@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from engine import artifacts, settings
-from engine.cli import main as cli_main
-from engine.jobs import JobRequest, JobStore, UnknownJobError
-from engine.study import ReadOnlyError
-from engine.training import Progress
-from engine.worker import ProgressWriter, worker_alive
+from engine import settings
+from engine.cli.main import main as cli_main
+from engine.jobs.store import JobRequest, JobStore, UnknownJobError
+from engine.jobs.worker import ProgressWriter, worker_alive
+from engine.results import artifacts
+from engine.training.fold import Progress
+from engine.training.study import ReadOnlyError
 from tests.conftest import SHARED, requires_shared
 from tests.synthetic import make_dataset
 
@@ -215,7 +216,7 @@ def test_eta_covers_the_feature_step_alone_then_the_job_from_training_speed(
     job = store.submit(request(tiny_data, folds=4))
     task = store.claim_next(executor="test")
     clock = [1000.0]
-    monkeypatch.setattr("engine.worker.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("engine.jobs.worker.time.monotonic", lambda: clock[0])
     writer = ProgressWriter(store, store.get(job.id), task)
 
     def at(seconds: float, progress: Progress) -> float | None:

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from engine.layers import ImageNetPreprocess, XRayAugment, bilinear_warp
+from engine.models.layers import ImageNetPreprocess, XRayAugment, bilinear_warp
 
 
 def _images(n: int = 4, size: int = 16) -> np.ndarray:

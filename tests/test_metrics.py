@@ -6,7 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from engine.metrics import categorical_crossentropy, flat_metrics, fold_metrics, paper_metrics, per_class_from_confusion
+from engine.evaluation.metrics import (
+    categorical_crossentropy,
+    flat_metrics,
+    fold_metrics,
+    paper_metrics,
+    per_class_from_confusion,
+)
 
 CLASSES = ("COVID-19", "Normal", "Viral Pneumonia")
 Y = np.array([0, 0, 1, 1, 2, 2])

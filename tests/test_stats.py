@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from engine.stats import corrected_resampled_ttest, verdict
+from engine.evaluation.stats import corrected_resampled_ttest, verdict
 
 
 def test_matches_hand_computed_values() -> None:

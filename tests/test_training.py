@@ -9,12 +9,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from engine import artifacts, compiled_models, training
-from engine.datasets import import_dataset
-from engine.protocols import Protocol, Stage, get_protocol
-from engine.runner import run_study
-from engine.study import ReadOnlyError, StudyRequest, prepare_study, summarize
-from engine.training import train_fold
+from engine.data.datasets import import_dataset
+from engine.results import artifacts
+from engine.training import compiled_models
+from engine.training import fold as training
+from engine.training.fold import train_fold
+from engine.training.protocols import Protocol, Stage, get_protocol
+from engine.training.runner import run_study
+from engine.training.study import ReadOnlyError, StudyRequest, prepare_study, summarize
 from tests.synthetic import make_dataset
 
 TINY_PAPER = StudyRequest(protocol=get_protocol("paper").replace(epochs=1), n_folds=2, weights=None)
@@ -65,7 +67,7 @@ def test_second_run_trains_nothing(paper_study, tiny_root, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished fold was trained again")
 
-    monkeypatch.setattr("engine.training.classifier", refuse)
+    monkeypatch.setattr("engine.training.fold.classifier", refuse)
     again = run_study(tiny_root, backbones=["MobileNet-0.25"], request=TINY_PAPER, input_size=32, artifacts_root=root)
     assert again["study_id"] == study["study_id"]
     after = {p: p.stat().st_mtime_ns for p in (root / "studies").rglob("*") if p.is_file()}

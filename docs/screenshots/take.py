@@ -169,8 +169,8 @@ def queue_demo_job(root: Path, data: Path) -> str:
 
     Its own seed makes new folds, so it trains (a study that exists would be read from disk at once).
     """
-    from engine.jobs import JobRequest, JobStore
-    from engine.worker import ensure_worker
+    from engine.jobs.store import JobRequest, JobStore
+    from engine.jobs.worker import ensure_worker
 
     job = JobStore(root).submit(
         JobRequest(data=str(data), backbones=("MobileNet-0.25",), protocol="frozen", seed=DEMO_SEED)
@@ -180,8 +180,8 @@ def queue_demo_job(root: Path, data: Path) -> str:
 
 
 def stop_demo_job(root: Path, job_id: str) -> None:
-    from engine.jobs import JobStore
-    from engine.worker import worker_alive
+    from engine.jobs.store import JobStore
+    from engine.jobs.worker import worker_alive
 
     JobStore(root).cancel(job_id)
     deadline = time.monotonic() + 60

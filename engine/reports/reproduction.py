@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import artifacts, explore
-from engine.evaluation import list_evaluations
-from engine.study import summarize
+from engine.evaluation.external import list_evaluations
+from engine.reports import explore
+from engine.results import artifacts
+from engine.training.study import summarize
 
 PAPER_FAMILY = {
     "MobileNet": "MobileNet",

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.jobs import DB_NAME, Job, JobStore, Task
-from engine.worker import Outcome, attempt, error_text, say
+from engine.jobs.store import DB_NAME, Job, JobStore, Task
+from engine.jobs.worker import Outcome, attempt, error_text, say
 
 if TYPE_CHECKING:
     from distributed import Client, Future

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from engine import artifacts, atomic, settings
-from engine.classes import canonical_class
-from engine.images import IMAGE_SUFFIXES, ImageError, decode_xray
-from engine.inference import Classifier
-from engine.metrics import fold_metrics
+from engine import settings
+from engine.data.classes import canonical_class
+from engine.data.images import IMAGE_SUFFIXES, ImageError, decode_xray
+from engine.evaluation.metrics import fold_metrics
+from engine.models.inference import Classifier
+from engine.results import artifacts, atomic
 
 BATCH = 64
 

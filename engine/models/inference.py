@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine import artifacts, settings
-from engine.images import ImageError, decode_xray, looks_like_xray
+from engine import settings
+from engine.data.images import ImageError, decode_xray, looks_like_xray
+from engine.results import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
     """Load a ``.keras`` model of the artifacts folder with ``safe_mode=True``; nothing else."""
     import keras
 
-    import engine.layers  # noqa: F401  (registers the custom layers the model uses)
+    import engine.models.layers  # noqa: F401  (registers the custom layers the model uses)
 
     root = artifacts_root or settings.artifacts_dir()
     path = Path(path)

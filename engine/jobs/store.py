@@ -7,7 +7,7 @@ after a change, never half of one, whatever moment the worker is killed at. The 
 ``flock`` on ``<artifacts>/worker.lock`` while it lives; a ``running`` row only means something
 while that lock is held, which is how a killed worker's task is found and queued again.
 
-Reading jobs needs only the standard library: :mod:`engine.study` (and scikit-learn behind it)
+Reading jobs needs only the standard library: :mod:`engine.training.study` (and scikit-learn behind it)
 is imported when a request is checked, so ``jobs``/``logs`` commands and app readers start fast.
 """
 
@@ -25,11 +25,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine import artifacts, settings
-from engine.protocols import Protocol, get_protocol
+from engine import settings
+from engine.results import artifacts
+from engine.training.protocols import Protocol, get_protocol
 
 if TYPE_CHECKING:
-    from engine.study import StudyRequest
+    from engine.training.study import StudyRequest
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
@@ -98,7 +99,7 @@ class JobRequest:
 
     def validated(self) -> JobRequest:
         """The request checked and in canonical form (absolute data path, no repeated backbone)."""
-        from engine.study import check_backbones
+        from engine.training.study import check_backbones
 
         if isinstance(self.backbones, str):
             raise ValueError(f"backbones must be a list of names, got backbones={self.backbones!r}")
@@ -125,7 +126,7 @@ class JobRequest:
         return get_protocol(self.protocol).replace(epochs=self.epochs, batch_size=self.batch_size)
 
     def study_request(self) -> StudyRequest:
-        from engine.study import StudyRequest
+        from engine.training.study import StudyRequest
 
         weights = None if self.weights == "none" else self.weights
         return StudyRequest(protocol=self.study_protocol(), n_folds=self.folds, seed=self.seed, weights=weights)
@@ -291,7 +292,7 @@ class JobStore:
 
     def submit(self, request: JobRequest) -> Job:
         """Queue ``request``, or return the queued or running job that asks for the same thing."""
-        from engine.study import refuse_if_read_only
+        from engine.training.study import refuse_if_read_only
 
         refuse_if_read_only()
         request = request.validated()

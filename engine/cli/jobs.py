@@ -13,8 +13,8 @@ import time
 
 
 def job_request(args: argparse.Namespace):
-    from engine.cli import expand_arches
-    from engine.jobs import JobRequest
+    from engine.cli.main import expand_arches
+    from engine.jobs.store import JobRequest
 
     return JobRequest(
         data=args.data,
@@ -30,8 +30,8 @@ def job_request(args: argparse.Namespace):
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from engine.jobs import JobStore
-    from engine.worker import ensure_worker
+    from engine.jobs.store import JobStore
+    from engine.jobs.worker import ensure_worker
 
     store = JobStore(args.artifacts)
     asked_at = time.time()
@@ -61,7 +61,7 @@ def _job_line(job) -> list[str]:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from engine.jobs import JobStore
+    from engine.jobs.store import JobStore
 
     jobs = JobStore(args.artifacts).list_jobs()
     if args.json:
@@ -78,7 +78,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from engine.jobs import JobStore
+    from engine.jobs.store import JobStore
 
     job = JobStore(args.artifacts).cancel(args.job)
     if job.state in ("queued", "running"):
@@ -89,21 +89,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from engine.jobs import JobStore
+    from engine.jobs.store import JobStore
 
     sys.stdout.write(JobStore(args.artifacts).log(args.job))
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from engine.worker import run_worker
+    from engine.jobs.worker import run_worker
 
     return run_worker(args.artifacts, once=args.once)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the job commands to the ``python -m engine`` parser."""
-    from engine.cli import add_artifacts, add_study_options
+    from engine.cli.main import add_artifacts, add_study_options
 
     p = sub.add_parser("submit", help="queue a study for the background worker; prints the job id")
     add_study_options(p)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from engine import artifacts, settings
-from engine.datasets import import_dataset
-from engine.study import StudyRequest, check_backbones, prepare_study, refuse_if_read_only
-from engine.training import Progress, train_fold
+from engine import settings
+from engine.data.datasets import import_dataset
+from engine.results import artifacts
+from engine.training.fold import Progress, train_fold
+from engine.training.study import StudyRequest, check_backbones, prepare_study, refuse_if_read_only
 
 
 def run_study(

@@ -7,7 +7,7 @@ training for a whole ResNet50 fold. The programs of one backbone's folds are the
 (keyed by a hash of the program) turns the next folds' compilations into a load from disk: on the
 CPU, a fresh MobileNet's first training step went from 11.8 s to 3.9 s. TensorFlow on the CPU does
 not compile with XLA, so there is nothing to cache there. Within one process, the next fold of a
-single-stage protocol does not even trace its model again (``engine.compiled_models``); the cache
+single-stage protocol does not even trace its model again (``engine.training.compiled_models``); the cache
 serves what that cannot: a new worker process, another Dask worker, a protocol's second stage.
 """
 

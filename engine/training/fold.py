@@ -1,7 +1,7 @@
 """Train and evaluate one (backbone, fold) of a study, and keep the result on disk.
 
 A fresh model per fold (whose state may train on the fold before's compiled model, as
-``engine.compiled_models`` explains); seeds set per run; the run is looked up before any work, so
+``engine.training.compiled_models`` explains); seeds set per run; the run is looked up before any work, so
 a finished fold is loaded, never trained again. Progress and cancellation go through two plain
 callables, which is all the background worker needs.
 """
@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from engine import artifacts, atomic, compilation, compiled_models
-from engine.backbones import get_backbone, weights_identity
-from engine.datasets import Dataset
-from engine.metrics import fold_metrics
-from engine.protocols import Protocol
-from engine.splits import train_indices
+from engine.data.datasets import Dataset
+from engine.data.splits import train_indices
+from engine.evaluation.metrics import fold_metrics
+from engine.models.backbones import get_backbone, weights_identity
+from engine.results import artifacts, atomic
+from engine.training import compilation, compiled_models
+from engine.training.protocols import Protocol
 
 FEATURE_BATCH = 64
 PROGRESS_EVERY_S = 2.0
@@ -82,7 +83,7 @@ def classifier(
     """
     import keras
 
-    from engine.layers import ImageNetPreprocess, XRayAugment
+    from engine.models.layers import ImageNetPreprocess, XRayAugment
 
     spec = get_backbone(backbone_name)
     inputs = keras.Input((input_size, input_size, 1), name="xray")
@@ -110,7 +111,7 @@ def classifier(
 def _feature_extractor(backbone_name: str, input_size: int, weights: str | None):
     import keras
 
-    from engine.layers import ImageNetPreprocess
+    from engine.models.layers import ImageNetPreprocess
 
     spec = get_backbone(backbone_name)
     inputs = keras.Input((input_size, input_size, 1))
@@ -379,7 +380,7 @@ def train_fold(
             if not cancelled:
                 proba = head.predict(val[0], batch_size=256, verbose=0)
         else:
-            from engine.batches import ImageBatches
+            from engine.training.batches import ImageBatches
 
             batch_size = protocol.batch_size
             x_train = ImageBatches(dataset.images, labels, train, batch_size=batch_size, seed=seed)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import artifacts, atomic, settings
-from engine.backbones import get_backbone
-from engine.datasets import Dataset
-from engine.metrics import flat_metrics
-from engine.protocols import Protocol
-from engine.splits import stratified_folds
+from engine import settings
+from engine.data.datasets import Dataset
+from engine.data.splits import stratified_folds
+from engine.evaluation.metrics import flat_metrics
+from engine.models.backbones import get_backbone
+from engine.results import artifacts, atomic
+from engine.training.protocols import Protocol
 
 
 class ReadOnlyError(PermissionError):

@@ -24,8 +24,8 @@ def add_artifacts(parser: argparse.ArgumentParser) -> None:
 
 
 def add_study_options(parser: argparse.ArgumentParser) -> None:
-    from engine.backbones import REGISTRY
-    from engine.protocols import PROTOCOLS
+    from engine.models.backbones import REGISTRY
+    from engine.training.protocols import PROTOCOLS
 
     parser.add_argument("--data", required=True, help="dataset folder (one sub-folder per class) or its .zip")
     parser.add_argument(
@@ -46,8 +46,8 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 
 
 def study_request(args: argparse.Namespace):
-    from engine.protocols import get_protocol
-    from engine.study import StudyRequest
+    from engine.training.protocols import get_protocol
+    from engine.training.study import StudyRequest
 
     protocol = get_protocol(args.protocol).replace(epochs=args.epochs, batch_size=args.batch_size)
     weights = None if args.weights == "none" else "imagenet"
@@ -55,7 +55,7 @@ def study_request(args: argparse.Namespace):
 
 
 def expand_arches(arches: list[str]) -> list[str]:
-    from engine.backbones import PAPER_BACKBONES
+    from engine.models.backbones import PAPER_BACKBONES
 
     out: list[str] = []
     for name in arches:
@@ -93,8 +93,8 @@ TABLE_KEYS = ("accuracy", "precision", "recall", "f1", "macro_f1", "recall[COVID
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from engine.runner import run_study
-    from engine.study import summarize
+    from engine.training.runner import run_study
+    from engine.training.study import summarize
 
     request = study_request(args)
     study = run_study(
@@ -115,7 +115,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from engine.study import summarize
+    from engine.training.study import summarize
 
     rows = summarize(args.artifacts)
     if args.json:
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_summary)
 
-    from engine import cli_jobs, cli_models
+    from engine.cli import jobs as cli_jobs
+    from engine.cli import models as cli_models
 
     cli_jobs.register(sub)
     cli_models.register(sub)

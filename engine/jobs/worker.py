@@ -4,7 +4,7 @@
 at most one worker serves an artifacts folder and a killed worker's lock frees itself. On start it
 queues again whatever a killed worker left running; finished folds are read back from disk by
 ``train_fold``, never trained again. :func:`attempt` does one task and only talks to the store,
-so it runs in this process or on a Dask worker alike (:mod:`engine.executors`, chosen by
+so it runs in this process or on a Dask worker alike (:mod:`engine.jobs.executors`, chosen by
 ``CXR_EXECUTOR``); :func:`run_worker` is the loop that claims tasks and records their outcomes.
 """
 
@@ -22,15 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from engine import artifacts, compiled_models, settings
-from engine.datasets import Dataset, import_dataset
-from engine.jobs import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
-from engine.metrics import flat_metrics
-from engine.study import prepare_study, refuse_if_read_only
-from engine.training import Cancelled, Progress, train_fold
+from engine import settings
+from engine.data.datasets import Dataset, import_dataset
+from engine.evaluation.metrics import flat_metrics
+from engine.jobs.store import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
+from engine.results import artifacts
+from engine.training import compiled_models
+from engine.training.fold import Cancelled, Progress, train_fold
+from engine.training.study import prepare_study, refuse_if_read_only
 
 if TYPE_CHECKING:
-    from engine.executors import ExecutorSettings
+    from engine.jobs.executors import ExecutorSettings
 
 IDLE_POLL_S = 1.0
 STOP_POLL_S = 0.5
@@ -108,7 +110,7 @@ def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, di
 
 class TaskStore(Protocol):
     """The part of the job store that a running task uses: :class:`JobStore` itself in this process, a relay
-    on a Dask worker (:class:`engine.executors.RelayedStore`), which never opens the SQLite file."""
+    on a Dask worker (:class:`engine.jobs.executors.RelayedStore`), which never opens the SQLite file."""
 
     root: Path
 
@@ -269,7 +271,7 @@ def run_worker(
     ``executor`` defaults to the environment's choice (``CXR_EXECUTOR``), so the app starts the same
     worker whether tasks run here or on a cluster.
     """
-    from engine.executors import executor_settings, open_executor
+    from engine.jobs.executors import executor_settings, open_executor
 
     refuse_if_read_only()
     chosen = executor or executor_settings()

@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from engine.cli import add_artifacts
+from engine.cli.main import add_artifacts
 
 
 def _pick_model(args: argparse.Namespace):
-    from engine.inference import list_models, load_classifier
+    from engine.models.inference import list_models, load_classifier
 
     if args.model:
         return load_classifier(args.model, artifacts_root=args.artifacts)
@@ -22,7 +22,7 @@ def _pick_model(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from engine.evaluation import evaluate_folder
+    from engine.evaluation.external import evaluate_folder
 
     classifier = _pick_model(args)
     result = evaluate_folder(classifier, args.data, artifacts_root=args.artifacts)
@@ -78,7 +78,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from engine.report import reproduction_report
+    from engine.reports.reproduction import reproduction_report
 
     text = reproduction_report(args.artifacts)
     if args.out == "-":

@@ -28,9 +28,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from joblib import Parallel, delayed
 
-from engine import atomic, settings
-from engine.classes import canonical_class, sort_classes
-from engine.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, ImageError, decode_xray
+from engine import settings
+from engine.data.classes import canonical_class, sort_classes
+from engine.data.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, ImageError, decode_xray
+from engine.results import atomic
 
 DATASET_SCHEMA = 1
 IGNORED_FOLDERS = {"masks", "__macosx"}

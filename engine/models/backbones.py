@@ -1,7 +1,7 @@
 """The paper's 14 ``keras.applications`` backbones and two small MobileNets, one entry each.
 
 Each entry pairs the constructor with its own ``preprocess_input`` (and the mode the in-graph
-:class:`engine.layers.ImageNetPreprocess` reproduces), its default input size, and the official
+:class:`engine.models.layers.ImageNetPreprocess` reproduces), its default input size, and the official
 Keras file name of its no-top ImageNet weights. Weights are resolved in this order: the local
 weights folders (``CXR_WEIGHTS_DIR``), the Keras cache (``$KERAS_HOME/models``), then the normal
 Keras download; when none works, :class:`MissingWeightsError` names the file and the folders.

@@ -6,7 +6,7 @@
   datasets/<fingerprint>/manifest.json  files, labels, classes, import report
   datasets/<fingerprint>/images-<size>.npy   decoded uint8 cache (never committed)
   features/<key>.npy                   cached pooled features of the frozen protocol
-  cache/xla/                           JAX's persistent XLA compilation cache (engine.compilation)
+  cache/xla/                           JAX's persistent XLA compilation cache (engine.training.compilation)
   studies/<study_id>/study.json        dataset, protocol, folds (held-out indices), seed, size
   studies/<study_id>/runs/<backbone>/fold-<k>/
       config.json  history.json  metrics.json  predictions.csv  model.keras  status.json
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import atomic, settings
+from engine import settings
+from engine.results import atomic
 
 SCHEMA_VERSION = 1
 RUN_FILES = ("config.json", "history.json", "metrics.json", "predictions.csv")

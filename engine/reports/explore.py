@@ -1,6 +1,6 @@
 """Read-side access to studies for the explorer: every table the pages show, as pandas DataFrames.
 
-Everything here only reads the artifacts folder (see :mod:`engine.artifacts`) and the paper's
+Everything here only reads the artifacts folder (see :mod:`engine.results.artifacts`) and the paper's
 reference tables; nothing trains, and nothing imports streamlit, so the same tables serve the
 app, notebooks and tests.
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine import artifacts, settings
-from engine.metrics import flat_metrics, per_class_from_confusion
+from engine import settings
+from engine.evaluation.metrics import flat_metrics, per_class_from_confusion
+from engine.results import artifacts
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 COVID_RECALL = "recall[COVID-19]"
 COMPARISON_METRICS = (
     "accuracy",

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Augmentation:
-    """The paper's ``ImageDataGenerator`` arguments (see :mod:`engine.layers` for the mapping)."""
+    """The paper's ``ImageDataGenerator`` arguments (see :mod:`engine.models.layers` for the mapping)."""
 
     rotation: float = 50.0
     width_shift: float = 0.2

@@ -1,0 +1,1 @@
+"""Data: reading X-ray files and image folders into an imported, fingerprinted dataset and its folds."""

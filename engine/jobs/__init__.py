@@ -1,0 +1,1 @@
+"""Jobs: the persistent job store, the background worker and its executors (local or Dask)."""

@@ -1,0 +1,1 @@
+"""Training: protocols, studies and the training of one (backbone, fold)."""
