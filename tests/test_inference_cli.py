@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.cli.main import main
-from engine.models.inference import _cam_model, list_models, load_classifier
+from engine.models.inference import list_models, load_classifier
 from engine.reports.reproduction import reproduction_report
 from engine.results import artifacts
 from engine.training.protocols import get_protocol
@@ -77,18 +77,19 @@ def test_classify_a_batch_with_heatmaps_and_clean_errors(env):
 
 
 def test_closed_form_grad_cam_equals_autodiff_grad_cam(env):
+    import keras
     import tensorflow as tf
 
     root, _, _ = env
-    classifier = load_classifier(list_models(root)[0].path, artifacts_root=root)
+    info = list_models(root)[0]
+    classifier = load_classifier(info.path, artifacts_root=root)
     images = np.stack([make_image(k, 32, np.random.default_rng(k)) for k in range(3)])
-    _, heatmaps = classifier.predict_arrays(images)
-    model = classifier.model
-    fmap_model = _cam_model(model)
-    head = model.get_layer("head")
-    kernel, bias = head.get_weights()
+    proba, heatmaps = classifier.predict_arrays(images)
+    model = keras.saving.load_model(info.path, compile=False)
+    np.testing.assert_allclose(proba, model.predict_on_batch(images[..., None].astype("float32")), atol=1e-6)
+    kernel, bias = model.get_layer("head").get_weights()
     x = tf.constant(images[..., None].astype("float32"))
-    fmap, proba = fmap_model(x, training=False)
+    fmap = model.get_layer("backbone")(model.get_layer("preprocess")(x), training=False)
     with tf.GradientTape() as tape:
         tape.watch(fmap)
         logits = tf.matmul(tf.reduce_mean(fmap, axis=(1, 2)), kernel) + bias

@@ -1,10 +1,9 @@
 """Classify X-rays with a trained model of the artifacts folder, with a Grad-CAM heatmap.
 
 Every model here ends in global average pooling and one softmax layer, so Grad-CAM on the last
-convolutional map has a closed form: the gradient of class ``c``'s logit with respect to the map
-``A`` is ``W[:, c] / (h * w)`` at every position, hence Grad-CAM = ReLU(sum_k W[k, c] A_k)
-(up to a positive scale), which is CAM. One forward pass gives the probabilities and the map
-together, with no gradient tape and nothing rebuilt per image; it runs on any Keras backend.
+convolutional map has a closed form (``engine.models.serving``): one forward pass gives the
+probabilities and the map together, with no gradient tape and nothing rebuilt per image; it runs
+on any Keras backend.
 """
 
 from __future__ import annotations
@@ -16,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from engine import settings
 from engine.data.images import ImageError, decode_xray, looks_like_xray
+from engine.models import serving
 from engine.results import artifacts
 
 log = logging.getLogger(__name__)
@@ -98,51 +97,32 @@ def _inside(path: Path, root: Path) -> bool:
     return root.resolve() in path.resolve().parents
 
 
-def _cam_model(model):
-    """The same chain of layers (and weights), also returning the backbone's last feature map."""
-    import keras
-
-    inputs = keras.Input(model.input_shape[1:])
-    x, fmap = inputs, None
-    for layer in model.layers[1:]:
-        x = layer(x)
-        if layer.name == "backbone":
-            fmap = x
-    return keras.Model(inputs, [fmap, x])
-
-
 class Classifier:
-    """A loaded model with its classes; thread-safe, so one instance serves every session."""
+    """A loaded model with its classes; thread-safe, so one instance serves every session.
+
+    ``model`` is a serving graph (``engine.models.serving``): probabilities, class maps and
+    pooled features from one forward pass.
+    """
 
     def __init__(self, model, *, classes: tuple[str, ...], input_size: int, info: dict) -> None:
-
         self.model = model
         self.classes = classes
         self.input_size = input_size
         self.info = info
-        self.cam_model = _cam_model(model)
-        self.head_kernel = np.asarray(model.get_layer("head").get_weights()[0], dtype=np.float32)
         self._lock = threading.Lock()
+
+    def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The serving graph's outputs for uint8 images (N, S, S)."""
+        batch = np.asarray(images, dtype=np.float32)[..., None]
+        with self._lock:
+            raw = self.model.predict_on_batch(batch)
+        return {key: np.asarray(raw[key]) for key in serving.OUTPUTS}
 
     def predict_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and heatmaps (N, S, S) in [0, 1] for uint8 images (N, S, S)."""
-        batch = np.asarray(images, dtype=np.float32)[..., None]
-        with self._lock:
-            fmap, proba = self.cam_model.predict_on_batch(batch)
-        fmap = np.asarray(fmap, dtype=np.float32)
-        proba = np.asarray(proba, dtype=np.float64)
-        weights = self.head_kernel[:, proba.argmax(axis=1)].T
-        cams = np.maximum(np.einsum("nhwk,nk->nhw", fmap, weights), 0.0)
-        heatmaps = np.empty((len(cams), self.input_size, self.input_size), dtype=np.float32)
-        for i, cam in enumerate(cams):
-            peak = cam.max()
-            scaled = cam / peak if peak > 0 else cam
-            heatmaps[i] = np.asarray(
-                Image.fromarray(scaled.astype(np.float32), mode="F").resize(
-                    (self.input_size, self.input_size), Image.Resampling.BILINEAR
-                )
-            )
-        return proba, np.clip(heatmaps, 0.0, 1.0)
+        raw = self.outputs(images)
+        proba = raw["probabilities"].astype(np.float64)
+        return proba, serving.heatmaps(raw["class_maps"], proba.argmax(axis=1), size=self.input_size)
 
     def classify(self, items: list[tuple[str, bytes]]) -> list[Prediction]:
         """Check, decode and classify a batch of uploads; a bad file gets its error, the rest go on."""
@@ -184,7 +164,7 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     log.info("loaded model %s (%s fold %d) in %.1f s", path, run.backbone, run.fold, time.perf_counter() - started)
     return Classifier(
-        model,
+        serving.serving_model([model]),
         classes=tuple(run.config["classes"]),
         input_size=int(run.config["input_size"]),
         info={
