@@ -17,6 +17,7 @@ from engine import settings
 from engine.jobs.store import JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
 from engine.models.backbones import PAPER_BACKBONES, REGISTRY
+from engine.results import atomic
 from engine.training.protocols import PROTOCOLS
 from engine.training.study import ReadOnlyError
 from pages import common
@@ -52,10 +53,7 @@ def saved_upload(upload) -> Path:
         raise ValueError(f"{upload.name}: not a .zip archive (its content does not start like one)")
     target = common.artifacts_root() / "uploads" / f"{hashlib.sha256(data).hexdigest()}.zip"
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        partial.write_bytes(data)
-        partial.replace(target)
+        atomic.write_bytes(target, data)
     return target
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from engine.evaluation.stats import corrected_resampled_ttest, verdict
+from engine.evaluation.stats import DEFAULT_ALPHA, corrected_resampled_ttest, verdict
 from engine.reports import explore
 from pages import common
 
@@ -120,7 +120,7 @@ def pairwise_test(study_id: str, backbones: list[str], labels: dict[str, str]) -
         paired[a], paired[b], n_train=paired["n_train"].mean(), n_test=paired["n_test"].mean()
     )
     sentence = verdict(result, name_a=a, name_b=b, metric=labels[metric], higher_is_better=metric != "loss")
-    (st.success if result.p_value < 0.05 else st.info)(sentence)
+    (st.success if result.p_value < DEFAULT_ALPHA else st.info)(sentence)
     stats = st.columns(4)
     stats[0].metric("mean difference (A − B)", f"{result.mean_difference:+.4f}")
     stats[1].metric("t", f"{result.t:.3f}")

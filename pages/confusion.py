@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from engine.evaluation.metrics import confusion_rates
 from engine.reports import explore
 from pages import common
 
@@ -20,17 +21,9 @@ VIEWS = {
 }
 
 
-def percentages(matrix: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    counts = matrix.to_numpy(dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rows = np.nan_to_num(100 * counts / counts.sum(axis=1, keepdims=True))
-        columns = np.nan_to_num(100 * counts / counts.sum(axis=0, keepdims=True))
-    return rows, columns
-
-
 def heatmap(matrix: pd.DataFrame, *, view: str, title: str) -> go.Figure:
     """A heatmap whose hover shows the count, the row % and the column % of every cell."""
-    rows, columns = percentages(matrix)
+    rows, columns = (100 * rates for rates in confusion_rates(matrix.to_numpy()))
     counts = matrix.to_numpy()
     shown = {"counts": counts, "row": rows, "column": columns}[view]
     text = [[f"{v:.0f}" if view == "counts" else f"{v:.1f}%" for v in line] for line in shown]

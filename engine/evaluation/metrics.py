@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import confusion_matrix, roc_auc_score
 
 EPSILON = 1e-7
 
@@ -39,8 +39,21 @@ def categorical_crossentropy(y_true: np.ndarray, proba: np.ndarray) -> float:
     return float(-np.mean(np.log(picked)))
 
 
+def confusion_rates(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row divided by its sum (recall view) and each column by its sum (precision view); empty ones are 0."""
+    cm = np.asarray(cm, dtype=np.float64)
+    rows, columns = cm.sum(axis=1, keepdims=True), cm.sum(axis=0, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0), np.divide(
+        cm, columns, out=np.zeros_like(cm), where=columns > 0
+    )
+
+
 def per_class_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Sensitivity, specificity, precision and NPV of each class (one-vs-rest) from a confusion matrix."""
+    """Sensitivity, specificity, precision, NPV and F1 of each class (one-vs-rest) from a confusion matrix.
+
+    The one place these are computed: fold metrics, the pages and the report all use it. An
+    undefined ratio (no true or no predicted member) is 0, as scikit-learn's ``zero_division=0``.
+    """
     cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum()
     tp = np.diag(cm)
@@ -53,6 +66,7 @@ def per_class_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
         "specificity": div(tn, tn + fp),
         "precision": div(tp, tp + fp),
         "npv": div(tn, tn + fn),
+        "f1": div(2 * tp, 2 * tp + fp + fn),
         "support": cm.sum(axis=1),
     }
 
@@ -66,8 +80,7 @@ def fold_metrics(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...]
     labels = list(range(len(classes)))
     y_pred = proba.argmax(axis=1)
     cm = confusion_matrix(y_true, y_pred, labels=labels)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    one_vs_rest = per_class_from_confusion(cm)
+    per_class = per_class_from_confusion(cm)
     present = np.unique(y_true)
     auc: list[float] = []
     for k in labels:
@@ -78,20 +91,20 @@ def fold_metrics(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...]
         "loss": categorical_crossentropy(y_true, proba),
         "paper": paper_metrics(y_true, proba),
         "macro": {
-            "precision": float(np.mean(precision)),
-            "recall": float(np.mean(recall)),
-            "f1": float(np.mean(f1)),
+            "precision": float(np.mean(per_class["precision"])),
+            "recall": float(np.mean(per_class["sensitivity"])),
+            "f1": float(np.mean(per_class["f1"])),
         },
         "roc_auc_ovr": float(np.mean(valid_auc)) if valid_auc else None,
         "per_class": {
             name: {
-                "precision": float(precision[k]),
-                "recall": float(recall[k]),
-                "f1": float(f1[k]),
-                "specificity": float(one_vs_rest["specificity"][k]),
-                "npv": float(one_vs_rest["npv"][k]),
+                "precision": float(per_class["precision"][k]),
+                "recall": float(per_class["sensitivity"][k]),
+                "f1": float(per_class["f1"][k]),
+                "specificity": float(per_class["specificity"][k]),
+                "npv": float(per_class["npv"][k]),
                 "roc_auc": None if math.isnan(auc[k]) else float(auc[k]),
-                "support": int(support[k]),
+                "support": int(per_class["support"][k]),
             }
             for k, name in enumerate(classes)
         },

@@ -18,6 +18,17 @@ from scipy import stats as scipy_stats
 DEFAULT_ALPHA = 0.05
 
 
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) over folds; one fold has no spread, so its sd is 0.
+
+    The one rule for "mean ± sd over folds" everywhere: summaries, the comparison table, curve bands.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("values must hold at least one fold's value, got none")
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
 @dataclass(frozen=True)
 class PairedTest:
     """The result of comparing two models fold by fold; ``mean_difference`` is A minus B."""

@@ -339,13 +339,10 @@ class JobStore:
 
     def log(self, job_id: str) -> str:
         """The job's log, one line per event, oldest first."""
-        with self._transaction(write=False) as con:
-            self._row(con, job_id)
-            rows = con.execute("SELECT at, line FROM job_logs WHERE job_id = ? ORDER BY seq", (job_id,))
-            return "".join(f"{_clock(r['at'])}  {r['line']}\n" for r in rows)
+        return "".join(f"{_clock(at)}  {line}\n" for at, line in self.log_entries(job_id))
 
     def log_entries(self, job_id: str) -> list[tuple[float, str]]:
-        """The log as (time, line) pairs, for code that needs the exact times."""
+        """The log as (time, line) pairs, oldest first, with the exact times."""
         with self._transaction(write=False) as con:
             self._row(con, job_id)
             rows = con.execute("SELECT at, line FROM job_logs WHERE job_id = ? ORDER BY seq", (job_id,))

@@ -180,13 +180,18 @@ class ImageNetPreprocess(keras.layers.Layer):
     [-1, 1]), ``caffe`` (BGR, ImageNet mean subtracted) or ``torch`` (scale to [0, 1], ImageNet
     mean and std). A gray image has equal R, G and B, so the channel swap of ``caffe`` only
     reorders the means.
+
+    ``xla=False`` runs the same arithmetic without its XLA cluster (:func:`_xla`), for graphs
+    exported to LiteRT or ONNX, whose converters cannot read a compiled function. It is how the
+    layer runs, not what it computes, so it is not part of the saved config.
     """
 
-    def __init__(self, mode: str, **kwargs) -> None:
+    def __init__(self, mode: str, *, xla: bool = True, **kwargs) -> None:
         if mode not in ("tf", "caffe", "torch"):
             raise ValueError(f"mode must be 'tf', 'caffe' or 'torch', got mode={mode!r}")
         super().__init__(**kwargs)
         self.mode = mode
+        self.xla = bool(xla)
 
     def scale_and_shift(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel ``scale`` and ``shift``: the mode's preprocessing is ``gray * scale + shift`` per channel."""
@@ -199,7 +204,8 @@ class ImageNetPreprocess(keras.layers.Layer):
 
     def call(self, images):
         scale, shift = self.scale_and_shift()
-        return _to_channels(
+        to_channels = _to_channels if self.xla else _gray_to_channels
+        return to_channels(
             ops.cast(images, self.compute_dtype),
             ops.convert_to_tensor(scale, dtype=self.compute_dtype),
             ops.convert_to_tensor(shift, dtype=self.compute_dtype),

@@ -15,7 +15,9 @@ import pandas as pd
 
 from engine import settings
 from engine.evaluation.metrics import flat_metrics, per_class_from_confusion
+from engine.evaluation.stats import mean_sd
 from engine.results import artifacts
+from engine.training.study import summarize
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 COVID_RECALL = "recall[COVID-19]"
@@ -41,7 +43,8 @@ def _root(artifacts_root: Path | None) -> Path:
 
 def study_key(study_id: str, artifacts_root: Path | None = None) -> tuple[int, float]:
     """A cheap change marker for caching: the number of finished runs and the newest status time."""
-    statuses = list((artifacts.study_dir(study_id, _root(artifacts_root)) / "runs").glob("*/fold-*/status.json"))
+    runs = artifacts.study_dir(study_id, _root(artifacts_root)) / "runs"
+    statuses = [p for p in runs.glob("*/fold-*/status.json") if artifacts.is_complete(p.parent)]
     return len(statuses), max((p.stat().st_mtime for p in statuses), default=0.0)
 
 
@@ -112,17 +115,19 @@ def fold_metrics_long(study_id: str, artifacts_root: Path | None = None) -> pd.D
 def comparison_table(
     study_id: str, artifacts_root: Path | None = None, *, metrics: tuple[str, ...] = COMPARISON_METRICS
 ) -> pd.DataFrame:
-    """One row per backbone: folds done, then ``<metric> mean`` and ``<metric> std`` over folds."""
-    wide = fold_metrics(study_id, artifacts_root)
-    if wide.empty:
+    """One row per backbone: folds done, then ``<metric> mean`` and ``<metric> std`` over folds (``summarize``'s)."""
+    rows = summarize(_root(artifacts_root), study_ids=[study_id])
+    if not rows:
         return pd.DataFrame(columns=["backbone", "folds"])
-    present = [m for m in metrics if m in wide.columns]
-    grouped = wide.groupby("backbone")
-    table = pd.DataFrame({"folds": grouped["fold"].count()})
-    for metric in present:
-        table[f"{metric} mean"] = grouped[metric].mean()
-        table[f"{metric} std"] = grouped[metric].std(ddof=1).fillna(0.0)
-    return table.reset_index()
+    table = []
+    for row in sorted(rows, key=lambda r: r["backbone"]):
+        line: dict[str, object] = {"backbone": row["backbone"], "folds": row["folds_done"]}
+        for metric in metrics:
+            if metric in row["metrics"]:
+                line[f"{metric} mean"] = row["metrics"][metric]["mean"]
+                line[f"{metric} std"] = row["metrics"][metric]["std"]
+        table.append(line)
+    return pd.DataFrame(table)
 
 
 def best_per_column(table: pd.DataFrame) -> dict[str, str]:
@@ -213,11 +218,12 @@ def histories(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame
 
 
 def history_bands(curves: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation and fold count per (backbone, metric, epoch) of :func:`histories`."""
-    grouped = curves.groupby(["backbone", "metric", "epoch"])["value"]
-    bands = grouped.agg(mean="mean", std="std", folds="count").reset_index()
-    bands["std"] = bands["std"].fillna(0.0)
-    return bands
+    """Mean, sd (``stats.mean_sd``) and fold count per (backbone, metric, epoch) of :func:`histories`."""
+    rows = [
+        (backbone, metric, epoch, *mean_sd(group["value"]), len(group))
+        for (backbone, metric, epoch), group in curves.groupby(["backbone", "metric", "epoch"])
+    ]
+    return pd.DataFrame(rows, columns=["backbone", "metric", "epoch", "mean", "std", "folds"])
 
 
 def best_epochs(curves: pd.DataFrame) -> pd.DataFrame:

@@ -35,7 +35,6 @@ from engine import settings
 from engine.results import atomic
 
 SCHEMA_VERSION = 1
-RUN_FILES = ("config.json", "history.json", "metrics.json", "predictions.csv")
 
 
 def canonical_hash(obj: object, *, length: int = 12) -> str:

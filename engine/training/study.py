@@ -18,6 +18,7 @@ from engine import settings
 from engine.data.datasets import Dataset
 from engine.data.splits import stratified_folds
 from engine.evaluation.metrics import flat_metrics
+from engine.evaluation.stats import mean_sd
 from engine.models.backbones import get_backbone
 from engine.results import artifacts, atomic
 from engine.training.protocols import Protocol
@@ -101,14 +102,14 @@ def check_backbones(names: list[str], input_size: int) -> None:
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+    mean, sd = mean_sd(values)
+    return {"mean": mean, "std": sd}
 
 
-def summarize(artifacts_root: Path | None = None) -> list[dict]:
-    """Per (study, backbone): folds done and mean/std over folds of every flat metric."""
+def summarize(artifacts_root: Path | None = None, *, study_ids: list[str] | None = None) -> list[dict]:
+    """Per (study, backbone): folds done and mean/std over folds of every flat metric (all studies by default)."""
     rows = []
-    for study_id in artifacts.list_study_ids(artifacts_root):
+    for study_id in artifacts.list_study_ids(artifacts_root) if study_ids is None else study_ids:
         study = artifacts.read_study(study_id, artifacts_root)
         by_backbone: dict[str, list[artifacts.RunResult]] = {}
         for run in artifacts.study_runs(study_id, artifacts_root):
