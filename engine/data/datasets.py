@@ -117,11 +117,13 @@ def _path_key(relpath: str) -> tuple[str, ...]:
     return tuple(relpath.split("/"))
 
 
-def _class_entries(files: list[_File], report: ImportReport, where: str) -> list[_Entry]:
+def _class_entries(files: list[_File], report: ImportReport, where: str, *, single_class: bool = False) -> list[_Entry]:
     """Find the class folder of every image path: the level right below their common prefix.
 
     Paths are returned relative to that common prefix, so a folder and its ``.zip`` (which
-    usually adds a top folder) give the same paths and the same fingerprint.
+    usually adds a top folder) give the same paths and the same fingerprint. With
+    ``single_class`` (an external set may hold one class), images that all sit in one folder take
+    that folder's name, and images at the top level take the source's own name.
     """
     kept: list[tuple[tuple[str, ...], tuple[str, ...], _File]] = []
     for file in files:
@@ -143,6 +145,10 @@ def _class_entries(files: list[_File], report: ImportReport, where: str) -> list
             n += 1
         prefix = prefix[:n]
     depth = len(prefix)
+    if single_class and all(len(dirs) <= depth for _, dirs, _ in kept):
+        if depth == 0:
+            return [_Entry(file.relpath, where, file.read) for _, _, file in kept]
+        depth, prefix = depth - 1, prefix[:-1]
     entries = []
     for parts, dirs, file in kept:
         if len(dirs) <= depth:
@@ -279,11 +285,12 @@ def dataset_dir(fingerprint: str, artifacts: Path | None = None) -> Path:
     return (artifacts or settings.artifacts_dir()) / "datasets" / fingerprint
 
 
-def _need_two_classes(entries: list[_Entry], where: str) -> None:
+def _need_classes(entries: list[_Entry], where: str, minimum: int) -> None:
     classes = sort_classes({canonical_class(e.folder) for e in entries})
-    if len(classes) < 2:
+    if len(classes) < minimum:
         found = ", ".join(classes) or "none"
-        raise DatasetError(f"{where}: at least 2 class folders with readable images are needed, found {found}")
+        folders = "1 class folder" if minimum == 1 else f"{minimum} class folders"
+        raise DatasetError(f"{where}: at least {folders} with readable images are needed, found {found}")
 
 
 def _shrink_npy(path: Path, rows: int) -> None:
@@ -303,7 +310,7 @@ def _shrink_npy(path: Path, rows: int) -> None:
 
 
 def _decode_all(
-    entries: list[_Entry], tmp: Path, *, size: int, n_jobs: int, report: ImportReport, where: str
+    entries: list[_Entry], tmp: Path, *, size: int, n_jobs: int, report: ImportReport, where: str, min_classes: int
 ) -> list[_Entry]:
     """Decode ``entries`` into the ``.npy`` at ``tmp`` in order; returns those that were kept."""
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(entries), size, size))
@@ -320,10 +327,68 @@ def _decode_all(
         kept.append(entry)
     out.flush()
     del out
-    _need_two_classes(kept, where)
+    _need_classes(kept, where, min_classes)
     if len(kept) < len(entries):
         _shrink_npy(tmp, len(kept))
     return kept
+
+
+def _source_files(source: Path, where: str, report: ImportReport, stack: contextlib.ExitStack) -> list[_File]:
+    """The files of a folder, or of a ``.zip`` kept open on ``stack`` (read entry by entry, never extracted)."""
+    if source.is_dir():
+        return _folder_files(source, report)
+    if source.is_file() and source.suffix.lower() == ".zip":
+        try:
+            zf = stack.enter_context(zipfile.ZipFile(source))
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DatasetError(f"{where}: not a readable zip archive ({exc})") from None
+        return _zip_files(zf, where, report)
+    if source.exists():
+        raise DatasetError(f"{where}: expected a folder of class folders or a .zip archive")
+    raise DatasetError(f"{display_name(str(source))}: no such folder or file")
+
+
+def _unique_entries(
+    entries: list[_Entry], report: ImportReport, n_jobs: int
+) -> tuple[list[_Entry], list[tuple[str, str, str]]]:
+    """Entries with byte-identical twins dropped (and listed), with the (class, path, sha1) records of the rest."""
+    hashed = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_hash_entry)(e) for e in entries)
+    seen: dict[str, str] = {}
+    chosen: list[_Entry] = []
+    records: list[tuple[str, str, str]] = []
+    for entry, (sha, error) in zip(entries, hashed, strict=True):
+        if sha is None:
+            report.skipped.append({"file": entry.relpath, "reason": error or "could not be read"})
+        elif sha in seen:
+            report.duplicates.append({"file": entry.relpath, "same_bytes_as": seen[sha]})
+        else:
+            seen[sha] = entry.relpath
+            chosen.append(entry)
+            records.append((canonical_class(entry.folder), entry.relpath, sha))
+    return chosen, records
+
+
+def _write_manifest(
+    fingerprint: str, kept: list[_Entry], report: ImportReport, *, name: str, source: str, artifacts: Path | None
+) -> None:
+    labels_text = [canonical_class(e.folder) for e in kept]
+    for entry, label in zip(kept, labels_text, strict=True):
+        folders = report.class_folders.setdefault(label, [])
+        if entry.folder not in folders:
+            folders.append(entry.folder)
+    classes = sort_classes(set(labels_text))
+    report.counts = {c: labels_text.count(c) for c in classes}
+    manifest = {
+        "schema_version": DATASET_SCHEMA,
+        "name": name,
+        "source": source,
+        "fingerprint": fingerprint,
+        "classes": list(classes),
+        "files": [e.relpath for e in kept],
+        "labels": [classes.index(t) for t in labels_text],
+        "report": asdict(report),
+    }
+    atomic.write_json(dataset_dir(fingerprint, artifacts) / "manifest.json", manifest)
 
 
 def import_dataset(
@@ -333,74 +398,39 @@ def import_dataset(
     artifacts: Path | None = None,
     name: str | None = None,
     n_jobs: int = -1,
+    min_classes: int = 2,
 ) -> Dataset:
     """Import ``source`` (a folder of class folders, or a ``.zip`` of one) at ``input_size``.
 
-    Returns the cached dataset when the same files were imported at this size before.
+    Returns the cached dataset when the same files were imported at this size before. A study
+    needs two classes; ``min_classes=1`` admits a one-class set (an external check of one class).
     """
     source = Path(source)
     if input_size < 8:
         raise ValueError(f"input_size must be at least 8 pixels, got input_size={input_size!r}")
+    if min_classes not in (1, 2):
+        raise ValueError(f"min_classes must be 1 or 2, got min_classes={min_classes!r}")
     where = display_name(source.name) or display_name(str(source))
     report = ImportReport()
     with contextlib.ExitStack() as stack:
-        if source.is_dir():
-            files = _folder_files(source, report)
-        elif source.is_file() and source.suffix.lower() == ".zip":
-            try:
-                zf = stack.enter_context(zipfile.ZipFile(source))
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise DatasetError(f"{where}: not a readable zip archive ({exc})") from None
-            files = _zip_files(zf, where, report)
-        elif source.exists():
-            raise DatasetError(f"{where}: expected a folder of class folders or a .zip archive")
-        else:
-            raise DatasetError(f"{display_name(str(source))}: no such folder or file")
-        entries = _class_entries(files, report, where)
-        _need_two_classes(entries, where)
-
-        hashed = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_hash_entry)(e) for e in entries)
-        seen: dict[str, str] = {}
-        chosen: list[_Entry] = []
-        records: list[tuple[str, str, str]] = []
-        for entry, (sha, error) in zip(entries, hashed, strict=True):
-            if sha is None:
-                report.skipped.append({"file": entry.relpath, "reason": error or "could not be read"})
-            elif sha in seen:
-                report.duplicates.append({"file": entry.relpath, "same_bytes_as": seen[sha]})
-            else:
-                seen[sha] = entry.relpath
-                chosen.append(entry)
-                records.append((canonical_class(entry.folder), entry.relpath, sha))
-        _need_two_classes(chosen, where)
+        files = _source_files(source, where, report, stack)
+        entries = _class_entries(files, report, where, single_class=min_classes == 1)
+        _need_classes(entries, where, min_classes)
+        chosen, records = _unique_entries(entries, report, n_jobs)
+        _need_classes(chosen, where, min_classes)
         fingerprint = _fingerprint(records)
         folder = dataset_dir(fingerprint, artifacts)
-        manifest_path = folder / "manifest.json"
         images_path = folder / f"images-{input_size}.npy"
-        if manifest_path.exists() and images_path.exists():
+        if (folder / "manifest.json").exists() and images_path.exists():
             return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
-
         with atomic.atomic_path(images_path, suffix=".npy") as tmp:
-            kept = _decode_all(chosen, tmp, size=input_size, n_jobs=n_jobs, report=report, where=where)
-    labels_text = [canonical_class(e.folder) for e in kept]
-    for entry, label in zip(kept, labels_text, strict=True):
-        folders = report.class_folders.setdefault(label, [])
-        if entry.folder not in folders:
-            folders.append(entry.folder)
-    classes = sort_classes(set(labels_text))
-    report.counts = {c: labels_text.count(c) for c in classes}
-    labels = np.array([classes.index(t) for t in labels_text], dtype=np.int64)
-    manifest = {
-        "schema_version": DATASET_SCHEMA,
-        "name": name or display_name(source.stem),
-        "source": display_name(str(source)),
-        "fingerprint": fingerprint,
-        "classes": list(classes),
-        "files": [e.relpath for e in kept],
-        "labels": labels.tolist(),
-        "report": asdict(report),
-    }
-    atomic.write_json(manifest_path, manifest)
+            kept = _decode_all(
+                chosen, tmp, size=input_size, n_jobs=n_jobs, report=report, where=where, min_classes=min_classes
+            )
+    source_text = display_name(str(source))
+    _write_manifest(
+        fingerprint, kept, report, name=name or display_name(source.stem), source=source_text, artifacts=artifacts
+    )
     return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
 
 

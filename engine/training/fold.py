@@ -304,6 +304,158 @@ def _fit_stages(
     return history
 
 
+@dataclass(frozen=True)
+class FoldPlan:
+    """What one (backbone, fold) trains on, checked before any work."""
+
+    study: dict
+    dataset: Dataset
+    backbone: str
+    fold: int
+    protocol: Protocol
+    seed: int
+    train: np.ndarray
+    test: np.ndarray
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.dataset.classes
+
+
+def plan_fold(dataset: Dataset, study: dict, backbone: str, fold: int) -> FoldPlan:
+    """The fold's split, protocol and seed; refuses a dataset that is not the study's."""
+    if dataset.fingerprint != study["dataset"]["fingerprint"]:
+        raise ValueError(
+            f"dataset {dataset.fingerprint} is not the one of study {study['study_id']} "
+            f"({study['dataset']['fingerprint']})"
+        )
+    return FoldPlan(
+        study=study,
+        dataset=dataset,
+        backbone=backbone,
+        fold=fold,
+        protocol=Protocol.from_dict(study["protocol"]),
+        seed=_seed(study, fold),
+        train=train_indices(study["folds"][fold], len(dataset)),
+        test=np.asarray(study["folds"][fold], dtype=np.int64),
+    )
+
+
+def _fresh_model(plan: FoldPlan):
+    return classifier(
+        plan.backbone,
+        n_classes=len(plan.classes),
+        input_size=plan.dataset.input_size,
+        weights=plan.study["weights"],
+        protocol=plan.protocol,
+        seed=plan.seed,
+    )
+
+
+@dataclass
+class FoldHooks:
+    """How a fold reports progress and learns it should stop; ``cancelled`` fills when it did."""
+
+    on_progress: ProgressFn | None
+    should_stop: StopFn | None
+    callback: object = None
+    cancelled: list[bool] = field(default_factory=list)
+
+
+def _train_head_on_cached_features(model, plan: FoldPlan, hooks: FoldHooks, artifacts_root):
+    """Frozen base: its pooled features once per dataset, then only the head trains on them."""
+    import keras
+
+    def on_batch(step: int, steps: int) -> None:
+        if hooks.on_progress:
+            hooks.on_progress(Progress(plan.backbone, plan.fold, "features", 0, plan.protocol.epochs, step, steps))
+
+    feats = cached_features(
+        plan.dataset,
+        plan.backbone,
+        weights=plan.study["weights"],
+        views=plan.protocol.feature_views,
+        artifacts_root=artifacts_root,
+        on_batch=on_batch,
+        should_stop=hooks.should_stop,
+    )
+    views = feats.shape[1]
+    labels = plan.dataset.labels
+    head_in = keras.Input((feats.shape[-1],))
+    head = keras.Model(head_in, model.get_layer("head")(head_in))
+    x_train = np.asarray(feats[plan.train]).reshape(len(plan.train) * views, -1)
+    y_train = np.repeat(labels[plan.train], views)
+    val = (np.asarray(feats[plan.test, 0]), labels[plan.test])
+    history = _fit_stages(head, plan.protocol, x_train, y_train, val, hooks.callback, [], hooks.cancelled)
+    proba = None if hooks.cancelled else head.predict(val[0], batch_size=256, verbose=0)
+    return model, history, proba
+
+
+def _train_on_images(model, plan: FoldPlan, hooks: FoldHooks, stack: ExitStack, key: str | None):
+    """Every image batch through the whole model (augmentation in the graph), stage after stage."""
+    from engine.training.batches import ImageBatches
+
+    images, labels, batch_size = plan.dataset.images, plan.dataset.labels, plan.protocol.batch_size
+    x_train = ImageBatches(images, labels, plan.train, batch_size=batch_size, seed=plan.seed)
+    val = ImageBatches(images, labels, plan.test, batch_size=batch_size)
+    model = stack.enter_context(compiled_model(model, plan.protocol, key))
+    layers = [model.get_layer("backbone")]
+    history = _fit_stages(
+        model, plan.protocol, x_train, None, val, hooks.callback, layers, hooks.cancelled, compiled=True
+    )
+    test = ImageBatches(images, None, plan.test, batch_size=batch_size)
+    proba = None if hooks.cancelled else model.predict(test, verbose=0)
+    return model, history, proba
+
+
+def batchnorm_momenta(model) -> list[float]:
+    """The distinct momenta of the backbone's BatchNorm layers: how fast fine-tuning replaces ImageNet statistics."""
+    import keras
+
+    layers = model.get_layer("backbone").layers
+    return sorted({float(layer.momentum) for layer in layers if isinstance(layer, keras.layers.BatchNormalization)})
+
+
+def _run_config(plan: FoldPlan, model) -> dict:
+    import keras
+
+    spec = get_backbone(plan.backbone)
+    return {
+        "study_id": plan.study["study_id"],
+        "backbone": plan.backbone,
+        "fold": plan.fold,
+        "n_folds": len(plan.study["folds"]),
+        "seed": plan.seed,
+        "input_size": plan.dataset.input_size,
+        "protocol": plan.protocol.to_dict(),
+        "dataset": plan.study["dataset"],
+        "classes": list(plan.classes),
+        "weights": weights_identity(spec, input_size=plan.dataset.input_size, weights=plan.study["weights"]),
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "n_train": int(len(plan.train)),
+        "n_test": int(len(plan.test)),
+        "batchnorm_momentum": batchnorm_momenta(model),
+    }
+
+
+def _save_run(path, plan: FoldPlan, model, history: dict, proba: np.ndarray, *, started: float, save_model: bool):
+    """The model first, then the run's files, ``status.json`` last (``artifacts.write_run``)."""
+    labels = plan.dataset.labels[plan.test]
+    if save_model:
+        with atomic.atomic_path(path / "model.keras", suffix=".keras") as tmp:
+            model.save(tmp)
+    files = [plan.dataset.files[i] for i in plan.test]
+    artifacts.write_run(
+        path,
+        config=_run_config(plan, model),
+        history=history,
+        metrics=fold_metrics(labels, proba, plan.classes),
+        predictions=artifacts.predictions_csv(files, [plan.fold] * len(files), labels, proba, plan.classes),
+        status={"seconds": round(time.time() - started, 2), "finished_at": time.time()},
+    )
+
+
 def train_fold(
     *,
     dataset: Dataset,
@@ -323,106 +475,25 @@ def train_fold(
     if done is not None:
         return done
     artifacts.clear_incomplete(path)
-    if dataset.fingerprint != study["dataset"]["fingerprint"]:
-        raise ValueError(
-            f"dataset {dataset.fingerprint} is not the one of study {study['study_id']} "
-            f"({study['dataset']['fingerprint']})"
-        )
-    protocol = Protocol.from_dict(study["protocol"])
-    weights = study["weights"]
-    seed = _seed(study, fold)
-    keras.utils.set_random_seed(seed)
+    plan = plan_fold(dataset, study, backbone, fold)
+    keras.utils.set_random_seed(plan.seed)
     compilation.use_persistent_cache(artifacts_root)
-    test = np.asarray(study["folds"][fold], dtype=np.int64)
-    train = train_indices(study["folds"][fold], len(dataset))
-    labels = dataset.labels
-    classes = dataset.classes
     started = time.time()
-    cancelled: list[bool] = []
-    callback = _progress_callback(
-        backbone, fold, protocol.epochs, protocol.batch_size, on_progress, should_stop, cancelled
+    protocol = plan.protocol
+    hooks = FoldHooks(on_progress, should_stop)
+    hooks.callback = _progress_callback(
+        backbone, fold, protocol.epochs, protocol.batch_size, on_progress, should_stop, hooks.cancelled
     )
-
-    key = program_key(protocol, backbone=backbone, n_classes=len(classes), input_size=dataset.input_size)
+    key = program_key(protocol, backbone=backbone, n_classes=len(plan.classes), input_size=dataset.input_size)
     compiled_models.release_other_than(key)
     with ExitStack() as stack:
-        model = classifier(
-            backbone,
-            n_classes=len(classes),
-            input_size=dataset.input_size,
-            weights=weights,
-            protocol=protocol,
-            seed=seed,
-        )
+        model = _fresh_model(plan)
         if protocol.cached_features:
-
-            def on_batch(step: int, steps: int) -> None:
-                if on_progress:
-                    on_progress(Progress(backbone, fold, "features", 0, protocol.epochs, step, steps))
-
-            feats = cached_features(
-                dataset,
-                backbone,
-                weights=weights,
-                views=protocol.feature_views,
-                artifacts_root=artifacts_root,
-                on_batch=on_batch,
-                should_stop=should_stop,
-            )
-            views = feats.shape[1]
-            head_in = keras.Input((feats.shape[-1],))
-            head_layer = model.get_layer("head")
-            head = keras.Model(head_in, head_layer(head_in))
-            x_train = np.asarray(feats[train]).reshape(len(train) * views, -1)
-            y_train = np.repeat(labels[train], views)
-            val = (np.asarray(feats[test, 0]), labels[test])
-            history = _fit_stages(head, protocol, x_train, y_train, val, callback, [], cancelled)
-            if not cancelled:
-                proba = head.predict(val[0], batch_size=256, verbose=0)
+            model, history, proba = _train_head_on_cached_features(model, plan, hooks, artifacts_root)
         else:
-            from engine.training.batches import ImageBatches
-
-            batch_size = protocol.batch_size
-            x_train = ImageBatches(dataset.images, labels, train, batch_size=batch_size, seed=seed)
-            val = ImageBatches(dataset.images, labels, test, batch_size=batch_size)
-            model = stack.enter_context(compiled_model(model, protocol, key))
-            layers = [model.get_layer("backbone")]
-            history = _fit_stages(model, protocol, x_train, None, val, callback, layers, cancelled, compiled=True)
-            if not cancelled:
-                proba = model.predict(ImageBatches(dataset.images, None, test, batch_size=batch_size), verbose=0)
-        if cancelled:
+            model, history, proba = _train_on_images(model, plan, hooks, stack, key)
+        if hooks.cancelled:
             raise Cancelled(f"{backbone} fold {fold}: cancelled")
         proba = np.asarray(proba, dtype=np.float64)
-        metrics = fold_metrics(labels[test], proba, classes)
-        spec = get_backbone(backbone)
-        config = {
-            "study_id": study["study_id"],
-            "backbone": backbone,
-            "fold": fold,
-            "n_folds": len(study["folds"]),
-            "seed": seed,
-            "input_size": dataset.input_size,
-            "protocol": protocol.to_dict(),
-            "dataset": study["dataset"],
-            "classes": list(classes),
-            "weights": weights_identity(spec, input_size=dataset.input_size, weights=weights),
-            "keras_version": keras.__version__,
-            "backend": keras.backend.backend(),
-            "n_train": int(len(train)),
-            "n_test": int(len(test)),
-        }
-        if save_model:
-            with atomic.atomic_path(path / "model.keras", suffix=".keras") as tmp:
-                model.save(tmp)
-        predictions = artifacts.predictions_csv(
-            [dataset.files[i] for i in test], [fold] * len(test), labels[test], proba, classes
-        )
-        artifacts.write_run(
-            path,
-            config=config,
-            history=history,
-            metrics=metrics,
-            predictions=predictions,
-            status={"seconds": round(time.time() - started, 2), "finished_at": time.time()},
-        )
-        return artifacts.read_run(path)
+        _save_run(path, plan, model, history, proba, started=started, save_model=save_model)
+    return artifacts.read_run(path)
