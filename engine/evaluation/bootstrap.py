@@ -8,14 +8,16 @@ resample keeps the study's class mix and a rare class such as COVID-19 never dro
 Two methods: ``percentile`` (Efron & Tibshirani ch. 13) and ``bca``, the bias-corrected and
 accelerated interval (Efron 1987, *JASA* 82:171), whose acceleration comes from within-class
 jackknife influence values as the stratified bootstrap requires (Davison & Hinkley 1997,
-*Bootstrap Methods and their Application*, sec. 3.7). BCa is offered where the figure is a function
-of weighted row sums (the confusion-matrix figures here, AUC and AP in ``discrimination``), so the
-jackknife costs matrix products instead of one call per image; a black-box ``metrics`` callable
-gets the percentile interval.
+*Bootstrap Methods and their Application*, sec. 3.7). The within-class jackknife deletes one image
+and re-weights the rest of its class, which needs figures that accept row weights: the
+confusion-matrix figures here and AUC/AP in ``discrimination`` do, so they offer BCa; a black-box
+``metrics`` callable only sees rows and gets the percentile interval.
 
-Speed: a figure is computed for every resample at once from ``counts @ features``, where ``counts``
-is the (resamples, rows) matrix of how often each row was drawn and ``features`` the per-row
-contributions (confusion-matrix cell, the paper's one-hot decisions, log-loss term).
+Speed: every confusion-based figure is a function of sums of per-row terms (the row's
+confusion-matrix cell, the paper's one-hot decisions, its log-loss term), so all resamples are
+summed at once: one ``np.bincount`` of (resample, cell) codes gives the (resamples, C, C) confusion
+matrices, and gathers of the other terms by the (resamples, rows) index array give the rest. No
+BLAS call: matrix products with a few columns are slow on cores shared with other work.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -109,11 +112,14 @@ def stratified_resample_indices(y_true: np.ndarray, *, n_resamples: int, seed: i
     and every model of a study computed with the same seed sees the same resampled images.
     """
     rng = np.random.default_rng(seed)
-    blocks = []
+    indices = np.empty((n_resamples, len(y_true)), dtype=np.intp)
+    start = 0
     for k in np.unique(y_true):
         members = np.flatnonzero(y_true == k)
-        blocks.append(members[rng.integers(0, len(members), size=(n_resamples, len(members)))])
-    return np.concatenate(blocks, axis=1)
+        draws = rng.integers(0, len(members), size=(n_resamples, len(members)), dtype=np.int32)
+        indices[:, start : start + len(members)] = members[draws]
+        start += len(members)
+    return indices
 
 
 def resample_counts(indices: np.ndarray, n_rows: int) -> np.ndarray:
@@ -161,6 +167,8 @@ def interval_from_replicates(
     tail = (1.0 - confidence) / 2.0
     levels = np.array([tail, 1.0 - tail])
     if method == "bca":
+        if jackknife is None or strata is None:
+            raise ValueError("method='bca' needs the leave-one-out values (jackknife) and each row's class (strata)")
         adjusted = _bca_levels(estimate, finite, levels, jackknife, strata)
         if adjusted is None:
             method = "percentile"
@@ -268,11 +276,11 @@ def bootstrap_confusion_metrics(
     """
     y_true, proba = check_predictions(y_true, proba, classes)
     check_resampling(n_resamples=n_resamples, confidence=confidence, seed=seed, method=method)
-    features = _row_features(y_true, proba)
-    counts = resample_counts(stratified_resample_indices(y_true, n_resamples=n_resamples, seed=seed), len(y_true))
-    estimate = _confusion_figures(features.sum(axis=0, keepdims=True), classes)
-    replicates = _confusion_figures(counts @ features, classes)
-    jackknife = _confusion_figures(_jackknife_sums(features, y_true), classes) if method == "bca" else {}
+    terms = _AdditiveTerms.of(y_true, proba)
+    indices = stratified_resample_indices(y_true, n_resamples=n_resamples, seed=seed)
+    estimate = _confusion_figures(terms.total(), classes)
+    replicates = _confusion_figures(terms.resampled(indices), classes)
+    jackknife = _confusion_figures(terms.jackknife(y_true), classes) if method == "bca" else {}
     return {
         name: interval_from_replicates(
             float(estimate[name][0]),
@@ -310,41 +318,68 @@ def bootstrap_difference(
     names = confusion_metric_names(classes)
     if metric not in names:
         raise ValueError(f"metric must be one of {names}, got metric={metric!r}")
-    features_a, features_b = _row_features(y_true, proba_a), _row_features(y_true, proba_b)
-    counts = resample_counts(stratified_resample_indices(y_true, n_resamples=n_resamples, seed=seed), len(y_true))
+    terms_a, terms_b = _AdditiveTerms.of(y_true, proba_a), _AdditiveTerms.of(y_true, proba_b)
+    indices = stratified_resample_indices(y_true, n_resamples=n_resamples, seed=seed)
 
-    def difference(weights_a: np.ndarray, weights_b: np.ndarray) -> np.ndarray:
-        return _confusion_figures(weights_a, classes)[metric] - _confusion_figures(weights_b, classes)[metric]
+    def difference(sums_a: np.ndarray, sums_b: np.ndarray) -> np.ndarray:
+        return _confusion_figures(sums_a, classes)[metric] - _confusion_figures(sums_b, classes)[metric]
 
-    estimate = difference(features_a.sum(axis=0, keepdims=True), features_b.sum(axis=0, keepdims=True))
-    replicates = difference(counts @ features_a, counts @ features_b)
-    jackknife = (
-        difference(_jackknife_sums(features_a, y_true), _jackknife_sums(features_b, y_true))
-        if method == "bca"
-        else None
-    )
+    estimate = difference(terms_a.total(), terms_b.total())
+    replicates = difference(terms_a.resampled(indices), terms_b.resampled(indices))
+    jackknife = difference(terms_a.jackknife(y_true), terms_b.jackknife(y_true)) if method == "bca" else None
     return interval_from_replicates(
         float(estimate[0]), replicates, confidence=confidence, method=method, jackknife=jackknife, strata=y_true
     )
 
 
-def _row_features(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """Each row's additive contributions: its confusion-matrix cell (C*C columns), then the paper's
-    true-positive and false-positive one-hot cells at 0.5, then its clipped log-loss term."""
-    n, c = proba.shape
-    rows = np.arange(n)
-    cells = np.zeros((n, c * c))
-    cells[rows, y_true * c + proba.argmax(axis=1)] = 1.0
-    above = proba > PAPER_THRESHOLD
-    paper_tp = above[rows, y_true]
-    paper_fp = above.sum(axis=1) - paper_tp
-    log_loss = -np.log(np.clip(proba[rows, y_true], EPSILON, 1.0 - EPSILON))
-    return np.column_stack([cells, paper_tp, paper_fp, log_loss])
+@dataclass(frozen=True)
+class _AdditiveTerms:
+    """Each row's additive terms: its confusion-matrix cell (true * C + predicted) and, in ``extras``,
+    the paper's true-positive and false-positive one-hot cells at 0.5 and its clipped log-loss term.
 
+    Sums are (m, C*C + 3): the C*C cell counts, then the sums of the three extras.
+    """
 
-def _jackknife_sums(features: np.ndarray, strata: np.ndarray) -> np.ndarray:
-    """Leave-one-out weighted sums of ``features``, one row per deleted image."""
-    return np.concatenate([weights @ features for weights in jackknife_weight_blocks(strata)])
+    cell: np.ndarray
+    extras: np.ndarray
+    n_cells: int
+
+    @classmethod
+    def of(cls, y_true: np.ndarray, proba: np.ndarray) -> _AdditiveTerms:
+        n, c = proba.shape
+        rows = np.arange(n)
+        above = proba > PAPER_THRESHOLD
+        paper_tp = above[rows, y_true]
+        paper_fp = above.sum(axis=1) - paper_tp
+        log_loss = -np.log(np.clip(proba[rows, y_true], EPSILON, 1.0 - EPSILON))
+        extras = np.column_stack([paper_tp, paper_fp, log_loss]).astype(np.float64)
+        return cls(cell=y_true * c + proba.argmax(axis=1), extras=extras, n_cells=c * c)
+
+    @cached_property
+    def dense(self) -> np.ndarray:
+        """The terms as an (n, C*C + 3) matrix, the cell one-hot."""
+        cells = np.zeros((len(self.cell), self.n_cells))
+        cells[np.arange(len(self.cell)), self.cell] = 1.0
+        return np.hstack([cells, self.extras])
+
+    def total(self) -> np.ndarray:
+        return self.dense.sum(axis=0, keepdims=True)
+
+    def resampled(self, indices: np.ndarray) -> np.ndarray:
+        """The sums over the rows of each resample (one row of ``indices`` each)."""
+        n_resamples = len(indices)
+        codes = self.cell[indices] + (np.arange(n_resamples) * self.n_cells)[:, None]
+        counts = np.bincount(codes.ravel(), minlength=n_resamples * self.n_cells).reshape(n_resamples, -1)
+        return np.column_stack([counts, *(column[indices].sum(axis=1) for column in self.extras.T)])
+
+    def jackknife(self, strata: np.ndarray) -> np.ndarray:
+        """Leave-one-out sums with the weights of ``jackknife_weight_blocks``, one row per deleted image."""
+        sizes = np.bincount(strata)
+        class_sums = np.stack([self.dense[strata == k].sum(axis=0) for k in range(len(sizes))])
+        own = class_sums[strata]
+        scale = (sizes / np.maximum(sizes - 1, 1))[strata][:, None]
+        deleted = self.total() - own + scale * (own - self.dense)
+        return np.where((sizes[strata] > 1)[:, None], deleted, self.total())
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -353,7 +388,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _confusion_figures(sums: np.ndarray, classes: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
-    """Every confusion-based figure from (m, C*C + 3) weighted sums of ``_row_features``, one value per row."""
+    """Every confusion-based figure from (m, C*C + 3) sums of ``_AdditiveTerms``, one value per row of sums."""
     c = len(classes)
     cm = sums[:, : c * c].reshape(-1, c, c)
     paper_tp, paper_fp, log_loss = sums[:, c * c], sums[:, c * c + 1], sums[:, c * c + 2]

@@ -128,8 +128,8 @@ def _logits(logits_or_proba: np.ndarray, inputs: str) -> np.ndarray:
     if inputs not in INPUTS:
         raise ValueError(f"inputs must be one of {INPUTS}, got inputs={inputs!r}")
     values = np.asarray(logits_or_proba, dtype=np.float64)
-    if values.ndim != 2 or values.shape[1] < 2 or not np.all(np.isfinite(values)):
-        raise ValueError(f"logits_or_proba must be a finite (n, C) array with C >= 2, got shape {values.shape}")
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] < 2 or not np.all(np.isfinite(values)):
+        raise ValueError(f"logits_or_proba must be a finite (n, C) array, n >= 1, C >= 2, got shape {values.shape}")
     if inputs == "logits":
         return values
     if values.min() < 0 or values.max() > 1 or np.max(np.abs(values.sum(axis=1) - 1.0)) > 1e-3:

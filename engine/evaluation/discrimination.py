@@ -137,8 +137,8 @@ def pr_curves(
 ) -> CurveSet:
     """One-vs-rest precision-recall curve and average precision of each class, pooled and per fold.
 
-    Average precision is sklearn's step-wise sum (no interpolation), the area a PR chart should show
-    with ``line_shape="vh"``; its chance level is the class's prevalence, not 0.5.
+    Average precision is sklearn's step-wise sum, precision times the recall each threshold adds (no
+    trapezoids, which overstate it); its chance level is the class's prevalence, not 0.5.
     """
 
     def curve(name: str, fold: int | None, positive: np.ndarray, score: np.ndarray) -> PrCurve:
