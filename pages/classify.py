@@ -17,7 +17,7 @@ from pages import common
 common.require_router(__file__)
 
 MAX_FILES = 50
-ACCEPTED = ("png", "jpg", "jpeg")
+ACCEPTED = ("png", "jpg", "jpeg", "dcm", "dicom")
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
@@ -151,7 +151,9 @@ st.caption(
     f"{chosen.title} · trained on {len(chosen.classes)} classes at {chosen.input_size} px · "
     f"accuracy on its held-out fold {chosen.accuracy:.3f}"
 )
-uploads = st.file_uploader("PNG or JPEG chest X-rays (one or many)", type=list(ACCEPTED), accept_multiple_files=True)
+uploads = st.file_uploader(
+    "PNG, JPEG or DICOM chest X-rays (one or many)", type=list(ACCEPTED), accept_multiple_files=True
+)
 show_heatmap = st.toggle("Show the Grad-CAM heatmap (where the model looked for its prediction)", value=True)
 if not uploads:
     st.info("Upload one or more frontal chest X-rays to see the model's class probabilities and heatmap.")

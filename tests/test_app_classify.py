@@ -57,8 +57,8 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     assert table.loc["xray.png", "predicted"] == expected.predicted
     for name, probability in expected.probabilities.items():
         assert table.loc["xray.png", f"p[{name}]"] == pytest.approx(probability, abs=1e-4)
-    assert "not a PNG or JPEG" in table.loc["notes.png", "error"]
-    assert "not a PNG or JPEG" in "\n".join(e.value for e in at.error)
+    assert "not a PNG, JPEG or DICOM" in table.loc["notes.png", "error"]
+    assert "not a PNG, JPEG or DICOM" in "\n".join(e.value for e in at.error)
     assert "very small image" in "\n".join(w.value for w in at.warning)
     assert f"Predicted: **{expected.predicted}**" in "\n".join(m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) == 2

@@ -27,6 +27,7 @@ def test_grayscale_png_is_resized_to_a_square_uint8_array():
     assert decoded.source_size == (50, 30)
     assert decoded.source_mode == "L"
     assert decoded.notes == ()
+    assert decoded.warnings == ()
 
 
 def test_sixteen_bit_png_is_scaled_to_the_full_8_bit_range_not_clipped():
@@ -79,7 +80,7 @@ def test_gif_is_refused_even_when_named_png():
     frames = [Image.new("L", (30, 30), v) for v in (10, 200)]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
-    with pytest.raises(ImageError, match=r"^anim\.png: GIF files are not accepted; use PNG or JPEG$"):
+    with pytest.raises(ImageError, match=r"^anim\.png: GIF files are not accepted; use PNG, JPEG or DICOM$"):
         decode_xray(buf.getvalue(), size=12, name="anim.png")
 
 
@@ -132,3 +133,32 @@ def test_looks_like_xray_warns_about_small_colour_and_odd_shapes():
 def test_looks_like_xray_is_quiet_for_a_large_gray_rgb_image():
     data = encode(Image.new("RGB", (512, 480), (90, 90, 90)))
     assert looks_like_xray(decode_xray(data, size=16), data) == []
+
+
+def test_warnings_recorded_while_decoding_come_back_first_through_looks_like_xray():
+    data = encode(Image.new("L", (300, 100), 90))
+    decoded = decode_xray(data, size=16)
+    recorded = DecodedImage(decoded.pixels, decoded.source_size, decoded.source_mode, (), ("DICOM modality CT: ...",))
+    assert looks_like_xray(recorded, data)[0] == "DICOM modality CT: ..."
+    assert looks_like_xray(recorded, data)[1:] == looks_like_xray(decoded, data)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("notes.png", "not an image Pillow can read (PNG, JPEG or DICOM expected)"),
+        ("notes.jpg", "not an image Pillow can read (PNG, JPEG or DICOM expected)"),
+        ("notes.dcm", "not a DICOM file (no DICM marker after the 128-byte preamble)"),
+        ("NOTES.DICOM", "not a DICOM file (no DICM marker after the 128-byte preamble)"),
+    ],
+)
+def test_unreadable_file_is_told_what_was_expected_by_its_suffix(name, reason):
+    with pytest.raises(ImageError) as caught:
+        decode_xray(b"plain text, not an image\n" * 10, size=8, name=name)
+    assert str(caught.value) == f"{name}: {reason}"
+
+
+def test_png_named_dcm_is_decoded_by_its_content():
+    decoded = decode_xray(encode(Image.new("L", (20, 20), 140)), size=8, name="actually-a-png.dcm")
+    assert decoded.source_mode == "L"
+    assert np.all(decoded.pixels == 140)

@@ -19,10 +19,16 @@ import io
 import re
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.data.images import ImageError
+
+if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset, FileDataset
+    from pydicom.uid import UID
 
 PREAMBLE_BYTES = 128
 MAGIC = b"DICM"
@@ -95,7 +101,7 @@ def read_dicom(data: bytes, *, name: str, max_pixels: int, max_bytes: int) -> Di
     try:
         _check_single_grayscale_image(ds, name=name, max_pixels=max_pixels)
         stored = _stored_values(ds, name=name)
-        notes = _header_notes(ds)
+        notes = _file_header_notes(ds)
         gray = _display_values(ds, stored, notes)
         photometric = str(ds.PhotometricInterpretation)
         if photometric == "MONOCHROME1":
@@ -110,7 +116,7 @@ def read_dicom(data: bytes, *, name: str, max_pixels: int, max_bytes: int) -> Di
         raise ImageError(f"{name}: damaged DICOM image header (an image element cannot be read)") from None
 
 
-def _read_dataset(data: bytes, *, name: str, max_bytes: int):
+def _read_dataset(data: bytes, *, name: str, max_bytes: int) -> FileDataset:
     """The file's meta information and its rendering and context elements, nothing else."""
     import pydicom
 
@@ -150,7 +156,7 @@ def _check_inflated_size(data: bytes, *, name: str, max_bytes: int) -> None:
         )
 
 
-def _bare_transfer_syntax(ds) -> str:
+def _bare_transfer_syntax(ds: FileDataset) -> UID:
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     implicit_vr, _ = ds.original_encoding
@@ -163,14 +169,14 @@ def _code_string(value: object) -> str | None:
     return text if CODE_STRING.fullmatch(text) else None
 
 
-def _check_single_grayscale_image(ds, *, name: str, max_pixels: int) -> None:
+def _check_single_grayscale_image(ds: Dataset, *, name: str, max_pixels: int) -> None:
     """Refuse what is not one grayscale frame of 8 to 16 bits within the pixel limit, from the header alone."""
     if "PixelData" not in ds:
         if "Rows" in ds:
             raise ImageError(f"{name}: DICOM image header without pixel data (truncated file?)")
         modality = _code_string(ds.get("Modality"))
-        kind = f"a {modality} object" if modality else "this object"
-        raise ImageError(f"{name}: DICOM without pixel data ({kind} is not an image)")
+        kind = f"Modality {modality}: " if modality else ""
+        raise ImageError(f"{name}: DICOM without pixel data ({kind}not an image, or a truncated file)")
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
         raise ImageError(f"{name}: multi-frame DICOM ({frames} frames) is not accepted; export a single image")
@@ -199,7 +205,7 @@ def _check_single_grayscale_image(ds, *, name: str, max_pixels: int) -> None:
         )
 
 
-def _stored_values(ds, *, name: str) -> np.ndarray:
+def _stored_values(ds: Dataset, *, name: str) -> np.ndarray:
     """The stored pixel values, decoded by pydicom once every size has been checked."""
     from pydicom.pixels import get_decoder
 
@@ -221,21 +227,21 @@ def _stored_values(ds, *, name: str) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:  # decoder plugins raise many types; their messages are technical
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageError(f"{name}: DICOM pixel data could not be decoded ({reason[:200]})") from None
+        reason = "; ".join(line.strip(" \t:") for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        raise ImageError(f"{name}: DICOM pixel data could not be decoded ({reason[:300]})") from None
     if stored.shape != (int(ds.Rows), int(ds.Columns)):
         raise ImageError(f"{name}: DICOM pixel data decoded to {stored.shape}, not {ds.Rows}x{ds.Columns}")
     return stored
 
 
-def _plugin_package(syntax) -> str:
+def _plugin_package(syntax: UID) -> str:
     """The pylibjpeg plugin that decodes ``syntax``: libjpeg for JPEG and JPEG-LS, openjpeg for JPEG 2000."""
     from pydicom.uid import JPEG2000TransferSyntaxes
 
     return "pylibjpeg-openjpeg" if syntax in JPEG2000TransferSyntaxes else "pylibjpeg-libjpeg"
 
 
-def _check_pixel_data_length(ds, *, name: str) -> None:
+def _check_pixel_data_length(ds: Dataset, *, name: str) -> None:
     """Native pixel data must hold exactly Rows x Columns values (plus the one pad byte of an odd length)."""
     expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
     actual = len(ds.PixelData)
@@ -246,7 +252,7 @@ def _check_pixel_data_length(ds, *, name: str) -> None:
         )
 
 
-def _check_frame_size(ds, *, name: str) -> None:
+def _check_frame_size(ds: Dataset, *, name: str) -> None:
     """A compressed frame must declare the header's Rows x Columns: a decoder allocates what the frame says."""
     from pydicom.encaps import generate_frames
 
@@ -260,9 +266,9 @@ def _check_frame_size(ds, *, name: str) -> None:
 
 def _codestream_size(frame: bytes) -> tuple[int, int] | None:
     """(width, height) that a JPEG, JPEG-LS or JPEG 2000 codestream declares; None for other codecs."""
-    if frame.startswith(J2K_SIZ_START) and len(frame) >= 26:
-        width = int.from_bytes(frame[10:14], "big") - int.from_bytes(frame[18:22], "big")
-        height = int.from_bytes(frame[14:18], "big") - int.from_bytes(frame[22:26], "big")
+    if frame.startswith(J2K_SIZ_START) and len(frame) >= 24:
+        width = int.from_bytes(frame[8:12], "big") - int.from_bytes(frame[16:20], "big")
+        height = int.from_bytes(frame[12:16], "big") - int.from_bytes(frame[20:24], "big")
         return width, height
     if not frame.startswith(b"\xff\xd8"):
         return None
@@ -272,45 +278,50 @@ def _codestream_size(frame: bytes) -> tuple[int, int] | None:
         if marker == 0xFF:
             offset += 1
         elif marker in JPEG_SOF_MARKERS:
-            return int.from_bytes(frame[offset + 7 : offset + 9], "big"), int.from_bytes(frame[offset + 5 : offset + 7], "big")
+            rows = int.from_bytes(frame[offset + 5 : offset + 7], "big")
+            columns = int.from_bytes(frame[offset + 7 : offset + 9], "big")
+            return columns, rows
         else:
             offset += 2 + int.from_bytes(frame[offset + 2 : offset + 4], "big")
     return None
 
 
-def _header_notes(ds) -> list[str]:
+def _file_header_notes(ds: FileDataset) -> list[str]:
     return ["DICOM without a file header: read as uncompressed little endian"] if ds.preamble is None else []
 
 
-def _has_rescale(ds) -> bool:
+def _has_rescale(ds: Dataset) -> bool:
     if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
         return False
     return (float(ds.RescaleSlope), float(ds.RescaleIntercept)) != (1.0, 0.0)
 
 
-def _display_values(ds, stored: np.ndarray, notes: list[str]) -> np.ndarray:
+def _display_values(ds: Dataset, stored: np.ndarray, notes: list[str]) -> np.ndarray:
     """Modality LUT, then VOI LUT or window, then 8 bits; MONOCHROME1 is still as stored."""
     from pydicom.pixels import apply_modality_lut
 
     values = apply_modality_lut(stored, ds)
+    transformed = bool(ds.get("ModalityLUTSequence")) or _has_rescale(ds)
     if ds.get("ModalityLUTSequence"):
         notes.append("DICOM: modality LUT applied")
-    elif _has_rescale(ds):
-        notes.append(f"DICOM: rescale slope {float(ds.RescaleSlope):g} intercept {float(ds.RescaleIntercept):g} applied")
+    elif transformed:
+        notes.append(
+            f"DICOM: rescale slope {float(ds.RescaleSlope):g} intercept {float(ds.RescaleIntercept):g} applied"
+        )
     voi = _voi_kind(ds)
     if voi is not None:
         try:
             return _apply_voi(ds, values, voi, notes)
         except (ValueError, NotImplementedError, IndexError, KeyError):
             notes.append(f"DICOM: its {voi} cannot be applied and is ignored")
-    if stored.dtype == np.uint8 and int(ds.BitsStored) == 8 and values is stored:
+    if stored.dtype == np.uint8 and int(ds.BitsStored) == 8 and not transformed:
         return stored
     lo, hi = float(values.min()), float(values.max())
     notes.append(f"DICOM: {int(ds.BitsStored)}-bit values scaled from [{lo:g}, {hi:g}] to 8 bits")
     return _to_8_bits(values, lo, hi)
 
 
-def _voi_kind(ds) -> str | None:
+def _voi_kind(ds: Dataset) -> str | None:
     """``"VOI LUT"`` or ``"window"``: which VOI step applies, the LUT first, as pydicom's ``apply_voi_lut``."""
     sequence = ds.get("VOILUTSequence")
     if sequence and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]:
@@ -320,7 +331,7 @@ def _voi_kind(ds) -> str | None:
     return None
 
 
-def _apply_voi(ds, values: np.ndarray, voi: str, notes: list[str]) -> np.ndarray:
+def _apply_voi(ds: Dataset, values: np.ndarray, voi: str, notes: list[str]) -> np.ndarray:
     """Apply the first VOI LUT or window and spread its output range over 0..255.
 
     A window's output range is what pydicom maps values far below and far above it to. A LUT's is
@@ -343,13 +354,11 @@ def _apply_voi(ds, values: np.ndarray, voi: str, notes: list[str]) -> np.ndarray
         center, width = ds["WindowCenter"], ds["WindowWidth"]
         function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
         shown = "" if function == "LINEAR" else f" {_code_string(function) or 'other'}"
-        notes.append(
-            f"DICOM: window C={_first(center):g} W={_first(width):g}{shown} applied{_first_of(center.VM)}"
-        )
+        notes.append(f"DICOM: window C={_first(center):g} W={_first(width):g}{shown} applied{_first_of(center.VM)}")
     return _to_8_bits(output, lo, hi)
 
 
-def _first(element) -> float:
+def _first(element: DataElement) -> float:
     return float(element.value[0] if element.VM > 1 else element.value)
 
 
@@ -364,15 +373,17 @@ def _to_8_bits(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
-def _context_warnings(ds) -> list[str]:
+def _context_warnings(ds: Dataset) -> list[str]:
     """Warnings for a DICOM that is probably not a chest radiograph, from Modality and Body Part Examined."""
     warnings_: list[str] = []
-    modality = ds.get("Modality")
-    if modality is not None and str(modality).strip().upper() not in RADIOGRAPHY:
+    modality = str(ds.get("Modality") or "").strip()
+    if modality and modality.upper() not in RADIOGRAPHY:
         shown = _code_string(modality) or "not CR or DX"
-        warnings_.append(f"DICOM modality {shown}: not a radiograph (CR or DX); the models were trained on chest X-rays")
-    body_part = ds.get("BodyPartExamined")
-    if body_part is not None and str(body_part).strip() and str(body_part).strip().upper() != "CHEST":
+        warnings_.append(
+            f"DICOM modality {shown}: not a radiograph (CR or DX); the models were trained on chest X-rays"
+        )
+    body_part = str(ds.get("BodyPartExamined") or "").strip()
+    if body_part and body_part.upper() != "CHEST":
         shown = _code_string(body_part) or "not CHEST"
         warnings_.append(f"DICOM body part {shown}: not CHEST; the models were trained on chest X-rays")
     return warnings_

@@ -4,8 +4,9 @@ Every way in (dataset import, the classify page, the CLI) goes through :func:`de
 the same rules hold everywhere: Pillow's decompression-bomb limit stays on and a lower pixel limit
 of our own is checked before any pixel is decoded, the EXIF orientation is applied, 16-bit images
 are scaled (not clipped) to 8 bits, transparency is flattened onto black (the colour of air on an
-X-ray), and animated PNGs use their first frame (the note says so). GIF and every other format are
-refused, whatever the file is named.
+X-ray), and animated PNGs use their first frame (the note says so). DICOM files are recognised by
+their content and rendered by :mod:`engine.data.dicom` (modality LUT, window, MONOCHROME1). GIF and
+every other format are refused, whatever the file is named.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+DICOM_SUFFIXES = (".dcm", ".dicom")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 64_000_000
 ACCEPTED_FORMATS = {"PNG", "JPEG", "MPO"}
@@ -36,6 +38,7 @@ class DecodedImage:
     source_size: tuple[int, int]  # (width, height) as displayed, after the EXIF orientation
     source_mode: str
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # found while reading (a DICOM's modality or body part); see looks_like_xray
 
 
 def _to_grayscale(img: Image.Image, notes: list[str]) -> np.ndarray:
@@ -55,7 +58,7 @@ def _to_grayscale(img: Image.Image, notes: list[str]) -> np.ndarray:
 
 
 def decode_xray(data: bytes, *, size: int, name: str = "image") -> DecodedImage:
-    """Decode ``data`` (PNG or JPEG bytes) into a ``(size, size)`` uint8 grayscale array.
+    """Decode ``data`` (PNG, JPEG or DICOM bytes) into a ``(size, size)`` uint8 grayscale array.
 
     Raises :class:`ImageError` with a one-line reason for anything that is not a usable image.
     """
@@ -65,11 +68,26 @@ def decode_xray(data: bytes, *, size: int, name: str = "image") -> DecodedImage:
         raise ImageError(f"{name}: empty file")
     if len(data) > MAX_FILE_BYTES:
         raise ImageError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB limit")
+    from engine.data import dicom  # here, not at the top: dicom imports ImageError from this module
+
+    if dicom.is_dicom(data):
+        image = dicom.read_dicom(data, name=name, max_pixels=MAX_PIXELS, max_bytes=MAX_FILE_BYTES)
+        height, width = image.gray.shape
+        return DecodedImage(_resized(image.gray, size), (width, height), image.source_mode, image.notes, image.warnings)
+    return _decode_with_pillow(data, size=size, name=name)
+
+
+def _resized(gray: np.ndarray, size: int) -> np.ndarray:
+    resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _decode_with_pillow(data: bytes, *, size: int, name: str) -> DecodedImage:
     notes: list[str] = []
     try:
         img = Image.open(io.BytesIO(data))
         if img.format not in ACCEPTED_FORMATS:
-            raise ImageError(f"{name}: {img.format or 'unknown'} files are not accepted; use PNG or JPEG")
+            raise ImageError(f"{name}: {img.format or 'unknown'} files are not accepted; use PNG, JPEG or DICOM")
         width, height = img.size
         if width * height > MAX_PIXELS:
             raise ImageError(
@@ -91,19 +109,20 @@ def decode_xray(data: bytes, *, size: int, name: str = "image") -> DecodedImage:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image Pillow can read (PNG or JPEG expected)") from None
+        if name.lower().endswith(DICOM_SUFFIXES):
+            raise ImageError(f"{name}: not a DICOM file (no DICM marker after the 128-byte preamble)") from None
+        raise ImageError(f"{name}: not an image Pillow can read (PNG, JPEG or DICOM expected)") from None
     except MemoryError:
         raise ImageError(f"{name}: too large to decode in the memory available") from None
     except Exception as exc:  # Pillow's plugins raise many types (struct.error, IndexError...) on malformed files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageError(f"{name}: corrupt or truncated image ({reason})") from None
-    resized = Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return DecodedImage(np.asarray(resized, dtype=np.uint8), (width, height), source_mode, tuple(notes))
+    return DecodedImage(_resized(gray, size), (width, height), source_mode, tuple(notes))
 
 
 def looks_like_xray(decoded: DecodedImage, raw: bytes) -> list[str]:
-    """Warnings for inputs that are probably not a chest X-ray (small, colour, odd shape)."""
-    warnings_: list[str] = []
+    """Warnings for inputs that are probably not a chest X-ray (small, colour, odd shape, a CT...)."""
+    warnings_: list[str] = list(decoded.warnings)
     width, height = decoded.source_size
     if min(width, height) < 128:
         warnings_.append(f"very small image ({width}x{height}); chest X-rays are usually 1000+ pixels wide")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import settings
+from engine.data.dicom import is_dicom
 from engine.data.images import ImageError, decode_xray, looks_like_xray
 from engine.models import serving
 from engine.results import artifacts
@@ -89,8 +90,8 @@ def check_upload(name: str, data: bytes) -> None:
         raise ImageError(f"{name}: empty file")
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageError(f"{name}: {len(data) / 2**20:.1f} MB is over the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
-    if not data.startswith(UPLOAD_SIGNATURES):
-        raise ImageError(f"{name}: not a PNG or JPEG file (its content does not start like one)")
+    if not (data.startswith(UPLOAD_SIGNATURES) or is_dicom(data)):
+        raise ImageError(f"{name}: not a PNG, JPEG or DICOM file (its content does not start like one)")
 
 
 def _inside(path: Path, root: Path) -> bool:
