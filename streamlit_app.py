@@ -19,7 +19,6 @@ from engine.jobs.worker import ensure_worker
 from engine.models.backbones import PAPER_BACKBONES, REGISTRY
 from engine.results import atomic
 from engine.training.protocols import PROTOCOLS
-from engine.training.study import ReadOnlyError
 from pages import common
 
 ALL_PAPER = "All 14 of the paper"
@@ -131,7 +130,7 @@ def submit(*, folder: str, upload, backbones: tuple[str, ...], options: dict) ->
             raise ValueError("give a dataset folder or upload a .zip")
         request = JobRequest(data=data, backbones=backbones, **options)
         job = JobStore(common.artifacts_root()).submit(request)
-    except (ReadOnlyError, ValueError) as exc:
+    except (settings.ReadOnlyError, ValueError) as exc:
         st.sidebar.error(str(exc))
         return
     ensure_worker(common.artifacts_root())

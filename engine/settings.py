@@ -48,6 +48,16 @@ def read_only() -> bool:
     return os.environ.get("CXR_READ_ONLY", "0").strip().lower() in TRUE_WORDS
 
 
+class ReadOnlyError(PermissionError):
+    """Something that writes results (training, a job, a new evaluation) was asked for on a read-only demo."""
+
+
+def refuse_if_read_only(what: str = "training and job submission are") -> None:
+    """Raise :class:`ReadOnlyError` on a hosted demo; ``what`` names what is refused, for the message."""
+    if read_only():
+        raise ReadOnlyError(f"this is a read-only demo (CXR_READ_ONLY=1): {what} disabled")
+
+
 def log_to_stderr(level: int = logging.INFO) -> None:
     """Send the ``engine`` loggers' records (model loads) to stderr, the server's log; once per process."""
     logger = logging.getLogger("engine")

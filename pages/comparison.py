@@ -67,7 +67,8 @@ def paper_table(comparison: pd.DataFrame, definition: str) -> None:
     ours = "per-class (macro)" if definition == "per-class" else "the paper's"
     st.caption(
         f"paper: the paper's mean over its 5 folds. study: this study's mean over its folds, with {ours} "
-        "precision/recall/F1. diff = study − paper. Only backbones of the paper trained here can be compared."
+        "precision/recall/F1. diff = study − paper, only where both use the same definition (per-class figures "
+        "are not comparable with the paper's pooled ones). Only backbones of the paper trained here are listed."
     )
     numbers = side.drop(columns=["in this study"])
     styled = numbers[side["in this study"]]
@@ -75,9 +76,9 @@ def paper_table(comparison: pd.DataFrame, definition: str) -> None:
         st.info("None of this study's backbones is one of the paper's 14; the paper's numbers are listed below.")
     else:
         st.dataframe(
-            styled.style.format("{:+.3f}", subset=[c for c in numbers if c.endswith("diff")]).format(
-                "{:.3f}", subset=[c for c in numbers if c.endswith(("paper", "study"))]
-            ),
+            styled.style.format(
+                "{:+.3f}", subset=[c for c in numbers if c.endswith("diff")], na_rep="not comparable"
+            ).format("{:.3f}", subset=[c for c in numbers if c.endswith(("paper", "study"))]),
             hide_index=True,
         )
     with st.expander("All 14 backbones of the paper's Table 1"):

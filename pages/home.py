@@ -45,7 +45,7 @@ with data_col:
     counts = st.columns(len(source.class_counts))
     for column, (name, count) in zip(counts, source.class_counts.items(), strict=True):
         column.metric(name, f"{count:,}")
-    st.caption(f"Imported from `{source.source}`")
+    st.caption(f"Imported from a folder or archive named `{source.source}`; the fingerprint identifies its files.")
 with protocol_col:
     st.subheader("Protocol")
     st.markdown(f"**{source.protocol}** · {source.n_folds}-fold stratified cross-validation · seed {source.seed}")

@@ -22,6 +22,30 @@ requires_shared = pytest.mark.skipif(
 )
 
 
+IN_CI = os.environ.get("CI", "").strip().lower() in settings.TRUE_WORDS
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember every skip (on the xdist controller too, which replays the workers' reports)."""
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (``CI=true``) a skipped test is a failure: a broken install must not pass as green.
+
+    The README promises every test runs with the dev requirements, Chromium and the shared data;
+    locally a missing piece still skips, with its reason.
+    """
+    if IN_CI and _skipped and not hasattr(session.config, "workerinput"):
+        names = "\n  ".join(sorted(set(_skipped)))
+        session.config.get_terminal_writer().line(
+            f"\nCI: {len(set(_skipped))} test(s) skipped, which CI counts as failures:\n  {names}", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(autouse=True)
 def no_kept_model() -> None:
     """Each test starts without a compiled model kept from another test's folds."""

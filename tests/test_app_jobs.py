@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 import engine.jobs.worker
 from engine.jobs.store import JobRequest, JobStore
 from engine.models.backbones import PAPER_BACKBONES
-from engine.training.study import ReadOnlyError
+from engine.settings import ReadOnlyError
 from tests import app_fixtures
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import json
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -30,6 +34,18 @@ def open_page(page: str | None = None, *, query: dict[str, str] | None = None) -
         at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def run_files(tiny: TinyStudy, backbone: str, name: str) -> list[dict]:
+    """A run file of every fold of ``backbone``, read straight from disk (not through the engine)."""
+    runs = tiny.root / "studies" / tiny.study_id / "runs" / backbone
+    return [json.loads((runs / f"fold-{k}" / name).read_text()) for k in range(TINY_FOLDS)]
+
+
+def predictions_of(tiny: TinyStudy, backbone: str, *, fold: int) -> list[dict[str, str]]:
+    path = tiny.root / "studies" / tiny.study_id / "runs" / backbone / f"fold-{fold}" / "predictions.csv"
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def texts(elements) -> str:
@@ -88,9 +104,10 @@ def test_comparison_table_toggle_and_paired_test(study_root: TinyStudy) -> None:
     means = at.dataframe[0].value
     assert sorted(means["backbone"]) == sorted(TINY_BACKBONES)
     assert {"accuracy", "precision (paper)", "F1 (macro)", "COVID-19 recall", "loss ±sd"} <= set(means.columns)
-    expected = explore.comparison_table(study_root.study_id, study_root.root).set_index("backbone")
     for _, row in means.iterrows():
-        assert row["accuracy"] == pytest.approx(expected.loc[row["backbone"], "accuracy mean"])
+        accuracy = [m["accuracy"] for m in run_files(study_root, row["backbone"], "metrics.json")]
+        assert row["accuracy"] == pytest.approx(np.mean(accuracy))
+        assert row["accuracy ±sd"] == pytest.approx(np.std(accuracy, ddof=1))
     assert "None of this study's backbones is one of the paper's 14" in texts(at.info)
     assert len(at.dataframe[1].value) == 14
 
@@ -117,34 +134,46 @@ def test_confusion_page_opens_the_view_of_a_shared_link(study_root: TinyStudy) -
     at = open_page("pages/confusion.py", query={"study": study_root.study_id, "backbone": backbone, "fold": "1"})
     assert at.selectbox(key="choose-backbone").value == backbone
     assert at.selectbox(key="choose-fold").value == 1
-    matrix = explore.confusion_matrix(study_root.study_id, backbone, 1, study_root.root)
     per_class = at.dataframe[0].value.set_index("class")
-    assert list(per_class["support"]) == list(matrix.sum(axis=1))
-    expected = explore.per_class_table(matrix).set_index("class")
-    assert per_class["sensitivity"].tolist() == pytest.approx(expected["sensitivity"].tolist())
+    rows = predictions_of(study_root, backbone, fold=1)
+    for name in per_class.index:
+        truly = [r for r in rows if r["true"] == name]
+        assert per_class.loc[name, "support"] == len(truly)
+        hits = sum(r["predicted"] == name for r in truly)
+        assert per_class.loc[name, "sensitivity"] == pytest.approx(hits / len(truly))
     assert len(at.get("plotly_chart")) == 1 + 3
 
     at.selectbox(key="choose-fold").set_value("all").run()
     at.selectbox(key="choose-vs").set_value(TINY_BACKBONES[0]).run()
     assert not at.exception
     assert len(at.get("plotly_chart")) == 2 + 3
-    total = explore.confusion_matrix(study_root.study_id, backbone, None, study_root.root)
-    assert list(at.dataframe[0].value["support"]) == list(total.sum(axis=1))
+    everyone = [r for fold in range(TINY_FOLDS) for r in predictions_of(study_root, backbone, fold=fold)]
+    shown = at.dataframe[0].value.set_index("class")["support"]
+    assert {name: int(n) for name, n in shown.items()} == dict(Counter(r["true"] for r in everyone))
     assert at.query_params["fold"] == "all"
 
 
 def test_curves_page_marks_the_lowest_validation_loss(study_root: TinyStudy) -> None:
     at = open_page("pages/curves.py", query={"study": study_root.study_id})
     assert len(at.get("plotly_chart")) == 2
-    best = explore.best_epochs(explore.histories(study_root.study_id, study_root.root)).set_index("backbone")
     shown = at.dataframe[0].value.set_index("backbone")
     for backbone in TINY_BACKBONES:
-        assert shown.loc[backbone, "epoch of lowest mean val loss"] == best.loc[backbone, "epoch"]
+        val_loss = np.array([h["val_loss"] for h in run_files(study_root, backbone, "history.json")])
+        assert shown.loc[backbone, "epoch of lowest mean val loss"] == int(val_loss.mean(axis=0).argmin()) + 1
+        assert shown.loc[backbone, "mean val loss"] == pytest.approx(val_loss.mean(axis=0).min())
     at.multiselect[0].set_value([TINY_BACKBONES[0]]).run()
     assert list(at.dataframe[0].value["backbone"]) == [TINY_BACKBONES[0]]
     assert at.query_params["backbones"] == TINY_BACKBONES[0]
 
 
-def test_report_page_renders_the_live_report(study_root: TinyStudy) -> None:
+def test_report_page_renders_the_live_report_with_this_studys_figures(study_root: TinyStudy) -> None:
     at = open_page("pages/report.py")
-    assert "# Reproduction report" in texts(at.markdown)
+    live, committed = at.tabs
+    report = texts(live.markdown)
+    assert "# Reproduction report" in report and "covid19-radiography-paper" in texts(committed.markdown)
+    for backbone in TINY_BACKBONES:
+        accuracy = [m["accuracy"] for m in run_files(study_root, backbone, "metrics.json")]
+        row = f"| ours {backbone} | frozen | {np.mean(accuracy):.3f} ± {np.std(accuracy, ddof=1):.3f} |"
+        assert row in report
+    assert "has 24 images (COVID-19 8, Normal 8, Viral Pneumonia 8)" in report
+    assert "stratified 2-fold" in report and "About this dataset" not in report

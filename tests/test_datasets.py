@@ -175,7 +175,7 @@ def test_unreadable_files_are_skipped_and_the_cache_holds_only_kept_rows(tiny_da
     expected = decode_xray((tiny_data / "NORMAL" / "img_003.png").read_bytes(), size=16).pixels
     np.testing.assert_array_equal(dataset.images[row], expected)
     folder = dataset_dir(dataset.fingerprint)
-    assert sorted(p.name for p in folder.iterdir()) == ["images-16.npy", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["hashes-16.json", "images-16.npy", "manifest.json"]
 
 
 def test_manifest_round_trip_and_unknown_fingerprint(tiny_data, artifacts_root):

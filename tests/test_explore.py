@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.evaluation.metrics import flat_metrics
+from engine.evaluation.metrics import fold_metrics
 from engine.reports import explore
-from engine.results import artifacts
+from engine.results import artifacts, atomic
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES, TINY_EPOCHS, TINY_FOLDS, TinyStudy
 
@@ -44,26 +44,111 @@ def test_empty_artifacts_folder_gives_empty_tables(tmp_path: Path) -> None:
     assert explore.study_key("missing", tmp_path) == (0, 0.0)
 
 
-def test_fold_metrics_are_the_runs_flat_metrics(tiny_study: TinyStudy) -> None:
-    table = explore.fold_metrics(tiny_study.study_id, tiny_study.root).set_index(["backbone", "fold"])
-    assert len(table) == TINY_FOLDS * len(TINY_BACKBONES)
+HAND_CLASSES = ("COVID-19", "Normal", "Viral Pneumonia")
+# Fold 0, worked by hand: rows (true -> predicted) 0->0, 0->1, 1->1, 1->1, 1->2, 2->2 x4, 2->0.
+# The last row's largest probability is 0.46: no cell passes the paper's 0.5 threshold.
+FOLD0_TRUE = [0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+FOLD0_PRED = [0, 1, 1, 1, 2, 2, 2, 2, 2, 0]
+
+
+def _confident(pred: list[int]) -> np.ndarray:
+    proba = np.full((len(pred), 3), 0.05)
+    proba[np.arange(len(pred)), pred] = 0.9
+    return proba
+
+
+def write_hand_study(root: Path) -> str:
+    """A study on disk whose two folds hold predictions with known answers (no training)."""
+    fold0 = _confident(FOLD0_PRED)
+    fold0[-1] = [0.46, 0.10, 0.44]
+    fold1_true = [0, 1, 1, 2, 2]
+    predictions = [(FOLD0_TRUE, fold0), (fold1_true, _confident(fold1_true))]
+    study_id = "handmade0001"
+    n = sum(len(t) for t, _ in predictions)
+    folds = [list(range(10)), list(range(10, n))]
+    study = {
+        "study_id": study_id,
+        "title": "hand-made",
+        "created_at": 0.0,
+        "dataset": {
+            "name": "hand",
+            "fingerprint": "f" * 16,
+            "source": "hand",
+            "classes": list(HAND_CLASSES),
+            "counts": {"COVID-19": 3, "Normal": 5, "Viral Pneumonia": 7},
+            "n_images": n,
+        },
+        "protocol": {
+            "name": "frozen",
+            "description": "hand",
+            "stages": [{"epochs": 1, "learning_rate": 0.001, "trainable": "head"}],
+            "batch_size": 32,
+            "beta_1": 0.9,
+            "beta_2": 0.999,
+            "augmentation": None,
+            "cached_features": True,
+            "feature_views": 1,
+            "head_l2": 0.0,
+        },
+        "n_folds": 2,
+        "seed": 0,
+        "input_size": 32,
+        "weights": None,
+        "folds": folds,
+    }
+    atomic.write_json(artifacts.study_dir(study_id, root) / "study.json", study)
+    for fold, (y, proba) in enumerate(predictions):
+        y = np.asarray(y)
+        files = [f"img{i}.png" for i in folds[fold]]
+        artifacts.write_run(
+            artifacts.run_dir(study_id, "MobileNet", fold, root),
+            config={
+                "study_id": study_id,
+                "backbone": "MobileNet",
+                "fold": fold,
+                "n_train": n - len(y),
+                "n_test": len(y),
+                "weights": {"weights": None},
+            },
+            history={"loss": [1.0], "val_loss": [0.5]},
+            metrics=fold_metrics(y, proba, HAND_CLASSES),
+            predictions=artifacts.predictions_csv(files, [fold] * len(y), y, proba, HAND_CLASSES),
+            status={"seconds": 0.0},
+        )
+    return study_id
+
+
+def test_fold_metrics_give_the_hand_computed_figures(tmp_path: Path) -> None:
+    study_id = write_hand_study(tmp_path)
+    row = explore.fold_metrics(study_id, tmp_path).set_index("fold").loc[0]
+    assert row["accuracy"] == pytest.approx(0.7)
+    assert row["recall[COVID-19]"] == pytest.approx(1 / 2)
+    assert row["recall[Normal]"] == pytest.approx(2 / 3)
+    assert row["precision[Viral Pneumonia]"] == pytest.approx(4 / 5)
+    assert row["specificity[COVID-19]"] == pytest.approx(7 / 8)
+    assert row["macro_recall"] == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 3)
+    assert row["macro_precision"] == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 3)
+    assert row["precision"] == pytest.approx(7 / 9), "paper's pooled precision: 7 TP, 2 FP over 30 cells"
+    assert row["recall"] == pytest.approx(7 / 10), "paper's pooled recall: 7 TP, 3 FN"
+    assert row["loss"] == pytest.approx(-(7 * np.log(0.9) + 2 * np.log(0.05) + np.log(0.44)) / 10)
+    assert (row["n_train"], row["n_test"]) == (5, 10)
+    table = explore.comparison_table(study_id, tmp_path).set_index("backbone")
+    assert table.loc["MobileNet", "accuracy mean"] == pytest.approx((0.7 + 1.0) / 2)
+    assert table.loc["MobileNet", "accuracy std"] == pytest.approx(np.std([0.7, 1.0], ddof=1))
+
+
+def test_every_backbone_is_scored_on_the_same_disjoint_folds(tiny_study: TinyStudy) -> None:
+    study = artifacts.read_study(tiny_study.study_id, tiny_study.root)
+    manifest = json.loads(
+        (tiny_study.root / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text()
+    )
+    held_out = {}
     for run in runs(tiny_study):
-        row = table.loc[(run.backbone, run.fold)]
-        for key, value in flat_metrics(run.metrics).items():
-            assert row[key] == pytest.approx(value)
-        assert row["n_train"] + row["n_test"] == N_IMAGES
-
-
-def test_comparison_is_mean_and_sample_std_over_folds(tiny_study: TinyStudy) -> None:
-    table = explore.comparison_table(tiny_study.study_id, tiny_study.root).set_index("backbone")
-    assert sorted(table.index) == sorted(TINY_BACKBONES)
-    for backbone in TINY_BACKBONES:
-        flats = [flat_metrics(r.metrics) for r in runs(tiny_study) if r.backbone == backbone]
-        assert table.loc[backbone, "folds"] == TINY_FOLDS
-        for metric in explore.COMPARISON_METRICS:
-            values = np.array([f[metric] for f in flats])
-            assert table.loc[backbone, f"{metric} mean"] == pytest.approx(values.mean())
-            assert table.loc[backbone, f"{metric} std"] == pytest.approx(values.std(ddof=1))
+        files = [r["file"] for r in artifacts.read_predictions(run)]
+        assert files == [manifest["files"][i] for i in study["folds"][run.fold]]
+        held_out.setdefault(run.fold, set()).update([(run.backbone, f) for f in files])
+    per_fold = [{f for _, f in pairs} for _, pairs in sorted(held_out.items())]
+    assert set.isdisjoint(*per_fold) and len(set.union(*per_fold)) == N_IMAGES
 
 
 def test_best_per_column_takes_lowest_loss_and_highest_accuracy() -> None:
@@ -93,7 +178,8 @@ def test_paper_vs_study_differences_use_the_chosen_definition() -> None:
     assert np.isnan(paper.loc["ResNet50", "accuracy study"])
     macro = explore.paper_vs_study(ours, definition="per-class").set_index("backbone")
     assert macro.loc["MobileNet", "precision study"] == pytest.approx(0.90)
-    assert macro.loc["MobileNet", "f1 diff"] == pytest.approx(0.905 - 0.932)
+    assert np.isnan(macro.loc["MobileNet", "f1 diff"]), "a macro F1 minus the paper's pooled F1 is not comparable"
+    assert macro.loc["MobileNet", "accuracy diff"] == pytest.approx(0.95 - 0.942)
     with pytest.raises(ValueError, match="definition='macro'"):
         explore.paper_vs_study(ours, definition="macro")
 

@@ -111,6 +111,7 @@ def test_folder_import_skips_hostile_files_and_writes_only_in_artifacts(tmp_path
         f"datasets/{dataset.fingerprint}",
         f"datasets/{dataset.fingerprint}/manifest.json",
         f"datasets/{dataset.fingerprint}/images-16.npy",
+        f"datasets/{dataset.fingerprint}/hashes-16.json",
     }
 
 
@@ -178,7 +179,7 @@ def test_zip_slip_absolute_paths_and_symlinks_are_skipped_and_nothing_is_extract
     for name in ("../../evil.png", "set/COVID/../../../evil.png", "/tmp/evil-absolute.png", "C:/evil-drive.png"):
         assert skipped[name] == "unsafe path in archive (absolute or '..'); not read"
     assert skipped["set/Normal/passwd.png"] == "symbolic link in archive not followed"
-    assert skipped["set/COVID/evil.py"] == "not a .png/.jpg/.jpeg file"
+    assert skipped["set/COVID/evil.py"] == "not a .png/.jpg/.jpeg/.dcm/.dicom file"
     after = tree(tmp_path)
     assert {p for p in after - before if not p.startswith("artifacts/")} == set()
     assert not any("evil" in p for p in after)
@@ -246,7 +247,7 @@ def test_zip_without_class_folders_is_refused(tmp_path, artifacts_root):
 
 def test_zip_with_no_images_at_all_is_refused(tmp_path, artifacts_root):
     archive = _zip(tmp_path / "docs.zip", {"set/COVID/readme.txt": b"x", "set/Normal/notes.md": b"y"})
-    with pytest.raises(DatasetError, match=r"^docs\.zip: no PNG or JPEG images found"):
+    with pytest.raises(DatasetError, match=r"^docs\.zip: no PNG, JPEG or DICOM images found"):
         import_dataset(archive, input_size=16)
 
 

@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 from engine.cli.main import main
+from engine.data.classes import canonical_class
+from engine.data.images import decode_xray
 from engine.models.inference import list_models, load_classifier
 from engine.reports.reproduction import reproduction_report
 from engine.results import artifacts
@@ -68,10 +70,13 @@ def test_classify_a_batch_with_heatmaps_and_clean_errors(env):
     results = classifier.classify(items)
     assert [r.name for r in results] == [name for name, _ in items]
     good = results[0]
-    assert good.error is None and good.predicted in classifier.classes
-    assert sum(good.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    raw = keras_model(list_models(root)[0].path)
+    decoded = decode_xray(items[0][1], size=32).pixels
+    expected = raw.predict_on_batch(decoded[None, ..., None].astype("float32"))[0]
+    assert [good.probabilities[c] for c in classifier.classes] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert good.predicted == classifier.classes[int(np.argmax(expected))]
     assert good.heatmap.shape == (32, 32) and good.heatmap.min() >= 0.0 and good.heatmap.max() <= 1.0
-    assert results[1].error and "not a PNG or JPEG" in results[1].error and results[1].probabilities == {}
+    assert results[1].error and "not a PNG, JPEG or DICOM" in results[1].error and results[1].probabilities == {}
     assert any("very small" in w for w in results[2].warnings)
     assert any("colour" in w for w in results[3].warnings)
 
@@ -114,16 +119,87 @@ def test_models_load_only_from_the_artifacts_folder(env, tmp_path):
         load_classifier(model.with_name("config.json"), artifacts_root=root)
 
 
-def test_evaluate_a_folder_with_only_some_classes(env, tmp_path, capsys):
+def keras_model(path):
+    """The saved Keras model itself, to check the engine's figures against its own predictions."""
+    import keras
+
+    return keras.saving.load_model(path, compile=False)
+
+
+def predicted_by_hand(model_path, folder, classes) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) class indices of every PNG under ``folder``, from the raw Keras model."""
+    model = keras_model(model_path)
+    truth, images = [], []
+    for png in sorted(folder.rglob("*.png")):
+        truth.append(classes.index(canonical_class(png.parent.name)))
+        images.append(decode_xray(png.read_bytes(), size=32).pixels)
+    proba = model.predict_on_batch(np.stack(images)[..., None].astype("float32"))
+    return np.array(truth), np.argmax(proba, axis=1)
+
+
+def test_evaluate_an_unseen_folder_gives_the_models_own_accuracy(env, tmp_path, capsys):
     root, _, _ = env
+    data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9)
+    assert main(["evaluate", "--data", str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    truth, predicted = predicted_by_hand(list_models(root)[0].path, data, list(result["model"]["classes"]))
+    assert result["accuracy"] == pytest.approx(float(np.mean(truth == predicted)))
+    for k, name in enumerate(result["model"]["classes"]):
+        assert result["recall"][name] == pytest.approx(float(np.mean(predicted[truth == k] == k)))
+    assert result["data"]["counts"] == {"COVID-19": 5, "Normal": 5, "Viral Pneumonia": 5}
+    assert result["data"]["overlap_with_study"]["identical"] == 0
+    assert len(list((root / "evaluations").glob("*.json"))) >= 1
+
+
+def test_evaluate_a_folder_with_only_some_classes(env, tmp_path, capsys):
     data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9, classes=("covid19",))
     assert main(["evaluate", "--data", str(data), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["classes_present"] == ["COVID-19"]
     assert result["data"]["counts"] == {"COVID-19": 5}
-    assert result["accuracy"] == pytest.approx(result["recall"]["COVID-19"])
     assert sum(result["metrics"]["confusion_matrix"][0]) == 5
-    assert len(list((root / "evaluations").glob("*.json"))) >= 1
+
+
+def copy_study_images(data, target, *, n: int, brighten: int = 0) -> list[str]:
+    """``n`` COVID images of the study's own data into ``target/COVID``, re-saved ``brighten`` levels brighter."""
+    folder = target / "COVID"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for src in sorted((data / "COVID").glob("*.png"))[:n]:
+        pixels = np.asarray(Image.open(src), dtype=np.int16) + brighten
+        name = f"{'bright' if brighten else 'copy'}-{src.name}"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / name)
+        names.append(f"COVID/{name}")
+    return names
+
+
+def test_an_external_set_of_the_studys_own_images_is_refused(env, tmp_path, capsys):
+    _, _, data = env
+    fake = tmp_path / "fake-external"
+    copy_study_images(data, fake, n=3)
+    copy_study_images(data, fake, n=2, brighten=6)
+    before = sorted(p.name for p in (env[0] / "evaluations").glob("*.json"))
+    assert main(["evaluate", "--data", str(fake)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "error: fake-external: all 5 images are images of the model's study (3 identical, 2 near-duplicates); "
+        "an external check needs images no fold has seen"
+    )
+    assert sorted(p.name for p in (env[0] / "evaluations").glob("*.json")) == before
+
+
+def test_study_images_in_an_external_set_are_left_out_and_counted(env, tmp_path, capsys):
+    _, _, data = env
+    mixed = make_dataset(tmp_path / "mixed", n_per_class=4, seed=11)
+    copied = copy_study_images(data, mixed, n=2) + copy_study_images(data, mixed, n=1, brighten=6)
+    assert main(["evaluate", "--data", str(mixed), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    seen = result["data"]["overlap_with_study"]
+    assert (seen["checked"], seen["identical"], seen["near_duplicates"]) == (15, 2, 1)
+    assert sorted(seen["left_out"]) == sorted(copied)
+    assert result["data"]["counts"] == {"COVID-19": 4, "Normal": 4, "Viral Pneumonia": 4}
+    assert main(["evaluate", "--data", str(mixed)]) == 0
+    assert "2 identical and 1 near-duplicate image(s) of 15 left out" in capsys.readouterr().out
 
 
 def test_classify_cli_prints_probabilities_and_fails_cleanly(env, tmp_path, capsys):

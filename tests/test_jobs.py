@@ -25,8 +25,8 @@ from engine.cli.main import main as cli_main
 from engine.jobs.store import JobRequest, JobStore, UnknownJobError
 from engine.jobs.worker import ProgressWriter, worker_alive
 from engine.results import artifacts
+from engine.settings import ReadOnlyError
 from engine.training.fold import Progress
-from engine.training.study import ReadOnlyError
 from tests.conftest import SHARED, requires_shared
 from tests.synthetic import make_dataset
 

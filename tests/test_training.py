@@ -11,12 +11,13 @@ import pytest
 
 from engine.data.datasets import import_dataset
 from engine.results import artifacts
+from engine.settings import ReadOnlyError
 from engine.training import compiled_models
 from engine.training import fold as training
 from engine.training.fold import train_fold
 from engine.training.protocols import Protocol, Stage, get_protocol
 from engine.training.runner import run_study
-from engine.training.study import ReadOnlyError, StudyRequest, prepare_study, summarize
+from engine.training.study import StudyRequest, prepare_study, summarize
 from tests.synthetic import make_dataset
 
 TINY_PAPER = StudyRequest(protocol=get_protocol("paper").replace(epochs=1), n_folds=2, weights=None)
@@ -53,11 +54,19 @@ def test_paper_protocol_runs_end_to_end(paper_study):
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
 
 
-def test_folds_are_shared_disjoint_and_cover_the_dataset(paper_study):
-    _, study = paper_study
-    folds = study["folds"]
-    flat = sorted(i for f in folds for i in f)
-    assert flat == list(range(24))
+def test_folds_are_shared_disjoint_and_cover_the_dataset(paper_study, tiny_root, tmp_path):
+    root, study = paper_study
+    folds = [set(f) for f in study["folds"]]
+    assert folds[0].isdisjoint(folds[1]) and sorted(folds[0] | folds[1]) == list(range(24))
+    dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
+    for fold in folds:
+        assert np.bincount(dataset.labels[sorted(fold)], minlength=3).tolist() == [4, 4, 4], "stratified"
+    for run in artifacts.study_runs(study["study_id"], root):
+        files = [r["file"] for r in artifacts.read_predictions(run)]
+        assert files == [dataset.files[i] for i in study["folds"][run.fold]], "each run is scored on its own fold"
+    other = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
+    frozen = prepare_study(other, TINY_FROZEN, artifacts_root=tmp_path)
+    assert frozen["study_id"] != study["study_id"] and frozen["folds"] == study["folds"], "same seed, same folds"
 
 
 def test_second_run_trains_nothing(paper_study, tiny_root, monkeypatch):

@@ -31,7 +31,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     info = result["model"]
     print(f"model: {info['backbone']} · {info['protocol']} · fold {info['fold']} (study {info['study_id']})")
-    print(f"data: {result['data']['name']} {result['data']['counts']}; skipped {len(result['data']['skipped'])}")
+    data = result["data"]
+    print(f"data: {data['name']} ({data['fingerprint']}) {data['counts']}; skipped {len(data['skipped'])}")
+    seen = data["overlap_with_study"]
+    print(
+        f"overlap with the model's study: {seen['identical']} identical and {seen['near_duplicates']} near-duplicate "
+        f"image(s) of {seen['checked']} left out"
+    )
     print(f"accuracy {result['accuracy']:.3f}")
     for cls, recall in result["recall"].items():
         print(f"recall[{cls}] {recall:.3f}")
@@ -99,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("classify", help="print each image's class probabilities")
-    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files")
     p.add_argument("--model", default=None, help="a model.keras in the artifacts folder (default: the best one)")
     p.add_argument("--json", action="store_true")
     add_artifacts(p)

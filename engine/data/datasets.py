@@ -29,6 +29,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from engine import settings
+from engine.data import overlap
 from engine.data.classes import canonical_class, sort_classes
 from engine.data.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, ImageError, decode_xray
 from engine.results import atomic
@@ -132,12 +133,12 @@ def _class_entries(files: list[_File], report: ImportReport, where: str, *, sing
             continue
         if not file.relpath.lower().endswith(IMAGE_SUFFIXES):
             if not file.relpath.lower().endswith(SIDE_FILE_SUFFIXES):
-                report.skipped.append({"file": file.relpath, "reason": "not a .png/.jpg/.jpeg file"})
+                report.skipped.append({"file": file.relpath, "reason": "not a .png/.jpg/.jpeg/.dcm/.dicom file"})
             continue
         dirs = tuple(p for p in parts[:-1] if p.lower() not in TRANSPARENT_FOLDERS)
         kept.append((parts, dirs, file))
     if not kept:
-        raise DatasetError(f"{where}: no PNG or JPEG images found; expected {CLASS_EXAMPLE}")
+        raise DatasetError(f"{where}: no PNG, JPEG or DICOM images found; expected {CLASS_EXAMPLE}")
     prefix = list(kept[0][1])
     for _, dirs, _ in kept[1:]:
         n = 0
@@ -271,7 +272,7 @@ def _decode(entry: _Entry, size: int) -> tuple[np.ndarray | None, str | None, tu
         decoded = decode_xray(data, size=size, name=entry.relpath)
     except ImageError as exc:
         return None, str(exc).removeprefix(f"{entry.relpath}: "), ()
-    return decoded.pixels, None, decoded.notes
+    return decoded.pixels, None, (*decoded.notes, *decoded.warnings)
 
 
 def _fingerprint(records: list[tuple[str, str, str]]) -> str:
@@ -427,11 +428,12 @@ def import_dataset(
             kept = _decode_all(
                 chosen, tmp, size=input_size, n_jobs=n_jobs, report=report, where=where, min_classes=min_classes
             )
-    source_text = display_name(str(source))
     _write_manifest(
-        fingerprint, kept, report, name=name or display_name(source.stem), source=source_text, artifacts=artifacts
+        fingerprint, kept, report, name=name or display_name(source.stem), source=where, artifacts=artifacts
     )
-    return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
+    dataset = load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
+    overlap.dataset_hashes(dataset, artifacts)
+    return dataset
 
 
 def read_manifest(fingerprint: str, artifacts: Path | None = None) -> dict:
@@ -448,7 +450,7 @@ def load_dataset(fingerprint: str, *, input_size: int, artifacts: Path | None = 
     if not images_path.exists():
         raise DatasetError(
             f"dataset {manifest['name']} ({fingerprint}) has no cached images at {input_size}x{input_size}; "
-            f"import it again from {manifest['source']}"
+            f"import it again (it came from a folder or file named {manifest['source']})"
         )
     report = ImportReport(**manifest["report"])
     return Dataset(

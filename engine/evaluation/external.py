@@ -1,88 +1,128 @@
 """External checks: a trained model on labelled images no fold has seen, with the fold metrics.
 
-Classes are matched by name (``COVID``, ``covid19``... all mean ``COVID-19``), and a folder with
-only some of the model's classes works: metrics are then read for the classes present (for a
-COVID-19-only folder, accuracy is COVID-19 recall). Results are kept under
-``<artifacts>/evaluations/`` so reports regenerate from disk.
+The folder (or ``.zip``) is imported by the same rules as a study's dataset
+(``engine.data.datasets.import_dataset``: class folders matched by name, ``masks/`` and
+``__MACOSX`` ignored, byte-identical files dropped, bad files skipped with their reason), and a
+set of one class is allowed (for a COVID-19-only folder, accuracy is COVID-19 recall).
+
+"External" is checked, not claimed: before any prediction, every image is compared with the images
+of the model's study (``engine.data.overlap``). Identical and near-duplicate images are left out
+and counted; a set made only of the study's images is refused. Results are kept under
+``<artifacts>/evaluations/<key>.json``, keyed by the model and the data's fingerprint, so the
+report regenerates from disk and asking again reuses the result.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from engine import settings
-from engine.data.classes import canonical_class
-from engine.data.images import IMAGE_SUFFIXES, ImageError, decode_xray
+from engine.data import overlap
+from engine.data.datasets import Dataset, import_dataset
 from engine.evaluation.metrics import fold_metrics
 from engine.models.inference import Classifier
 from engine.results import artifacts, atomic
 
 BATCH = 64
+EVALUATION_SCHEMA = 2
 
 
-def _labelled_files(root: Path) -> list[tuple[Path, str]]:
-    """(file, class) pairs: images in a sub-folder take its name, images at the top take the folder's."""
-    pairs = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES or path.is_symlink():
-            continue
-        rel = path.relative_to(root)
-        if any(part.lower() == "masks" or part.startswith(".") for part in rel.parts):
-            continue
-        folder = rel.parts[0] if len(rel.parts) > 1 else root.name
-        pairs.append((path, canonical_class(folder)))
-    return pairs
+class OverlapError(ValueError):
+    """Every image of an "external" set is one of the model's study images."""
 
 
-def _decode(path: Path, size: int) -> tuple[np.ndarray | None, str | None, str]:
-    data = path.read_bytes()
-    digest = hashlib.sha1(data).hexdigest()
+def _study_hashes(classifier: Classifier, root: Path) -> overlap.ImageHashes:
+    """The model's study images' hashes: kept with its dataset, or computed from its decoded images."""
+    study = artifacts.read_study(classifier.info["study_id"], root)
+    fingerprint = study["dataset"]["fingerprint"]
+    stored = overlap.stored_hashes(fingerprint, classifier.input_size, root)
+    if stored is not None:
+        return stored
+    from engine.data.datasets import DatasetError, load_dataset
+
     try:
-        return decode_xray(data, size=size, name=path.name).pixels, None, digest
-    except ImageError as exc:
-        return None, str(exc), digest
+        dataset = load_dataset(fingerprint, input_size=classifier.input_size, artifacts=root)
+    except DatasetError:
+        raise ValueError(
+            f"cannot check that these images are unseen: the images of study {study['study_id']} "
+            f"(dataset {study['dataset']['name']}, {fingerprint}) are not on this machine and no hashes of them "
+            "were kept; import that dataset once (python -m engine study ... or the app) and evaluate again"
+        ) from None
+    return overlap.dataset_hashes(dataset, root)
+
+
+def _model_rows(dataset: Dataset, classes: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Rows whose class the model knows, and the dataset's classes it does not."""
+    known = [k for k, name in enumerate(dataset.classes) if name in classes]
+    unknown = [name for name in dataset.classes if name not in classes]
+    if not known:
+        raise ValueError(
+            f"{dataset.name}: none of its classes ({', '.join(dataset.classes)}) is a class of the model "
+            f"({', '.join(classes)}); name the folders after the model's classes"
+        )
+    return np.flatnonzero(np.isin(dataset.labels, known)), unknown
+
+
+def _overlap_summary(dataset: Dataset, rows: np.ndarray, found: overlap.Overlap) -> dict:
+    left_out = [dataset.files[rows[i]] for i in found.rows]
+    return {
+        "checked": int(len(rows)),
+        "identical": len(found.identical),
+        "near_duplicates": len(found.near),
+        "left_out": left_out,
+        "rule": (
+            f"identical decoded pixels, or a perceptual hash within {overlap.NEAR_DISTANCE} of "
+            f"{overlap.HASH_SIZE**2} bits of an image of the model's study"
+        ),
+    }
+
+
+def _predict(classifier: Classifier, images: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [classifier.predict_arrays(np.asarray(images[i : i + BATCH]))[0] for i in range(0, len(images), BATCH)]
+    )
+
+
+def evaluation_key(model_info: dict, data_fingerprint: str) -> str:
+    return artifacts.canonical_hash({"model": model_info, "data": data_fingerprint})
 
 
 def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root: Path | None = None) -> dict:
-    """Metrics and confusion matrix of ``classifier`` on the labelled folder ``data``; saved on disk."""
-    root = Path(data)
-    if not root.is_dir():
-        raise ValueError(f"data must be a folder of labelled images, got data={str(root)!r}")
-    pairs = _labelled_files(root)
-    known = [(p, c) for p, c in pairs if c in classifier.classes]
-    unknown = sorted({c for _, c in pairs} - set(classifier.classes))
-    if not known:
-        raise ValueError(f"{root}: no images of the model's classes ({', '.join(classifier.classes)}) found")
-    decoded = Parallel(n_jobs=-1, prefer="threads")(delayed(_decode)(p, classifier.input_size) for p, _ in known)
-    images, labels, skipped, digest = [], [], [], hashlib.sha256()
-    for (path, cls), (pixels, error, sha) in zip(known, decoded, strict=True):
-        digest.update(f"{cls}\0{path.relative_to(root).as_posix()}\0{sha}\n".encode())
-        if error:
-            skipped.append({"file": str(path.relative_to(root)), "reason": error})
-            continue
-        images.append(pixels)
-        labels.append(classifier.classes.index(cls))
-    images_arr = np.stack(images)
-    proba = np.concatenate(
-        [classifier.predict_arrays(images_arr[i : i + BATCH])[0] for i in range(0, len(images_arr), BATCH)]
-    )
-    y = np.asarray(labels)
+    """Metrics and confusion matrix of ``classifier`` on the labelled folder or ``.zip`` ``data``; saved on disk."""
+    settings.refuse_if_read_only("new evaluations are")
+    root = artifacts_root or settings.artifacts_dir()
+    dataset = import_dataset(data, input_size=classifier.input_size, artifacts=root, min_classes=1)
+    path = root / "evaluations" / f"{evaluation_key(classifier.info, dataset.fingerprint)}.json"
+    if path.is_file():
+        return atomic.read_json(path)
+    rows, unknown = _model_rows(dataset, classifier.classes)
+    found = overlap.find_overlap(overlap.dataset_hashes(dataset, root).take(rows), _study_hashes(classifier, root))
+    if len(found.rows) == len(rows):
+        raise OverlapError(
+            f"{dataset.name}: all {len(rows)} images are images of the model's study "
+            f"({len(found.identical)} identical, {len(found.near)} near-duplicates); "
+            "an external check needs images no fold has seen"
+        )
+    checked = _overlap_summary(dataset, rows, found)
+    rows = np.delete(rows, found.rows)
+    y = np.array([classifier.classes.index(dataset.classes[k]) for k in dataset.labels[rows]], dtype=np.int64)
+    proba = _predict(classifier, dataset.images[rows])
     metrics = fold_metrics(y, proba, classifier.classes)
-    present = [classifier.classes[k] for k in sorted(set(labels))]
+    present = [c for k, c in enumerate(classifier.classes) if np.any(y == k)]
     result = {
-        "schema_version": artifacts.SCHEMA_VERSION,
+        "schema_version": EVALUATION_SCHEMA,
         "model": {**classifier.info, "classes": list(classifier.classes)},
         "data": {
-            "name": root.name,
-            "fingerprint": digest.hexdigest()[:16],
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
             "counts": {c: int(np.sum(y == classifier.classes.index(c))) for c in present},
             "classes_not_in_model": unknown,
-            "skipped": skipped,
+            "skipped": dataset.report.skipped,
+            "duplicates_dropped": len(dataset.report.duplicates),
+            "overlap_with_study": checked,
         },
         "classes_present": present,
         "accuracy": metrics["accuracy"],
@@ -90,8 +130,7 @@ def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root:
         "metrics": metrics,
         "evaluated_at": time.time(),
     }
-    key = artifacts.canonical_hash({"model": classifier.info, "data": result["data"]["fingerprint"]})
-    atomic.write_json((artifacts_root or settings.artifacts_dir()) / "evaluations" / f"{key}.json", result)
+    atomic.write_json(path, result)
     return result
 
 

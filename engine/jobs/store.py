@@ -292,9 +292,7 @@ class JobStore:
 
     def submit(self, request: JobRequest) -> Job:
         """Queue ``request``, or return the queued or running job that asks for the same thing."""
-        from engine.training.study import refuse_if_read_only
-
-        refuse_if_read_only()
+        settings.refuse_if_read_only()
         request = request.validated()
         digest = request.canonical_hash()
         for _ in range(3):

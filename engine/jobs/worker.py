@@ -29,7 +29,7 @@ from engine.jobs.store import Job, JobRequest, JobStore, Task, lock_is_held, wor
 from engine.results import artifacts
 from engine.training import compiled_models
 from engine.training.fold import Cancelled, Progress, train_fold
-from engine.training.study import prepare_study, refuse_if_read_only
+from engine.training.study import prepare_study
 
 if TYPE_CHECKING:
     from engine.jobs.executors import ExecutorSettings
@@ -56,7 +56,7 @@ def ensure_worker(artifacts_root: Path | None = None) -> bool:
 
     The worker outlives the caller (its own session) and exits once the queue is empty.
     """
-    refuse_if_read_only()
+    settings.refuse_if_read_only()
     root = _root(artifacts_root)
     if worker_alive(root):
         return False
@@ -273,7 +273,7 @@ def run_worker(
     """
     from engine.jobs.executors import executor_settings, open_executor
 
-    refuse_if_read_only()
+    settings.refuse_if_read_only()
     chosen = executor or executor_settings()
     store = JobStore(artifacts_root)
     fd = _acquire_lock(store.root)

@@ -151,7 +151,8 @@ def paper_vs_study(comparison: pd.DataFrame, *, definition: str) -> pd.DataFrame
     """Paper's Table 1 beside this study's means and the difference, for backbones of the paper.
 
     ``definition`` ``"paper"`` compares like with like (the paper's precision/recall/F1);
-    ``"per-class"`` puts this study's macro per-class figures beside the paper's numbers.
+    ``"per-class"`` puts this study's macro per-class figures beside the paper's numbers, where a
+    difference would subtract unlike things: their ``diff`` is NaN (only accuracy is shared).
     """
     if definition not in ("paper", "per-class"):
         raise ValueError(f"definition must be 'paper' or 'per-class', got definition={definition!r}")
@@ -163,9 +164,10 @@ def paper_vs_study(comparison: pd.DataFrame, *, definition: str) -> pd.DataFrame
         for paper_key, paper_column in PAPER_TABLE1_COLUMNS.items():
             key = paper_key if definition == "paper" or paper_key == "accuracy" else f"macro_{paper_key}"
             ours = study.loc[backbone, f"{key} mean"] if backbone in study.index and f"{key} mean" in study else np.nan
+            same_definition = definition == "paper" or paper_key == "accuracy"
             row[f"{paper_key} paper"] = float(reference[paper_column])
             row[f"{paper_key} study"] = float(ours)
-            row[f"{paper_key} diff"] = float(ours) - float(reference[paper_column])
+            row[f"{paper_key} diff"] = float(ours) - float(reference[paper_column]) if same_definition else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -9,7 +9,7 @@ from engine import settings
 from engine.data.datasets import import_dataset
 from engine.results import artifacts
 from engine.training.fold import Progress, train_fold
-from engine.training.study import StudyRequest, check_backbones, prepare_study, refuse_if_read_only
+from engine.training.study import StudyRequest, check_backbones, prepare_study
 
 
 def run_study(
@@ -23,7 +23,7 @@ def run_study(
     on_run: Callable[[artifacts.RunResult], None] | None = None,
 ) -> dict:
     """Import ``data``, prepare the study and train every (backbone, fold) not already on disk."""
-    refuse_if_read_only()
+    settings.refuse_if_read_only()
     root = artifacts.ensure_root(artifacts_root or settings.artifacts_dir())
     check_backbones(backbones, input_size)
     dataset = import_dataset(data, input_size=input_size, artifacts=root)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import settings
 from engine.data.datasets import Dataset
 from engine.data.splits import stratified_folds
 from engine.evaluation.metrics import flat_metrics
@@ -22,15 +21,6 @@ from engine.evaluation.stats import mean_sd
 from engine.models.backbones import get_backbone
 from engine.results import artifacts, atomic
 from engine.training.protocols import Protocol
-
-
-class ReadOnlyError(PermissionError):
-    """Training was asked for while the read-only (hosted demo) setting is on."""
-
-
-def refuse_if_read_only() -> None:
-    if settings.read_only():
-        raise ReadOnlyError("this is a read-only demo (CXR_READ_ONLY=1): training and job submission are disabled")
 
 
 @dataclass(frozen=True)

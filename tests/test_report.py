@@ -1,0 +1,60 @@
+"""The reproduction report states only what its own studies measured: a user's 2-fold study of 90 images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.reports.reproduction import NOT_COMPARABLE, reproduction_report
+from engine.results import artifacts
+from engine.training.protocols import get_protocol
+from engine.training.runner import run_study
+from engine.training.study import StudyRequest
+from tests.synthetic import make_dataset
+
+N_PER_CLASS = 30
+BATCH = 32
+DEMO_FACTS = ("219", "1,338", "73 steps", "0.999^730", "48 %", "alpha 0.35", "stratified 5-fold", "Kermany")
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """A 2-fold study of 90 images (30 per class) under the paper's protocol, one epoch, 32 px."""
+    base = tmp_path_factory.mktemp("report")
+    data = make_dataset(base / "my-own-set", n_per_class=N_PER_CLASS)
+    root = base / "artifacts"
+    request = StudyRequest(protocol=get_protocol("paper").replace(epochs=1, batch_size=BATCH), n_folds=2, weights=None)
+    study = run_study(data, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=root)
+    return root, study
+
+
+@pytest.mark.slow
+def test_a_small_study_gets_its_own_figures_and_none_of_the_demo_facts(small_study):
+    root, study = small_study
+    text = reproduction_report(root)
+    for fact in DEMO_FACTS:
+        assert fact not in text, f"the demo study's {fact!r} is stated for a study that did not measure it"
+    assert "stratified 2-fold cross-validation" in text
+    assert "my-own-set" in text and "has 90 images (COVID-19 30, Normal 30, Viral Pneumonia 30)" in text
+    runs = artifacts.study_runs(study["study_id"], root)
+    steps = math.ceil(runs[0].config["n_train"] / BATCH)
+    momentum = runs[0].config["batchnorm_momentum"][0]
+    assert (steps, momentum) == (2, 0.99)
+    assert f"momentum 0.99, 1 epoch of {steps} steps" in text
+    assert f"0.99^{steps} = {100 * momentum**steps:.2g} %" in text
+
+
+@pytest.mark.slow
+def test_another_network_is_set_beside_the_paper_never_subtracted(small_study):
+    root, study = small_study
+    text = reproduction_report(root)
+    runs = artifacts.study_runs(study["study_id"], root)
+    accuracy = np.array([r.metrics["accuracy"] for r in runs])
+    ours = next(line for line in text.splitlines() if line.startswith("| ours MobileNet-0.25 |"))
+    assert f"| {accuracy.mean():.3f} ± {accuracy.std(ddof=1):.3f} |" in ours
+    difference = next(line for line in text.splitlines() if line.startswith("| difference (ours − paper)"))
+    cells = [c.strip() for c in difference.strip("|").split("|")][2:]
+    assert cells[0] == f"{NOT_COMPARABLE}: MobileNet (alpha 0.25) is not the paper's MobileNet (alpha 1.0)"
+    assert set(cells[1:]) == {"–"}, "no figure of another network is subtracted from the paper's"
