@@ -142,11 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_summary)
 
+    from engine.cli import evaluation as cli_evaluation
+    from engine.cli import export as cli_export
     from engine.cli import jobs as cli_jobs
     from engine.cli import models as cli_models
 
     cli_jobs.register(sub)
     cli_models.register(sub)
+    cli_evaluation.register(sub)
+    cli_export.register(sub)
     return parser
 
 

@@ -181,9 +181,9 @@ class ImageNetPreprocess(keras.layers.Layer):
     mean and std). A gray image has equal R, G and B, so the channel swap of ``caffe`` only
     reorders the means.
 
-    ``xla=False`` runs the same arithmetic without its XLA cluster (:func:`_xla`), for graphs
-    exported to LiteRT or ONNX, whose converters cannot read a compiled function. It is how the
-    layer runs, not what it computes, so it is not part of the saved config.
+    ``xla=False`` runs the same arithmetic without its XLA cluster (:func:`_xla`), for exported
+    graphs (``engine.models.export``): tf2onnx cannot convert the compiled function, an unsupported
+    ``PartitionedCall``. It is how the layer runs, not what it computes, so it is not saved.
     """
 
     def __init__(self, mode: str, *, xla: bool = True, **kwargs) -> None:

@@ -37,12 +37,16 @@ def serving_model(members: list, *, name: str = "cxr_serving"):
     probabilities, class_maps, features = [], [], []
     for index, member in enumerate(members):
         head = member.get_layer("head")
-        fmap = member.get_layer("backbone")(member.get_layer("preprocess")(inputs))
+        # Saved fold models all name their layers preprocess/backbone/head; a graph needs unique names.
+        layers = [member.get_layer("preprocess"), member.get_layer("backbone")]
+        fmap = keras.Sequential(layers, name=f"member_{index}")(inputs)
         pooled = keras.layers.GlobalAveragePooling2D(name=f"pool_{index}")(fmap)
         project = keras.layers.Dense(head.units, use_bias=False, dtype="float32", name=f"class_maps_{index}")
         maps = project(fmap)
         project.set_weights([np.asarray(head.get_weights()[0], dtype=np.float32)])
-        probabilities.append(head(pooled))
+        classify = keras.layers.Dense(head.units, activation="softmax", dtype="float32", name=f"head_{index}")
+        probabilities.append(classify(pooled))
+        classify.set_weights(head.get_weights())
         class_maps.append(maps)
         features.append(pooled)
     outputs = {

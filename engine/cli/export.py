@@ -1,0 +1,74 @@
+"""``python -m engine export``: a saved model, or a backbone's fold ensemble, as one LiteRT or ONNX file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from engine import settings
+from engine.cli.main import add_artifacts
+
+
+def _model_paths(args: argparse.Namespace) -> list:
+    from engine.models.export import study_models
+
+    if args.model and args.study:
+        raise ValueError(f"give --model or --study, not both, got --model={args.model!r} --study={args.study!r}")
+    if args.study:
+        if not args.backbone:
+            raise ValueError(f"--study needs --backbone NAME, the fold models' backbone, got --study={args.study!r}")
+        return study_models(args.study, args.backbone, args.artifacts or settings.artifacts_dir())
+    if not args.model:
+        raise ValueError("give --model PATH (a model.keras) or --study ID --backbone NAME")
+    return [args.model]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.models.export import export_runs
+
+    result = export_runs(
+        _model_paths(args),
+        format=args.format,
+        quantize=args.quantize,
+        out_dir=args.out,
+        artifacts_root=args.artifacts,
+        data=args.data,
+    )
+    if args.json:
+        print(json.dumps({"path": str(result.path), "sidecar": str(result.sidecar), **result.meta}, indent=2))
+        return 0
+    meta = result.meta
+    members = ", ".join(f"fold {m['fold']}" for m in meta["members"])
+    precision = meta["quantization"]["mode"] if meta["quantization"] else "float32"
+    print(f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MB, {meta['format']}, {precision}; {members})")
+    print(f"sidecar {result.sidecar}")
+    check = meta["parity"]
+    if check:
+        print(
+            f"against Keras on {check['images']} held-out images: max |dp| {check['max_abs_dp']:.2g}, "
+            f"argmax agreement {check['argmax_agreement']:.1%}"
+        )
+    else:
+        print("no parity check: the study's images are not cached here (pass --data)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``export`` to the ``python -m engine`` parser."""
+    p = sub.add_parser("export", help="export a trained model (or a fold ensemble) to LiteRT or ONNX")
+    p.add_argument("--model", default=None, help="a model.keras of a finished run in the artifacts folder")
+    p.add_argument("--study", default=None, help="a study id: export every saved fold model of --backbone together")
+    p.add_argument("--backbone", default=None, help="with --study: the backbone whose fold models form the ensemble")
+    p.add_argument("--format", default="litert", help="litert (.tflite, default) or onnx (.onnx)")
+    p.add_argument("--quantize", default=None, help="int8: post-training quantization on training images")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the study's dataset folder, if not cached in artifacts",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: export/ beside the model)")
+    p.add_argument("--json", action="store_true", help="print the sidecar as JSON")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_export)

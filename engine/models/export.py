@@ -1,0 +1,419 @@
+"""Export a trained model or a fold ensemble to one LiteRT or ONNX file that runs without TensorFlow.
+
+The exported graph is :func:`engine.models.serving.serving_model` (input ``xray``, float32
+(N, S, S, 1) in [0, 255]; outputs ``probabilities``, ``class_maps`` and ``features``), so
+:mod:`engine.models.runtime` gives the Keras path's probabilities, Grad-CAM and features with no
+Keras in the process. Each member enters the graph as a :class:`Branch`: numbered copies of its
+layers (a fold ensemble's members share layer names), preprocessing without its XLA cluster.
+
+``quantize="int8"`` is full-integer post-training quantization: int8 weights (per channel) and
+int8 activations whose ranges come from ``calibration_images``; the input and the outputs stay
+float32. It is the path LiteRT's XNNPACK kernels run fastest (dynamic-range quantization, int8
+weights with float activations, ran slower than float there). Calibration images must be training
+images of every member, never a member's held-out fold: :func:`calibration_indices` picks them.
+
+Exporting needs the TensorFlow backend (the converters read a TensorFlow graph); running does not.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import settings
+from engine.data.datasets import DatasetError, import_dataset, load_dataset
+from engine.models import serving
+from engine.models.runtime import FORMATS, INPUT_NAME, RUNNERS, SIDECAR_SCHEMA, file_sha256, sidecar_path
+from engine.results import artifacts, atomic
+
+QUANTIZATIONS = (None, "int8")
+CALIBRATION_IMAGES = 128
+CHECK_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class Member:
+    """Where one trained member of an export came from; recorded in the sidecar."""
+
+    study_id: str | None
+    backbone: str
+    fold: int | None
+    protocol: str | None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The written file, its sidecar, and the sidecar's content."""
+
+    path: Path
+    sidecar: Path
+    meta: dict
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.meta["bytes"])
+
+
+def check_options(*, format: str, quantize: str | None) -> None:
+    """Fail early, naming the argument, before any model is loaded."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, got format={format!r}")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be None or 'int8', got quantize={quantize!r}")
+
+
+def export_model(
+    members,
+    *,
+    out_dir: Path,
+    classes: tuple[str, ...],
+    format: str = "litert",
+    quantize: str | None = None,
+    calibration_images: np.ndarray | None = None,
+    check_images: np.ndarray | None = None,
+    sources: list[Member] | None = None,
+    name: str = "model",
+) -> ExportResult:
+    """Write ``out_dir/<name>[-int8].<tflite|onnx>`` and its sidecar for one model or a list of members.
+
+    ``calibration_images`` (uint8 or float, (N, S, S) or (N, S, S, 1), values in [0, 255]) is
+    required with ``quantize="int8"`` and refused without it. With ``check_images``, the file is
+    run on them and its agreement with the Keras graph goes into the sidecar's ``parity``.
+    """
+    import keras
+
+    check_options(format=format, quantize=quantize)
+    members = list(members) if isinstance(members, list | tuple) else [members]
+    graph = export_graph(members)
+    size = int(graph.input_shape[1])
+    if len(classes) != graph.output["probabilities"].shape[-1]:
+        raise ValueError(f"classes must name the {graph.output['probabilities'].shape[-1]} outputs, got {classes!r}")
+    calibration = _calibration(calibration_images, quantize=quantize, size=size)
+    path = Path(out_dir) / f"{name}{'-int8' if quantize else ''}{FORMATS[format]}"
+    started = time.perf_counter()
+    WRITERS[format](graph, path, calibration)
+    meta = {
+        "schema_version": SIDECAR_SCHEMA,
+        "file": path.name,
+        "format": format,
+        "quantization": _quantization(quantize, calibration),
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "classes": list(classes),
+        "input_size": size,
+        "input": {"name": INPUT_NAME, "shape": [None, size, size, 1], "dtype": "float32", "range": [0, 255]},
+        "outputs": {key: list(graph.output[key].shape) for key in serving.OUTPUTS},
+        "members": [asdict(m) for m in sources or [Member(None, m.name, None, None) for m in members]],
+        "versions": _versions(format, quantize),
+        "export_seconds": round(time.perf_counter() - started, 1),
+        "parity": None if check_images is None else parity(graph, RUNNERS[format](path, threads=None), check_images),
+        "keras_backend": keras.backend.backend(),
+    }
+    side = sidecar_path(path)
+    atomic.write_json(side, meta)
+    return ExportResult(path=path, sidecar=side, meta=meta)
+
+
+def export_graph(members: list):
+    """``serving_model`` of the members, each as a :class:`Branch`: unique layer names, preprocessing without XLA."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"export needs the TensorFlow backend, got KERAS_BACKEND={keras.backend.backend()!r}")
+    return serving.serving_model([Branch.of(m, index=i) for i, m in enumerate(members)], name="cxr_export")
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One member as ``serving_model`` reads it (``input_shape``, ``get_layer``), with copies of its layers.
+
+    Every saved fold model names its layers ``preprocess``, ``backbone`` and ``head``, and a Keras
+    graph refuses two layers of one name, so an ensemble's members get numbered copies (same
+    weights; the caller's models are left untouched). The preprocessing is rebuilt with
+    ``xla=False``: tf2onnx cannot convert a compiled function, and the arithmetic is the same.
+    """
+
+    input_shape: tuple
+    layers: dict
+
+    @classmethod
+    def of(cls, member, *, index: int) -> Branch:
+        import keras
+
+        from engine.models.layers import ImageNetPreprocess
+
+        pre, backbone, head = (member.get_layer(name) for name in ("preprocess", "backbone", "head"))
+        twin = keras.models.clone_model(backbone)
+        twin.set_weights(backbone.get_weights())
+        twin.name = f"backbone_{index}"
+        dense = keras.layers.Dense.from_config({**head.get_config(), "name": f"head_{index}"})
+        dense.build((None, head.kernel.shape[0]))
+        dense.set_weights(head.get_weights())
+        plain = ImageNetPreprocess(pre.mode, xla=False, dtype=pre.dtype_policy, name=f"preprocess_{index}")
+        return cls(input_shape=tuple(member.input_shape), layers={"preprocess": plain, "backbone": twin, "head": dense})
+
+    def get_layer(self, name: str):
+        return self.layers[name]
+
+
+def _calibration(images: np.ndarray | None, *, quantize: str | None, size: int) -> np.ndarray | None:
+    if quantize is None:
+        if images is not None:
+            raise ValueError("calibration_images is only used with quantize='int8', got quantize=None")
+        return None
+    if images is None or len(images) == 0:
+        raise ValueError("quantize='int8' needs calibration_images: real training images of every member")
+    return _as_batch(images, size=size, name="calibration_images")
+
+
+def _as_batch(images: np.ndarray, *, size: int, name: str) -> np.ndarray:
+    """(N, S, S) or (N, S, S, 1) in [0, 255] as the float32 (N, S, S, 1) the graph takes."""
+    batch = np.asarray(images, dtype=np.float32)
+    if batch.ndim == 3:
+        batch = batch[..., None]
+    if batch.shape[1:] != (size, size, 1):
+        raise ValueError(f"{name} must be (N, {size}, {size}) images, got shape {tuple(np.shape(images))}")
+    return batch
+
+
+def _signature(graph) -> list:
+    import keras
+
+    return [keras.InputSpec(shape=(None, *graph.input_shape[1:]), dtype="float32", name=INPUT_NAME)]
+
+
+def _write_litert(graph, path: Path, calibration: np.ndarray | None) -> None:
+    converter = {}
+    if calibration is not None:
+        import tensorflow as tf
+
+        def samples():
+            for image in calibration:
+                yield {INPUT_NAME: image[None]}
+
+        converter = {"optimizations": [tf.lite.Optimize.DEFAULT], "representative_dataset": samples}
+    with atomic.atomic_path(path, suffix=".tflite") as tmp:
+        graph.export(str(tmp), format="litert", verbose=False, input_signature=_signature(graph), **converter)
+
+
+def _write_onnx(graph, path: Path, calibration: np.ndarray | None) -> None:
+    with atomic.atomic_path(path, suffix=".onnx") as tmp:
+        graph.export(str(tmp), format="onnx", verbose=False, input_signature=_signature(graph))
+        if calibration is not None:
+            _quantize_onnx(tmp, calibration)
+
+
+def _quantize_onnx(path: Path, calibration: np.ndarray) -> None:
+    """Static QDQ quantization in place: uint8 activations, int8 per-channel weights (x86's fast pairing)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._images = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            image = next(self._images, None)
+            return None if image is None else {INPUT_NAME: image[None]}
+
+    with tempfile.TemporaryDirectory(prefix="cxr-onnx-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+
+
+WRITERS = {"litert": _write_litert, "onnx": _write_onnx}
+
+
+def _quantization(quantize: str | None, calibration: np.ndarray | None) -> dict | None:
+    if quantize is None:
+        return None
+    return {
+        "mode": quantize,
+        "weights": "int8, per channel",
+        "activations": "int8, ranges from the calibration images (min/max)",
+        "input_output": "float32",
+        "calibration_images": len(calibration),
+    }
+
+
+def _versions(format: str, quantize: str | None) -> dict[str, str]:
+    from importlib.metadata import version
+
+    import keras
+    import tensorflow as tf
+
+    found = {"keras": keras.__version__, "tensorflow": tf.__version__}
+    if format == "onnx":
+        found["tf2onnx"] = version("tf2onnx")
+        if quantize:
+            found["onnxruntime"] = version("onnxruntime")
+    return found
+
+
+def parity(graph, runner, images: np.ndarray) -> dict:
+    """How closely an exported file reproduces the Keras graph on ``images``."""
+    batch = _as_batch(images, size=int(graph.input_shape[1]), name="check_images")
+    want = {k: np.asarray(v) for k, v in graph.predict_on_batch(batch).items()}
+    got = runner.predict_on_batch(batch)
+    return {
+        "images": len(batch),
+        "max_abs_dp": float(np.abs(got["probabilities"] - want["probabilities"]).max()),
+        "argmax_agreement": float(np.mean(got["probabilities"].argmax(1) == want["probabilities"].argmax(1))),
+        "class_maps_max_abs_diff": float(np.abs(got["class_maps"] - want["class_maps"]).max()),
+        "class_maps_max_abs": float(np.abs(want["class_maps"]).max()),
+    }
+
+
+# Trained runs of the artifacts folder.
+
+
+def finished_run(path: str | Path, root: Path) -> artifacts.RunResult:
+    """The finished run whose ``model.keras`` is ``path``, inside ``root``."""
+    path = Path(path)
+    inside = root.resolve() in path.resolve().parents
+    run = artifacts.read_run(path.parent) if inside and path.is_file() and path.suffix == ".keras" else None
+    if run is None:
+        raise ValueError(f"model must be the model.keras of a finished run inside {root}, got path={str(path)!r}")
+    return run
+
+
+def load_member(path: Path):
+    """A saved model, loaded with ``safe_mode=True``; a file that is not one gives a one-line ValueError."""
+    import keras
+
+    import engine.models.layers  # noqa: F401  (registers the custom layers the model uses)
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
+
+
+def study_models(study_id: str, backbone: str, root: Path) -> list[Path]:
+    """Every saved fold model of ``backbone`` in study ``study_id``: a fold ensemble's members."""
+    if study_id not in artifacts.list_study_ids(root):
+        raise ValueError(f"no study {study_id!r} in {root}, got study={study_id!r}")
+    runs = artifacts.study_runs(study_id, root)
+    paths = [run.model_path for run in runs if run.backbone == backbone and run.model_path is not None]
+    if not paths:
+        saved = sorted({run.backbone for run in runs if run.model_path is not None})
+        raise ValueError(f"study {study_id} has no saved model of backbone={backbone!r} (saved: {saved or 'none'})")
+    return paths
+
+
+def calibration_indices(study: dict, folds: list[int], *, count: int, seed: int = 0) -> np.ndarray:
+    """Up to ``count`` dataset indices held out by none of ``folds``: training images of every member."""
+    held = set().union(*(study["folds"][k] for k in folds))
+    candidates = np.array(sorted(set(range(study["dataset"]["n_images"])) - held), dtype=np.int64)
+    if len(candidates) == 0:
+        raise ValueError(
+            f"folds {folds} of study {study['study_id']} hold out every image between them: "
+            "no image trained every member, so none can calibrate int8"
+        )
+    chosen = np.random.default_rng(seed).choice(candidates, min(count, len(candidates)), replace=False)
+    return np.sort(chosen)
+
+
+def study_images(study: dict, root: Path, *, data: Path | None = None) -> np.ndarray | None:
+    """The study's decoded images in manifest order (its folds index them), or None when unavailable.
+
+    From the artifacts folder's cache, else imported from ``data`` (the study's dataset folder or
+    zip), which must be the same files.
+    """
+    info, size = study["dataset"], int(study["input_size"])
+    try:
+        dataset = load_dataset(info["fingerprint"], input_size=size, artifacts=root)
+    except DatasetError:
+        if data is None:
+            return None
+        dataset = import_dataset(data, input_size=size, artifacts=root)
+    if dataset.fingerprint != info["fingerprint"]:
+        raise ValueError(
+            f"data={str(data)!r} is not the dataset of study {study['study_id']} "
+            f"(fingerprint {dataset.fingerprint}, the study's {info['fingerprint']})"
+        )
+    return dataset.images
+
+
+def export_runs(
+    model_paths: list[Path],
+    *,
+    format: str = "litert",
+    quantize: str | None = None,
+    out_dir: Path | None = None,
+    artifacts_root: Path | None = None,
+    data: Path | None = None,
+    calibration_count: int = CALIBRATION_IMAGES,
+    check_count: int = CHECK_IMAGES,
+) -> ExportResult:
+    """Export saved runs of one study and backbone (one run, or a fold ensemble) with their provenance.
+
+    The study's images come from the artifacts folder's cache, or from ``data`` (its dataset
+    folder). Calibration images are training images of every member; the parity check runs on
+    images the members held out (never used for calibration); without images, a float export
+    is written unchecked. Default ``out_dir``: ``export/`` beside the model (one run) or beside
+    the fold folders (an ensemble).
+    """
+    check_options(format=format, quantize=quantize)
+    root = artifacts_root or settings.artifacts_dir()
+    runs = ensemble_runs(model_paths, root)
+    members = [load_member(r.model_path) for r in runs]
+    study = artifacts.read_study(runs[0].study_id, root)
+    images = study_images(study, root, data=data)
+    folds = [r.fold for r in runs]
+    calibration = None
+    if quantize is not None:
+        if images is None:
+            info = study["dataset"]
+            raise ValueError(
+                f"int8 calibration needs the images of study {study['study_id']}: dataset {info['name']} "
+                f"({info['fingerprint']}) is not cached in {root}; pass its folder as data"
+            )
+        calibration = images[calibration_indices(study, folds, count=calibration_count)]
+    check = None if images is None or not check_count else images[check_indices(study, folds, count=check_count)]
+    return export_model(
+        members,
+        out_dir=out_dir or (runs[0].path if len(runs) == 1 else runs[0].path.parent) / "export",
+        classes=tuple(runs[0].config["classes"]),
+        format=format,
+        quantize=quantize,
+        calibration_images=calibration,
+        check_images=check,
+        sources=[Member(r.study_id, r.backbone, r.fold, r.config["protocol"]["name"]) for r in runs],
+        name=_name(runs),
+    )
+
+
+def ensemble_runs(model_paths: list[Path], root: Path) -> list[artifacts.RunResult]:
+    """The finished runs of ``model_paths``: distinct folds of one study and backbone."""
+    runs = [finished_run(p, root) for p in model_paths]
+    if len({(r.study_id, r.backbone) for r in runs}) != 1 or len({r.fold for r in runs}) != len(runs):
+        found = [f"{r.study_id}/{r.backbone}/fold-{r.fold}" for r in runs]
+        raise ValueError(f"an ensemble's members must be distinct folds of one study and backbone, got {found}")
+    return runs
+
+
+def check_indices(study: dict, folds: list[int], *, count: int, seed: int = 1) -> np.ndarray:
+    """Up to ``count`` images the members held out (never calibration images), for the parity check."""
+    held = np.array(sorted(set().union(*(study["folds"][k] for k in folds))), dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(held, min(count, len(held)), replace=False))
+
+
+def _name(runs: list[artifacts.RunResult]) -> str:
+    folds = "-".join(str(r.fold) for r in runs)
+    return f"{runs[0].backbone}-fold{'s' if len(runs) > 1 else ''}-{folds}"

@@ -1,0 +1,318 @@
+"""Exported models (LiteRT, ONNX; float and int8) against Keras, the runtime without TensorFlow, the CLI.
+
+Tolerances of the float exports, on 64 held-out real images of the committed demo models:
+probabilities within 1e-4 (measured: about 1e-5), class maps within 1e-4 of their largest
+magnitude (measured: about 1e-5), pooled features within 1e-4 relative, Grad-CAM heatmaps
+(scaled to [0, 1]) within 1e-3.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import settings
+from engine.cli.main import main
+from engine.models import serving
+from engine.models.export import calibration_indices, export_runs, load_member, study_images, study_models
+from engine.models.inference import load_classifier
+from engine.models.runtime import load_exported, sidecar_path
+from engine.results import artifacts
+from engine.training.protocols import get_protocol
+from engine.training.runner import run_study
+from engine.training.study import StudyRequest
+from tests.conftest import SHARED, requires_shared
+from tests.synthetic import make_dataset, make_image
+
+DEMO = settings.PROJECT_ROOT / "artifacts"
+FROZEN = DEMO / "studies" / "9da277b73bda" / "runs" / "MobileNet" / "fold-3" / "model.keras"
+FINETUNED = DEMO / "studies" / "0c18372e7d3f" / "runs" / "MobileNet-0.25" / "fold-3" / "model.keras"
+PAPER_DATA = SHARED / "data" / "covid19-radiography-paper"
+FORMATS = ("litert", "onnx")
+PARITY_IMAGES = 64
+CLI_FILE = "MobileNet-0.25-folds-0-1.tflite"
+
+
+def held_out(model: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The run's held-out fold (images, true labels), from the study's fold indices; predictions.csv agrees."""
+    run = artifacts.read_run(model.parent)
+    study = artifacts.read_study(run.study_id, DEMO)
+    images = study_images(study, DEMO, data=PAPER_DATA)
+    held = np.asarray(study["folds"][run.fold])
+    manifest = json.loads((DEMO / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text())
+    with open(model.parent / "predictions.csv", newline="") as fh:
+        rows = {row["file"]: row["true"] for row in csv.DictReader(fh)}
+    assert sorted(manifest["files"][i] for i in held) == sorted(rows)
+    labels = np.array([run.config["classes"].index(rows[manifest["files"][i]]) for i in held])
+    return np.asarray(images[held]), labels
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    """``demo_export(model, fmt)``: the float export of a committed demo model, made once per module."""
+    out, made = tmp_path_factory.mktemp("exports"), {}
+
+    def get(model: Path, fmt: str) -> Path:
+        if (model, fmt) not in made:
+            made[model, fmt] = export_runs(
+                [model], format=fmt, out_dir=out, artifacts_root=DEMO, data=PAPER_DATA, check_count=0
+            ).path
+        return made[model, fmt]
+
+    return get
+
+
+def check_float_parity(model: Path, exported_path: Path) -> None:
+    images = held_out(model)[0][:PARITY_IMAGES]
+    keras_path = load_classifier(model, artifacts_root=DEMO)
+    exported = load_exported(exported_path)
+    want, got = keras_path.outputs(images), exported.outputs(images)
+    assert np.abs(got["probabilities"] - want["probabilities"]).max() <= 1e-4
+    scale = np.abs(want["class_maps"]).max()
+    assert np.abs(got["class_maps"] - want["class_maps"]).max() <= 1e-4 * scale
+    np.testing.assert_allclose(got["features"], want["features"], rtol=1e-4, atol=1e-4 * want["features"].max())
+    assert np.abs(exported.predict_arrays(images)[1] - keras_path.predict_arrays(images)[1]).max() <= 1e-3
+    assert exported.classes == keras_path.classes and exported.input_size == 224
+    assert exported.info["study_id"] == keras_path.info["study_id"] and exported.info["fold"] == 3
+
+
+@requires_shared
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_float_export_of_the_frozen_mobilenet_matches_keras_on_real_images(demo_export, fmt):
+    check_float_parity(FROZEN, demo_export(FROZEN, fmt))
+
+
+@pytest.mark.slow
+@requires_shared
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_float_export_of_the_finetuned_mobilenet_025_matches_keras_on_real_images(demo_export, fmt):
+    check_float_parity(FINETUNED, demo_export(FINETUNED, fmt))
+
+
+@requires_shared
+def test_committed_models_still_load_and_reproduce_their_predictions():
+    """The preprocessing layer's new ``xla`` switch leaves saved models and their outputs as they were."""
+    for model in (FROZEN, FINETUNED):
+        images = held_out(model)[0][:PARITY_IMAGES]
+        with open(model.parent / "predictions.csv", newline="") as fh:
+            rows = {row["file"]: row for row in csv.DictReader(fh)}
+        run = artifacts.read_run(model.parent)
+        study = artifacts.read_study(run.study_id, DEMO)
+        manifest = json.loads((DEMO / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text())
+        files = [manifest["files"][i] for i in study["folds"][run.fold][:PARITY_IMAGES]]
+        saved = np.array([[float(rows[f][f"p[{c}]"]) for c in run.config["classes"]] for f in files])
+        got = load_member(model).predict_on_batch(images.astype(np.float32)[..., None])
+        assert np.abs(got - saved).max() <= 1e-5
+
+
+def test_preprocessing_without_xla_is_the_same_layer():
+    from engine.models.layers import ImageNetPreprocess
+
+    gray = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 1)).astype("float32")
+    for mode in ("tf", "caffe", "torch"):
+        compiled, plain = ImageNetPreprocess(mode), ImageNetPreprocess(mode, xla=False)
+        np.testing.assert_allclose(np.asarray(plain(gray)), np.asarray(compiled(gray)), atol=1e-5)
+        assert "xla" not in plain.get_config() and plain.get_config()["mode"] == mode
+
+
+NO_TENSORFLOW = """
+import json, sys
+from engine.models.runtime import load_exported
+classifier = load_exported(sys.argv[1])
+files = sys.argv[2:]
+predictions = classifier.classify([(f, open(f, "rb").read()) for f in files])
+print(json.dumps({
+    "probabilities": [p.probabilities for p in predictions],
+    "errors": [p.error for p in predictions],
+    "heatmaps": [list(p.heatmap.shape) for p in predictions],
+    "loaded": sorted(m for m in ("tensorflow", "keras") if m in sys.modules),
+}))
+"""
+
+
+@requires_shared
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_runtime_classifies_real_uploads_without_tensorflow(demo_export, fmt):
+    files = sorted(PAPER_DATA.glob("*/*.png"))[::400][:8]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TENSORFLOW, str(demo_export(FROZEN, fmt)), *map(str, files)],
+        cwd=settings.PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == [] and got["errors"] == [None] * len(files)
+    assert got["heatmaps"] == [[224, 224]] * len(files)
+    want = load_classifier(FROZEN, artifacts_root=DEMO).classify([(str(f), f.read_bytes()) for f in files])
+    for mine, theirs in zip(got["probabilities"], want, strict=True):
+        assert max(abs(mine[c] - theirs.probabilities[c]) for c in mine) <= 1e-4
+
+
+@pytest.mark.slow
+@requires_shared
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt):
+    """Full-int8 post-training quantization of the demo's best model (frozen MobileNet 1.0), 579 held-out images.
+
+    Measured: argmax agreement with Keras 96.5-97.1 %, held-out accuracy 2.4-2.9 points below
+    Keras' 97.1 %, in LiteRT and ONNX alike; 100 or 500 calibration images, and percentile or
+    entropy ranges in onnxruntime, changed nothing. It is MobileNet v1's known loss under
+    post-training int8 (its ImageNet top-1 drops by several points too). The bounds guard that
+    level; a 99 % / 0.5-point bar needs quantization-aware training, or the float export.
+    """
+    images, labels = held_out(FROZEN)
+    result = export_runs([FROZEN], format=fmt, quantize="int8", out_dir=tmp_path, artifacts_root=DEMO, data=PAPER_DATA)
+    assert result.meta["quantization"]["calibration_images"] == 128
+    assert result.size_bytes < 0.3 * FROZEN.stat().st_size
+    keras_proba = probabilities(load_classifier(FROZEN, artifacts_root=DEMO), images)
+    proba = probabilities(load_exported(result.path), images)
+    agreement = np.mean(proba.argmax(1) == keras_proba.argmax(1))
+    drop = np.mean(keras_proba.argmax(1) == labels) - np.mean(proba.argmax(1) == labels)
+    print(f"{fmt} int8: agreement {agreement:.4f}, accuracy drop {drop * 100:.2f} points")
+    assert agreement >= 0.95
+    assert drop <= 0.04
+
+
+def probabilities(classifier, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([classifier.predict_arrays(images[i : i + 64])[0] for i in range(0, len(images), 64)])
+
+
+def test_calibration_images_come_from_every_members_training_folds():
+    study = {"study_id": "s", "dataset": {"n_images": 10}, "folds": [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]}
+    chosen = calibration_indices(study, [1], count=100)
+    assert set(chosen) == {0, 1, 2, 6, 7, 8, 9}
+    assert set(calibration_indices(study, [0, 1], count=2)) <= {6, 7, 8, 9}
+    with pytest.raises(ValueError, match="hold out every image"):
+        calibration_indices(study, [0, 1, 2], count=10)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, str]:
+    """A finished 2-fold frozen study of MobileNet-0.25 at 32 px (random weights): a fold ensemble."""
+    base = tmp_path_factory.mktemp("ensemble")
+    request = StudyRequest(protocol=get_protocol("frozen").replace(epochs=2), n_folds=2, weights=None)
+    data = make_dataset(base / "data", n_per_class=8)
+    root = base / "artifacts"
+    study = run_study(data, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=root)
+    return root, study["study_id"]
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``python -m engine export ...`` in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["export", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny) -> dict[str, object]:
+    """The tiny study's 2-fold ensemble exported once per format: LiteRT by the CLI (``--study``), ONNX by the API."""
+    root, study_id = tiny
+    cli = run_cli("--study", study_id, "--backbone", "MobileNet-0.25", "--artifacts", str(root))
+    onnx = export_runs(study_models(study_id, "MobileNet-0.25", root), format="onnx", artifacts_root=root)
+    return {
+        "cli": cli,
+        "litert": root / "studies" / study_id / "runs" / "MobileNet-0.25" / "export" / CLI_FILE,
+        "onnx": onnx.path,
+    }
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_fold_ensemble_exports_and_matches_its_keras_serving_graph(tiny, ensemble, fmt):
+    """The ensemble's outputs are the mean of its members' serving outputs (``serving_model``'s definition)."""
+    root, study_id = tiny
+    paths = study_models(study_id, "MobileNet-0.25", root)
+    assert len(paths) == 2
+    images = np.stack([make_image(k % 3, 32, np.random.default_rng(k)) for k in range(6)])
+    batch = images[..., None].astype("float32")
+    singles = [serving.serving_model([load_member(p)]).predict_on_batch(batch) for p in paths]
+    exported = load_exported(ensemble[fmt])
+    got = exported.outputs(images)
+    for key in serving.OUTPUTS:
+        want = np.mean([np.asarray(single[key]) for single in singles], axis=0)
+        np.testing.assert_allclose(got[key], want, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert exported.info["folds"] == [0, 1] and exported.info["fold"] is None
+    assert [m["fold"] for m in exported.meta["members"]] == [0, 1]
+
+
+def test_a_full_fold_ensemble_cannot_calibrate_int8_on_its_own_study(tiny, tmp_path):
+    root, study_id = tiny
+    members = study_models(study_id, "MobileNet-0.25", root)
+    with pytest.raises(ValueError, match="hold out every image"):
+        export_runs(members, quantize="int8", out_dir=tmp_path, artifacts_root=root)
+
+
+def test_cli_exports_the_study_ensemble_with_its_sidecar(ensemble):
+    code, out, _ = ensemble["cli"]
+    assert code == 0, out
+    assert f"wrote {ensemble['litert']}" in out and "against Keras on 24 held-out images" in out
+    meta = json.loads(sidecar_path(ensemble["litert"]).read_text())
+    assert meta["parity"]["max_abs_dp"] <= 1e-4
+    assert meta["classes"] == ["COVID-19", "Normal", "Viral Pneumonia"] and meta["input_size"] == 32
+    assert set(meta["outputs"]) == set(serving.OUTPUTS) and meta["versions"]["keras"]
+
+
+def one_error(result: tuple[int, str, str]) -> str:
+    code, _, err = result
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_cli_bad_input_gives_one_line_errors(tiny, tmp_path):
+    root, study_id = tiny
+    model = study_models(study_id, "MobileNet-0.25", root)[0]
+    assert "got path=" in one_error(run_cli("--model", str(tmp_path / "nope.keras"), "--artifacts", str(root)))
+    other = tmp_path / "artifacts"
+    shutil.copytree(root / "studies" / study_id, other / "studies" / study_id)
+    broken = other / "studies" / study_id / "runs" / "MobileNet-0.25" / "fold-0" / "model.keras"
+    broken.write_bytes(b"not a model")
+    message = one_error(run_cli("--model", str(broken), "--artifacts", str(other)))
+    assert "not a loadable Keras model" in message
+    message = one_error(run_cli("--model", str(model), "--format", "tflite", "--artifacts", str(root)))
+    assert message == "error: format must be one of 'litert', 'onnx', got format='tflite'"
+    assert "quantize='int4'" in one_error(
+        run_cli("--model", str(model), "--quantize", "int4", "--artifacts", str(root))
+    )
+    message = one_error(run_cli("--study", study_id, "--backbone", "VGG16", "--artifacts", str(root)))
+    assert "backbone='VGG16'" in message
+    assert "not both" in one_error(run_cli("--study", study_id, "--model", str(model), "--artifacts", str(root)))
+
+
+def test_runtime_refuses_bad_files_with_one_line_errors(ensemble, tmp_path):
+    exported = tmp_path / CLI_FILE
+    shutil.copy(ensemble["litert"], exported)
+    shutil.copy(sidecar_path(ensemble["litert"]), sidecar_path(exported))
+    meta = json.loads(sidecar_path(exported).read_text())
+    with pytest.raises(ValueError, match="not found"):
+        load_exported(tmp_path / "missing.tflite")
+    with pytest.raises(ValueError, match="unknown exported model format"):
+        load_exported(tmp_path / "model.keras")
+    changed = tmp_path / "changed.tflite"
+    changed.write_bytes(exported.read_bytes()[:-1] + b"\0")
+    shutil.copy(sidecar_path(exported), sidecar_path(changed))
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_exported(changed)
+    for fmt, suffix, name in (("onnx", ".onnx", "ONNX"), ("litert", ".tflite", "LiteRT")):
+        garbage = tmp_path / f"garbage{suffix}"
+        garbage.write_bytes(b"not a model")
+        garbled = {**meta, "format": fmt, "sha256": hashlib.sha256(b"not a model").hexdigest()}
+        sidecar_path(garbage).write_text(json.dumps(garbled))
+        with pytest.raises(ValueError, match=f"not an? {name} model") as caught:
+            load_exported(garbage)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="no sidecar"):
+        load_exported(exported.rename(tmp_path / "alone.tflite"))
