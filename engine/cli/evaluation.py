@@ -1,0 +1,111 @@
+"""Evaluation commands on a study's out-of-fold predictions and saved models, as tables or JSON.
+
+``intervals`` (bootstrap intervals and calibration), ``operating-point``, ``failures`` and
+``robustness``: the same figures the app's evaluation pages show, from the same cached artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from engine.cli.main import add_artifacts
+
+
+def _study_id(args: argparse.Namespace) -> str:
+    from engine.results import artifacts
+
+    ids = artifacts.list_study_ids(args.artifacts)
+    if args.study not in ids:
+        raise ValueError(f"unknown study {args.study!r}; studies here: {', '.join(ids) or 'none'}")
+    return args.study
+
+
+def _out_of_fold(args: argparse.Namespace):
+    from engine.evaluation.predictions import model_names, study_out_of_fold
+
+    study_id = _study_id(args)
+    names = model_names(study_id, args.artifacts)
+    if args.model not in names:
+        raise ValueError(f"model must be one of {', '.join(names)} for study {study_id}, got model={args.model!r}")
+    return study_out_of_fold(study_id, args.model, args.artifacts)
+
+
+def _interval(found: dict) -> str:
+    if found["estimate"] is None:
+        return "undefined"
+    if found["low"] is None:
+        return f"{found['estimate']:.3f}"
+    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
+
+
+def cmd_intervals(args: argparse.Namespace) -> int:
+    from engine.evaluation.summary import model_summary
+
+    summary = model_summary(_out_of_fold(args), args.artifacts)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['model']} of study {summary['study_id']}: {summary['n_images']} images, folds {summary['folds']}")
+    print(summary["intervals"]["description"])
+    width = max(len(name) for name in summary["metrics"])
+    for name, found in summary["metrics"].items():
+        print(f"  {name:<{width}}  {_interval(found)}")
+    calibration = summary["calibration"]
+    after = calibration["after"]
+    line = f"calibration: ECE (top label) {calibration['before']['ece_top_label']:.4f}"
+    line += f", Brier {calibration['before']['brier']:.4f}"
+    if after:
+        line += f"; after cross-fitted temperature scaling {after['ece_top_label']:.4f}, Brier {after['brier']:.4f}"
+    print(line)
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from engine.evaluation.robustness import fold_robustness, pooled_table, saved_results, study_dataset
+    from engine.results import artifacts
+
+    study_id = _study_id(args)
+    study = artifacts.read_study(study_id, args.artifacts)
+    runs = [r for r in artifacts.study_runs(study_id, args.artifacts) if r.backbone == args.backbone]
+    runs = [r for r in runs if args.fold is None or r.fold == args.fold]
+    with_model = [r for r in runs if r.model_path is not None]
+    if not with_model:
+        raise ValueError(
+            f"no saved model of backbone={args.backbone!r}"
+            + (f" fold {args.fold}" if args.fold is not None else "")
+            + f" in study {study_id}; robustness needs each fold's model.keras"
+        )
+    dataset = study_dataset(study, args.artifacts, data=args.data)
+    for run in with_model:
+        fold_robustness(run, dataset, artifacts_root=args.artifacts)
+    folds = {r.fold for r in with_model}
+    table = pooled_table([r for r in saved_results(study_id, args.backbone, args.artifacts) if r["fold"] in folds])
+    if args.json:
+        print(json.dumps({"study_id": study_id, "backbone": args.backbone, "folds": sorted(folds), "table": table}))
+        return 0
+    print(f"{args.backbone} of study {study_id}, folds {sorted(folds)} (each model on its own held-out fold)")
+    for row in table:
+        recall = ", ".join(f"{c} {v:.3f}" for c, v in row["recall"].items() if v is not None)
+        figures = f"accuracy {row['accuracy']:.3f} ({row['change']:+.3f})"
+        print(f"  {row['setting']:<22} {row['strength']:<7} {figures}  {recall}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the evaluation commands to the ``python -m engine`` parser."""
+    p = sub.add_parser("intervals", help="bootstrap intervals and calibration of a study's out-of-fold predictions")
+    p.add_argument("--study", required=True, help="study id")
+    p.add_argument("--model", required=True, help="a backbone of the study, or 'ensemble'")
+    p.add_argument("--json", action="store_true")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_intervals)
+
+    p = sub.add_parser("robustness", help="saved fold models on their held-out images under acquisition shifts")
+    p.add_argument("--study", required=True, help="study id")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--fold", type=int, default=None, help="one fold (default: every fold with a saved model)")
+    p.add_argument("--data", default=None, help="the study's dataset folder or .zip, if its images are not cached")
+    p.add_argument("--json", action="store_true")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_robustness)

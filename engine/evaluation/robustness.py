@@ -1,0 +1,284 @@
+"""Does a model hold up when the acquisition changes? Its held-out images again, under controlled shifts.
+
+Each fold's saved model sees its own held-out fold (images it never trained on) once as they are,
+then under seven acquisition shifts at three strengths each, applied to the decoded image at the
+model's input size: a contrast stretch about the image's mean, a gamma (mid-tones darker), a
+brightness offset, Gaussian noise, a Gaussian blur, JPEG re-encoding and a lower resolution
+(down, then back up). The figures are counts (images and correct ones per class and shift), so the
+folds of a backbone pool into out-of-fold figures like the rest of the evaluation.
+
+One file per (study, backbone, fold) under ``studies/<id>/robustness/``, keyed by the model file's
+sha256, the dataset and :data:`ROBUSTNESS_SCHEMA` (which versions the shifts below), so asking
+again reads it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from engine import settings
+from engine.data.datasets import Dataset
+from engine.results import artifacts, atomic
+
+ROBUSTNESS_SCHEMA = 1
+STRENGTHS = ("mild", "middle", "strong")
+BATCH = 64
+NOISE_SEED = 0
+
+
+def _contrast(images: np.ndarray, factor: float, _rng) -> np.ndarray:
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    return (images - mean) * factor + mean
+
+
+def _gamma(images: np.ndarray, gamma: float, _rng) -> np.ndarray:
+    return 255.0 * (images / 255.0) ** gamma
+
+
+def _brightness(images: np.ndarray, offset: float, _rng) -> np.ndarray:
+    return images + offset
+
+
+def _noise(images: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    return images + rng.normal(0.0, sigma, images.shape)
+
+
+def _per_image(images: np.ndarray, change: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+    return np.stack([np.asarray(change(Image.fromarray(image.astype(np.uint8))), dtype=np.float64) for image in images])
+
+
+def _blur(images: np.ndarray, radius: float, _rng) -> np.ndarray:
+    return _per_image(images, lambda img: img.filter(ImageFilter.GaussianBlur(radius)))
+
+
+def _jpeg(images: np.ndarray, quality: float, _rng) -> np.ndarray:
+    def encode(img: Image.Image) -> Image.Image:
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=int(quality))
+        return Image.open(io.BytesIO(out.getvalue()))
+
+    return _per_image(images, encode)
+
+
+def _resolution(images: np.ndarray, pixels: float, _rng) -> np.ndarray:
+    size = images.shape[1]
+    small = (int(pixels), int(pixels))
+    return _per_image(
+        images, lambda img: img.resize(small, Image.Resampling.BILINEAR).resize((size, size), Image.Resampling.BILINEAR)
+    )
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One acquisition shift: what it does, its parameter at each of :data:`STRENGTHS`, and the function."""
+
+    name: str
+    description: str
+    parameters: tuple[float, float, float]
+    template: str
+    apply: Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
+
+    def label(self, parameter: float) -> str:
+        return self.template.format(parameter)
+
+
+SHIFTS = (
+    Shift("contrast", "contrast stretched about each image's mean", (1.2, 1.4, 1.7), "contrast ×{:g}", _contrast),
+    Shift("gamma", "gamma on [0, 1] intensities (mid-tones darker)", (1.2, 1.5, 2.0), "gamma {:g}", _gamma),
+    Shift("brightness", "grey levels added to every pixel", (15.0, 30.0, 50.0), "brightness +{:g}", _brightness),
+    Shift("noise", "Gaussian noise, standard deviation in grey levels", (4.0, 8.0, 16.0), "noise σ {:g}", _noise),
+    Shift("blur", "Gaussian blur, radius in pixels", (0.5, 1.0, 2.0), "blur {:g} px", _blur),
+    Shift("jpeg", "re-encoded as JPEG at this quality", (50.0, 25.0, 10.0), "JPEG quality {:g}", _jpeg),
+    Shift(
+        "resolution", "down-sampled to this size, then back up", (112.0, 64.0, 32.0), "{:g} px and back", _resolution
+    ),
+)
+SHIFTS_BY_NAME = {shift.name: shift for shift in SHIFTS}
+
+
+def shifted(images: np.ndarray, shift: Shift, parameter: float, *, seed: int = NOISE_SEED) -> np.ndarray:
+    """``images`` (uint8, N x S x S) under ``shift`` at ``parameter``, back to uint8."""
+    out = shift.apply(np.asarray(images, dtype=np.float64), parameter, np.random.default_rng(seed))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def shifts_definition() -> list[dict]:
+    """What the shifts are, for the cache key and for the pages that explain them."""
+    return [
+        {"shift": s.name, "description": s.description, "parameters": list(s.parameters), "label": s.template}
+        for s in SHIFTS
+    ]
+
+
+def _counts(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
+    predicted = proba.argmax(axis=1)
+    return {
+        "n": np.bincount(y_true, minlength=n_classes).tolist(),
+        "correct": np.bincount(y_true[predicted == y_true], minlength=n_classes).tolist(),
+    }
+
+
+def _figures(counts: dict, classes: tuple[str, ...]) -> dict:
+    n, correct = np.asarray(counts["n"]), np.asarray(counts["correct"])
+    return {
+        "accuracy": float(correct.sum() / n.sum()),
+        "recall": {c: (float(correct[k] / n[k]) if n[k] else None) for k, c in enumerate(classes)},
+        "n_images": int(n.sum()),
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def result_path(run: artifacts.RunResult, key: str, root: Path) -> Path:
+    return artifacts.study_dir(run.study_id, root) / "robustness" / run.backbone / f"fold-{run.fold}-{key}.json"
+
+
+def robustness_key(run: artifacts.RunResult, dataset_fingerprint: str) -> str:
+    return artifacts.canonical_hash(
+        {
+            "schema": ROBUSTNESS_SCHEMA,
+            "model": _file_sha256(run.model_path),
+            "dataset": dataset_fingerprint,
+            "shifts": shifts_definition(),
+            "noise_seed": NOISE_SEED,
+        }
+    )
+
+
+ProgressFn = Callable[[int, int], None]
+StopFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """``should_stop`` asked a robustness analysis to stop; nothing was written."""
+
+
+def fold_robustness(
+    run: artifacts.RunResult,
+    dataset: Dataset,
+    *,
+    artifacts_root: Path | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> dict:
+    """The fold model of ``run`` on its own held-out images, unshifted and under every shift; kept on disk."""
+    if run.model_path is None:
+        raise ValueError(f"{run.backbone} fold {run.fold} has no saved model (model.keras); its robustness needs one")
+    root = artifacts_root or settings.artifacts_dir()
+    study = artifacts.read_study(run.study_id, root)
+    if dataset.fingerprint != study["dataset"]["fingerprint"]:
+        raise ValueError(f"dataset {dataset.fingerprint} is not the one of study {run.study_id}")
+    key = robustness_key(run, dataset.fingerprint)
+    path = result_path(run, key, root)
+    if path.is_file():
+        return atomic.read_json(path)
+    from engine.models.inference import load_classifier
+
+    classifier = load_classifier(run.model_path, artifacts_root=root)
+    rows = np.asarray(study["folds"][run.fold], dtype=np.int64)
+    images = np.asarray(dataset.images[rows])
+    y_true = dataset.labels[rows]
+    n_classes = len(classifier.classes)
+    conditions = [(None, None, None)]
+    conditions += [(s, strength, p) for s in SHIFTS for strength, p in zip(STRENGTHS, s.parameters, strict=True)]
+    found = []
+    for step, (shift, strength, parameter) in enumerate(conditions):
+        if should_stop and should_stop():
+            raise Cancelled(f"{run.backbone} fold {run.fold}: robustness cancelled")
+        seen = images if shift is None else shifted(images, shift, parameter)
+        proba = np.concatenate(
+            [classifier.outputs(seen[i : i + BATCH])["probabilities"] for i in range(0, len(seen), BATCH)]
+        )
+        found.append(
+            {
+                "shift": shift.name if shift else "none",
+                "strength": strength,
+                "parameter": parameter,
+                **_counts(y_true, proba, n_classes),
+            }
+        )
+        if on_progress:
+            on_progress(step + 1, len(conditions))
+    result = {
+        "schema_version": ROBUSTNESS_SCHEMA,
+        "study_id": run.study_id,
+        "backbone": run.backbone,
+        "fold": run.fold,
+        "classes": list(classifier.classes),
+        "dataset": dataset.fingerprint,
+        "shifts": shifts_definition(),
+        "conditions": found,
+    }
+    for stale in path.parent.glob(f"fold-{run.fold}-*.json"):
+        stale.unlink()
+    atomic.write_json(path, result)
+    return result
+
+
+def study_dataset(study: dict, artifacts_root: Path | None = None, *, data: str | Path | None = None) -> Dataset:
+    """The study's images: its decoded cache on this machine, or ``data`` imported (and checked to be the same)."""
+    from engine.data.datasets import DatasetError, import_dataset, load_dataset
+
+    fingerprint, size = study["dataset"]["fingerprint"], int(study["input_size"])
+    if data is None:
+        try:
+            return load_dataset(fingerprint, input_size=size, artifacts=artifacts_root)
+        except DatasetError:
+            raise ValueError(
+                f"the images of study {study['study_id']} (dataset {study['dataset']['name']}, {fingerprint}) are "
+                "not on this machine; pass the dataset's folder or .zip (--data) to import it"
+            ) from None
+    dataset = import_dataset(data, input_size=size, artifacts=artifacts_root)
+    if dataset.fingerprint != fingerprint:
+        raise ValueError(f"{data} is dataset {dataset.fingerprint}, not {fingerprint} of study {study['study_id']}")
+    return dataset
+
+
+def saved_results(study_id: str, backbone: str, artifacts_root: Path | None = None) -> list[dict]:
+    """Every fold's robustness file of ``backbone`` (one per fold: the newest key replaced the others)."""
+    folder = artifacts.study_dir(study_id, artifacts_root or settings.artifacts_dir()) / "robustness" / backbone
+    return [atomic.read_json(p) for p in sorted(folder.glob("fold-*.json"))] if folder.is_dir() else []
+
+
+def pooled_table(results: list[dict]) -> list[dict]:
+    """Per shift and strength, the folds' counts added up: accuracy, per-class recall, change from unshifted."""
+    if not results:
+        return []
+    classes = tuple(results[0]["classes"])
+    totals: dict[tuple, dict] = {}
+    for result in results:
+        for c in result["conditions"]:
+            key = (c["shift"], c["strength"], c["parameter"])
+            slot = totals.setdefault(key, {"n": np.zeros(len(classes), int), "correct": np.zeros(len(classes), int)})
+            slot["n"] += c["n"]
+            slot["correct"] += c["correct"]
+    baseline = _figures(totals[("none", None, None)], classes)["accuracy"]
+    table = []
+    for (shift, strength, parameter), counts in totals.items():
+        figures = _figures(counts, classes)
+        label = "none" if shift == "none" else SHIFTS_BY_NAME[shift].label(parameter)
+        table.append(
+            {
+                "shift": shift,
+                "strength": strength or "none",
+                "parameter": parameter,
+                "setting": label,
+                "folds": len(results),
+                **figures,
+                "change": figures["accuracy"] - baseline,
+            }
+        )
+    return table
