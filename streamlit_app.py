@@ -18,7 +18,7 @@ from engine.jobs.store import JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
 from engine.models.backbones import PAPER_BACKBONES, REGISTRY
 from engine.results import atomic
-from engine.training.protocols import PROTOCOLS
+from engine.training.protocols import PRESETS
 from pages import common
 
 ALL_PAPER = "All 14 of the paper"
@@ -75,8 +75,8 @@ def study_picker() -> None:
 def launch_form() -> None:
     """Dataset, backbones and protocol parameters; submitting queues a job and wakes the worker."""
     st.sidebar.subheader("Launch a training job")
-    names = list(PROTOCOLS)
-    protocol = PROTOCOLS[
+    names = list(PRESETS)
+    protocol = PRESETS[
         st.sidebar.selectbox("Protocol preset", names, index=names.index(DEFAULT_PROTOCOL), key="launch_protocol")
     ]
     st.sidebar.caption(protocol.description)

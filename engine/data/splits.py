@@ -31,3 +31,11 @@ def train_indices(test: list[int], n: int) -> np.ndarray:
     mask = np.ones(n, dtype=bool)
     mask[test] = False
     return np.flatnonzero(mask)
+
+
+def inner_split(train: np.ndarray, labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``train`` split into (fit, validation) rows, stratified and seeded: the inner split that picks an epoch."""
+    from sklearn.model_selection import train_test_split
+
+    fit, validation = train_test_split(train, test_size=fraction, stratify=labels[train], random_state=seed)
+    return np.sort(fit), np.sort(validation)

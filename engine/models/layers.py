@@ -93,7 +93,14 @@ _to_channels = _xla(_gray_to_channels)
 
 @keras.saving.register_keras_serializable(package="cxr")
 class XRayAugment(keras.layers.Layer):
-    """Random rotation, shift, zoom and flips as one affine warp; identity at inference."""
+    """Random rotation, shift, zoom and flips as one affine warp, then intensity changes; identity at inference.
+
+    The intensity changes model other acquisitions of the same anatomy, each drawn per image:
+    a contrast stretch about the image's mean and a gamma, both log-uniform in [1/x, x], a
+    brightness offset uniform in [-x, x] grey levels, and Gaussian noise whose sd is uniform in
+    [0, x]. At their defaults (1, 1, 0, 0) nothing is drawn, so the paper's augmentation stream is
+    exactly what it was before they existed.
+    """
 
     def __init__(
         self,
@@ -105,8 +112,15 @@ class XRayAugment(keras.layers.Layer):
         vertical_flip: bool = True,
         fill_mode: str = "nearest",
         seed: int | None = None,
+        brightness: float = 0.0,
+        contrast: float = 1.0,
+        gamma: float = 1.0,
+        noise: float = 0.0,
         **kwargs,
     ) -> None:
+        for name, value in (("contrast", contrast), ("gamma", gamma)):
+            if value < 1.0:
+                raise ValueError(f"{name} is a factor range [1/x, x], so it must be at least 1, got {name}={value!r}")
         if fill_mode != "nearest":
             raise ValueError(
                 f"fill_mode must be 'nearest' (ImageDataGenerator's default, the paper's), got fill_mode={fill_mode!r}"
@@ -120,6 +134,10 @@ class XRayAugment(keras.layers.Layer):
         self.vertical_flip = bool(vertical_flip)
         self.fill_mode = fill_mode
         self.seed = seed
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
+        self.gamma = float(gamma)
+        self.noise = float(noise)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def _uniform(self, batch, low: float, high: float):
@@ -149,11 +167,32 @@ class XRayAugment(keras.layers.Layer):
         zeros = ops.zeros_like(angle)
         return ops.stack([m00, m01, a2, m10, m11, b2, zeros, zeros], axis=1)
 
+    def _factor(self, batch, spread: float):
+        """Per-image factors log-uniform in [1/spread, spread], shaped to broadcast over (H, W, 1)."""
+        log = math.log(spread)
+        return ops.reshape(ops.exp(self._uniform(batch, -log, log)), (-1, 1, 1, 1))
+
+    def intensity(self, images):
+        """The intensity changes on warped float32 images in [0, 255]; nothing is drawn for those left at default."""
+        batch = ops.shape(images)[0]
+        x = images
+        if self.contrast > 1.0:
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+            x = (x - mean) * self._factor(batch, self.contrast) + mean
+        if self.gamma > 1.0:
+            x = 255.0 * ops.power(ops.clip(x, 0.0, 255.0) / 255.0, self._factor(batch, self.gamma))
+        if self.brightness > 0.0:
+            x = x + ops.reshape(self._uniform(batch, -self.brightness, self.brightness), (-1, 1, 1, 1))
+        if self.noise > 0.0:
+            sd = ops.reshape(self._uniform(batch, 0.0, self.noise), (-1, 1, 1, 1))
+            x = x + sd * keras.random.normal(ops.shape(x), seed=self.seed_generator)
+        return ops.clip(x, 0.0, 255.0) if x is not images else x
+
     def call(self, images, training=None):
         if not training:
             return ops.cast(images, self.compute_dtype)
         matrix = self.transforms(ops.shape(images)[0], images.shape[1], images.shape[2])
-        return ops.cast(_warp(images, matrix), self.compute_dtype)
+        return ops.cast(self.intensity(_warp(images, matrix)), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -169,6 +208,10 @@ class XRayAugment(keras.layers.Layer):
             "vertical_flip": self.vertical_flip,
             "fill_mode": self.fill_mode,
             "seed": self.seed,
+            "brightness": self.brightness,
+            "contrast": self.contrast,
+            "gamma": self.gamma,
+            "noise": self.noise,
         }
 
 

@@ -18,7 +18,9 @@ class ImageBatches(keras.utils.PyDataset):
     """``(images[rows][..., None], labels[rows])`` for consecutive slices of ``indices``.
 
     ``seed=None`` keeps ``indices`` in the given order (evaluation: predictions line up with
-    ``indices``); an integer seed shuffles them before every epoch, reproducibly.
+    ``indices``); an integer seed shuffles them before every epoch, reproducibly. ``labels`` are
+    the targets of every dataset row (class indices, or one-hot rows for a smoothed loss);
+    ``weights``, when given, a per-row loss weight that comes as the third element.
     """
 
     def __init__(
@@ -29,12 +31,14 @@ class ImageBatches(keras.utils.PyDataset):
         *,
         batch_size: int,
         seed: int | None = None,
+        weights: np.ndarray | None = None,
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
         self.images = images
         self.labels = labels
+        self.weights = weights
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
         self._rng = None if seed is None else np.random.default_rng(seed)
@@ -56,7 +60,9 @@ class ImageBatches(keras.utils.PyDataset):
             raise IndexError(f"batch index {index} is out of range for {len(self)} batches")
         rows = self.rows(index)
         x = np.asarray(self.images[rows])[..., None]
-        return (x,) if self.labels is None else (x, self.labels[rows])
+        if self.labels is None:
+            return (x,)
+        return (x, self.labels[rows]) if self.weights is None else (x, self.labels[rows], self.weights[rows])
 
     def on_epoch_end(self) -> None:
         self.order = self._next_order()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from engine.data.datasets import Dataset
-from engine.data.splits import train_indices
+from engine.data.splits import inner_split, train_indices
 from engine.evaluation.metrics import fold_metrics
 from engine.models.backbones import get_backbone, weights_identity
 from engine.results import artifacts, atomic
@@ -77,6 +77,9 @@ def classifier(
 ):
     """Grayscale uint8 image in, class probabilities out; augmentation and preprocessing inside.
 
+    With ``protocol.batchnorm == "inference"`` the base is called with ``training=False``: its
+    BatchNorm layers normalise with their ImageNet statistics even while its weights train.
+
     ``seed`` fixes the head's initial weights and the augmentation stream explicitly, so a fold
     trains the same way whichever process runs it (Keras' default seeds come from Python's global
     ``random``, which other threads of a Dask worker also draw from).
@@ -93,7 +96,7 @@ def classifier(
     x = ImageNetPreprocess(spec.preprocess_mode, name="preprocess")(x)
     base = spec.build(input_size=input_size, weights=weights)
     base.name = "backbone"
-    x = base(x)
+    x = base(x, training=False) if protocol.batchnorm == "inference" else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     regularizer = keras.regularizers.L2(protocol.head_l2) if protocol.head_l2 else None
     outputs = keras.layers.Dense(
@@ -221,21 +224,29 @@ def _progress_callback(
     return ProgressCallback()
 
 
-def _optimizer(protocol: Protocol, learning_rate: float):
+def _optimizer(protocol: Protocol, stage, steps_per_epoch: int):
     import keras
 
-    return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=protocol.beta_1, beta_2=protocol.beta_2)
+    rate = stage.learning_rate
+    if stage.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=stage.epochs * steps_per_epoch, alpha=0.01)
+    return keras.optimizers.Adam(learning_rate=rate, beta_1=protocol.beta_1, beta_2=protocol.beta_2)
 
 
-def _compile(model, protocol: Protocol, stage, trainable_layers) -> None:
+def _loss(protocol: Protocol):
+    """Cross-entropy on class indices, or on one-hot targets when the labels are smoothed."""
+    import keras
+
+    if protocol.label_smoothing:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=protocol.label_smoothing)
+    return "sparse_categorical_crossentropy"
+
+
+def _compile(model, protocol: Protocol, stage, trainable_layers, steps_per_epoch: int) -> None:
     """Compile ``model`` for ``stage`` and build its optimizer (whose fresh state a reused model goes back to)."""
     for layer in trainable_layers:
         layer.trainable = stage.trainable == "all"
-    model.compile(
-        optimizer=_optimizer(protocol, stage.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    model.compile(optimizer=_optimizer(protocol, stage, steps_per_epoch), loss=_loss(protocol), metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)
 
 
@@ -253,12 +264,14 @@ def program_key(protocol: Protocol, *, backbone: str, n_classes: int, input_size
 
 
 @contextmanager
-def compiled_model(fresh, protocol: Protocol, key: str | None) -> Iterator:
+def compiled_model(fresh, protocol: Protocol, key: str | None, steps_per_epoch: int) -> Iterator:
     """``fresh`` compiled for the first stage, or the last fold's compiled model in ``fresh``'s state."""
     first = protocol.stages[0]
-    with compiled_models.compiled_for(
-        fresh, key=key, compile_model=lambda m: _compile(m, protocol, first, [m.get_layer("backbone")])
-    ) as model:
+
+    def compile_model(model) -> None:
+        _compile(model, protocol, first, [model.get_layer("backbone")], steps_per_epoch)
+
+    with compiled_models.compiled_for(fresh, key=key, compile_model=compile_model) as model:
         if model is not fresh:
             _carry_seeds(fresh, model)
         yield model
@@ -274,26 +287,68 @@ def _carry_seeds(fresh, kept) -> None:
         kept.get_layer("augment").seed = fresh.get_layer("augment").seed
 
 
-def _fit_stages(
-    model, protocol: Protocol, x, y, val, callback, trainable_layers, cancelled, *, compiled: bool = False
-) -> dict:
-    """Fit each stage in turn; ``y=None`` means ``x`` is a batch dataset that shuffles itself.
+@dataclass(frozen=True)
+class FitData:
+    """What ``model.fit`` gets: a batch dataset (``y`` None) or arrays, with the validation data."""
 
-    ``compiled``: the model is already compiled for the first stage.
+    x: object
+    validation: object
+    steps_per_epoch: int
+    y: np.ndarray | None = None
+    sample_weight: np.ndarray | None = None
+
+
+def _keep_best_epoch():
+    """A callback keeping the weights of the epoch with the lowest validation loss, over every stage.
+
+    Used only with an inner validation split: choosing the epoch on the test fold would be tuning on it.
     """
+    import keras
+
+    class KeepBestEpoch(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best_loss = np.inf
+            self.best_epoch: int | None = None
+            self.weights: list[np.ndarray] | None = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss = float((logs or {}).get("val_loss", np.inf))
+            if loss < self.best_loss:
+                self.best_loss, self.best_epoch = loss, epoch + 1
+                self.weights = [np.array(w) for w in self.model.get_weights()]
+
+        def restore(self) -> None:
+            if self.weights is not None:
+                self.model.set_weights(self.weights)
+
+    return KeepBestEpoch()
+
+
+def _fit_stages(
+    model, protocol: Protocol, data: FitData, callbacks: list, trainable_layers, cancelled, *, compiled: bool = False
+) -> dict:
+    """Fit each stage in turn; ``compiled``: the model is already compiled for the first stage."""
     history: dict[str, list[float]] = {}
     done = 0
     for index, stage in enumerate(protocol.stages):
         if index > 0 or not compiled:
-            _compile(model, protocol, stage, trainable_layers)
-        array_options = {} if y is None else {"y": y, "batch_size": protocol.batch_size, "shuffle": True}
+            _compile(model, protocol, stage, trainable_layers, data.steps_per_epoch)
+        arrays = {}
+        if data.y is not None:
+            arrays = {
+                "y": data.y,
+                "batch_size": protocol.batch_size,
+                "shuffle": True,
+                "sample_weight": data.sample_weight,
+            }
         fitted = model.fit(
-            x,
-            **array_options,
+            data.x,
+            **arrays,
             epochs=done + stage.epochs,
             initial_epoch=done,
-            validation_data=val,
-            callbacks=[callback],
+            validation_data=data.validation,
+            callbacks=callbacks,
             verbose=0,
         )
         for key, values in fitted.history.items():
@@ -316,10 +371,33 @@ class FoldPlan:
     seed: int
     train: np.ndarray
     test: np.ndarray
+    validation: np.ndarray
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.dataset.classes
+
+    @property
+    def inner_validation(self) -> bool:
+        return len(self.validation) > 0
+
+    @property
+    def validation_rows(self) -> np.ndarray:
+        """What is validated on each epoch: the inner split, or (the paper's way) the test fold."""
+        return self.validation if self.inner_validation else self.test
+
+    def targets(self) -> np.ndarray:
+        """Every dataset row's target: its class index, or a one-hot row when the loss smooths labels."""
+        labels = self.dataset.labels
+        return np.eye(len(self.classes), dtype=np.float32)[labels] if self.protocol.label_smoothing else labels
+
+    def sample_weights(self) -> np.ndarray | None:
+        """Per dataset row, ``n / (classes x n_class)`` over the rows it trains on; None when not weighted."""
+        if self.protocol.class_weight == "none":
+            return None
+        counts = np.bincount(self.dataset.labels[self.train], minlength=len(self.classes))
+        per_class = len(self.train) / (len(self.classes) * np.maximum(counts, 1))
+        return per_class[self.dataset.labels].astype(np.float32)
 
 
 def plan_fold(dataset: Dataset, study: dict, backbone: str, fold: int) -> FoldPlan:
@@ -329,15 +407,22 @@ def plan_fold(dataset: Dataset, study: dict, backbone: str, fold: int) -> FoldPl
             f"dataset {dataset.fingerprint} is not the one of study {study['study_id']} "
             f"({study['dataset']['fingerprint']})"
         )
+    protocol = Protocol.from_dict(study["protocol"])
+    seed = _seed(study, fold)
+    train = train_indices(study["folds"][fold], len(dataset))
+    validation = np.zeros(0, dtype=np.int64)
+    if protocol.selection == "best-inner-validation":
+        train, validation = inner_split(train, dataset.labels, fraction=protocol.validation_fraction, seed=seed)
     return FoldPlan(
         study=study,
         dataset=dataset,
         backbone=backbone,
         fold=fold,
-        protocol=Protocol.from_dict(study["protocol"]),
-        seed=_seed(study, fold),
-        train=train_indices(study["folds"][fold], len(dataset)),
+        protocol=protocol,
+        seed=seed,
+        train=train,
         test=np.asarray(study["folds"][fold], dtype=np.int64),
+        validation=validation,
     )
 
 
@@ -360,6 +445,7 @@ class FoldHooks:
     should_stop: StopFn | None
     callback: object = None
     cancelled: list[bool] = field(default_factory=list)
+    selected_epoch: int | None = None
 
 
 def _train_head_on_cached_features(model, plan: FoldPlan, hooks: FoldHooks, artifacts_root):
@@ -380,29 +466,45 @@ def _train_head_on_cached_features(model, plan: FoldPlan, hooks: FoldHooks, arti
         should_stop=hooks.should_stop,
     )
     views = feats.shape[1]
-    labels = plan.dataset.labels
+    targets, weights = plan.targets(), plan.sample_weights()
     head_in = keras.Input((feats.shape[-1],))
     head = keras.Model(head_in, model.get_layer("head")(head_in))
-    x_train = np.asarray(feats[plan.train]).reshape(len(plan.train) * views, -1)
-    y_train = np.repeat(labels[plan.train], views)
-    val = (np.asarray(feats[plan.test, 0]), labels[plan.test])
-    history = _fit_stages(head, plan.protocol, x_train, y_train, val, hooks.callback, [], hooks.cancelled)
-    proba = None if hooks.cancelled else head.predict(val[0], batch_size=256, verbose=0)
+    data = FitData(
+        x=np.asarray(feats[plan.train]).reshape(len(plan.train) * views, -1),
+        y=np.repeat(targets[plan.train], views, axis=0),
+        sample_weight=None if weights is None else np.repeat(weights[plan.train], views),
+        validation=(np.asarray(feats[plan.validation_rows, 0]), targets[plan.validation_rows]),
+        steps_per_epoch=-(-len(plan.train) * views // plan.protocol.batch_size),
+    )
+    history = _fit_selected(head, plan, data, hooks, [], compiled=False)
+    proba = None if hooks.cancelled else head.predict(np.asarray(feats[plan.test, 0]), batch_size=256, verbose=0)
     return model, history, proba
+
+
+def _fit_selected(model, plan: FoldPlan, data: FitData, hooks: FoldHooks, layers, *, compiled: bool) -> dict:
+    """Fit every stage; with an inner validation split, end on the weights of its best epoch."""
+    keep = _keep_best_epoch() if plan.inner_validation else None
+    callbacks = [hooks.callback, *([keep] if keep else [])]
+    history = _fit_stages(model, plan.protocol, data, callbacks, layers, hooks.cancelled, compiled=compiled)
+    if keep:
+        keep.restore()
+        hooks.selected_epoch = keep.best_epoch
+    return history
 
 
 def _train_on_images(model, plan: FoldPlan, hooks: FoldHooks, stack: ExitStack, key: str | None):
     """Every image batch through the whole model (augmentation in the graph), stage after stage."""
     from engine.training.batches import ImageBatches
 
-    images, labels, batch_size = plan.dataset.images, plan.dataset.labels, plan.protocol.batch_size
-    x_train = ImageBatches(images, labels, plan.train, batch_size=batch_size, seed=plan.seed)
-    val = ImageBatches(images, labels, plan.test, batch_size=batch_size)
-    model = stack.enter_context(compiled_model(model, plan.protocol, key))
-    layers = [model.get_layer("backbone")]
-    history = _fit_stages(
-        model, plan.protocol, x_train, None, val, hooks.callback, layers, hooks.cancelled, compiled=True
+    images, batch_size = plan.dataset.images, plan.protocol.batch_size
+    targets, weights = plan.targets(), plan.sample_weights()
+    data = FitData(
+        x=ImageBatches(images, targets, plan.train, batch_size=batch_size, seed=plan.seed, weights=weights),
+        validation=ImageBatches(images, targets, plan.validation_rows, batch_size=batch_size),
+        steps_per_epoch=-(-len(plan.train) // batch_size),
     )
+    model = stack.enter_context(compiled_model(model, plan.protocol, key, data.steps_per_epoch))
+    history = _fit_selected(model, plan, data, hooks, [model.get_layer("backbone")], compiled=True)
     test = ImageBatches(images, None, plan.test, batch_size=batch_size)
     proba = None if hooks.cancelled else model.predict(test, verbose=0)
     return model, history, proba
@@ -416,10 +518,11 @@ def batchnorm_momenta(model) -> list[float]:
     return sorted({float(layer.momentum) for layer in layers if isinstance(layer, keras.layers.BatchNormalization)})
 
 
-def _run_config(plan: FoldPlan, model) -> dict:
+def _run_config(plan: FoldPlan, model, selected_epoch: int | None) -> dict:
     import keras
 
     spec = get_backbone(plan.backbone)
+    validated_on = "inner split of the training folds" if plan.inner_validation else "the held-out fold"
     return {
         "study_id": plan.study["study_id"],
         "backbone": plan.backbone,
@@ -435,11 +538,24 @@ def _run_config(plan: FoldPlan, model) -> dict:
         "backend": keras.backend.backend(),
         "n_train": int(len(plan.train)),
         "n_test": int(len(plan.test)),
+        "n_validation": int(len(plan.validation)),
+        "validated_on": validated_on,
+        "selected_epoch": selected_epoch,
         "batchnorm_momentum": batchnorm_momenta(model),
     }
 
 
-def _save_run(path, plan: FoldPlan, model, history: dict, proba: np.ndarray, *, started: float, save_model: bool):
+def _save_run(
+    path,
+    plan: FoldPlan,
+    model,
+    history: dict,
+    proba: np.ndarray,
+    *,
+    started: float,
+    save_model: bool,
+    selected: int | None,
+):
     """The model first, then the run's files, ``status.json`` last (``artifacts.write_run``)."""
     labels = plan.dataset.labels[plan.test]
     if save_model:
@@ -448,7 +564,7 @@ def _save_run(path, plan: FoldPlan, model, history: dict, proba: np.ndarray, *, 
     files = [plan.dataset.files[i] for i in plan.test]
     artifacts.write_run(
         path,
-        config=_run_config(plan, model),
+        config=_run_config(plan, model, selected),
         history=history,
         metrics=fold_metrics(labels, proba, plan.classes),
         predictions=artifacts.predictions_csv(files, [plan.fold] * len(files), labels, proba, plan.classes),
@@ -495,5 +611,7 @@ def train_fold(
         if hooks.cancelled:
             raise Cancelled(f"{backbone} fold {fold}: cancelled")
         proba = np.asarray(proba, dtype=np.float64)
-        _save_run(path, plan, model, history, proba, started=started, save_model=save_model)
+        _save_run(
+            path, plan, model, history, proba, started=started, save_model=save_model, selected=hooks.selected_epoch
+        )
     return artifacts.read_run(path)
