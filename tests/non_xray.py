@@ -10,6 +10,8 @@ What could not be found: pydicom's test files hold one radiograph of another bod
 ``RG3``, in ``pydicom-data``), so that kind is crops of one image; the 16x16 ``CR`` thumbnails of its
 DICOMDIR tests are too small to show anything and are left out. Its ``RG1`` is a real adult chest
 radiograph: :func:`chest_radiograph` gives it as an in-distribution control, not as a non-X-ray.
+Without ``pydicom-data`` only pydicom's own small files remain (two CT slices in three windows, two
+MR slices, two ultrasound frames, a nuclear-medicine scan, a test pattern) and no radiograph.
 :func:`augment` changes real X-rays the way a user's copy may differ (rotation, contrast, JPEG,
 resolution); those should not be flagged.
 """
@@ -20,6 +22,7 @@ import io
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -31,7 +34,7 @@ PHOTOGRAPHS = ("camera", "astronaut", "chelsea", "coffee", "rocket", "moon", "co
 SCIENTIFIC = ("cell", "immunohistochemistry", "hubble_deep_field", "retina", "microaneurysms")
 TEXTURES = ("brick", "grass", "gravel")
 DRAWINGS = ("horse", "logo", "colorwheel")
-# (file, window centre, window width); a window of None uses the file's own VOI window, else its 0.5-99.5 % range.
+# (file, (window centre, window width) in Hounsfield units); None uses the file's own window, else its 0.5-99.5 % range.
 LUNG, SOFT_TISSUE = (-600.0, 1500.0), (40.0, 400.0)
 CT_SLICES = (
     ("693_UNCR.dcm", None),
@@ -51,8 +54,14 @@ MR_SLICES = (
     "emri_small.dcm",
     "examples_overlay.dcm",
 )
-ULTRASOUND = ("JPGLosslessP14SV1_1s_1f_8b.dcm", "US1_UNCR.dcm", "OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm", "color-pl.dcm")
-OTHER_DICOM = (("nuclear medicine", "JPEG2000_UNC.dcm"), ("pattern", "vlut_04.dcm"), ("pattern", "image_dfl.dcm"))
+ULTRASOUND = (
+    "JPGLosslessP14SV1_1s_1f_8b.dcm",
+    "examples_jpeg2k.dcm",
+    "examples_palette.dcm",
+    "gdcm-US-ALOKA-16.dcm",
+    "color-pl.dcm",
+)
+OTHER_DICOM = (("nuclear medicine", "JPEG2000.dcm"), ("pattern", "vlut_04.dcm"), ("pattern", "image_dfl.dcm"))
 OTHER_RADIOGRAPH = "RG3_UNCR.dcm"  # a tibia (CR, extremity)
 CHEST_RADIOGRAPH = "RG1_UNCR.dcm"  # an adult chest (CR, PA)
 WORDS = ("patient", "report", "results", "normal", "findings", "chest", "date", "signed", "the", "of", "and", "page")
@@ -76,11 +85,9 @@ def build(size: int = 224, *, seed: int = 0) -> list[Sample]:
 def chest_radiograph(size: int = 224) -> Sample | None:
     """pydicom-data's adult chest radiograph (an in-distribution control), or None when it is not installed."""
     img = _dicom_image(CHEST_RADIOGRAPH, None)
-    return (
-        None
-        if img is None
-        else Sample("chest radiograph", CHEST_RADIOGRAPH, _decode(_png(img), size, CHEST_RADIOGRAPH))
-    )
+    if img is None:
+        return None
+    return Sample("chest radiograph", CHEST_RADIOGRAPH, _decode(_png(img), size, CHEST_RADIOGRAPH))
 
 
 def augment(images: np.ndarray, kind: str, *, seed: int = 0) -> np.ndarray:
@@ -114,23 +121,20 @@ def _skimage_and_sklearn(rng: np.random.Generator) -> Iterator[tuple[str, str, I
     from sklearn.datasets import load_sample_images
 
     shipped = {
-        name: getattr(data, name)
-        for name in (*PHOTOGRAPHS, *SCIENTIFIC, *TEXTURES, *DRAWINGS)
-        if name not in ("china", "flower")
+        name: getattr(data, name)() for name in (*PHOTOGRAPHS, *SCIENTIFIC, *TEXTURES, *DRAWINGS) if hasattr(data, name)
     }
     sample = load_sample_images()
-    for path, array in zip(sample.filenames, sample.images, strict=True):
-        shipped[path.rsplit("/", 1)[-1].removesuffix(".jpg")] = lambda array=array: array
+    shipped.update({Path(path).stem: array for path, array in zip(sample.filenames, sample.images, strict=True)})
     for kind, names in (("photograph", PHOTOGRAPHS), ("scientific image", SCIENTIFIC), ("texture", TEXTURES)):
         for name in names:
-            grey = _grey(shipped[name]())
+            grey = _grey(shipped[name])
             yield kind, name, grey
             for i in range(3):
                 yield kind, f"{name} crop {i}", _crop(grey, rng)
     for index in rng.choice(len(faces := data.lfw_subset()), size=4, replace=False):
         yield "photograph", f"lfw face {index}", _grey(faces[index])
     for name in DRAWINGS:
-        yield "drawing", name, _grey(shipped[name]())
+        yield "drawing", name, _grey(shipped[name])
     yield "pattern", "checkerboard", _grey(data.checkerboard())
     yield "pattern", "binary blobs", _grey(data.binary_blobs(rng=int(rng.integers(1 << 31))))
     yield "ct slice", "shepp-logan phantom", _grey(data.shepp_logan_phantom())
@@ -233,7 +237,9 @@ def _medical(rng: np.random.Generator) -> Iterator[tuple[str, str, Image.Image]]
             yield "radiograph, other body part", f"{OTHER_RADIOGRAPH} crop {i}", _crop(tibia, rng)
 
 
-def _named(kind: str, name: str, img: Image.Image | None, window) -> Iterator[tuple[str, str, Image.Image]]:
+def _named(
+    kind: str, name: str, img: Image.Image | None, window: tuple[float, float] | None
+) -> Iterator[tuple[str, str, Image.Image]]:
     if img is not None:
         yield kind, name if window is None else f"{name} window {window[0]:g}/{window[1]:g}", img
 
@@ -242,7 +248,7 @@ def _dicom_image(name: str, window: tuple[float, float] | None) -> Image.Image |
     """A shipped DICOM file's first frame as a grey 8-bit image, windowed; None when the file is not installed."""
     import pydicom
     from pydicom.data import get_testdata_file
-    from pydicom.pixels import apply_color_lut, convert_color_space
+    from pydicom.pixels import apply_color_lut
 
     path = get_testdata_file(name, download=False)
     if path is None:
@@ -258,8 +264,6 @@ def _dicom_image(name: str, window: tuple[float, float] | None) -> Image.Image |
             return _u8(255.0 * _window(ds, pixels, window, inverted=photometric == "MONOCHROME1"))
         if photometric == "PALETTE COLOR":
             pixels = apply_color_lut(pixels, ds)
-        elif photometric.startswith("YBR"):
-            pixels = convert_color_space(pixels, photometric, "RGB")
     return _grey(pixels * (255.0 / max(1.0, float(pixels.max()))))
 
 

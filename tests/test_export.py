@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from engine import settings
 from engine.cli.main import main
 from engine.models import serving
 from engine.models.export import calibration_indices, export_runs, load_member, study_images, study_models
-from engine.models.inference import load_classifier
-from engine.models.runtime import load_exported, sidecar_path
+from engine.models.inference import OOD_WARNING, load_classifier
+from engine.models.runtime import detector_path, file_sha256, load_exported, sidecar_path
 from engine.results import artifacts
 from engine.training.protocols import get_protocol
 from engine.training.runner import run_study
@@ -194,8 +195,7 @@ def test_calibration_images_come_from_every_members_training_folds():
     chosen = calibration_indices(study, [1], count=100)
     assert set(chosen) == {0, 1, 2, 6, 7, 8, 9}
     assert set(calibration_indices(study, [0, 1], count=2)) <= {6, 7, 8, 9}
-    with pytest.raises(ValueError, match="hold out every image"):
-        calibration_indices(study, [0, 1, 2], count=10)
+    assert set(calibration_indices(study, [0, 1, 2], count=10)) == set(range(10)), "no image is held out of it"
 
 
 @pytest.fixture(scope="module")
@@ -248,11 +248,21 @@ def test_a_fold_ensemble_exports_and_matches_its_keras_serving_graph(tiny, ensem
     assert [m["fold"] for m in exported.meta["members"]] == [0, 1]
 
 
-def test_a_full_fold_ensemble_cannot_calibrate_int8_on_its_own_study(tiny, tmp_path):
+def test_an_export_carries_an_ood_detector_fitted_on_its_own_features(ensemble, tiny):
     root, study_id = tiny
-    members = study_models(study_id, "MobileNet-0.25", root)
-    with pytest.raises(ValueError, match="hold out every image"):
-        export_runs(members, quantize="int8", out_dir=tmp_path, artifacts_root=root)
+    meta = json.loads(sidecar_path(ensemble["litert"]).read_text())
+    found = meta["ood"]
+    assert found["file"] == detector_path(ensemble["litert"]).name and found["n_fit"] == 24
+    assert found["sha256"] == file_sha256(detector_path(ensemble["litert"]))
+    exported = load_exported(ensemble["litert"])
+    assert exported.ood is not None and exported.ood.threshold == pytest.approx(found["threshold"])
+    image = make_image(1, 32, np.random.default_rng(0))
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    (result,) = exported.classify([("x.png", out.getvalue())])
+    features = exported.outputs(image[None])["features"]
+    assert result.ood_score == pytest.approx(float(exported.ood.score(features)[0] / exported.ood.threshold))
+    assert (result.warnings[:1] == [OOD_WARNING]) == (result.ood_score > 1.0)
 
 
 def test_cli_exports_the_study_ensemble_with_its_sidecar(ensemble):

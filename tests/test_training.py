@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import zipfile
+from types import SimpleNamespace
 
+import keras
 import numpy as np
 import pytest
 
+from engine import settings
 from engine.data.datasets import import_dataset
 from engine.results import artifacts
 from engine.settings import ReadOnlyError
@@ -17,7 +21,7 @@ from engine.training import fold as training
 from engine.training.fold import train_fold
 from engine.training.protocols import Protocol, Stage, get_protocol
 from engine.training.runner import run_study
-from engine.training.study import StudyRequest, prepare_study, summarize
+from engine.training.study import StudyRequest, prepare_study, study_id_for, summarize
 from tests.synthetic import make_dataset
 
 TINY_PAPER = StudyRequest(protocol=get_protocol("paper").replace(epochs=1), n_folds=2, weights=None)
@@ -202,3 +206,47 @@ def test_read_only_refuses_training(tiny_root, tmp_path, monkeypatch):
     with pytest.raises(ReadOnlyError):
         run_study(tiny_root, backbones=["MobileNet-0.25"], request=TINY_PAPER, input_size=32, artifacts_root=tmp_path)
     assert not (tmp_path / "studies").exists()
+
+
+def test_study_ids_of_the_committed_demo_survive_the_options_added_since():
+    for study_json in sorted((settings.PROJECT_ROOT / "artifacts" / "studies").glob("*/study.json")):
+        study = json.loads(study_json.read_text())
+        protocol = Protocol.from_dict(study["protocol"])
+        assert protocol.to_dict() == study["protocol"]
+        request = StudyRequest(
+            protocol=protocol, n_folds=study["n_folds"], seed=study["seed"], weights=study["weights"]
+        )
+        dataset = SimpleNamespace(fingerprint=study["dataset"]["fingerprint"], input_size=study["input_size"])
+        assert study_id_for(dataset, request) == study["study_id"] == study_json.parent.name
+
+
+def test_the_recommended_protocol_keeps_imagenet_batchnorm_and_picks_its_epoch_on_an_inner_split(tmp_path):
+    tiny_root = make_dataset(tmp_path / "data", n_per_class=12)
+    request = StudyRequest(protocol=get_protocol("xray-finetune").replace(epochs=2, batch_size=8), n_folds=2)
+    request = dataclasses.replace(request, weights=None)
+    study = run_study(tiny_root, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=tmp_path)
+    dataset = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
+    for run in artifacts.study_runs(study["study_id"], tmp_path):
+        plan = training.plan_fold(dataset, study, run.backbone, run.fold)
+        assert set(plan.validation).isdisjoint(plan.test) and set(plan.validation).isdisjoint(plan.train)
+        assert run.config["n_validation"] == len(plan.validation) > 0
+        assert run.config["validated_on"] == "inner split of the training folds"
+        assert 1 <= run.config["selected_epoch"] <= 4 and len(run.history["val_loss"]) == 4
+        assert run.config["selected_epoch"] == int(np.argmin(run.history["val_loss"])) + 1
+        model = keras.saving.load_model(run.model_path, compile=False)
+        norms = [la for la in model.get_layer("backbone").layers if isinstance(la, keras.layers.BatchNormalization)]
+        assert norms and all(np.all(np.asarray(la.moving_mean) == 0.0) for la in norms), "moving statistics moved"
+        assert (run.path / "ood.npz").is_file()
+
+
+def test_balanced_class_weights_give_each_class_the_same_total_weight(tiny_root, tmp_path):
+    protocol = dataclasses.replace(get_protocol("paper"), class_weight="balanced")
+    dataset = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
+    keep = np.flatnonzero((dataset.labels != 0) | (np.arange(len(dataset)) % 2 == 0))
+    skewed = dataclasses.replace(dataset, labels=dataset.labels[keep], files=[dataset.files[i] for i in keep])
+    skewed.images = dataset.images[keep]
+    study = prepare_study(skewed, StudyRequest(protocol=protocol, n_folds=2, weights=None), artifacts_root=tmp_path)
+    plan = training.plan_fold(skewed, study, "MobileNet-0.25", 0)
+    weights = plan.sample_weights()
+    totals = [weights[plan.train][skewed.labels[plan.train] == k].sum() for k in range(3)]
+    assert totals == pytest.approx([len(plan.train) / 3] * 3)

@@ -92,6 +92,27 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ood(args: argparse.Namespace) -> int:
+    from engine.evaluation.robustness import study_dataset
+    from engine.models.inference import OOD_FILE
+    from engine.results import artifacts
+    from engine.training.fold import fit_run_detector
+
+    study_id = _study_id(args)
+    study = artifacts.read_study(study_id, args.artifacts)
+    runs = [r for r in artifacts.study_runs(study_id, args.artifacts) if r.backbone == args.backbone and r.model_path]
+    if not runs:
+        raise ValueError(f"no saved model of backbone={args.backbone!r} in study {study_id}")
+    dataset = study_dataset(study, args.artifacts, data=args.data)
+    for run in runs:
+        if (run.path / OOD_FILE).is_file() and not args.force:
+            print(f"{run.backbone} fold {run.fold}: {OOD_FILE} already there (--force fits it again)")
+            continue
+        saved = fit_run_detector(run, dataset, study)
+        print(f"{run.backbone} fold {run.fold}: " + (f"wrote {saved}" if saved else "too few training images"))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the evaluation commands to the ``python -m engine`` parser."""
     p = sub.add_parser("intervals", help="bootstrap intervals and calibration of a study's out-of-fold predictions")
@@ -109,3 +130,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     add_artifacts(p)
     p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("ood", help="fit the out-of-distribution detector of each saved fold model of a backbone")
+    p.add_argument("--study", required=True, help="study id")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--data", default=None, help="the study's dataset folder or .zip, if its images are not cached")
+    p.add_argument("--force", action="store_true", help="fit again where a detector is already saved")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_ood)

@@ -64,6 +64,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
             "file": p.name,
             "predicted": p.predicted,
             "probabilities": p.probabilities,
+            "ood_score": p.ood_score,
+            "unlike_training_images": p.unlike_training,
             "warnings": p.warnings,
             "error": p.error,
         }
@@ -77,7 +79,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 print(f"error: {row['error']}")
                 continue
             probs = "  ".join(f"{c} {v:.3f}" for c, v in row["probabilities"].items())
-            print(f"{row['file']}: {row['predicted']}  ({probs})")
+            ood = (
+                ""
+                if row["ood_score"] is None
+                else f"  ood {row['ood_score']:.2f} (above 1: unlike the training images)"
+            )
+            print(f"{row['file']}: {row['predicted']}  ({probs}){ood}")
             for warning in row["warnings"]:
                 print(f"  warning: {warning}")
     return 2 if failed or any(r["error"] for r in rows) else 0

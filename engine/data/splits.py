@@ -34,8 +34,12 @@ def train_indices(test: list[int], n: int) -> np.ndarray:
 
 
 def inner_split(train: np.ndarray, labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``train`` split into (fit, validation) rows, stratified and seeded: the inner split that picks an epoch."""
+    """``train`` split into (fit, validation) rows, stratified and seeded: the inner split that picks an epoch.
+
+    At least one image of each class is validated on, however small ``fraction`` of a small set is.
+    """
     from sklearn.model_selection import train_test_split
 
-    fit, validation = train_test_split(train, test_size=fraction, stratify=labels[train], random_state=seed)
+    size = max(round(fraction * len(train)), len(np.unique(labels[train])))
+    fit, validation = train_test_split(train, test_size=size, stratify=labels[train], random_state=seed)
     return np.sort(fit), np.sort(validation)

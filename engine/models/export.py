@@ -28,7 +28,17 @@ import numpy as np
 from engine import settings
 from engine.data.datasets import DatasetError, import_dataset, load_dataset
 from engine.models import serving
-from engine.models.runtime import FORMATS, INPUT_NAME, RUNNERS, SIDECAR_SCHEMA, file_sha256, sidecar_path
+from engine.models.inference import fit_detector
+from engine.models.runtime import (
+    FORMATS,
+    INPUT_NAME,
+    RUNNERS,
+    SIDECAR_SCHEMA,
+    detector_path,
+    file_sha256,
+    load_exported,
+    sidecar_path,
+)
 from engine.results import artifacts, atomic
 
 QUANTIZATIONS = (None, "int8")
@@ -316,17 +326,39 @@ def study_models(study_id: str, backbone: str, root: Path) -> list[Path]:
     return paths
 
 
-def calibration_indices(study: dict, folds: list[int], *, count: int, seed: int = 0) -> np.ndarray:
-    """Up to ``count`` dataset indices held out by none of ``folds``: training images of every member."""
+def training_indices(study: dict, folds: list[int]) -> np.ndarray:
+    """Dataset indices the members trained on: held out by none of ``folds``.
+
+    An ensemble of every fold has no such image; each of its images trained all members but one,
+    and none is held out from the ensemble, so all of them are its training images.
+    """
     held = set().union(*(study["folds"][k] for k in folds))
-    candidates = np.array(sorted(set(range(study["dataset"]["n_images"])) - held), dtype=np.int64)
-    if len(candidates) == 0:
-        raise ValueError(
-            f"folds {folds} of study {study['study_id']} hold out every image between them: "
-            "no image trained every member, so none can calibrate int8"
-        )
+    everything = set(range(study["dataset"]["n_images"]))
+    return np.array(sorted(everything - held if held != everything else everything), dtype=np.int64)
+
+
+def calibration_indices(study: dict, folds: list[int], *, count: int, seed: int = 0) -> np.ndarray:
+    """Up to ``count`` of the members' training images (:func:`training_indices`), never a held-out fold's."""
+    candidates = training_indices(study, folds)
     chosen = np.random.default_rng(seed).choice(candidates, min(count, len(candidates)), replace=False)
     return np.sort(chosen)
+
+
+def attach_detector(result: ExportResult, training_images: np.ndarray) -> dict:
+    """Fit the OOD detector on the exported file's own features of its training images; name it in the sidecar."""
+    exported = load_exported(result.path)
+    detector = fit_detector(exported, training_images)
+    path = detector.save(detector_path(result.path))
+    result.meta["ood"] = {
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "method": detector.method,
+        "threshold": detector.threshold,
+        "quantile": detector.quantile,
+        "n_fit": detector.n_fit,
+    }
+    atomic.write_json(result.sidecar, result.meta)
+    return result.meta["ood"]
 
 
 def study_images(study: dict, root: Path, *, data: Path | None = None) -> np.ndarray | None:
@@ -386,7 +418,7 @@ def export_runs(
             )
         calibration = images[calibration_indices(study, folds, count=calibration_count)]
     check = None if images is None or not check_count else images[check_indices(study, folds, count=check_count)]
-    return export_model(
+    result = export_model(
         members,
         out_dir=out_dir or (runs[0].path if len(runs) == 1 else runs[0].path.parent) / "export",
         classes=tuple(runs[0].config["classes"]),
@@ -397,6 +429,9 @@ def export_runs(
         sources=[Member(r.study_id, r.backbone, r.fold, r.config["protocol"]["name"]) for r in runs],
         name=_name(runs),
     )
+    if images is not None:
+        attach_detector(result, images[training_indices(study, folds)])
+    return result
 
 
 def ensemble_runs(model_paths: list[Path], root: Path) -> list[artifacts.RunResult]:

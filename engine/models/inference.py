@@ -20,11 +20,18 @@ from engine import settings
 from engine.data.dicom import is_dicom
 from engine.data.images import ImageError, decode_xray, looks_like_xray
 from engine.models import serving
+from engine.models.ood import WARNING as OOD_WARNING
+from engine.models.ood import OODDetector
 from engine.results import artifacts
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 32 * 2**20
+OOD_FILE = "ood.npz"
+NO_OOD_CHECK = (
+    "no out-of-distribution check for this model (it has no ood.npz): "
+    "nothing says this image is like its training images"
+)
 UPLOAD_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 
@@ -58,6 +65,12 @@ class Prediction:
     heatmap: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    ood_score: float | None = None
+
+    @property
+    def unlike_training(self) -> bool:
+        """The image is out of the training distribution: its prediction means nothing."""
+        return self.ood_score is not None and not self.ood_score <= 1.0
 
 
 def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
@@ -102,14 +115,18 @@ class Classifier:
     """A loaded model with its classes; thread-safe, so one instance serves every session.
 
     ``model`` is a serving graph (``engine.models.serving``): probabilities, class maps and
-    pooled features from one forward pass.
+    pooled features from one forward pass. ``ood``, when the model has one, scores those
+    features against the training images' (``engine.models.ood``).
     """
 
-    def __init__(self, model, *, classes: tuple[str, ...], input_size: int, info: dict) -> None:
+    def __init__(
+        self, model, *, classes: tuple[str, ...], input_size: int, info: dict, ood: OODDetector | None = None
+    ) -> None:
         self.model = model
         self.classes = classes
         self.input_size = input_size
         self.info = info
+        self.ood = ood
         self._lock = threading.Lock()
 
     def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -119,11 +136,23 @@ class Classifier:
             raw = self.model.predict_on_batch(batch)
         return {key: np.asarray(raw[key]) for key in serving.OUTPUTS}
 
+    def features(self, images: np.ndarray, *, batch: int = 64) -> np.ndarray:
+        """Pooled backbone features (N, D) of uint8 images, in batches: what the OOD detector is fitted on."""
+        return np.concatenate(
+            [self.outputs(np.asarray(images[i : i + batch]))["features"] for i in range(0, len(images), batch)]
+        )
+
     def predict_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and heatmaps (N, S, S) in [0, 1] for uint8 images (N, S, S)."""
+        proba, heatmaps, _ = self._predict(images)
+        return proba, heatmaps
+
+    def _predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         raw = self.outputs(images)
         proba = raw["probabilities"].astype(np.float64)
-        return proba, serving.heatmaps(raw["class_maps"], proba.argmax(axis=1), size=self.input_size)
+        heatmaps = serving.heatmaps(raw["class_maps"], proba.argmax(axis=1), size=self.input_size)
+        ratios = None if self.ood is None else self.ood.score(raw["features"]) / self.ood.threshold
+        return proba, heatmaps, ratios
 
     def classify(self, items: list[tuple[str, bytes]]) -> list[Prediction]:
         """Check, decode and classify a batch of uploads; a bad file gets its error, the rest go on."""
@@ -140,12 +169,33 @@ class Classifier:
             results[i].warnings = [*decoded.notes, *looks_like_xray(decoded, data)]
             ready.append(i)
         if ready:
-            proba, heatmaps = self.predict_arrays(np.stack([results[i].image for i in ready]))
+            proba, heatmaps, ratios = self._predict(np.stack([results[i].image for i in ready]))
             for row, i in enumerate(ready):
                 results[i].probabilities = {c: float(p) for c, p in zip(self.classes, proba[row], strict=True)}
                 results[i].predicted = self.classes[int(proba[row].argmax())]
                 results[i].heatmap = heatmaps[row]
+                if ratios is None:
+                    results[i].warnings.append(NO_OOD_CHECK)
+                else:
+                    results[i].ood_score = float(ratios[row])
+                    if results[i].unlike_training:
+                        results[i].warnings.insert(0, OOD_WARNING)
         return results
+
+
+def load_detector(path: Path, *, dim: int | None = None) -> OODDetector | None:
+    """The OOD detector saved at ``path``, or None when there is none; a wrong feature size is an error."""
+    if not path.is_file():
+        return None
+    detector = OODDetector.load(path)
+    if dim is not None and detector.dim != dim:
+        raise ValueError(f"{path}: an OOD detector of {detector.dim} features for a model of {dim}")
+    return detector
+
+
+def fit_detector(classifier: Classifier, training_images: np.ndarray) -> OODDetector:
+    """The OOD detector of ``classifier``, fitted on the features of the images it was trained on."""
+    return OODDetector.fit(classifier.features(training_images))
 
 
 def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> Classifier:
@@ -164,8 +214,10 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
     started = time.perf_counter()
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     log.info("loaded model %s (%s fold %d) in %.1f s", path, run.backbone, run.fold, time.perf_counter() - started)
+    graph = serving.serving_model([model])
     return Classifier(
-        serving.serving_model([model]),
+        graph,
+        ood=load_detector(path.with_name(OOD_FILE), dim=int(graph.output["features"].shape[-1])),
         classes=tuple(run.config["classes"]),
         input_size=int(run.config["input_size"]),
         info={

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.models import serving
-from engine.models.inference import Classifier
+from engine.models.inference import Classifier, load_detector
 
 SIDECAR_SCHEMA = 1
 FORMATS = {"litert": ".tflite", "onnx": ".onnx"}
@@ -120,7 +120,7 @@ class ExportedClassifier(Classifier):
     ``outputs``, ``predict_arrays`` and ``classify`` (and their lock) are the Keras path's own.
     """
 
-    def __init__(self, runner, *, path: Path, meta: dict) -> None:
+    def __init__(self, runner, *, path: Path, meta: dict, ood=None) -> None:
         members = meta["members"]
         folds = [m["fold"] for m in members]
         info = {
@@ -132,7 +132,7 @@ class ExportedClassifier(Classifier):
             "format": meta["format"],
             "quantization": meta["quantization"],
         }
-        super().__init__(runner, classes=tuple(meta["classes"]), input_size=int(meta["input_size"]), info=info)
+        super().__init__(runner, classes=tuple(meta["classes"]), input_size=int(meta["input_size"]), info=info, ood=ood)
         self.path = path
         self.meta = meta
 
@@ -144,4 +144,10 @@ def load_exported(path: str | Path, *, threads: int | None = None) -> ExportedCl
     if not path.is_file():
         raise ValueError(f"exported model not found: path={str(path)!r}")
     meta = read_sidecar(path)
-    return ExportedClassifier(RUNNERS[kind](path, threads=threads), path=path, meta=meta)
+    ood = load_detector(detector_path(path), dim=int(meta["outputs"]["features"][-1]))
+    return ExportedClassifier(RUNNERS[kind](path, threads=threads), path=path, meta=meta, ood=ood)
+
+
+def detector_path(path: Path) -> Path:
+    """``model.tflite`` -> ``model.tflite.ood.npz``: the OOD detector fitted on this file's own features."""
+    return path.with_name(path.name + ".ood.npz")

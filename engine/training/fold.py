@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from engine.data.datasets import Dataset
 from engine.data.splits import inner_split, train_indices
 from engine.evaluation.metrics import fold_metrics
 from engine.models.backbones import get_backbone, weights_identity
+from engine.models.inference import OOD_FILE
 from engine.results import artifacts, atomic
 from engine.training import compilation, compiled_models
 from engine.training.protocols import Protocol
@@ -77,9 +79,6 @@ def classifier(
 ):
     """Grayscale uint8 image in, class probabilities out; augmentation and preprocessing inside.
 
-    With ``protocol.batchnorm == "inference"`` the base is called with ``training=False``: its
-    BatchNorm layers normalise with their ImageNet statistics even while its weights train.
-
     ``seed`` fixes the head's initial weights and the augmentation stream explicitly, so a fold
     trains the same way whichever process runs it (Keras' default seeds come from Python's global
     ``random``, which other threads of a Dask worker also draw from).
@@ -96,7 +95,7 @@ def classifier(
     x = ImageNetPreprocess(spec.preprocess_mode, name="preprocess")(x)
     base = spec.build(input_size=input_size, weights=weights)
     base.name = "backbone"
-    x = base(x, training=False) if protocol.batchnorm == "inference" else base(x)
+    x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     regularizer = keras.regularizers.L2(protocol.head_l2) if protocol.head_l2 else None
     outputs = keras.layers.Dense(
@@ -242,10 +241,26 @@ def _loss(protocol: Protocol):
     return "sparse_categorical_crossentropy"
 
 
+def _set_trainable(layer, *, trainable: bool, batchnorm: str) -> None:
+    """``layer`` (the backbone) trainable or not; with ``batchnorm="inference"`` its BatchNorm layers stay frozen.
+
+    A Keras 3 BatchNormalization layer that is not trainable normalises with its moving statistics
+    even while the model trains (a ``training=False`` call inside a functional model does not
+    survive ``fit``, which passes ``training=True`` to every layer).
+    """
+    import keras
+
+    layer.trainable = trainable
+    if trainable and batchnorm == "inference":
+        for inner in layer.layers:
+            if isinstance(inner, keras.layers.BatchNormalization):
+                inner.trainable = False
+
+
 def _compile(model, protocol: Protocol, stage, trainable_layers, steps_per_epoch: int) -> None:
     """Compile ``model`` for ``stage`` and build its optimizer (whose fresh state a reused model goes back to)."""
     for layer in trainable_layers:
-        layer.trainable = stage.trainable == "all"
+        _set_trainable(layer, trainable=stage.trainable == "all", batchnorm=protocol.batchnorm)
     model.compile(optimizer=_optimizer(protocol, stage, steps_per_epoch), loss=_loss(protocol), metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)
 
@@ -518,6 +533,32 @@ def batchnorm_momenta(model) -> list[float]:
     return sorted({float(layer.momentum) for layer in layers if isinstance(layer, keras.layers.BatchNormalization)})
 
 
+def _detector(plan: FoldPlan, model):
+    """The fold model's OOD detector, fitted on the features of the images it trained on (never its test fold).
+
+    None when there are too few of them for its cross-fitted threshold (a toy study).
+    """
+    from engine.models.inference import Classifier, fit_detector
+    from engine.models.ood import MIN_FIT_ROWS
+    from engine.models.serving import serving_model
+
+    if len(plan.train) < MIN_FIT_ROWS:
+        return None
+    graph = Classifier(serving_model([model]), classes=plan.classes, input_size=plan.dataset.input_size, info={})
+    return fit_detector(graph, plan.dataset.images[plan.train])
+
+
+def fit_run_detector(run: artifacts.RunResult, dataset: Dataset, study: dict) -> Path | None:
+    """Fit and save the OOD detector of a finished run's saved model (runs made before detectors existed)."""
+    import keras
+
+    import engine.models.layers  # noqa: F401  (registers the custom layers the model uses)
+
+    model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    detector = _detector(plan_fold(dataset, study, run.backbone, run.fold), model)
+    return None if detector is None else detector.save(run.path / OOD_FILE)
+
+
 def _run_config(plan: FoldPlan, model, selected_epoch: int | None) -> dict:
     import keras
 
@@ -561,6 +602,9 @@ def _save_run(
     if save_model:
         with atomic.atomic_path(path / "model.keras", suffix=".keras") as tmp:
             model.save(tmp)
+        detector = _detector(plan, model)
+        if detector is not None:
+            detector.save(path / OOD_FILE)
     files = [plan.dataset.files[i] for i in plan.test]
     artifacts.write_run(
         path,
