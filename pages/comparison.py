@@ -7,6 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from engine.evaluation.stats import DEFAULT_ALPHA, corrected_resampled_ttest, verdict
+from engine.evaluation.summary import DEFAULT_INTERVALS
 from engine.reports import explore
 from pages import common
 
@@ -59,6 +60,33 @@ def means_table(comparison: pd.DataFrame, labels: dict[str, str]) -> None:
     }
     st.dataframe(mark_best(labelled(comparison, labels), best), hide_index=True)
     st.caption("Click a column header to sort. Green: best mean of each metric (lowest for the loss).")
+
+
+def interval_cell(row: pd.Series, metric: str) -> str:
+    if metric not in row or pd.isna(row[metric]):
+        return "–"
+    if pd.isna(row[f"{metric} low"]):
+        return f"{row[metric]:.3f}"
+    return f"{row[metric]:.3f} [{row[f'{metric} low']:.3f}, {row[f'{metric} high']:.3f}]"
+
+
+def intervals_table(study_id: str, labels: dict[str, str]) -> None:
+    st.subheader("Pooled out-of-fold estimate with its 95 % interval")
+    table = common.cached(explore.interval_table, study_id)
+    shown = pd.DataFrame(
+        {
+            "model": table["model"],
+            "images": table["images"],
+            **{label: [interval_cell(row, key) for _, row in table.iterrows()] for key, label in labels.items()},
+        }
+    )
+    st.dataframe(shown, hide_index=True)
+    st.caption(
+        f"{DEFAULT_INTERVALS.describe()}. Each image is scored once, by the fold model that held it out; the "
+        "ensemble averages the backbones' probabilities on the folds they all finished. The interval says how "
+        "much the figure depends on which images were drawn; the ± sd above says how much it varies between "
+        "fold models."
+    )
 
 
 def paper_table(comparison: pd.DataFrame, definition: str) -> None:
@@ -122,11 +150,23 @@ def pairwise_test(study_id: str, backbones: list[str], labels: dict[str, str]) -
     )
     sentence = verdict(result, name_a=a, name_b=b, metric=labels[metric], higher_is_better=metric != "loss")
     (st.success if result.p_value < DEFAULT_ALPHA else st.info)(sentence)
-    stats = st.columns(4)
+    stats = st.columns(5)
     stats[0].metric("mean difference (A − B)", f"{result.mean_difference:+.4f}")
     stats[1].metric("t", f"{result.t:.3f}")
     stats[2].metric("degrees of freedom", result.df)
     stats[3].metric("p-value (two-sided)", f"{result.p_value:.4f}")
+    pooled = common.cached(explore.paired_interval, study_id, metric, a, b)
+    stats[4].metric(
+        "pooled difference, 95 % interval",
+        f"{pooled['estimate']:+.4f}",
+        help=f"[{pooled['low']:+.4f}, {pooled['high']:+.4f}]: paired bootstrap of the same resampled images "
+        f"({pooled['n_images']:,} images of folds {pooled['folds']})",
+    )
+    st.caption(
+        f"Pooled difference (A − B) on the same resampled images: {pooled['estimate']:+.4f}, 95 % interval "
+        f"[{pooled['low']:+.4f}, {pooled['high']:+.4f}] ({DEFAULT_INTERVALS.describe()}). An interval that "
+        "excludes 0 says these images tell the two models apart; the t-test also counts how they vary between folds."
+    )
     st.dataframe(paired.assign(difference=paired[a] - paired[b]), hide_index=True)
     st.caption(
         "Corrected resampled t-test (Nadeau and Bengio, 2003): t = mean(d) / sqrt((1/k + n_test/n_train) · var(d)). "
@@ -148,6 +188,7 @@ common.remember(definition=definition)
 st.info(DEFINITIONS_NOTE, icon=":material/info:")
 labels = metric_labels(per_class)
 means_table(comparison, labels)
+intervals_table(study_id, labels)
 paper_table(comparison, definition)
 fold_plot(study_id, labels)
 pairwise_test(study_id, list(comparison["backbone"]), labels)

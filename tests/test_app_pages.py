@@ -48,6 +48,21 @@ def predictions_of(tiny: TinyStudy, backbone: str, *, fold: int) -> list[dict[st
         return list(csv.DictReader(fh))
 
 
+def ensemble_accuracy_by_hand(tiny: TinyStudy, *, pooled: bool = False):
+    """The mean of the backbones' probabilities, image by image, from their prediction files: per-fold accuracy
+    (or the pooled accuracy over every image)."""
+    hits: dict[int, list[bool]] = {}
+    for fold in range(TINY_FOLDS):
+        rows = [predictions_of(tiny, backbone, fold=fold) for backbone in TINY_BACKBONES]
+        for together in zip(*rows, strict=True):
+            classes = [k[2:-1] for k in together[0] if k.startswith("p[")]
+            mean = np.mean([[float(r[f"p[{c}]"]) for c in classes] for r in together], axis=0)
+            hits.setdefault(fold, []).append(classes[int(np.argmax(mean))] == together[0]["true"])
+    if pooled:
+        return float(np.mean([h for fold in hits.values() for h in fold]))
+    return [float(np.mean(h)) for _, h in sorted(hits.items())]
+
+
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
@@ -101,15 +116,22 @@ def test_home_names_the_dataset_weights_and_where_to_start(study_root: TinyStudy
 
 def test_comparison_table_toggle_and_paired_test(study_root: TinyStudy) -> None:
     at = open_page("pages/comparison.py", query={"study": study_root.study_id})
-    means = at.dataframe[0].value
-    assert sorted(means["backbone"]) == sorted(TINY_BACKBONES)
+    means = at.dataframe[0].value.set_index("backbone")
+    assert list(means.index) == [*sorted(TINY_BACKBONES), "ensemble"]
     assert {"accuracy", "precision (paper)", "F1 (macro)", "COVID-19 recall", "loss ±sd"} <= set(means.columns)
-    for _, row in means.iterrows():
-        accuracy = [m["accuracy"] for m in run_files(study_root, row["backbone"], "metrics.json")]
-        assert row["accuracy"] == pytest.approx(np.mean(accuracy))
-        assert row["accuracy ±sd"] == pytest.approx(np.std(accuracy, ddof=1))
+    for backbone in TINY_BACKBONES:
+        accuracy = [m["accuracy"] for m in run_files(study_root, backbone, "metrics.json")]
+        assert means.loc[backbone, "accuracy"] == pytest.approx(np.mean(accuracy))
+        assert means.loc[backbone, "accuracy ±sd"] == pytest.approx(np.std(accuracy, ddof=1))
+    ensemble = ensemble_accuracy_by_hand(study_root)
+    assert means.loc["ensemble", "accuracy"] == pytest.approx(np.mean(ensemble))
+    intervals = at.dataframe[1].value.set_index("model")
+    low, high = (float(v) for v in intervals.loc["ensemble", "accuracy"].split("[")[1].rstrip("]").split(","))
+    pooled = ensemble_accuracy_by_hand(study_root, pooled=True)
+    assert intervals.loc["ensemble", "accuracy"].startswith(f"{pooled:.3f} [") and low <= pooled <= high
+    assert "stratified bootstrap" in texts(at.caption)
     assert "None of this study's backbones is one of the paper's 14" in texts(at.info)
-    assert len(at.dataframe[1].value) == 14
+    assert len(at.dataframe[2].value) == 14
 
     a, b = at.selectbox(key="choose-backbone").value, at.selectbox(key="choose-vs").value
     assert {a, b} == set(TINY_BACKBONES)

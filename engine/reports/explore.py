@@ -15,7 +15,9 @@ import pandas as pd
 
 from engine import settings
 from engine.evaluation.metrics import flat_metrics, per_class_from_confusion
+from engine.evaluation.predictions import ENSEMBLE, ensemble_out_of_fold, model_names, study_out_of_fold
 from engine.evaluation.stats import mean_sd
+from engine.evaluation.summary import model_summary, paired_difference
 from engine.results import artifacts
 from engine.training.study import summarize
 
@@ -88,10 +90,15 @@ def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
     return table.sort_values(["folds_done", "created_at"], ascending=False, ignore_index=True)
 
 
-def fold_metrics(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame:
-    """One row per finished (backbone, fold) with every flat metric and the fold's sizes."""
+def fold_metrics(study_id: str, artifacts_root: Path | None = None, *, ensemble: bool = False) -> pd.DataFrame:
+    """One row per finished (backbone, fold) with every flat metric and the fold's sizes.
+
+    With ``ensemble``, also one row per fold of the backbones' ensemble (``engine.evaluation.predictions``),
+    on the folds they all finished.
+    """
     rows = []
-    for run in artifacts.study_runs(study_id, _root(artifacts_root)):
+    runs = artifacts.study_runs(study_id, _root(artifacts_root))
+    for run in runs:
         rows.append(
             {
                 "backbone": run.backbone,
@@ -101,6 +108,12 @@ def fold_metrics(study_id: str, artifacts_root: Path | None = None) -> pd.DataFr
                 **flat_metrics(run.metrics),
             }
         )
+    together = ensemble_out_of_fold(study_id, _root(artifacts_root)) if ensemble else None
+    if together is not None:
+        sizes = {r.fold: (r.config["n_train"], r.config["n_test"]) for r in runs if r.backbone == together.members[0]}
+        for fold, figures in zip(together.fold_ids, together.fold_figures(), strict=True):
+            n_train, n_test = sizes[fold]
+            rows.append({"backbone": ENSEMBLE, "fold": fold, "n_train": n_train, "n_test": n_test, **figures})
     return pd.DataFrame(rows, columns=None if rows else ["backbone", "fold", "n_train", "n_test"])
 
 
@@ -115,7 +128,8 @@ def fold_metrics_long(study_id: str, artifacts_root: Path | None = None) -> pd.D
 def comparison_table(
     study_id: str, artifacts_root: Path | None = None, *, metrics: tuple[str, ...] = COMPARISON_METRICS
 ) -> pd.DataFrame:
-    """One row per backbone: folds done, then ``<metric> mean`` and ``<metric> std`` over folds (``summarize``'s)."""
+    """One row per backbone (``summarize``'s) and one for their ``ensemble``: folds done, then ``<metric> mean``
+    and ``<metric> std`` over folds."""
     rows = summarize(_root(artifacts_root), study_ids=[study_id])
     if not rows:
         return pd.DataFrame(columns=["backbone", "folds"])
@@ -127,7 +141,46 @@ def comparison_table(
                 line[f"{metric} mean"] = row["metrics"][metric]["mean"]
                 line[f"{metric} std"] = row["metrics"][metric]["std"]
         table.append(line)
+    together = ensemble_out_of_fold(study_id, _root(artifacts_root))
+    if together is not None:
+        figures = together.fold_figures()
+        line = {"backbone": ENSEMBLE, "folds": len(figures)}
+        for metric in metrics:
+            if all(metric in f for f in figures):
+                line[f"{metric} mean"], line[f"{metric} std"] = mean_sd([f[metric] for f in figures])
+        table.append(line)
     return pd.DataFrame(table)
+
+
+def interval_table(
+    study_id: str, artifacts_root: Path | None = None, *, metrics: tuple[str, ...] = COMPARISON_METRICS
+) -> pd.DataFrame:
+    """One row per model (backbones, then the ensemble): pooled out-of-fold estimate and 95 % interval of each metric.
+
+    From ``engine.evaluation.summary.model_summary``, computed once per set of predictions and kept on disk.
+    """
+    root = _root(artifacts_root)
+    rows = []
+    for model in model_names(study_id, root):
+        summary = model_summary(study_out_of_fold(study_id, model, root), root)
+        row: dict[str, object] = {"model": model, "images": summary["n_images"], "folds": len(summary["folds"])}
+        for metric in metrics:
+            found = summary["metrics"].get(metric)
+            if found:
+                row[metric], row[f"{metric} low"], row[f"{metric} high"] = (
+                    found["estimate"],
+                    found["low"],
+                    found["high"],
+                )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["model", "images", "folds"])
+
+
+def paired_interval(study_id: str, metric: str, model_a: str, model_b: str, artifacts_root=None) -> dict:
+    """A stratified bootstrap interval of ``metric(a) - metric(b)`` on the images both scored (shared folds)."""
+    root = _root(artifacts_root)
+    a, b = (study_out_of_fold(study_id, m, root) for m in (model_a, model_b))
+    return paired_difference(a, b, metric=metric)
 
 
 def best_per_column(table: pd.DataFrame) -> dict[str, str]:
@@ -289,8 +342,8 @@ def provenance(study_id: str, artifacts_root: Path | None = None) -> Provenance:
 
 
 def paired_folds(study_id: str, metric: str, backbone_a: str, backbone_b: str, artifacts_root=None) -> pd.DataFrame:
-    """``metric`` of two backbones on the folds both finished, with each fold's sizes."""
-    wide = fold_metrics(study_id, artifacts_root)
+    """``metric`` of two models (backbones or the ensemble) on the folds both finished, with each fold's sizes."""
+    wide = fold_metrics(study_id, artifacts_root, ensemble=ENSEMBLE in (backbone_a, backbone_b))
     if metric not in wide.columns:
         raise ValueError(f"unknown metric {metric!r}; this study has: {', '.join(wide.columns[4:])}")
     a = wide[wide["backbone"] == backbone_a].set_index("fold")
