@@ -10,7 +10,15 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.models.inference import MAX_UPLOAD_BYTES, Classifier, ModelInfo, Prediction, list_models, load_classifier
+from engine.models.inference import (
+    MAX_UPLOAD_BYTES,
+    OOD_WARNING,
+    Classifier,
+    ModelInfo,
+    Prediction,
+    list_models,
+    load_classifier,
+)
 from engine.reports import explore
 from pages import common
 
@@ -42,7 +50,7 @@ def classified(path: str, items: list[tuple[str, bytes]]) -> list[Prediction]:
 
 
 def model_id(info: ModelInfo) -> str:
-    return f"{info.study_id}/{info.backbone}/{info.fold}"
+    return f"{info.study_id}/{info.backbone}/{'ensemble' if info.is_ensemble else info.fold}"
 
 
 def probability_chart(prediction: Prediction) -> go.Figure:
@@ -103,6 +111,7 @@ def results_table(predictions: list[Prediction], classes: tuple[str, ...]) -> pd
                 "file": p.name,
                 "predicted": p.predicted or "",
                 **{f"p[{c}]": round(p.probabilities[c], 4) if p.predicted else None for c in classes},
+                "ood_score": None if p.ood_score is None else round(p.ood_score, 3),
                 "warnings": "; ".join(p.warnings),
                 "error": p.error or "",
             }
@@ -117,14 +126,28 @@ def show(prediction: Prediction, *, show_heatmap: bool) -> None:
             st.error(prediction.error)
             return
         for warning in prediction.warnings:
-            st.warning(f"This may not be a chest X-ray, or was read unusually: {warning}", icon=":material/warning:")
+            if warning == OOD_WARNING:
+                st.error(
+                    f"Out of distribution (score {prediction.ood_score:.2f}, above 1): {warning}.",
+                    icon=":material/block:",
+                )
+            else:
+                st.warning(
+                    f"This may not be a chest X-ray, or was read unusually: {warning}", icon=":material/warning:"
+                )
         image_column, chart_column = st.columns([1, 1])
         image_column.plotly_chart(
             overlay(prediction, show_heatmap=show_heatmap), width="stretch", key=f"img-{prediction.name}"
         )
+        verdict = "not meaningful: unlike the training images" if prediction.unlike_training else "predicted"
         chart_column.markdown(
-            f"Predicted: **{prediction.predicted}** ({prediction.probabilities[prediction.predicted]:.1%})"
+            f"{verdict.capitalize()}: **{prediction.predicted}** ({prediction.probabilities[prediction.predicted]:.1%})"
         )
+        if prediction.ood_score is not None:
+            chart_column.caption(
+                f"Out-of-distribution score {prediction.ood_score:.2f} (1 is the threshold: 99.5 % of the training "
+                "images' own cross-fitted scores are below it)."
+            )
         chart_column.plotly_chart(probability_chart(prediction), width="stretch", key=f"p-{prediction.name}")
 
 
@@ -141,15 +164,25 @@ if not available:
 by_id = {model_id(m): m for m in available}
 chosen = by_id[
     common.choose(
-        "Model (best held-out accuracy first)",
+        "Model (fold ensembles first, then single folds; best held-out accuracy first)",
         list(by_id),
         param="model",
         format_func=lambda key: f"{by_id[key].label} · study {by_id[key].study_id}",
     )
 ]
+served = "exported LiteRT/ONNX file, no TensorFlow" if chosen.export else "Keras model"
+held_out = (
+    f"its {len(chosen.folds)} members' pooled accuracy on their own held-out folds {chosen.accuracy:.3f}"
+    if chosen.is_ensemble
+    else f"accuracy on its held-out fold {chosen.accuracy:.3f}"
+)
 st.caption(
-    f"{chosen.title} · trained on {len(chosen.classes)} classes at {chosen.input_size} px · "
-    f"accuracy on its held-out fold {chosen.accuracy:.3f}"
+    f"{chosen.title} · trained on {len(chosen.classes)} classes at {chosen.input_size} px · {held_out} · "
+    f"served by the {served}"
+)
+st.caption(
+    "Probabilities are the model's softmax outputs, not calibrated chances: the Calibration page shows how "
+    "often a given probability was right on the study's held-out images."
 )
 uploads = st.file_uploader(
     "PNG, JPEG or DICOM chest X-rays (one or many)", type=list(ACCEPTED), accept_multiple_files=True
@@ -161,7 +194,7 @@ if not uploads:
 items, refused = checked_uploads(uploads)
 for reason in refused:
     st.error(reason)
-predictions = classified(str(chosen.path), items) if items else []
+predictions = classified(str(chosen.serving_path), items) if items else []
 for prediction in predictions:
     show(prediction, show_heatmap=show_heatmap)
 table = results_table(predictions, chosen.classes)

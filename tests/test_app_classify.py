@@ -48,7 +48,7 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     at.run()
     at.switch_page("pages/classify.py").run()
     assert "not a diagnostic device" in "\n".join(e.value for e in at.error)
-    assert at.selectbox(key="choose-model").value == f"{best.study_id}/{best.backbone}/{best.fold}"
+    assert best.is_ensemble and at.selectbox(key="choose-model").value == f"{best.study_id}/{best.backbone}/ensemble"
     at.get("file_uploader")[0].set_value([("xray.png", image, "image/png"), ("notes.png", b"hello", "image/png")])
     at.run()
     assert not at.exception, [e.value for e in at.exception]

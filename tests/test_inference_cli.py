@@ -48,18 +48,30 @@ def _png(array: np.ndarray, mode: str | None = None) -> bytes:
     return out.getvalue()
 
 
-def test_list_models_best_first(env):
+def best_fold(root):
+    """The best single fold model (the list starts with the fold ensemble)."""
+    return next(m for m in list_models(root) if not m.is_ensemble)
+
+
+def test_list_models_puts_the_fold_ensemble_first_then_folds_best_first(env):
     root, study, _ = env
-    models = list_models(root)
-    assert [m.fold for m in models] != [] and len(models) == 2
-    assert models[0].accuracy >= models[1].accuracy
-    assert models[0].classes == ("COVID-19", "Normal", "Viral Pneumonia")
-    assert models[0].input_size == 32 and "MobileNet-0.25" in models[0].label
+    ensemble, *folds = list_models(root)
+    assert ensemble.is_ensemble and ensemble.folds == (0, 1) and "ensemble of 2 fold models" in ensemble.label
+    runs = artifacts.study_runs(study["study_id"], root)
+    correct = sum(r.metrics["accuracy"] * r.config["n_test"] for r in runs)
+    assert ensemble.accuracy == pytest.approx(correct / sum(r.config["n_test"] for r in runs))
+    assert [m.fold for m in folds] != [] and len(folds) == 2 and folds[0].accuracy >= folds[1].accuracy
+    assert folds[0].classes == ("COVID-19", "Normal", "Viral Pneumonia")
+    assert folds[0].input_size == 32 and "MobileNet-0.25" in folds[0].label
+    images = np.stack([make_image(k, 32, np.random.default_rng(k)) for k in range(3)])
+    together, _ = load_classifier(ensemble.path, artifacts_root=root).predict_arrays(images)
+    each = [load_classifier(m.path, artifacts_root=root).predict_arrays(images)[0] for m in folds]
+    np.testing.assert_allclose(together, np.mean(each, axis=0), atol=1e-6)
 
 
 def test_classify_a_batch_with_heatmaps_and_clean_errors(env):
     root, _, _ = env
-    classifier = load_classifier(list_models(root)[0].path, artifacts_root=root)
+    classifier = load_classifier(best_fold(root).path, artifacts_root=root)
     rng = np.random.default_rng(5)
     items = [
         ("covid.png", _png(make_image(0, 256, rng))),
@@ -70,7 +82,7 @@ def test_classify_a_batch_with_heatmaps_and_clean_errors(env):
     results = classifier.classify(items)
     assert [r.name for r in results] == [name for name, _ in items]
     good = results[0]
-    raw = keras_model(list_models(root)[0].path)
+    raw = keras_model(best_fold(root).path)
     decoded = decode_xray(items[0][1], size=32).pixels
     expected = raw.predict_on_batch(decoded[None, ..., None].astype("float32"))[0]
     assert [good.probabilities[c] for c in classifier.classes] == pytest.approx(expected.tolist(), abs=1e-6)
@@ -86,7 +98,7 @@ def test_closed_form_grad_cam_equals_autodiff_grad_cam(env):
     import tensorflow as tf
 
     root, _, _ = env
-    info = list_models(root)[0]
+    info = best_fold(root)
     classifier = load_classifier(info.path, artifacts_root=root)
     images = np.stack([make_image(k, 32, np.random.default_rng(k)) for k in range(3)])
     proba, heatmaps = classifier.predict_arrays(images)
@@ -110,7 +122,7 @@ def test_closed_form_grad_cam_equals_autodiff_grad_cam(env):
 
 def test_models_load_only_from_the_artifacts_folder(env, tmp_path):
     root, _, _ = env
-    model = list_models(root)[0].path
+    model = best_fold(root).path
     outside = tmp_path / "model.keras"
     shutil.copy(model, outside)
     with pytest.raises(ValueError, match="inside"):
@@ -142,7 +154,7 @@ def test_evaluate_an_unseen_folder_gives_the_models_own_accuracy(env, tmp_path, 
     data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9)
     assert main(["evaluate", "--data", str(data), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    truth, predicted = predicted_by_hand(list_models(root)[0].path, data, list(result["model"]["classes"]))
+    truth, predicted = predicted_by_hand(best_fold(root).path, data, list(result["model"]["classes"]))
     assert result["accuracy"] == pytest.approx(float(np.mean(truth == predicted)))
     for k, name in enumerate(result["model"]["classes"]):
         assert result["recall"][name] == pytest.approx(float(np.mean(predicted[truth == k] == k)))
@@ -241,7 +253,7 @@ def test_report_is_deterministic(env, tmp_path):
     [
         (["study", "--data", "/no/such/folder", "--arch", "MobileNet"], "no such folder"),
         (["study", "--data", ".", "--arch", "ResNet999"], "unknown backbone 'ResNet999'"),
-        (["classify", "x.png", "--model", "/tmp/elsewhere.keras"], "model must be a .keras file inside"),
+        (["classify", "x.png", "--model", "/tmp/elsewhere.keras"], "model must be a model file or run folder inside"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(env, argv, message, capsys):

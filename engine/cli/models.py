@@ -18,7 +18,16 @@ def _pick_model(args: argparse.Namespace):
     models = list_models(args.artifacts)
     if not models:
         raise ValueError("no trained model in the artifacts folder; run a study first or pass --model")
-    return load_classifier(models[0].path, artifacts_root=args.artifacts)
+    return load_classifier(models[0].serving_path, artifacts_root=args.artifacts)
+
+
+def _with_interval(found: dict) -> str:
+    """``0.975 [0.969, 0.980]``, or the estimate alone when no resample defined the bounds."""
+    if found["estimate"] is None:
+        return "undefined"
+    if found["low"] is None:
+        return f"{found['estimate']:.3f}"
+    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -38,9 +47,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"overlap with the model's study: {seen['identical']} identical and {seen['near_duplicates']} near-duplicate "
         f"image(s) of {seen['checked']} left out"
     )
-    print(f"accuracy {result['accuracy']:.3f}")
-    for cls, recall in result["recall"].items():
-        print(f"recall[{cls}] {recall:.3f}")
+    intervals = result["intervals"]
+    print(intervals["description"])
+    for name, found in intervals["metrics"].items():
+        print(f"{name} {_with_interval(found)}")
+    for line in intervals["undefined"]:
+        print(f"undefined: {line}")
     print("confusion matrix (rows: true, columns: predicted):", ", ".join(classifier.classes))
     for name, row in zip(classifier.classes, result["metrics"]["confusion_matrix"], strict=True):
         print(f"  {name:<16} {row}")
@@ -106,14 +118,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the model commands to the ``python -m engine`` parser."""
     p = sub.add_parser("evaluate", help="evaluate a trained model on a folder of labelled images no fold has seen")
     p.add_argument("--data", required=True, help="folder with one sub-folder per class (some classes may be missing)")
-    p.add_argument("--model", default=None, help="a model.keras in the artifacts folder (default: the best one)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a model.keras, an exported model or a backbone's run folder (its fold ensemble) in the artifacts "
+        "folder (default: the fold ensemble of the best backbone)",
+    )
     p.add_argument("--json", action="store_true")
     add_artifacts(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("classify", help="print each image's class probabilities")
     p.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files")
-    p.add_argument("--model", default=None, help="a model.keras in the artifacts folder (default: the best one)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a model.keras, an exported model or a backbone's run folder (its fold ensemble) in the artifacts "
+        "folder (default: the fold ensemble of the best backbone)",
+    )
     p.add_argument("--json", action="store_true")
     add_artifacts(p)
     p.set_defaults(func=cmd_classify)

@@ -13,6 +13,7 @@ atomically; a newer key (a fold finished) replaces the older file. The bootstrap
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from engine.evaluation.calibration import cross_fitted_temperature, reliability
 from engine.evaluation.discrimination import discrimination_intervals
 from engine.evaluation.predictions import OutOfFold
 from engine.results import artifacts, atomic
+
+log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = 1
 RELIABILITY_BINS = 10
@@ -95,9 +98,12 @@ def model_summary(
         "metrics": {name: interval.to_dict() for name, interval in {**metrics, **ranking}.items()},
         "calibration": _calibration(oof),
     }
-    for stale in path.parent.glob(f"{oof.model}-*.json"):
-        stale.unlink()
-    atomic.write_json(path, summary)
+    try:
+        for stale in path.parent.glob(f"{oof.model}-*.json"):
+            stale.unlink()
+        atomic.write_json(path, summary)
+    except OSError as exc:  # a read-only file system (a hosted demo): the summary is still right, only not kept
+        log.warning("could not keep the summary of %s in %s: %s", oof.model, path.parent, exc)
     return summary
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 32 * 2**20
 OOD_FILE = "ood.npz"
+MODEL_FILE = "model.keras"
 NO_OOD_CHECK = (
     "no out-of-distribution check for this model (it has no ood.npz): "
     "nothing says this image is like its training images"
@@ -37,21 +38,44 @@ UPLOAD_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A trained model on disk and what it was trained on."""
+    """A trained model on disk: one fold's model, or a backbone's fold ensemble, and what it was trained on.
+
+    ``path`` is the fold's ``model.keras``, or for an ensemble the backbone's run folder (its saved
+    fold models are the members). ``export`` is the exported runtime file to serve it with, when
+    there is one (``engine.models.export``): no TensorFlow needed. ``accuracy`` is held-out: the
+    fold's, or for an ensemble its members' pooled over their own held-out folds (the ensemble
+    itself has no held-out image).
+    """
 
     path: Path
     study_id: str
     title: str
     backbone: str
-    fold: int
+    fold: int | None
+    folds: tuple[int, ...]
     protocol: str
     accuracy: float
     classes: tuple[str, ...]
     input_size: int
+    export: Path | None = None
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.fold is None
 
     @property
     def label(self) -> str:
+        if self.is_ensemble:
+            return (
+                f"{self.backbone} · {self.protocol} · ensemble of {len(self.folds)} fold models · "
+                f"members' held-out accuracy {self.accuracy:.3f}"
+            )
         return f"{self.backbone} · {self.protocol} · fold {self.fold} · accuracy {self.accuracy:.3f}"
+
+    @property
+    def serving_path(self) -> Path:
+        """What :func:`load_classifier` loads for it: the export when there is one."""
+        return self.export or self.path
 
 
 @dataclass
@@ -73,28 +97,73 @@ class Prediction:
         return self.ood_score is not None and not self.ood_score <= 1.0
 
 
-def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
-    """Every saved model of every study, best held-out accuracy first."""
+def _exports(folder: Path) -> list[tuple[Path, dict]]:
+    """Exported files in ``folder`` with their sidecars, float LiteRT first (the lightest to serve exactly)."""
+    import json
+
     found = []
+    for side in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        target = side.with_suffix("")
+        if target.suffix in (".tflite", ".onnx") and target.is_file():
+            found.append((target, json.loads(side.read_text())))
+    return sorted(found, key=lambda f: (f[1].get("quantization") is not None, f[0].suffix != ".tflite", f[0].name))
+
+
+def _members_export(folder: Path, folds: tuple[int, ...]) -> tuple[Path, tuple[int, ...]] | None:
+    """The preferred export in ``folder`` whose members are ``folds`` (or, with none given, any ensemble's)."""
+    for path, meta in _exports(folder):
+        members = tuple(sorted(m["fold"] for m in meta["members"]))
+        if members == folds or (not folds and len(members) > 1):
+            return path, members
+    return None
+
+
+def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
+    """Every servable model: each backbone's fold ensemble first (best members first), then single fold models."""
+    ensembles, singles = [], []
     for study_id in artifacts.list_study_ids(artifacts_root):
         study = artifacts.read_study(study_id, artifacts_root)
+        by_backbone: dict[str, list[artifacts.RunResult]] = {}
         for run in artifacts.study_runs(study_id, artifacts_root):
-            if run.model_path is None:
-                continue
-            found.append(
-                ModelInfo(
-                    path=run.model_path,
-                    study_id=study_id,
-                    title=study["title"],
-                    backbone=run.backbone,
-                    fold=run.fold,
-                    protocol=study["protocol"]["name"],
-                    accuracy=float(run.metrics["accuracy"]),
-                    classes=tuple(run.config["classes"]),
-                    input_size=int(run.config["input_size"]),
+            by_backbone.setdefault(run.backbone, []).append(run)
+        for backbone, runs in by_backbone.items():
+            common = {"study_id": study_id, "title": study["title"], "backbone": backbone}
+            common |= {"protocol": study["protocol"]["name"], "classes": tuple(runs[0].config["classes"])}
+            common["input_size"] = int(runs[0].config["input_size"])
+            for run in runs:
+                export = _members_export(run.path / "export", (run.fold,))
+                if run.model_path is not None or export:
+                    singles.append(
+                        ModelInfo(
+                            path=run.model_path or run.path / MODEL_FILE,
+                            fold=run.fold,
+                            folds=(run.fold,),
+                            accuracy=float(run.metrics["accuracy"]),
+                            export=export[0] if export else None,
+                            **common,
+                        )
+                    )
+            saved = tuple(sorted(r.fold for r in runs if r.model_path is not None))
+            export = _members_export(runs[0].path.parent / "export", saved if len(saved) > 1 else ())
+            folds = export[1] if export else saved
+            if len(folds) > 1:
+                members = [r for r in runs if r.fold in folds]
+                correct = sum(r.metrics["accuracy"] * r.config["n_test"] for r in members)
+                ensembles.append(
+                    ModelInfo(
+                        path=runs[0].path.parent,
+                        fold=None,
+                        folds=folds,
+                        accuracy=correct / sum(r.config["n_test"] for r in members),
+                        export=export[0] if export else None,
+                        **common,
+                    )
                 )
-            )
-    return sorted(found, key=lambda m: (-m.accuracy, m.backbone, m.fold))
+    return sorted(ensembles, key=_best_first) + sorted(singles, key=_best_first)
+
+
+def _best_first(info: ModelInfo) -> tuple:
+    return (-info.accuracy, info.backbone, info.study_id, info.folds)
 
 
 def check_upload(name: str, data: bytes) -> None:
@@ -198,23 +267,37 @@ def fit_detector(classifier: Classifier, training_images: np.ndarray) -> OODDete
     return OODDetector.fit(classifier.features(training_images))
 
 
-def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> Classifier:
-    """Load a ``.keras`` model of the artifacts folder with ``safe_mode=True``; nothing else."""
+def _load_keras(path: Path):
     import keras
 
     import engine.models.layers  # noqa: F401  (registers the custom layers the model uses)
 
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> Classifier:
+    """Load a model of the artifacts folder: a fold's ``model.keras`` (``safe_mode=True``), a backbone's run
+    folder (its saved fold models as one ensemble), or an exported ``.tflite``/``.onnx`` file (no TensorFlow)."""
     root = artifacts_root or settings.artifacts_dir()
     path = Path(path)
-    if path.suffix != ".keras" or not path.is_file() or not _inside(path, root):
-        raise ValueError(f"model must be a .keras file inside {root}, got path={str(path)!r}")
+    if not _inside(path, root) or not path.exists():
+        raise ValueError(f"model must be a model file or run folder inside {root}, got path={str(path)!r}")
+    if path.suffix in (".tflite", ".onnx"):
+        from engine.models.runtime import load_exported
+
+        return load_exported(path)
+    if path.is_dir():
+        return _load_ensemble(path, root)
+    if path.suffix != ".keras":
+        raise ValueError(
+            f"model must be a .keras file, an exported model or a run folder inside {root}, got path={str(path)!r}"
+        )
     run = artifacts.read_run(path.parent)
     if run is None:
         raise ValueError(f"{path.parent} is not a finished run; its model is not loaded")
     started = time.perf_counter()
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    graph = serving.serving_model([_load_keras(path)])
     log.info("loaded model %s (%s fold %d) in %.1f s", path, run.backbone, run.fold, time.perf_counter() - started)
-    graph = serving.serving_model([model])
     return Classifier(
         graph,
         ood=load_detector(path.with_name(OOD_FILE), dim=int(graph.output["features"].shape[-1])),
@@ -225,5 +308,28 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
             "fold": run.fold,
             "study_id": run.study_id,
             "protocol": run.config["protocol"]["name"],
+        },
+    )
+
+
+def _load_ensemble(folder: Path, root: Path) -> Classifier:
+    """Every saved fold model of one backbone (``folder`` is ``runs/<backbone>``) as one serving graph."""
+    runs = [r for r in (artifacts.read_run(p) for p in sorted(folder.glob("fold-*"))) if r and r.model_path]
+    if len(runs) < 2:
+        raise ValueError(f"{folder} has {len(runs)} saved fold model(s); an ensemble needs at least 2")
+    started = time.perf_counter()
+    graph = serving.serving_model([_load_keras(r.model_path) for r in runs])
+    log.info("loaded the %d-fold ensemble %s in %.1f s", len(runs), folder, time.perf_counter() - started)
+    return Classifier(
+        graph,
+        ood=load_detector(folder / OOD_FILE, dim=int(graph.output["features"].shape[-1])),
+        classes=tuple(runs[0].config["classes"]),
+        input_size=int(runs[0].config["input_size"]),
+        info={
+            "backbone": runs[0].backbone,
+            "fold": None,
+            "folds": [r.fold for r in runs],
+            "study_id": runs[0].study_id,
+            "protocol": runs[0].config["protocol"]["name"],
         },
     )

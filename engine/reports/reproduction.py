@@ -20,7 +20,7 @@ import numpy as np
 from engine.evaluation.external import list_evaluations
 from engine.evaluation.metrics import per_class_from_confusion
 from engine.models.backbones import REGISTRY, get_backbone
-from engine.reports import explore
+from engine.reports import evaluation_sections, explore
 from engine.results import artifacts
 from engine.training.protocols import Protocol
 from engine.training.study import summarize
@@ -317,13 +317,15 @@ def _external_section(artifacts_root: Path | None) -> str:
         seen = e["data"]["overlap_with_study"]
         counts = ", ".join(f"{c} {n}" for c, n in e["data"]["counts"].items())
         recalls = ", ".join(f"{c} {v:.3f}" for c, v in e["recall"].items())
+        intervals = e.get("intervals", {}).get("metrics", {})
+        accuracy = evaluation_sections.interval_text(intervals["accuracy"]) if intervals else f"{e['accuracy']:.3f}"
         body.append(
             [
                 f"{e['data']['name']} (`{e['data']['fingerprint']}`)",
                 counts,
                 f"{seen['identical']} identical, {seen['near_duplicates']} near-duplicate of {seen['checked']}",
                 f"{m['backbone']} · {m['protocol']} · fold {m['fold']}",
-                f"{e['accuracy']:.3f}",
+                accuracy,
                 recalls,
             ]
         )
@@ -344,6 +346,7 @@ def reproduction_report(artifacts_root: Path | None = None) -> str:
     rows = sorted(summarize(artifacts_root), key=lambda r: (r["protocol"], r["backbone"], r["study_id"]))
     if not rows:
         raise ValueError("no finished runs in the artifacts folder; nothing to report")
+    study_ids = sorted({r["study_id"] for r in rows})
     return "\n".join(
         [
             "# Reproduction report",
@@ -370,9 +373,21 @@ def reproduction_report(artifacts_root: Path | None = None) -> str:
             "",
             _confusion_section(rows, artifacts_root),
             "",
+            "## Every model with its intervals and calibration",
+            "",
+            evaluation_sections.models_section(study_ids, artifacts_root),
+            "",
+            "## Robustness to acquisition shifts",
+            "",
+            evaluation_sections.robustness_section(study_ids, artifacts_root),
+            "",
             "## External check on images no fold has seen",
             "",
             _external_section(artifacts_root),
+            "",
+            "## Reporting checklist: CLAIM 2024 and TRIPOD+AI",
+            "",
+            evaluation_sections.checklist_section(study_ids, artifacts_root),
             "",
         ]
     )
