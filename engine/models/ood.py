@@ -41,6 +41,9 @@ WARNING = "this image is unlike the images the model was trained on; its predict
 METHOD = "mahalanobis-sqrt-ledoit-wolf"
 FILE_VERSION = 1
 MIN_IMAGES_PER_FOLD = 2
+FLOOR = 1e-9
+"""A variance floor, relative to the mean variance: features that never vary (a dead ReLU) keep the covariance
+positive definite; next to real variances it changes no score measurably."""
 DEFAULT_FOLDS = 5
 MIN_FIT_ROWS = DEFAULT_FOLDS * MIN_IMAGES_PER_FOLD
 
@@ -153,7 +156,8 @@ def _gaussian(roots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and whitening matrix of a Ledoit-Wolf Gaussian; the Cholesky factor avoids inverting the covariance."""
     mean = roots.mean(axis=0)
     covariance = LedoitWolf(assume_centered=True).fit(roots - mean).covariance_
-    lower = np.linalg.cholesky(covariance)
+    floor = FLOOR * max(float(np.trace(covariance)) / len(mean), 1.0)
+    lower = np.linalg.cholesky(covariance + floor * np.eye(len(mean)))
     inverse = solve_triangular(lower, np.eye(len(mean)), lower=True)
     return mean, inverse.T
 

@@ -8,6 +8,7 @@ callables, which is all the background worker needs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -507,10 +508,37 @@ def _fit_selected(model, plan: FoldPlan, data: FitData, hooks: FoldHooks, layers
     return history
 
 
-def _train_on_images(model, plan: FoldPlan, hooks: FoldHooks, stack: ExitStack, key: str | None):
-    """Every image batch through the whole model (augmentation in the graph), stage after stage."""
+def _warm_head(model, plan: FoldPlan, hooks: FoldHooks, artifacts_root) -> dict:
+    """The protocol's leading stages ``on="cached-features"``: the head trained on the frozen base's pooled features."""
+    import keras
+
+    warm = tuple(stage for stage in plan.protocol.stages if stage.on == "cached-features")
+    if not warm:
+        return {}
+    feats = cached_features(
+        plan.dataset, plan.backbone, weights=plan.study["weights"], views=1, artifacts_root=artifacts_root
+    )
+    targets, weights = plan.targets(), plan.sample_weights()
+    head_in = keras.Input((feats.shape[-1],))
+    head = keras.Model(head_in, model.get_layer("head")(head_in))
+    data = FitData(
+        x=np.asarray(feats[plan.train, 0]),
+        y=targets[plan.train],
+        sample_weight=None if weights is None else weights[plan.train],
+        validation=(np.asarray(feats[plan.validation_rows, 0]), targets[plan.validation_rows]),
+        steps_per_epoch=-(-len(plan.train) // plan.protocol.batch_size),
+    )
+    return _fit_stages(
+        head, dataclasses.replace(plan.protocol, stages=warm), data, [hooks.callback], [], hooks.cancelled
+    )
+
+
+def _train_on_images(model, plan: FoldPlan, hooks: FoldHooks, stack: ExitStack, key: str | None, artifacts_root):
+    """Every image batch through the whole model (augmentation in the graph), stage after stage, after any
+    warm-up of the head on cached features."""
     from engine.training.batches import ImageBatches
 
+    warm_history = _warm_head(model, plan, hooks, artifacts_root)
     images, batch_size = plan.dataset.images, plan.protocol.batch_size
     targets, weights = plan.targets(), plan.sample_weights()
     data = FitData(
@@ -518,8 +546,12 @@ def _train_on_images(model, plan: FoldPlan, hooks: FoldHooks, stack: ExitStack, 
         validation=ImageBatches(images, targets, plan.validation_rows, batch_size=batch_size),
         steps_per_epoch=-(-len(plan.train) // batch_size),
     )
-    model = stack.enter_context(compiled_model(model, plan.protocol, key, data.steps_per_epoch))
-    history = _fit_selected(model, plan, data, hooks, [model.get_layer("backbone")], compiled=True)
+    on_images = dataclasses.replace(plan, protocol=plan.protocol.on_images())
+    model = stack.enter_context(compiled_model(model, on_images.protocol, key, data.steps_per_epoch))
+    trained = _fit_selected(model, on_images, data, hooks, [model.get_layer("backbone")], compiled=True)
+    history = {k: warm_history.get(k, []) + trained.get(k, []) for k in {*warm_history, *trained}}
+    if hooks.selected_epoch is not None:
+        hooks.selected_epoch += len(warm_history.get("loss", []))
     test = ImageBatches(images, None, plan.test, batch_size=batch_size)
     proba = None if hooks.cancelled else model.predict(test, verbose=0)
     return model, history, proba
@@ -644,14 +676,16 @@ def train_fold(
     hooks.callback = _progress_callback(
         backbone, fold, protocol.epochs, protocol.batch_size, on_progress, should_stop, hooks.cancelled
     )
-    key = program_key(protocol, backbone=backbone, n_classes=len(plan.classes), input_size=dataset.input_size)
+    key = program_key(
+        protocol.on_images(), backbone=backbone, n_classes=len(plan.classes), input_size=dataset.input_size
+    )
     compiled_models.release_other_than(key)
     with ExitStack() as stack:
         model = _fresh_model(plan)
         if protocol.cached_features:
             model, history, proba = _train_head_on_cached_features(model, plan, hooks, artifacts_root)
         else:
-            model, history, proba = _train_on_images(model, plan, hooks, stack, key)
+            model, history, proba = _train_on_images(model, plan, hooks, stack, key, artifacts_root)
         if hooks.cancelled:
             raise Cancelled(f"{backbone} fold {fold}: cancelled")
         proba = np.asarray(proba, dtype=np.float64)
