@@ -7,9 +7,7 @@ engine refuses to queue anything.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 import streamlit as st
 
@@ -17,13 +15,10 @@ from engine import settings
 from engine.jobs.store import JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
 from engine.models.backbones import PAPER_BACKBONES, REGISTRY
-from engine.results import atomic
 from engine.training.protocols import PRESETS
 from pages import common
 
 ALL_PAPER = "All 14 of the paper"
-ZIP_SIGNATURE = b"PK\x03\x04"
-MAX_ZIP_BYTES = 200 * 1024 * 1024
 DEFAULT_PROTOCOL = "frozen"
 DEFAULT_DATA = settings.shared_dir() / "data" / "covid19-radiography-paper"
 
@@ -41,19 +36,6 @@ def read_only() -> bool:
     if secrets_read_only():
         os.environ["CXR_READ_ONLY"] = "1"
     return settings.read_only()
-
-
-def saved_upload(upload) -> Path:
-    """Keep an uploaded dataset zip under ``<artifacts>/uploads/<sha256>.zip`` (once per content)."""
-    data = upload.getvalue()
-    if len(data) > MAX_ZIP_BYTES:
-        raise ValueError(f"{upload.name}: {len(data) / 2**20:.0f} MB is over the {MAX_ZIP_BYTES // 2**20} MB limit")
-    if not data.startswith(ZIP_SIGNATURE):
-        raise ValueError(f"{upload.name}: not a .zip archive (its content does not start like one)")
-    target = common.artifacts_root() / "uploads" / f"{hashlib.sha256(data).hexdigest()}.zip"
-    if not target.is_file():
-        atomic.write_bytes(target, data)
-    return target
 
 
 def chosen_backbones(picked: list[str]) -> tuple[str, ...]:
@@ -125,7 +107,7 @@ def launch_form() -> None:
 def submit(*, folder: str, upload, backbones: tuple[str, ...], options: dict) -> None:
     """Queue the job (the zip, when given, wins over the folder) and wake the worker; errors go in the sidebar."""
     try:
-        data = str(saved_upload(upload)) if upload is not None else folder.strip()
+        data = str(common.saved_upload(upload)) if upload is not None else folder.strip()
         if not data:
             raise ValueError("give a dataset folder or upload a .zip")
         request = JobRequest(data=data, backbones=backbones, **options)
@@ -140,15 +122,28 @@ def submit(*, folder: str, upload, backbones: tuple[str, ...], options: dict) ->
 settings.log_to_stderr()
 st.set_page_config(page_title="CXR transfer-learning study explorer", page_icon="🫁", layout="wide")
 navigation = st.navigation(
-    [
-        st.Page(common.PAGES["home"], title="Home", icon=":material/home:", default=True),
-        st.Page(common.PAGES["comparison"], title="Comparison", icon=":material/leaderboard:"),
-        st.Page(common.PAGES["confusion"], title="Confusion matrices", icon=":material/grid_on:"),
-        st.Page(common.PAGES["curves"], title="Training curves", icon=":material/show_chart:"),
-        st.Page(common.PAGES["classify"], title="Classify X-rays", icon=":material/radiology:"),
-        st.Page(common.PAGES["jobs"], title="Jobs", icon=":material/schedule:"),
-        st.Page(common.PAGES["report"], title="Reproduction report", icon=":material/description:"),
-    ]
+    {
+        "Study": [
+            st.Page(common.PAGES["home"], title="Home", icon=":material/home:", default=True),
+            st.Page(common.PAGES["comparison"], title="Comparison", icon=":material/leaderboard:"),
+            st.Page(common.PAGES["confusion"], title="Confusion matrices", icon=":material/grid_on:"),
+            st.Page(common.PAGES["curves"], title="Training curves", icon=":material/show_chart:"),
+        ],
+        "Evaluation": [
+            st.Page(common.PAGES["discrimination"], title="ROC and precision-recall", icon=":material/ssid_chart:"),
+            st.Page(common.PAGES["calibration"], title="Calibration", icon=":material/tune:"),
+            st.Page(common.PAGES["operating_point"], title="Operating point", icon=":material/target:"),
+            st.Page(common.PAGES["failures"], title="Failure analysis", icon=":material/report:"),
+            st.Page(common.PAGES["robustness"], title="Robustness", icon=":material/shield:"),
+            st.Page(common.PAGES["external"], title="External validation", icon=":material/travel_explore:"),
+        ],
+        "Use": [
+            st.Page(common.PAGES["classify"], title="Classify X-rays", icon=":material/radiology:"),
+            st.Page(common.PAGES["jobs"], title="Jobs", icon=":material/schedule:"),
+            st.Page(common.PAGES["report"], title="Reproduction report", icon=":material/description:"),
+        ],
+    },
+    expanded=True,
 )
 common.mark_routed()
 study_picker()

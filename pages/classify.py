@@ -10,6 +10,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from engine import settings
 from engine.models.inference import (
     MAX_UPLOAD_BYTES,
     OOD_WARNING,
@@ -155,6 +156,9 @@ st.title("Classify chest X-rays")
 st.error(common.NOT_A_DEVICE, icon=":material/warning:")
 root = common.artifacts_root()
 available = models(str(root), explore.artifacts_key(root))
+if settings.read_only():
+    available = [m for m in available if m.export is not None]
+    st.caption("Hosted demo: models are served from their exported LiteRT/ONNX files, without TensorFlow.")
 if not available:
     st.info(
         f"No trained model in `{root}` yet. Models are saved by every finished fold: launch a training job from "

@@ -7,6 +7,7 @@ navigation menu starts a page with an empty URL query.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import streamlit as st
 
 from engine import settings
 from engine.reports import explore
+from engine.results import atomic
 
 NOT_A_DEVICE = (
     "Research tool, not a diagnostic device: results describe models trained on a public research "
@@ -26,6 +28,12 @@ PAGES = {
     "comparison": "pages/comparison.py",
     "confusion": "pages/confusion.py",
     "curves": "pages/curves.py",
+    "discrimination": "pages/discrimination.py",
+    "calibration": "pages/calibration.py",
+    "operating_point": "pages/operating_point.py",
+    "failures": "pages/failures.py",
+    "robustness": "pages/robustness.py",
+    "external": "pages/external.py",
     "classify": "pages/classify.py",
     "report": "pages/report.py",
 }
@@ -36,6 +44,8 @@ NO_STUDY_HELP = (
 
 
 ROUTED = "routed"
+ZIP_SIGNATURE = b"PK\x03\x04"
+MAX_ZIP_BYTES = 200 * 1024 * 1024
 
 
 def mark_routed() -> None:
@@ -62,6 +72,19 @@ def require_router(page_file: str) -> None:
 
 def artifacts_root() -> Path:
     return settings.artifacts_dir()
+
+
+def saved_upload(upload) -> Path:
+    """Keep an uploaded dataset zip under ``<artifacts>/uploads/<sha256>.zip`` (once per content)."""
+    data = upload.getvalue()
+    if len(data) > MAX_ZIP_BYTES:
+        raise ValueError(f"{upload.name}: {len(data) / 2**20:.0f} MB is over the {MAX_ZIP_BYTES // 2**20} MB limit")
+    if not data.startswith(ZIP_SIGNATURE):
+        raise ValueError(f"{upload.name}: not a .zip archive (its content does not start like one)")
+    target = artifacts_root() / "uploads" / f"{hashlib.sha256(data).hexdigest()}.zip"
+    if not target.is_file():
+        atomic.write_bytes(target, data)
+    return target
 
 
 def remembered(param: str) -> str | None:

@@ -1,4 +1,5 @@
-"""Jobs: every training job with live progress, its tasks, its log, and a cancel button."""
+"""Jobs: every background job (a study's training, or a backbone's robustness analysis) with live progress,
+its tasks, its log, and a cancel button."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ STATE_ICONS = {
     "cancelled": ":orange[:material/cancel:]",
 }
 LOG_TAIL_CHARS = 6000
+KIND_LABELS = {"study": "training", "robustness": "robustness"}
 
 
 def when(timestamp: float | None) -> str:
@@ -45,6 +47,10 @@ def progress_text(job: Job) -> str:
         return " · ".join(parts)
     if p.get("backbone"):
         parts.append(f"{p['backbone']} fold {p.get('fold')}")
+    if p.get("phase") == "robustness":
+        parts.append(f"shift conditions {p.get('batch')}/{p.get('batches')}")
+        parts.append(f"ETA {duration(p.get('eta_seconds'))}")
+        return " · ".join(parts)
     if p.get("phase") == "features":
         parts.append(f"ImageNet features, batch {p.get('batch')}/{p.get('batches')}")
         parts.append(f"features done in {duration(p.get('eta_seconds'))}")
@@ -58,16 +64,43 @@ def progress_text(job: Job) -> str:
     return " · ".join(parts)
 
 
+def job_title(job: Job) -> str:
+    """The job's kind and what it does: backbones, protocol and folds, or the backbone and study it analyses."""
+    request = job.request
+    kind = KIND_LABELS.get(request.kind, request.kind)
+    if request.kind == "robustness":
+        return f"{kind} · {request.backbone} of study `{request.study_id}`"
+    return f"{kind} · {', '.join(request.backbones)} · protocol {request.protocol} · {request.folds} folds"
+
+
+def results_link(job: Job) -> None:
+    """Where the job's results are shown, once a task finished."""
+    if not (job.study_id and (job.progress or {}).get("tasks_done")):
+        return
+    if job.request.kind == "robustness":
+        st.page_link(
+            common.PAGES["robustness"],
+            label=f"Robustness of {job.request.backbone} in study {job.study_id}",
+            icon=":material/shield:",
+            query_params={"study": job.study_id, "backbone": job.request.backbone},
+        )
+        return
+    st.page_link(
+        common.PAGES["comparison"],
+        label=f"Results of study {job.study_id}",
+        icon=":material/leaderboard:",
+        query_params={"study": job.study_id},
+    )
+
+
 def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:
     request = job.request
+    data = f"data `{request.data}`" if request.data else "images: the study's decoded cache"
     with st.container(border=True):
         head, action = st.columns([5, 1])
-        head.markdown(
-            f"**{STATE_ICONS.get(job.state, '')} {job.state}** · job `{job.id}` · {', '.join(request.backbones)} · "
-            f"protocol {request.protocol} · {request.folds} folds"
-        )
+        head.markdown(f"**{STATE_ICONS.get(job.state, '')} {job.state}** · job `{job.id}` · {job_title(job)}")
         head.caption(
-            f"data `{request.data}` · created {when(job.created_at)} · started {when(job.started_at)} · "
+            f"{data} · created {when(job.created_at)} · started {when(job.started_at)} · "
             f"finished {when(job.finished_at)} · executor: {job.executor or 'not yet picked up'}"
         )
         if can_cancel and job.state in ACTIVE and action.button("Cancel", key=f"cancel-{job.id}"):
@@ -77,13 +110,7 @@ def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:
         st.progress(min(max(fraction, 0.0), 1.0), text=f"{fraction:.0%} · {progress_text(job)}")
         if job.error:
             st.error(job.error)
-        if job.study_id and (job.progress or {}).get("tasks_done"):
-            st.page_link(
-                common.PAGES["comparison"],
-                label=f"Results of study {job.study_id}",
-                icon=":material/leaderboard:",
-                query_params={"study": job.study_id},
-            )
+        results_link(job)
         with st.expander("Tasks and log"):
             tasks = store.tasks(job.id)
             st.dataframe(
@@ -138,7 +165,8 @@ def live_jobs() -> None:
 
 st.title("Training jobs")
 st.caption(
-    "Each job trains its backbones on every fold, one task at a time, in a background worker; finished folds are "
-    "kept, so a cancelled or failed job resumes where it stopped when queued again."
+    "A training job trains its backbones on every fold; a robustness job runs each saved fold model of a backbone on "
+    "its held-out images under the acquisition shifts. Tasks run one at a time in a background worker; finished "
+    "folds are kept, so a cancelled or failed job resumes where it stopped when queued again."
 )
 live_jobs()

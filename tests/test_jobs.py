@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,11 +28,15 @@ from engine.jobs.worker import ProgressWriter, worker_alive
 from engine.results import artifacts
 from engine.settings import ReadOnlyError
 from engine.training.fold import Progress
+from tests import app_fixtures
+from tests.app_fixtures import TINY_BACKBONES
 from tests.conftest import SHARED, requires_shared
 from tests.synthetic import make_dataset
 
 BACKBONE = "MobileNet-0.25"
+TINY_BACKBONE = TINY_BACKBONES[0]
 POLL_S = 0.1
+tiny_study = app_fixtures.tiny_study
 
 
 def request(folder: Path, **changes) -> JobRequest:
@@ -422,3 +427,189 @@ def test_missing_weights_fail_their_backbone_alone(artifacts_root: Path, tiny_da
     assert [(r.backbone, r.fold) for r in runs] == [(BACKBONE, 0), (BACKBONE, 1)]
     assert {r.config["weights"]["file"] for r in runs} == {"mobilenet_2_5_224_tf_no_top.h5"}
     assert "DenseNet121 fold 1: failed: MissingWeightsError" in store.log(job.id)
+
+
+# --- robustness jobs: the store's rules on a study laid out on disk, then the worker on the tiny real study ---
+
+
+def fake_study(root: Path, *, models: dict[tuple[str, int], bool], study_id: str = "5eed5eed5eed") -> str:
+    """A study of finished runs on disk (no training); ``models`` says which (backbone, fold) kept a model.keras."""
+    folder = artifacts.study_dir(study_id, root)
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps({"study_id": study_id, "input_size": 32}))
+    for (backbone, fold), saved in models.items():
+        path = artifacts.run_dir(study_id, backbone, fold, root)
+        config = {"study_id": study_id, "backbone": backbone, "fold": fold}
+        artifacts.write_run(path, config=config, history={}, metrics={}, predictions="", status={})
+        if saved:
+            (path / "model.keras").write_bytes(b"not read by the store")
+    return study_id
+
+
+def test_a_robustness_job_has_one_task_per_saved_fold_model(artifacts_root: Path) -> None:
+    study_id = fake_study(artifacts_root, models={(BACKBONE, 0): True, (BACKBONE, 1): False, (BACKBONE, 2): True})
+    store = JobStore(artifacts_root)
+    job = store.submit(JobRequest.robustness(study_id, BACKBONE))
+    assert (job.request.kind, job.request.study_id, job.request.backbones) == ("robustness", study_id, (BACKBONE,))
+    assert job.state == "queued" and job.study_id == study_id
+    assert [(t.backbone, t.fold, t.state) for t in store.tasks(job.id)] == [
+        (BACKBONE, 0, "queued"),
+        (BACKBONE, 2, "queued"),
+    ]
+    assert (
+        f"submitted: robustness of {BACKBONE} in study {study_id} · folds 0, 2 (saved models) · 2 tasks"
+        in store.log(job.id)
+    )
+    assert store.submit(JobRequest(kind="robustness", study_id=study_id, backbones=(BACKBONE,))).id == job.id
+    assert store.get(job.id).request == job.request  # stored and read back whole
+    store.cancel(job.id)
+    assert store.submit(JobRequest.robustness(study_id, BACKBONE)).id != job.id
+
+
+@pytest.mark.parametrize(
+    ("request_of", "named"),
+    [
+        (lambda sid: JobRequest.robustness("0000deadbeef", BACKBONE), "unknown study study_id='0000deadbeef'"),
+        (lambda sid: JobRequest.robustness(sid, "MobileNetV2-0.35"), "no saved model of backbone='MobileNetV2-0.35'"),
+        (lambda sid: JobRequest(kind="robustness", study_id=sid, backbones=(BACKBONE, "X")), "one backbone"),
+        (lambda sid: JobRequest.robustness(sid, BACKBONE, data="/no/such/folder"), "/no/such/folder"),
+        (lambda sid: JobRequest(kind="evaluate", study_id=sid, backbones=(BACKBONE,)), "kind='evaluate'"),
+    ],
+)
+def test_a_bad_robustness_request_is_refused_naming_it(artifacts_root: Path, request_of, named: str) -> None:
+    study_id = fake_study(artifacts_root, models={(BACKBONE, 0): True, ("MobileNetV2-0.35", 0): False})
+    store = JobStore(artifacts_root)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        store.submit(request_of(study_id))
+    assert store.list_jobs() == []
+
+
+def test_read_only_refuses_a_robustness_job(artifacts_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study_id = fake_study(artifacts_root, models={(BACKBONE, 0): True})
+    monkeypatch.setenv("CXR_READ_ONLY", "1")
+    with pytest.raises(ReadOnlyError):
+        JobStore(artifacts_root).submit(JobRequest.robustness(study_id, BACKBONE))
+
+
+def test_a_job_stored_before_job_kinds_loads_as_a_study_job_and_still_deduplicates(
+    artifacts_root: Path, tiny_data: Path
+) -> None:
+    store = JobStore(artifacts_root)
+    old = {  # a request as the store wrote it before ``kind`` and ``study_id`` existed
+        "data": str(tiny_data.resolve()),
+        "backbones": [BACKBONE],
+        "protocol": "frozen",
+        "folds": 2,
+        "epochs": 1,
+        "batch_size": None,
+        "input_size": 32,
+        "seed": 42,
+        "weights": "none",
+    }
+    old_hash = artifacts.canonical_hash(
+        {
+            **{k: old[k] for k in ("data", "backbones", "folds", "input_size", "seed", "weights")},
+            "protocol": JobRequest.from_dict(old).study_protocol().to_dict(),
+        },
+        length=32,
+    )
+    with sqlite3.connect(store.path) as con:
+        con.execute(
+            "INSERT INTO jobs (id, request, request_hash, state, created_at) VALUES ('0ld0j0b0', ?, ?, 'queued', 1.0)",
+            (json.dumps(old), old_hash),
+        )
+        con.execute(
+            "INSERT INTO tasks (job_id, position, backbone, fold, state) VALUES ('0ld0j0b0', 0, ?, 0, 'queued')",
+            (BACKBONE,),
+        )
+    (job,) = store.list_jobs()
+    assert job.request.kind == "study" and job.request.study_id is None and job.request.backbones == (BACKBONE,)
+    assert job.request.canonical_hash() == old_hash
+    assert store.submit(request(tiny_data)).id == "0ld0j0b0"
+
+
+def test_robustness_progress_counts_conditions_and_its_eta_the_folds_left(
+    artifacts_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study_id = fake_study(artifacts_root, models={(BACKBONE, k): True for k in range(3)})
+    store = JobStore(artifacts_root)
+    job = store.submit(JobRequest.robustness(study_id, BACKBONE))
+    task = store.claim_next(executor="test")
+    clock = [1000.0]
+    monkeypatch.setattr("engine.jobs.worker.time.monotonic", lambda: clock[0])
+    writer = ProgressWriter(store, store.get(job.id), task)
+    writer.start()
+    assert store.get(job.id).progress["epochs"] is None
+    clock[0] = 1010.0
+    writer.conditions(11, 22)  # half the conditions in 10 s: 10 s more, then 2 more folds of 20 s
+    progress = store.get(job.id).progress
+    assert (progress["phase"], progress["batch"], progress["batches"]) == ("robustness", 11, 22)
+    assert progress["fraction"] == pytest.approx(0.5 / 3)
+    assert progress["eta_seconds"] == pytest.approx(10.0 + 2 * 20.0)
+
+
+@pytest.fixture
+def tiny_copy(tiny_study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The tiny real study (two backbones, two folds, models saved) in an artifacts folder of its own."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_study.root, root)
+    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
+    monkeypatch.delenv("CXR_READ_ONLY", raising=False)
+    return root, tiny_study.study_id
+
+
+def robustness_files(root: Path, study_id: str) -> list[str]:
+    return sorted(p.name for p in (artifacts.study_dir(study_id, root) / "robustness").rglob("*.json"))
+
+
+def test_the_worker_runs_a_robustness_job_fold_by_fold(tiny_copy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.jobs.worker import run_worker
+
+    root, study_id = tiny_copy
+    monkeypatch.setattr("engine.jobs.worker.PROGRESS_EVERY_S", 0.0)
+    store = JobStore(root)
+    job = store.submit(JobRequest.robustness(study_id, TINY_BACKBONE))
+    assert run_worker(root, once=True) == 0
+    job = store.get(job.id)
+    assert job.state == "done" and job.error is None and job.progress["tasks_done"] == 2
+    assert (job.progress["phase"], job.progress["batch"], job.progress["batches"]) == ("robustness", 22, 22)
+    saved = robustness_files(root, study_id)
+    assert [name.split("-")[1] for name in saved] == ["0", "1"]
+    for fold in (0, 1):
+        result = json.loads(
+            next((artifacts.study_dir(study_id, root) / "robustness").rglob(f"fold-{fold}-*")).read_text()
+        )
+        unshifted = next(c for c in result["conditions"] if c["shift"] == "none")
+        run = artifacts.read_run(artifacts.run_dir(study_id, TINY_BACKBONE, fold, root))
+        cm = run.metrics["confusion_matrix"]
+        assert sum(unshifted["correct"]) == sum(cm[k][k] for k in range(len(cm)))  # the fold's own test accuracy
+        assert len(result["conditions"]) == 22
+    log = store.log(job.id)
+    assert f"{TINY_BACKBONE} fold 1: done, unshifted accuracy " in log and "lowest" in log
+
+
+def test_a_cancelled_robustness_job_stops_before_writing(tiny_copy) -> None:
+    from engine.jobs.worker import attempt
+
+    root, study_id = tiny_copy
+    store = JobStore(root)
+    job = store.submit(JobRequest.robustness(study_id, TINY_BACKBONE))
+    task = store.claim_next(executor="test")
+    with sqlite3.connect(store.path) as con:  # as a cancel seen by a worker that holds the lock
+        con.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job.id,))
+    assert attempt(store, task).state == "cancelled"
+    assert robustness_files(root, study_id) == []
+
+
+def test_a_robustness_task_fails_in_one_line_without_the_studys_images(tiny_copy) -> None:
+    from engine.jobs.worker import attempt
+
+    root, study_id = tiny_copy
+    shutil.rmtree(root / "datasets")
+    store = JobStore(root)
+    job = store.submit(JobRequest.robustness(study_id, TINY_BACKBONE))
+    outcome = attempt(store, store.claim_next(executor="test"))
+    assert outcome.state == "failed"
+    assert outcome.error.startswith(f"ValueError: the images of study {study_id} ")
+    assert "are not on this machine" in outcome.error and "\n" not in outcome.error
+    assert robustness_files(root, study_id) == [] and store.get(job.id).state == "running"

@@ -54,7 +54,7 @@ def _job_line(job) -> list[str]:
         f"{progress['tasks_done']}/{progress['tasks_total']}",
         f"{progress['fraction']:.0%}",
         where,
-        job.request.protocol,
+        job.request.protocol if job.request.kind == "study" else job.request.kind,
         ",".join(job.request.backbones),
         job.study_id or "-",
     ]
@@ -70,7 +70,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs yet")
         return 0
-    lines = [["id", "state", "created", "tasks", "done", "now", "protocol", "backbones", "study"]]
+    lines = [["id", "state", "created", "tasks", "done", "now", "protocol or kind", "backbones", "study"]]
     lines += [_job_line(job) for job in jobs]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines))

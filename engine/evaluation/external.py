@@ -5,11 +5,17 @@ The folder (or ``.zip``) is imported by the same rules as a study's dataset
 ``__MACOSX`` ignored, byte-identical files dropped, bad files skipped with their reason), and a
 set of one class is allowed (for a COVID-19-only folder, accuracy is COVID-19 recall).
 
+Every figure comes with a stratified bootstrap interval (``engine.evaluation.bootstrap``, the settings of
+``summary.DEFAULT_INTERVALS``): accuracy, each class's recall (classes in the set) and precision
+(classes in a set of several that the model predicted), and the macro figures when every class of
+the model is in the set.
+
 "External" is checked, not claimed: before any prediction, every image is compared with the images
 of the model's study (``engine.data.overlap``). Identical and near-duplicate images are left out
 and counted; a set made only of the study's images is refused. Results are kept under
 ``<artifacts>/evaluations/<key>.json``, keyed by the model and the data's fingerprint, so the
-report regenerates from disk and asking again reuses the result.
+report regenerates from disk and asking again reuses the result (a file of an older
+:data:`EVALUATION_SCHEMA` is computed again and replaced).
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ import numpy as np
 from engine import settings
 from engine.data import overlap
 from engine.data.datasets import Dataset, import_dataset
+from engine.evaluation.bootstrap import bootstrap_confusion_metrics
 from engine.evaluation.metrics import fold_metrics
+from engine.evaluation.summary import DEFAULT_INTERVALS
 from engine.models.inference import Classifier
 from engine.results import artifacts, atomic
 
 BATCH = 64
-EVALUATION_SCHEMA = 2
+EVALUATION_SCHEMA = 3
+MACRO = ("macro_precision", "macro_recall", "macro_f1")
 
 
 class OverlapError(ValueError):
@@ -86,18 +95,74 @@ def _predict(classifier: Classifier, images: np.ndarray) -> np.ndarray:
     )
 
 
+def intervals_description() -> str:
+    """What the intervals are, as the study pages say it, naming these images instead of out-of-fold ones."""
+    return DEFAULT_INTERVALS.describe(of="the predictions on these images")
+
+
+def figure_intervals(y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Bootstrap intervals of accuracy, per-class recall and precision and the macro figures, where defined.
+
+    Recall needs images of the class; precision needs images of the class and a prediction of it, and a
+    set of one class has none worth the name (1 for its class, 0 for the others, whatever the model
+    does); the macro figures need every class of the model in the set. What is left out is named, with
+    why, under ``"undefined"``.
+    """
+    found = bootstrap_confusion_metrics(
+        y,
+        proba,
+        classes,
+        n_resamples=DEFAULT_INTERVALS.n_resamples,
+        confidence=DEFAULT_INTERVALS.confidence,
+        seed=DEFAULT_INTERVALS.seed,
+        method=DEFAULT_INTERVALS.method,
+    )
+    present = np.bincount(y, minlength=len(classes)) > 0
+    predicted = np.bincount(proba.argmax(axis=1), minlength=len(classes)) > 0
+    one_class = int(present.sum()) == 1
+    names, undefined = ["accuracy"], []
+    for k, name in enumerate(classes):
+        if present[k]:
+            names.append(f"recall[{name}]")
+        else:
+            undefined.append(f"recall[{name}]: no {name} image in the set")
+        if one_class:
+            continue
+        if not present[k]:
+            undefined.append(f"precision[{name}]: no {name} image in the set, so it is 0 by construction")
+        elif not predicted[k]:
+            undefined.append(f"precision[{name}]: the model predicted {name} for no image")
+        else:
+            names.append(f"precision[{name}]")
+    if one_class:
+        undefined.append("precision: the set holds one class, so each class's precision is 1 or 0 by construction")
+    if present.all():
+        names += MACRO
+    else:
+        undefined.append("macro figures: not every class of the model is in the set")
+    return {
+        "description": intervals_description(),
+        "metrics": {name: found[name].to_dict() for name in names},
+        "undefined": undefined,
+    }
+
+
 def evaluation_key(model_info: dict, data_fingerprint: str) -> str:
     return artifacts.canonical_hash({"model": model_info, "data": data_fingerprint})
 
 
 def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root: Path | None = None) -> dict:
-    """Metrics and confusion matrix of ``classifier`` on the labelled folder or ``.zip`` ``data``; saved on disk."""
+    """Metrics, their intervals and the confusion matrix of ``classifier`` on the labelled folder or ``.zip``
+    ``data``; saved on disk, and returned with its ``"key"`` (the file's name)."""
     settings.refuse_if_read_only("new evaluations are")
     root = artifacts_root or settings.artifacts_dir()
     dataset = import_dataset(data, input_size=classifier.input_size, artifacts=root, min_classes=1)
-    path = root / "evaluations" / f"{evaluation_key(classifier.info, dataset.fingerprint)}.json"
+    key = evaluation_key(classifier.info, dataset.fingerprint)
+    path = root / "evaluations" / f"{key}.json"
     if path.is_file():
-        return atomic.read_json(path)
+        saved = atomic.read_json(path)
+        if saved.get("schema_version") == EVALUATION_SCHEMA:
+            return {"key": key, **saved}
     rows, unknown = _model_rows(dataset, classifier.classes)
     found = overlap.find_overlap(overlap.dataset_hashes(dataset, root).take(rows), _study_hashes(classifier, root))
     if len(found.rows) == len(rows):
@@ -128,14 +193,16 @@ def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root:
         "accuracy": metrics["accuracy"],
         "recall": {c: metrics["per_class"][c]["recall"] for c in present},
         "metrics": metrics,
+        "intervals": figure_intervals(y, proba, classifier.classes),
         "evaluated_at": time.time(),
     }
     atomic.write_json(path, result)
-    return result
+    return {"key": key, **result}
 
 
 def list_evaluations(artifacts_root: Path | None = None) -> list[dict]:
+    """Every saved evaluation, each with its ``"key"`` (the file's name); older ones may lack ``"intervals"``."""
     folder = (artifacts_root or settings.artifacts_dir()) / "evaluations"
     if not folder.is_dir():
         return []
-    return [atomic.read_json(p) for p in sorted(folder.glob("*.json"))]
+    return [{"key": p.stem, **atomic.read_json(p)} for p in sorted(folder.glob("*.json"))]

@@ -39,10 +39,10 @@ class IntervalSettings:
     seed: int = 0
     method: str = "percentile"
 
-    def describe(self) -> str:
+    def describe(self, *, of: str = "the pooled out-of-fold predictions") -> str:
         return (
-            f"{self.confidence:.0%} intervals: stratified bootstrap (resampling within each true class) of the "
-            f"pooled out-of-fold predictions, {self.n_resamples:,} resamples, {self.method} method, seed {self.seed}"
+            f"{self.confidence:.0%} intervals: stratified bootstrap (resampling within each true class) of "
+            f"{of}, {self.n_resamples:,} resamples, {self.method} method, seed {self.seed}"
         )
 
 

@@ -172,7 +172,8 @@ class _Features:
 
     def _shares(self, store: JobStore, job_id: str) -> bool:
         if job_id not in self.shared:
-            self.shared[job_id] = store.get(job_id).request.study_protocol().cached_features
+            request = store.get(job_id).request
+            self.shared[job_id] = request.kind == "study" and request.study_protocol().cached_features
             self.ready.update((job_id, t.backbone) for t in store.tasks(job_id) if t.state == "done")
         return self.shared[job_id]
 

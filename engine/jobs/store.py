@@ -1,9 +1,11 @@
 """The persistent job store: study requests queued by the app or the CLI, run by the worker.
 
 One SQLite file beside the artifacts (``<artifacts>/jobs.sqlite``) in WAL mode, so the app reads
-while the worker writes. A job is a study request; it expands into one task per (backbone, fold),
-run in submission order. Every change is one transaction: a reader sees a job either before or
-after a change, never half of one, whatever moment the worker is killed at. The worker holds an
+while the worker writes. A job is of one of :data:`JOB_KINDS`: a study request, expanded into one
+task per (backbone, fold), or the robustness analysis of one backbone of a finished study, one task
+per fold with a saved model; tasks run in submission order. Every change is one transaction: a
+reader sees a job either before or after a change, never half of one, whatever moment the worker
+is killed at. The worker holds an
 ``flock`` on ``<artifacts>/worker.lock`` while it lives; a ``running`` row only means something
 while that lock is held, which is how a killed worker's task is found and queued again.
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 WEIGHTS_CHOICES = ("imagenet", "none")
+JOB_KINDS = ("study", "robustness")
 DB_NAME = "jobs.sqlite"
 LOCK_NAME = "worker.lock"
 BUSY_TIMEOUT_S = 30.0
@@ -85,10 +88,17 @@ class UnknownJobError(ValueError):
 
 @dataclass(frozen=True)
 class JobRequest:
-    """A study request as the user gives it: one dataset, several backbones, one protocol."""
+    """A job as the user asks for it.
 
-    data: str
-    backbones: tuple[str, ...]
+    ``kind="study"`` (the default, and what a stored request without ``kind`` is): one dataset, several
+    backbones, one protocol. ``kind="robustness"``: the fold models of one backbone (``backbones``, one
+    name) of study ``study_id`` on their held-out images under the acquisition shifts
+    (``engine.evaluation.robustness``); ``data``, optional, is the study's dataset folder or ``.zip`` for
+    a machine that does not hold its decoded images. The study fields are then unused.
+    """
+
+    data: str = ""
+    backbones: tuple[str, ...] = ()
     protocol: str = "frozen"
     folds: int = 5
     epochs: int | None = None
@@ -96,13 +106,32 @@ class JobRequest:
     input_size: int = 224
     seed: int = 42
     weights: str = "imagenet"
+    kind: str = "study"
+    study_id: str | None = None
 
-    def validated(self) -> JobRequest:
-        """The request checked and in canonical form (absolute data path, no repeated backbone)."""
-        from engine.training.study import check_backbones
+    @classmethod
+    def robustness(cls, study_id: str, backbone: str, *, data: str = "") -> JobRequest:
+        return cls(kind="robustness", study_id=study_id, backbones=(backbone,), data=data)
 
+    @property
+    def backbone(self) -> str:
+        """The one backbone of a robustness request."""
+        return self.backbones[0]
+
+    def validated(self, artifacts_root: Path | None = None) -> JobRequest:
+        """The request checked and in canonical form (absolute data path, no repeated backbone).
+
+        A robustness request is checked against the study in ``artifacts_root``: it must exist and the
+        backbone must have at least one saved fold model.
+        """
+        if self.kind not in JOB_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(JOB_KINDS)}, got kind={self.kind!r}")
         if isinstance(self.backbones, str):
             raise ValueError(f"backbones must be a list of names, got backbones={self.backbones!r}")
+        if self.kind == "robustness":
+            return self._validated_robustness(Path(artifacts_root) if artifacts_root else settings.artifacts_dir())
+        from engine.training.study import check_backbones
+
         backbones = tuple(dict.fromkeys(self.backbones))
         check_backbones(list(backbones), self.input_size)
         get_protocol(self.protocol)
@@ -117,10 +146,41 @@ class JobRequest:
         weights = "none" if self.weights is None else self.weights
         if weights not in WEIGHTS_CHOICES:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}, got weights={self.weights!r}")
-        data = Path(self.data).expanduser().resolve()
-        if not (data.is_dir() or (data.is_file() and data.suffix.lower() == ".zip")):
+        data = _data_path(self.data)
+        if data is None:
             raise ValueError(f"data must be an existing dataset folder or .zip file, got data={self.data!r}")
-        return replace(self, data=str(data), backbones=backbones, weights=weights)
+        return replace(self, data=data, backbones=backbones, weights=weights, study_id=None)
+
+    def _validated_robustness(self, root: Path) -> JobRequest:
+        ids = artifacts.list_study_ids(root)
+        if self.study_id not in ids:
+            raise ValueError(f"unknown study study_id={self.study_id!r}; studies here: {', '.join(ids) or 'none'}")
+        if len(self.backbones) != 1:
+            raise ValueError(f"a robustness job names one backbone, got backbones={tuple(self.backbones)!r}")
+        data = _data_path(self.data) if self.data else ""
+        if data is None:
+            raise ValueError(f"data must be the study's dataset folder or .zip file (or empty), got data={self.data!r}")
+        request = JobRequest.robustness(self.study_id, self.backbones[0], data=data)
+        if not request.task_list(root):
+            raise ValueError(
+                f"no saved model of backbone={request.backbone!r} in study {self.study_id}; "
+                "robustness needs each fold's model.keras"
+            )
+        return request
+
+    def task_list(self, artifacts_root: Path) -> list[tuple[str, int]]:
+        """The job's (backbone, fold) tasks: every fold of every backbone of a study; for robustness, the
+        folds of the backbone with a saved model."""
+        if self.kind == "robustness":
+            runs = artifacts.study_runs(self.study_id, artifacts_root)
+            return sorted((r.backbone, r.fold) for r in runs if r.backbone == self.backbone and r.model_path)
+        return [(b, k) for b in self.backbones for k in range(self.folds)]
+
+    def describe(self) -> str:
+        """One line: what the job does."""
+        if self.kind == "robustness":
+            return f"robustness of {self.backbone} in study {self.study_id}"
+        return f"{', '.join(self.backbones)} · protocol {self.protocol} · {self.folds} folds"
 
     def study_protocol(self) -> Protocol:
         return get_protocol(self.protocol).replace(epochs=self.epochs, batch_size=self.batch_size)
@@ -132,7 +192,13 @@ class JobRequest:
         return StudyRequest(protocol=self.study_protocol(), n_folds=self.folds, seed=self.seed, weights=weights)
 
     def canonical_hash(self) -> str:
-        """Equal for requests that train the same thing (``epochs=None`` equals the protocol's own count)."""
+        """Equal for requests that do the same thing (``epochs=None`` equals the protocol's own count).
+
+        A study request hashes as before job kinds existed, so an older store's active jobs still match.
+        """
+        if self.kind == "robustness":
+            fields = {"kind": self.kind, "study_id": self.study_id, "backbone": self.backbone, "data": self.data}
+            return artifacts.canonical_hash(fields, length=32)
         return artifacts.canonical_hash(
             {
                 "data": self.data,
@@ -151,7 +217,14 @@ class JobRequest:
 
     @classmethod
     def from_dict(cls, data: dict) -> JobRequest:
-        return cls(**{**data, "backbones": tuple(data["backbones"])})
+        """A stored request; one stored before job kinds existed (no ``kind``) is a study request."""
+        return cls(**{**data, "backbones": tuple(data.get("backbones", ()))})
+
+
+def _data_path(data: str) -> str | None:
+    """``data`` as an absolute path when it is a folder or a ``.zip`` file, else ``None``."""
+    path = Path(data).expanduser().resolve()
+    return str(path) if path.is_dir() or (path.is_file() and path.suffix.lower() == ".zip") else None
 
 
 @dataclass(frozen=True)
@@ -176,7 +249,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Task:
-    """One (backbone, fold) of a job."""
+    """One (backbone, fold) of a job: trained for a study job, under the shifts for a robustness job."""
 
     job_id: str
     backbone: str
@@ -293,8 +366,9 @@ class JobStore:
     def submit(self, request: JobRequest) -> Job:
         """Queue ``request``, or return the queued or running job that asks for the same thing."""
         settings.refuse_if_read_only()
-        request = request.validated()
+        request = request.validated(self.root)
         digest = request.canonical_hash()
+        tasks = request.task_list(self.root)
         for _ in range(3):
             try:
                 with self._transaction(write=True) as con:
@@ -302,11 +376,11 @@ class JobStore:
                     if existing is not None:
                         return self._job(con, existing)
                     job_id = secrets.token_hex(4)
-                    self._insert(con, job_id, request, digest)
+                    self._insert(con, job_id, request, digest, tasks)
                     return self._job(con, job_id)
             except sqlite3.IntegrityError:
                 continue
-        raise RuntimeError(f"could not queue the job of {request.data}: the job store kept refusing the insert")
+        raise RuntimeError(f"could not queue the job ({request.describe()}): the job store kept refusing the insert")
 
     def list_jobs(self) -> list[Job]:
         """Every job, newest first."""
@@ -477,22 +551,25 @@ class JobStore:
         ).fetchone()
         return row["id"] if row else None
 
-    def _insert(self, con: sqlite3.Connection, job_id: str, request: JobRequest, digest: str) -> None:
+    def _insert(
+        self, con: sqlite3.Connection, job_id: str, request: JobRequest, digest: str, tasks: list[tuple[str, int]]
+    ) -> None:
         con.execute(
-            "INSERT INTO jobs (id, request, request_hash, state, created_at) VALUES (?, ?, ?, 'queued', ?)",
-            (job_id, json.dumps(request.to_dict()), digest, _now()),
+            "INSERT INTO jobs (id, request, request_hash, state, created_at, study_id) "
+            "VALUES (?, ?, ?, 'queued', ?, ?)",
+            (job_id, json.dumps(request.to_dict()), digest, _now(), request.study_id),
         )
-        tasks = [(b, k) for b in request.backbones for k in range(request.folds)]
         con.executemany(
             "INSERT INTO tasks (job_id, position, backbone, fold, state) VALUES (?, ?, ?, ?, 'queued')",
             [(job_id, i, b, k) for i, (b, k) in enumerate(tasks)],
         )
-        self._log(
-            con,
-            job_id,
-            f"submitted: {', '.join(request.backbones)} · protocol {request.protocol} · {request.folds} folds · "
-            f"{len(tasks)} tasks · data {request.data}",
-        )
+        if request.kind == "robustness":
+            folds = ", ".join(str(k) for _, k in tasks)
+            where = f"data {request.data}" if request.data else "the study's cached images"
+            line = f"submitted: {request.describe()} · folds {folds} (saved models) · {len(tasks)} tasks · {where}"
+        else:
+            line = f"submitted: {request.describe()} · {len(tasks)} tasks · data {request.data}"
+        self._log(con, job_id, line)
 
     def _finish_job(self, con: sqlite3.Connection, job_id: str) -> None:
         """End a job: cancelled if asked, else failed if any task failed (errors listed), else done."""

@@ -3,8 +3,10 @@
 ``python -m engine worker`` holds ``<artifacts>/worker.lock`` (``flock``) for its whole life, so
 at most one worker serves an artifacts folder and a killed worker's lock frees itself. On start it
 queues again whatever a killed worker left running; finished folds are read back from disk by
-``train_fold``, never trained again. :func:`attempt` does one task and only talks to the store,
-so it runs in this process or on a Dask worker alike (:mod:`engine.jobs.executors`, chosen by
+``train_fold``, never trained again. A robustness job's task runs one saved fold model under the
+acquisition shifts (``engine.evaluation.robustness.fold_robustness``, also read back when on disk).
+:func:`attempt` does one task and only talks to the store, so it runs in this process or on a Dask
+worker alike (:mod:`engine.jobs.executors`, chosen by
 ``CXR_EXECUTOR``); :func:`run_worker` is the loop that claims tasks and records their outcomes.
 """
 
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine import settings
 from engine.data.datasets import Dataset, import_dataset
+from engine.evaluation import robustness
 from engine.evaluation.metrics import flat_metrics
 from engine.jobs.store import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
 from engine.results import artifacts
@@ -40,6 +43,7 @@ PROGRESS_EVERY_S = 1.0
 LOCK_WAIT_S = 2.0
 LOG_DIR = "logs"
 LOG_NAME = "worker.log"
+ROBUSTNESS_PHASE = "robustness"
 
 
 def _root(artifacts_root: Path | None) -> Path:
@@ -108,6 +112,15 @@ def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, di
     return dataset, prepare_study(dataset, request.study_request(), artifacts_root=root)
 
 
+@functools.lru_cache(maxsize=2)
+def _study_images(root: Path, study_id: str, data: str) -> Dataset:
+    """A robustness job's images: the study's decoded cache here, or ``data`` imported and checked to match.
+
+    Raises a one-line ``ValueError`` when the images are not on this machine (the task fails with it).
+    """
+    return robustness.study_dataset(artifacts.read_study(study_id, root), root, data=data or None)
+
+
 class TaskStore(Protocol):
     """The part of the job store that a running task uses: :class:`JobStore` itself in this process, a relay
     on a Dask worker (:class:`engine.jobs.executors.RelayedStore`), which never opens the SQLite file."""
@@ -153,6 +166,7 @@ class ProgressWriter:
         self.parallel = max(1, parallel)
         self.tasks_done, self.tasks_total = store.task_counts(job.id)
         self.phase_started: dict[str, float] = {}
+        self.started = time.monotonic()
         self.written = 0.0
         self.logs: dict[str, float | None] = {}
 
@@ -180,7 +194,7 @@ class ProgressWriter:
             "fold": self.task.fold,
             "phase": progress.phase if progress else "starting",
             "epoch": progress.epoch if progress else 0,
-            "epochs": progress.epochs if progress else self.job.request.study_protocol().epochs,
+            "epochs": progress.epochs if progress else self._epochs(),
             "batch": progress.batch if progress else 0,
             "batches": progress.batches if progress else 0,
             "logs": dict(self.logs),
@@ -191,7 +205,11 @@ class ProgressWriter:
             "tasks_total": self.tasks_total,
         }
 
+    def _epochs(self) -> int | None:
+        return self.job.request.study_protocol().epochs if self.job.request.kind == "study" else None
+
     def start(self) -> None:
+        self.started = time.monotonic()
         line = f"{self.task.label}: running on {self.where}" if self.where else None
         self.store.set_progress(self.job.id, self.snapshot(None), log_line=line)
         self.written = time.monotonic()
@@ -209,16 +227,25 @@ class ProgressWriter:
         self.store.set_progress(self.job.id, self.snapshot(progress), log_line=line)
         self.written = time.monotonic()
 
+    def conditions(self, step: int, total: int) -> None:
+        """``on_progress`` for ``fold_robustness``: ``step`` of ``total`` conditions (unshifted, then the shifts)
+        done, as phase ``"robustness"`` (batch ``step`` of ``batches``); its time left counts from the task's start."""
+        self.phase_started.setdefault(ROBUSTNESS_PHASE, self.started)
+        self(Progress(self.task.backbone, self.task.fold, ROBUSTNESS_PHASE, 0, 1, step, total))
 
-def run_task(store: TaskStore, task: Task, *, where: str = "", parallel: int = 1) -> artifacts.RunResult:
-    """Train (or read back, when already on disk) one task; raises ``Cancelled`` or the task's error.
 
-    ``where`` (host, pid, executor) goes to the job's log when the task starts; ``parallel`` is how
-    many tasks run at once, for the time left.
+def run_task(store: TaskStore, task: Task, *, where: str = "", parallel: int = 1) -> artifacts.RunResult | dict:
+    """Do (or read back, when already on disk) one task; raises ``Cancelled`` or the task's error.
+
+    A study job's task trains a fold and returns its run; a robustness job's task returns the fold
+    model's robustness result. ``where`` (host, pid, executor) goes to the job's log when the task
+    starts; ``parallel`` is how many tasks run at once, for the time left.
     """
     job = store.get(task.job_id)
     writer = ProgressWriter(store, job, task, where=where, parallel=parallel)
     writer.start()
+    if job.request.kind == "robustness":
+        return run_robustness_task(store, job, task, writer)
     dataset, study = _prepared(store.root, job.id, job.request)
     store.set_study_id(job.id, study["study_id"])
     return train_fold(
@@ -230,6 +257,29 @@ def run_task(store: TaskStore, task: Task, *, where: str = "", parallel: int = 1
         on_progress=writer,
         should_stop=StopPoll(store, job.id),
     )
+
+
+def run_robustness_task(store: TaskStore, job: Job, task: Task, writer: ProgressWriter) -> dict:
+    """One fold model of a robustness job on its held-out images, unshifted and under every shift."""
+    request = job.request
+    dataset = _study_images(store.root, request.study_id, request.data)
+    runs = artifacts.study_runs(request.study_id, store.root)
+    run = next((r for r in runs if (r.backbone, r.fold) == (task.backbone, task.fold)), None)
+    if run is None:
+        raise ValueError(f"{task.label} is not a finished run of study {request.study_id}")
+    return robustness.fold_robustness(
+        run, dataset, artifacts_root=store.root, on_progress=writer.conditions, should_stop=StopPoll(store, job.id)
+    )
+
+
+def done_note(found: artifacts.RunResult | dict) -> str:
+    """What a finished task adds to its log line: the fold's accuracy, or its unshifted and worst-shift accuracy."""
+    if isinstance(found, artifacts.RunResult):
+        return f", accuracy {flat_metrics(found.metrics)['accuracy']:.3f}"
+    table = robustness.pooled_table([found])
+    unshifted = next(row for row in table if row["shift"] == "none")
+    worst = min(table, key=lambda row: row["accuracy"])
+    return f", unshifted accuracy {unshifted['accuracy']:.3f}, lowest {worst['accuracy']:.3f} ({worst['setting']})"
 
 
 @dataclass(frozen=True)
@@ -253,14 +303,13 @@ def attempt(store: TaskStore, task: Task, *, where: str = "", parallel: int = 1)
     """Run one task and say how it ended; a failing task fails alone, the loop goes on."""
     started = time.monotonic()
     try:
-        run = run_task(store, task, where=where, parallel=parallel)
-    except Cancelled:
+        found = run_task(store, task, where=where, parallel=parallel)
+    except (Cancelled, robustness.Cancelled):
         return Outcome("cancelled")
     except Exception as exc:  # missing weights, out of memory, bad data, full disk: the task's own failure
         say(f"{task.label} of job {task.job_id} failed\n{traceback.format_exc()}")
         return Outcome("failed", error=error_text(exc))
-    accuracy = flat_metrics(run.metrics)["accuracy"]
-    return Outcome("done", note=f", accuracy {accuracy:.3f} ({time.monotonic() - started:.1f} s)")
+    return Outcome("done", note=f"{done_note(found)} ({time.monotonic() - started:.1f} s)")
 
 
 def run_worker(

@@ -20,7 +20,7 @@ import numpy as np
 from engine.evaluation.external import list_evaluations
 from engine.evaluation.metrics import per_class_from_confusion
 from engine.models.backbones import REGISTRY, get_backbone
-from engine.reports import evaluation_sections, explore
+from engine.reports import evaluation_sections, explore, results_sections
 from engine.results import artifacts
 from engine.training.protocols import Protocol
 from engine.training.study import summarize
@@ -365,6 +365,14 @@ def reproduction_report(artifacts_root: Path | None = None) -> str:
             _folds_sentence(rows),
             "",
             _comparison(rows),
+            "",
+            "## The recommended protocol against its targets",
+            "",
+            results_sections.targets_section(artifacts_root),
+            "",
+            "## Ablation: from `paper` to `xray-finetune`, one change at a time",
+            "",
+            results_sections.ablation_section(artifacts_root),
             "",
             "## Why the numbers differ",
             "",

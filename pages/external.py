@@ -1,0 +1,334 @@
+"""External validation: a saved fold model on labelled images no fold has seen, checked for overlap first."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine import settings
+from engine.evaluation.external import evaluate_folder, list_evaluations
+from engine.evaluation.metrics import confusion_rates
+from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier
+from engine.reports import explore
+from pages import common
+
+common.require_router(__file__)
+
+# The launch form's upload rules (streamlit_app.saved_upload): one file per content, size-capped, zip only.
+ZIP_SIGNATURE = b"PK\x03\x04"
+MAX_ZIP_BYTES = 200 * 1024 * 1024
+EVALUATE_COMMAND = "python -m engine evaluate --data <folder> --model <a model.keras>"
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def classifier(path: str) -> Classifier:
+    """One loaded model per path, shared by every session (at most two kept in memory)."""
+    return load_classifier(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _models(root: str, key: tuple) -> list[ModelInfo]:
+    """The saved fold models, each evaluated on its own (a backbone's fold ensemble, where listed, is left out)."""
+    return [m for m in list_models(Path(root)) if not getattr(m, "is_ensemble", False)]
+
+
+def models() -> list[ModelInfo]:
+    root = common.artifacts_root()
+    return _models(str(root), explore.artifacts_key(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _evaluations(root: str, key: tuple) -> list[dict]:
+    return list_evaluations(Path(root))
+
+
+def evaluations() -> list[dict]:
+    """Every saved evaluation, read again when a file of ``<artifacts>/evaluations`` changes."""
+    root = common.artifacts_root()
+    files = sorted((root / "evaluations").glob("*.json"))
+    return _evaluations(str(root), tuple((p.name, p.stat().st_mtime_ns) for p in files))
+
+
+def model_id(info: ModelInfo) -> str:
+    return f"{info.study_id}/{info.backbone}/{info.fold}"
+
+
+def model_label(info: ModelInfo) -> str:
+    return (
+        f"{info.backbone} · {info.protocol} · fold {info.fold} · study {info.study_id} · "
+        f"held-out accuracy {info.accuracy:.3f}"
+    )
+
+
+def interval_text(found: dict | None) -> str:
+    if not found or found["estimate"] is None:
+        return "undefined"
+    if found["low"] is None:
+        return f"{found['estimate']:.3f}"
+    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
+
+
+def when(timestamp: float | None) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M") if timestamp else "–"
+
+
+def evaluation_model(e: dict) -> str:
+    m = e["model"]
+    return f"{m['backbone']} · {m['protocol']} · fold {m['fold']} · study {m['study_id']}"
+
+
+def evaluation_label(e: dict) -> str:
+    return f"{e['data']['name']} · {e['model']['backbone']} fold {e['model']['fold']} · {when(e.get('evaluated_at'))}"
+
+
+def images_evaluated(e: dict) -> int:
+    return int(sum(e["data"]["counts"].values()))
+
+
+def run_evaluation(info: ModelInfo, folder: str, upload) -> dict | None:
+    """Evaluate and save; bad input is one line on the page and leaves every saved evaluation as it was."""
+    try:
+        data = str(common.saved_upload(upload)) if upload is not None else folder.strip()
+        if not data:
+            raise ValueError("give a dataset folder on the server or upload a .zip of class folders")
+        with st.spinner(
+            f"Importing the images, checking them against study {info.study_id}'s and predicting with "
+            f"{info.backbone} fold {info.fold}…"
+        ):
+            model = classifier(str(getattr(info, "serving_path", info.path)))
+            return evaluate_folder(model, data, artifacts_root=common.artifacts_root())
+    except (settings.ReadOnlyError, ValueError, OSError) as exc:
+        st.error(str(exc).strip() or type(exc).__name__)
+        return None
+
+
+def evaluation_form(available: list[ModelInfo]) -> None:
+    """Model, folder or zip; a successful evaluation is saved and opened below."""
+    by_id = {model_id(m): m for m in available}
+    with st.form("evaluate", border=True):
+        chosen = by_id[
+            common.choose(
+                "Model (a saved fold model, best held-out accuracy first)",
+                list(by_id),
+                param="model",
+                format_func=lambda key: model_label(by_id[key]),
+            )
+        ]
+        folder = st.text_input(
+            "Dataset folder on the server (one sub-folder per class, named like the model's classes)",
+            placeholder="/data/my-external-set",
+        )
+        upload = st.file_uploader("…or upload a .zip of class folders (used instead of the folder)", type=["zip"])
+        submitted = st.form_submit_button("Evaluate", type="primary")
+    st.caption(
+        f"Classes of the model: {', '.join(chosen.classes)}. Folders are matched loosely (COVID, covid19, NORMAL…); a "
+        "set may hold only some of them. Images are decoded at the model's input size and compared with its "
+        "study's images first: identical and near-duplicate ones are left out and counted. The evaluation runs in "
+        "this page (a few thousand images take a minute or so) and is saved."
+    )
+    if submitted:
+        result = run_evaluation(chosen, folder, upload)
+        if result is not None:
+            common.remember(evaluation=result["key"])
+            st.session_state.pop("choose-evaluation", None)  # the list below opens the new one
+            st.success(f"Saved as evaluation `{result['key']}` ({images_evaluated(result):,} images); opened below.")
+
+
+def saved_table(found: list[dict]) -> pd.DataFrame:
+    rows = []
+    for e in found:
+        accuracy = (e.get("intervals") or {}).get("metrics", {}).get("accuracy")
+        rows.append(
+            {
+                "data": f"{e['data']['name']} · {e['data']['fingerprint']}",
+                "images": images_evaluated(e),
+                "model": evaluation_model(e),
+                "accuracy (95% interval)": interval_text(accuracy) if accuracy else f"{e['accuracy']:.3f}",
+                "evaluated": when(e.get("evaluated_at")),
+                "key": e["key"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def heatmap(cm: np.ndarray, *, true_classes: list[str], classes: list[str], title: str) -> go.Figure:
+    """Counts, with the row % (the share of each true class) beside them; rows only for classes in the set."""
+    rows_pct = 100 * confusion_rates(cm)[0]
+    keep = [classes.index(c) for c in true_classes]
+    counts, rates = cm[keep], rows_pct[keep]
+    text = [
+        [f"{n:.0f}<br>{p:.1f}%" for n, p in zip(line, pct, strict=True)]
+        for line, pct in zip(counts, rates, strict=True)
+    ]
+    figure = go.Figure(
+        go.Heatmap(
+            z=rates,
+            x=classes,
+            y=true_classes,
+            text=text,
+            texttemplate="%{text}",
+            customdata=counts,
+            hovertemplate="true %{y} → predicted %{x}<br>count %{customdata:.0f} · row %{z:.1f}%<extra></extra>",
+            colorscale="Blues",
+            zmin=0,
+            zmax=100,
+            showscale=False,
+        )
+    )
+    figure.update_layout(
+        title=title,
+        height=140 + 80 * len(true_classes),
+        margin={"t": 40, "l": 10, "r": 10, "b": 10},
+        xaxis={"title": "predicted", "side": "bottom"},
+        yaxis={"title": "true", "autorange": "reversed"},
+    )
+    return figure
+
+
+def class_table(e: dict) -> pd.DataFrame:
+    metrics = (e.get("intervals") or {}).get("metrics", {})
+    counts = e["data"]["counts"]
+    rows = []
+    for c in e["model"]["classes"]:
+        recall = metrics.get(f"recall[{c}]")
+        precision = metrics.get(f"precision[{c}]")
+        rows.append(
+            {
+                "class": c,
+                "images": counts.get(c, 0),
+                "recall (sensitivity)": interval_text(recall) if recall else _plain(e, c, "recall"),
+                "precision": interval_text(precision) if precision else _plain(e, c, "precision"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _plain(e: dict, c: str, name: str) -> str:
+    """A figure without an interval: undefined where the set cannot define it, else its value alone."""
+    if name == "recall" and c not in e["data"]["counts"]:
+        return "undefined (no image)"
+    if "intervals" in e:
+        return "undefined"
+    return f"{e['metrics']['per_class'][c][name]:.3f}"
+
+
+def headline(e: dict) -> None:
+    metrics = (e.get("intervals") or {}).get("metrics", {})
+    seen = e["data"]["overlap_with_study"]
+    accuracy, images, left_out, skipped = st.columns(4)
+    accuracy.metric("Accuracy", f"{e['accuracy']:.3f}")
+    if "accuracy" in metrics:
+        found = metrics["accuracy"]
+        accuracy.caption(f"95% interval [{found['low']:.3f}, {found['high']:.3f}]")
+    images.metric("Images evaluated", f"{images_evaluated(e):,}")
+    left_out.metric("Left out: in the model's study", f"{seen['identical'] + seen['near_duplicates']:,}")
+    left_out.caption(f"of {seen['checked']:,} checked")
+    skipped.metric("Files skipped", f"{len(e['data']['skipped']):,}")
+
+
+def overlap_note(e: dict) -> None:
+    seen = e["data"]["overlap_with_study"]
+    line = (
+        f"Overlap check against the images of study {e['model']['study_id']}: {seen['identical']:,} identical and "
+        f"{seen['near_duplicates']:,} near-duplicate image(s) of {seen['checked']:,} left out ({seen['rule']})."
+    )
+    if seen["left_out"]:
+        st.warning(line)
+        with st.expander(f"The {len(seen['left_out']):,} image(s) left out"):
+            st.dataframe(pd.DataFrame({"file": seen["left_out"]}), hide_index=True)
+    else:
+        st.success(line)
+
+
+def data_notes(e: dict) -> None:
+    data = e["data"]
+    if data["classes_not_in_model"]:
+        st.warning(
+            f"Folder(s) not a class of the model, left out: {', '.join(data['classes_not_in_model'])} "
+            f"(the model knows {', '.join(e['model']['classes'])})."
+        )
+    absent = [c for c in e["model"]["classes"] if c not in data["counts"]]
+    if absent:
+        only = list(data["counts"])
+        note = f"No {', '.join(absent)} image in this set: their recall and the macro figures are undefined"
+        st.caption(note + (f"; accuracy here is {only[0]} recall." if len(only) == 1 else "."))
+    if data["skipped"]:
+        st.warning(f"{len(data['skipped']):,} file(s) skipped: they could not be used.")
+        with st.expander("Skipped files and why"):
+            st.dataframe(pd.DataFrame(data["skipped"]), hide_index=True)
+    if data["duplicates_dropped"]:
+        st.caption(f"{data['duplicates_dropped']:,} byte-identical duplicate file(s) in the set were counted once.")
+
+
+def show_evaluation(e: dict) -> None:
+    st.subheader(f"{e['data']['name']} · {evaluation_model(e)}")
+    st.caption(f"Data `{e['data']['fingerprint']}` · evaluated {when(e.get('evaluated_at'))} · evaluation `{e['key']}`")
+    headline(e)
+    intervals = e.get("intervals")
+    left, right = st.columns([1, 1])
+    with left:
+        st.dataframe(class_table(e), hide_index=True)
+        if intervals:
+            macro = {k: v for k, v in intervals["metrics"].items() if k.startswith("macro_")}
+            if macro:
+                st.caption(" · ".join(f"{k.replace('_', ' ')} {interval_text(v)}" for k, v in macro.items()))
+            st.caption(f"{intervals['description']}.")
+            if intervals["undefined"]:
+                st.caption("Not defined on this set: " + "; ".join(intervals["undefined"]) + ".")
+        else:
+            st.caption(
+                "Saved before intervals were kept with evaluations: evaluate the same data with the same model again "
+                "to add them (the figures are the same)."
+            )
+        data_notes(e)
+    with right:
+        cm = np.asarray(e["metrics"]["confusion_matrix"], dtype=float)
+        classes = list(e["model"]["classes"])
+        present = [c for c in classes if c in e["data"]["counts"]]
+        title = f"{e['model']['backbone']} fold {e['model']['fold']} on {e['data']['name']}"
+        st.plotly_chart(heatmap(cm, true_classes=present, classes=classes, title=title), width="stretch", key="cm")
+        st.caption("Rows: the true class (only classes in the set); columns: the prediction; count and row %.")
+    overlap_note(e)
+
+
+def saved_section(found: list[dict]) -> None:
+    st.header("Saved evaluations")
+    if not found:
+        st.info(f"No saved evaluation in `{common.artifacts_root()}` yet.")
+        return
+    st.dataframe(saved_table(found), hide_index=True)
+    by_key = {e["key"]: e for e in found}
+    newest = sorted(found, key=lambda e: -(e.get("evaluated_at") or 0))
+    key = common.choose(
+        "Open an evaluation",
+        [e["key"] for e in newest],
+        param="evaluation",
+        format_func=lambda k: evaluation_label(by_key[k]),
+    )
+    show_evaluation(by_key[key])
+
+
+st.title("External validation")
+st.caption(
+    "A saved fold model on labelled images that none of its study's folds saw: the test of whether it generalises "
+    "beyond the hospitals and devices of its training set. “Unseen” is checked, not assumed."
+)
+available = models()
+if settings.read_only():
+    st.info(
+        "Read-only demo: new evaluations are disabled here; the saved ones are below. On your own copy of the "
+        f"project, evaluate from this page or with `{EVALUATE_COMMAND}`."
+    )
+elif not available:
+    st.info(
+        f"No trained model in `{common.artifacts_root()}` yet: an external evaluation needs a saved fold model. "
+        "Launch a training job from the sidebar, then come back here."
+    )
+else:
+    evaluation_form(available)
+saved_section(evaluations())
