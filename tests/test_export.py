@@ -28,6 +28,7 @@ from engine.models import serving
 from engine.models.export import calibration_indices, export_runs, load_member, study_images, study_models
 from engine.models.inference import OOD_WARNING, load_classifier
 from engine.models.runtime import detector_path, file_sha256, load_exported, sidecar_path
+from engine.reports.model_card import card_path
 from engine.results import artifacts
 from engine.training.protocols import get_protocol
 from engine.training.runner import run_study
@@ -273,6 +274,19 @@ def test_cli_exports_the_study_ensemble_with_its_sidecar(ensemble):
     assert meta["parity"]["max_abs_dp"] <= 1e-4
     assert meta["classes"] == ["COVID-19", "Normal", "Viral Pneumonia"] and meta["input_size"] == 32
     assert set(meta["outputs"]) == set(serving.OUTPUTS) and meta["versions"]["keras"]
+
+
+def test_the_cli_writes_a_model_card_from_the_artifacts(ensemble, tiny):
+    root, study_id = tiny
+    card = json.loads(card_path(ensemble["litert"], "json").read_text())
+    runs = artifacts.study_runs(study_id, root)
+    correct = sum(np.trace(np.asarray(r.metrics["confusion_matrix"])) for r in runs)
+    assert card["performance"]["metrics"]["accuracy"]["estimate"] == pytest.approx(correct / 24)
+    assert card["training"]["dataset"]["counts"] == {"COVID-19": 8, "Normal": 8, "Viral Pneumonia": 8}
+    assert card["model"]["members"] == ["fold 0", "fold 1"] and card["out_of_distribution"]["n_fit"] == 24
+    text = card_path(ensemble["litert"], "md").read_text()
+    assert "not a medical device" in text.lower() and "patient level" in text
+    assert f"{correct / 24:.3f} [" in text
 
 
 def one_error(result: tuple[int, str, str]) -> str:

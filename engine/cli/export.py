@@ -26,6 +26,7 @@ def _model_paths(args: argparse.Namespace) -> list:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.models.export import export_runs
+    from engine.reports.model_card import write_model_card
 
     result = export_runs(
         _model_paths(args),
@@ -35,14 +36,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         artifacts_root=args.artifacts,
         data=args.data,
     )
+    card_json, card_md = write_model_card(result.path, args.artifacts)
     if args.json:
-        print(json.dumps({"path": str(result.path), "sidecar": str(result.sidecar), **result.meta}, indent=2))
+        found = {"path": str(result.path), "sidecar": str(result.sidecar), "model_card": str(card_json), **result.meta}
+        print(json.dumps(found, indent=2))
         return 0
     meta = result.meta
     members = ", ".join(f"fold {m['fold']}" for m in meta["members"])
     precision = meta["quantization"]["mode"] if meta["quantization"] else "float32"
     print(f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MB, {meta['format']}, {precision}; {members})")
-    print(f"sidecar {result.sidecar}")
+    print(f"sidecar {result.sidecar}; model card {card_md} (and .json)")
     check = meta["parity"]
     if check:
         print(

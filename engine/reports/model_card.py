@@ -1,0 +1,215 @@
+"""A model card for an exported model, in JSON and Markdown, from the artifacts (Mitchell et al., FAT* 2019).
+
+What it is (classes, input, preprocessing, members, file), what it was trained on (dataset name,
+fingerprint and counts, protocol and folds), how well it did (its members' pooled out-of-fold
+figures with 95 % intervals, calibration, external evaluations of its study and backbone), how it
+flags images unlike its training set, and what it is for and not for. Written beside the exported
+file as ``<file>.card.json`` and ``<file>.card.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine import settings
+from engine.evaluation.external import list_evaluations
+from engine.evaluation.predictions import out_of_fold
+from engine.evaluation.summary import model_summary
+from engine.models.backbones import get_backbone
+from engine.models.runtime import read_sidecar
+from engine.reports.explore import REFERENCE_DIR
+from engine.results import artifacts, atomic
+
+CARD_SCHEMA = 1
+KNOWN_DATASETS = json.loads((REFERENCE_DIR / "datasets.json").read_text())["known_datasets"]
+CARD_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "recall[COVID-19]",
+    "specificity[COVID-19]",
+    "recall[Normal]",
+    "recall[Viral Pneumonia]",
+    "roc_auc",
+)
+INTENDED_USE = (
+    "Research and teaching: reproducing and comparing transfer-learning studies on public chest X-ray sets. "
+    "Not a medical device: it must not be used to diagnose, screen, triage or treat anyone."
+)
+LIMITATIONS = (
+    "Folds are disjoint at the image level, not the patient level (the data has no patient identifiers), "
+    "so the held-out figures can be optimistic.",
+    "An ensemble of fold models has no held-out image of its own: its figures are its members' on their own "
+    "held-out folds.",
+    "Probabilities are softmax outputs; their calibration on the study's images is given, not a clinic's.",
+    "A high score on public research images says nothing of images from another hospital, scanner or "
+    "population; check it on external data first.",
+)
+
+
+def card_path(export: Path, suffix: str) -> Path:
+    return export.with_name(f"{export.name}.card.{suffix}")
+
+
+def _dataset(study: dict) -> dict:
+    info = study["dataset"]
+    known = KNOWN_DATASETS.get(info["fingerprint"])
+    return {
+        "name": info["name"],
+        "fingerprint": info["fingerprint"],
+        "counts": info["counts"],
+        "images": info["n_images"],
+        "note": known["note"] if known else None,
+    }
+
+
+def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
+    """The card of exported file ``export``, from its sidecar and the artifacts of its members' study."""
+    root = artifacts_root or settings.artifacts_dir()
+    meta = read_sidecar(export)
+    members = meta["members"]
+    study_id, backbone = members[0]["study_id"], members[0]["backbone"]
+    study = artifacts.read_study(study_id, root)
+    folds = sorted(m["fold"] for m in members)
+    summary = model_summary(out_of_fold(study_id, backbone, root, folds=folds), root)
+    spec = get_backbone(backbone)
+    external = [
+        {
+            "data": e["data"]["name"],
+            "fingerprint": e["data"]["fingerprint"],
+            "counts": e["data"]["counts"],
+            "model": f"{e['model']['backbone']} fold {e['model']['fold']}",
+            "accuracy": e.get("intervals", {}).get("metrics", {}).get("accuracy") or {"estimate": e["accuracy"]},
+            "recall": e["recall"],
+        }
+        for e in list_evaluations(root)
+        if e["model"]["study_id"] == study_id and e["model"]["backbone"] == backbone
+    ]
+    return {
+        "schema_version": CARD_SCHEMA,
+        "model": {
+            "file": export.name,
+            "sha256": meta["sha256"],
+            "format": meta["format"],
+            "quantization": meta["quantization"],
+            "network": spec.constructor,
+            "options": spec.kwargs,
+            "backbone": backbone,
+            "members": [f"fold {f}" for f in folds],
+            "classes": meta["classes"],
+            "input": {
+                **meta["input"],
+                "meaning": "a grayscale chest X-ray resized to the input size, grey levels 0-255",
+                "preprocessing": f"in the graph: gray to 3 channels, keras.applications' '{spec.preprocess_mode}' mode",
+            },
+            "outputs": meta["outputs"],
+        },
+        "training": {
+            "study": study_id,
+            "dataset": _dataset(study),
+            "protocol": {"name": study["protocol"]["name"], "description": study["protocol"]["description"]},
+            "folds": study["n_folds"],
+            "seed": study["seed"],
+            "weights": "ImageNet" if study["weights"] == "imagenet" else "random initialisation",
+        },
+        "performance": {
+            "what": f"its members' pooled out-of-fold predictions ({summary['n_images']:,} images, folds {folds})",
+            "intervals": summary["intervals"]["description"],
+            "metrics": {key: summary["metrics"][key] for key in CARD_METRICS if key in summary["metrics"]},
+            "calibration": summary["calibration"],
+            "external": external,
+            "parity_with_keras": meta.get("parity"),
+        },
+        "out_of_distribution": meta.get("ood"),
+        "intended_use": INTENDED_USE,
+        "limitations": list(LIMITATIONS),
+    }
+
+
+def _interval(found: dict) -> str:
+    if found.get("low") is None:
+        return f"{found['estimate']:.3f}"
+    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
+
+
+def card_markdown(card: dict) -> str:
+    model, training, performance = card["model"], card["training"], card["performance"]
+    dataset = training["dataset"]
+    counts = ", ".join(f"{c} {n:,}" for c, n in dataset["counts"].items())
+    quantization = model["quantization"]["mode"] if model["quantization"] else "float32"
+    lines = [
+        f"# Model card: {model['backbone']} ({len(model['members'])} fold model(s)), {model['format']} {quantization}",
+        "",
+        f"**Intended use.** {card['intended_use']}",
+        "",
+        "## Model",
+        "",
+        f"- File `{model['file']}` (sha256 `{model['sha256'][:16]}…`), {model['network']} {model['options'] or ''}",
+        f"- Members: {', '.join(model['members'])} of study `{training['study']}`",
+        f"- Classes: {', '.join(model['classes'])}",
+        f"- Input `{model['input']['name']}` {model['input']['shape']} float32: {model['input']['meaning']}; "
+        f"{model['input']['preprocessing']}",
+        f"- Outputs: {', '.join(model['outputs'])} (class probabilities, class maps for Grad-CAM, pooled features)",
+        "",
+        "## Training data",
+        "",
+        f"- {dataset['name']} (fingerprint `{dataset['fingerprint']}`): {dataset['images']:,} images ({counts})",
+    ]
+    if dataset["note"]:
+        lines.append(f"- About this dataset: {dataset['note']}")
+    lines += [
+        f"- Protocol `{training['protocol']['name']}`: {training['protocol']['description']}",
+        f"- Stratified {training['folds']}-fold cross-validation, seed {training['seed']}, "
+        f"{training['weights']} weights",
+        "",
+        "## Performance",
+        "",
+        f"On {performance['what']}. {performance['intervals']}.",
+        "",
+        "| metric | estimate [95 % CI] |",
+        "|---|---|",
+        *[f"| {name} | {_interval(found)} |" for name, found in performance["metrics"].items()],
+    ]
+    calibration = performance["calibration"]
+    after = calibration["after"]
+    lines += [
+        "",
+        f"Calibration: ECE (top label) {calibration['before']['ece_top_label']:.4f}, Brier "
+        f"{calibration['before']['brier']:.4f}"
+        + (
+            f"; after cross-fitted temperature scaling {after['ece_top_label']:.4f}, {after['brier']:.4f}."
+            if after
+            else "."
+        ),
+    ]
+    for found in performance["external"]:
+        lines.append(
+            f"External: {found['data']} ({', '.join(f'{c} {n:,}' for c, n in found['counts'].items())}), "
+            f"{found['model']}: accuracy {_interval(found['accuracy'])}."
+        )
+    parity = performance["parity_with_keras"]
+    if parity:
+        lines.append(
+            f"Against the Keras model on {parity['images']} held-out images: max |Δp| {parity['max_abs_dp']:.2g}, "
+            f"argmax agreement {parity['argmax_agreement']:.1%}."
+        )
+    ood = card["out_of_distribution"]
+    lines += ["", "## Images unlike the training set", ""]
+    if ood:
+        lines.append(
+            f"Mahalanobis score of the pooled features ({ood['method']}), threshold at the {ood['quantile']:.1%} "
+            f"quantile of {ood['n_fit']:,} training images' cross-fitted scores (`{ood['file']}`). Above it the "
+            'app says: "this image is unlike the images the model was trained on; its prediction means nothing".'
+        )
+    else:
+        lines.append("No detector was fitted (the study's images were not available at export).")
+    lines += ["", "## Limitations", "", *[f"- {text}" for text in card["limitations"]], ""]
+    return "\n".join(lines)
+
+
+def write_model_card(export: Path, artifacts_root: Path | None = None) -> tuple[Path, Path]:
+    """``<file>.card.json`` and ``<file>.card.md`` beside the exported file."""
+    card = model_card(export, artifacts_root)
+    atomic.write_json(card_path(export, "json"), card)
+    atomic.write_text(card_path(export, "md"), card_markdown(card))
+    return card_path(export, "json"), card_path(export, "md")
