@@ -17,7 +17,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.harness import DOCS_PATH, PAPER_DATA, RESULTS_DIR, Options, finish, last_json_line, load_average  # noqa: E402
 
-BENCHMARKS = ("pipeline", "finetune_epoch", "frozen_study", "classify", "memory", "features", "gpu")
+BENCHMARKS = (
+    "pipeline",
+    "finetune_epoch",
+    "frozen_study",
+    "classify",
+    "memory",
+    "features",
+    "gpu",
+    "hosted",
+    "evaluation",
+)
 MODULES = {"finetune_epoch": "finetune", "frozen_study": "frozen_study"}
 
 

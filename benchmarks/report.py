@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.models.backbones import PAPER_BACKBONES
 
-ORDER = ("pipeline", "finetune_epoch", "frozen_study", "classify", "memory", "features", "gpu")
+ORDER = ("pipeline", "finetune_epoch", "frozen_study", "classify", "memory", "features", "gpu", "hosted", "evaluation")
 
 INTRO = """# Benchmarks
 
@@ -91,6 +91,32 @@ SECTIONS = {
         "speed is the same), meant for a GPU machine with `KERAS_BACKEND=jax` and mixed precision, and the projected "
         "wall time of the whole 14 x 5-fold x 10-epoch study."
     ),
+    "hosted": (
+        "The hosted demo's server against the Keras path, one model both ways, measured in one run "
+        "(`benchmarks/hosted.py`). Two `streamlit run streamlit_app.py` servers, each started fresh on its own "
+        "temporary copy of the artifacts folder's studies, in ABBA order: `export`, read-only (`CXR_READ_ONLY=1`), "
+        "a copy with the model's exported LiteRT file (the artifacts folder's first exported model; when it has "
+        "none, the demo's best saved MobileNet fold model exported into the copy, with its OOD detector), which the "
+        "Classify page loads with `engine.models.runtime.load_exported`; `keras`, the same model from a copy "
+        "without any export, not read-only (read-only mode lists only exported models), loaded through Keras. "
+        "Headless Chromium opens `/classify?model=<id>` and uploads the same 8 real X-rays in one batch. "
+        "First result: from the upload to the first result shown, the first classification after the server's "
+        "start (the model's load included). Peak RSS: `VmHWM` of the server process after the 8 results "
+        "(`/proc/<pid>/status`, that process alone; its child processes are counted apart). TensorFlow: a file "
+        "of the `tensorflow` package in the server's `/proc/<pid>/maps`, or a Keras model load in its log. "
+        "Goals from the issue: at most 400 MB and 3 s for the export server."
+    ),
+    "evaluation": (
+        "The evaluation pages' costs on the committed demo frozen study (3 backbones and their ensemble; "
+        "`benchmarks/evaluation.py`). Cold bootstrap: a fresh process on a copy of the study without its "
+        "`evaluation/` cache files times `engine.evaluation.summary.model_summary` for every model of "
+        "`engine.evaluation.predictions.model_names` (stratified bootstrap of every metric, discrimination "
+        "intervals, cross-fitted calibration; 2,897 out-of-fold images each), then again warm (the kept file "
+        "read). Warm render: a fresh process opens each evaluation page through the router with Streamlit's "
+        "AppTest (the `served_navigation` patch), on a copy of the artifacts as a clone has them plus this "
+        "machine's image caches (linked read-only); each page runs once to warm Streamlit's caches and its second "
+        "run (router, sidebar and page, as a server rerun) is timed. Goals: under 30 s cold, under 2 s per page."
+    ),
 }
 
 
@@ -111,6 +137,10 @@ GOALS = (
     ("memory", "study_rss_mb", "under 4 GB", lambda v: v < 4096),
     ("memory", "rss_20k_mb", "under 4 GB", lambda v: v < 4096),
     ("gpu", "gpu_study_projected_h", "under 0.75 h (45 min) on one H100", lambda v: v < 0.75),
+    ("hosted", "export_rss_mb", "at most 400 MB after 8 images", lambda v: v <= 400),
+    ("hosted", "export_first_s", "at most 3 s", lambda v: v <= 3),
+    ("evaluation", "bootstrap_cold_s", "under 30 s", lambda v: v < 30),
+    ("evaluation", "slowest_page_warm_s", "under 2 s per page", lambda v: v < 2),
 )
 
 
@@ -209,7 +239,48 @@ def proposals(records: dict[str, dict | None]) -> str:
             "",
             gpu_finding(records.get("gpu")),
             "",
+            hosted_finding(records.get("hosted")),
+            "",
+            evaluation_finding(records.get("evaluation")),
+            "",
         ]
+    )
+
+
+def hosted_finding(record: dict | None) -> str:
+    """The hosted demo's server, export against Keras, from the recorded figures and settings."""
+    if record is None:
+        return "The hosted demo's server is not recorded yet (`hosted` below)."
+    figures, found = record["figures"], record.get("settings", {})
+    value = lambda key: format_value(figures[key])  # noqa: E731
+    imported = found.get("tensorflow_imported", {})
+    said = lambda side: "imported" if imported.get(side) else "did not import"  # noqa: E731
+    return (
+        f"The hosted demo's server, serving {found.get('model')} from its exported file read-only, showed the "
+        f"first result {value('export_first_s')} s after the upload and peaked at {value('export_rss_mb')} MB "
+        f"after 8 images; the same model on the Keras path took {value('keras_first_s')} s and "
+        f"{value('keras_rss_mb')} MB (x{value('first_speedup')} and x{value('rss_ratio')}, `hosted` below). "
+        f"The export server {said('export')} TensorFlow, the Keras server {said('keras')} it. Both first results "
+        "include the model's load: the page loads it on the first upload after a start, not before."
+    )
+
+
+def evaluation_finding(record: dict | None) -> str:
+    """The evaluation pages' cold bootstrap and warm renders, from the recorded figures."""
+    if record is None:
+        return "The evaluation pages' costs are not recorded yet (`evaluation` below)."
+    figures = record["figures"]
+    pages = {k.removesuffix("_warm_s"): v for k, v in figures.items() if k.endswith("_warm_s")}
+    for other in ("bootstrap", "slowest_page"):
+        pages.pop(other, None)
+    slowest = max(pages, key=pages.get) if pages else None
+    return (
+        f"The demo study's evaluation summaries (every model's bootstrap intervals and calibration) take "
+        f"{format_value(figures['bootstrap_cold_s'])} s cold in a fresh process and "
+        f"{format_value(figures['bootstrap_warm_s'])} s from their kept files; the slowest evaluation page renders "
+        f"warm in {format_value(figures['slowest_page_warm_s'])} s"
+        + (f" ({slowest})" if slowest else "")
+        + " (`evaluation` below)."
     )
 
 

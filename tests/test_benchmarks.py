@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from benchmarks.__main__ import main
 from benchmarks.gpu import NEXT_COMPILE, projection
 from benchmarks.harness import git_commit, last_json_line
-from benchmarks.report import format_value, goals_table, gpu_finding
+from benchmarks.hosted import CHROMIUM, mapped_libraries, runtimes_in
+from benchmarks.report import evaluation_finding, format_value, goals_table, gpu_finding, hosted_finding
 from engine import settings
 from tests.synthetic import make_dataset
 
@@ -30,6 +33,8 @@ EXPECTED = {
     "memory": {"study_rss_mb", "rss_20k_mb"},
     "features": {"features_eager_images_per_s", "features_compiled_images_per_s", "features_compiled_speedup"},
     "gpu": {"gpu_study_projected_h", "gpu_backbones_measured"},
+    "hosted": {"export_first_s", "keras_first_s", "first_speedup", "export_rss_mb", "keras_rss_mb", "rss_ratio"},
+    "evaluation": {"bootstrap_cold_s", "bootstrap_warm_s", "slowest_page_warm_s", "comparison_warm_s"},
 }
 
 
@@ -69,6 +74,96 @@ def test_frozen_study_record_writes_result_and_docs(
     assert "## frozen_study" in text
     assert f"| frozen_study_cold_s | {format_value(figures['frozen_study_cold_s'])} |" in text
     assert "## gpu\n" in text and "Not recorded yet." in text
+
+
+def record_tiny(name: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> tuple[dict, dict, str]:
+    """``name --tiny --record`` into ``tmp_path``: the printed figures, the stored record, the generated doc."""
+    results, docs = tmp_path / "results", tmp_path / "benchmarks.md"
+    figures = run_tiny(name, data, capsys, "--record", "--results-dir", str(results), "--docs", str(docs))
+    check(figures, name)
+    stored = json.loads((results / f"{name}.json").read_text())
+    assert stored["figures"] == figures
+    return figures, stored, docs.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's Chromium: apt-get install chromium")
+@pytest.mark.skipif(find_spec("playwright") is None, reason="needs the playwright package")
+def test_hosted_measures_both_servers_and_the_export_server_loads_no_tensorflow(
+    tiny_set: Path, artifacts_root: Path, tmp_path: Path, capsys
+) -> None:
+    figures, stored, text = record_tiny("hosted", tiny_set, tmp_path, capsys)
+    found = stored["settings"]
+    assert found["order"] == ["export", "keras"] and found["same_predictions"], found
+    assert found["tensorflow_imported"] == {"export": False, "keras": True}
+    assert [(row["TensorFlow mapped"], row["runtime mapped"]) for row in stored["table"]] == [
+        (False, "litert"),
+        (True, "none"),
+    ]
+    assert found["export_ood_detector"] and "exported into the copy" in found["export_source"]
+    assert figures["rss_ratio"] > 1, "the Keras server should need more memory than the export server"
+    assert "## hosted" in text and "| `export_rss_mb` | at most 400 MB after 8 images |" in text
+    assert "The export server did not import TensorFlow, the Keras server imported it." in text
+
+
+@pytest.mark.slow
+def test_evaluation_times_the_cold_bootstrap_and_warm_pages_of_the_demo_study(
+    tiny_set: Path, artifacts_root: Path, tmp_path: Path, capsys
+) -> None:
+    figures, stored, text = record_tiny("evaluation", tiny_set, tmp_path, capsys)
+    assert stored["settings"]["models"] == ["MobileNet", "MobileNet-0.25", "MobileNetV2-0.35", "ensemble"]
+    assert figures["bootstrap_warm_s"] < figures["bootstrap_cold_s"], "the second pass must read the kept files"
+    assert "## evaluation" in text and f"| bootstrap_cold_s | {format_value(figures['bootstrap_cold_s'])} |" in text
+    demo = settings.PROJECT_ROOT / "artifacts" / "studies" / "9da277b73bda" / "evaluation"
+    assert len(list(demo.glob("*.json"))) == 4, "the committed summaries are left as they are"
+
+
+def test_hosted_and_evaluation_goals_and_findings_read_their_records() -> None:
+    hosted = {
+        "figures": {
+            "export_first_s": 1.5,
+            "keras_first_s": 9.0,
+            "first_speedup": 6.0,
+            "export_rss_mb": 450.0,
+            "keras_rss_mb": 1200.0,
+            "rss_ratio": 2.67,
+        },
+        "settings": {"model": "s/MobileNet/3", "tensorflow_imported": {"export": False, "keras": True}},
+    }
+    evaluation = {
+        "figures": {
+            "bootstrap_cold_s": 3.0,
+            "bootstrap_warm_s": 0.1,
+            "slowest_page_warm_s": 2.5,
+            "comparison_warm_s": 0.1,
+            "failures_warm_s": 2.5,
+        }
+    }
+    table = goals_table({"hosted": hosted, "evaluation": evaluation}).splitlines()
+    verdict = lambda figure: next(line for line in table if f"`{figure}`" in line).rsplit("|", 2)[-2].strip()  # noqa: E731
+    assert [verdict(f) for f in ("export_rss_mb", "export_first_s", "bootstrap_cold_s", "slowest_page_warm_s")] == [
+        "not met",
+        "met",
+        "met",
+        "not met",
+    ]
+    assert "did not import TensorFlow, the Keras server imported it" in hosted_finding(hosted)
+    assert "450 MB" in hosted_finding(hosted) and "(failures)" in evaluation_finding(evaluation)
+    assert "not recorded yet" in hosted_finding(None) and "not recorded yet" in evaluation_finding(None)
+
+
+def test_tensorflow_is_told_from_litert_in_a_process_memory_map() -> None:
+    site = "/venv/lib/site-packages"
+    names = ("_pywrap_tensorflow_lite_metrics_wrapper.so", "libLiteRt.so")
+    litert = {f"{site}/ai_edge_litert/{name}" for name in names}
+    assert runtimes_in(litert) == {"tensorflow": False, "onnxruntime": False, "litert": True}
+    assert runtimes_in({f"{site}/tensorflow/libtensorflow_framework.so.2"})["tensorflow"]
+    assert runtimes_in({f"{site}/tensorflow/python/_pywrap_tensorflow_internal.so"})["tensorflow"]
+    assert runtimes_in({f"{site}/onnxruntime/capi/onnxruntime_pybind11_state.so"})["onnxruntime"]
+    assert mapped_libraries(os.getpid())["tensorflow"] == any(
+        "/tensorflow/" in line for line in Path("/proc/self/maps").read_text().splitlines()
+    )
 
 
 def test_last_json_line_ignores_trailing_blank_lines() -> None:

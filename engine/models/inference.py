@@ -118,6 +118,12 @@ def _members_export(folder: Path, folds: tuple[int, ...]) -> tuple[Path, tuple[i
     return None
 
 
+def fold_export(run: artifacts.RunResult) -> Path | None:
+    """The preferred exported file of one fold's model, when it was exported."""
+    found = _members_export(run.path / "export", (run.fold,))
+    return found[0] if found else None
+
+
 def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
     """Every servable model: each backbone's fold ensemble first (best members first), then single fold models."""
     ensembles, singles = [], []
@@ -131,7 +137,7 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
             common |= {"protocol": study["protocol"]["name"], "classes": tuple(runs[0].config["classes"])}
             common["input_size"] = int(runs[0].config["input_size"])
             for run in runs:
-                export = _members_export(run.path / "export", (run.fold,))
+                export = fold_export(run)
                 if run.model_path is not None or export:
                     singles.append(
                         ModelInfo(
@@ -139,7 +145,7 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
                             fold=run.fold,
                             folds=(run.fold,),
                             accuracy=float(run.metrics["accuracy"]),
-                            export=export[0] if export else None,
+                            export=export,
                             **common,
                         )
                     )

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
 from engine.models import serving
 from engine.models.inference import Classifier, load_detector
+
+log = logging.getLogger(__name__)
 
 SIDECAR_SCHEMA = 1
 FORMATS = {"litert": ".tflite", "onnx": ".onnx"}
@@ -143,9 +147,12 @@ def load_exported(path: str | Path, *, threads: int | None = None) -> ExportedCl
     kind = format_of(path)
     if not path.is_file():
         raise ValueError(f"exported model not found: path={str(path)!r}")
+    started = time.perf_counter()
     meta = read_sidecar(path)
     ood = load_detector(detector_path(path), dim=int(meta["outputs"]["features"][-1]))
-    return ExportedClassifier(RUNNERS[kind](path, threads=threads), path=path, meta=meta, ood=ood)
+    classifier = ExportedClassifier(RUNNERS[kind](path, threads=threads), path=path, meta=meta, ood=ood)
+    log.info("loaded exported model %s in %.1f s", path, time.perf_counter() - started)
+    return classifier
 
 
 def detector_path(path: Path) -> Path:

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine import settings
 from engine.data.datasets import DatasetError, load_dataset
 from engine.evaluation.predictions import OutOfFold
+from engine.models.inference import fold_export
 from engine.results import artifacts
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
@@ -92,10 +94,11 @@ class FoldModel:
     backbone: str
     fold: int
     path: Path | None
+    missing_reason: str = "model was not saved"
 
     @property
     def missing(self) -> str | None:
-        return None if self.path is not None else f"{self.backbone} fold {self.fold}'s model was not saved"
+        return None if self.path is not None else f"{self.backbone} fold {self.fold}'s {self.missing_reason}"
 
 
 def fold_models(study_id: str, members: tuple[str, ...], artifacts_root: Path | None = None) -> dict:
@@ -103,7 +106,11 @@ def fold_models(study_id: str, members: tuple[str, ...], artifacts_root: Path | 
     found = {}
     for run in artifacts.study_runs(study_id, artifacts_root):
         if run.backbone in members:
-            found[(run.backbone, run.fold)] = FoldModel(run.backbone, run.fold, run.model_path)
+            if settings.read_only():
+                reason = "model has no exported file, and a read-only demo does not load Keras models"
+                found[(run.backbone, run.fold)] = FoldModel(run.backbone, run.fold, fold_export(run), reason)
+            else:
+                found[(run.backbone, run.fold)] = FoldModel(run.backbone, run.fold, run.model_path)
     return found
 
 
