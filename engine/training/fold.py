@@ -318,6 +318,7 @@ def _keep_best_epoch():
     """A callback keeping the weights of the epoch with the lowest validation loss, over every stage.
 
     Used only with an inner validation split: choosing the epoch on the test fold would be tuning on it.
+    Weights seeded before ``fit`` (the head's warm-up) compete like any epoch and are restored the same way.
     """
     import keras
 
@@ -497,9 +498,17 @@ def _train_head_on_cached_features(model, plan: FoldPlan, hooks: FoldHooks, arti
     return model, history, proba
 
 
-def _fit_selected(model, plan: FoldPlan, data: FitData, hooks: FoldHooks, layers, *, compiled: bool) -> dict:
-    """Fit every stage; with an inner validation split, end on the weights of its best epoch."""
+def _fit_selected(
+    model, plan: FoldPlan, data: FitData, hooks: FoldHooks, layers, *, compiled: bool, start_loss: float | None = None
+) -> dict:
+    """Fit every stage; with an inner validation split, end on the weights of its best epoch.
+
+    ``start_loss``: the inner validation loss of the model as it is before these stages (the head's
+    warm-up on cached features); those weights are a candidate too (epoch 0 of these stages).
+    """
     keep = _keep_best_epoch() if plan.inner_validation else None
+    if keep is not None and start_loss is not None:
+        keep.best_loss, keep.best_epoch, keep.weights = start_loss, 0, [np.array(w) for w in model.get_weights()]
     callbacks = [hooks.callback, *([keep] if keep else [])]
     history = _fit_stages(model, plan.protocol, data, callbacks, layers, hooks.cancelled, compiled=compiled)
     if keep:
@@ -548,7 +557,10 @@ def _train_on_images(model, plan: FoldPlan, hooks: FoldHooks, stack: ExitStack, 
     )
     on_images = dataclasses.replace(plan, protocol=plan.protocol.on_images())
     model = stack.enter_context(compiled_model(model, on_images.protocol, key, data.steps_per_epoch))
-    trained = _fit_selected(model, on_images, data, hooks, [model.get_layer("backbone")], compiled=True)
+    warm_loss = warm_history["val_loss"][-1] if warm_history else None
+    trained = _fit_selected(
+        model, on_images, data, hooks, [model.get_layer("backbone")], compiled=True, start_loss=warm_loss
+    )
     history = {k: warm_history.get(k, []) + trained.get(k, []) for k in {*warm_history, *trained}}
     if hooks.selected_epoch is not None:
         hooks.selected_epoch += len(warm_history.get("loss", []))
