@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 import engine.models.inference
 from engine.models.inference import list_models, load_classifier
-from tests import app_fixtures
+from tests import app_fixtures, dicom_fixtures
 from tests.app_fixtures import TinyStudy
 from tests.synthetic import make_image
 
@@ -70,3 +70,34 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     assert '"Grad-CAM"' not in at.get("plotly_chart")[0].proto.spec
     assert at.dataframe[0].value.equals(table.reset_index())
     assert batches == [["xray.png", "notes.png"]], "a rerun must not classify the batch again"
+
+
+def test_a_monochrome1_dicom_upload_gets_the_prediction_of_its_png_and_no_patient_name(
+    tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXR_ARTIFACTS", str(tiny_study.root))
+    pixels = make_image(2, 40, np.random.default_rng(11))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    inverted = dicom_fixtures.xray_dataset(255 - pixels, photometric="MONOCHROME1")
+    uploads = [
+        ("film.png", buffer.getvalue(), "image/png"),
+        ("film.dcm", dicom_fixtures.dicom_bytes(inverted), "application/dicom"),
+    ]
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.run()
+    at.switch_page("pages/classify.py").run()
+    at.get("file_uploader")[0].set_value(uploads)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index("file")
+    assert (
+        table.loc["film.dcm", "error"] == ""
+        and table.loc["film.dcm", "predicted"] == table.loc["film.png", "predicted"]
+    )
+    for column in [c for c in table.columns if c.startswith("p[")]:
+        assert table.loc["film.dcm", column] == pytest.approx(table.loc["film.png", column], abs=1e-3)
+    shown = "\n".join(str(e.value) for e in [*at.markdown, *at.warning, *at.caption, *at.error])
+    assert "MONOCHROME1 inverted" in table.loc["film.dcm", "warnings"]
+    for value in dicom_fixtures.PATIENT.values():
+        assert str(value) not in shown and str(value) not in table.to_csv()
