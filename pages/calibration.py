@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from engine.evaluation import predictions, summary
 from engine.evaluation.calibration import TOP_LABEL
 from engine.evaluation.summary import RELIABILITY_BINS
-from engine.reports import curves, explore
+from engine.reports import curves
 from pages import common
 
 common.require_router(__file__)
@@ -31,30 +29,10 @@ BIN_HOVER = (
 )
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _models(root: str, study_id: str, key: tuple) -> list[str]:
-    return predictions.model_names(study_id, Path(root))
-
-
 @st.cache_data(show_spinner="Binning the probabilities…", max_entries=32)
 def _view(root: str, study_id: str, model: str, strategy: str, key: tuple) -> curves.CalibrationView:
-    oof = predictions.study_out_of_fold(study_id, model, Path(root))
+    oof = common.out_of_fold_of(root, study_id, model, key)
     return curves.calibration_view(oof, n_bins=RELIABILITY_BINS, strategy=strategy)
-
-
-@st.cache_data(show_spinner="Bootstrapping the intervals (once per model)…", max_entries=64)
-def _summary(root: str, study_id: str, model: str, key: tuple) -> dict:
-    return summary.model_summary(predictions.study_out_of_fold(study_id, model, Path(root)), Path(root))
-
-
-def cached(function, study_id: str, *args: str):
-    """``function(root, study_id, *args, key)``, cached until a run of the study finishes."""
-    root = common.artifacts_root()
-    return function(str(root), study_id, *args, explore.study_key(study_id, root))
-
-
-def model_label(model: str) -> str:
-    return "ensemble (mean of the backbones' probabilities)" if model == predictions.ENSEMBLE else model
 
 
 def bin_range(row: pd.Series) -> str:
@@ -231,15 +209,15 @@ def class_order(classes: tuple[str, ...]) -> list[str]:
 study_id = common.require_study()
 st.title("Calibration")
 common.study_caption(study_id)
-models = cached(_models, study_id)
+models = common.study_cached(common.model_names_of, study_id)
 if not models:
     st.info("No finished fold with predictions in this study yet.")
     st.stop()
 model_column, bins_column, toggle_column = st.columns([2, 2, 1.4])
-model = common.choose("Model", models, param="model", where=model_column, format_func=model_label)
+model = common.choose("Model", models, param="model", where=model_column, format_func=common.model_label)
 strategy = common.choose("Bins", list(BINS), param="bins", where=bins_column, format_func=BINS.get)
-view = cached(_view, study_id, model, strategy)
-found = cached(_summary, study_id, model)
+view = common.study_cached(_view, study_id, model, strategy)
+found = common.study_cached(common.summary_of, study_id, model)
 can_scale = view.scaled is not None
 scaled = toggle_column.toggle(
     "Temperature scaling",

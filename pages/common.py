@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import settings
+from engine.evaluation import predictions, summary
 from engine.reports import explore
 from engine.results import atomic
 
@@ -152,6 +153,35 @@ def require_study() -> str:
         st.info(NO_STUDY_HELP.format(root=artifacts_root()))
         st.stop()
     return study_id
+
+
+def study_cached(function: Callable, study_id: str, *args: object) -> object:
+    """``function(root, study_id, *args, key)``, a page's ``st.cache_data`` function, kept until a run of the study
+    finishes (``key`` is the study's change marker)."""
+    root = artifacts_root()
+    return function(str(root), study_id, *args, explore.study_key(study_id, root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def model_names_of(root: str, study_id: str, key: tuple) -> list[str]:
+    """The study's backbones with a finished fold, then ``ensemble`` when there is one."""
+    return predictions.model_names(study_id, Path(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def out_of_fold_of(root: str, study_id: str, model: str, key: tuple) -> predictions.OutOfFold:
+    """A model's pooled out-of-fold predictions."""
+    return predictions.study_out_of_fold(study_id, model, Path(root))
+
+
+@st.cache_data(show_spinner="Bootstrapping the intervals (once per model)…", max_entries=64)
+def summary_of(root: str, study_id: str, model: str, key: tuple) -> dict:
+    """A model's intervals and calibration (``engine.evaluation.summary``), computed once and kept on disk."""
+    return summary.model_summary(out_of_fold_of(root, study_id, model, key), Path(root))
+
+
+def model_label(model: str) -> str:
+    return "ensemble (mean of the backbones' probabilities)" if model == predictions.ENSEMBLE else model
 
 
 def cached(read: Callable, study_id: str, *args: object) -> object:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.evaluation import predictions, summary
-from engine.reports import curves, explore
+from engine.reports import curves
 from pages import common
 
 common.require_router(__file__)
@@ -29,29 +26,9 @@ ON = "on"
 POOLED_LINE = {"width": 3}
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _models(root: str, study_id: str, key: tuple) -> list[str]:
-    return predictions.model_names(study_id, Path(root))
-
-
 @st.cache_data(show_spinner="Computing the curves…", max_entries=32)
 def _view(root: str, study_id: str, model: str, key: tuple) -> curves.DiscriminationView:
-    return curves.discrimination_view(predictions.study_out_of_fold(study_id, model, Path(root)))
-
-
-@st.cache_data(show_spinner="Bootstrapping the intervals (once per model)…", max_entries=64)
-def _summary(root: str, study_id: str, model: str, key: tuple) -> dict:
-    return summary.model_summary(predictions.study_out_of_fold(study_id, model, Path(root)), Path(root))
-
-
-def cached(function, study_id: str, *args: str):
-    """``function(root, study_id, *args, key)``, cached until a run of the study finishes."""
-    root = common.artifacts_root()
-    return function(str(root), study_id, *args, explore.study_key(study_id, root))
-
-
-def model_label(model: str) -> str:
-    return "ensemble (mean of the backbones' probabilities)" if model == predictions.ENSEMBLE else model
+    return curves.discrimination_view(common.out_of_fold_of(root, study_id, model, key))
 
 
 def class_order(classes: tuple[str, ...]) -> list[str]:
@@ -218,7 +195,7 @@ def mark_best(shown: pd.DataFrame, table: pd.DataFrame, columns: dict[str, str])
 def models_section(study_id: str, models: list[str], classes: list[str], name: str) -> None:
     """AUC of every class for every model of the study, best first by the chosen class."""
     st.subheader("Every model of this study")
-    found = {model: cached(_summary, study_id, model) for model in models}
+    found = {model: common.study_cached(common.summary_of, study_id, model) for model in models}
     table = curves.model_comparison(found, classes, "roc_auc").sort_values([name, "mean"], ascending=False)
     table = table.reset_index(drop=True)
     columns = {f"AUC {c}": c for c in classes} | {"mean AUC over classes": "mean"}
@@ -238,13 +215,13 @@ def models_section(study_id: str, models: list[str], classes: list[str], name: s
 study_id = common.require_study()
 st.title("ROC and precision-recall curves")
 common.study_caption(study_id)
-models = cached(_models, study_id)
+models = common.study_cached(common.model_names_of, study_id)
 if not models:
     st.info("No finished fold with predictions in this study yet.")
     st.stop()
 model_column, class_column, zoom_column = st.columns([2, 2, 1.4])
-model = common.choose("Model", models, param="model", where=model_column, format_func=model_label)
-view = cached(_view, study_id, model)
+model = common.choose("Model", models, param="model", where=model_column, format_func=common.model_label)
+view = common.study_cached(_view, study_id, model)
 classes = class_order(view.classes)
 name = common.choose("Class (one against the rest)", classes, param="class", where=class_column)
 zoom = zoom_column.toggle(
@@ -255,7 +232,7 @@ zoom = zoom_column.toggle(
 common.remember(zoom=ON if zoom else None)
 st.caption(data_caption(view))
 missing_note(view)
-found = cached(_summary, study_id, model)
+found = common.study_cached(common.summary_of, study_id, model)
 if name not in set(view.roc_areas.loc[view.roc_areas["curve"] == curves.POOLED, "class"]):
     st.info(f"{name} has no curve: the pooled predictions of {model} need images of it and of the other classes.")
 else:

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.data.datasets import DatasetError
-from engine.evaluation.predictions import ENSEMBLE, OutOfFold, model_names, study_out_of_fold
+from engine.evaluation.predictions import ENSEMBLE, OutOfFold
 from engine.models.inference import Classifier, load_classifier
 from engine.reports import explore, failures
 from engine.reports.failures import FoldModel, StudyImages
@@ -30,18 +30,8 @@ GRID_COLUMNS = 6
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _models(root: str, study_id: str, key: tuple) -> list[str]:
-    return model_names(study_id, Path(root))
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _out_of_fold(root: str, study_id: str, model: str, key: tuple) -> OutOfFold:
-    return study_out_of_fold(study_id, model, Path(root))
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
 def _mistakes(root: str, study_id: str, model: str, key: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
-    oof = _out_of_fold(root, study_id, model, key)
+    oof = common.out_of_fold_of(root, study_id, model, key)
     return failures.mistakes(oof), failures.pair_counts(oof)
 
 
@@ -249,12 +239,12 @@ root = common.artifacts_root()
 key = explore.study_key(study_id, root)
 st.title("Failure analysis")
 common.study_caption(study_id)
-models_available = _models(str(root), study_id, key)
+models_available = common.model_names_of(str(root), study_id, key)
 if not models_available:
     st.info("This study has no finished fold yet: its mistakes appear here when one finishes.")
     st.stop()
 model = common.choose("Model", models_available, param="model")
-oof = _out_of_fold(str(root), study_id, model, key)
+oof = common.out_of_fold_of(str(root), study_id, model, key)
 table, counts = _mistakes(str(root), study_id, model, key)
 source = failures.study_images(study_id, root)
 n_folds = len(oof.fold_ids)

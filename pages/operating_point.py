@@ -10,7 +10,6 @@ prevalence) is kept in the URL, so a copied link opens it again.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ from engine.evaluation.operating_point import (
     threshold_for_sensitivity,
     threshold_for_specificity,
 )
-from engine.evaluation.predictions import ENSEMBLE, OutOfFold, model_names, study_out_of_fold
+from engine.evaluation.predictions import ENSEMBLE, OutOfFold
 from engine.reports import explore
 from pages import common
 
@@ -59,20 +58,10 @@ PREVALENCE_NOTE = (
 )
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _models(root: str, study_id: str, key: tuple) -> list[str]:
-    return model_names(study_id, Path(root))
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _out_of_fold(root: str, study_id: str, model: str, key: tuple) -> OutOfFold:
-    return study_out_of_fold(study_id, model, Path(root))
-
-
 @st.cache_data(show_spinner=False, max_entries=32)
 def _sweep(root: str, study_id: str, model: str, class_name: str, key: tuple) -> pd.DataFrame:
     """Sensitivity and specificity at up to ``SWEEP_POINTS`` observed scores, spaced by rank."""
-    positive, score = binary(_out_of_fold(root, study_id, model, key), class_name)
+    positive, score = binary(common.out_of_fold_of(root, study_id, model, key), class_name)
     thresholds = np.unique(score)
     if thresholds.size > SWEEP_POINTS:
         thresholds = thresholds[np.unique(np.linspace(0, thresholds.size - 1, SWEEP_POINTS).round().astype(int))]
@@ -88,7 +77,7 @@ def _sweep(root: str, study_id: str, model: str, class_name: str, key: tuple) ->
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _roc(root: str, study_id: str, model: str, class_name: str, key: tuple) -> tuple[list, list, float] | None:
-    oof = _out_of_fold(root, study_id, model, key)
+    oof = common.out_of_fold_of(root, study_id, model, key)
     for curve in roc_curves(oof.y_true, oof.proba, oof.classes).pooled:
         if curve.class_name == class_name:
             return curve.fpr, curve.tpr, curve.auc
@@ -350,14 +339,14 @@ key = explore.study_key(study_id, root)
 st.title("Operating point")
 common.study_caption(study_id)
 st.caption(common.NOT_A_DEVICE)
-models = _models(str(root), study_id, key)
+models = common.model_names_of(str(root), study_id, key)
 if not models:
     st.info("This study has no finished fold yet: its out-of-fold predictions appear here when one finishes.")
     st.stop()
-members = {m: _out_of_fold(str(root), study_id, m, key).members for m in models if m == ENSEMBLE}
+members = {m: common.out_of_fold_of(str(root), study_id, m, key).members for m in models if m == ENSEMBLE}
 model_column, class_column = st.columns(2)
 model = common.choose("Model", models, param="model", where=model_column, format_func=lambda m: model_label(m, members))
-oof = _out_of_fold(str(root), study_id, model, key)
+oof = common.out_of_fold_of(str(root), study_id, model, key)
 class_name = choose_class(oof.classes, class_column)
 positive, score = binary(oof, class_name)
 if positive.all() or not positive.any():

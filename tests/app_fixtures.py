@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
 
 from engine.training.protocols import get_protocol
 from engine.training.runner import run_study
@@ -20,6 +21,8 @@ from engine.training.study import StudyRequest
 from tests.conftest import HAS_SHARED_WEIGHTS
 from tests.synthetic import make_dataset
 
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+TIMEOUT_S = 180
 TINY_BACKBONES = ("MobileNet-0.25", "MobileNetV2-0.35")
 TINY_FOLDS = 2
 TINY_EPOCHS = 20
@@ -73,3 +76,20 @@ def served_navigation(monkeypatch: pytest.MonkeyPatch) -> None:
         PagesManager.uses_pages_directory = False
 
     monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+def open_page(page: str | None = None, *, query: dict[str, str] | None = None) -> AppTest:
+    """The app on ``page`` (the home page when None), after the first run, with ``query`` in the URL."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.query_params.update(query or {})
+    at.run()
+    if page is not None:
+        at.switch_page(page)
+        at.query_params.update(query or {})
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)

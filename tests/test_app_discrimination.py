@@ -24,33 +24,15 @@ from streamlit.testing.v1 import AppTest
 from engine.evaluation.predictions import OutOfFold
 from engine.reports import curves
 from tests import app_fixtures
-from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy
+from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy, open_page, texts
 
 PROJECT = Path(__file__).resolve().parent.parent
-APP = str(PROJECT / "streamlit_app.py")
-TIMEOUT_S = 120
 DISCRIMINATION, CALIBRATION = "pages/discrimination.py", "pages/calibration.py"
 DEMO_STUDY = "9da277b73bda"
 DEMO_BACKBONES = ("MobileNet", "MobileNet-0.25", "MobileNetV2-0.35")
 CLASSES = ("COVID-19", "Normal", "Viral Pneumonia")
 tiny_study = app_fixtures.tiny_study
 served_navigation = app_fixtures.served_navigation
-
-
-def open_page(page: str, *, query: dict[str, str] | None = None) -> AppTest:
-    """The app switched to ``page`` with ``query`` in the URL, after its first run."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
-    at.query_params.update(query or {})
-    at.run()
-    at.switch_page(page)
-    at.query_params.update(query or {})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def rows_of(root: Path, study_id: str, backbone: str) -> list[dict]:

@@ -24,11 +24,9 @@ from engine.evaluation.predictions import OutOfFold
 from engine.models.inference import load_classifier
 from engine.reports import failures
 from tests import app_fixtures
-from tests.app_fixtures import TINY_BACKBONES, TinyStudy
+from tests.app_fixtures import TINY_BACKBONES, TinyStudy, open_page, texts
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PROJECT = Path(__file__).resolve().parent.parent
-TIMEOUT_S = 180
 DEMO = "9da277b73bda"
 DEMO_PAPER = "0c18372e7d3f"
 DEMO_BACKBONES = ("MobileNet", "MobileNet-0.25", "MobileNetV2-0.35")
@@ -37,22 +35,6 @@ Z95 = 1.959963984540054
 tiny_study = app_fixtures.tiny_study
 served_navigation = app_fixtures.served_navigation
 pytestmark = pytest.mark.usefixtures("served_navigation")
-
-
-def open_page(page: str, *, query: dict[str, str] | None = None) -> AppTest:
-    """The app on ``page`` after the first run, with ``query`` in the URL."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
-    at.query_params.update(query or {})
-    at.run()
-    at.switch_page(page)
-    at.query_params.update(query or {})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def rows_of(root: Path, study_id: str, backbone: str) -> list[dict[str, str]]:

@@ -9,31 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from engine.evaluation.stats import corrected_resampled_ttest
 from engine.reports import explore
 from tests import app_fixtures
-from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy
+from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy, open_page, texts
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-TIMEOUT_S = 120
 tiny_study = app_fixtures.tiny_study
 served_navigation = app_fixtures.served_navigation
 pytestmark = pytest.mark.usefixtures("served_navigation")
-
-
-def open_page(page: str | None = None, *, query: dict[str, str] | None = None) -> AppTest:
-    """The app on ``page`` (the home page when None), after the first run, with ``query`` in the URL."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
-    at.query_params.update(query or {})
-    at.run()
-    if page is not None:
-        at.switch_page(page)
-        at.query_params.update(query or {})
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def run_files(tiny: TinyStudy, backbone: str, name: str) -> list[dict]:
@@ -61,10 +45,6 @@ def ensemble_accuracy_by_hand(tiny: TinyStudy, *, pooled: bool = False):
     if pooled:
         return float(np.mean([h for fold in hits.values() for h in fold]))
     return [float(np.mean(h)) for _, h in sorted(hits.items())]
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 @pytest.fixture

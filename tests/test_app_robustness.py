@@ -25,11 +25,9 @@ from engine.data.classes import canonical_class
 from engine.data.images import decode_xray
 from engine.jobs.store import JobStore
 from tests import app_fixtures
-from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TINY_SIZE, TinyStudy
+from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TINY_SIZE, TinyStudy, open_page, texts
 from tests.synthetic import make_dataset
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-TIMEOUT_S = 120
 ROBUSTNESS = "pages/robustness.py"
 EXTERNAL = "pages/external.py"
 DEMO = settings.PROJECT_ROOT / "artifacts"
@@ -38,22 +36,6 @@ tiny_study = app_fixtures.tiny_study
 served_navigation = app_fixtures.served_navigation
 pytestmark = pytest.mark.usefixtures("served_navigation")
 ANALYSED, NOT_ANALYSED = TINY_BACKBONES
-
-
-def open_page(page: str, *, query: dict[str, str] | None = None) -> AppTest:
-    """The app on ``page``, after the first run, with ``query`` in the URL."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
-    at.query_params.update(query or {})
-    at.run()
-    at.switch_page(page)
-    at.query_params.update(query or {})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def chart(at: AppTest, index: int) -> dict:
