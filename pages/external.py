@@ -13,7 +13,7 @@ import streamlit as st
 from engine import settings
 from engine.evaluation.external import evaluate_folder, list_evaluations
 from engine.evaluation.metrics import confusion_rates
-from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier
+from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier, model_name
 from engine.reports import explore
 from pages import common
 
@@ -33,8 +33,8 @@ def classifier(path: str) -> Classifier:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _models(root: str, key: tuple) -> list[ModelInfo]:
-    """The saved fold models, each evaluated on its own (a backbone's fold ensemble, where listed, is left out)."""
-    return [m for m in list_models(Path(root)) if not getattr(m, "is_ensemble", False)]
+    """Every servable model: backbones' fold ensembles first (the model a user gets), then single fold models."""
+    return list_models(Path(root))
 
 
 def models() -> list[ModelInfo]:
@@ -55,14 +55,11 @@ def evaluations() -> list[dict]:
 
 
 def model_id(info: ModelInfo) -> str:
-    return f"{info.study_id}/{info.backbone}/{info.fold}"
+    return f"{info.study_id}/{info.backbone}/{'ensemble' if info.is_ensemble else info.fold}"
 
 
 def model_label(info: ModelInfo) -> str:
-    return (
-        f"{info.backbone} · {info.protocol} · fold {info.fold} · study {info.study_id} · "
-        f"held-out accuracy {info.accuracy:.3f}"
-    )
+    return f"{info.label} · study {info.study_id}"
 
 
 def interval_text(found: dict | None) -> str:
@@ -79,11 +76,11 @@ def when(timestamp: float | None) -> str:
 
 def evaluation_model(e: dict) -> str:
     m = e["model"]
-    return f"{m['backbone']} · {m['protocol']} · fold {m['fold']} · study {m['study_id']}"
+    return f"{model_name(m)} · {m['protocol']} · study {m['study_id']}"
 
 
 def evaluation_label(e: dict) -> str:
-    return f"{e['data']['name']} · {e['model']['backbone']} fold {e['model']['fold']} · {when(e.get('evaluated_at'))}"
+    return f"{e['data']['name']} · {model_name(e['model'])} · {when(e.get('evaluated_at'))}"
 
 
 def images_evaluated(e: dict) -> int:
@@ -97,10 +94,9 @@ def run_evaluation(info: ModelInfo, folder: str, upload) -> dict | None:
         if not data:
             raise ValueError("give a dataset folder on the server or upload a .zip of class folders")
         with st.spinner(
-            f"Importing the images, checking them against study {info.study_id}'s and predicting with "
-            f"{info.backbone} fold {info.fold}…"
+            f"Importing the images, checking them against study {info.study_id}'s and predicting with {info.label}…"
         ):
-            model = classifier(str(getattr(info, "serving_path", info.path)))
+            model = classifier(str(info.serving_path))
             return evaluate_folder(model, data, artifacts_root=common.artifacts_root())
     except (settings.ReadOnlyError, ValueError, OSError) as exc:
         st.error(str(exc).strip() or type(exc).__name__)
@@ -113,7 +109,7 @@ def evaluation_form(available: list[ModelInfo]) -> None:
     with st.form("evaluate", border=True):
         chosen = by_id[
             common.choose(
-                "Model (a saved fold model, best held-out accuracy first)",
+                "Model (fold ensembles first, then single fold models; best held-out accuracy first)",
                 list(by_id),
                 param="model",
                 format_func=lambda key: model_label(by_id[key]),
@@ -290,7 +286,7 @@ def show_evaluation(e: dict) -> None:
         cm = np.asarray(e["metrics"]["confusion_matrix"], dtype=float)
         classes = list(e["model"]["classes"])
         present = [c for c in classes if c in e["data"]["counts"]]
-        title = f"{e['model']['backbone']} fold {e['model']['fold']} on {e['data']['name']}"
+        title = f"{model_name(e['model'])} on {e['data']['name']}"
         st.plotly_chart(heatmap(cm, true_classes=present, classes=classes, title=title), width="stretch", key="cm")
         st.caption("Rows: the true class (only classes in the set); columns: the prediction; count and row %.")
     overlap_note(e)

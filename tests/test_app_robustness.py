@@ -254,16 +254,16 @@ def evaluate(at: AppTest, *, folder: str = "", upload: tuple[str, bytes] | None 
     return at
 
 
-def keras_accuracy(model_path: Path, folder: Path, classes: list[str]) -> float:
-    """Accuracy of the raw Keras model on every PNG under ``folder``."""
+def keras_accuracy(model_paths: list[Path], folder: Path, classes: list[str]) -> float:
+    """Accuracy of the raw Keras models' mean probabilities (a model or a fold ensemble) on the PNGs of ``folder``."""
     import keras
 
-    model = keras.saving.load_model(model_path, compile=False)
     truth, images = [], []
     for png in sorted(folder.rglob("*.png")):
         truth.append(classes.index(canonical_class(png.parent.name)))
         images.append(decode_xray(png.read_bytes(), size=TINY_SIZE).pixels)
-    proba = model.predict_on_batch(np.stack(images)[..., None].astype("float32"))
+    batch = np.stack(images)[..., None].astype("float32")
+    proba = np.mean([keras.saving.load_model(p, compile=False).predict_on_batch(batch) for p in model_paths], axis=0)
     return float(np.mean(np.argmax(proba, axis=1) == np.array(truth)))
 
 
@@ -274,15 +274,17 @@ def metric(at: AppTest, label: str) -> str:
 def test_external_validation_evaluates_a_folder_and_lists_it(copy: TinyStudy, tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9)
     at = open_page(EXTERNAL)
-    model = at.selectbox(key="choose-model")
-    chosen = model.value
+    chosen = at.selectbox(key="choose-model").value
     study_id, backbone, fold = chosen.split("/")
+    assert fold == "ensemble", "a backbone's fold ensemble is the default model"
     at = evaluate(at, folder=str(data))
     assert "Saved as evaluation" in texts(at.success)
     (saved,) = evaluation_files(copy.root).values()
     result = json.loads(saved)
-    model_path = copy.root / "studies" / study_id / "runs" / backbone / f"fold-{fold}" / "model.keras"
-    expected = keras_accuracy(model_path, data, result["model"]["classes"])
+    runs = copy.root / "studies" / study_id / "runs" / backbone
+    members = [runs / f"fold-{k}" / "model.keras" for k in result["model"]["folds"]]
+    assert result["model"]["fold"] is None and len(members) == 2
+    expected = keras_accuracy(members, data, result["model"]["classes"])
     assert float(metric(at, "Accuracy")) == pytest.approx(expected, abs=5e-4)
     interval = result["intervals"]["metrics"]["accuracy"]
     assert interval["low"] <= expected <= interval["high"]

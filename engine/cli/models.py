@@ -32,6 +32,7 @@ def _with_interval(found: dict) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluation.external import evaluate_folder
+    from engine.models.inference import model_name
 
     classifier = _pick_model(args)
     result = evaluate_folder(classifier, args.data, artifacts_root=args.artifacts)
@@ -39,7 +40,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     info = result["model"]
-    print(f"model: {info['backbone']} · {info['protocol']} · fold {info['fold']} (study {info['study_id']})")
+    print(f"model: {model_name(info)} · {info['protocol']} (study {info['study_id']})")
     data = result["data"]
     print(f"data: {data['name']} ({data['fingerprint']}) {data['counts']}; skipped {len(data['skipped'])}")
     seen = data["overlap_with_study"]

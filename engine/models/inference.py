@@ -118,6 +118,13 @@ def _members_export(folder: Path, folds: tuple[int, ...]) -> tuple[Path, tuple[i
     return None
 
 
+def model_name(info: dict) -> str:
+    """``MobileNet fold 3`` or ``MobileNet ensemble of folds 0, 1, 2``: a loaded model's ``info``, in words."""
+    if info.get("fold") is not None:
+        return f"{info['backbone']} fold {info['fold']}"
+    return f"{info['backbone']} ensemble of folds {', '.join(str(f) for f in info.get('folds', []))}"
+
+
 def fold_export(run: artifacts.RunResult) -> Path | None:
     """The preferred exported file of one fold's model, when it was exported."""
     found = _members_export(run.path / "export", (run.fold,))

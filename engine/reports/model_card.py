@@ -17,6 +17,7 @@ from engine.evaluation.external import list_evaluations
 from engine.evaluation.predictions import out_of_fold
 from engine.evaluation.summary import model_summary
 from engine.models.backbones import get_backbone
+from engine.models.inference import model_name
 from engine.models.runtime import read_sidecar
 from engine.reports.explore import REFERENCE_DIR
 from engine.results import artifacts, atomic
@@ -78,7 +79,7 @@ def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
             "data": e["data"]["name"],
             "fingerprint": e["data"]["fingerprint"],
             "counts": e["data"]["counts"],
-            "model": f"{e['model']['backbone']} fold {e['model']['fold']}",
+            "model": model_name(e["model"]),
             "accuracy": e.get("intervals", {}).get("metrics", {}).get("accuracy") or {"estimate": e["accuracy"]},
             "recall": e["recall"],
         }

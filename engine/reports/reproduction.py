@@ -20,6 +20,7 @@ import numpy as np
 from engine.evaluation.external import list_evaluations
 from engine.evaluation.metrics import per_class_from_confusion
 from engine.models.backbones import REGISTRY, get_backbone
+from engine.models.inference import model_name
 from engine.reports import evaluation_sections, explore, results_sections
 from engine.results import artifacts
 from engine.training.protocols import Protocol
@@ -324,7 +325,7 @@ def _external_section(artifacts_root: Path | None) -> str:
                 f"{e['data']['name']} (`{e['data']['fingerprint']}`)",
                 counts,
                 f"{seen['identical']} identical, {seen['near_duplicates']} near-duplicate of {seen['checked']}",
-                f"{m['backbone']} · {m['protocol']} · fold {m['fold']}",
+                f"{model_name(m)} · {m['protocol']}",
                 accuracy,
                 recalls,
             ]

@@ -9,6 +9,7 @@ from engine.evaluation.external import list_evaluations
 from engine.evaluation.predictions import ENSEMBLE, model_names, study_out_of_fold
 from engine.evaluation.robustness import pooled_table, saved_results
 from engine.evaluation.summary import model_summary
+from engine.models.inference import model_name
 from engine.reports import explore
 from engine.results import artifacts
 from engine.training.protocols import ABLATION, ABLATION_EXTRAS, ABLATION_STEPS, PAPER, XRAY_FINETUNE
@@ -165,9 +166,7 @@ def targets_section(root: Path | None) -> str:
     if extra:
         found = max(extra, key=lambda e: e["recall"].get("COVID-19", 0.0))
         recall = found["recall"]["COVID-19"]
-        who = found["model"]["backbone"] + (
-            " ensemble" if found["model"].get("fold") is None else f" fold {found['model']['fold']}"
-        )
+        who = model_name(found["model"])
         rows.append(
             [f"COVID-19 recall on {EXTRA_SET} ≥ {TARGET}", f"{recall:.3f} ({who})", _verdict(recall, recall >= TARGET)]
         )
