@@ -10,7 +10,6 @@ import shlex
 import subprocess
 import sys
 import time
-from importlib.util import find_spec
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -83,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         write_docs(args.results_dir, args.docs)
         print(f"wrote {args.docs}")
         return 0
-    if args.name == "gpu" and find_spec("jax") is not None:
-        os.environ.setdefault("KERAS_BACKEND", "jax")
     options = Options(
         data=args.data,
         tiny=args.tiny,

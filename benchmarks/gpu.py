@@ -14,12 +14,15 @@ runs MobileNet-0.25 at 32x32 for a few steps, which is what the tests check on t
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ FOLDS = 5
 N_CLASSES = 3
 POLICY = "mixed_float16"
 NEXT_COMPILE = "next folds' compile s"
+WORKER_RUNTIME = ("backend", "devices")
 # Depth of each network as the Keras applications table gives it: the compile order, deepest first.
 KERAS_DEPTH = {
     "NASNetLarge": 533,
@@ -97,7 +101,7 @@ def _compiled_model(name: str, plan: Setting, x: np.ndarray, y: np.ndarray):
 
     key = program_key(PAPER, backbone=name, n_classes=N_CLASSES, input_size=plan.input_size)
     fresh = classifier(name, n_classes=N_CLASSES, input_size=plan.input_size, weights=None, protocol=PAPER, seed=0)
-    with compiled_model(fresh, PAPER, key) as model:
+    with compiled_model(fresh, PAPER, key, steps_per_epoch=plan.steps) as model:
         model.fit(x[: plan.batch_size], y[: plan.batch_size], batch_size=plan.batch_size, verbose=0)
         model.predict(x[: plan.batch_size], batch_size=plan.batch_size, verbose=0)
     return model
@@ -129,6 +133,8 @@ def _measure(name: str, plan: Setting, cache_dir: Path) -> None:
     _messages.put(
         {
             "backbone": name,
+            "backend": keras.backend.backend(),
+            "devices": _devices(),
             "parameters": model.count_params(),
             "train images/s": n / train_time(),
             "eval images/s": n / eval_time(),
@@ -162,6 +168,27 @@ def projection(rows: list[dict[str, object]]) -> dict[str, float]:
     }
 
 
+@contextlib.contextmanager
+def _workers_environment() -> Iterator[None]:
+    """The spawned workers' backend (JAX where installed, unless ``KERAS_BACKEND`` says otherwise) and no
+    preallocation of the GPU's memory, set only while they start: the calling process keeps its own.
+    """
+    wanted = {
+        "KERAS_BACKEND": os.environ.get("KERAS_BACKEND") or ("jax" if find_spec("jax") else "tensorflow"),
+        "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),
+    }
+    before = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _run_pool(plan: Setting, cache_dir: Path) -> dict[str, dict]:
     """What each backbone's worker sent before the deadline (merged per backbone), printed as it comes."""
     context = multiprocessing.get_context("spawn")
@@ -170,7 +197,10 @@ def _run_pool(plan: Setting, cache_dir: Path) -> dict[str, dict]:
     messages = context.Queue()
     outcomes: dict[str, dict] = {}
     finished: set[str] = set()
-    with context.Pool(plan.processes, initializer=_share, initargs=(context.Lock(), messages)) as pool:
+    with (
+        _workers_environment(),
+        context.Pool(plan.processes, initializer=_share, initargs=(context.Lock(), messages)) as pool,
+    ):
         for name in plan.backbones:
             pool.apply_async(_measure_or_report, (name, plan, str(cache_dir)))
         while len(finished) < len(plan.backbones) and time.monotonic() < deadline:
@@ -187,15 +217,16 @@ def _run_pool(plan: Setting, cache_dir: Path) -> dict[str, dict]:
 
 
 def run(options: Options) -> Result:
-    import keras
-
     plan = setting(options)
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as cache_dir:
         outcomes = _run_pool(plan, Path(cache_dir))
     measured = [outcomes[name] for name in plan.backbones if "train images/s" in outcomes.get(name, {})]
+    runtime = {key: measured[0][key] for key in WORKER_RUNTIME} if measured else {}
     rows = [
-        {**{k: v for k, v in row.items() if k != "error"}, "first fold s (projected)": _fold_seconds(row, first=True)}
+        {
+            **{k: v for k, v in row.items() if k not in ("error", *WORKER_RUNTIME)},
+            "first fold s (projected)": _fold_seconds(row, first=True),
+        }
         for row in measured
     ]
     unfinished = [name for name in plan.backbones if name not in outcomes]
@@ -206,9 +237,9 @@ def run(options: Options) -> Result:
         if NEXT_COMPILE not in row
     ]
     study_s = sum(projection(rows).values())
-    devices = _devices()
     notes = [
-        f"backend {keras.backend.backend()}, devices {devices}, {POLICY}, batch {plan.batch_size}, "
+        f"backend {runtime.get('backend')}, devices {runtime.get('devices')} (as the workers saw them), "
+        f"{POLICY}, batch {plan.batch_size}, "
         f"{plan.steps} timed training steps per backbone after 1 compiling step; "
         f"compiled in {plan.processes} worker process(es) at once, deepest first, timed one at a time",
         "'compile s' (build, first training step, first prediction) was measured while other processes compiled, "
@@ -248,8 +279,7 @@ def run(options: Options) -> Result:
             "budget_s": plan.budget_s,
             "processes": plan.processes,
             "policy": POLICY,
-            "backend": keras.backend.backend(),
-            "devices": devices,
+            **runtime,
             "next_folds": "the fold before's compiled model in the fresh model's state "
             "(engine.training.compiled_models)",
             "projection": f"per backbone, 1 fold x compile + {FOLDS - 1} folds x next folds' compile, and "

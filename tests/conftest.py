@@ -46,6 +46,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+LEAK_CHECKED = ("KERAS_BACKEND", "CXR_READ_ONLY", "CXR_ARTIFACTS", "XLA_PYTHON_CLIENT_PREALLOCATE")
+
+
+@pytest.fixture(autouse=True)
+def environment_left_as_found() -> None:
+    """A test that runs an entry point in-process must not leave its settings to the next tests.
+
+    A benchmark once set ``KERAS_BACKEND=jax`` here, and every later subprocess of that pytest worker
+    ran on JAX: the fault is reported at the test that leaked it, not at the ones that inherited it.
+    """
+    before = {name: os.environ.get(name) for name in LEAK_CHECKED}
+    yield
+    after = {name: os.environ.get(name) for name in LEAK_CHECKED}
+    leaked = {name: (before[name], after[name]) for name in LEAK_CHECKED if before[name] != after[name]}
+    for name, (value, _) in leaked.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    assert not leaked, f"the test changed the environment (before, after): {leaked}"
+
+
 @pytest.fixture(autouse=True)
 def no_kept_model() -> None:
     """Each test starts without a compiled model kept from another test's folds."""

@@ -144,11 +144,13 @@ def targets_section(root: Path | None) -> str:
     if study is None:
         return f"No `{XRAY_FINETUNE.name}` study in the artifacts yet."
     runs = artifacts.study_runs(study["study_id"], root)
+    if not runs:
+        return f"The `{XRAY_FINETUNE.name}` study `{study['study_id']}` has no finished run yet."
     backbones = [m for m, _ in models if m != ENSEMBLE]
     complete = len(runs) == len(backbones) * study["n_folds"]
     rows = []
+    table = explore.comparison_table(study["study_id"], root).set_index("backbone")
     for metric, label in (("accuracy", "accuracy"), ("recall[COVID-19]", "COVID-19 recall"), ("macro_f1", "macro F1")):
-        table = explore.comparison_table(study["study_id"], root).set_index("backbone")
         best = table[f"{metric} mean"].idxmax()
         value = float(table.loc[best, f"{metric} mean"])
         rows.append(
