@@ -1,8 +1,9 @@
 """Faults in a real worker process: SIGKILL at many random points, and a write that fails.
 
 Kill points come from a seeded generator, two ways: at the Nth file put in place by the process
-(``os.replace``, the last step of every atomic write: the dataset cache, the study, then six per
-fold, the model and the run's files with ``status.json`` last; N up to 13 spans two folds), which
+(``os.replace``, the last step of every atomic write: the dataset cache's three files, the study, then
+``WRITES_PER_FOLD`` per fold, the model, its OOD detector and the run's files with ``status.json`` last;
+N up to all of them spans the whole job), which
 reaches the moments around the writes that a timer almost never hits; and after a random delay,
 which lands anywhere (import, training, a write half done). After every kill, whatever the
 artifacts folder lists as a result must be whole.
@@ -30,7 +31,9 @@ from tests.test_jobs import start_worker
 
 BACKBONE = "MobileNet-0.25"
 FOLDS = 3
-KILL_CYCLES = 4
+KILL_CYCLES = 6
+SETUP_WRITES = 4
+WRITES_PER_FOLD = 7
 
 KILL_AT_NTH_REPLACE = """
 import os, signal, sys
@@ -92,7 +95,7 @@ def test_worker_killed_at_random_points_never_leaves_a_half_result_and_a_restart
     kills: list[tuple[str, int]] = []
     for _ in range(KILL_CYCLES):
         if rng.random() < 0.6:
-            point = int(rng.integers(1, 14))
+            point = int(rng.integers(1, SETUP_WRITES + WRITES_PER_FOLD * FOLDS + 1))
             proc = worker(artifacts_root, log, kill_at_replace=point)
             what = f"at file write {point}"
         else:
@@ -122,6 +125,8 @@ def test_worker_killed_at_random_points_never_leaves_a_half_result_and_a_restart
     done_lines = [line for _, line in store.log_entries(job.id) if ": done" in line]
     assert sorted(done_lines) == sorted(set(done_lines)) and len(done_lines) == FOLDS, done_lines
     runs_root = artifacts.study_dir(final.study_id, artifacts_root) / "runs"
+    files = {len(list(run.iterdir())) for run in runs_root.glob("*/fold-*")}
+    assert files == {WRITES_PER_FOLD}, f"a run has {files} files: update WRITES_PER_FOLD so kills span the job"
     assert not [p for p in runs_root.rglob("*") if ".tmp" in p.name], "a killed write's temp file is left in a run"
 
 
