@@ -159,6 +159,12 @@ available = models(str(root), explore.artifacts_key(root))
 if settings.read_only():
     available = [m for m in available if m.export is not None]
     st.caption("Hosted demo: models are served from their exported LiteRT/ONNX files, without TensorFlow.")
+if not available and settings.read_only():
+    st.info(
+        f"No exported model in `{root}`: the hosted demo classifies only with exported files "
+        "(`python -m engine export`, committed with their sidecar, OOD detector and model card)."
+    )
+    st.stop()
 if not available:
     st.info(
         f"No trained model in `{root}` yet. Models are saved by every finished fold: launch a training job from "

@@ -101,3 +101,17 @@ def test_a_monochrome1_dicom_upload_gets_the_prediction_of_its_png_and_no_patien
     assert "MONOCHROME1 inverted" in table.loc["film.dcm", "warnings"]
     for value in dicom_fixtures.PATIENT.values():
         assert str(value) not in shown and str(value) not in table.to_csv()
+
+
+def test_read_only_without_an_export_says_what_the_hosted_demo_needs(
+    tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny study has Keras fold models only: read-only, they are not served, and the page says why."""
+    monkeypatch.setenv("CXR_ARTIFACTS", str(tiny_study.root))
+    monkeypatch.setenv("CXR_READ_ONLY", "1")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.run()
+    at.switch_page("pages/classify.py").run()
+    assert not at.exception
+    assert any("No exported model" in i.value and "engine export" in i.value for i in at.info)
+    assert not at.get("file_uploader")

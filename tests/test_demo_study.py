@@ -61,3 +61,12 @@ def test_a_committed_model_classifies_an_image(monkeypatch):
     proba, heatmaps = classifier.predict_arrays(image[None])
     assert proba.shape == (1, 3) and abs(proba.sum() - 1) < 1e-4
     assert heatmaps.shape == (1, classifier.input_size, classifier.input_size)
+
+
+def test_the_hosted_demo_serves_a_committed_export(monkeypatch):
+    """Read-only, Classify lists only exported models: the demo must commit one, with what it needs to serve."""
+    monkeypatch.setenv("CXR_ARTIFACTS", str(DEMO))
+    exported = [m for m in list_models(DEMO) if m.export is not None]
+    assert exported, "no exported model is committed: the hosted demo's Classify page would have nothing to serve"
+    path = exported[0].export
+    assert {p.name for p in path.parent.iterdir()} >= {path.name + s for s in (".json", ".ood.npz", ".card.md")}

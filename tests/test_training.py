@@ -224,14 +224,26 @@ def test_the_recommended_protocol_keeps_imagenet_batchnorm_and_picks_its_epoch_o
     tiny_root = make_dataset(tmp_path / "data", n_per_class=12)
     request = StudyRequest(protocol=get_protocol("xray-finetune").replace(epochs=2, batch_size=8), n_folds=2)
     request = dataclasses.replace(request, weights=None)
-    study = run_study(tiny_root, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=tmp_path)
+    sent = []
+    study = run_study(
+        tiny_root,
+        backbones=["MobileNet-0.25"],
+        request=request,
+        input_size=32,
+        artifacts_root=tmp_path,
+        on_progress=sent.append,
+    )
     dataset = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
+    probe = get_protocol("xray-finetune").stages[0].epochs
+    for fold in (0, 1):
+        ends = [p.epoch for p in sent if p.phase == "train" and p.fold == fold and p.batch == 0]
+        assert ends == list(range(1, probe + 3)), "epochs count on from the probe's: 61 and 62 of 62, not 1 and 2"
+        assert {p.epochs for p in sent if p.phase == "train" and p.fold == fold} == {probe + 2}
     for run in artifacts.study_runs(study["study_id"], tmp_path):
         plan = training.plan_fold(dataset, study, run.backbone, run.fold)
         assert set(plan.validation).isdisjoint(plan.test) and set(plan.validation).isdisjoint(plan.train)
         assert run.config["n_validation"] == len(plan.validation) > 0
         assert run.config["validated_on"] == "inner split of the training folds"
-        probe = get_protocol("xray-finetune").stages[0].epochs
         assert len(run.history["val_loss"]) == probe + 2, "the probe's epochs, then the 2 fine-tuning epochs"
         candidates = run.history["val_loss"][probe - 1 :]
         assert run.config["selected_epoch"] == probe + int(np.argmin(candidates)), "warm-up or a fine-tuning epoch"

@@ -189,14 +189,22 @@ def _progress_callback(
     import keras
 
     class ProgressCallback(keras.callbacks.Callback):
+        """Epochs counted over the fold's fits: a head warmed up on cached features, then the image stages,
+        are epochs 1-60 and 61-66 of 66, not 1-60 and 1-6."""
+
+        finished = 0
+
         def on_train_begin(self, logs=None):
             self.last = 0.0
             self.epoch = 0
+            self.offset = None
             self.started = time.monotonic()
             self.seen = 0
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
+            if self.offset is None:
+                self.offset = self.finished - epoch
+            self.epoch = self.offset + epoch
 
         def _send(self, batch: int, logs: dict, batches: int) -> None:
             if on_progress is None:
@@ -217,9 +225,9 @@ def _progress_callback(
 
         def on_epoch_end(self, epoch, logs=None):
             steps = self.params.get("steps") or 0
-            self.epoch = epoch + 1
+            self.finished = self.epoch = self.offset + epoch + 1
             self._send(0, logs or {}, steps)
-            self.epoch = epoch
+            self.epoch -= 1
 
     return ProgressCallback()
 
