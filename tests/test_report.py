@@ -58,3 +58,17 @@ def test_another_network_is_set_beside_the_paper_never_subtracted(small_study):
     cells = [c.strip() for c in difference.strip("|").split("|")][2:]
     assert cells[0] == f"{NOT_COMPARABLE}: MobileNet (alpha 0.25) is not the paper's MobileNet (alpha 1.0)"
     assert set(cells[1:]) == {"–"}, "no figure of another network is subtracted from the paper's"
+
+
+def test_the_epoch_kept_says_how_often_fine_tuning_was_not_kept():
+    """A selected epoch equal to the probe's epochs means the warm-up state won: the base never changed."""
+    from types import SimpleNamespace
+
+    from engine.reports.results_sections import selected_epochs
+
+    stages = get_protocol("xray-finetune").to_dict()["stages"]
+    runs = [
+        SimpleNamespace(backbone="B", fold=f, config={"selected_epoch": e, "protocol": {"stages": stages}})
+        for f, e in enumerate((60, 63, 60))
+    ]
+    assert "B kept the warm-up in 2 of 3 folds (fold 0: 60, fold 1: 63, fold 2: 60)" in selected_epochs(runs)

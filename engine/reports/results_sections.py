@@ -135,7 +135,7 @@ def _robustness_drop(study: dict, backbone: str, root: Path | None) -> tuple[flo
     drops = {r["shift"]: -r["change"] for r in table if r["shift"] in SHIFTS_IN_TARGET and r["strength"] == "middle"}
     worst = max(drops, key=drops.get)
     folds = sorted(r["fold"] for r in results)
-    return drops[worst], f"worst: {worst}, {drops[worst]:+.3f} (folds {folds})"
+    return drops[worst], f"worst: {worst}, accuracy {-drops[worst]:+.3f} (folds {folds})"
 
 
 def targets_section(root: Path | None) -> str:
@@ -203,5 +203,25 @@ def targets_section(root: Path | None) -> str:
             f"Study `{study['study_id']}` (`{XRAY_FINETUNE.name}`): {XRAY_FINETUNE.description}",
             "",
             _table(["target", "measured", "verdict"], rows),
+            "",
+            selected_epochs(runs),
         ]
+    )
+
+
+def _warmup_epochs(config: dict) -> int:
+    return sum(stage["epochs"] for stage in config["protocol"]["stages"] if stage.get("on") == "cached-features")
+
+
+def selected_epochs(runs: list[artifacts.RunResult]) -> str:
+    """How often the inner-validation rule kept the head's warm-up state, i.e. the frozen base and no fine-tuning."""
+    parts = []
+    for backbone in sorted({r.backbone for r in runs}):
+        own = sorted((r for r in runs if r.backbone == backbone), key=lambda r: r.fold)
+        warm = sum(1 for r in own if r.config.get("selected_epoch") == _warmup_epochs(r.config))
+        epochs = ", ".join(f"fold {r.fold}: {r.config.get('selected_epoch')}" for r in own)
+        parts.append(f"{backbone} kept the warm-up in {warm} of {len(own)} folds ({epochs})")
+    return (
+        "Epoch kept by the inner-validation rule (the head's warm-up on cached features competes with every "
+        "fine-tuning epoch; keeping the warm-up means the ImageNet base was not changed): " + "; ".join(parts) + "."
     )
