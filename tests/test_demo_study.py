@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 
 import numpy as np
@@ -55,8 +56,8 @@ def test_a_committed_model_classifies_an_image(monkeypatch):
     monkeypatch.setenv("CXR_ARTIFACTS", str(DEMO))
     models = list_models(DEMO)
     assert models, "the demo study must ship at least one model for the classify page"
-    smallest = min(models, key=lambda m: m.path.stat().st_size)
-    classifier = load_classifier(smallest.path, artifacts_root=DEMO)
+    smallest = min(models, key=lambda m: m.serving_path.stat().st_size if m.serving_path.is_file() else math.inf)
+    classifier = load_classifier(smallest.serving_path, artifacts_root=DEMO)
     image = make_image(0, classifier.input_size, np.random.default_rng(0))
     proba, heatmaps = classifier.predict_arrays(image[None])
     assert proba.shape == (1, 3) and abs(proba.sum() - 1) < 1e-4

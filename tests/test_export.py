@@ -266,6 +266,19 @@ def test_an_export_carries_an_ood_detector_fitted_on_its_own_features(ensemble, 
     assert (result.warnings[:1] == [OOD_WARNING]) == (result.ood_score > 1.0)
 
 
+def test_a_run_folder_without_its_fold_models_is_served_by_its_exported_ensemble(ensemble, tiny, tmp_path):
+    """A fresh clone commits the export, not the fold models: the run folder still loads, without Keras models."""
+    root, study_id = tiny
+    copy = tmp_path / "artifacts"
+    shutil.copytree(root / "studies", copy / "studies", ignore=shutil.ignore_patterns("model.keras"))
+    folder = copy / "studies" / study_id / "runs" / "MobileNet-0.25"
+    served = load_classifier(folder, artifacts_root=copy)
+    assert served.path.name in {ensemble["litert"].name, ensemble["onnx"].name}
+    shutil.rmtree(folder / "export")
+    with pytest.raises(ValueError, match="0 saved fold model.*no exported ensemble"):
+        load_classifier(folder, artifacts_root=copy)
+
+
 def test_cli_exports_the_study_ensemble_with_its_sidecar(ensemble):
     code, out, _ = ensemble["cli"]
     assert code == 0, out

@@ -329,7 +329,15 @@ def _load_ensemble(folder: Path, root: Path) -> Classifier:
     """Every saved fold model of one backbone (``folder`` is ``runs/<backbone>``) as one serving graph."""
     runs = [r for r in (artifacts.read_run(p) for p in sorted(folder.glob("fold-*"))) if r and r.model_path]
     if len(runs) < 2:
-        raise ValueError(f"{folder} has {len(runs)} saved fold model(s); an ensemble needs at least 2")
+        exported = _members_export(folder / "export", ())
+        if exported is not None:
+            from engine.models.runtime import load_exported
+
+            return load_exported(exported[0])
+        raise ValueError(
+            f"{folder} has {len(runs)} saved fold model(s) and no exported ensemble; an ensemble needs at least 2 "
+            "(a fresh clone has the committed exports only)"
+        )
     started = time.perf_counter()
     graph = serving.serving_model([_load_keras(r.model_path) for r in runs])
     log.info("loaded the %d-fold ensemble %s in %.1f s", len(runs), folder, time.perf_counter() - started)
