@@ -162,29 +162,33 @@ def test_runtime_classifies_real_uploads_without_tensorflow(demo_export, fmt):
         assert max(abs(mine[c] - theirs.probabilities[c]) for c in mine) <= 1e-4
 
 
+INT8_BARS = {"onnx": (0.99, 0.005), "litert": (0.98, 0.01)}
+
+
 @pytest.mark.slow
 @requires_shared
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt):
-    """Full-int8 post-training quantization of the demo's best model (frozen MobileNet 1.0), 579 held-out images.
+    """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out images.
 
-    Measured: argmax agreement with Keras 96.5-97.1 %, held-out accuracy 2.4-2.9 points below
-    Keras' 97.1 %, in LiteRT and ONNX alike; 100 or 500 calibration images, and percentile or
-    entropy ranges in onnxruntime, changed nothing. It is MobileNet v1's known loss under
-    post-training int8 (its ImageNet top-1 drops by several points too). The bounds guard that
-    level; a 99 % / 0.5-point bar needs quantization-aware training, or the float export.
+    With every convolution int8, MobileNet v1 lost 2.4-2.9 points here (agreement 96.5-97.1 %), whatever
+    the calibration count or range method. Its first three convolutions kept float (``FLOAT_FIRST_CONVS``
+    says how that number was chosen, without this fold) bring ONNX within the export issue's bars (measured
+    99.3 % agreement, 0.17 points), and LiteRT close to them (98.8 %, 0.52 points): its bounds are looser.
     """
     images, labels = held_out(FROZEN)
     result = export_runs([FROZEN], format=fmt, quantize="int8", out_dir=tmp_path, artifacts_root=DEMO, data=PAPER_DATA)
     assert result.meta["quantization"]["calibration_images"] == 128
+    assert result.meta["quantization"]["float_layers"] == "each member's first 3 convolutions"
     assert result.size_bytes < 0.3 * FROZEN.stat().st_size
     keras_proba = probabilities(load_classifier(FROZEN, artifacts_root=DEMO), images)
     proba = probabilities(load_exported(result.path), images)
     agreement = np.mean(proba.argmax(1) == keras_proba.argmax(1))
     drop = np.mean(keras_proba.argmax(1) == labels) - np.mean(proba.argmax(1) == labels)
     print(f"{fmt} int8: agreement {agreement:.4f}, accuracy drop {drop * 100:.2f} points")
-    assert agreement >= 0.95
-    assert drop <= 0.04
+    min_agreement, max_drop = INT8_BARS[fmt]
+    assert agreement >= min_agreement
+    assert drop <= max_drop
 
 
 def probabilities(classifier, images: np.ndarray) -> np.ndarray:
@@ -264,6 +268,21 @@ def test_an_export_carries_an_ood_detector_fitted_on_its_own_features(ensemble, 
     features = exported.outputs(image[None])["features"]
     assert result.ood_score == pytest.approx(float(exported.ood.score(features)[0] / exported.ood.threshold))
     assert (result.warnings[:1] == [OOD_WARNING]) == (result.ood_score > 1.0)
+
+
+def test_the_float_layers_of_int8_are_each_members_first_convolutions(ensemble):
+    """Counted along the graph from the input, so both members of a fold ensemble keep theirs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from engine.models.export import first_convolutions, first_litert_convolutions
+
+    onnx_names = first_convolutions(ensemble["onnx"], 3)
+    litert = Interpreter(model_path=str(ensemble["litert"]))
+    litert_names = first_litert_convolutions(litert, 3)
+    assert len(onnx_names) == len(litert_names) == 6
+    for names in (onnx_names, litert_names):
+        assert sum("member_0" in n for n in names) in (0, 3) and sum("member_1" in n for n in names) in (0, 3)
+    assert sum("member_0" in n for n in litert_names) == 3, litert_names
 
 
 def test_a_run_folder_without_its_fold_models_is_served_by_its_exported_ensemble(ensemble, tiny, tmp_path):
