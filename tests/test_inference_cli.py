@@ -288,3 +288,28 @@ def test_incomplete_run_model_is_not_loaded(env):
             load_classifier(path / "model.keras", artifacts_root=root)
     finally:
         (path / "status.json").write_bytes(status)
+
+
+def test_the_ood_command_fits_each_fold_and_the_ensemble_the_app_serves(tiny, tmp_path, capsys, monkeypatch):
+    """The fold ensemble is the model a user gets by default: it gets its own detector, named by its members."""
+    root, study, data = tiny
+    copy = tmp_path / "artifacts"
+    shutil.copytree(root, copy)
+    monkeypatch.setenv("CXR_ARTIFACTS", str(copy))
+    folder = artifacts.study_dir(study["study_id"], copy) / "runs" / "MobileNet-0.25"
+    for fold in (0, 1):
+        (folder / f"fold-{fold}" / "ood.npz").unlink()
+    assert load_classifier(folder, artifacts_root=copy).ood is None
+    argv = ["ood", "--study", study["study_id"], "--backbone", "MobileNet-0.25", "--artifacts", str(copy)]
+    assert main([*argv, "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "fold 0: wrote" in out and "fold 1: wrote" in out and "ensemble: wrote" in out
+    assert (folder / "ood-folds-0-1.npz").is_file()
+    served = load_classifier(folder, artifacts_root=copy)
+    (result,) = served.classify([("x.png", _png(make_image(0, 32, np.random.default_rng(3))))])
+    assert (
+        result.ood_score is not None
+        and served.ood.dim == served.outputs(make_image(0, 32, np.random.default_rng(3))[None])["features"].shape[-1]
+    )
+    assert main(argv) == 0
+    assert "ensemble: ood-folds-0-1.npz already there" in capsys.readouterr().out

@@ -110,7 +110,25 @@ def cmd_ood(args: argparse.Namespace) -> int:
             continue
         saved = fit_run_detector(run, dataset, study)
         print(f"{run.backbone} fold {run.fold}: " + (f"wrote {saved}" if saved else "too few training images"))
+    if len(runs) > 1:
+        print(fit_ensemble_detector(runs, dataset, force=args.force, artifacts_root=args.artifacts))
     return 0
+
+
+def fit_ensemble_detector(runs: list, dataset, *, force: bool, artifacts_root) -> str:
+    """The fold ensemble's own detector (the default model a user gets), fitted on every study image: an
+    ensemble has no held-out image of its own, as its export's detector."""
+    from engine.models.inference import ensemble_detector_path, fit_detector, load_classifier
+    from engine.models.ood import MIN_FIT_ROWS
+
+    folder = runs[0].path.parent
+    path = ensemble_detector_path(folder, [r.fold for r in runs])
+    if path.is_file() and not force:
+        return f"{runs[0].backbone} ensemble: {path.name} already there (--force fits it again)"
+    if len(dataset.images) < MIN_FIT_ROWS:
+        return f"{runs[0].backbone} ensemble: too few images"
+    classifier = load_classifier(folder, artifacts_root=artifacts_root)
+    return f"{runs[0].backbone} ensemble: wrote {fit_detector(classifier, dataset.images).save(path)}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -131,7 +149,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_artifacts(p)
     p.set_defaults(func=cmd_robustness)
 
-    p = sub.add_parser("ood", help="fit the out-of-distribution detector of each saved fold model of a backbone")
+    p = sub.add_parser(
+        "ood", help="fit the out-of-distribution detector of each saved fold model of a backbone, and of their ensemble"
+    )
     p.add_argument("--study", required=True, help="study id")
     p.add_argument("--backbone", required=True)
     p.add_argument("--data", default=None, help="the study's dataset folder or .zip, if its images are not cached")

@@ -30,7 +30,7 @@ MAX_UPLOAD_BYTES = 32 * 2**20
 OOD_FILE = "ood.npz"
 MODEL_FILE = "model.keras"
 NO_OOD_CHECK = (
-    "no out-of-distribution check for this model (it has no ood.npz): "
+    "no out-of-distribution check for this model (it has no ood.npz; python -m engine ood fits one): "
     "nothing says this image is like its training images"
 )
 UPLOAD_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
@@ -265,6 +265,11 @@ class Classifier:
         return results
 
 
+def ensemble_detector_path(folder: Path, folds: list[int]) -> Path:
+    """``runs/<backbone>/ood-folds-0-1-2-3-4.npz``: the detector of the ensemble of exactly these fold models."""
+    return folder / f"ood-folds-{'-'.join(str(f) for f in sorted(folds))}.npz"
+
+
 def load_detector(path: Path, *, dim: int | None = None) -> OODDetector | None:
     """The OOD detector saved at ``path``, or None when there is none; a wrong feature size is an error."""
     if not path.is_file():
@@ -343,7 +348,9 @@ def _load_ensemble(folder: Path, root: Path) -> Classifier:
     log.info("loaded the %d-fold ensemble %s in %.1f s", len(runs), folder, time.perf_counter() - started)
     return Classifier(
         graph,
-        ood=load_detector(folder / OOD_FILE, dim=int(graph.output["features"].shape[-1])),
+        ood=load_detector(
+            ensemble_detector_path(folder, [r.fold for r in runs]), dim=int(graph.output["features"].shape[-1])
+        ),
         classes=tuple(runs[0].config["classes"]),
         input_size=int(runs[0].config["input_size"]),
         info={
