@@ -171,7 +171,8 @@ def projection(rows: list[dict[str, object]]) -> dict[str, float]:
 @contextlib.contextmanager
 def _workers_environment() -> Iterator[None]:
     """The spawned workers' backend (JAX where installed, unless ``KERAS_BACKEND`` says otherwise) and no
-    preallocation of the GPU's memory, set only while they start: the calling process keeps its own.
+    preallocation of the GPU's memory, set while the pool lives and restored after it: a caller that runs
+    this in-process (the tests) keeps its own settings for what it starts later.
     """
     wanted = {
         "KERAS_BACKEND": os.environ.get("KERAS_BACKEND") or ("jax" if find_spec("jax") else "tensorflow"),

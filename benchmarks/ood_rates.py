@@ -20,8 +20,6 @@ from engine.data.datasets import import_dataset
 from engine.models.runtime import load_exported
 from tests import non_xray
 
-BATCH = 32
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,16 +33,14 @@ def main() -> None:
         raise SystemExit(f"no OOD detector beside {args.model}")
 
     def flagged(images: np.ndarray) -> np.ndarray:
-        batches = (np.asarray(images[i : i + BATCH]) for i in range(0, len(images), BATCH))
-        features = [classifier.outputs(batch)["features"] for batch in batches]
-        return classifier.ood.flags(np.concatenate(features))
+        return classifier.ood.flags(classifier.features(images))
 
     size = classifier.input_size
     own = flagged(import_dataset(args.study_data, input_size=size).images)
     extra = flagged(import_dataset(args.extra, input_size=size, min_classes=1).images)
     others = non_xray.build(size=size)
     other = flagged(np.stack([s.pixels for s in others]))
-    print(f"study images: {own.mean():.2%} of {len(own)} flagged")
+    print(f"study images (in-sample: the detector was fitted on them): {own.mean():.2%} of {len(own)} flagged")
     print(f"{args.extra.name}: {extra.mean():.2%} of {len(extra)} flagged")
     missed = [s.name for s, f in zip(others, other, strict=True) if not f]
     print(f"not chest X-rays: {other.mean():.2%} of {len(other)} flagged; not flagged: {missed}")

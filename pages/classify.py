@@ -19,6 +19,7 @@ from engine.models.inference import (
     Prediction,
     list_models,
     load_classifier,
+    serving_key,
 )
 from engine.reports import explore
 from pages import common
@@ -30,8 +31,9 @@ ACCEPTED = ("png", "jpg", "jpeg", "dcm", "dicom")
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def classifier(path: str) -> Classifier:
-    """One loaded model per path, shared by every session (at most two kept in memory)."""
+def classifier(path: str, files: tuple) -> Classifier:
+    """One loaded model per path and state of its files (a detector fitted later is picked up), shared by
+    every session (at most two kept in memory)."""
     return load_classifier(path)
 
 
@@ -42,11 +44,11 @@ def models(root: str, key: tuple) -> list[ModelInfo]:
 
 def classified(path: str, items: list[tuple[str, bytes]]) -> list[Prediction]:
     """The batch's predictions, computed once per (model, files): toggles and reruns do not classify again."""
-    key = (path, tuple((name, hashlib.sha256(data).hexdigest()) for name, data in items))
+    key = (path, serving_key(path), tuple((name, hashlib.sha256(data).hexdigest()) for name, data in items))
     last = st.session_state.get("classified")
     if last is None or last[0] != key:
         with st.spinner(f"Classifying {len(items)} image(s)…"):
-            st.session_state["classified"] = (key, classifier(path).classify(items))
+            st.session_state["classified"] = (key, classifier(path, key[1]).classify(items))
     return st.session_state["classified"][1]
 
 

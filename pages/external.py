@@ -13,7 +13,7 @@ import streamlit as st
 from engine import settings
 from engine.evaluation.external import evaluate_folder, list_evaluations
 from engine.evaluation.metrics import confusion_rates
-from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier, model_name
+from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier, model_name, serving_key
 from engine.reports import explore
 from pages import common
 
@@ -26,8 +26,8 @@ EVALUATE_COMMAND = "python -m engine evaluate --data <folder> --model <a model.k
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def classifier(path: str) -> Classifier:
-    """One loaded model per path, shared by every session (at most two kept in memory)."""
+def classifier(path: str, files: tuple) -> Classifier:
+    """One loaded model per path and state of its files, shared by every session (at most two in memory)."""
     return load_classifier(path)
 
 
@@ -96,7 +96,7 @@ def run_evaluation(info: ModelInfo, folder: str, upload) -> dict | None:
         with st.spinner(
             f"Importing the images, checking them against study {info.study_id}'s and predicting with {info.label}…"
         ):
-            model = classifier(str(info.serving_path))
+            model = classifier(str(info.serving_path), serving_key(info.serving_path))
             return evaluate_folder(model, data, artifacts_root=common.artifacts_root())
     except (settings.ReadOnlyError, ValueError, OSError) as exc:
         st.error(str(exc).strip() or type(exc).__name__)

@@ -55,6 +55,12 @@ def progress_text(job: Job) -> str:
         parts.append(f"ImageNet features, batch {p.get('batch')}/{p.get('batches')}")
         parts.append(f"features done in {duration(p.get('eta_seconds'))}")
         return " · ".join(parts)
+    if p.get("phase") == "head":
+        parts.append(
+            f"head on cached features, epoch {min(int(p.get('epoch') or 0) + 1, int(p['epochs']))}/{p['epochs']}"
+        )
+        parts.append(f"head done in {duration(p.get('eta_seconds'))}, then the epochs on images")
+        return " · ".join(parts)
     if p.get("epochs"):
         parts.append(f"epoch {min(int(p.get('epoch') or 0) + 1, int(p['epochs']))}/{p['epochs']}")
     val_accuracy = (p.get("logs") or {}).get("val_accuracy")

@@ -362,26 +362,28 @@ def test_the_engine_refusal_in_read_only_mode_is_shown(copy: TinyStudy, tmp_path
 
 def test_the_demo_evaluation_read_only(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_READ_ONLY", "1")
-    (key,) = [p.stem for p in (demo / "evaluations").glob("*.json")]
-    saved = json.loads((demo / "evaluations" / f"{key}.json").read_text())
-    at = open_page(EXTERNAL, query={"evaluation": key})
-    assert "Read-only demo: new evaluations are disabled here" in texts(at.info)
-    assert not at.get("form") or all(b.label != "Evaluate" for b in at.button)
-    cm = np.asarray(saved["metrics"]["confusion_matrix"])
-    assert float(metric(at, "Accuracy")) == pytest.approx(np.trace(cm) / cm.sum(), abs=5e-4)
-    assert metric(at, "Images evaluated") == f"{int(cm.sum()):,}"
-    listed = at.dataframe[0].value
-    assert (
-        list(listed["key"]) == [key]
-        and listed["data"][0] == f"{saved['data']['name']} · {saved['data']['fingerprint']}"
-    )
-    assert at.query_params["evaluation"] == key
-    heat = chart(at, 0)["data"][0]
-    assert heat["y"] == ["COVID-19"] and [cell.split("<br>")[0] for cell in heat["text"][0]] == [str(n) for n in cm[0]]
-    if "intervals" in saved:
-        low, high = (saved["intervals"]["metrics"]["accuracy"][k] for k in ("low", "high"))
-        assert f"95% interval [{low:.3f}, {high:.3f}]" in texts(at.caption)
-    assert evaluation_files(demo) == {f"{key}.json": (DEMO / "evaluations" / f"{key}.json").read_bytes()}
+    keys = sorted(p.stem for p in (demo / "evaluations").glob("*.json"))
+    before = evaluation_files(demo)
+    assert keys and set(before) == {f"{k}.json" for k in keys}
+    for key in keys:
+        saved = json.loads((demo / "evaluations" / f"{key}.json").read_text())
+        at = open_page(EXTERNAL, query={"evaluation": key})
+        assert "Read-only demo: new evaluations are disabled here" in texts(at.info)
+        assert not at.get("form") or all(b.label != "Evaluate" for b in at.button)
+        cm = np.asarray(saved["metrics"]["confusion_matrix"])
+        assert float(metric(at, "Accuracy")) == pytest.approx(np.trace(cm) / cm.sum(), abs=5e-4)
+        assert metric(at, "Images evaluated") == f"{int(cm.sum()):,}"
+        listed = at.dataframe[0].value.set_index("key")
+        assert sorted(listed.index) == keys
+        assert listed.loc[key, "data"] == f"{saved['data']['name']} · {saved['data']['fingerprint']}"
+        assert at.query_params["evaluation"] == key
+        heat = chart(at, 0)["data"][0]
+        assert heat["y"] == ["COVID-19"]
+        assert [cell.split("<br>")[0] for cell in heat["text"][0]] == [str(n) for n in cm[0]]
+        if "intervals" in saved:
+            low, high = (saved["intervals"]["metrics"]["accuracy"][k] for k in ("low", "high"))
+            assert f"95% interval [{low:.3f}, {high:.3f}]" in texts(at.caption)
+    assert evaluation_files(demo) == before, "read-only: nothing written"
 
 
 # --- the evaluation artifact's intervals, through the CLI ---

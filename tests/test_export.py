@@ -279,10 +279,9 @@ def test_the_float_layers_of_int8_are_each_members_first_convolutions(ensemble):
     onnx_names = first_convolutions(ensemble["onnx"], 3)
     litert = Interpreter(model_path=str(ensemble["litert"]))
     litert_names = first_litert_convolutions(litert, 3)
-    assert len(onnx_names) == len(litert_names) == 6
-    for names in (onnx_names, litert_names):
-        assert sum("member_0" in n for n in names) in (0, 3) and sum("member_1" in n for n in names) in (0, 3)
-    assert sum("member_0" in n for n in litert_names) == 3, litert_names
+    assert len(onnx_names) == len(litert_names) == 6, "ONNX renames convolutions: only their count can be checked"
+    for member in ("member_0_", "member_1_"):
+        assert sum(f"/{member}" in n.split(";")[0] for n in litert_names) == 3, litert_names
 
 
 def test_a_run_folder_without_its_fold_models_is_served_by_its_exported_ensemble(ensemble, tiny, tmp_path):

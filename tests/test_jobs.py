@@ -236,6 +236,33 @@ def test_eta_covers_the_feature_step_alone_then_the_job_from_training_speed(
     assert at(130, Progress(BACKBONE, 0, "train", 15, 60, 0, 10)) == pytest.approx(90.0 + 3 * 120.0)
 
 
+def test_a_head_warm_up_on_cached_features_is_timed_as_its_own_phase(
+    artifacts_root: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its 60 quick epochs say nothing of the 6 on images: counted with them, the fold would look 91 % done."""
+    store = JobStore(artifacts_root)
+    job = store.submit(request(tiny_data, folds=2))
+    task = store.claim_next(executor="test")
+    clock = [1000.0]
+    monkeypatch.setattr("engine.jobs.worker.time.monotonic", lambda: clock[0])
+    writer = ProgressWriter(store, store.get(job.id), task)
+
+    def at(seconds: float, progress: Progress) -> float | None:
+        clock[0] = 1000.0 + seconds
+        writer(progress)
+        return writer.eta_seconds(progress)
+
+    at(0, Progress(BACKBONE, 0, "head", 0, 60, 1, 10))
+    assert at(6, Progress(BACKBONE, 0, "head", 30, 60, 0, 10)) == pytest.approx(6.0), "the head's time left only"
+    warm = Progress(BACKBONE, 0, "head", 60, 60, 0, 10)
+    assert warm.fraction == pytest.approx(0.1)
+    at(12, Progress(BACKBONE, 0, "train", 0, 6, 1, 10, start=0.1))
+    # one of 6 image epochs in 60 s: 300 s more for this fold, then 1 more fold of 360 s
+    images = Progress(BACKBONE, 0, "train", 1, 6, 0, 10, start=0.1)
+    assert at(72, images) == pytest.approx(300.0 + 360.0)
+    assert images.fraction == pytest.approx(0.1 + 0.9 / 6)
+
+
 # --- a real worker process ---
 
 

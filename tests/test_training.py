@@ -236,9 +236,14 @@ def test_the_recommended_protocol_keeps_imagenet_batchnorm_and_picks_its_epoch_o
     dataset = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
     probe = get_protocol("xray-finetune").stages[0].epochs
     for fold in (0, 1):
-        ends = [p.epoch for p in sent if p.phase == "train" and p.fold == fold and p.batch == 0]
-        assert ends == list(range(1, probe + 3)), "epochs count on from the probe's: 61 and 62 of 62, not 1 and 2"
-        assert {p.epochs for p in sent if p.phase == "train" and p.fold == fold} == {probe + 2}
+        mine = [p for p in sent if p.fold == fold]
+        ends = {phase: [p.epoch for p in mine if p.phase == phase and p.batch == 0] for phase in ("head", "train")}
+        assert ends == {"head": list(range(1, probe + 1)), "train": [1, 2]}, "the warm-up is a phase of its own"
+        assert {p.epochs for p in mine if p.phase == "head"} == {probe}
+        assert {p.epochs for p in mine if p.phase == "train"} == {2}
+        fractions = [p.fraction for p in mine if p.phase != "features"]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0, "the fold's bar only moves forward"
+        assert max(p.fraction for p in mine if p.phase == "head") <= 0.1, "seconds of warm-up are not 60/62 of it"
     for run in artifacts.study_runs(study["study_id"], tmp_path):
         plan = training.plan_fold(dataset, study, run.backbone, run.fold)
         assert set(plan.validation).isdisjoint(plan.test) and set(plan.validation).isdisjoint(plan.train)

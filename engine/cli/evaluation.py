@@ -111,13 +111,14 @@ def cmd_ood(args: argparse.Namespace) -> int:
         saved = fit_run_detector(run, dataset, study)
         print(f"{run.backbone} fold {run.fold}: " + (f"wrote {saved}" if saved else "too few training images"))
     if len(runs) > 1:
-        print(fit_ensemble_detector(runs, dataset, force=args.force, artifacts_root=args.artifacts))
+        print(fit_ensemble_detector(runs, dataset, study, force=args.force, artifacts_root=args.artifacts))
     return 0
 
 
-def fit_ensemble_detector(runs: list, dataset, *, force: bool, artifacts_root) -> str:
-    """The fold ensemble's own detector (the default model a user gets), fitted on every study image: an
-    ensemble has no held-out image of its own, as its export's detector."""
+def fit_ensemble_detector(runs: list, dataset, study: dict, *, force: bool, artifacts_root) -> str:
+    """The fold ensemble's own detector (the default model a user gets), fitted on its members' training
+    images, as its export's is (every study image when the members cover every fold)."""
+    from engine.models.export import training_indices
     from engine.models.inference import ensemble_detector_path, fit_detector, load_classifier
     from engine.models.ood import MIN_FIT_ROWS
 
@@ -125,10 +126,11 @@ def fit_ensemble_detector(runs: list, dataset, *, force: bool, artifacts_root) -
     path = ensemble_detector_path(folder, [r.fold for r in runs])
     if path.is_file() and not force:
         return f"{runs[0].backbone} ensemble: {path.name} already there (--force fits it again)"
-    if len(dataset.images) < MIN_FIT_ROWS:
-        return f"{runs[0].backbone} ensemble: too few images"
+    training = dataset.images[training_indices(study, [r.fold for r in runs])]
+    if len(training) < MIN_FIT_ROWS:
+        return f"{runs[0].backbone} ensemble: too few training images"
     classifier = load_classifier(folder, artifacts_root=artifacts_root)
-    return f"{runs[0].backbone} ensemble: wrote {fit_detector(classifier, dataset.images).save(path)}"
+    return f"{runs[0].backbone} ensemble: wrote {fit_detector(classifier, training).save(path)}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

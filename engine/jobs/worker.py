@@ -44,6 +44,8 @@ LOCK_WAIT_S = 2.0
 LOG_DIR = "logs"
 LOG_NAME = "worker.log"
 ROBUSTNESS_PHASE = "robustness"
+PHASES_OF_THEIR_OWN = ("features", "head")
+"""Phases timed on their own: seconds to minutes on cached features, which say nothing of a fold's image epochs."""
 
 
 def _root(artifacts_root: Path | None) -> Path:
@@ -171,15 +173,16 @@ class ProgressWriter:
         self.logs: dict[str, float | None] = {}
 
     def eta_seconds(self, progress: Progress | None) -> float | None:
-        """Time left: of the feature extraction while it runs (later folds reuse its features, so it says
-        nothing of them), else of the job, from this fold's training speed."""
+        """Time left: of the feature extraction, or of a head's warm-up on cached features, while it runs
+        (each is seconds to minutes and says nothing of the epochs on images), else of the job, from this
+        fold's training speed."""
         if progress is None:
             return None
         elapsed = time.monotonic() - self.phase_started.setdefault(progress.phase, time.monotonic())
-        if progress.phase == "features":
-            done = progress.batch / max(1, progress.batches)
-            return elapsed / done * (1.0 - done) if done >= 0.02 else None
         done = min(1.0, (progress.epoch + progress.batch / max(1, progress.batches)) / max(1, progress.epochs))
+        if progress.phase in PHASES_OF_THEIR_OWN:
+            done = progress.batch / max(1, progress.batches) if progress.phase == "features" else done
+            return elapsed / done * (1.0 - done) if done >= 0.02 else None
         if done < 0.02:
             return None
         per_task = elapsed / done

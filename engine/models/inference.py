@@ -30,7 +30,8 @@ MAX_UPLOAD_BYTES = 32 * 2**20
 OOD_FILE = "ood.npz"
 MODEL_FILE = "model.keras"
 NO_OOD_CHECK = (
-    "no out-of-distribution check for this model (it has no ood.npz; python -m engine ood fits one): "
+    "no out-of-distribution check for this model (no detector is saved with it: python -m engine ood fits "
+    "one for a study's models, python -m engine export writes one with each export): "
     "nothing says this image is like its training images"
 )
 UPLOAD_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
@@ -263,6 +264,17 @@ class Classifier:
                     if results[i].unlike_training:
                         results[i].warnings.insert(0, OOD_WARNING)
         return results
+
+
+def serving_key(path: str | Path) -> tuple[tuple[str, int], ...]:
+    """Changes when what :func:`load_classifier` would load from ``path`` changes (its model files and OOD
+    detectors, by modification time): the key of an app's cache of loaded models."""
+    path = Path(path)
+    if path.is_dir():
+        files = [*path.glob("fold-*/" + MODEL_FILE), *path.glob("ood-folds-*.npz"), *path.glob("export/*")]
+    else:
+        files = [path, path.with_name(path.name + ".ood.npz"), path.with_name(OOD_FILE)]
+    return tuple((str(f), f.stat().st_mtime_ns) for f in sorted(files) if f.is_file())
 
 
 def ensemble_detector_path(folder: Path, folds: list[int]) -> Path:

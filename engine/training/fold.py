@@ -48,14 +48,18 @@ class Progress:
     batches: int
     logs: dict[str, float] = field(default_factory=dict)
     images_per_second: float | None = None
+    start: float = 0.0
 
     @property
     def fraction(self) -> float:
-        """Fraction of this fold done (feature extraction counts as the first tenth when cached)."""
+        """Fraction of this fold done: feature extraction, when cached, and a head warmed up on cached
+        features (``phase="head"``, seconds) count as the first tenth; a phase begins at ``start``."""
+        done = min(1.0, (self.epoch + self.batch / max(1, self.batches)) / max(1, self.epochs))
         if self.phase == "features":
             return 0.1 * self.batch / max(1, self.batches)
-        done = (self.epoch + self.batch / max(1, self.batches)) / max(1, self.epochs)
-        return min(1.0, done)
+        if self.phase == "head":
+            return 0.1 * done
+        return self.start + (1.0 - self.start) * done
 
     def to_dict(self) -> dict:
         return {**asdict(self), "fraction": self.fraction}
@@ -183,28 +187,23 @@ def cached_features(
     return out
 
 
-def _progress_callback(
-    backbone: str, fold: int, epochs: int, batch_size: int, on_progress, should_stop, cancelled: list
-):
+def _progress_callback(plan: FoldPlan, hooks: FoldHooks, *, epochs: int, phase: str = "train", start: float = 0.0):
+    """Progress of ``epochs`` epochs of one phase: ``"head"`` for a head warmed up on cached features (seconds),
+    then ``"train"`` for the epochs on images (minutes), which begin at ``start`` of the fold's bar."""
     import keras
 
+    backbone, fold, batch_size = plan.backbone, plan.fold, plan.protocol.batch_size
+    on_progress, should_stop, cancelled = hooks.on_progress, hooks.should_stop, hooks.cancelled
+
     class ProgressCallback(keras.callbacks.Callback):
-        """Epochs counted over the fold's fits: a head warmed up on cached features, then the image stages,
-        are epochs 1-60 and 61-66 of 66, not 1-60 and 1-6."""
-
-        finished = 0
-
         def on_train_begin(self, logs=None):
             self.last = 0.0
             self.epoch = 0
-            self.offset = None
             self.started = time.monotonic()
             self.seen = 0
 
         def on_epoch_begin(self, epoch, logs=None):
-            if self.offset is None:
-                self.offset = self.finished - epoch
-            self.epoch = self.offset + epoch
+            self.epoch = epoch
 
         def _send(self, batch: int, logs: dict, batches: int) -> None:
             if on_progress is None:
@@ -212,7 +211,7 @@ def _progress_callback(
             elapsed = time.monotonic() - self.started
             rate = self.seen / elapsed if elapsed > 0 else None
             clean = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v) or np.ndim(v) == 0}
-            on_progress(Progress(backbone, fold, "train", self.epoch, epochs, batch, batches, clean, rate))
+            on_progress(Progress(backbone, fold, phase, self.epoch, epochs, batch, batches, clean, rate, start))
             self.last = time.monotonic()
 
         def on_train_batch_end(self, batch, logs=None):
@@ -225,9 +224,9 @@ def _progress_callback(
 
         def on_epoch_end(self, epoch, logs=None):
             steps = self.params.get("steps") or 0
-            self.finished = self.epoch = self.offset + epoch + 1
+            self.epoch = epoch + 1
             self._send(0, logs or {}, steps)
-            self.epoch -= 1
+            self.epoch = epoch
 
     return ProgressCallback()
 
@@ -532,6 +531,8 @@ def _warm_head(model, plan: FoldPlan, hooks: FoldHooks, artifacts_root) -> dict:
     warm = tuple(stage for stage in plan.protocol.stages if stage.on == "cached-features")
     if not warm:
         return {}
+    on_images = plan.protocol.epochs - sum(stage.epochs for stage in warm)
+    hooks.callback = _progress_callback(plan, hooks, epochs=sum(stage.epochs for stage in warm), phase="head")
     feats = cached_features(
         plan.dataset, plan.backbone, weights=plan.study["weights"], views=1, artifacts_root=artifacts_root
     )
@@ -545,9 +546,11 @@ def _warm_head(model, plan: FoldPlan, hooks: FoldHooks, artifacts_root) -> dict:
         validation=(np.asarray(feats[plan.validation_rows, 0]), targets[plan.validation_rows]),
         steps_per_epoch=-(-len(plan.train) // plan.protocol.batch_size),
     )
-    return _fit_stages(
+    history = _fit_stages(
         head, dataclasses.replace(plan.protocol, stages=warm), data, [hooks.callback], [], hooks.cancelled
     )
+    hooks.callback = _progress_callback(plan, hooks, epochs=on_images, start=0.1)
+    return history
 
 
 def _train_on_images(model, plan: FoldPlan, hooks: FoldHooks, stack: ExitStack, key: str | None, artifacts_root):
@@ -693,9 +696,7 @@ def train_fold(
     started = time.time()
     protocol = plan.protocol
     hooks = FoldHooks(on_progress, should_stop)
-    hooks.callback = _progress_callback(
-        backbone, fold, protocol.epochs, protocol.batch_size, on_progress, should_stop, hooks.cancelled
-    )
+    hooks.callback = _progress_callback(plan, hooks, epochs=protocol.epochs)
     key = program_key(
         protocol.on_images(), backbone=backbone, n_classes=len(plan.classes), input_size=dataset.input_size
     )
