@@ -2,7 +2,7 @@
 
     python docs/screenshots/take.py [--artifacts artifacts] [--xray some.png] [--job-data folder] [--read-only]
 
-The studies of ``--artifacts`` are copied into a temporary folder first and the app is served
+The studies and saved evaluations of ``--artifacts`` are copied into a temporary folder first and the app is served
 from the copy, so taking screenshots never writes to the real artifacts. ``--job-data`` queues a
 small job on that folder in the copy (and starts its worker), so the Jobs page shows live progress;
 it is cancelled when the screenshots are done. Needs
@@ -165,8 +165,11 @@ def screenshot(page, path: Path, *, width: int = 1440, max_height: int = 7000) -
 
 
 def copy_studies(artifacts: Path, target: Path) -> Path:
-    """The studies of ``artifacts`` (results and models; no caches, no job store) under ``target``."""
+    """The studies of ``artifacts`` (results and models) and its saved external evaluations under ``target``;
+    no caches, no job store."""
     shutil.copytree(artifacts / "studies", target / "studies")
+    if (artifacts / "evaluations").is_dir():
+        shutil.copytree(artifacts / "evaluations", target / "evaluations")
     return target
 
 
