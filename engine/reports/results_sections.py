@@ -64,17 +64,21 @@ def _cell(figures: dict, metric: str) -> str:
 def ablation_section(root: Path | None) -> str:
     """`paper` to `xray-finetune` on one small backbone, one change at a time, on the same folds."""
     by_protocol = _studies_by_protocol(root)
-    rows, previous = [], None
+    rows, previous, previous_name, skipped = [], None, None, False
     for name in (*PATH, *EXTRAS):
         studies = by_protocol.get(name, [])
         figures = next((f for s in studies if (f := _figures(s, ABLATION_BACKBONE, root))), None)
         if figures is None:
             rows.append([f"`{name}`", DESCRIPTIONS[name], "not run yet", "–", "–", "–", "–", "–"])
+            skipped = skipped or (previous is not None and name in PATH)
             continue
         pooled = figures["summary"]["metrics"]["accuracy"]
         change = "–"
         if previous is not None and name in PATH:
             change = f"{figures['row']['accuracy mean'] - previous['row']['accuracy mean']:+.3f}"
+            if skipped:
+                change += f" (from `{previous_name}`: the steps between were not run)"
+            skipped = False
         rows.append(
             [
                 f"`{name}`",
@@ -88,7 +92,7 @@ def ablation_section(root: Path | None) -> str:
             ]
         )
         if name in PATH:
-            previous = figures
+            previous, previous_name = figures, name
     header = [
         "protocol",
         "what changes",
