@@ -19,9 +19,9 @@ from engine.models.inference import (
     Prediction,
     list_models,
     load_classifier,
+    models_key,
     serving_key,
 )
-from engine.reports import explore
 from pages import common
 
 common.require_router(__file__)
@@ -157,7 +157,7 @@ def show(prediction: Prediction, *, show_heatmap: bool) -> None:
 st.title("Classify chest X-rays")
 st.error(common.NOT_A_DEVICE, icon=":material/warning:")
 root = common.artifacts_root()
-available = models(str(root), explore.artifacts_key(root))
+available = models(str(root), models_key(root))
 if settings.read_only():
     available = [m for m in available if m.export is not None]
     st.caption("Hosted demo: models are served from their exported LiteRT/ONNX files, without TensorFlow.")

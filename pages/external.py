@@ -13,8 +13,15 @@ import streamlit as st
 from engine import settings
 from engine.evaluation.external import evaluate_folder, list_evaluations
 from engine.evaluation.metrics import confusion_rates
-from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier, model_name, serving_key
-from engine.reports import explore
+from engine.models.inference import (
+    Classifier,
+    ModelInfo,
+    list_models,
+    load_classifier,
+    model_name,
+    models_key,
+    serving_key,
+)
 from pages import common
 
 common.require_router(__file__)
@@ -39,7 +46,7 @@ def _models(root: str, key: tuple) -> list[ModelInfo]:
 
 def models() -> list[ModelInfo]:
     root = common.artifacts_root()
-    return _models(str(root), explore.artifacts_key(root))
+    return _models(str(root), models_key(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

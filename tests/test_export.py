@@ -26,7 +26,7 @@ from engine import settings
 from engine.cli.main import main
 from engine.models import serving
 from engine.models.export import calibration_indices, export_runs, load_member, study_images, study_models
-from engine.models.inference import OOD_WARNING, load_classifier
+from engine.models.inference import OOD_WARNING, load_classifier, models_key
 from engine.models.runtime import detector_path, file_sha256, load_exported, sidecar_path
 from engine.reports.model_card import card_path
 from engine.results import artifacts
@@ -292,7 +292,9 @@ def test_a_run_folder_without_its_fold_models_is_served_by_its_exported_ensemble
     folder = copy / "studies" / study_id / "runs" / "MobileNet-0.25"
     served = load_classifier(folder, artifacts_root=copy)
     assert served.path.name in {ensemble["litert"].name, ensemble["onnx"].name}
+    listed = models_key(copy)
     shutil.rmtree(folder / "export")
+    assert models_key(copy) != listed, "an app's list of models would not see an export come or go"
     with pytest.raises(ValueError, match="0 saved fold model.*no exported ensemble"):
         load_classifier(folder, artifacts_root=copy)
 

@@ -266,6 +266,16 @@ class Classifier:
         return results
 
 
+def models_key(artifacts_root: Path | None = None) -> tuple[tuple[str, int], ...]:
+    """Changes when :func:`list_models` could list something else: the saved models and exports of every
+    study, by modification time (a study's own key ignores an export added after its last fold)."""
+    root = Path(artifacts_root or settings.artifacts_dir())
+    patterns = ("studies/*/runs/*/fold-*/status.json", "studies/*/runs/*/fold-*/" + MODEL_FILE)
+    patterns += ("studies/*/runs/*/export/*", "studies/*/runs/*/fold-*/export/*")
+    files = sorted(f for pattern in patterns for f in root.glob(pattern))
+    return tuple((str(f), f.stat().st_mtime_ns) for f in files)
+
+
 def serving_key(path: str | Path) -> tuple[tuple[str, int], ...]:
     """Changes when what :func:`load_classifier` would load from ``path`` changes (its model files and OOD
     detectors, by modification time): the key of an app's cache of loaded models."""
