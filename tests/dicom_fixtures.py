@@ -161,6 +161,7 @@ class _HuffmanBits:
 def bundled_file(name: str) -> Path:
     """A test file that ships inside pydicom's own package: never downloaded, never from pydicom-data."""
     path = pydicom.data.get_testdata_file(name, download=False)
-    own = Path(pydicom.data.__file__).parent / "test_files"
-    assert path is not None and Path(path).parent == own, f"{name} is not bundled with pydicom {pydicom.__version__}"
+    own = (Path(pydicom.data.__file__).parent / "test_files").resolve()
+    found = path is not None and Path(path).resolve().parent == own  # resolved: a venv may be a symlink
+    assert found, f"{name} is not bundled with pydicom {pydicom.__version__}"
     return Path(path)
