@@ -214,11 +214,10 @@ def test_cli_job_commands(artifacts_root: Path, tiny_data: Path, capsys: pytest.
         JobStore(artifacts_root).get("zz")
 
 
-def test_eta_covers_the_feature_step_alone_then_the_job_from_training_speed(
-    artifacts_root: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = JobStore(artifacts_root)
-    job = store.submit(request(tiny_data, folds=4))
+def timed_writer(root: Path, data: Path, monkeypatch: pytest.MonkeyPatch, *, folds: int):
+    """A running task's progress writer on a fake clock: ``at(seconds, progress)`` sends it, returns the ETA."""
+    store = JobStore(root)
+    job = store.submit(request(data, folds=folds))
     task = store.claim_next(executor="test")
     clock = [1000.0]
     monkeypatch.setattr("engine.jobs.worker.time.monotonic", lambda: clock[0])
@@ -229,6 +228,13 @@ def test_eta_covers_the_feature_step_alone_then_the_job_from_training_speed(
         writer(progress)
         return writer.eta_seconds(progress)
 
+    return at
+
+
+def test_eta_covers_the_feature_step_alone_then_the_job_from_training_speed(
+    artifacts_root: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = timed_writer(artifacts_root, tiny_data, monkeypatch, folds=4)
     assert at(0, Progress(BACKBONE, 0, "features", 0, 60, 1, 100)) is None
     assert at(50, Progress(BACKBONE, 0, "features", 0, 60, 50, 100)) == pytest.approx(50.0)
     assert at(100, Progress(BACKBONE, 0, "train", 0, 60, 1, 10)) is None
@@ -240,18 +246,7 @@ def test_a_head_warm_up_on_cached_features_is_timed_as_its_own_phase(
     artifacts_root: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its 60 quick epochs say nothing of the 6 on images: counted with them, the fold would look 91 % done."""
-    store = JobStore(artifacts_root)
-    job = store.submit(request(tiny_data, folds=2))
-    task = store.claim_next(executor="test")
-    clock = [1000.0]
-    monkeypatch.setattr("engine.jobs.worker.time.monotonic", lambda: clock[0])
-    writer = ProgressWriter(store, store.get(job.id), task)
-
-    def at(seconds: float, progress: Progress) -> float | None:
-        clock[0] = 1000.0 + seconds
-        writer(progress)
-        return writer.eta_seconds(progress)
-
+    at = timed_writer(artifacts_root, tiny_data, monkeypatch, folds=2)
     at(0, Progress(BACKBONE, 0, "head", 0, 60, 1, 10))
     assert at(6, Progress(BACKBONE, 0, "head", 30, 60, 0, 10)) == pytest.approx(6.0), "the head's time left only"
     warm = Progress(BACKBONE, 0, "head", 60, 60, 0, 10)
