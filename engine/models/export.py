@@ -243,16 +243,29 @@ def first_litert_convolutions(interpreter, depth: int) -> list[str]:
     """Output tensor names of the convolutions with at most ``depth`` convolutions from the input, counting
     themselves (:func:`first_convolutions` on a LiteRT graph)."""
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
-    convs_before: dict[int, int] = {}
-    found = []
     # _get_ops_details is the interpreter's only listing of its operators (ai-edge-litert is pinned).
-    for op in interpreter._get_ops_details():
-        here = max((convs_before.get(i, 0) for i in op["inputs"] if i >= 0), default=0)
-        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            here += 1
-            if here <= depth:
-                found.extend(names[o] for o in op["outputs"])
-        for o in op["outputs"]:
+    ops = [
+        (
+            op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"),
+            [i for i in op["inputs"] if i >= 0],
+            op["outputs"],
+            [names[o] for o in op["outputs"]],
+        )
+        for op in interpreter._get_ops_details()
+    ]
+    return _within_first_convolutions(ops, depth)
+
+
+def _within_first_convolutions(ops, depth: int) -> list[str]:
+    """Labels of the convolutions among ``ops`` (``(is_conv, inputs, outputs, labels)`` in topological order)
+    with at most ``depth`` convolutions on their longest path from the input, counting themselves."""
+    convs_before: dict = {}
+    found = []
+    for is_conv, inputs, outputs, labels in ops:
+        here = max((convs_before.get(i, 0) for i in inputs), default=0) + int(is_conv)
+        if is_conv and here <= depth:
+            found.extend(labels)
+        for o in outputs:
             convs_before[o] = here
     return found
 
@@ -297,18 +310,9 @@ def first_convolutions(path: Path, depth: int) -> list[str]:
     each member's first ``depth`` (an ensemble's members run side by side, so graph order would not do)."""
     import onnx
 
-    graph = onnx.load(str(path)).graph
-    convs_before = {name: 0 for name in [*(i.name for i in graph.input), *(t.name for t in graph.initializer)]}
-    found = []
-    for node in graph.node:
-        here = max((convs_before.get(name, 0) for name in node.input if name), default=0)
-        if node.op_type == "Conv":
-            here += 1
-            if here <= depth:
-                found.append(node.name)
-        for name in node.output:
-            convs_before[name] = here
-    return found
+    nodes = onnx.load(str(path)).graph.node
+    ops = [(n.op_type == "Conv", [i for i in n.input if i], n.output, [n.name]) for n in nodes]
+    return _within_first_convolutions(ops, depth)
 
 
 WRITERS = {"litert": _write_litert, "onnx": _write_onnx}
