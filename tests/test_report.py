@@ -72,3 +72,25 @@ def test_the_epoch_kept_says_how_often_fine_tuning_was_not_kept():
         for f, e in enumerate((60, 63, 60))
     ]
     assert "B kept the warm-up in 2 of 3 folds (fold 0: 60, fold 1: 63, fold 2: 60)" in selected_epochs(runs)
+
+
+def test_every_model_evaluated_on_the_extra_set_gets_its_own_target_row():
+    """The best of several evaluations on one set would be a choice made on that set: each is shown."""
+    from engine.reports.results_sections import EXTRA_SET, extra_set_rows
+
+    def evaluation(backbone: str, recall: float, *, data: str = EXTRA_SET, study: str = "s1") -> dict:
+        model = {"backbone": backbone, "fold": None, "folds": [0, 1], "study_id": study}
+        return {"data": {"name": data}, "model": model, "recall": {"COVID-19": recall}}
+
+    evaluations = [
+        evaluation("MobileNetV2-0.35", 0.975),
+        evaluation("MobileNet", 0.985),
+        evaluation("MobileNet", 0.999, data="another-set"),
+        evaluation("MobileNet", 0.999, study="s2"),
+    ]
+    rows = extra_set_rows(evaluations, "s1")
+    assert [r[1:] for r in rows] == [
+        ["0.985 (MobileNet ensemble of folds 0, 1)", "met"],
+        ["0.975 (MobileNetV2-0.35 ensemble of folds 0, 1)", "not met"],
+    ]
+    assert [r[1:] for r in extra_set_rows(evaluations, "s3")] == [["–", "not measured yet"]]
