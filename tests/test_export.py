@@ -25,7 +25,14 @@ from PIL import Image
 from engine import settings
 from engine.cli.main import main
 from engine.models import serving
-from engine.models.export import calibration_indices, export_runs, load_member, study_images, study_models
+from engine.models.export import (
+    FLOAT_FIRST_CONVS,
+    calibration_indices,
+    export_runs,
+    load_member,
+    study_images,
+    study_models,
+)
 from engine.models.inference import OOD_WARNING, load_classifier, models_key
 from engine.models.runtime import detector_path, file_sha256, load_exported, sidecar_path
 from engine.reports.model_card import card_path
@@ -162,7 +169,7 @@ def test_runtime_classifies_real_uploads_without_tensorflow(demo_export, fmt):
         assert max(abs(mine[c] - theirs.probabilities[c]) for c in mine) <= 1e-4
 
 
-INT8_BARS = {"onnx": (0.99, 0.005), "litert": (0.98, 0.01)}
+INT8_BARS = {"onnx": (0.99, 0.005), "litert": (0.99, 0.01)}
 
 
 @pytest.mark.slow
@@ -172,14 +179,15 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt)
     """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out images.
 
     With every convolution int8, MobileNet v1 lost 2.4-2.9 points here (agreement 96.5-97.1 %), whatever
-    the calibration count or range method. Its first three convolutions kept float (``FLOAT_FIRST_CONVS``
-    says how that number was chosen, without this fold) bring ONNX within the export issue's bars (measured
-    99.3 % agreement, 0.17 points), and LiteRT close to them (98.8 %, 0.52 points): its bounds are looser.
+    the calibration count or range method. With each member's first convolutions kept float
+    (``FLOAT_FIRST_CONVS`` says how their number was chosen, without this fold), ONNX meets the export
+    issue's bars (measured: 99.3 % agreement, 0.17 points lower) and LiteRT its agreement bar (99.1 %);
+    LiteRT's accuracy is 0.52 points lower (3 images of 579) against the issue's 0.5, hence its own bound.
     """
     images, labels = held_out(FROZEN)
     result = export_runs([FROZEN], format=fmt, quantize="int8", out_dir=tmp_path, artifacts_root=DEMO, data=PAPER_DATA)
     assert result.meta["quantization"]["calibration_images"] == 128
-    assert result.meta["quantization"]["float_layers"] == "each member's first 3 convolutions"
+    assert result.meta["quantization"]["float_layers"] == f"each member's first {FLOAT_FIRST_CONVS[fmt]} convolutions"
     assert result.size_bytes < 0.3 * FROZEN.stat().st_size
     keras_proba = probabilities(load_classifier(FROZEN, artifacts_root=DEMO), images)
     proba = probabilities(load_exported(result.path), images)
