@@ -235,7 +235,7 @@ def test_robustness_of_the_demo_study(demo: Path) -> None:
     assert "Fold(s) 0, 1, 2, 4 of MobileNet kept no model.keras" in texts(at.caption)
     at = open_page(ROBUSTNESS, query={"study": "0c18372e7d3f", "backbone": "MobileNet-0.25"})
     assert "are not on this machine" in texts(at.warning)  # a fresh clone: no decoded images
-    for backbone in ("MobileNet", "MobileNet-0.25"):  # the first two listed, unanalysed
+    for backbone in ("MobileNet", "MobileNet-0.25"):  # the first two listed, made unanalysed
         shutil.rmtree(demo / "studies" / "4b07a4dd6629" / "robustness" / backbone)
     at = open_page(ROBUSTNESS, query={"study": "4b07a4dd6629"})
     assert at.selectbox(key="choose-backbone").value == "MobileNetV2-0.35", "opens on an analysed backbone"

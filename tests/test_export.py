@@ -181,7 +181,8 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt)
     With every convolution int8, MobileNet v1 lost 2.4-2.9 points here (agreement 96.5-97.1 %), whatever
     the calibration count or range method. With each member's first convolutions kept float
     (``FLOAT_FIRST_CONVS`` says how their number was chosen, without this fold), ONNX meets the export
-    issue's bars (measured: 99.3 % agreement, 0.17 points lower) and LiteRT its agreement bar (99.1 %);
+    issue's bars (measured: 99.3 % agreement, 0.17 points lower) and LiteRT its agreement bar (99.1 %, 5
+    images of 579 disagree; a sixth would miss it; the converter versions are pinned);
     LiteRT's accuracy is 0.52 points lower (3 images of 579) against the issue's 0.5, hence its own bound.
     """
     images, labels = held_out(FROZEN)
@@ -290,6 +291,31 @@ def test_the_float_layers_of_int8_are_each_members_first_convolutions(ensemble):
     assert len(onnx_names) == len(litert_names) == 6, "ONNX renames convolutions: only their count can be checked"
     for member in ("member_0_", "member_1_"):
         assert sum(f"/{member}" in n.split(";")[0] for n in litert_names) == 3, litert_names
+
+
+def test_an_int8_litert_file_keeps_float_exactly_each_members_first_convolutions(tiny, tmp_path):
+    """What the sidecar says is what the file holds: the first ``FLOAT_FIRST_CONVS`` convolutions of each
+    member output float, every other convolution int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from engine.models.export import first_litert_convolutions
+
+    root, study_id = tiny
+    paths = study_models(study_id, "MobileNet-0.25", root)
+    result = export_runs(paths, format="litert", quantize="int8", out_dir=tmp_path, artifacts_root=root)
+    kept = FLOAT_FIRST_CONVS["litert"]
+    assert result.meta["quantization"]["float_layers"] == f"each member's first {kept} convolutions"
+    interpreter = Interpreter(model_path=str(result.path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    dtypes = {
+        tensors[op["outputs"][0]]["name"]: tensors[op["outputs"][0]]["dtype"].__name__
+        for op in interpreter._get_ops_details()
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")
+    }
+    floats = {name for name, dtype in dtypes.items() if dtype == "float32"}
+    assert len(floats) == kept * len(paths)
+    assert floats == set(first_litert_convolutions(interpreter, kept))
+    assert {dtypes[name] for name in dtypes.keys() - floats} == {"int8"}
 
 
 def test_a_run_folder_without_its_fold_models_is_served_by_its_exported_ensemble(ensemble, tiny, tmp_path):
