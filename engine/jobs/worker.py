@@ -31,7 +31,7 @@ from engine.evaluation.metrics import flat_metrics
 from engine.jobs.store import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
 from engine.results import artifacts
 from engine.training import compiled_models
-from engine.training.fold import Cancelled, Progress, train_fold
+from engine.training.fold import PHASES_ON_CACHED_FEATURES, Cancelled, Progress, train_fold
 from engine.training.study import prepare_study
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ LOCK_WAIT_S = 2.0
 LOG_DIR = "logs"
 LOG_NAME = "worker.log"
 ROBUSTNESS_PHASE = "robustness"
-PHASES_OF_THEIR_OWN = ("features", "head")
-"""Phases timed on their own: seconds to minutes on cached features, which say nothing of a fold's image epochs."""
 
 
 def _root(artifacts_root: Path | None) -> Path:
@@ -179,9 +177,8 @@ class ProgressWriter:
         if progress is None:
             return None
         elapsed = time.monotonic() - self.phase_started.setdefault(progress.phase, time.monotonic())
-        done = min(1.0, (progress.epoch + progress.batch / max(1, progress.batches)) / max(1, progress.epochs))
-        if progress.phase in PHASES_OF_THEIR_OWN:
-            done = progress.batch / max(1, progress.batches) if progress.phase == "features" else done
+        done = progress.phase_fraction
+        if progress.phase in PHASES_ON_CACHED_FEATURES:
             return elapsed / done * (1.0 - done) if done >= 0.02 else None
         if done < 0.02:
             return None
