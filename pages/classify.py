@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -14,12 +13,8 @@ from engine import settings
 from engine.models.inference import (
     MAX_UPLOAD_BYTES,
     OOD_WARNING,
-    Classifier,
     ModelInfo,
     Prediction,
-    list_models,
-    load_classifier,
-    models_key,
     serving_key,
 )
 from pages import common
@@ -30,25 +25,13 @@ MAX_FILES = 50
 ACCEPTED = ("png", "jpg", "jpeg", "dcm", "dicom")
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def classifier(path: str, files: tuple) -> Classifier:
-    """One loaded model per path and state of its files (a detector fitted later is picked up), shared by
-    every session (at most two kept in memory)."""
-    return load_classifier(path)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def models(root: str, key: tuple) -> list[ModelInfo]:
-    return list_models(Path(root))
-
-
 def classified(path: str, items: list[tuple[str, bytes]]) -> list[Prediction]:
     """The batch's predictions, computed once per (model, files): toggles and reruns do not classify again."""
     key = (path, serving_key(path), tuple((name, hashlib.sha256(data).hexdigest()) for name, data in items))
     last = st.session_state.get("classified")
     if last is None or last[0] != key:
         with st.spinner(f"Classifying {len(items)} image(s)…"):
-            st.session_state["classified"] = (key, classifier(path, key[1]).classify(items))
+            st.session_state["classified"] = (key, common.classifier(path, key[1]).classify(items))
     return st.session_state["classified"][1]
 
 
@@ -157,7 +140,7 @@ def show(prediction: Prediction, *, show_heatmap: bool) -> None:
 st.title("Classify chest X-rays")
 st.error(common.NOT_A_DEVICE, icon=":material/warning:")
 root = common.artifacts_root()
-available = models(str(root), models_key(root))
+available = common.models()
 if settings.read_only():
     available = [m for m in available if m.export is not None]
     st.caption("Hosted demo: models are served from their exported LiteRT/ONNX files, without TensorFlow.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
@@ -18,6 +19,9 @@ from engine import settings
 from engine.evaluation import predictions, summary
 from engine.reports import explore
 from engine.results import atomic
+
+if TYPE_CHECKING:
+    from engine.models.inference import Classifier, ModelInfo
 
 NOT_A_DEVICE = (
     "Research tool, not a diagnostic device: results describe models trained on a public research "
@@ -73,6 +77,31 @@ def require_router(page_file: str) -> None:
 
 def artifacts_root() -> Path:
     return settings.artifacts_dir()
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def classifier(path: str, files: tuple) -> Classifier:
+    """One loaded model per path and state of its files (``serving_key``: a detector fitted later is picked
+    up), shared by every session and every page (at most two kept in memory). The inference module is
+    imported here, not with this module: scikit-learn comes with it, which pages without models need not load."""
+    from engine.models.inference import load_classifier
+
+    return load_classifier(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _models(root: str, key: tuple) -> list[ModelInfo]:
+    from engine.models.inference import list_models
+
+    return list_models(Path(root))
+
+
+def models() -> list[ModelInfo]:
+    """Every servable model: backbones' fold ensembles first (the model a user gets), then single fold models."""
+    from engine.models.inference import models_key
+
+    root = artifacts_root()
+    return _models(str(root), models_key(root))
 
 
 def saved_upload(upload) -> Path:

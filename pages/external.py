@@ -14,12 +14,8 @@ from engine import settings
 from engine.evaluation.external import evaluate_folder, list_evaluations
 from engine.evaluation.metrics import confusion_rates
 from engine.models.inference import (
-    Classifier,
     ModelInfo,
-    list_models,
-    load_classifier,
     model_name,
-    models_key,
     serving_key,
 )
 from pages import common
@@ -30,23 +26,6 @@ common.require_router(__file__)
 ZIP_SIGNATURE = b"PK\x03\x04"
 MAX_ZIP_BYTES = 200 * 1024 * 1024
 EVALUATE_COMMAND = "python -m engine evaluate --data <folder> --model <a model.keras>"
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def classifier(path: str, files: tuple) -> Classifier:
-    """One loaded model per path and state of its files, shared by every session (at most two in memory)."""
-    return load_classifier(path)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _models(root: str, key: tuple) -> list[ModelInfo]:
-    """Every servable model: backbones' fold ensembles first (the model a user gets), then single fold models."""
-    return list_models(Path(root))
-
-
-def models() -> list[ModelInfo]:
-    root = common.artifacts_root()
-    return _models(str(root), models_key(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -103,7 +82,7 @@ def run_evaluation(info: ModelInfo, folder: str, upload) -> dict | None:
         with st.spinner(
             f"Importing the images, checking them against study {info.study_id}'s and predicting with {info.label}…"
         ):
-            model = classifier(str(info.serving_path), serving_key(info.serving_path))
+            model = common.classifier(str(info.serving_path), serving_key(info.serving_path))
             return evaluate_folder(model, data, artifacts_root=common.artifacts_root())
     except (settings.ReadOnlyError, ValueError, OSError) as exc:
         st.error(str(exc).strip() or type(exc).__name__)
@@ -321,7 +300,7 @@ st.caption(
     "A saved fold model on labelled images that none of its study's folds saw: the test of whether it generalises "
     "beyond the hospitals and devices of its training set. “Unseen” is checked, not assumed."
 )
-available = models()
+available = common.models()
 if settings.read_only():
     st.info(
         "Read-only demo: new evaluations are disabled here; the saved ones are below. On your own copy of the "
