@@ -27,6 +27,7 @@ from engine.cli.main import main
 from engine.models import serving
 from engine.models.export import (
     FLOAT_FIRST_CONVS,
+    INT8_MIN_AGREEMENT,
     calibration_indices,
     export_runs,
     load_member,
@@ -184,9 +185,13 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt)
     issue's bars (measured: 99.3 % agreement, 0.17 points lower) and LiteRT its agreement bar (99.1 %, 5
     images of 579 disagree; a sixth would miss it; the converter versions are pinned);
     LiteRT's accuracy is 0.52 points lower (3 images of 579) against the issue's 0.5, hence its own bound.
+    Over every fold of the recommended MobileNet 1.0 (2,897 held-out images, ``python -m
+    benchmarks.int8_held_out``) LiteRT agrees on 99.1 % and loses 0.10 points: one fold is a coarse gauge.
     """
     images, labels = held_out(FROZEN)
-    result = export_runs([FROZEN], format=fmt, quantize="int8", out_dir=tmp_path, artifacts_root=DEMO, data=PAPER_DATA)
+    result = export_runs(
+        [FROZEN], format=fmt, quantize="int8", out_dir=tmp_path, artifacts_root=DEMO, data=PAPER_DATA, check_count=0
+    )
     assert result.meta["quantization"]["calibration_images"] == 128
     assert result.meta["quantization"]["float_layers"] == f"each member's first {FLOAT_FIRST_CONVS[fmt]} convolutions"
     assert result.size_bytes < 0.3 * FROZEN.stat().st_size
@@ -302,10 +307,19 @@ def test_an_int8_litert_file_keeps_float_exactly_each_members_first_convolutions
 
     root, study_id = tiny
     paths = study_models(study_id, "MobileNet-0.25", root)
-    result = export_runs(paths, format="litert", quantize="int8", out_dir=tmp_path, artifacts_root=root)
+    code, out, _ = run_cli(
+        "--study", study_id, "--backbone", "MobileNet-0.25", "--quantize", "int8", "--out", str(tmp_path),
+        "--artifacts", str(root),
+    )  # fmt: skip
+    assert code == 0
+    path = tmp_path / "MobileNet-0.25-folds-0-1-int8.tflite"
+    meta = json.loads(sidecar_path(path).read_text())
     kept = FLOAT_FIRST_CONVS["litert"]
-    assert result.meta["quantization"]["float_layers"] == f"each member's first {kept} convolutions"
-    interpreter = Interpreter(model_path=str(result.path))
+    assert meta["quantization"]["float_layers"] == f"each member's first {kept} convolutions"
+    assert meta["parity"]["images"] == 24, "every image is held out by a member: all 24, up to CHECK_IMAGES['int8']"
+    warned = "warning: the int8 file gives another class than the float model" in out
+    assert warned == (meta["parity"]["argmax_agreement"] < INT8_MIN_AGREEMENT), out
+    interpreter = Interpreter(model_path=str(path))
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     dtypes = {
         tensors[op["outputs"][0]]["name"]: tensors[op["outputs"][0]]["dtype"].__name__

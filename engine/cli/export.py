@@ -25,7 +25,7 @@ def _model_paths(args: argparse.Namespace) -> list:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.models.export import export_runs
+    from engine.models.export import INT8_MIN_AGREEMENT, export_runs
     from engine.reports.model_card import write_model_card
 
     result = export_runs(
@@ -52,6 +52,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"against Keras on {check['images']} held-out images: max |dp| {check['max_abs_dp']:.2g}, "
             f"argmax agreement {check['argmax_agreement']:.1%}"
         )
+        if meta["quantization"] and check["argmax_agreement"] < INT8_MIN_AGREEMENT:
+            print(
+                f"warning: the int8 file gives another class than the float model for more than "
+                f"{1 - INT8_MIN_AGREEMENT:.0%} of these images; prefer the float export (--quantize left out)"
+            )
     else:
         print("no parity check: the study's images are not cached here (pass --data)")
     return 0
