@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine import settings
-from engine.evaluation.external import evaluate_folder, list_evaluations
+from engine.evaluation.external import evaluate_folder, list_evaluations, mistakes
 from engine.evaluation.metrics import confusion_rates
 from engine.models.inference import (
     ModelInfo,
@@ -26,6 +26,7 @@ common.require_router(__file__)
 ZIP_SIGNATURE = b"PK\x03\x04"
 MAX_ZIP_BYTES = 200 * 1024 * 1024
 EVALUATE_COMMAND = "python -m engine evaluate --data <folder> --model <a model.keras>"
+PROBABILITY_COLUMNS = {name: st.column_config.NumberColumn(name, format="%.3f") for name in ("p(predicted)", "p(true)")}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -247,6 +248,18 @@ def data_notes(e: dict) -> None:
         st.caption(f"{data['duplicates_dropped']:,} byte-identical duplicate file(s) in the set were counted once.")
 
 
+def mistakes_section(e: dict) -> None:
+    found = mistakes(e)
+    if found is None:
+        st.caption("Saved before per-image predictions were kept: evaluate again to list the misclassified images.")
+        return
+    with st.expander(f"The {len(found):,} misclassified image(s), the most confident first"):
+        if found:
+            st.dataframe(pd.DataFrame(found), hide_index=True, column_config=PROBABILITY_COLUMNS)
+        else:
+            st.write("None: every evaluated image was classified correctly.")
+
+
 def show_evaluation(e: dict) -> None:
     st.subheader(f"{e['data']['name']} · {evaluation_model(e)}")
     st.caption(f"Data `{e['data']['fingerprint']}` · evaluated {when(e.get('evaluated_at'))} · evaluation `{e['key']}`")
@@ -275,6 +288,7 @@ def show_evaluation(e: dict) -> None:
         title = f"{model_name(e['model'])} on {e['data']['name']}"
         st.plotly_chart(heatmap(cm, true_classes=present, classes=classes, title=title), width="stretch", key="cm")
         st.caption("Rows: the true class (only classes in the set); columns: the prediction; count and row %.")
+    mistakes_section(e)
     overlap_note(e)
 
 

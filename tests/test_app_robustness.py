@@ -299,6 +299,8 @@ def test_external_validation_evaluates_a_folder_and_lists_it(copy: TinyStudy, tm
     assert at.query_params["evaluation"] == table["key"][0] and at.query_params["model"] == chosen
     assert "0 identical and 0 near-duplicate image(s) of 15 left out" in texts(at.success)
     assert len(at.get("plotly_chart")) == 1
+    wrong = round(15 * (1 - expected))
+    assert f"The {wrong:,} misclassified image(s), the most confident first" in [x.label for x in at.expander]
 
 
 def zip_of(folder: Path) -> bytes:
@@ -442,10 +444,14 @@ def test_an_evaluation_saved_before_intervals_is_computed_again(copy: TinyStudy,
     first = json.loads(capsys.readouterr().out)
     path = copy.root / "evaluations" / f"{first['key']}.json"
     old = json.loads(path.read_text())
-    del old["intervals"]
+    del old["intervals"], old["predictions"]
     path.write_text(json.dumps({**old, "schema_version": 2}))
     (listed,) = engine.evaluation.external.list_evaluations(copy.root)
     assert listed["key"] == first["key"] and "intervals" not in listed
+    assert engine.evaluation.external.mistakes(listed) is None
+    page = open_page(EXTERNAL)
+    assert "evaluate again to list the misclassified images" in texts(page.caption) and not page.exception
     assert main(["evaluate", "--data", str(data), "--model", str(fold_model(copy)), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["intervals"] == first["intervals"] and json.loads(path.read_text())["schema_version"] == 3
+    assert again["intervals"] == first["intervals"] and again["predictions"] == first["predictions"]
+    assert json.loads(path.read_text())["schema_version"] == engine.evaluation.external.EVALUATION_SCHEMA

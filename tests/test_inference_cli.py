@@ -13,9 +13,10 @@ from PIL import Image
 from engine.cli.main import main
 from engine.data.classes import canonical_class
 from engine.data.images import decode_xray
+from engine.evaluation.external import mistakes
 from engine.models.inference import list_models, load_classifier, serving_key
 from engine.reports.reproduction import reproduction_report
-from engine.results import artifacts
+from engine.results import artifacts, atomic
 from engine.training.protocols import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
@@ -177,6 +178,58 @@ def test_evaluate_a_folder_with_only_some_classes(env, tmp_path, capsys):
     assert result["classes_present"] == ["COVID-19"]
     assert result["data"]["counts"] == {"COVID-19": 5}
     assert sum(result["metrics"]["confusion_matrix"][0]) == 5
+
+
+@pytest.fixture(scope="module")
+def two_backbones(tmp_path_factory):
+    """A finished 2-fold frozen study of two backbones on 32-px synthetic images: it has an ensemble row."""
+    base = tmp_path_factory.mktemp("two")
+    data = make_dataset(base / "data", n_per_class=8)
+    root = base / "artifacts"
+    backbones = ["MobileNet-0.25", "MobileNetV2-0.35"]
+    study = run_study(data, backbones=backbones, request=REQUEST, input_size=32, artifacts_root=root)
+    return root, study["study_id"]
+
+
+def test_evaluate_a_studys_ensemble_of_backbones_is_the_mean_of_every_fold_model(two_backbones, tmp_path, capsys):
+    root, study_id = two_backbones
+    data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9)
+    argv = ["evaluate", "--data", str(data), "--study", study_id, "--artifacts", str(root), "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"]["backbones"] == ["MobileNet-0.25", "MobileNetV2-0.35"]
+    assert result["model"]["folds"] == [0, 1]
+    classes = list(result["model"]["classes"])
+    images = np.stack([decode_xray((data / f).read_bytes(), size=32).pixels for f in result["predictions"]["files"]])[
+        ..., None
+    ].astype("float32")
+    by_hand = np.mean(
+        [keras_model(run.model_path).predict_on_batch(images) for run in artifacts.study_runs(study_id, root)], axis=0
+    )
+    assert np.abs(np.asarray(result["predictions"]["probabilities"]) - by_hand).max() < 1e-4
+    truth = [classes.index(canonical_class(f.split("/")[0])) for f in result["predictions"]["files"]]
+    assert result["predictions"]["true"] == truth
+    assert result["accuracy"] == pytest.approx(float(np.mean(by_hand.argmax(1) == truth)))
+    wrong = mistakes(result)
+    assert len(wrong) == int(np.sum(by_hand.argmax(1) != truth))
+    assert [w["p(predicted)"] for w in wrong] == sorted((w["p(predicted)"] for w in wrong), reverse=True)
+    assert all(w["true"] != w["predicted"] for w in wrong)
+    members = [atomic.read_json(root / "evaluations" / f"{key}.json") for key in result["model"]["members"]]
+    assert [m["model"]["backbone"] for m in members] == result["model"]["backbones"]
+    assert main(argv) == 0, "asked again, the saved evaluation is read"
+    assert json.loads(capsys.readouterr().out)["evaluated_at"] == result["evaluated_at"]
+    assert main(argv[:-1]) == 0
+    assert "model: ensemble of MobileNet-0.25, MobileNetV2-0.35 (folds 0, 1 of each)" in capsys.readouterr().out
+
+
+def test_a_study_of_one_backbone_has_no_ensemble_to_evaluate(env, tmp_path, capsys):
+    root, study, _ = env
+    data = make_dataset(tmp_path / "unseen", n_per_class=2, seed=9)
+    assert main(["evaluate", "--data", str(data), "--study", study["study_id"]]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: study {study['study_id']}: an ensemble of backbones needs the fold ensemble of each of its "
+        "backbones (MobileNet-0.25); none is saved here for a second backbone"
+    )
 
 
 def copy_study_images(data, target, *, n: int, brighten: int = 0) -> list[str]:

@@ -78,19 +78,27 @@ def test_every_model_evaluated_on_the_extra_set_gets_its_own_target_row():
     """The best of several evaluations on one set would be a choice made on that set: each is shown."""
     from engine.reports.results_sections import EXTRA_SET, extra_set_rows
 
-    def evaluation(backbone: str, recall: float, *, data: str = EXTRA_SET, study: str = "s1") -> dict:
-        model = {"backbone": backbone, "fold": None, "folds": [0, 1], "study_id": study}
-        return {"data": {"name": data}, "model": model, "recall": {"COVID-19": recall}}
+    def evaluation(backbone: str, hits: int, *, data: str = EXTRA_SET, study: str = "s1", **model) -> dict:
+        model = {"backbone": backbone, "fold": None, "folds": [0, 1], "study_id": study, **model}
+        interval = {"estimate": hits / 2000, "low": hits / 2000 - 0.004, "high": hits / 2000 + 0.003}
+        return {
+            "data": {"name": data, "counts": {"COVID-19": 2000}},
+            "model": model,
+            "recall": {"COVID-19": hits / 2000},
+            "intervals": {"metrics": {"recall[COVID-19]": interval}},
+        }
 
     evaluations = [
-        evaluation("MobileNetV2-0.35", 0.975),
-        evaluation("MobileNet", 0.985),
-        evaluation("MobileNet", 0.999, data="another-set"),
-        evaluation("MobileNet", 0.999, study="s2"),
+        evaluation("MobileNetV2-0.35", 1959),
+        evaluation("MobileNet", 1970),
+        evaluation("ensemble", 1960, backbones=["MobileNet", "MobileNetV2-0.35"]),
+        evaluation("MobileNet", 1999, data="another-set"),
+        evaluation("MobileNet", 1999, study="s2"),
     ]
     rows = extra_set_rows(evaluations, "s1")
     assert [r[1:] for r in rows] == [
-        ["0.985 (MobileNet ensemble of folds 0, 1)", "met"],
-        ["0.975 (MobileNetV2-0.35 ensemble of folds 0, 1)", "not met"],
+        ["0.9850 [0.981, 0.988], 1,970 of 2,000 (MobileNet ensemble of folds 0, 1)", "met"],
+        ["0.9795 [0.976, 0.983], 1,959 of 2,000 (MobileNetV2-0.35 ensemble of folds 0, 1)", "not met"],
+        ["0.9800 [0.976, 0.983], 1,960 of 2,000 (ensemble of MobileNet, MobileNetV2-0.35 (folds 0, 1 of each))", "met"],
     ]
     assert [r[1:] for r in extra_set_rows(evaluations, "s3")] == [["–", "not measured yet"]]

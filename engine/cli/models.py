@@ -31,11 +31,15 @@ def _with_interval(found: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from engine.evaluation.external import evaluate_folder
+    from engine.evaluation.external import evaluate_folder, evaluate_study_ensemble
     from engine.models.inference import model_name
 
-    classifier = _pick_model(args)
-    result = evaluate_folder(classifier, args.data, artifacts_root=args.artifacts)
+    if args.study:
+        if args.model:
+            raise ValueError("give --model or --study, not both")
+        result = evaluate_study_ensemble(args.study, args.data, artifacts_root=args.artifacts)
+    else:
+        result = evaluate_folder(_pick_model(args), args.data, artifacts_root=args.artifacts)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -54,8 +58,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{name} {_with_interval(found)}")
     for line in intervals["undefined"]:
         print(f"undefined: {line}")
-    print("confusion matrix (rows: true, columns: predicted):", ", ".join(classifier.classes))
-    for name, row in zip(classifier.classes, result["metrics"]["confusion_matrix"], strict=True):
+    classes = info["classes"]
+    print("confusion matrix (rows: true, columns: predicted):", ", ".join(classes))
+    for name, row in zip(classes, result["metrics"]["confusion_matrix"], strict=True):
         print(f"  {name:<16} {row}")
     return 0
 
@@ -124,6 +129,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="a model.keras, an exported model or a backbone's run folder (its fold ensemble) in the artifacts "
         "folder (default: the fold ensemble of the best backbone)",
+    )
+    p.add_argument(
+        "--study",
+        default=None,
+        help="a study id instead of --model: the mean of its backbones' fold ensembles (its ensemble row), "
+        "each backbone evaluated and saved on the way",
     )
     p.add_argument("--json", action="store_true")
     add_artifacts(p)

@@ -30,12 +30,13 @@ from engine.data import overlap
 from engine.data.datasets import Dataset, import_dataset
 from engine.evaluation.bootstrap import bootstrap_confusion_metrics
 from engine.evaluation.metrics import fold_metrics
+from engine.evaluation.predictions import ENSEMBLE, backbones_of
 from engine.evaluation.summary import DEFAULT_INTERVALS
 from engine.models.inference import Classifier
 from engine.results import artifacts, atomic
 
 BATCH = 64
-EVALUATION_SCHEMA = 3
+EVALUATION_SCHEMA = 4
 MACRO = ("macro_precision", "macro_recall", "macro_f1")
 
 
@@ -175,29 +176,126 @@ def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root:
     rows = np.delete(rows, found.rows)
     y = np.array([classifier.classes.index(dataset.classes[k]) for k in dataset.labels[rows]], dtype=np.int64)
     proba = _predict(classifier, dataset.images[rows])
-    metrics = fold_metrics(y, proba, classifier.classes)
-    present = [c for k, c in enumerate(classifier.classes) if np.any(y == k)]
-    result = {
+    data_info = {
+        "name": dataset.name,
+        "fingerprint": dataset.fingerprint,
+        "classes_not_in_model": unknown,
+        "skipped": dataset.report.skipped,
+        "duplicates_dropped": len(dataset.report.duplicates),
+        "overlap_with_study": checked,
+    }
+    files = [dataset.files[i] for i in rows]
+    result = _result({**classifier.info, "classes": list(classifier.classes)}, data_info, files, y, proba)
+    atomic.write_json(path, result)
+    return {"key": key, **result}
+
+
+def _result(model: dict, data_info: dict, files: list[str], y: np.ndarray, proba: np.ndarray) -> dict:
+    """An evaluation as it is saved: figures, intervals and every image's probabilities (rounded to 1e-6)."""
+    classes = tuple(model["classes"])
+    metrics = fold_metrics(y, proba, classes)
+    present = [c for k, c in enumerate(classes) if np.any(y == k)]
+    counts = {c: int(np.sum(y == classes.index(c))) for c in present}
+    return {
         "schema_version": EVALUATION_SCHEMA,
-        "model": {**classifier.info, "classes": list(classifier.classes)},
-        "data": {
-            "name": dataset.name,
-            "fingerprint": dataset.fingerprint,
-            "counts": {c: int(np.sum(y == classifier.classes.index(c))) for c in present},
-            "classes_not_in_model": unknown,
-            "skipped": dataset.report.skipped,
-            "duplicates_dropped": len(dataset.report.duplicates),
-            "overlap_with_study": checked,
-        },
+        "model": model,
+        "data": {**data_info, "counts": counts},
         "classes_present": present,
         "accuracy": metrics["accuracy"],
         "recall": {c: metrics["per_class"][c]["recall"] for c in present},
         "metrics": metrics,
-        "intervals": figure_intervals(y, proba, classifier.classes),
+        "intervals": figure_intervals(y, proba, classes),
+        "predictions": {"files": files, "true": y.tolist(), "probabilities": np.round(proba, 6).tolist()},
         "evaluated_at": time.time(),
     }
+
+
+def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: Path | None = None) -> dict:
+    """The study's "ensemble" row on ``data``: the mean of its backbones' fold ensembles' probabilities.
+
+    Each backbone's fold ensemble is evaluated first (:func:`evaluate_folder`, saved and reused), one
+    loaded at a time, and the mean of their saved probabilities is the ensemble's: the same mean of
+    every fold model of every backbone as the comparison's ensemble row, outside the folds. Every
+    backbone's ensemble must have the same folds.
+    """
+    from engine.models.inference import list_models, load_classifier
+
+    settings.refuse_if_read_only("new evaluations are")
+    root = artifacts_root or settings.artifacts_dir()
+    study = artifacts.read_study(study_id, root)
+    backbones = backbones_of(study_id, root)
+    ensembles = {m.backbone: m for m in list_models(root) if m.study_id == study_id and m.is_ensemble}
+    missing = [b for b in backbones if b not in ensembles]
+    if len(backbones) < 2 or missing:
+        raise ValueError(
+            f"study {study_id}: an ensemble of backbones needs the fold ensemble of each of its backbones "
+            f"({', '.join(backbones)}); none is saved here for {', '.join(missing) or 'a second backbone'}"
+        )
+    folds = {b: list(ensembles[b].folds) for b in backbones}
+    if len({tuple(f) for f in folds.values()}) > 1:
+        raise ValueError(
+            f"study {study_id}: its backbones' fold ensembles hold different folds "
+            f"({'; '.join(f'{b}: {f}' for b, f in folds.items())}); an ensemble of them needs the same folds"
+        )
+    model = {
+        "backbone": ENSEMBLE,
+        "backbones": backbones,
+        "fold": None,
+        "folds": folds[backbones[0]],
+        "study_id": study_id,
+        "protocol": study["protocol"]["name"],
+    }
+    input_size = ensembles[backbones[0]].input_size
+    fingerprint = import_dataset(data, input_size=input_size, artifacts=root, min_classes=1).fingerprint
+    key = evaluation_key(model, fingerprint)
+    path = root / "evaluations" / f"{key}.json"
+    if path.is_file():
+        saved = atomic.read_json(path)
+        if saved.get("schema_version") == EVALUATION_SCHEMA:
+            return {"key": key, **saved}
+    members = []
+    for backbone in backbones:
+        classifier = load_classifier(ensembles[backbone].serving_path, artifacts_root=root)
+        members.append(evaluate_folder(classifier, data, artifacts_root=root))
+        del classifier
+    first = members[0]
+    if any(m["predictions"]["files"] != first["predictions"]["files"] for m in members):
+        raise ValueError(f"study {study_id}: its backbones' evaluations of {first['data']['name']} hold other images")
+    proba = np.mean([np.asarray(m["predictions"]["probabilities"]) for m in members], axis=0)
+    data_info = {k: v for k, v in first["data"].items() if k != "counts"}
+    result = _result(
+        {**model, "classes": first["model"]["classes"], "members": [m["key"] for m in members]},
+        data_info,
+        first["predictions"]["files"],
+        np.asarray(first["predictions"]["true"]),
+        proba,
+    )
     atomic.write_json(path, result)
     return {"key": key, **result}
+
+
+def mistakes(evaluation: dict) -> list[dict] | None:
+    """Every image of a saved evaluation the model got wrong, the most confident first (None for a file
+    saved before per-image predictions were kept): where a reviewer starts looking."""
+    found = evaluation.get("predictions")
+    if found is None:
+        return None
+    classes = evaluation["model"]["classes"]
+    proba = np.asarray(found["probabilities"], dtype=float).reshape(-1, len(classes))
+    true = np.asarray(found["true"], dtype=int)
+    predicted = proba.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != true)
+    rows = [
+        {
+            "file": found["files"][i],
+            "true": classes[true[i]],
+            "predicted": classes[predicted[i]],
+            "p(predicted)": float(proba[i, predicted[i]]),
+            "p(true)": float(proba[i, true[i]]),
+        }
+        for i in wrong
+    ]
+    return sorted(rows, key=lambda r: (-r["p(predicted)"], r["file"]))
 
 
 def list_evaluations(artifacts_root: Path | None = None) -> list[dict]:

@@ -120,7 +120,11 @@ def _members_export(folder: Path, folds: tuple[int, ...]) -> tuple[Path, tuple[i
 
 
 def model_name(info: dict) -> str:
-    """``MobileNet fold 3`` or ``MobileNet ensemble of folds 0, 1, 2``: a loaded model's ``info``, in words."""
+    """``MobileNet fold 3``, ``MobileNet ensemble of folds 0, 1, 2`` or, for a study's ensemble of backbones,
+    ``ensemble of MobileNet, MobileNet-0.25 (folds 0, 1, 2 of each)``: a model's ``info``, in words."""
+    if info.get("backbones"):
+        folds = ", ".join(str(f) for f in info.get("folds", []))
+        return f"ensemble of {', '.join(info['backbones'])} (folds {folds} of each)"
     if info.get("fold") is not None:
         return f"{info['backbone']} fold {info['fold']}"
     return f"{info['backbone']} ensemble of folds {', '.join(str(f) for f in info.get('folds', []))}"
