@@ -26,6 +26,7 @@ common.require_router(__file__)
 ZIP_SIGNATURE = b"PK\x03\x04"
 MAX_ZIP_BYTES = 200 * 1024 * 1024
 EVALUATE_COMMAND = "python -m engine evaluate --data <folder> --model <a model.keras>"
+ENSEMBLE_COMMAND = "python -m engine evaluate --data <folder> --study <study id>"
 PROBABILITY_COLUMNS = {name: st.column_config.NumberColumn(name, format="%.3f") for name in ("p(predicted)", "p(true)")}
 
 
@@ -112,7 +113,8 @@ def evaluation_form(available: list[ModelInfo]) -> None:
         f"Classes of the model: {', '.join(chosen.classes)}. Folders are matched loosely (COVID, covid19, NORMAL…); a "
         "set may hold only some of them. Images are decoded at the model's input size and compared with its "
         "study's images first: identical and near-duplicate ones are left out and counted. The evaluation runs in "
-        "this page (a few thousand images take a minute or so) and is saved."
+        "this page (a few thousand images take a minute or so) and is saved. A study's ensemble of backbones (its "
+        f"comparison's ensemble row) is evaluated from the command line: `{ENSEMBLE_COMMAND}`."
     )
     if submitted:
         result = run_evaluation(chosen, folder, upload)
@@ -285,7 +287,7 @@ def show_evaluation(e: dict) -> None:
         cm = np.asarray(e["metrics"]["confusion_matrix"], dtype=float)
         classes = list(e["model"]["classes"])
         present = [c for c in classes if c in e["data"]["counts"]]
-        title = f"{model_name(e['model'])} on {e['data']['name']}"
+        title = f"Confusion matrix on {e['data']['name']}"
         st.plotly_chart(heatmap(cm, true_classes=present, classes=classes, title=title), width="stretch", key="cm")
         st.caption("Rows: the true class (only classes in the set); columns: the prediction; count and row %.")
     mistakes_section(e)
@@ -318,7 +320,8 @@ available = common.models()
 if settings.read_only():
     st.info(
         "Read-only demo: new evaluations are disabled here; the saved ones are below. On your own copy of the "
-        f"project, evaluate from this page or with `{EVALUATE_COMMAND}`."
+        f"project, evaluate from this page or with `{EVALUATE_COMMAND}`; a study's ensemble of backbones with "
+        f"`{ENSEMBLE_COMMAND}`."
     )
 elif not available:
     st.info(
