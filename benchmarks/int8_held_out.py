@@ -80,6 +80,8 @@ def main() -> None:
     if images is None:
         raise SystemExit("error: the study's images are neither cached nor given; pass --data")
     manifest = json.loads((args.artifacts / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text())
+    if manifest["classes"] != study["dataset"]["classes"]:
+        raise SystemExit(f"error: the cached manifest's classes {manifest['classes']} are not the study's")
     labels = np.asarray(manifest["labels"])
     folds = range(len(study["folds"])) if args.folds is None else args.folds
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {kind: [] for kind in args.formats}

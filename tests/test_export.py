@@ -307,7 +307,7 @@ def test_an_int8_litert_file_keeps_float_exactly_each_members_first_convolutions
 
     root, study_id = tiny
     paths = study_models(study_id, "MobileNet-0.25", root)
-    code, out, _ = run_cli(
+    code, _, err = run_cli(
         "--study", study_id, "--backbone", "MobileNet-0.25", "--quantize", "int8", "--out", str(tmp_path),
         "--artifacts", str(root),
     )  # fmt: skip
@@ -317,8 +317,8 @@ def test_an_int8_litert_file_keeps_float_exactly_each_members_first_convolutions
     kept = FLOAT_FIRST_CONVS["litert"]
     assert meta["quantization"]["float_layers"] == f"each member's first {kept} convolutions"
     assert meta["parity"]["images"] == 24, "every image is held out by a member: all 24, up to CHECK_IMAGES['int8']"
-    warned = "warning: the int8 file gives another class than the float model" in out
-    assert warned == (meta["parity"]["argmax_agreement"] < INT8_MIN_AGREEMENT), out
+    warned = "the int8 file gives another class than the float model" in err
+    assert warned == (meta["parity"]["argmax_agreement"] < INT8_MIN_AGREEMENT), err
     interpreter = Interpreter(model_path=str(path))
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     dtypes = {

@@ -14,6 +14,7 @@ from engine.cli.main import main
 from engine.data.classes import canonical_class
 from engine.data.images import decode_xray
 from engine.evaluation.external import mistakes
+from engine.models.export import export_runs, study_models
 from engine.models.inference import list_models, load_classifier, serving_key
 from engine.reports.reproduction import reproduction_report
 from engine.results import artifacts, atomic
@@ -220,6 +221,12 @@ def test_evaluate_a_studys_ensemble_of_backbones_is_the_mean_of_every_fold_model
     assert json.loads(capsys.readouterr().out)["evaluated_at"] == result["evaluated_at"]
     assert main(argv[:-1]) == 0
     assert "model: ensemble of MobileNet-0.25, MobileNetV2-0.35 (folds 0, 1 of each)" in capsys.readouterr().out
+    export_runs(study_models(study_id, "MobileNetV2-0.35", root), format="litert", artifacts_root=root)
+    assert main(argv) == 0, "one member now served by its export: evaluated again, not the saved file"
+    served = json.loads(capsys.readouterr().out)
+    assert served["key"] != result["key"] and served["model"]["served_by"][1].endswith(".tflite")
+    assert served["model"]["members"][0] == result["model"]["members"][0] != served["model"]["members"][1]
+    assert np.abs(np.asarray(served["predictions"]["probabilities"]) - by_hand).max() < 1e-4
 
 
 def test_a_study_of_one_backbone_has_no_ensemble_to_evaluate(env, tmp_path, capsys):
@@ -227,8 +234,8 @@ def test_a_study_of_one_backbone_has_no_ensemble_to_evaluate(env, tmp_path, caps
     data = make_dataset(tmp_path / "unseen", n_per_class=2, seed=9)
     assert main(["evaluate", "--data", str(data), "--study", study["study_id"]]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: study {study['study_id']}: an ensemble of backbones needs the fold ensemble of each of its "
-        "backbones (MobileNet-0.25); none is saved here for a second backbone"
+        f"error: study {study['study_id']}: an ensemble of backbones needs two or more, the study has 1 "
+        "(MobileNet-0.25)"
     )
 
 
@@ -314,6 +321,8 @@ def test_report_is_deterministic(env, tmp_path):
         (["study", "--data", "/no/such/folder", "--arch", "MobileNet"], "no such folder"),
         (["study", "--data", ".", "--arch", "ResNet999"], "unknown backbone 'ResNet999'"),
         (["classify", "x.png", "--model", "/tmp/elsewhere.keras"], "model must be a model file or run folder inside"),
+        (["evaluate", "--data", ".", "--study", "nope"], "unknown study 'nope'; studies here: "),
+        (["evaluate", "--data", ".", "--study", "s", "--model", "m"], "give --model or --study, not both"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(env, argv, message, capsys):

@@ -88,7 +88,10 @@ def test_every_model_evaluated_on_the_extra_set_gets_its_own_target_row():
             "intervals": {"metrics": {"recall[COVID-19]": interval}},
         }
 
+    saved_before_intervals = evaluation("MobileNet-0.25", 1990)
+    del saved_before_intervals["intervals"]
     evaluations = [
+        saved_before_intervals,
         evaluation("MobileNetV2-0.35", 1959),
         evaluation("MobileNet", 1970),
         evaluation("ensemble", 1960, backbones=["MobileNet", "MobileNetV2-0.35"]),
@@ -98,6 +101,7 @@ def test_every_model_evaluated_on_the_extra_set_gets_its_own_target_row():
     rows = extra_set_rows(evaluations, "s1")
     assert [r[1:] for r in rows] == [
         ["0.9850 [0.981, 0.988], 1,970 of 2,000 (MobileNet ensemble of folds 0, 1)", "met"],
+        ["0.9950, 1,990 of 2,000 (MobileNet-0.25 ensemble of folds 0, 1)", "met"],
         ["0.9795 [0.976, 0.983], 1,959 of 2,000 (MobileNetV2-0.35 ensemble of folds 0, 1)", "not met"],
         ["0.9800 [0.976, 0.983], 1,960 of 2,000 (ensemble of MobileNet, MobileNetV2-0.35 (folds 0, 1 of each))", "met"],
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from engine import settings
@@ -37,6 +38,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         data=args.data,
     )
     card_json, card_md = write_model_card(result.path, args.artifacts)
+    check = result.meta["parity"]
+    if result.meta["quantization"] and check and check["argmax_agreement"] < INT8_MIN_AGREEMENT:
+        print(
+            f"warning: on {check['images']} held-out images, the int8 file gives another class than the float "
+            f"model for {1 - check['argmax_agreement']:.1%} (over {1 - INT8_MIN_AGREEMENT:.0%}); prefer the float "
+            "export (--quantize left out)",
+            file=sys.stderr,
+        )
     if args.json:
         found = {"path": str(result.path), "sidecar": str(result.sidecar), "model_card": str(card_json), **result.meta}
         print(json.dumps(found, indent=2))
@@ -46,17 +55,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     precision = meta["quantization"]["mode"] if meta["quantization"] else "float32"
     print(f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MB, {meta['format']}, {precision}; {members})")
     print(f"sidecar {result.sidecar}; model card {card_md} (and .json)")
-    check = meta["parity"]
     if check:
         print(
             f"against Keras on {check['images']} held-out images: max |dp| {check['max_abs_dp']:.2g}, "
             f"argmax agreement {check['argmax_agreement']:.1%}"
         )
-        if meta["quantization"] and check["argmax_agreement"] < INT8_MIN_AGREEMENT:
-            print(
-                f"warning: the int8 file gives another class than the float model for more than "
-                f"{1 - INT8_MIN_AGREEMENT:.0%} of these images; prefer the float export (--quantize left out)"
-            )
     else:
         print("no parity check: the study's images are not cached here (pass --data)")
     return 0

@@ -36,7 +36,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.study:
         if args.model:
-            raise ValueError("give --model or --study, not both")
+            raise ValueError(f"give --model or --study, not both, got --model={args.model!r} --study={args.study!r}")
         result = evaluate_study_ensemble(args.study, args.data, artifacts_root=args.artifacts)
     else:
         result = evaluate_folder(_pick_model(args), args.data, artifacts_root=args.artifacts)
@@ -136,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a study id instead of --model: the mean of its backbones' fold ensembles (its ensemble row), "
         "each backbone evaluated and saved on the way",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the saved evaluation, every image's probabilities too")
     add_artifacts(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -216,20 +216,30 @@ def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: 
     Each backbone's fold ensemble is evaluated first (:func:`evaluate_folder`, saved and reused), one
     loaded at a time, and the mean of their saved probabilities is the ensemble's: the same mean of
     every fold model of every backbone as the comparison's ensemble row, outside the folds. Every
-    backbone's ensemble must have the same folds.
+    backbone's ensemble must have the same folds. What serves each member (its Keras fold models or an
+    exported file, float or int8) is part of the saved evaluation's key, as it is of each member's.
     """
     from engine.models.inference import list_models, load_classifier
 
     settings.refuse_if_read_only("new evaluations are")
     root = artifacts_root or settings.artifacts_dir()
+    ids = artifacts.list_study_ids(root)
+    if study_id not in ids:
+        raise ValueError(f"unknown study {study_id!r}; studies here: {', '.join(ids) or 'none'}")
     study = artifacts.read_study(study_id, root)
     backbones = backbones_of(study_id, root)
+    if len(backbones) < 2:
+        raise ValueError(
+            f"study {study_id}: an ensemble of backbones needs two or more, the study has {len(backbones)} "
+            f"({', '.join(backbones) or 'no finished run'})"
+        )
     ensembles = {m.backbone: m for m in list_models(root) if m.study_id == study_id and m.is_ensemble}
     missing = [b for b in backbones if b not in ensembles]
-    if len(backbones) < 2 or missing:
+    if missing:
         raise ValueError(
             f"study {study_id}: an ensemble of backbones needs the fold ensemble of each of its backbones "
-            f"({', '.join(backbones)}); none is saved here for {', '.join(missing) or 'a second backbone'}"
+            f"({', '.join(backbones)}); neither 2 saved fold models nor an exported ensemble is here for "
+            f"{', '.join(missing)}"
         )
     folds = {b: list(ensembles[b].folds) for b in backbones}
     if len({tuple(f) for f in folds.values()}) > 1:
@@ -244,6 +254,8 @@ def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: 
         "folds": folds[backbones[0]],
         "study_id": study_id,
         "protocol": study["protocol"]["name"],
+        # what serves each member (a run folder's Keras models, or which exported file): part of the key
+        "served_by": [ensembles[b].serving_path.relative_to(root).as_posix() for b in backbones],
     }
     input_size = ensembles[backbones[0]].input_size
     fingerprint = import_dataset(data, input_size=input_size, artifacts=root, min_classes=1).fingerprint
@@ -259,8 +271,18 @@ def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: 
         members.append(evaluate_folder(classifier, data, artifacts_root=root))
         del classifier
     first = members[0]
-    if any(m["predictions"]["files"] != first["predictions"]["files"] for m in members):
-        raise ValueError(f"study {study_id}: its backbones' evaluations of {first['data']['name']} hold other images")
+    for member in members[1:]:
+        for field in ("files", "true"):
+            if member["predictions"][field] != first["predictions"][field]:
+                raise ValueError(
+                    f"study {study_id}: evaluation {member['key']} of {first['data']['name']} holds other "
+                    f"{'images' if field == 'files' else 'labels'} than evaluation {first['key']}"
+                )
+        if member["model"]["classes"] != first["model"]["classes"]:
+            raise ValueError(
+                f"study {study_id}: evaluation {member['key']} has classes {member['model']['classes']}, "
+                f"evaluation {first['key']} {first['model']['classes']}"
+            )
     proba = np.mean([np.asarray(m["predictions"]["probabilities"]) for m in members], axis=0)
     data_info = {k: v for k, v in first["data"].items() if k != "counts"}
     result = _result(

@@ -154,11 +154,9 @@ def extra_set_rows(evaluations: list[dict], study_id: str) -> list[list[str]]:
     for found in sorted(extra, key=lambda e: model_name(e["model"])):
         recall = found["recall"]["COVID-19"]
         n = found["data"]["counts"]["COVID-19"]
-        interval = found["intervals"]["metrics"]["recall[COVID-19]"]
-        measured = (
-            f"{recall:.4f} [{interval['low']:.3f}, {interval['high']:.3f}], {round(recall * n):,} of {n:,} "
-            f"({model_name(found['model'])})"
-        )
+        interval = found.get("intervals", {}).get("metrics", {}).get("recall[COVID-19]")
+        bounds = f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval and interval["low"] is not None else ""
+        measured = f"{recall:.4f}{bounds}, {round(recall * n):,} of {n:,} ({model_name(found['model'])})"
         rows.append([label, measured, _verdict(recall, recall >= TARGET)])
     return rows
 
