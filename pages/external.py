@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,19 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine import settings
-from engine.evaluation.external import evaluate_folder, list_evaluations, mistakes
+from engine.evaluation.external import (
+    ensemble_studies,
+    evaluate_folder,
+    evaluate_study_ensemble,
+    list_evaluations,
+    mistakes,
+)
 from engine.evaluation.metrics import confusion_rates
+from engine.evaluation.predictions import ENSEMBLE
 from engine.models.inference import (
     ModelInfo,
     model_name,
+    models_key,
     serving_key,
 )
 from pages import common
@@ -75,17 +84,50 @@ def images_evaluated(e: dict) -> int:
     return int(sum(e["data"]["counts"].values()))
 
 
-def run_evaluation(info: ModelInfo, folder: str, upload) -> dict | None:
+@dataclass(frozen=True)
+class Choice:
+    """One model the form offers: a saved model, or a study's ensemble of backbones (its ensemble row)."""
+
+    label: str
+    study_id: str
+    classes: tuple[str, ...]
+    model: ModelInfo | None = None
+
+    def evaluate(self, data: str) -> dict:
+        root = common.artifacts_root()
+        if self.model is None:
+            return evaluate_study_ensemble(self.study_id, data, artifacts_root=root)
+        served = self.model.serving_path
+        return evaluate_folder(common.classifier(str(served), serving_key(served)), data, artifacts_root=root)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _ensemble_studies(root: str, key: tuple) -> dict[str, list[str]]:
+    return ensemble_studies(Path(root))
+
+
+def choices(available: list[ModelInfo]) -> dict[str, Choice]:
+    """Fold ensembles, then each study's ensemble of backbones, then single fold models (the engine's order)."""
+    found = {model_id(m): Choice(model_label(m), m.study_id, m.classes, m) for m in available}
+    ensembles = {k: v for k, v in found.items() if v.model.is_ensemble}
+    classes = {m.study_id: m.classes for m in available}
+    root = common.artifacts_root()
+    for study_id, backbones in _ensemble_studies(str(root), models_key(root)).items():
+        label = f"ensemble of {', '.join(backbones)} (the study's ensemble row) · study {study_id}"
+        ensembles[f"{study_id}/{ENSEMBLE}/backbones"] = Choice(label, study_id, classes[study_id])
+    return ensembles | found
+
+
+def run_evaluation(chosen: Choice, folder: str, upload) -> dict | None:
     """Evaluate and save; bad input is one line on the page and leaves every saved evaluation as it was."""
     try:
         data = str(common.saved_upload(upload)) if upload is not None else folder.strip()
         if not data:
             raise ValueError("give a dataset folder on the server or upload a .zip of class folders")
         with st.spinner(
-            f"Importing the images, checking them against study {info.study_id}'s and predicting with {info.label}…"
+            f"Importing the images, checking them against study {chosen.study_id}'s and predicting with {chosen.label}…"
         ):
-            model = common.classifier(str(info.serving_path), serving_key(info.serving_path))
-            return evaluate_folder(model, data, artifacts_root=common.artifacts_root())
+            return chosen.evaluate(data)
     except (settings.ReadOnlyError, ValueError, OSError) as exc:
         st.error(str(exc).strip() or type(exc).__name__)
         return None
@@ -93,14 +135,15 @@ def run_evaluation(info: ModelInfo, folder: str, upload) -> dict | None:
 
 def evaluation_form(available: list[ModelInfo]) -> None:
     """Model, folder or zip; a successful evaluation is saved and opened below."""
-    by_id = {model_id(m): m for m in available}
+    by_id = choices(available)
     with st.form("evaluate", border=True):
         chosen = by_id[
             common.choose(
-                "Model (fold ensembles first, then single fold models; best held-out accuracy first)",
+                "Model (fold ensembles first, then ensembles of backbones, then single fold models; best held-out "
+                "accuracy first)",
                 list(by_id),
                 param="model",
-                format_func=lambda key: model_label(by_id[key]),
+                format_func=lambda key: by_id[key].label,
             )
         ]
         folder = st.text_input(
@@ -113,8 +156,8 @@ def evaluation_form(available: list[ModelInfo]) -> None:
         f"Classes of the model: {', '.join(chosen.classes)}. Folders are matched loosely (COVID, covid19, NORMAL…); a "
         "set may hold only some of them. Images are decoded at the model's input size and compared with its "
         "study's images first: identical and near-duplicate ones are left out and counted. The evaluation runs in "
-        "this page (a few thousand images take a minute or so) and is saved. A study's ensemble of backbones (its "
-        f"comparison's ensemble row) is evaluated from the command line: `{ENSEMBLE_COMMAND}`."
+        "this page (a few thousand images take a minute or so per model) and is saved; an ensemble of backbones "
+        "evaluates each backbone's fold ensemble first and saves it too."
     )
     if submitted:
         result = run_evaluation(chosen, folder, upload)

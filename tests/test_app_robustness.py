@@ -303,6 +303,25 @@ def test_external_validation_evaluates_a_folder_and_lists_it(copy: TinyStudy, tm
     assert f"The {wrong:,} misclassified image(s), the most confident first" in [x.label for x in at.expander]
 
 
+def test_external_validation_evaluates_a_studys_ensemble_of_backbones(copy: TinyStudy, tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9)
+    at = open_page(EXTERNAL)
+    box = at.selectbox(key="choose-model")
+    (choice,) = [o for o in box.options if "the study's ensemble row" in o]
+    assert choice == f"ensemble of {', '.join(TINY_BACKBONES)} (the study's ensemble row) · study {copy.study_id}"
+    box.select(f"{copy.study_id}/ensemble/backbones")
+    at = evaluate(at, folder=str(data))
+    assert "Saved as evaluation" in texts(at.success)
+    saved = {name: json.loads(raw) for name, raw in evaluation_files(copy.root).items()}
+    (result,) = [e for e in saved.values() if e["model"].get("backbones")]
+    assert result["model"]["backbones"] == list(TINY_BACKBONES) and len(saved) == 1 + len(TINY_BACKBONES)
+    runs = copy.root / "studies" / copy.study_id / "runs"
+    members = [runs / b / f"fold-{k}" / "model.keras" for b in TINY_BACKBONES for k in range(TINY_FOLDS)]
+    expected = keras_accuracy(members, data, result["model"]["classes"])
+    assert float(metric(at, "Accuracy")) == pytest.approx(expected, abs=5e-4)
+    assert at.query_params["model"] == f"{copy.study_id}/ensemble/backbones"
+
+
 def zip_of(folder: Path) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -32,7 +32,7 @@ from engine.evaluation.bootstrap import bootstrap_confusion_metrics
 from engine.evaluation.metrics import fold_metrics
 from engine.evaluation.predictions import ENSEMBLE, backbones_of
 from engine.evaluation.summary import DEFAULT_INTERVALS
-from engine.models.inference import Classifier
+from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier
 from engine.results import artifacts, atomic
 
 BATCH = 64
@@ -210,30 +210,23 @@ def _result(model: dict, data_info: dict, files: list[str], y: np.ndarray, proba
     }
 
 
-def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: Path | None = None) -> dict:
-    """The study's "ensemble" row on ``data``: the mean of its backbones' fold ensembles' probabilities.
-
-    Each backbone's fold ensemble is evaluated first (:func:`evaluate_folder`, saved and reused), one
-    loaded at a time, and the mean of their saved probabilities is the ensemble's: the same mean of
-    every fold model of every backbone as the comparison's ensemble row, outside the folds. Every
-    backbone's ensemble must have the same folds. What serves each member (its Keras fold models or an
-    exported file, float or int8) is part of the saved evaluation's key, as it is of each member's.
-    """
-    from engine.models.inference import list_models, load_classifier
-
-    settings.refuse_if_read_only("new evaluations are")
+def ensemble_members(
+    study_id: str, artifacts_root: Path | None = None, *, models: list[ModelInfo] | None = None
+) -> dict[str, ModelInfo]:
+    """Each backbone's fold ensemble of the study (same folds), which its ensemble of backbones averages;
+    a one-line ValueError says why a study has none. ``models``: :func:`list_models`, when already listed."""
     root = artifacts_root or settings.artifacts_dir()
     ids = artifacts.list_study_ids(root)
     if study_id not in ids:
         raise ValueError(f"unknown study {study_id!r}; studies here: {', '.join(ids) or 'none'}")
-    study = artifacts.read_study(study_id, root)
     backbones = backbones_of(study_id, root)
     if len(backbones) < 2:
         raise ValueError(
             f"study {study_id}: an ensemble of backbones needs two or more, the study has {len(backbones)} "
             f"({', '.join(backbones) or 'no finished run'})"
         )
-    ensembles = {m.backbone: m for m in list_models(root) if m.study_id == study_id and m.is_ensemble}
+    listed = list_models(root) if models is None else models
+    ensembles = {m.backbone: m for m in listed if m.study_id == study_id and m.is_ensemble}
     missing = [b for b in backbones if b not in ensembles]
     if missing:
         raise ValueError(
@@ -247,11 +240,40 @@ def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: 
             f"study {study_id}: its backbones' fold ensembles hold different folds "
             f"({'; '.join(f'{b}: {f}' for b, f in folds.items())}); an ensemble of them needs the same folds"
         )
+    return {b: ensembles[b] for b in backbones}
+
+
+def ensemble_studies(artifacts_root: Path | None = None) -> dict[str, list[str]]:
+    """Every study whose ensemble of backbones can be evaluated here, with its backbones."""
+    found = {}
+    models = list_models(artifacts_root)
+    for study_id in artifacts.list_study_ids(artifacts_root):
+        try:
+            found[study_id] = list(ensemble_members(study_id, artifacts_root, models=models))
+        except ValueError:
+            continue
+    return found
+
+
+def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: Path | None = None) -> dict:
+    """The study's "ensemble" row on ``data``: the mean of its backbones' fold ensembles' probabilities.
+
+    Each backbone's fold ensemble (:func:`ensemble_members`) is evaluated first (:func:`evaluate_folder`,
+    saved and reused), one loaded at a time, and the mean of their saved probabilities is the ensemble's:
+    the same mean of every fold model of every backbone as the comparison's ensemble row, outside the
+    folds. What serves each member (its Keras fold models or an exported file, float or int8) is part of
+    the saved evaluation's key, as it is of each member's.
+    """
+    settings.refuse_if_read_only("new evaluations are")
+    root = artifacts_root or settings.artifacts_dir()
+    ensembles = ensemble_members(study_id, root)
+    backbones = list(ensembles)
+    study = artifacts.read_study(study_id, root)
     model = {
         "backbone": ENSEMBLE,
         "backbones": backbones,
         "fold": None,
-        "folds": folds[backbones[0]],
+        "folds": list(ensembles[backbones[0]].folds),
         "study_id": study_id,
         "protocol": study["protocol"]["name"],
         # what serves each member (a run folder's Keras models, or which exported file): part of the key
