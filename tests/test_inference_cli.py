@@ -14,6 +14,7 @@ from engine.cli.main import main
 from engine.data.classes import canonical_class
 from engine.data.images import decode_xray
 from engine.evaluation.external import mistakes
+from engine.evaluation.predictions import backbones_of
 from engine.models.export import export_runs, study_models
 from engine.models.inference import list_models, load_classifier, serving_key
 from engine.reports.reproduction import reproduction_report
@@ -21,6 +22,8 @@ from engine.results import artifacts, atomic
 from engine.training.protocols import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
+from tests import app_fixtures
+from tests.app_fixtures import TinyStudy
 from tests.conftest import HAS_SHARED_WEIGHTS
 from tests.synthetic import make_dataset, make_image
 
@@ -28,6 +31,7 @@ WEIGHTS = "imagenet" if HAS_SHARED_WEIGHTS else None
 """Real ImageNet features where the shared weights are (always in CI): a model that learns the tiny classes,
 so a figure computed on the wrong labels cannot equal the right one by chance."""
 REQUEST = StudyRequest(protocol=get_protocol("frozen").replace(epochs=20), n_folds=2, weights=WEIGHTS)
+tiny_study = app_fixtures.tiny_study
 
 
 @pytest.fixture(scope="module")
@@ -182,14 +186,12 @@ def test_evaluate_a_folder_with_only_some_classes(env, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def two_backbones(tmp_path_factory):
-    """A finished 2-fold frozen study of two backbones on 32-px synthetic images: it has an ensemble row."""
-    base = tmp_path_factory.mktemp("two")
-    data = make_dataset(base / "data", n_per_class=8)
-    root = base / "artifacts"
-    backbones = ["MobileNet-0.25", "MobileNetV2-0.35"]
-    study = run_study(data, backbones=backbones, request=REQUEST, input_size=32, artifacts_root=root)
-    return root, study["study_id"]
+def two_backbones(tiny_study: TinyStudy, tmp_path_factory):
+    """A copy of the session's tiny study of two backbones (2 folds, 32 px): it has an ensemble row."""
+    root = tmp_path_factory.mktemp("two") / "artifacts"
+    shutil.copytree(tiny_study.root, root)
+    assert backbones_of(tiny_study.study_id, root) == ["MobileNet-0.25", "MobileNetV2-0.35"]
+    return root, tiny_study.study_id
 
 
 def test_evaluate_a_studys_ensemble_of_backbones_is_the_mean_of_every_fold_model(two_backbones, tmp_path, capsys):
