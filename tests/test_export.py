@@ -173,10 +173,17 @@ def test_runtime_classifies_real_uploads_without_tensorflow(demo_export, fmt):
 INT8_BARS = {"onnx": (0.99, 0.005), "litert": (0.99, 0.01)}
 
 
+@pytest.fixture(scope="module")
+def frozen_held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frozen MobileNet's held-out fold (images, labels) and its Keras probabilities, once for both formats."""
+    images, labels = held_out(FROZEN)
+    return images, labels, probabilities(load_classifier(FROZEN, artifacts_root=DEMO), images)
+
+
 @pytest.mark.slow
 @requires_shared
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt):
+def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt, frozen_held_out):
     """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out images.
 
     With every convolution int8, MobileNet v1 lost 2.4-2.9 points here (agreement 96.5-97.1 %), whatever
@@ -188,14 +195,13 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt)
     Over every fold of the recommended MobileNet 1.0 (2,897 held-out images, ``python -m
     benchmarks.int8_held_out``) LiteRT agrees on 99.1 % and loses 0.10 points: one fold is a coarse gauge.
     """
-    images, labels = held_out(FROZEN)
+    images, labels, keras_proba = frozen_held_out
     result = export_runs(
         [FROZEN], format=fmt, quantize="int8", out_dir=tmp_path, artifacts_root=DEMO, data=PAPER_DATA, check_count=0
     )
     assert result.meta["quantization"]["calibration_images"] == 128
     assert result.meta["quantization"]["float_layers"] == f"each member's first {FLOAT_FIRST_CONVS[fmt]} convolutions"
     assert result.size_bytes < 0.3 * FROZEN.stat().st_size
-    keras_proba = probabilities(load_classifier(FROZEN, artifacts_root=DEMO), images)
     proba = probabilities(load_exported(result.path), images)
     agreement = np.mean(proba.argmax(1) == keras_proba.argmax(1))
     drop = np.mean(keras_proba.argmax(1) == labels) - np.mean(proba.argmax(1) == labels)
