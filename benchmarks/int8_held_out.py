@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.int8_float_layers import probabilities
 from engine import settings
 from engine.models.export import (
     CALIBRATION_IMAGES,
@@ -36,14 +37,6 @@ from engine.models.export import (
 )
 from engine.models.runtime import RUNNERS
 from engine.results import artifacts
-
-BATCH = 32
-
-
-def probabilities(runner, images: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [runner.predict_on_batch(images[i : i + BATCH])["probabilities"] for i in range(0, len(images), BATCH)]
-    )
 
 
 def int8_file(kind: str, graph, float_path: Path, calibration: np.ndarray, tmp: Path) -> Path:
