@@ -152,6 +152,14 @@ def evaluation_key(model_info: dict, data_fingerprint: str) -> str:
     return artifacts.canonical_hash({"model": model_info, "data": data_fingerprint})
 
 
+def _saved(path: Path) -> dict | None:
+    """The evaluation kept at ``path``, or None when there is none of the current schema (compute it again)."""
+    if not path.is_file():
+        return None
+    saved = atomic.read_json(path)
+    return saved if saved.get("schema_version") == EVALUATION_SCHEMA else None
+
+
 def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root: Path | None = None) -> dict:
     """Metrics, their intervals and the confusion matrix of ``classifier`` on the labelled folder or ``.zip``
     ``data``; saved on disk, and returned with its ``"key"`` (the file's name)."""
@@ -160,10 +168,9 @@ def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root:
     dataset = import_dataset(data, input_size=classifier.input_size, artifacts=root, min_classes=1)
     key = evaluation_key(classifier.info, dataset.fingerprint)
     path = root / "evaluations" / f"{key}.json"
-    if path.is_file():
-        saved = atomic.read_json(path)
-        if saved.get("schema_version") == EVALUATION_SCHEMA:
-            return {"key": key, **saved}
+    saved = _saved(path)
+    if saved is not None:
+        return {"key": key, **saved}
     rows, unknown = _model_rows(dataset, classifier.classes)
     found = overlap.find_overlap(overlap.dataset_hashes(dataset, root).take(rows), _study_hashes(classifier, root))
     if len(found.rows) == len(rows):
@@ -283,10 +290,9 @@ def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: 
     fingerprint = import_dataset(data, input_size=input_size, artifacts=root, min_classes=1).fingerprint
     key = evaluation_key(model, fingerprint)
     path = root / "evaluations" / f"{key}.json"
-    if path.is_file():
-        saved = atomic.read_json(path)
-        if saved.get("schema_version") == EVALUATION_SCHEMA:
-            return {"key": key, **saved}
+    saved = _saved(path)
+    if saved is not None:
+        return {"key": key, **saved}
     members = []
     for backbone in backbones:
         classifier = load_classifier(ensembles[backbone].serving_path, artifacts_root=root)
