@@ -34,7 +34,8 @@ from engine.models.export import (
     study_images,
     study_models,
 )
-from engine.models.inference import OOD_WARNING, load_classifier, models_key
+from engine.models.inference import OOD_WARNING, ensemble_detector_path, load_classifier, models_key
+from engine.models.ood import OODDetector
 from engine.models.runtime import detector_path, file_sha256, load_exported, sidecar_path
 from engine.reports.model_card import card_path
 from engine.results import artifacts
@@ -244,9 +245,12 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def ensemble(tiny) -> dict[str, object]:
-    """The tiny study's 2-fold ensemble exported once per format: LiteRT by the CLI (``--study``), ONNX by the API."""
+    """The tiny study's 2-fold ensemble exported once per format: LiteRT by the CLI (``--study``), ONNX by the API
+    after ``python -m engine ood`` saved the Keras ensemble's detector."""
     root, study_id = tiny
     cli = run_cli("--study", study_id, "--backbone", "MobileNet-0.25", "--artifacts", str(root))
+    with redirect_stdout(io.StringIO()):
+        assert main(["ood", "--study", study_id, "--backbone", "MobileNet-0.25", "--artifacts", str(root)]) == 0
     onnx = export_runs(study_models(study_id, "MobileNet-0.25", root), format="onnx", artifacts_root=root)
     return {
         "cli": cli,
@@ -278,6 +282,7 @@ def test_an_export_carries_an_ood_detector_fitted_on_its_own_features(ensemble, 
     meta = json.loads(sidecar_path(ensemble["litert"]).read_text())
     found = meta["ood"]
     assert found["file"] == detector_path(ensemble["litert"]).name and found["n_fit"] == 24
+    assert found["fitted_on"] == "this file's own features", "no Keras ensemble detector was saved yet"
     assert found["sha256"] == file_sha256(detector_path(ensemble["litert"]))
     exported = load_exported(ensemble["litert"])
     assert exported.ood is not None and exported.ood.threshold == pytest.approx(found["threshold"])
@@ -288,6 +293,18 @@ def test_an_export_carries_an_ood_detector_fitted_on_its_own_features(ensemble, 
     features = exported.outputs(image[None])["features"]
     assert result.ood_score == pytest.approx(float(exported.ood.score(features)[0] / exported.ood.threshold))
     assert (result.warnings[:1] == [OOD_WARNING]) == (result.ood_score > 1.0)
+
+
+def test_a_float_export_copies_the_detector_its_keras_model_saved(ensemble, tiny):
+    """Its features are the Keras model's (to 1e-4), so fitting again on the same training images is not needed."""
+    root, study_id = tiny
+    keras_detector = OODDetector.load(
+        ensemble_detector_path(root / "studies" / study_id / "runs" / "MobileNet-0.25", [0, 1])
+    )
+    exported = load_exported(ensemble["onnx"])
+    assert exported.meta["ood"]["fitted_on"] == "the Keras model's features"
+    features = exported.outputs(np.stack([make_image(k % 3, 32, np.random.default_rng(k)) for k in range(6)]))
+    assert np.array_equal(exported.ood.score(features["features"]), keras_detector.score(features["features"]))
 
 
 def test_the_float_layers_of_int8_are_each_members_first_convolutions(ensemble):
@@ -323,6 +340,7 @@ def test_an_int8_litert_file_keeps_float_exactly_each_members_first_convolutions
     kept = FLOAT_FIRST_CONVS["litert"]
     assert meta["quantization"]["float_layers"] == f"each member's first {kept} convolutions"
     assert meta["parity"]["images"] == 24, "every image is held out by a member: all 24, up to CHECK_IMAGES['int8']"
+    assert meta["ood"]["fitted_on"] == "this file's own features", "an int8 file's features are not the Keras model's"
     warned = "the int8 file gives another class than the float model" in err
     assert warned == (meta["parity"]["argmax_agreement"] < INT8_MIN_AGREEMENT), err
     interpreter = Interpreter(model_path=str(path))

@@ -223,11 +223,11 @@ def test_evaluate_a_studys_ensemble_of_backbones_is_the_mean_of_every_fold_model
     assert json.loads(capsys.readouterr().out)["evaluated_at"] == result["evaluated_at"]
     assert main(argv[:-1]) == 0
     assert "model: ensemble of MobileNet-0.25, MobileNetV2-0.35 (folds 0, 1 of each)" in capsys.readouterr().out
-    export_runs(study_models(study_id, "MobileNetV2-0.35", root), format="litert", artifacts_root=root)
+    export_runs(study_models(study_id, "MobileNet-0.25", root), format="onnx", artifacts_root=root)
     assert main(argv) == 0, "one member now served by its export: evaluated again, not the saved file"
     served = json.loads(capsys.readouterr().out)
-    assert served["key"] != result["key"] and served["model"]["served_by"][1].endswith(".tflite")
-    assert served["model"]["members"][0] == result["model"]["members"][0] != served["model"]["members"][1]
+    assert served["key"] != result["key"] and served["model"]["served_by"][0].endswith(".onnx")
+    assert served["model"]["members"][1] == result["model"]["members"][1] != served["model"]["members"][0]
     assert np.abs(np.asarray(served["predictions"]["probabilities"]) - by_hand).max() < 1e-4
 
 

@@ -29,7 +29,8 @@ import numpy as np
 from engine import settings
 from engine.data.datasets import DatasetError, import_dataset, load_dataset
 from engine.models import serving
-from engine.models.inference import fit_detector
+from engine.models.inference import OOD_FILE, ensemble_detector_path, fit_detector
+from engine.models.ood import OODDetector
 from engine.models.runtime import (
     FORMATS,
     INPUT_NAME,
@@ -433,10 +434,21 @@ def calibration_indices(study: dict, folds: list[int], *, count: int, seed: int 
     return np.sort(chosen)
 
 
-def attach_detector(result: ExportResult, training_images: np.ndarray) -> dict:
-    """Fit the OOD detector on the exported file's own features of its training images; name it in the sidecar."""
-    exported = load_exported(result.path)
-    detector = fit_detector(exported, training_images)
+def attach_detector(result: ExportResult, training_images: np.ndarray, *, keras_detector: Path | None = None) -> dict:
+    """Give the exported file the OOD detector of its training images' features; name it in the sidecar.
+
+    A float export's features are the Keras model's (its parity check holds them to 1e-4), so the
+    detector the Keras model already saved (``keras_detector``), fitted on the same training images,
+    is copied rather than fitted again (for MobileNet 1.0, 2,318 images: about 25 s). An int8 file's
+    features differ: its detector is always fitted on its own.
+    """
+    dim = int(result.meta["outputs"]["features"][-1])
+    detector = (
+        None if result.meta["quantization"] else _keras_detector(keras_detector, dim=dim, n_fit=len(training_images))
+    )
+    fitted_on = "the Keras model's features"
+    if detector is None:
+        detector, fitted_on = fit_detector(load_exported(result.path), training_images), "this file's own features"
     path = detector.save(detector_path(result.path))
     result.meta["ood"] = {
         "file": path.name,
@@ -445,9 +457,25 @@ def attach_detector(result: ExportResult, training_images: np.ndarray) -> dict:
         "threshold": detector.threshold,
         "quantile": detector.quantile,
         "n_fit": detector.n_fit,
+        "fitted_on": fitted_on,
     }
     atomic.write_json(result.sidecar, result.meta)
     return result.meta["ood"]
+
+
+def _keras_detector(path: Path | None, *, dim: int, n_fit: int) -> OODDetector | None:
+    """The Keras model's saved detector when it is one of these features and training images, else None."""
+    if path is None or not path.is_file():
+        return None
+    detector = OODDetector.load(path)
+    return detector if (detector.dim, detector.n_fit) == (dim, n_fit) else None
+
+
+def keras_detector_path(runs: list[artifacts.RunResult]) -> Path:
+    """Where the Keras model of ``runs`` keeps its detector: the run's own, or its fold ensemble's."""
+    if len(runs) == 1:
+        return runs[0].path / OOD_FILE
+    return ensemble_detector_path(runs[0].path.parent, [r.fold for r in runs])
 
 
 def study_images(study: dict, root: Path, *, data: Path | None = None) -> np.ndarray | None:
@@ -520,7 +548,7 @@ def export_runs(
         name=_name(runs),
     )
     if images is not None:
-        attach_detector(result, images[training_indices(study, folds)])
+        attach_detector(result, images[training_indices(study, folds)], keras_detector=keras_detector_path(runs))
     return result
 
 

@@ -156,5 +156,5 @@ def load_exported(path: str | Path, *, threads: int | None = None) -> ExportedCl
 
 
 def detector_path(path: Path) -> Path:
-    """``model.tflite`` -> ``model.tflite.ood.npz``: the OOD detector fitted on this file's own features."""
+    """``model.tflite`` -> ``model.tflite.ood.npz``: the OOD detector of this file's features."""
     return path.with_name(path.name + ".ood.npz")
