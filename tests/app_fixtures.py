@@ -1,4 +1,4 @@
-"""One tiny real study shared by the explorer's tests (built once per test session, about a minute).
+"""One tiny real study shared by the explorer's tests (built once per test run, about a minute).
 
 Two small MobileNets, frozen protocol, 2 folds, 32 px on the synthetic dataset. With the shared
 ImageNet weights present the features are real and the folds' numbers differ; without them the
@@ -7,7 +7,9 @@ backbones start from random weights (still a real study, with flatter numbers).
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
+from engine.results import atomic
 from engine.training.protocols import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
@@ -39,26 +42,37 @@ class TinyStudy:
 
 @functools.cache
 def build_tiny_study(base: Path) -> TinyStudy:
-    """Built once per test session, whichever test module asks first (each module binds its own fixture)."""
+    """Built once per test run: the first test process to ask builds it under a lock, the others (pytest-xdist
+    workers share ``base``) wait and read the finished study's note."""
     root = base / "explorer"
-    data = make_dataset(root / "tiny-data", n_per_class=8)
-    weights = "imagenet" if HAS_SHARED_WEIGHTS else None
-    study = run_study(
-        data,
-        backbones=list(TINY_BACKBONES),
-        request=StudyRequest(
-            protocol=get_protocol("frozen").replace(epochs=TINY_EPOCHS), n_folds=TINY_FOLDS, weights=weights
-        ),
-        input_size=TINY_SIZE,
-        artifacts_root=root / "artifacts",
+    root.mkdir(parents=True, exist_ok=True)
+    note = root / "tiny-study.json"
+    with open(base / "explorer.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not note.is_file():
+            data = make_dataset(root / "tiny-data", n_per_class=8)
+            weights = "imagenet" if HAS_SHARED_WEIGHTS else None
+            study = run_study(
+                data,
+                backbones=list(TINY_BACKBONES),
+                request=StudyRequest(
+                    protocol=get_protocol("frozen").replace(epochs=TINY_EPOCHS), n_folds=TINY_FOLDS, weights=weights
+                ),
+                input_size=TINY_SIZE,
+                artifacts_root=root / "artifacts",
+            )
+            atomic.write_json(note, {"study_id": study["study_id"], "weights": weights})
+    built = json.loads(note.read_text())
+    return TinyStudy(
+        root=root / "artifacts", study_id=built["study_id"], data=root / "tiny-data", weights=built["weights"]
     )
-    return TinyStudy(root=root / "artifacts", study_id=study["study_id"], data=data, weights=weights)
 
 
 @pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
-    """A finished study in its own artifacts folder; tests must only read it."""
-    return build_tiny_study(tmp_path_factory.getbasetemp())
+def tiny_study(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> TinyStudy:
+    """A finished study in its own artifacts folder, one for every test process of the run; tests must only read it."""
+    base = tmp_path_factory.getbasetemp()
+    return build_tiny_study(base if worker_id == "master" else base.parent)
 
 
 @pytest.fixture

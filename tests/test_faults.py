@@ -154,7 +154,7 @@ def test_a_write_that_fails_marks_the_task_failed_and_keeps_earlier_results(
     before = {run.fold: json.dumps(run.metrics) for run in artifacts.study_runs(done.study_id, artifacts_root)}
     model_bytes = (artifacts.run_dir(done.study_id, BACKBONE, 0, artifacts_root) / "model.keras").stat().st_size
 
-    again = store.submit(dataclasses.replace(paper_request(data, folds=2), backbones=("MobileNetV2-0.35",)))
+    again = store.submit(dataclasses.replace(paper_request(data, folds=2), backbones=("MobileNet",)))
     started = time.monotonic()
     proc = worker(artifacts_root, log, preexec_fn=limit_file_size(model_bytes // 4))
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
@@ -168,6 +168,6 @@ def test_a_write_that_fails_marks_the_task_failed_and_keeps_earlier_results(
 
     runs = artifacts.study_runs(done.study_id, artifacts_root)
     assert {run.fold: json.dumps(run.metrics) for run in runs if run.backbone == BACKBONE} == before
-    assert not [run for run in runs if run.backbone == "MobileNetV2-0.35"]
-    failed_runs = artifacts.study_dir(done.study_id, artifacts_root) / "runs" / "MobileNetV2-0.35"
+    assert not [run for run in runs if run.backbone == "MobileNet"]
+    failed_runs = artifacts.study_dir(done.study_id, artifacts_root) / "runs" / "MobileNet"
     assert not [p for p in failed_runs.rglob("*") if p.name.startswith(".model.keras")], "a failed write left a file"
