@@ -17,6 +17,7 @@ import pytest
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
+from engine.evaluation import predictions, summary
 from engine.results import atomic
 from engine.training.protocols import get_protocol
 from engine.training.runner import run_study
@@ -43,7 +44,9 @@ class TinyStudy:
 @functools.cache
 def build_tiny_study(base: Path) -> TinyStudy:
     """Built once per test run: the first test process to ask builds it under a lock, the others (pytest-xdist
-    workers share ``base``) wait and read the finished study's note."""
+    workers share ``base``) wait and read the finished study's note. Its models' summaries (intervals,
+    calibration) are computed here too, so the pages that read the study never write into it while
+    another process copies it."""
     root = base / "explorer"
     root.mkdir(parents=True, exist_ok=True)
     note = root / "tiny-study.json"
@@ -61,6 +64,9 @@ def build_tiny_study(base: Path) -> TinyStudy:
                 input_size=TINY_SIZE,
                 artifacts_root=root / "artifacts",
             )
+            for model in predictions.model_names(study["study_id"], root / "artifacts"):
+                oof = predictions.study_out_of_fold(study["study_id"], model, root / "artifacts")
+                summary.model_summary(oof, root / "artifacts")
             atomic.write_json(note, {"study_id": study["study_id"], "weights": weights})
     built = json.loads(note.read_text())
     return TinyStudy(
@@ -69,10 +75,10 @@ def build_tiny_study(base: Path) -> TinyStudy:
 
 
 @pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> TinyStudy:
+def tiny_study(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> TinyStudy:
     """A finished study in its own artifacts folder, one for every test process of the run; tests must only read it."""
     base = tmp_path_factory.getbasetemp()
-    return build_tiny_study(base if worker_id == "master" else base.parent)
+    return build_tiny_study(base.parent if hasattr(request.config, "workerinput") else base)
 
 
 @pytest.fixture

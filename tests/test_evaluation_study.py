@@ -22,9 +22,11 @@ tiny_study = app_fixtures.tiny_study
 
 @pytest.fixture
 def copy(tiny_study: TinyStudy, tmp_path: Path) -> TinyStudy:
-    """The tiny study in a folder of its own, for tests that write caches into it."""
+    """The tiny study in a folder of its own without the summaries it was built with, for tests that write
+    caches into it."""
     root = tmp_path / "artifacts"
     shutil.copytree(tiny_study.root, root)
+    shutil.rmtree(artifacts.study_dir(tiny_study.study_id, root) / "evaluation")
     return TinyStudy(root=root, study_id=tiny_study.study_id, data=tiny_study.data, weights=tiny_study.weights)
 
 

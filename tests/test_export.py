@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,10 @@ from engine.models import serving
 from engine.models.export import (
     FLOAT_FIRST_CONVS,
     INT8_MIN_AGREEMENT,
+    ExportResult,
+    _reusable_detector,
     calibration_indices,
+    ensemble_runs,
     export_runs,
     load_member,
     study_images,
@@ -305,6 +309,31 @@ def test_a_float_export_copies_the_detector_its_keras_model_saved(ensemble, tiny
     assert exported.meta["ood"]["fitted_on"] == "the Keras model's features"
     features = exported.outputs(np.stack([make_image(k % 3, 32, np.random.default_rng(k)) for k in range(6)]))
     assert np.array_equal(exported.ood.score(features["features"]), keras_detector.score(features["features"]))
+
+
+def test_the_keras_detector_is_copied_only_for_the_same_models_features_and_training_images(ensemble, tiny):
+    root, study_id = tiny
+    runs = ensemble_runs(study_models(study_id, "MobileNet-0.25", root), root)
+    meta = json.loads(sidecar_path(ensemble["onnx"]).read_text())
+    assert meta["parity"]["features_max_rel_diff"] <= 1e-5
+
+    def reused(changes: dict, *, n_fit: int = 24) -> bool:
+        result = ExportResult(path=ensemble["onnx"], sidecar=sidecar_path(ensemble["onnx"]), meta={**meta, **changes})
+        return _reusable_detector(result, runs, n_fit=n_fit) is not None
+
+    assert reused({})
+    assert not reused({}, n_fit=23), "fitted on other training images"
+    assert not reused({"quantization": {"mode": "int8"}})
+    assert not reused({"parity": {**meta["parity"], "features_max_rel_diff": 1e-3}})
+    assert not reused({"outputs": {**meta["outputs"], "features": [None, 7]}})
+    model = runs[1].model_path
+    saved = model.stat()
+    detector = ensemble_detector_path(runs[0].path.parent, [0, 1]).stat()
+    try:
+        os.utime(model, ns=(saved.st_atime_ns, detector.st_mtime_ns + 1))
+        assert not reused({}), "a member retrained after the detector was saved"
+    finally:
+        os.utime(model, ns=(saved.st_atime_ns, saved.st_mtime_ns))
 
 
 def test_the_float_layers_of_int8_are_each_members_first_convolutions(ensemble):

@@ -62,6 +62,9 @@ INT8_MIN_AGREEMENT = 0.99
 """The export issue's bar: below it, ``python -m engine export`` says to prefer the float file. Measured
 (``python -m benchmarks.int8_held_out``, every fold on its own held-out images): the recommended
 MobileNet 1.0 agrees 99.1 % in LiteRT and 99.2 % in ONNX; the paper protocol's 98.7 % and 97.6 %."""
+FEATURE_TOLERANCE = 1e-4
+"""Largest feature difference (relative to the largest feature) at which a float export keeps the Keras
+model's OOD detector."""
 
 
 @dataclass(frozen=True)
@@ -371,6 +374,9 @@ def parity(graph, runner, images: np.ndarray) -> dict:
         "argmax_agreement": float(np.mean(got["probabilities"].argmax(1) == want["probabilities"].argmax(1))),
         "class_maps_max_abs_diff": float(np.abs(got["class_maps"] - want["class_maps"]).max()),
         "class_maps_max_abs": float(np.abs(want["class_maps"]).max()),
+        "features_max_rel_diff": float(
+            np.abs(got["features"] - want["features"]).max() / max(float(np.abs(want["features"]).max()), 1e-12)
+        ),
     }
 
 
@@ -434,18 +440,18 @@ def calibration_indices(study: dict, folds: list[int], *, count: int, seed: int 
     return np.sort(chosen)
 
 
-def attach_detector(result: ExportResult, training_images: np.ndarray, *, keras_detector: Path | None = None) -> dict:
+def attach_detector(
+    result: ExportResult, training_images: np.ndarray, *, runs: list[artifacts.RunResult] | None = None
+) -> dict:
     """Give the exported file the OOD detector of its training images' features; name it in the sidecar.
 
-    A float export's features are the Keras model's (its parity check holds them to 1e-4), so the
-    detector the Keras model already saved (``keras_detector``), fitted on the same training images,
-    is copied rather than fitted again (for MobileNet 1.0, 2,318 images: about 25 s). An int8 file's
-    features differ: its detector is always fitted on its own.
+    A float export computes the Keras model's features, so the detector the Keras model of ``runs``
+    already saved (:func:`keras_detector_path`) is copied rather than fitted again (for MobileNet 1.0,
+    2,318 images: about 25 s) when it is of these features and this many training images, is newer
+    than every member's ``model.keras``, and the parity check, when it ran, found the features within
+    :data:`FEATURE_TOLERANCE`. Otherwise, and always for an int8 file, it is fitted on the file's own.
     """
-    dim = int(result.meta["outputs"]["features"][-1])
-    detector = (
-        None if result.meta["quantization"] else _keras_detector(keras_detector, dim=dim, n_fit=len(training_images))
-    )
+    detector = _reusable_detector(result, runs, n_fit=len(training_images))
     fitted_on = "the Keras model's features"
     if detector is None:
         detector, fitted_on = fit_detector(load_exported(result.path), training_images), "this file's own features"
@@ -463,11 +469,18 @@ def attach_detector(result: ExportResult, training_images: np.ndarray, *, keras_
     return result.meta["ood"]
 
 
-def _keras_detector(path: Path | None, *, dim: int, n_fit: int) -> OODDetector | None:
-    """The Keras model's saved detector when it is one of these features and training images, else None."""
-    if path is None or not path.is_file():
+def _reusable_detector(result: ExportResult, runs: list[artifacts.RunResult] | None, *, n_fit: int):
+    """The Keras model's saved detector when :func:`attach_detector` may copy it, else None."""
+    checked = result.meta["parity"]
+    if not runs or result.meta["quantization"] is not None:
+        return None
+    if checked is not None and checked["features_max_rel_diff"] > FEATURE_TOLERANCE:
+        return None
+    path = keras_detector_path(runs)
+    if not path.is_file() or path.stat().st_mtime_ns < max(r.model_path.stat().st_mtime_ns for r in runs):
         return None
     detector = OODDetector.load(path)
+    dim = int(result.meta["outputs"]["features"][-1])
     return detector if (detector.dim, detector.n_fit) == (dim, n_fit) else None
 
 
@@ -548,7 +561,7 @@ def export_runs(
         name=_name(runs),
     )
     if images is not None:
-        attach_detector(result, images[training_indices(study, folds)], keras_detector=keras_detector_path(runs))
+        attach_detector(result, images[training_indices(study, folds)], runs=runs)
     return result
 
 
