@@ -440,9 +440,7 @@ def calibration_indices(study: dict, folds: list[int], *, count: int, seed: int 
     return np.sort(chosen)
 
 
-def attach_detector(
-    result: ExportResult, training_images: np.ndarray, *, runs: list[artifacts.RunResult] | None = None
-) -> dict:
+def attach_detector(result: ExportResult, training_images: np.ndarray, *, runs: list[artifacts.RunResult]) -> dict:
     """Give the exported file the OOD detector of its training images' features; name it in the sidecar.
 
     A float export computes the Keras model's features, so the detector the Keras model of ``runs``
@@ -469,10 +467,10 @@ def attach_detector(
     return result.meta["ood"]
 
 
-def _reusable_detector(result: ExportResult, runs: list[artifacts.RunResult] | None, *, n_fit: int):
+def _reusable_detector(result: ExportResult, runs: list[artifacts.RunResult], *, n_fit: int) -> OODDetector | None:
     """The Keras model's saved detector when :func:`attach_detector` may copy it, else None."""
     checked = result.meta["parity"]
-    if not runs or result.meta["quantization"] is not None:
+    if result.meta["quantization"] is not None:
         return None
     if checked is not None and checked["features_max_rel_diff"] > FEATURE_TOLERANCE:
         return None
