@@ -104,6 +104,15 @@ study_id = common.require_study()
 st.title("Training curves")
 common.study_caption(study_id)
 curves = common.cached(explore.histories, study_id)
+choices = common.cached(explore.head_choices, study_id)
+if not choices.empty:
+    st.info(
+        "This study's heads were fitted in one step, a logistic regression on the frozen base's cached features, "
+        "so there are no epochs to plot. Each fold's L2 strength C was chosen by accuracy over inner folds of its "
+        "training images (a smaller C is a stronger penalty):"
+    )
+    st.dataframe(choices, hide_index=True)
+    st.stop()
 available = sorted(curves["backbone"].unique())
 wanted = [
     b

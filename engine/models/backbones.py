@@ -10,6 +10,7 @@ Keras download; when none works, :class:`MissingWeightsError` names the file and
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ class Backbone:
     weights_file: Callable[[int], str]
     kwargs: dict[str, Any] = field(default_factory=dict)
     in_paper: bool = True
+    blocks: str | None = None
+    """A regular expression matching the names of the base's block outputs (``block_outputs``)."""
 
     @property
     def preprocess_input(self) -> Callable:
@@ -63,6 +66,18 @@ class Backbone:
             if resolved != "imagenet":
                 raise
             raise MissingWeightsError(_missing_message(self, input_size, exc)) from None
+
+    def block_outputs(self, base) -> list[str]:
+        """Names of the base's block outputs, shallow to deep, ending with its last layer: what
+        ``pooling="block-statistics"`` reads."""
+        if self.blocks is None:
+            raise ValueError(
+                f"pooling='block-statistics' does not know the block outputs of {self.name}; it is defined for: "
+                + ", ".join(name for name, b in REGISTRY.items() if b.blocks)
+            )
+        names = [layer.name for layer in base.layers if re.fullmatch(self.blocks, layer.name)]
+        last = base.layers[-1].name
+        return names if names and names[-1] == last else [*names, last]
 
 
 def _missing_message(backbone: Backbone, input_size: int, exc: Exception) -> str:
@@ -113,22 +128,22 @@ def _keras_file(prefix: str) -> Callable[[int], str]:
     return _fixed(f"{prefix}_weights_tf_dim_ordering_tf_kernels_notop.h5")
 
 
-def _family(module: str, mode: str, default: int, minimum: int) -> Callable[..., Backbone]:
+def _family(module: str, mode: str, default: int, minimum: int, blocks: str | None = None) -> Callable[..., Backbone]:
     """One builder per family; each architecture below is a thin named entry of it."""
 
     def entry(name: str, constructor: str, weights_file: Callable[[int], str], **extra: Any) -> Backbone:
-        return Backbone(name, module, constructor, mode, default, minimum, weights_file, **extra)
+        return Backbone(name, module, constructor, mode, default, minimum, weights_file, blocks=blocks, **extra)
 
     return entry
 
 
-_resnet = _family("resnet", "caffe", 224, 32)
-_resnet_v2 = _family("resnet_v2", "tf", 224, 32)
-_vgg16 = _family("vgg16", "caffe", 224, 32)
-_vgg19 = _family("vgg19", "caffe", 224, 32)
-_densenet = _family("densenet", "torch", 224, 32)
-_mobilenet = _family("mobilenet", "tf", 224, 32)
-_mobilenet_v2 = _family("mobilenet_v2", "tf", 224, 32)
+_resnet = _family("resnet", "caffe", 224, 32, blocks=r"conv\d_block\d+_out")
+_resnet_v2 = _family("resnet_v2", "tf", 224, 32, blocks=r"conv\d_block\d+_out|post_relu")
+_vgg16 = _family("vgg16", "caffe", 224, 32, blocks=r"block\d_pool")
+_vgg19 = _family("vgg19", "caffe", 224, 32, blocks=r"block\d_pool")
+_densenet = _family("densenet", "torch", 224, 32, blocks=r"pool\d_relu|relu")
+_mobilenet = _family("mobilenet", "tf", 224, 32, blocks=r"conv_pw_\d+_relu")
+_mobilenet_v2 = _family("mobilenet_v2", "tf", 224, 32, blocks=r"block_\d+_add|out_relu")
 _xception = _family("xception", "tf", 299, 71)
 _inception_v3 = _family("inception_v3", "tf", 299, 75)
 _inception_resnet_v2 = _family("inception_resnet_v2", "tf", 299, 75)

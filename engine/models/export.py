@@ -176,7 +176,7 @@ class Branch:
     def of(cls, member, *, index: int) -> Branch:
         import keras
 
-        from engine.models.layers import ImageNetPreprocess
+        from engine.models.layers import BlockStatisticsPool, ImageNetPreprocess
 
         pre, backbone, head = (member.get_layer(name) for name in ("preprocess", "backbone", "head"))
         twin = keras.models.clone_model(backbone)
@@ -186,7 +186,13 @@ class Branch:
         dense.build((None, head.kernel.shape[0]))
         dense.set_weights(head.get_weights())
         plain = ImageNetPreprocess(pre.mode, xla=False, dtype=pre.dtype_policy, name=f"preprocess_{index}")
-        return cls(input_shape=tuple(member.input_shape), layers={"preprocess": plain, "backbone": twin, "head": dense})
+        layers = {"preprocess": plain, "backbone": twin, "head": dense}
+        statistics = serving.block_statistics(member)
+        if statistics is not None:
+            layers["pool"] = BlockStatisticsPool(name=f"statistics_{index}")
+            layers["pool"].build([tuple(o.shape) for o in backbone.outputs])
+            layers["pool"].set_weights(statistics.get_weights())
+        return cls(input_shape=tuple(member.input_shape), layers=layers)
 
     def get_layer(self, name: str):
         return self.layers[name]

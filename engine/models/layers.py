@@ -259,3 +259,37 @@ class ImageNetPreprocess(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class BlockStatisticsPool(keras.layers.Layer):
+    """Feature maps of several blocks (shallow to deep) to one vector: each map's per-channel mean and
+    standard deviation over space, the deepest map first, less ``center`` (the training images' mean,
+    set when the head is fitted; zeros before).
+
+    The deepest map's means come first so that a head's kernel rows ``[:C]`` (``C`` its channels) are
+    the ones Grad-CAM needs: the standard deviations' spatial gradients average to zero, and the
+    shallower maps do not pass through the deepest one (``engine.models.serving``). Centring here, not
+    in the head's bias, keeps float32 from cancelling large terms: features of ReLU maps sit far from
+    zero compared with how much they vary.
+    """
+
+    def build(self, input_shape):
+        dim = 2 * sum(int(shape[-1]) for shape in input_shape)
+        self.center = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="center")
+
+    def call(self, maps):
+        parts = []
+        for fmap in reversed(list(maps)):
+            mean = ops.mean(fmap, axis=(1, 2), keepdims=True)
+            spread = ops.mean(ops.square(fmap - mean), axis=(1, 2))
+            parts += [ops.squeeze(mean, axis=(1, 2)), ops.sqrt(spread + 1e-6)]
+        return ops.concatenate(parts, axis=-1) - self.center
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 2 * sum(int(shape[-1]) for shape in input_shape))
+
+    @staticmethod
+    def segments(channels: list[int]) -> list[int]:
+        """Length of each part of the output, in order, for maps of ``channels`` (shallow to deep)."""
+        return [c for c in reversed(channels) for _ in range(2)]

@@ -272,6 +272,17 @@ def histories(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame
     return pd.DataFrame(rows, columns=["backbone", "fold", "epoch", "metric", "value"])
 
 
+def head_choices(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame:
+    """The L2 strength each fold's inner cross-validation chose for a logistic-regression head, as
+    (backbone, fold, C, inner accuracy) rows; empty for a study whose heads train over epochs."""
+    rows = []
+    for run in artifacts.study_runs(study_id, _root(artifacts_root)):
+        choice = run.config.get("head_selection")
+        if choice:
+            rows.append((run.backbone, run.fold, choice["C"], choice["inner_accuracy"][str(float(choice["C"]))]))
+    return pd.DataFrame(rows, columns=["backbone", "fold", "C", "inner accuracy"])
+
+
 def history_bands(curves: pd.DataFrame) -> pd.DataFrame:
     """Mean, sd (``stats.mean_sd``) and fold count per (backbone, metric, epoch) of :func:`histories`."""
     rows = [

@@ -12,7 +12,15 @@ from engine.evaluation.summary import model_summary
 from engine.models.inference import model_name
 from engine.reports import explore
 from engine.results import artifacts
-from engine.training.protocols import ABLATION, ABLATION_EXTRAS, ABLATION_STEPS, PAPER, XRAY_FINETUNE
+from engine.training.protocols import (
+    ABLATION,
+    ABLATION_EXTRAS,
+    ABLATION_STEPS,
+    PAPER,
+    XRAY_FINETUNE,
+    XRAY_PROBE,
+    Protocol,
+)
 
 ABLATION_BACKBONE = "MobileNet-0.25"
 PATH = (PAPER.name, *(p.name for p in ABLATION_STEPS), XRAY_FINETUNE.name)
@@ -161,14 +169,23 @@ def extra_set_rows(evaluations: list[dict], study_id: str) -> list[list[str]]:
     return rows
 
 
-def targets_section(root: Path | None) -> str:
-    """The recommended protocol against the targets of the results issue, as measured."""
-    study, models = _best(_studies_by_protocol(root).get(XRAY_FINETUNE.name, []), root)
+RECOMMENDED = (XRAY_PROBE, XRAY_FINETUNE)
+"""The recommended protocols, each with its targets table: the frozen-base probe, then fine-tuning."""
+
+
+def targets_sections(root: Path | None) -> str:
+    """Each recommended protocol against the targets of the results issue, as measured."""
+    return "\n\n".join(f"### `{p.name}`\n\n{targets_section(root, p)}" for p in RECOMMENDED)
+
+
+def targets_section(root: Path | None, protocol: Protocol) -> str:
+    """One recommended protocol's best study against the targets of the results issue, as measured."""
+    study, models = _best(_studies_by_protocol(root).get(protocol.name, []), root)
     if study is None:
-        return f"No `{XRAY_FINETUNE.name}` study in the artifacts yet."
+        return f"No `{protocol.name}` study in the artifacts yet."
     runs = artifacts.study_runs(study["study_id"], root)
     if not runs:
-        return f"The `{XRAY_FINETUNE.name}` study `{study['study_id']}` has no finished run yet."
+        return f"The `{protocol.name}` study `{study['study_id']}` has no finished run yet."
     backbones = [m for m, _ in models if m != ENSEMBLE]
     complete = len(runs) == len(backbones) * study["n_folds"]
     rows = []
@@ -210,12 +227,26 @@ def targets_section(root: Path | None) -> str:
     )
     return "\n".join(
         [
-            f"Study `{study['study_id']}` (`{XRAY_FINETUNE.name}`): {XRAY_FINETUNE.description}",
+            f"Study `{study['study_id']}` (`{protocol.name}`): {protocol.description}",
             "",
             _table(["target", "measured", "verdict"], rows),
             "",
-            selected_epochs(runs),
+            selected_heads(runs) if protocol.head == "logistic-regression" else selected_epochs(runs),
         ]
+    )
+
+
+def selected_heads(runs: list[artifacts.RunResult]) -> str:
+    """The logistic-regression head's L2 strength each fold's inner cross-validation chose."""
+    parts = []
+    for backbone in sorted({r.backbone for r in runs}):
+        own = sorted((r for r in runs if r.backbone == backbone), key=lambda r: r.fold)
+        chosen = ", ".join(f"fold {r.fold}: C {r.config['head_selection']['C']:g}" for r in own)
+        parts.append(f"{backbone} ({chosen})")
+    folds = runs[0].config["head_selection"]["inner_folds"]
+    return (
+        f"L2 strength chosen by accuracy over {folds} stratified folds of each fold's training images (a smaller "
+        "C is a stronger penalty; on a tie the smaller is kept): " + "; ".join(parts) + "."
     )
 
 

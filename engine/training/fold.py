@@ -107,10 +107,7 @@ def classifier(
     if protocol.augmentation is not None:
         x = XRayAugment(**asdict(protocol.augmentation), seed=seed, name="augment")(x)
     x = ImageNetPreprocess(spec.preprocess_mode, name="preprocess")(x)
-    base = spec.build(input_size=input_size, weights=weights)
-    base.name = "backbone"
-    x = base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = _pooled(_base(spec, input_size=input_size, weights=weights, pooling=protocol.pooling)(x), protocol.pooling)
     regularizer = keras.regularizers.L2(protocol.head_l2) if protocol.head_l2 else None
     outputs = keras.layers.Dense(
         n_classes,
@@ -123,17 +120,54 @@ def classifier(
     return keras.Model(inputs, outputs, name=f"cxr_{backbone_name.replace('-', '_')}")
 
 
+def _base(spec, *, input_size: int, weights: str | None, pooling: str):
+    """The convolutional base named ``backbone``: one output, or every block's (``pooling="block-statistics"``)."""
+    import keras
+
+    base = spec.build(input_size=input_size, weights=weights)
+    if pooling == "block-statistics":
+        names = spec.block_outputs(base)
+        base = keras.Model(base.inputs, [base.get_layer(n).output for n in names], name="backbone")
+    base.name = "backbone"
+    return base
+
+
+def _pooled(x, pooling: str):
+    import keras
+
+    from engine.models.layers import BlockStatisticsPool
+
+    if pooling == "block-statistics":
+        return BlockStatisticsPool(name="pool")(x)
+    return keras.layers.GlobalAveragePooling2D(name="pool")(x)
+
+
 @functools.lru_cache(maxsize=4)
-def _feature_extractor(backbone_name: str, input_size: int, weights: str | None):
+def _feature_extractor(backbone_name: str, input_size: int, weights: str | None, pooling: str = "average"):
     import keras
 
     from engine.models.layers import ImageNetPreprocess
 
     spec = get_backbone(backbone_name)
+    if weights is None:
+        # A random base must be the same in every process that reads the cached features (see _own_base).
+        keras.utils.set_random_seed(0)
     inputs = keras.Input((input_size, input_size, 1))
     x = ImageNetPreprocess(spec.preprocess_mode)(inputs)
-    x = spec.build(input_size=input_size, weights=weights)(x)
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    x = _base(spec, input_size=input_size, weights=weights, pooling=pooling)(x)
+    return keras.Model(inputs, _pooled(x, pooling))
+
+
+def _own_base(model, plan: FoldPlan) -> None:
+    """With ``weights=None``, the fold model's random base replaced by the one its cached features came from,
+    so that the saved model computes the features its head was fitted on (ImageNet bases are the same file)."""
+    import keras
+
+    if plan.study["weights"] is not None:
+        return
+    extractor = _feature_extractor(plan.backbone, plan.dataset.input_size, None, plan.protocol.pooling)
+    model.get_layer("backbone").set_weights(extractor.get_layer("backbone").get_weights())
+    keras.utils.set_random_seed(plan.seed)
 
 
 VIEWS = ("identity", "flip_lr", "flip_ud", "flip_both")
@@ -158,23 +192,23 @@ def cached_features(
     artifacts_root,
     on_batch: Callable[[int, int], None] | None = None,
     should_stop: StopFn | None = None,
+    pooling: str = "average",
 ) -> np.ndarray:
-    """Pooled features, shape (N, views, D), computed once per (dataset, backbone, size, weights)."""
+    """Pooled features, shape (N, views, D), computed once per (dataset, backbone, size, weights, pooling)."""
     spec = get_backbone(backbone_name)
     identity = weights_identity(spec, input_size=dataset.input_size, weights=weights)
-    key = artifacts.canonical_hash(
-        {
-            "dataset": dataset.fingerprint,
-            "backbone": backbone_name,
-            "input_size": dataset.input_size,
-            "weights": identity,
-            "views": VIEWS[: max(1, views)],
-        }
-    )
+    inputs = {
+        "dataset": dataset.fingerprint,
+        "backbone": backbone_name,
+        "input_size": dataset.input_size,
+        "weights": identity,
+        "views": VIEWS[: max(1, views)],
+    }
+    key = artifacts.canonical_hash(inputs if pooling == "average" else {**inputs, "pooling": pooling})
     path = artifacts_root / "features" / f"{backbone_name}-{dataset.input_size}-{key}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
-    extractor = _feature_extractor(backbone_name, dataset.input_size, weights)
+    extractor = _feature_extractor(backbone_name, dataset.input_size, weights, pooling)
     chosen = VIEWS[: max(1, views)]
     n = len(dataset)
     steps = -(-n // FEATURE_BATCH) * len(chosen)
@@ -479,6 +513,7 @@ class FoldHooks:
     callback: object = None
     cancelled: list[bool] = field(default_factory=list)
     selected_epoch: int | None = None
+    head_choice: dict | None = None
 
 
 def _train_head_on_cached_features(model, plan: FoldPlan, hooks: FoldHooks, artifacts_root):
@@ -497,7 +532,11 @@ def _train_head_on_cached_features(model, plan: FoldPlan, hooks: FoldHooks, arti
         artifacts_root=artifacts_root,
         on_batch=on_batch,
         should_stop=hooks.should_stop,
+        pooling=plan.protocol.pooling,
     )
+    _own_base(model, plan)
+    if plan.protocol.head == "logistic-regression":
+        return _fit_logistic_head(model, plan, hooks, np.asarray(feats[:, 0]))
     views = feats.shape[1]
     targets, weights = plan.targets(), plan.sample_weights()
     head_in = keras.Input((feats.shape[-1],))
@@ -512,6 +551,53 @@ def _train_head_on_cached_features(model, plan: FoldPlan, hooks: FoldHooks, arti
     history = _fit_selected(head, plan, data, hooks, [], compiled=False)
     proba = None if hooks.cancelled else head.predict(np.asarray(feats[plan.test, 0]), batch_size=256, verbose=0)
     return model, history, proba
+
+
+def _fit_logistic_head(model, plan: FoldPlan, hooks: FoldHooks, feats: np.ndarray):
+    """The head as a multinomial logistic regression of the standardised cached features, its ``C`` chosen
+    by inner cross-validation on the training folds; the fitted scaling folds into the Dense head's weights."""
+    from engine.training.linear_head import fit_linear_head
+
+    head, weights = model.get_layer("head"), plan.sample_weights()
+    if hooks.on_progress:
+        hooks.on_progress(Progress(plan.backbone, plan.fold, "head", 0, 1, 0, 1))
+    fitted = fit_linear_head(
+        feats[plan.train],
+        plan.dataset.labels[plan.train],
+        segments=_segments(model),
+        grid=plan.protocol.head_c,
+        inner_folds=plan.protocol.inner_folds,
+        sample_weight=None if weights is None else weights[plan.train],
+        n_classes=len(plan.classes),
+        seed=plan.seed,
+        should_stop=hooks.should_stop,
+    )
+    if fitted is None:
+        hooks.cancelled.append(True)
+        return model, {}, None
+    bias = fitted.bias
+    if _segments(model) is None:
+        bias = bias - fitted.center @ fitted.kernel
+    else:
+        model.get_layer("pool").set_weights([fitted.center.astype(np.float32)])
+    head.set_weights([fitted.kernel.astype(np.float32), bias.astype(np.float32)])
+    hooks.head_choice = fitted.choice
+    if hooks.on_progress:
+        hooks.on_progress(Progress(plan.backbone, plan.fold, "head", 1, 1, 1, 1, logs=dict(fitted.history_logs)))
+    history = {key: [value] for key, value in fitted.history_logs.items()}
+    proba = fitted.predict_proba(feats[plan.test])
+    return model, history, proba
+
+
+def _segments(model) -> list[int] | None:
+    """Lengths of the pooled vector's parts (each block's means, then its standard deviations), or None
+    for one average-pooled map."""
+    from engine.models.layers import BlockStatisticsPool
+
+    pool = model.get_layer("pool")
+    if not isinstance(pool, BlockStatisticsPool):
+        return None
+    return BlockStatisticsPool.segments([int(o.shape[-1]) for o in model.get_layer("backbone").outputs])
 
 
 def _fit_selected(
@@ -623,7 +709,7 @@ def fit_run_detector(run: artifacts.RunResult, dataset: Dataset, study: dict) ->
     return None if detector is None else detector.save(run.path / OOD_FILE)
 
 
-def _run_config(plan: FoldPlan, model, selected_epoch: int | None) -> dict:
+def _run_config(plan: FoldPlan, model, selected_epoch: int | None, head_choice: dict | None = None) -> dict:
     import keras
 
     spec = get_backbone(plan.backbone)
@@ -647,6 +733,7 @@ def _run_config(plan: FoldPlan, model, selected_epoch: int | None) -> dict:
         "validated_on": validated_on,
         "selected_epoch": selected_epoch,
         "batchnorm_momentum": batchnorm_momenta(model),
+        **({"head_selection": head_choice} if head_choice else {}),
     }
 
 
@@ -660,6 +747,7 @@ def _save_run(
     started: float,
     save_model: bool,
     selected: int | None,
+    head_choice: dict | None = None,
 ):
     """The model first, then the run's files, ``status.json`` last (``artifacts.write_run``)."""
     labels = plan.dataset.labels[plan.test]
@@ -672,7 +760,7 @@ def _save_run(
     files = [plan.dataset.files[i] for i in plan.test]
     artifacts.write_run(
         path,
-        config=_run_config(plan, model, selected),
+        config=_run_config(plan, model, selected, head_choice),
         history=history,
         metrics=fold_metrics(labels, proba, plan.classes),
         predictions=artifacts.predictions_csv(files, [plan.fold] * len(files), labels, proba, plan.classes),
@@ -720,6 +808,14 @@ def train_fold(
             raise Cancelled(f"{backbone} fold {fold}: cancelled")
         proba = np.asarray(proba, dtype=np.float64)
         _save_run(
-            path, plan, model, history, proba, started=started, save_model=save_model, selected=hooks.selected_epoch
+            path,
+            plan,
+            model,
+            history,
+            proba,
+            started=started,
+            save_model=save_model,
+            selected=hooks.selected_epoch,
+            head_choice=hooks.head_choice,
         )
     return artifacts.read_run(path)

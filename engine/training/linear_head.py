@@ -1,0 +1,105 @@
+"""A softmax head fitted in closed form on cached features: scikit-learn's multinomial logistic regression.
+
+The features are standardised on the training rows and each part of the pooled vector (one block's
+means, or its standard deviations) is divided by the square root of its length, so that every part
+weighs alike in the L2 penalty whatever its width. Logistic regression's inverse penalty ``C`` is
+chosen by accuracy over stratified inner folds of the training rows, then the model is refitted on all
+of them. Standardising and the logits are both affine, so the fit folds into the training mean (which the
+features are centred on) and one Dense layer's kernel and bias: the saved Keras model computes what
+was fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedKFold
+
+MAX_ITER = 3000
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """What was fitted: the features' centre (D,), the Dense kernel (D, K) and bias (K,) on centred features,
+    and how ``C`` was chosen."""
+
+    center: np.ndarray
+    kernel: np.ndarray
+    bias: np.ndarray
+    choice: dict
+    history_logs: dict
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        logits = (np.asarray(features, dtype=np.float64) - self.center) @ self.kernel + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def _scaling(features: np.ndarray, segments: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature: the mean to subtract and the factor to multiply by after."""
+    mean = features.mean(axis=0)
+    sd = features.std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    weight = np.ones(features.shape[1]) if segments is None else np.repeat(1 / np.sqrt(segments), segments)
+    if len(weight) != features.shape[1]:
+        raise ValueError(f"segments must add up to the {features.shape[1]} features, got {sum(segments)}")
+    return mean, weight / sd
+
+
+def _fit(x, y, sample_weight, *, c: float, n_classes: int, segments: list[int] | None):
+    """Centre (D,), kernel (D, K) and bias (K,) of one logistic regression."""
+    center, scale = _scaling(x, segments)
+    model = LogisticRegression(C=c, max_iter=MAX_ITER)
+    model.fit((x - center) * scale, y, sample_weight=sample_weight)
+    if len(model.classes_) != n_classes:
+        raise ValueError(f"the training rows hold {len(model.classes_)} of the {n_classes} classes")
+    return center, (model.coef_ * scale).T, model.intercept_
+
+
+def fit_linear_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    segments: list[int] | None,
+    grid: tuple[float, ...],
+    inner_folds: int,
+    n_classes: int,
+    seed: int,
+    sample_weight: np.ndarray | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> LinearHead | None:
+    """The head fitted on ``features`` (N, D) of the training rows; None when ``should_stop`` asked to stop."""
+    if not grid:
+        raise ValueError("grid must hold at least one C, got an empty grid")
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    splitter = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
+    scores: dict[float, list[float]] = {c: [] for c in grid}
+    for fit_rows, check_rows in splitter.split(x, y):
+        for c in grid:
+            if should_stop and should_stop():
+                return None
+            w = None if sample_weight is None else sample_weight[fit_rows]
+            center, kernel, bias = _fit(x[fit_rows], y[fit_rows], w, c=c, n_classes=n_classes, segments=segments)
+            predicted = ((x[check_rows] - center) @ kernel + bias).argmax(axis=1)
+            scores[c].append(float((predicted == y[check_rows]).mean()))
+    mean_scores = {c: float(np.mean(v)) for c, v in scores.items()}
+    best = max(grid, key=lambda c: (mean_scores[c], -c))
+    center, kernel, bias = _fit(x, y, sample_weight, c=best, n_classes=n_classes, segments=segments)
+    head = LinearHead(center=center, kernel=kernel, bias=bias, choice={}, history_logs={})
+    proba = head.predict_proba(x)
+    logs = {
+        "loss": float(log_loss(y, proba, labels=list(range(n_classes)))),
+        "accuracy": float((proba.argmax(axis=1) == y).mean()),
+    }
+    choice = {
+        "C": best,
+        "inner_folds": inner_folds,
+        "inner_accuracy": {str(c): round(v, 5) for c, v in mean_scores.items()},
+    }
+    return LinearHead(center=center, kernel=kernel, bias=bias, choice=choice, history_logs=logs)

@@ -1,0 +1,166 @@
+"""The `xray-probe` protocol: block statistics of a frozen base and a logistic-regression head, on tiny images.
+
+The head is fitted by scikit-learn and folded into the model's Dense layer, so the checks are that the
+saved model computes what was fitted, that the serving graph's closed-form Grad-CAM is still the
+autodiff one, and that an export of such a model matches Keras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from engine.data.datasets import load_dataset
+from engine.models import serving
+from engine.models.backbones import get_backbone
+from engine.models.export import export_model
+from engine.models.inference import load_classifier
+from engine.models.layers import BlockStatisticsPool
+from engine.models.runtime import load_exported
+from engine.results import artifacts
+from engine.training.linear_head import fit_linear_head
+from engine.training.protocols import XRAY_PROBE, Protocol, Stage
+from engine.training.runner import run_study
+from engine.training.study import StudyRequest
+from tests.synthetic import make_dataset, make_image
+
+TINY_PROBE = StudyRequest(protocol=dataclasses.replace(XRAY_PROBE, inner_folds=2), n_folds=2, weights="imagenet")
+"""ImageNet weights (of ../shared): a random base gives tiny images nearly the same features, which only float
+noise tells apart."""
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    data = make_dataset(tmp_path_factory.mktemp("data") / "tiny", n_per_class=8)
+    root = tmp_path_factory.mktemp("artifacts")
+    study = run_study(data, backbones=["MobileNet-0.25"], request=TINY_PROBE, input_size=32, artifacts_root=root)
+    return root, artifacts.study_runs(study["study_id"], root)
+
+
+def _blobs(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    centres = rng.normal(0, 1, (3, d))
+    return centres[labels] * rng.uniform(0.1, 50, d) + rng.normal(0, 3, (n, d)) + 100, labels
+
+
+def test_the_folded_head_computes_the_logistic_regression_of_standardised_features():
+    x, y = _blobs(90, 12, seed=0)
+    segments = [4, 8]
+    head = fit_linear_head(x, y, segments=segments, grid=(0.01, 1.0), inner_folds=3, n_classes=3, seed=0)
+    scale = np.repeat(1 / np.sqrt(segments), segments) / x.std(axis=0)
+    reference = LogisticRegression(C=head.choice["C"], max_iter=3000).fit((x - x.mean(axis=0)) * scale, y)
+    fresh, _ = _blobs(30, 12, seed=1)
+    np.testing.assert_allclose(
+        head.predict_proba(fresh), reference.predict_proba((fresh - x.mean(axis=0)) * scale), atol=1e-8
+    )
+    assert set(head.choice["inner_accuracy"]) == {"0.01", "1.0"} and head.choice["inner_folds"] == 3
+    assert head.history_logs["accuracy"] > 0.9
+
+
+def test_the_head_refuses_segments_that_do_not_cover_the_features_and_stops_when_asked():
+    x, y = _blobs(60, 6, seed=2)
+    with pytest.raises(ValueError, match="segments must add up to the 6 features"):
+        fit_linear_head(x, y, segments=[2, 2], grid=(1.0,), inner_folds=2, n_classes=3, seed=0)
+    stopped = fit_linear_head(
+        x, y, segments=None, grid=(1.0,), inner_folds=2, n_classes=3, seed=0, should_stop=lambda: True
+    )
+    assert stopped is None
+
+
+def test_block_statistics_are_each_maps_mean_and_sd_deepest_first():
+    import keras
+
+    rng = np.random.default_rng(3)
+    shallow, deep = rng.normal(size=(2, 4, 4, 2)), rng.normal(size=(2, 2, 2, 3))
+    out = np.asarray(BlockStatisticsPool()([keras.ops.convert_to_tensor(shallow), keras.ops.convert_to_tensor(deep)]))
+    expected = np.concatenate(
+        [deep.mean(axis=(1, 2)), deep.std(axis=(1, 2)), shallow.mean(axis=(1, 2)), shallow.std(axis=(1, 2))], axis=1
+    )
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert BlockStatisticsPool.segments([2, 3]) == [3, 3, 2, 2]
+
+
+def test_protocol_checks_name_the_option():
+    with pytest.raises(ValueError, match="needs cached_features=True"):
+        Protocol(name="x", description="", stages=(Stage(epochs=1),), pooling="block-statistics")
+    with pytest.raises(ValueError, match="head_c grid"):
+        dataclasses.replace(XRAY_PROBE, head_c=())
+    with pytest.raises(ValueError, match="no epochs to select"):
+        dataclasses.replace(XRAY_PROBE, selection="best-inner-validation", validation_fraction=0.1)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        dataclasses.replace(XRAY_PROBE, pooling="max")
+    assert Protocol.from_dict(XRAY_PROBE.to_dict()) == XRAY_PROBE
+
+
+def test_a_backbone_without_named_blocks_is_refused_by_name():
+    with pytest.raises(ValueError, match="does not know the block outputs of Xception"):
+        get_backbone("Xception").block_outputs(None)
+
+
+def test_every_block_of_mobilenet_is_read_and_the_choice_of_c_is_saved(probe):
+    root, runs = probe
+    assert [(r.backbone, r.fold) for r in runs] == [("MobileNet-0.25", 0), ("MobileNet-0.25", 1)]
+    for run in runs:
+        choice = run.config["head_selection"]
+        assert choice["C"] in XRAY_PROBE.head_c and choice["inner_folds"] == 2
+        assert run.config["protocol"]["pooling"] == "block-statistics"
+        assert set(run.history) == {"loss", "accuracy"}
+    (features,) = (root / "features").glob("*.npy")
+    assert np.load(features).shape == (24, 1, 2 * (64 + 2 * 128 + 2 * 256 + 6 * 512 + 2 * 1024) // 4)
+
+
+def test_the_saved_model_reproduces_its_fitted_predictions(probe):
+    import keras
+
+    root, runs = probe
+    for run in runs:
+        study = artifacts.read_study(run.study_id, root)
+        dataset = load_dataset(study["dataset"]["fingerprint"], input_size=32, artifacts=root)
+        images = np.asarray(dataset.images[study["folds"][run.fold]], dtype="float32")[..., None]
+        model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+        rows = artifacts.read_predictions(run)
+        saved = np.array([[float(r[k]) for k in r if k.startswith("p[")] for r in rows])
+        np.testing.assert_allclose(model.predict_on_batch(images), saved, atol=1e-5)
+
+
+def test_closed_form_grad_cam_of_a_block_statistics_model_equals_autodiff(probe):
+    import keras
+    import tensorflow as tf
+
+    root, runs = probe
+    classifier = load_classifier(runs[0].model_path, artifacts_root=root)
+    images = np.stack([make_image(k, 32, np.random.default_rng(k)) for k in range(3)])
+    raw = classifier.outputs(images)
+    model = keras.saving.load_model(runs[0].model_path, compile=False)
+    np.testing.assert_allclose(
+        raw["probabilities"], model.predict_on_batch(images[..., None].astype("float32")), atol=1e-6
+    )
+    kernel, bias = model.get_layer("head").get_weights()
+    maps = model.get_layer("backbone")(model.get_layer("preprocess")(tf.constant(images[..., None], tf.float32)))
+    with tf.GradientTape() as tape:
+        tape.watch(maps[-1])
+        logits = tf.matmul(model.get_layer("pool")(maps), kernel) + bias
+        chosen = tf.gather(logits, raw["probabilities"].argmax(axis=1), axis=1, batch_dims=1)
+    alphas = tape.gradient(chosen, maps[-1]).numpy().sum(axis=(1, 2))
+    fmap = maps[-1].numpy()
+    expected = np.einsum("nhwk,nk->nhw", fmap, alphas)
+    picked = np.take_along_axis(raw["class_maps"], raw["probabilities"].argmax(axis=1)[:, None, None, None], axis=3)
+    np.testing.assert_allclose(picked[..., 0], expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    np.testing.assert_allclose(raw["features"], fmap.mean(axis=(1, 2)), atol=1e-5)
+
+
+def test_an_onnx_export_of_the_probe_matches_keras(probe, tmp_path):
+    import keras
+
+    root, runs = probe
+    members = [keras.saving.load_model(r.model_path, safe_mode=True, compile=False) for r in runs]
+    images = np.stack([make_image(k % 3, 32, np.random.default_rng(k)) for k in range(8)])
+    result = export_model(members, out_dir=tmp_path, classes=("a", "b", "c"), format="onnx", check_images=images)
+    assert result.meta["parity"]["max_abs_dp"] <= 1e-4
+    exported = load_exported(result.path).outputs(images)
+    reference = serving.serving_model(members).predict_on_batch(images[..., None].astype("float32"))
+    np.testing.assert_allclose(exported["probabilities"], reference["probabilities"], atol=1e-4)
