@@ -39,6 +39,14 @@ def test_best_frozen_model_meets_the_reference(rows):
     assert best["metrics"]["recall[COVID-19]"]["mean"] >= 0.97
 
 
+def test_the_recommended_probe_meets_the_cross_validation_targets(rows):
+    """`xray-probe` on the paper's folds: every backbone 5 of 5, the best one at 0.98 or more on each target."""
+    probe = {r["backbone"]: r for r in rows if r["protocol"] == "xray-probe"}
+    assert set(FROZEN) <= set(probe) and all(probe[name]["folds_done"] == 5 for name in FROZEN)
+    for metric in ("accuracy", "macro_f1", "recall[COVID-19]"):
+        assert max(r["metrics"][metric]["mean"] for r in probe.values()) >= 0.98, metric
+
+
 def test_report_regenerates_byte_for_byte():
     committed = (settings.PROJECT_ROOT / "docs" / "reproduction.md").read_text()
     assert reproduction_report(DEMO) == committed
