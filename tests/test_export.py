@@ -230,9 +230,10 @@ def test_calibration_images_come_from_every_members_training_folds():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, str]:
-    """A finished 2-fold frozen study of MobileNet-0.25 at 32 px (random weights): a fold ensemble."""
+    """A finished 2-fold study of MobileNet-0.25 at 32 px (random weights, one epoch of the paper's protocol): a fold
+    ensemble whose members have bases of their own (a frozen-base study's members share one, run once)."""
     base = tmp_path_factory.mktemp("ensemble")
-    request = StudyRequest(protocol=get_protocol("frozen").replace(epochs=2), n_folds=2, weights=None)
+    request = StudyRequest(protocol=get_protocol("paper").replace(epochs=1, batch_size=8), n_folds=2, weights=None)
     data = make_dataset(base / "data", n_per_class=8)
     root = base / "artifacts"
     study = run_study(data, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=root)

@@ -162,5 +162,9 @@ def test_an_onnx_export_of_the_probe_matches_keras(probe, tmp_path):
     result = export_model(members, out_dir=tmp_path, classes=("a", "b", "c"), format="onnx", check_images=images)
     assert result.meta["parity"]["max_abs_dp"] <= 1e-4
     exported = load_exported(result.path).outputs(images)
-    reference = serving.serving_model(members).predict_on_batch(images[..., None].astype("float32"))
+    graph = serving.serving_model(members)
+    assert [layer.name for layer in graph.layers if layer.name.startswith("member_")] == ["member_0"], (
+        "the folds share one frozen ImageNet base, which must run once"
+    )
+    reference = graph.predict_on_batch(images[..., None].astype("float32"))
     np.testing.assert_allclose(exported["probabilities"], reference["probabilities"], atol=1e-4)
