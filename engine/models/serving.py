@@ -51,7 +51,7 @@ def serving_model(members: list, *, name: str = "cxr_serving"):
         statistics = block_statistics(member)
         key = _base_key(member)
         if key not in bases:
-            bases[key] = _base_maps(member, inputs, name=f"member_{index}")
+            bases[key] = _base_maps(member, inputs, every_block=statistics is not None, name=f"member_{index}")
         maps = bases[key]
         fmap = maps[-1]
         pooled = keras.layers.GlobalAveragePooling2D(name=f"pool_{index}")(fmap)
@@ -90,15 +90,16 @@ def _base_key(member) -> str:
     return digest.hexdigest()
 
 
-def _base_maps(member, inputs, *, name: str) -> list:
-    """The member's base on ``inputs`` as one named submodel: its feature maps, the deepest last.
+def _base_maps(member, inputs, *, every_block: bool, name: str) -> list:
+    """The member's base on ``inputs`` as one named submodel: its feature maps (every block's with
+    ``every_block``), the deepest last.
 
     Saved fold models all name their layers preprocess/backbone/head; a graph needs unique names.
     """
     import keras
 
     layers = [member.get_layer("preprocess"), member.get_layer("backbone")]
-    if block_statistics(member) is None:
+    if not every_block:
         return [keras.Sequential(layers, name=name)(inputs)]
     image = keras.Input(tuple(inputs.shape[1:]))
     return list(keras.Model(image, layers[1](layers[0](image)), name=name)(inputs))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
@@ -34,10 +35,11 @@ class LinearHead:
     history_logs: dict
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        logits = (np.asarray(features, dtype=np.float64) - self.center) @ self.kernel + self.bias
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(_logits(features, self.center, self.kernel, self.bias), axis=1)
+
+
+def _logits(features: np.ndarray, center: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    return (np.asarray(features, dtype=np.float64) - center) @ kernel + bias
 
 
 def _scaling(features: np.ndarray, segments: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -86,13 +88,12 @@ def fit_linear_head(
                 return None
             w = None if sample_weight is None else sample_weight[fit_rows]
             center, kernel, bias = _fit(x[fit_rows], y[fit_rows], w, c=c, n_classes=n_classes, segments=segments)
-            predicted = ((x[check_rows] - center) @ kernel + bias).argmax(axis=1)
+            predicted = _logits(x[check_rows], center, kernel, bias).argmax(axis=1)
             scores[c].append(float((predicted == y[check_rows]).mean()))
     mean_scores = {c: float(np.mean(v)) for c, v in scores.items()}
     best = max(grid, key=lambda c: (mean_scores[c], -c))
     center, kernel, bias = _fit(x, y, sample_weight, c=best, n_classes=n_classes, segments=segments)
-    head = LinearHead(center=center, kernel=kernel, bias=bias, choice={}, history_logs={})
-    proba = head.predict_proba(x)
+    proba = softmax(_logits(x, center, kernel, bias), axis=1)
     logs = {
         "loss": float(log_loss(y, proba, labels=list(range(n_classes)))),
         "accuracy": float((proba.argmax(axis=1) == y).mean()),
