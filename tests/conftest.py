@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,32 @@ def environment_left_as_found() -> None:
 def no_kept_model() -> None:
     """Each test starts without a compiled model kept from another test's folds."""
     compiled_models.forget()
+
+
+@contextlib.contextmanager
+def eager_functions() -> Iterator[None]:
+    """TensorFlow's functions run eagerly inside the block.
+
+    Tracing a train or predict step costs seconds, more than a tiny epoch of a few batches:
+    test_training.py took 184 s compiled and 70 s eager on the 2-core machine. In-process training
+    of tiny models uses it (the ``eager_tensorflow`` modules, test_export.py's tiny study); the tests
+    that run a worker process (test_jobs.py, test_faults.py, test_browser.py, test_distributed.py),
+    the benchmarks, the exports and the parity tests on real images run compiled, as users do.
+    """
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)
+
+
+@pytest.fixture(scope="module")
+def eager_tensorflow() -> Iterator[None]:
+    """:func:`eager_functions` for one whole test module (``pytest.mark.usefixtures`` on the module)."""
+    with eager_functions():
+        yield
 
 
 @pytest.fixture

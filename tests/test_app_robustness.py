@@ -34,7 +34,7 @@ DEMO = settings.PROJECT_ROOT / "artifacts"
 DEMO_STUDY = "9da277b73bda"
 tiny_study = app_fixtures.tiny_study
 served_navigation = app_fixtures.served_navigation
-pytestmark = pytest.mark.usefixtures("served_navigation")
+pytestmark = pytest.mark.usefixtures("served_navigation", "eager_tensorflow")
 ANALYSED, NOT_ANALYSED = TINY_BACKBONES
 
 

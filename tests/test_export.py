@@ -46,7 +46,7 @@ from engine.results import artifacts
 from engine.training.protocols import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
-from tests.conftest import SHARED, requires_shared
+from tests.conftest import SHARED, eager_functions, requires_shared
 from tests.synthetic import make_dataset, make_image
 
 DEMO = settings.PROJECT_ROOT / "artifacts"
@@ -236,7 +236,8 @@ def tiny(tmp_path_factory) -> tuple[Path, str]:
     request = StudyRequest(protocol=get_protocol("paper").replace(epochs=1, batch_size=8), n_folds=2, weights=None)
     data = make_dataset(base / "data", n_per_class=8)
     root = base / "artifacts"
-    study = run_study(data, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=root)
+    with eager_functions():
+        study = run_study(data, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=root)
     return root, study["study_id"]
 
 

@@ -27,6 +27,8 @@ from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests.synthetic import make_dataset, make_image
 
+pytestmark = pytest.mark.usefixtures("eager_tensorflow")
+
 TINY_PROBE = StudyRequest(protocol=dataclasses.replace(XRAY_PROBE, inner_folds=2), n_folds=2, weights="imagenet")
 """ImageNet weights (of ../shared): a random base gives tiny images nearly the same features, which only float
 noise tells apart."""

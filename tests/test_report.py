@@ -14,6 +14,8 @@ from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests.synthetic import make_dataset
 
+pytestmark = pytest.mark.usefixtures("eager_tensorflow")
+
 N_PER_CLASS = 30
 BATCH = 32
 DEMO_FACTS = ("219", "1,338", "73 steps", "0.999^730", "48 %", "alpha 0.35", "stratified 5-fold", "Kermany")

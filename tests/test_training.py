@@ -24,6 +24,8 @@ from engine.training.runner import run_study
 from engine.training.study import StudyRequest, prepare_study, study_id_for, summarize
 from tests.synthetic import make_dataset
 
+pytestmark = pytest.mark.usefixtures("eager_tensorflow")
+
 TINY_PAPER = StudyRequest(protocol=get_protocol("paper").replace(epochs=1), n_folds=2, weights=None)
 TINY_FROZEN = StudyRequest(protocol=get_protocol("frozen").replace(epochs=30), n_folds=2, weights=None)
 
