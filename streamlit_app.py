@@ -71,12 +71,16 @@ def launch_form() -> None:
         picked = st.multiselect("Backbones", [ALL_PAPER, *REGISTRY], default=["MobileNet"])
         left, right = st.columns(2)
         folds = left.number_input("Folds", min_value=2, max_value=10, value=5)
-        epochs = right.number_input(
-            "Epochs" if len(protocol.stages) == 1 else "Epochs (last stage)",
-            min_value=1,
-            max_value=500,
-            value=protocol.stages[-1].epochs,
-        )
+        epochs = protocol.stages[-1].epochs
+        if protocol.trains_by_epochs:
+            epochs = right.number_input(
+                "Epochs" if len(protocol.stages) == 1 else "Epochs (last stage)",
+                min_value=1,
+                max_value=500,
+                value=epochs,
+            )
+        else:
+            right.caption("No epochs: the head is a logistic regression, fitted in one solve per fold.")
         batch_size = left.number_input("Batch size", min_value=1, max_value=512, value=protocol.batch_size)
         input_size = right.number_input("Input size (px)", min_value=32, max_value=512, value=224, step=16)
         seed = left.number_input("Seed", min_value=0, value=42)

@@ -46,7 +46,8 @@ def fill_form(at: AppTest, *, data: str, backbones: list[str], input_size: int =
     at.sidebar.multiselect[0].set_value(backbones)
     numbers = {n.label: n for n in at.sidebar.number_input}
     numbers["Folds"].set_value(2)
-    numbers["Epochs"].set_value(1)
+    if "Epochs" in numbers:
+        numbers["Epochs"].set_value(1)
     numbers["Input size (px)"].set_value(input_size)
     numbers["Batch size"].set_value(8)
     weights = next(s for s in at.sidebar.selectbox if s.label == "Weights")
@@ -87,6 +88,18 @@ def test_all_fourteen_of_the_paper_and_a_protocol_preset(
     assert job.request.protocol == "paper"
     assert job.request.backbones == PAPER_BACKBONES
     assert len(JobStore(artifacts_root).tasks(job.id)) == 14 * 2
+
+
+def test_the_probe_preset_asks_for_no_epochs(artifacts_root: Path, tiny_data: Path, started_workers: list) -> None:
+    at = home()
+    at.sidebar.selectbox(key="launch_protocol").set_value("xray-probe").run()
+    labels = [n.label for n in at.sidebar.number_input]
+    assert "Epochs" not in labels and "Batch size" in labels
+    assert any("No epochs" in c.value for c in at.sidebar.caption)
+    fill_form(at, data=str(tiny_data), backbones=["MobileNet-0.25"], input_size=32)
+    submit(at)
+    (job,) = JobStore(artifacts_root).list_jobs()
+    assert (job.request.protocol, job.request.epochs) == ("xray-probe", 1)
 
 
 def test_uploaded_zip_is_kept_by_content_hash(artifacts_root: Path, tiny_data: Path, started_workers: list) -> None:

@@ -183,6 +183,11 @@ class Protocol:
     def epochs(self) -> int:
         return sum(s.epochs for s in self.stages)
 
+    @property
+    def trains_by_epochs(self) -> bool:
+        """False when the head is fitted in one solve (logistic regression): an epoch count means nothing."""
+        return self.head != "logistic-regression"
+
     def replace(self, *, epochs: int | None = None, batch_size: int | None = None) -> Protocol:
         """A copy with another epoch count (of the last stage) or batch size."""
         stages = self.stages
