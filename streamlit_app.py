@@ -80,7 +80,7 @@ def launch_form() -> None:
                 value=epochs,
             )
         else:
-            right.caption("No epochs: the head is a logistic regression, fitted in one solve per fold.")
+            st.caption("No epochs: the head is a logistic regression, fitted in one solve per fold.")
         batch_size = left.number_input("Batch size", min_value=1, max_value=512, value=protocol.batch_size)
         input_size = right.number_input("Input size (px)", min_value=32, max_value=512, value=224, step=16)
         seed = left.number_input("Seed", min_value=0, value=42)
