@@ -103,7 +103,6 @@ def panel(
 study_id = common.require_study()
 st.title("Training curves")
 common.study_caption(study_id)
-curves = common.cached(explore.histories, study_id)
 choices = common.cached(explore.head_choices, study_id)
 if not choices.empty:
     st.info(
@@ -113,6 +112,7 @@ if not choices.empty:
     )
     st.dataframe(choices, hide_index=True)
     st.stop()
+curves = common.cached(explore.histories, study_id)
 available = sorted(curves["backbone"].unique())
 wanted = [
     b

@@ -231,7 +231,7 @@ def targets_section(root: Path | None, protocol: Protocol) -> str:
             "",
             _table(["target", "measured", "verdict"], rows),
             "",
-            selected_heads(runs) if protocol.head == "logistic-regression" else selected_epochs(runs),
+            selected_epochs(runs) if protocol.trains_by_epochs else selected_heads(runs),
         ]
     )
 

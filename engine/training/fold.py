@@ -127,7 +127,7 @@ def _base(spec, *, input_size: int, weights: str | None, pooling: str):
     base = spec.build(input_size=input_size, weights=weights)
     if pooling == "block-statistics":
         names = spec.block_outputs(base)
-        base = keras.Model(base.inputs, [base.get_layer(n).output for n in names], name="backbone")
+        base = keras.Model(base.inputs, [base.get_layer(n).output for n in names])
     base.name = "backbone"
     return base
 
@@ -558,13 +558,13 @@ def _fit_logistic_head(model, plan: FoldPlan, hooks: FoldHooks, feats: np.ndarra
     by inner cross-validation on the training folds; the fitted scaling folds into the Dense head's weights."""
     from engine.training.linear_head import fit_linear_head
 
-    head, weights = model.get_layer("head"), plan.sample_weights()
+    head, weights, segments = model.get_layer("head"), plan.sample_weights(), _segments(model)
     if hooks.on_progress:
         hooks.on_progress(Progress(plan.backbone, plan.fold, "head", 0, 1, 0, 1))
     fitted = fit_linear_head(
         feats[plan.train],
         plan.dataset.labels[plan.train],
-        segments=_segments(model),
+        segments=segments,
         grid=plan.protocol.head_c,
         inner_folds=plan.protocol.inner_folds,
         sample_weight=None if weights is None else weights[plan.train],
@@ -576,7 +576,7 @@ def _fit_logistic_head(model, plan: FoldPlan, hooks: FoldHooks, feats: np.ndarra
         hooks.cancelled.append(True)
         return model, {}, None
     bias = fitted.bias
-    if _segments(model) is None:
+    if segments is None:
         bias = bias - fitted.center @ fitted.kernel
     else:
         model.get_layer("pool").set_weights([fitted.center.astype(np.float32)])

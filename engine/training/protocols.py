@@ -168,7 +168,7 @@ class Protocol:
 
         if self.pooling != "average" and not self.cached_features:
             raise ValueError(f"pooling={self.pooling!r} needs cached_features=True (a frozen base)")
-        regression = self.head == "logistic-regression"
+        regression = not self.trains_by_epochs
         if regression and not (self.cached_features and self.head_c and self.inner_folds >= 2):
             raise ValueError(
                 "head='logistic-regression' needs cached_features=True, a head_c grid and inner_folds >= 2, got "
