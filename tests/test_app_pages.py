@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engine import settings
 from engine.evaluation.stats import corrected_resampled_ttest
 from engine.reports import explore
+from engine.training.protocols import XRAY_PROBE
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy, open_page, texts
 
@@ -171,6 +174,26 @@ def test_curves_page_marks_the_lowest_validation_loss(study_root: TinyStudy) -> 
     at.multiselect[0].set_value([TINY_BACKBONES[0]]).run()
     assert list(at.dataframe[0].value["backbone"]) == [TINY_BACKBONES[0]]
     assert at.query_params["backbones"] == TINY_BACKBONES[0]
+
+
+def test_curves_page_of_the_demo_probe_lists_each_folds_chosen_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logistic-regression head has no epochs: the page shows the C each fold's inner folds chose instead."""
+    study_id = "0a561e15795f"
+    shutil.copytree(settings.PROJECT_ROOT / "artifacts" / "studies" / study_id, tmp_path / "studies" / study_id)
+    monkeypatch.setenv("CXR_ARTIFACTS", str(tmp_path))
+    at = open_page("pages/curves.py", query={"study": study_id})
+    assert not at.get("plotly_chart") and "no epochs to plot" in texts(at.info)
+    shown = at.dataframe[0].value
+    assert len(shown) == 3 * 5 and set(shown["C"]) <= set(XRAY_PROBE.head_c)
+    runs = tmp_path / "studies" / study_id / "runs"
+    for row in shown.to_dict("records"):
+        choice = json.loads((runs / row["backbone"] / f"fold-{row['fold']}" / "config.json").read_text())[
+            "head_selection"
+        ]
+        assert choice["C"] == row["C"]
+        assert choice["inner_accuracy"][str(float(row["C"]))] == row["inner accuracy"]
 
 
 def test_report_page_renders_the_live_report_with_this_studys_figures(study_root: TinyStudy) -> None:
