@@ -2,6 +2,7 @@
 
     python -m benchmarks.int8_held_out                                   # recommended MobileNet 1.0
     python -m benchmarks.int8_held_out --study 9da277b73bda --folds 3    # the frozen fold the test uses
+    python -m benchmarks.int8_held_out --study 9da277b73bda --folds 3 --calibration-images 512
 
 For each fold of one backbone of a study, that fold's model is exported float and int8 (each format,
 ``FLOAT_FIRST_CONVS`` as committed, calibrated on that fold's training images only) and both files run in
@@ -67,6 +68,9 @@ def main() -> None:
     parser.add_argument("--formats", nargs="*", default=sorted(FLOAT_FIRST_CONVS), choices=sorted(FLOAT_FIRST_CONVS))
     parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir())
     parser.add_argument("--data", type=Path, default=None, help="the study's dataset folder, if not cached")
+    parser.add_argument(
+        "--calibration-images", type=int, default=CALIBRATION_IMAGES, help="training images that set int8's ranges"
+    )
     args = parser.parse_args()
     study = artifacts.read_study(args.study, args.artifacts)
     images = study_images(study, args.artifacts, data=args.data)
@@ -85,7 +89,8 @@ def main() -> None:
         held = np.asarray(study["folds"][fold])
         x = np.asarray(images[held]).astype("float32")[..., None]
         y = labels[held]
-        calibration = images[calibration_indices(study, [fold], count=CALIBRATION_IMAGES)].astype("float32")[..., None]
+        at = calibration_indices(study, [fold], count=args.calibration_images)
+        calibration = images[at].astype("float32")[..., None]
         graph = export_graph([load_member(model)])
         with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
             for kind in args.formats:
