@@ -27,6 +27,8 @@ from engine import settings
 from engine.cli.main import main
 from engine.models import serving
 from engine.models.export import (
+    ACTIVATIONS,
+    CALIBRATION_CHUNK,
     FLOAT_FIRST_CONVS,
     INT8_MIN_AGREEMENT,
     ExportResult,
@@ -35,12 +37,13 @@ from engine.models.export import (
     ensemble_runs,
     export_runs,
     load_member,
+    quantize_onnx,
     study_images,
     study_models,
 )
 from engine.models.inference import OOD_WARNING, ensemble_detector_path, load_classifier, models_key
 from engine.models.ood import OODDetector
-from engine.models.runtime import detector_path, file_sha256, load_exported, sidecar_path
+from engine.models.runtime import RUNNERS, detector_path, file_sha256, load_exported, sidecar_path
 from engine.reports.model_card import card_path
 from engine.results import artifacts
 from engine.training.protocols import get_protocol
@@ -194,7 +197,8 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt,
     With every convolution int8, MobileNet v1 lost 2.4-2.9 points here (agreement 96.5-97.1 %), whatever
     the calibration count or range method. With each member's first convolutions kept float
     (``FLOAT_FIRST_CONVS`` says how their number was chosen, without this fold), ONNX meets the export
-    issue's bars (measured: 99.3 % agreement, 0.17 points lower) and LiteRT its agreement bar (99.1 %, 5
+    issue's bars (measured with percentile ranges: 99.5 % agreement, no point lost; with min/max ranges
+    99.3 % and 0.17 points) and LiteRT its agreement bar (99.1 %, 5
     images of 579 disagree; a sixth would miss it; the converter versions are pinned);
     LiteRT's accuracy is 0.52 points lower (3 images of 579) against the issue's 0.5, hence its own bound.
     Over every fold of the recommended MobileNet 1.0 (2,897 held-out images, ``python -m
@@ -350,6 +354,27 @@ def test_the_float_layers_of_int8_are_each_members_first_convolutions(ensemble):
     assert len(onnx_names) == len(litert_names) == 6, "ONNX renames convolutions: only their count can be checked"
     for member in ("member_0_", "member_1_"):
         assert sum(f"/{member}" in n.split(";")[0] for n in litert_names) == 3, litert_names
+
+
+@pytest.mark.parametrize("count", [7, 24])
+def test_onnx_int8_calibrates_any_count_of_images_a_chunk_at_a_time(ensemble, tmp_path, count):
+    """Percentile ranges come from histograms grown ``CALIBRATION_CHUNK`` images at a time, or a divisor of the
+    count (7 is prime: one at a time; 24: 8), so no count is refused and memory stays flat."""
+    import onnx
+
+    assert CALIBRATION_CHUNK == 16 and "percentile" in ACTIVATIONS["onnx"]
+    path = tmp_path / "int8.onnx"
+    shutil.copy(ensemble["onnx"], path)
+    images = np.stack([make_image(k % 3, 32, np.random.default_rng(k)) for k in range(count)])[..., None]
+    quantize_onnx(path, images.astype("float32"), float_convs=3)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    float_ops = [n.op_type for n in onnx.load(str(ensemble["onnx"])).graph.node]
+    assert "QuantizeLinear" not in float_ops and ops.count("QuantizeLinear") > float_ops.count("Conv")
+    batch = images[:6].astype("float32")
+    got = RUNNERS["onnx"](path, threads=None).predict_on_batch(batch)["probabilities"]
+    want = RUNNERS["onnx"](ensemble["onnx"], threads=None).predict_on_batch(batch)["probabilities"]
+    assert np.allclose(got.sum(1), 1.0, atol=0.01), "a quantized softmax: each probability to 1/256"
+    assert np.abs(got - want).max() < 0.1
 
 
 def test_an_int8_litert_file_keeps_float_exactly_each_members_first_convolutions(tiny, tmp_path):
