@@ -87,6 +87,26 @@ def test_the_summary_is_computed_once_and_kept_until_a_prediction_changes(copy: 
     assert len(list(folder.glob(f"{backbone}-*.json"))) == 1
 
 
+def test_a_summary_of_one_fold_keeps_the_whole_studys_and_another_models_with_a_longer_name(copy: TinyStudy) -> None:
+    """A fold's model card summarises that fold alone; it must not drop the study's summary (the demo's committed
+    files), nor ``MobileNet-0.25``'s when the model is ``MobileNet``."""
+    backbone = TINY_BACKBONES[1]
+    folder = artifacts.study_dir(copy.study_id, copy.root) / "evaluation"
+    whole = summary.model_summary(predictions.out_of_fold(copy.study_id, backbone, copy.root), copy.root)
+    longer = folder / f"{backbone}-0.25-0123456789ab.json"
+    longer.write_text(json.dumps({"folds": [0, 1]}))
+    one = summary.model_summary(predictions.out_of_fold(copy.study_id, backbone, copy.root, folds=[0]), copy.root)
+    assert (whole["folds"], one["folds"]) == ([0, 1], [0])
+    before = set(folder.glob(f"{backbone}-*.json"))
+    assert len(before) == 3
+    path = artifacts.run_dir(copy.study_id, backbone, 0, copy.root) / "predictions.csv"
+    path.write_text(path.read_text().replace("0.", "0.0", 1))
+    summary.model_summary(predictions.out_of_fold(copy.study_id, backbone, copy.root), copy.root)
+    mine = [p for p in folder.glob(f"{backbone}-*.json") if p != longer]
+    assert [json.loads(p.read_text())["folds"] for p in mine] == [[0, 1]], "the new whole summary replaces both"
+    assert mine[0] not in before and longer.exists()
+
+
 def test_a_paired_difference_of_a_model_with_itself_is_zero(tiny_study: TinyStudy) -> None:
     a = predictions.out_of_fold(tiny_study.study_id, TINY_BACKBONES[0], tiny_study.root)
     found = summary.paired_difference(a, a, metric="accuracy")

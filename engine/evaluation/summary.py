@@ -7,13 +7,14 @@ folds only (``calibration.cross_fitted_temperature``).
 
 Kept as ``studies/<id>/evaluation/<model>-<key>.json``, the key hashing the predictions files'
 bytes, these settings and :data:`SUMMARY_SCHEMA` (as ``joblib.Memory`` keys its cache), written
-atomically; a newer key (a fold finished) replaces the older file. The bootstrap of a
+atomically; a newer key (a fold finished) replaces the older file, but not a summary of more folds. The bootstrap of a
 3-backbone study takes a few seconds cold (``benchmarks/evaluation.py``), then a file read.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from engine.results import artifacts, atomic
 log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = 1
+KEY_LENGTH = 12
 RELIABILITY_BINS = 10
 
 
@@ -71,8 +73,29 @@ def _path(oof: OutOfFold, key: str, root: Path) -> Path:
     return artifacts.study_dir(oof.study_id, root) / "evaluation" / f"{oof.model}-{key}.json"
 
 
+def _replaced_by(oof: OutOfFold, path: Path) -> list[Path]:
+    """Older summaries of ``oof``'s model that a new one makes stale: those of the same folds or of fewer (a fold
+    finished, a prediction changed). A summary of more folds stays: a fold's model card summarises that fold
+    alone, and must not drop the whole study's. Another model whose name starts with this one's
+    (``MobileNet-0.25`` beside ``MobileNet``) is not this model."""
+    name = re.compile(rf"{re.escape(oof.model)}-[0-9a-f]{{{KEY_LENGTH}}}\.json")
+    folds = set(oof.fold_ids)
+    stale = []
+    for other in path.parent.glob(f"{oof.model}-*.json"):
+        if other != path and name.fullmatch(other.name):
+            try:
+                covered = set(atomic.read_json(other)["folds"])
+            except (OSError, ValueError, KeyError):
+                covered = set()
+            if covered <= folds:
+                stale.append(other)
+    return stale
+
+
 def summary_key(oof: OutOfFold, intervals: IntervalSettings) -> str:
-    return artifacts.canonical_hash({"schema": SUMMARY_SCHEMA, "predictions": oof.digest, **asdict(intervals)})
+    return artifacts.canonical_hash(
+        {"schema": SUMMARY_SCHEMA, "predictions": oof.digest, **asdict(intervals)}, length=KEY_LENGTH
+    )
 
 
 def model_summary(
@@ -99,7 +122,7 @@ def model_summary(
         "calibration": _calibration(oof),
     }
     try:
-        for stale in path.parent.glob(f"{oof.model}-*.json"):
+        for stale in _replaced_by(oof, path):
             stale.unlink()
         atomic.write_json(path, summary)
     except OSError as exc:  # a read-only file system (a hosted demo): the summary is still right, only not kept
