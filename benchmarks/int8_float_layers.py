@@ -1,6 +1,10 @@
 """How many of each member's first convolutions int8 keeps float: ``FLOAT_FIRST_CONVS`` measured.
 
     python -m benchmarks.int8_float_layers            # the frozen MobileNet of fold 3 of the demo study
+    python -m benchmarks.int8_float_layers --artifacts DIR --folds 0 1 2 3 4 --formats onnx --counts 3 5 7
+
+The second averages each figure over the fold models of the study trained in ``DIR`` (only fold 3's is
+committed: train the others with ``python -m engine study ... --artifacts DIR``).
 
 For 0 to 9 float convolutions, how the int8 file agrees with the float file, in LiteRT and in ONNX, on
 two unlabelled sets that are not the model's held-out fold: 400 of its training images outside its
@@ -72,47 +76,67 @@ def agreement(runner, checked: dict[str, np.ndarray], want: dict[str, np.ndarray
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default=STUDY)
+    parser.add_argument("--backbone", default=BACKBONE)
+    parser.add_argument("--folds", type=int, nargs="+", default=[FOLD], help="the fold models pooled")
+    parser.add_argument("--counts", type=int, nargs="+", default=list(COUNTS), help="float convolutions tried")
+    parser.add_argument("--formats", nargs="+", default=["litert", "onnx"], choices=["litert", "onnx"])
     parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir())
     parser.add_argument("--data", type=Path, default=None, help="the study's dataset folder, if not cached")
     parser.add_argument("--unseen-data", type=Path, default=settings.shared_dir() / "data" / "covid19-extra")
     args = parser.parse_args()
-    study = artifacts.read_study(STUDY, args.artifacts)
+    study = artifacts.read_study(args.study, args.artifacts)
     images = study_images(study, args.artifacts, data=args.data)
-    calibration_at = calibration_indices(study, [FOLD], count=CALIBRATION_IMAGES)
-    calibration = images[calibration_at].astype("float32")[..., None]
     unseen = import_dataset(
         args.unseen_data, input_size=int(study["input_size"]), artifacts=args.artifacts, min_classes=1
     )
-    checked = {
-        "training": sample(images, np.setdiff1d(training_indices(study, [FOLD]), calibration_at)),
-        "unseen": sample(unseen.images, np.arange(len(unseen.images))),
-    }
-    graph = export_graph([load_member(artifacts.run_dir(STUDY, BACKBONE, FOLD, args.artifacts) / "model.keras")])
-    with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
-        floats = {"litert": Path(tmp) / "float.tflite", "onnx": Path(tmp) / "float.onnx"}
-        for kind, path in floats.items():
-            WRITERS[kind](graph, path, None)
-        want = {
-            kind: {n: probabilities(RUNNERS[kind](p, threads=None), x) for n, x in checked.items()}
-            for kind, p in floats.items()
+    unseen_checked = sample(unseen.images, np.arange(len(unseen.images)))
+    # Per format and count: each set's disagreements and mean |Δp|, one entry per fold.
+    found: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}
+    for fold in args.folds:
+        calibration_at = calibration_indices(study, [fold], count=CALIBRATION_IMAGES)
+        calibration = images[calibration_at].astype("float32")[..., None]
+        checked = {
+            "training": sample(images, np.setdiff1d(training_indices(study, [fold]), calibration_at)),
+            "unseen": unseen_checked,
         }
-        unseen_agreement: dict[str, dict[int, float]] = {"litert": {}, "onnx": {}}
-        for kept in COUNTS:
-            litert = Path(tmp) / f"int8-{kept}.tflite"
-            litert.write_bytes(litert_int8(graph, calibration, float_convs=kept))
-            onnx = Path(tmp) / f"int8-{kept}.onnx"
-            onnx.write_bytes(floats["onnx"].read_bytes())
-            quantize_onnx(onnx, calibration, float_convs=kept)
-            for kind, path in (("litert", litert), ("onnx", onnx)):
-                found = agreement(RUNNERS[kind](path, threads=None), checked, want[kind])
-                unseen_agreement[kind][kept] = found["unseen"][0]
-                cells = ", ".join(f"{n} {a:.4f} (mean |Δp| {d:.4f})" for n, (a, d) in found.items())
-                print(f"first {kept} convolution(s) float, {kind}: agreement on {cells}", flush=True)
-    for kind, by_count in unseen_agreement.items():
-        best = max(by_count.values())
+        model = artifacts.run_dir(args.study, args.backbone, fold, args.artifacts) / "model.keras"
+        graph = export_graph([load_member(model)])
+        with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
+            floats = {kind: Path(tmp) / f"float.{'tflite' if kind == 'litert' else 'onnx'}" for kind in args.formats}
+            for kind, path in floats.items():
+                WRITERS[kind](graph, path, None)
+            want = {
+                kind: {n: probabilities(RUNNERS[kind](p, threads=None), x) for n, x in checked.items()}
+                for kind, p in floats.items()
+            }
+            for kept in args.counts:
+                for kind in args.formats:
+                    path = Path(tmp) / f"int8-{kept}{floats[kind].suffix}"
+                    if kind == "litert":
+                        path.write_bytes(litert_int8(graph, calibration, float_convs=kept))
+                    else:
+                        path.write_bytes(floats[kind].read_bytes())
+                        quantize_onnx(path, calibration, float_convs=kept)
+                    here = agreement(RUNNERS[kind](path, threads=None), checked, want[kind])
+                    for n, row in here.items():
+                        found.setdefault((kind, kept), {}).setdefault(n, []).append(row)
+                    cells = ", ".join(f"{n} {a:.4f} (mean |Δp| {d:.4f})" for n, (a, d) in here.items())
+                    print(f"fold {fold}, first {kept} convolution(s) float, {kind}: agreement on {cells}", flush=True)
+    for kind in args.formats:
+        pooled = {}
+        for kept in args.counts:
+            rows = found[(kind, kept)]
+            pooled[kept] = np.mean([a for a, _ in rows["unseen"]])
+            cells = ", ".join(
+                f"{n} {np.mean([a for a, _ in r]):.4f} (mean |Δp| {np.mean([d for _, d in r]):.4f})"
+                for n, r in rows.items()
+            )
+            print(f"{len(args.folds)} fold(s), first {kept} float, {kind}: agreement on {cells}")
+        best = max(pooled.values())
         print(
             f"{kind}: fewest float convolutions with the highest agreement on unseen images ({best:.4f}): "
-            f"{min(k for k, a in by_count.items() if a == best)}"
+            f"{min(k for k, a in pooled.items() if a == best)}"
         )
 
 

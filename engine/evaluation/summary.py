@@ -7,8 +7,9 @@ folds only (``calibration.cross_fitted_temperature``).
 
 Kept as ``studies/<id>/evaluation/<model>-<key>.json``, the key hashing the predictions files'
 bytes, these settings and :data:`SUMMARY_SCHEMA` (as ``joblib.Memory`` keys its cache), written
-atomically; a newer key (a fold finished) replaces the older file, but not a summary of more folds. The bootstrap of a
-3-backbone study takes a few seconds cold (``benchmarks/evaluation.py``), then a file read.
+atomically; a newer key (a fold finished) replaces the older file, but not a summary of more folds.
+The bootstrap of a 3-backbone study takes a few seconds cold (``benchmarks/evaluation.py``), then a
+file read.
 """
 
 from __future__ import annotations
