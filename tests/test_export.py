@@ -201,8 +201,8 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt,
     99.3 % and 0.17 points) and LiteRT its agreement bar (99.1 %, 5 images of 579 disagree; a sixth
     would miss it; the converter versions are pinned). LiteRT's accuracy is 0.52 points lower (3 images
     of 579) against the issue's 0.5, hence its own bound. One fold is a coarse gauge: 0.5 points of 579
-    images is under 3 images, and the five folds of the same protocol retrained lost -0.35 to 0.86 points
-    each in LiteRT, 0.35 over all 2,897 held-out images (the README's int8 table).
+    images is under 3 images, and in LiteRT the five folds of the same protocol retrained changed by +0.35
+    to -0.86 points each, -0.35 over all 2,897 held-out images (the README's int8 table).
     """
     images, labels, keras_proba = frozen_held_out
     result = export_runs(
