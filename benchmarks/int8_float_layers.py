@@ -39,7 +39,7 @@ from engine.models.export import (
     study_images,
     training_indices,
 )
-from engine.models.runtime import RUNNERS
+from engine.models.runtime import FORMATS, RUNNERS
 from engine.results import artifacts
 
 STUDY, BACKBONE, FOLD = "9da277b73bda", "MobileNet", 3
@@ -74,13 +74,25 @@ def agreement(runner, checked: dict[str, np.ndarray], want: dict[str, np.ndarray
     return found
 
 
+def int8_file(kind: str, graph, float_path: Path, calibration: np.ndarray, *, float_convs: int) -> Path:
+    """The int8 file of ``kind`` beside ``float_path``, written as ``python -m engine export --quantize int8``
+    writes it but for its count of float convolutions."""
+    path = float_path.with_name(f"int8-{float_convs}{float_path.suffix}")
+    if kind == "litert":
+        path.write_bytes(litert_int8(graph, calibration, float_convs=float_convs))
+    else:
+        path.write_bytes(float_path.read_bytes())
+        quantize_onnx(path, calibration, float_convs=float_convs)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default=STUDY)
     parser.add_argument("--backbone", default=BACKBONE)
     parser.add_argument("--folds", type=int, nargs="+", default=[FOLD], help="the fold models pooled")
     parser.add_argument("--counts", type=int, nargs="+", default=list(COUNTS), help="float convolutions tried")
-    parser.add_argument("--formats", nargs="+", default=["litert", "onnx"], choices=["litert", "onnx"])
+    parser.add_argument("--formats", nargs="+", default=sorted(FORMATS), choices=sorted(FORMATS))
     parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir())
     parser.add_argument("--data", type=Path, default=None, help="the study's dataset folder, if not cached")
     parser.add_argument("--unseen-data", type=Path, default=settings.shared_dir() / "data" / "covid19-extra")
@@ -91,7 +103,7 @@ def main() -> None:
         args.unseen_data, input_size=int(study["input_size"]), artifacts=args.artifacts, min_classes=1
     )
     unseen_checked = sample(unseen.images, np.arange(len(unseen.images)))
-    # Per format and count: each set's disagreements and mean |Δp|, one entry per fold.
+    # Per format and count: each set's agreement and mean |Δp|, one entry per fold.
     found: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}
     for fold in args.folds:
         calibration_at = calibration_indices(study, [fold], count=CALIBRATION_IMAGES)
@@ -103,7 +115,7 @@ def main() -> None:
         model = artifacts.run_dir(args.study, args.backbone, fold, args.artifacts) / "model.keras"
         graph = export_graph([load_member(model)])
         with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
-            floats = {kind: Path(tmp) / f"float.{'tflite' if kind == 'litert' else 'onnx'}" for kind in args.formats}
+            floats = {kind: Path(tmp) / f"float{FORMATS[kind]}" for kind in args.formats}
             for kind, path in floats.items():
                 WRITERS[kind](graph, path, None)
             want = {
@@ -112,12 +124,7 @@ def main() -> None:
             }
             for kept in args.counts:
                 for kind in args.formats:
-                    path = Path(tmp) / f"int8-{kept}{floats[kind].suffix}"
-                    if kind == "litert":
-                        path.write_bytes(litert_int8(graph, calibration, float_convs=kept))
-                    else:
-                        path.write_bytes(floats[kind].read_bytes())
-                        quantize_onnx(path, calibration, float_convs=kept)
+                    path = int8_file(kind, graph, floats[kind], calibration, float_convs=kept)
                     here = agreement(RUNNERS[kind](path, threads=None), checked, want[kind])
                     for n, row in here.items():
                         found.setdefault((kind, kept), {}).setdefault(n, []).append(row)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.int8_float_layers import probabilities
+from benchmarks.int8_float_layers import int8_file, probabilities
 from engine import settings
 from engine.models.export import (
     CALIBRATION_IMAGES,
@@ -31,24 +31,11 @@ from engine.models.export import (
     WRITERS,
     calibration_indices,
     export_graph,
-    litert_int8,
     load_member,
-    quantize_onnx,
     study_images,
 )
-from engine.models.runtime import RUNNERS
+from engine.models.runtime import FORMATS, RUNNERS
 from engine.results import artifacts
-
-
-def int8_file(kind: str, graph, float_path: Path, calibration: np.ndarray, tmp: Path) -> Path:
-    """The int8 file of ``kind``, written as ``python -m engine export --quantize int8`` writes it."""
-    path = tmp / f"int8.{float_path.suffix.lstrip('.')}"
-    if kind == "litert":
-        path.write_bytes(litert_int8(graph, calibration, float_convs=FLOAT_FIRST_CONVS[kind]))
-    else:
-        path.write_bytes(float_path.read_bytes())
-        quantize_onnx(path, calibration, float_convs=FLOAT_FIRST_CONVS[kind])
-    return path
 
 
 def line(name: str, agree: np.ndarray, right_float: np.ndarray, right_int8: np.ndarray) -> str:
@@ -94,10 +81,10 @@ def main() -> None:
         graph = export_graph([load_member(model)])
         with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
             for kind in args.formats:
-                float_path = Path(tmp) / f"float.{'tflite' if kind == 'litert' else 'onnx'}"
+                float_path = Path(tmp) / f"float{FORMATS[kind]}"
                 WRITERS[kind](graph, float_path, None)
                 want = probabilities(RUNNERS[kind](float_path, threads=None), x).argmax(1)
-                quantized = int8_file(kind, graph, float_path, calibration, Path(tmp))
+                quantized = int8_file(kind, graph, float_path, calibration, float_convs=FLOAT_FIRST_CONVS[kind])
                 got = probabilities(RUNNERS[kind](quantized, threads=None), x).argmax(1)
                 found = (want == got, want == y, got == y)
                 pooled[kind].append(found)
