@@ -30,6 +30,7 @@ from engine import settings
 from engine.data.datasets import import_dataset
 from engine.models.export import (
     CALIBRATION_IMAGES,
+    ONNX_PERCENTILE,
     WRITERS,
     calibration_indices,
     export_graph,
@@ -74,15 +75,23 @@ def agreement(runner, checked: dict[str, np.ndarray], want: dict[str, np.ndarray
     return found
 
 
-def int8_file(kind: str, graph, float_path: Path, calibration: np.ndarray, *, float_convs: int) -> Path:
+def int8_file(
+    kind: str,
+    graph,
+    float_path: Path,
+    calibration: np.ndarray,
+    *,
+    float_convs: int,
+    percentile: float = ONNX_PERCENTILE,
+) -> Path:
     """The int8 file of ``kind`` beside ``float_path``, written as ``python -m engine export --quantize int8``
-    writes it but for its count of float convolutions."""
+    writes it but for its count of float convolutions (and, in ONNX, its range percentile)."""
     path = float_path.with_name(f"int8-{float_convs}{float_path.suffix}")
     if kind == "litert":
         path.write_bytes(litert_int8(graph, calibration, float_convs=float_convs))
     else:
         path.write_bytes(float_path.read_bytes())
-        quantize_onnx(path, calibration, float_convs=float_convs)
+        quantize_onnx(path, calibration, float_convs=float_convs, percentile=percentile)
     return path
 
 
@@ -93,6 +102,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", default=[FOLD], help="the fold models pooled")
     parser.add_argument("--counts", type=int, nargs="+", default=list(COUNTS), help="float convolutions tried")
     parser.add_argument("--formats", nargs="+", default=sorted(FORMATS), choices=sorted(FORMATS))
+    parser.add_argument("--onnx-percentile", type=float, default=ONNX_PERCENTILE, help="ONNX's activation ranges")
     parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir())
     parser.add_argument("--data", type=Path, default=None, help="the study's dataset folder, if not cached")
     parser.add_argument("--unseen-data", type=Path, default=settings.shared_dir() / "data" / "covid19-extra")
@@ -124,7 +134,9 @@ def main() -> None:
             }
             for kept in args.counts:
                 for kind in args.formats:
-                    path = int8_file(kind, graph, floats[kind], calibration, float_convs=kept)
+                    path = int8_file(
+                        kind, graph, floats[kind], calibration, float_convs=kept, percentile=args.onnx_percentile
+                    )
                     here = agreement(RUNNERS[kind](path, threads=None), checked, want[kind])
                     for n, row in here.items():
                         found.setdefault((kind, kept), {}).setdefault(n, []).append(row)

@@ -28,6 +28,7 @@ from engine import settings
 from engine.models.export import (
     CALIBRATION_IMAGES,
     FLOAT_FIRST_CONVS,
+    ONNX_PERCENTILE,
     WRITERS,
     calibration_indices,
     export_graph,
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument(
         "--calibration-images", type=int, default=CALIBRATION_IMAGES, help="training images that set int8's ranges"
     )
+    parser.add_argument("--onnx-percentile", type=float, default=ONNX_PERCENTILE, help="ONNX's activation ranges")
     args = parser.parse_args()
     study = artifacts.read_study(args.study, args.artifacts)
     images = study_images(study, args.artifacts, data=args.data)
@@ -84,7 +86,14 @@ def main() -> None:
                 float_path = Path(tmp) / f"float{FORMATS[kind]}"
                 WRITERS[kind](graph, float_path, None)
                 want = probabilities(RUNNERS[kind](float_path, threads=None), x).argmax(1)
-                quantized = int8_file(kind, graph, float_path, calibration, float_convs=FLOAT_FIRST_CONVS[kind])
+                quantized = int8_file(
+                    kind,
+                    graph,
+                    float_path,
+                    calibration,
+                    float_convs=FLOAT_FIRST_CONVS[kind],
+                    percentile=args.onnx_percentile,
+                )
                 got = probabilities(RUNNERS[kind](quantized, threads=None), x).argmax(1)
                 found = (want == got, want == y, got == y)
                 pooled[kind].append(found)
