@@ -324,11 +324,11 @@ def quantize_onnx(
 
     Activation ranges are each tensor's ``percentile`` (:data:`ONNX_PERCENTILE`) on the calibration images,
     not its min/max: one extreme pixel of one calibration image no longer widens a range that every image
-    then shares. Measured against min/max on two unlabelled sets the models never
-    held out (400 training images outside the calibration set, 400 ``covid19-extra`` images): the frozen
-    MobileNet of fold 3 kept 100 % agreement with a mean largest |Δp| of 0.0086 and 0.0097 (min/max 0.0097
-    and 0.0141); the paper protocol's MobileNet-0.25 of fold 3 agreed on 98.0 % and 99.25 % (min/max 96.75 %
-    and 98.75 %). LiteRT's converter offers min/max only."""
+    then shares. Measured against min/max on two unlabelled sets the models never held out (400 training
+    images outside the calibration set, 400 ``covid19-extra`` images): the frozen MobileNet of fold 3 kept
+    100 % agreement with a mean largest |Δp| of 0.0086 and 0.0097 (min/max 0.0097 and 0.0141); the paper
+    protocol's MobileNet-0.25 of fold 3 agreed on 98.0 % and 99.25 % (min/max 96.75 % and 98.75 %).
+    LiteRT's converter offers min/max only."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
