@@ -28,6 +28,7 @@ import numpy as np
 
 from engine import settings
 from engine.data.datasets import import_dataset
+from engine.models.bias_correction import correct_int8_bias
 from engine.models.export import (
     CALIBRATION_IMAGES,
     ONNX_PERCENTILE,
@@ -77,22 +78,30 @@ def agreement(runner, checked: dict[str, np.ndarray], want: dict[str, np.ndarray
 
 def int8_file(
     kind: str,
-    graph,
-    float_path: Path,
+    member,
+    out_dir: Path,
     calibration: np.ndarray,
     *,
     float_convs: int,
     percentile: float = ONNX_PERCENTILE,
+    bias_correction: bool = True,
 ) -> Path:
-    """The int8 file of ``kind`` beside ``float_path``, written as ``python -m engine export --quantize int8``
-    writes it but for its count of float convolutions (and, in ONNX, its range percentile)."""
-    path = float_path.with_name(f"int8-{float_convs}{float_path.suffix}")
+    """The int8 file of ``kind`` in ``out_dir``, written as ``python -m engine export --quantize int8`` writes it
+    but for its count of float convolutions, its ONNX range percentile and whether its biases are corrected."""
+    graph = export_graph([member])
+    if bias_correction:
+        correct_int8_bias(graph, calibration, float_convs=float_convs)
+    path = out_dir / f"int8-{float_convs}{'' if bias_correction else '-uncorrected'}{FORMATS[kind]}"
     if kind == "litert":
         path.write_bytes(litert_int8(graph, calibration, float_convs=float_convs))
     else:
-        path.write_bytes(float_path.read_bytes())
+        WRITERS[kind](graph, path, None)
         quantize_onnx(path, calibration, float_convs=float_convs, percentile=percentile)
     return path
+
+
+def variant_name(kind: str, corrected: bool) -> str:
+    return kind if corrected else f"{kind} without bias correction"
 
 
 def main() -> None:
@@ -106,7 +115,11 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir())
     parser.add_argument("--data", type=Path, default=None, help="the study's dataset folder, if not cached")
     parser.add_argument("--unseen-data", type=Path, default=settings.shared_dir() / "data" / "covid19-extra")
+    parser.add_argument(
+        "--uncorrected", action="store_true", help="also measure each int8 file without its bias correction"
+    )
     args = parser.parse_args()
+    variants = [(kind, True) for kind in args.formats] + [(kind, False) for kind in args.formats if args.uncorrected]
     study = artifacts.read_study(args.study, args.artifacts)
     images = study_images(study, args.artifacts, data=args.data)
     unseen = import_dataset(
@@ -123,7 +136,8 @@ def main() -> None:
             "unseen": unseen_checked,
         }
         model = artifacts.run_dir(args.study, args.backbone, fold, args.artifacts) / "model.keras"
-        graph = export_graph([load_member(model)])
+        member = load_member(model)
+        graph = export_graph([member])
         with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
             floats = {kind: Path(tmp) / f"float{FORMATS[kind]}" for kind in args.formats}
             for kind, path in floats.items():
@@ -133,16 +147,23 @@ def main() -> None:
                 for kind, p in floats.items()
             }
             for kept in args.counts:
-                for kind in args.formats:
+                for kind, corrected in variants:
                     path = int8_file(
-                        kind, graph, floats[kind], calibration, float_convs=kept, percentile=args.onnx_percentile
+                        kind,
+                        member,
+                        Path(tmp),
+                        calibration,
+                        float_convs=kept,
+                        percentile=args.onnx_percentile,
+                        bias_correction=corrected,
                     )
                     here = agreement(RUNNERS[kind](path, threads=None), checked, want[kind])
+                    name = variant_name(kind, corrected)
                     for n, row in here.items():
-                        found.setdefault((kind, kept), {}).setdefault(n, []).append(row)
+                        found.setdefault((name, kept), {}).setdefault(n, []).append(row)
                     cells = ", ".join(f"{n} {a:.4f} (mean |Δp| {d:.4f})" for n, (a, d) in here.items())
-                    print(f"fold {fold}, first {kept} convolution(s) float, {kind}: agreement on {cells}", flush=True)
-    for kind in args.formats:
+                    print(f"fold {fold}, first {kept} convolution(s) float, {name}: agreement on {cells}", flush=True)
+    for kind in (variant_name(*v) for v in variants):
         pooled = {}
         for kept in args.counts:
             rows = found[(kind, kept)]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.int8_float_layers import int8_file, probabilities
+from benchmarks.int8_float_layers import int8_file, probabilities, variant_name
 from engine import settings
 from engine.models.export import (
     CALIBRATION_IMAGES,
@@ -60,6 +60,9 @@ def main() -> None:
         "--calibration-images", type=int, default=CALIBRATION_IMAGES, help="training images that set int8's ranges"
     )
     parser.add_argument("--onnx-percentile", type=float, default=ONNX_PERCENTILE, help="ONNX's activation ranges")
+    parser.add_argument(
+        "--uncorrected", action="store_true", help="also measure each int8 file without its bias correction"
+    )
     args = parser.parse_args()
     study = artifacts.read_study(args.study, args.artifacts)
     images = study_images(study, args.artifacts, data=args.data)
@@ -70,7 +73,7 @@ def main() -> None:
         raise SystemExit(f"error: the cached manifest's classes {manifest['classes']} are not the study's")
     labels = np.asarray(manifest["labels"])
     folds = range(len(study["folds"])) if args.folds is None else args.folds
-    pooled: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {kind: [] for kind in args.formats}
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for fold in folds:
         model = artifacts.run_dir(args.study, args.backbone, fold, args.artifacts) / "model.keras"
         if not model.exists():
@@ -80,24 +83,28 @@ def main() -> None:
         y = labels[held]
         at = calibration_indices(study, [fold], count=args.calibration_images)
         calibration = images[at].astype("float32")[..., None]
-        graph = export_graph([load_member(model)])
+        member = load_member(model)
+        graph = export_graph([member])
         with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
             for kind in args.formats:
                 float_path = Path(tmp) / f"float{FORMATS[kind]}"
                 WRITERS[kind](graph, float_path, None)
                 want = probabilities(RUNNERS[kind](float_path, threads=None), x).argmax(1)
-                quantized = int8_file(
-                    kind,
-                    graph,
-                    float_path,
-                    calibration,
-                    float_convs=FLOAT_FIRST_CONVS[kind],
-                    percentile=args.onnx_percentile,
-                )
-                got = probabilities(RUNNERS[kind](quantized, threads=None), x).argmax(1)
-                found = (want == got, want == y, got == y)
-                pooled[kind].append(found)
-                print(line(f"fold {fold}, {kind} ({FLOAT_FIRST_CONVS[kind]} float)", *found), flush=True)
+                for corrected in (True, False) if args.uncorrected else (True,):
+                    quantized = int8_file(
+                        kind,
+                        member,
+                        Path(tmp),
+                        calibration,
+                        float_convs=FLOAT_FIRST_CONVS[kind],
+                        percentile=args.onnx_percentile,
+                        bias_correction=corrected,
+                    )
+                    got = probabilities(RUNNERS[kind](quantized, threads=None), x).argmax(1)
+                    found = (want == got, want == y, got == y)
+                    variant = variant_name(kind, corrected)
+                    pooled.setdefault(variant, []).append(found)
+                    print(line(f"fold {fold}, {variant} ({FLOAT_FIRST_CONVS[kind]} float)", *found), flush=True)
     for kind, rows in pooled.items():
         print(line(f"all folds, {kind}", *(np.concatenate(part) for part in zip(*rows, strict=True))))
 

@@ -178,7 +178,11 @@ def test_runtime_classifies_real_uploads_without_tensorflow(demo_export, fmt):
         assert max(abs(mine[c] - theirs.probabilities[c]) for c in mine) <= 1e-4
 
 
-INT8_BARS = {"onnx": (0.99, 0.005), "litert": (0.99, 0.01)}
+CORRECTED = {"litert": 20, "onnx": 24}
+"""MobileNet 1.0's 27 convolutions less the float ones: each is followed by a BatchNorm that takes its shift."""
+INT8_MAX_DROP = 0.005
+"""The export issue's second int8 bar: accuracy on the held-out fold within 0.5 points (the first is
+``INT8_MIN_AGREEMENT``)."""
 
 
 @pytest.fixture(scope="module")
@@ -192,17 +196,16 @@ def frozen_held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @requires_shared
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt, frozen_held_out):
-    """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out images.
+    """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out images, against
+    the export issue's bars: 99 % argmax agreement, 0.5 points of accuracy.
 
     With every convolution int8, MobileNet v1 lost 2.4-2.9 points here (agreement 96.5-97.1 %), whatever
-    the calibration count or range method. With each member's first convolutions kept float
-    (``FLOAT_FIRST_CONVS`` says how their number was chosen, without this fold), ONNX meets the export
-    issue's bars (measured with percentile ranges: 99.5 % agreement, no point lost; with min/max ranges
-    99.3 % and 0.17 points) and LiteRT its agreement bar (99.1 %, 5 images of 579 disagree; a sixth
-    would miss it; the converter versions are pinned). LiteRT's accuracy is 0.52 points lower (3 images
-    of 579) against the issue's 0.5, hence its own bound. One fold is a coarse gauge: 0.5 points of 579
-    images is under 3 images, and in LiteRT the five folds of the same protocol retrained changed by +0.35
-    to -0.86 points each, -0.35 over all 2,897 held-out images (the README's int8 table).
+    the calibration count or range method. Each member's first convolutions stay float (``FLOAT_FIRST_CONVS``
+    says how their number was chosen, without this fold), and the others' weight-rounding shift is corrected
+    (``engine.models.bias_correction``). Measured here: LiteRT 99.3 % and 0.17 points (without the correction
+    99.1 % and 0.52), ONNX 99.1 % and 0.17 points (99.5 % and none without). One fold is a coarse gauge: 0.5
+    points of 579 images is under 3 images, and an ONNX file agreeing on 5 fewer images would miss 99 %; over
+    the five folds of the same protocol retrained, 2,897 images, the README's int8 table gives both formats.
     """
     images, labels, keras_proba = frozen_held_out
     result = export_runs(
@@ -210,14 +213,14 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt,
     )
     assert result.meta["quantization"]["calibration_images"] == 128
     assert result.meta["quantization"]["float_layers"] == f"each member's first {FLOAT_FIRST_CONVS[fmt]} convolutions"
+    assert result.meta["quantization"]["bias_correction"].startswith(f"{CORRECTED[fmt]} int8 convolutions")
     assert result.size_bytes < 0.3 * FROZEN.stat().st_size
     proba = probabilities(load_exported(result.path), images)
     agreement = np.mean(proba.argmax(1) == keras_proba.argmax(1))
     drop = np.mean(keras_proba.argmax(1) == labels) - np.mean(proba.argmax(1) == labels)
     print(f"{fmt} int8: agreement {agreement:.4f}, accuracy drop {drop * 100:.2f} points")
-    min_agreement, max_drop = INT8_BARS[fmt]
-    assert agreement >= min_agreement
-    assert drop <= max_drop
+    assert agreement >= INT8_MIN_AGREEMENT
+    assert drop <= INT8_MAX_DROP
 
 
 def probabilities(classifier, images: np.ndarray) -> np.ndarray:
