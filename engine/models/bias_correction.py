@@ -24,21 +24,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CONVOLUTIONS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 KERNELS = {
     "Conv2D": ("kernel",),
     "DepthwiseConv2D": ("kernel",),
     "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
 }
-"""The kernels of each convolution, in the order the converters run them (each is one int8 convolution)."""
+"""The kernels of each Keras convolution, in the order the converters run them (each is one int8 convolution)."""
 CHUNK = 16
 
 
 @dataclass(frozen=True)
 class Correction:
-    """What :func:`correct_int8_bias` changed: per convolution corrected, the largest channel shift."""
+    """What :func:`correct_int8_bias` changed: the names of the convolutions it corrected."""
 
-    corrected: dict[str, float]
+    corrected: tuple[str, ...]
     uncorrected: tuple[str, ...]
     """Quantized convolutions with neither a bias nor a BatchNorm of their own to take the shift."""
 
@@ -62,7 +61,7 @@ def correct_int8_bias(graph, calibration: np.ndarray, *, float_convs: int) -> Co
     hold a ``preprocess_*`` layer and a ``backbone_*`` model. ``calibration`` is the float32 batch
     (N, S, S, 1) the converter calibrates on. Only the graph's own copies of the layers change.
     """
-    corrected: dict[str, float] = {}
+    corrected: list[str] = []
     uncorrected: list[str] = []
     for member in (layer for layer in graph.layers if layer.name.startswith("member_")):
         preprocess = next(layer for layer in member.layers if layer.name.startswith("preprocess"))
@@ -74,31 +73,47 @@ def correct_int8_bias(graph, calibration: np.ndarray, *, float_convs: int) -> Co
         consumers = _consumers(backbone)
         for (layer, rounded), mean in zip(quantized, means, strict=True):
             shift = _output_shift(layer, mean, rounded)
-            if _absorb(layer, shift, consumers.get(id(layer), [])):
-                corrected[layer.name] = float(np.abs(shift).max())
-            else:
-                uncorrected.append(layer.name)
-    return Correction(corrected=corrected, uncorrected=tuple(uncorrected))
+            absorbed = _absorb(layer, shift, consumers.get(id(layer), []))
+            (corrected if absorbed else uncorrected).append(layer.name)
+    return Correction(corrected=tuple(corrected), uncorrected=tuple(uncorrected))
 
 
 def _quantized_convolutions(backbone, float_convs: int) -> list[tuple[object, tuple[bool, ...]]]:
     """The backbone's convolutions with a kernel past the first ``float_convs`` on its longest path from the
-    input, each with which of its kernels (:data:`KERNELS`) int8 rounds."""
-    depth: dict[int, int] = {}
-    found = []
+    input, each with which of its kernels (:data:`KERNELS`) int8 rounds: each kernel is one convolution."""
+    ops, convolutions = [], []
     for layer in backbone.layers:
         node = layer._inbound_nodes[0]
-        here = max((depth.get(id(t), 0) for t in node.input_tensors), default=0)
-        kind = type(layer).__name__
-        if kind in CONVOLUTIONS:
-            rounded = []
-            for _ in KERNELS[kind]:
-                here += 1
-                rounded.append(here > float_convs)
-            if any(rounded):
-                found.append((layer, tuple(rounded)))
-        for t in node.output_tensors:
-            depth[id(t)] = here
+        inputs, outputs = [id(t) for t in node.input_tensors], [id(t) for t in node.output_tensors]
+        kernels = KERNELS.get(type(layer).__name__, ())
+        if not kernels:
+            ops.append((False, inputs, outputs, []))
+            continue
+        convolutions.append(layer)
+        for index in range(len(kernels)):
+            made = outputs if index == len(kernels) - 1 else [(id(layer), index)]
+            ops.append((True, inputs, made, [(id(layer), index)]))
+            inputs = made
+    kept = set(within_first_convolutions(ops, float_convs))
+    found = []
+    for layer in convolutions:
+        rounded = tuple((id(layer), i) not in kept for i in range(len(KERNELS[type(layer).__name__])))
+        if any(rounded):
+            found.append((layer, rounded))
+    return found
+
+
+def within_first_convolutions(ops, depth: int) -> list:
+    """Labels of the convolutions among ``ops`` (``(is_conv, inputs, outputs, labels)`` in topological order)
+    with at most ``depth`` convolutions on their longest path from the input, counting themselves."""
+    convs_before: dict = {}
+    found = []
+    for is_conv, inputs, outputs, labels in ops:
+        here = max((convs_before.get(i, 0) for i in inputs), default=0) + int(is_conv)
+        if is_conv and here <= depth:
+            found.extend(labels)
+        for o in outputs:
+            convs_before[o] = here
     return found
 
 
@@ -120,11 +135,10 @@ def _output_shift(layer, mean: np.ndarray, rounded: tuple[bool, ...]) -> np.ndar
     """Per output channel, the mean over positions of the layer's int8-rounded output minus its float output
     on ``mean`` (exact for the mean input: a convolution without bias and activation is linear)."""
     config = {**layer.get_config(), "use_bias": False, "activation": None}
-    kernels = [np.asarray(getattr(layer, name)) for name in KERNELS[type(layer).__name__]]
-    int8 = [
-        int8_rounded(k, depthwise=name == "depthwise_kernel" or type(layer).__name__ == "DepthwiseConv2D") if r else k
-        for k, r, name in zip(kernels, rounded, KERNELS[type(layer).__name__], strict=True)
-    ]
+    names = KERNELS[type(layer).__name__]
+    kernels = [np.asarray(getattr(layer, name)) for name in names]
+    depthwise = [name == "depthwise_kernel" or type(layer).__name__ == "DepthwiseConv2D" for name in names]
+    int8 = [int8_rounded(k, depthwise=d) if r else k for k, d, r in zip(kernels, depthwise, rounded, strict=True)]
     outputs = []
     for weights in (int8, kernels):
         twin = type(layer).from_config({**config, "name": f"{layer.name}_shift"})

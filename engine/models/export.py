@@ -32,7 +32,7 @@ import numpy as np
 from engine import settings
 from engine.data.datasets import DatasetError, import_dataset, load_dataset
 from engine.models import serving
-from engine.models.bias_correction import Correction, correct_int8_bias
+from engine.models.bias_correction import Correction, correct_int8_bias, within_first_convolutions
 from engine.models.inference import OOD_FILE, ensemble_detector_path, fit_detector
 from engine.models.ood import OODDetector
 from engine.models.runtime import (
@@ -309,21 +309,7 @@ def first_litert_convolutions(interpreter, depth: int) -> list[str]:
         )
         for op in interpreter._get_ops_details()
     ]
-    return _within_first_convolutions(ops, depth)
-
-
-def _within_first_convolutions(ops, depth: int) -> list[str]:
-    """Labels of the convolutions among ``ops`` (``(is_conv, inputs, outputs, labels)`` in topological order)
-    with at most ``depth`` convolutions on their longest path from the input, counting themselves."""
-    convs_before: dict = {}
-    found = []
-    for is_conv, inputs, outputs, labels in ops:
-        here = max((convs_before.get(i, 0) for i in inputs), default=0) + int(is_conv)
-        if is_conv and here <= depth:
-            found.extend(labels)
-        for o in outputs:
-            convs_before[o] = here
-    return found
+    return within_first_convolutions(ops, depth)
 
 
 def _write_onnx(graph, path: Path, calibration: np.ndarray | None) -> None:
@@ -398,14 +384,14 @@ def first_convolutions(path: Path, depth: int) -> list[str]:
 
     nodes = onnx.load(str(path)).graph.node
     ops = [(n.op_type == "Conv", [i for i in n.input if i], n.output, [n.name]) for n in nodes]
-    return _within_first_convolutions(ops, depth)
+    return within_first_convolutions(ops, depth)
 
 
 WRITERS = {"litert": _write_litert, "onnx": _write_onnx}
 
 
 def _quantization(format: str, calibration: np.ndarray | None, correction: Correction | None) -> dict | None:
-    if calibration is None or correction is None:
+    if correction is None:
         return None
     return {
         "mode": "int8",
