@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine import settings
+from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.external import (
     ensemble_studies,
     evaluate_folder,
@@ -57,14 +58,6 @@ def model_id(info: ModelInfo) -> str:
 
 def model_label(info: ModelInfo) -> str:
     return f"{info.label} · study {info.study_id}"
-
-
-def interval_text(found: dict | None) -> str:
-    if not found or found["estimate"] is None:
-        return "undefined"
-    if found["low"] is None:
-        return f"{found['estimate']:.3f}"
-    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
 
 
 def when(timestamp: float | None) -> str:
@@ -176,7 +169,9 @@ def saved_table(found: list[dict]) -> pd.DataFrame:
                 "data": f"{e['data']['name']} · {e['data']['fingerprint']}",
                 "images": images_evaluated(e),
                 "model": evaluation_model(e),
-                "accuracy (95% interval)": interval_text(accuracy) if accuracy else f"{e['accuracy']:.3f}",
+                "accuracy (95% interval)": interval_text(accuracy, missing="undefined")
+                if accuracy
+                else f"{e['accuracy']:.3f}",
                 "evaluated": when(e.get("evaluated_at")),
                 "key": e["key"],
             }
@@ -229,8 +224,10 @@ def class_table(e: dict) -> pd.DataFrame:
             {
                 "class": c,
                 "images": counts.get(c, 0),
-                "recall (sensitivity)": interval_text(recall) if recall else _plain(e, c, "recall"),
-                "precision": interval_text(precision) if precision else _plain(e, c, "precision"),
+                "recall (sensitivity)": interval_text(recall, missing="undefined")
+                if recall
+                else _plain(e, c, "recall"),
+                "precision": interval_text(precision, missing="undefined") if precision else _plain(e, c, "precision"),
             }
         )
     return pd.DataFrame(rows)
@@ -316,7 +313,11 @@ def show_evaluation(e: dict) -> None:
         if intervals:
             macro = {k: v for k, v in intervals["metrics"].items() if k.startswith("macro_")}
             if macro:
-                st.caption(" · ".join(f"{k.replace('_', ' ')} {interval_text(v)}" for k, v in macro.items()))
+                st.caption(
+                    " · ".join(
+                        f"{k.replace('_', ' ')} {interval_text(v, missing='undefined')}" for k, v in macro.items()
+                    )
+                )
             st.caption(f"{intervals['description']}.")
             if intervals["undefined"]:
                 st.caption("Not defined on this set: " + "; ".join(intervals["undefined"]) + ".")

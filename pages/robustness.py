@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine import settings
+from engine.data.sources import study_dataset
 from engine.evaluation import robustness
 from engine.jobs.store import DB_NAME, JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
@@ -68,7 +69,7 @@ def study_state(study_id: str) -> dict[str, dict]:
 @st.cache_data(show_spinner=False, max_entries=8, ttl=60)
 def _images_here(root: str, study_id: str, key: tuple) -> bool:
     try:
-        robustness.study_dataset(artifacts.read_study(study_id, Path(root)), Path(root))
+        study_dataset(artifacts.read_study(study_id, Path(root)), Path(root))
     except ValueError:
         return False
     return True

@@ -31,15 +31,8 @@ def _out_of_fold(args: argparse.Namespace):
     return study_out_of_fold(study_id, args.model, args.artifacts)
 
 
-def _interval(found: dict) -> str:
-    if found["estimate"] is None:
-        return "undefined"
-    if found["low"] is None:
-        return f"{found['estimate']:.3f}"
-    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
-
-
 def cmd_intervals(args: argparse.Namespace) -> int:
+    from engine.evaluation.bootstrap import interval_text
     from engine.evaluation.summary import model_summary
 
     summary = model_summary(_out_of_fold(args), args.artifacts)
@@ -50,7 +43,7 @@ def cmd_intervals(args: argparse.Namespace) -> int:
     print(summary["intervals"]["description"])
     width = max(len(name) for name in summary["metrics"])
     for name, found in summary["metrics"].items():
-        print(f"  {name:<{width}}  {_interval(found)}")
+        print(f"  {name:<{width}}  {interval_text(found, missing='undefined')}")
     calibration = summary["calibration"]
     after = calibration["after"]
     line = f"calibration: ECE (top label) {calibration['before']['ece_top_label']:.4f}"
@@ -62,7 +55,8 @@ def cmd_intervals(args: argparse.Namespace) -> int:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from engine.evaluation.robustness import fold_robustness, pooled_table, saved_results, study_dataset
+    from engine.data.sources import study_dataset
+    from engine.evaluation.robustness import fold_robustness, pooled_table, saved_results
     from engine.results import artifacts
 
     study_id = _study_id(args)
@@ -93,7 +87,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
-    from engine.evaluation.robustness import study_dataset
+    from engine.data.sources import study_dataset
     from engine.models.inference import OOD_FILE
     from engine.results import artifacts
     from engine.training.fold import fit_run_detector
@@ -112,6 +106,36 @@ def cmd_ood(args: argparse.Namespace) -> int:
         print(f"{run.backbone} fold {run.fold}: " + (f"wrote {saved}" if saved else "too few training images"))
     if len(runs) > 1:
         print(fit_ensemble_detector(runs, dataset, study, force=args.force, artifacts_root=args.artifacts))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from engine.data.sources import study_dataset
+    from engine.evaluation.bootstrap import interval_text
+    from engine.evaluation.shortcuts import CONDITIONS, acquisition_baseline, model_audit
+    from engine.results import artifacts
+
+    study_id = _study_id(args)
+    study = artifacts.read_study(study_id, args.artifacts)
+    runs = artifacts.study_runs(study_id, args.artifacts)
+    backbones = args.backbone or sorted({r.backbone for r in runs if r.model_path})
+    dataset = study_dataset(study, args.artifacts, data=args.data)
+    baseline = acquisition_baseline(study, dataset, artifacts_root=args.artifacts)
+    audits = [model_audit(study, b, dataset, artifacts_root=args.artifacts) for b in backbones]
+    if args.json:
+        print(json.dumps({"study_id": study_id, "baseline": baseline, "models": audits}))
+        return 0
+    print(f"shortcut audit of study {study_id} ({study['title']})")
+    print(f"  no-anatomy baseline: accuracy {interval_text(baseline['figures']['metrics']['accuracy'])}")
+    for audit in audits:
+        line = ", ".join(
+            f"{condition} {interval_text(audit['occlusion'][condition]['metrics']['accuracy'])}"
+            for condition in CONDITIONS
+        )
+        print(f"  {audit['backbone']} (folds {audit['folds']}): {line}")
+        for name, probe in audit["source_probe"].get("by_class", {}).items():
+            print(f"    source told apart within {name}: balanced accuracy {probe['balanced_accuracy']:.3f}")
+    print(f"  lung fields: {audits[0]['region']['description'] if audits else '-'}")
     return 0
 
 
@@ -146,17 +170,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", required=True, help="study id")
     p.add_argument("--backbone", required=True)
     p.add_argument("--fold", type=int, default=None, help="one fold (default: every fold with a saved model)")
-    p.add_argument("--data", default=None, help="the study's dataset folder or .zip, if its images are not cached")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        help="the study's dataset folder or .zip (repeat for each source, in order), if its images are not cached",
+    )
     p.add_argument("--json", action="store_true")
     add_artifacts(p)
     p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("audit", help="the shortcut audit: no-anatomy baseline, occlusion and source probe of a study")
+    p.add_argument("--study", required=True, help="study id")
+    p.add_argument("--backbone", action="append", default=None, help="default: every backbone with a saved model")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        help="the study's dataset folder or .zip (repeat for each source, in order), if its images are not cached",
+    )
+    p.add_argument("--json", action="store_true")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser(
         "ood", help="fit the out-of-distribution detector of each saved fold model of a backbone, and of their ensemble"
     )
     p.add_argument("--study", required=True, help="study id")
     p.add_argument("--backbone", required=True)
-    p.add_argument("--data", default=None, help="the study's dataset folder or .zip, if its images are not cached")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        help="the study's dataset folder or .zip (repeat for each source, in order), if its images are not cached",
+    )
     p.add_argument("--force", action="store_true", help="fit again where a detector is already saved")
     add_artifacts(p)
     p.set_defaults(func=cmd_ood)

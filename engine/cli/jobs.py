@@ -17,7 +17,9 @@ def job_request(args: argparse.Namespace):
     from engine.jobs.store import JobRequest
 
     return JobRequest(
-        data=args.data,
+        data=args.data[0],
+        extra_data=tuple(args.data[1:]),
+        split=args.split,
         backbones=tuple(expand_arches(args.arch)),
         protocol=args.protocol,
         folds=args.folds,

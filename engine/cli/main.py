@@ -27,7 +27,20 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
     from engine.models.backbones import REGISTRY
     from engine.training.protocols import PROTOCOLS
 
-    parser.add_argument("--data", required=True, help="dataset folder (one sub-folder per class) or its .zip")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="dataset folder (one sub-folder per class) or its .zip; repeat it for a multi-source study (the first "
+        "sets the classes, the others add images to them)",
+    )
+    parser.add_argument(
+        "--split",
+        default="patient",
+        choices=["patient", "image"],
+        help="folds by patient (default; from patients.csv or the public sets' file names) or by image (the paper's)",
+    )
     parser.add_argument(
         "--arch",
         action="append",
@@ -51,7 +64,7 @@ def study_request(args: argparse.Namespace):
 
     protocol = get_protocol(args.protocol).replace(epochs=args.epochs, batch_size=args.batch_size)
     weights = None if args.weights == "none" else "imagenet"
-    return StudyRequest(protocol=protocol, n_folds=args.folds, seed=args.seed, weights=weights)
+    return StudyRequest(protocol=protocol, n_folds=args.folds, seed=args.seed, weights=weights, split=args.split)
 
 
 def expand_arches(arches: list[str]) -> list[str]:

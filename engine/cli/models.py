@@ -21,25 +21,18 @@ def _pick_model(args: argparse.Namespace):
     return load_classifier(models[0].serving_path, artifacts_root=args.artifacts)
 
 
-def _with_interval(found: dict) -> str:
-    """``0.975 [0.969, 0.980]``, or the estimate alone when no resample defined the bounds."""
-    if found["estimate"] is None:
-        return "undefined"
-    if found["low"] is None:
-        return f"{found['estimate']:.3f}"
-    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.evaluation.bootstrap import interval_text
     from engine.evaluation.external import evaluate_folder, evaluate_study_ensemble
     from engine.models.inference import model_name
 
+    relation = "same source" if args.same_source else "other source"
     if args.study:
         if args.model:
             raise ValueError(f"give --model or --study, not both, got --model={args.model!r} --study={args.study!r}")
-        result = evaluate_study_ensemble(args.study, args.data, artifacts_root=args.artifacts)
+        result = evaluate_study_ensemble(args.study, args.data, artifacts_root=args.artifacts, relation=relation)
     else:
-        result = evaluate_folder(_pick_model(args), args.data, artifacts_root=args.artifacts)
+        result = evaluate_folder(_pick_model(args), args.data, artifacts_root=args.artifacts, relation=relation)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -47,6 +40,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"model: {model_name(info)} · {info['protocol']} (study {info['study_id']})")
     data = result["data"]
     print(f"data: {data['name']} ({data['fingerprint']}) {data['counts']}; skipped {len(data['skipped'])}")
+    if data["relation"] == "same source":
+        print("same source as the study: these are same-source held-out figures, not an external validation")
     seen = data["overlap_with_study"]
     print(
         f"overlap with the model's study: {seen['identical']} identical and {seen['near_duplicates']} near-duplicate "
@@ -55,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     intervals = result["intervals"]
     print(intervals["description"])
     for name, found in intervals["metrics"].items():
-        print(f"{name} {_with_interval(found)}")
+        print(f"{name} {interval_text(found, missing='undefined')}")
     for line in intervals["undefined"]:
         print(f"undefined: {line}")
     classes = info["classes"]
@@ -135,6 +130,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="a study id instead of --model: the mean of its backbones' fold ensembles (its ensemble row), "
         "each backbone evaluated and saved on the way",
+    )
+    p.add_argument(
+        "--same-source",
+        action="store_true",
+        help="the images come from a source the study already has (more of one release): their figures are "
+        "same-source held-out figures, not an external validation",
     )
     p.add_argument("--json", action="store_true", help="print the saved evaluation, every image's probabilities too")
     add_artifacts(p)

@@ -32,6 +32,7 @@ from engine import settings
 from engine.data import overlap
 from engine.data.classes import canonical_class, sort_classes
 from engine.data.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, ImageError, decode_xray
+from engine.data.patients import PATIENTS_FILE, PatientGroups, patient_groups, read_patients_csv
 from engine.results import atomic
 
 DATASET_SCHEMA = 1
@@ -70,11 +71,14 @@ class ImportReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     notes: list[dict[str, str]] = field(default_factory=list)
     class_folders: dict[str, list[str]] = field(default_factory=dict)
+    patients: dict = field(default_factory=dict)
+    by_source: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
 class Dataset:
-    """An imported dataset: images as an (N, size, size) uint8 array and integer labels."""
+    """An imported dataset: images as an (N, size, size) uint8 array, integer labels, and per image its
+    patient (``patients``) and the dataset folder it came from (``sources[source_index[i]]``)."""
 
     name: str
     source: str
@@ -85,6 +89,9 @@ class Dataset:
     images: np.ndarray
     input_size: int
     report: ImportReport
+    patients: PatientGroups
+    sources: tuple[str, ...]
+    source_index: np.ndarray
 
     def __len__(self) -> int:
         return len(self.files)
@@ -264,15 +271,34 @@ def _hash_entry(entry: _Entry) -> tuple[str | None, str | None]:
     return (hashlib.sha1(data).hexdigest() if data is not None else None), error
 
 
-def _decode(entry: _Entry, size: int) -> tuple[np.ndarray | None, str | None, tuple[str, ...]]:
+def _decode(entry: _Entry, size: int) -> tuple[np.ndarray | None, str | None, tuple[str, ...], tuple[int, int]]:
+    """Pixels at ``size``, or the reason they could not be read; notes; the file's own (width, height)."""
     data, error = _read(entry)
     if data is None:
-        return None, error, ()
+        return None, error, (), (0, 0)
     try:
         decoded = decode_xray(data, size=size, name=entry.relpath)
     except ImageError as exc:
-        return None, str(exc).removeprefix(f"{entry.relpath}: "), ()
-    return decoded.pixels, None, (*decoded.notes, *decoded.warnings)
+        return None, str(exc).removeprefix(f"{entry.relpath}: "), (), (0, 0)
+    return decoded.pixels, None, (*decoded.notes, *decoded.warnings), decoded.source_size
+
+
+def _patients_file(files: list[_File]) -> _File | None:
+    """The shallowest ``patients.csv`` of the source: the one beside its class folders."""
+    found = [f for f in files if PurePosixPath(f.relpath).name.lower() == PATIENTS_FILE]
+    return min(found, key=lambda f: len(_path_key(f.relpath)), default=None)
+
+
+def _listed_patients(files: list[_File], entries: list[_Entry]) -> dict[str, str] | None:
+    """``{image path: patient}`` from the source's ``patients.csv``, checked against its images; None without one."""
+    found = _patients_file(files)
+    if found is None:
+        return None
+    try:
+        data = found.read()
+    except READ_ERRORS as exc:
+        raise DatasetError(f"{found.relpath}: could not be read ({exc})") from None
+    return read_patients_csv(data, [e.relpath for e in entries])
 
 
 def _fingerprint(records: list[tuple[str, str, str]]) -> str:
@@ -312,26 +338,29 @@ def _shrink_npy(path: Path, rows: int) -> None:
 
 def _decode_all(
     entries: list[_Entry], tmp: Path, *, size: int, n_jobs: int, report: ImportReport, where: str, min_classes: int
-) -> list[_Entry]:
-    """Decode ``entries`` into the ``.npy`` at ``tmp`` in order; returns those that were kept."""
+) -> tuple[list[_Entry], list[tuple[int, int]]]:
+    """Decode ``entries`` into the ``.npy`` at ``tmp`` in order; returns those that were kept, with each one's
+    own size (a class whose files all share one size can be told apart by it)."""
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(entries), size, size))
     kept: list[_Entry] = []
+    sizes: list[tuple[int, int]] = []
     results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator", batch_size=DECODE_BATCH)(
         delayed(_decode)(entry, size) for entry in entries
     )
-    for entry, (pixels, error, notes) in zip(entries, results, strict=True):
+    for entry, (pixels, error, notes, source_size) in zip(entries, results, strict=True):
         if error:
             report.skipped.append({"file": entry.relpath, "reason": error})
             continue
         report.notes.extend({"file": entry.relpath, "note": n} for n in notes)
         out[len(kept)] = pixels
         kept.append(entry)
+        sizes.append(tuple(int(v) for v in source_size))
     out.flush()
     del out
     _need_classes(kept, where, min_classes)
     if len(kept) < len(entries):
         _shrink_npy(tmp, len(kept))
-    return kept
+    return kept, sizes
 
 
 def _source_files(source: Path, where: str, report: ImportReport, stack: contextlib.ExitStack) -> list[_File]:
@@ -370,7 +399,15 @@ def _unique_entries(
 
 
 def _write_manifest(
-    fingerprint: str, kept: list[_Entry], report: ImportReport, *, name: str, source: str, artifacts: Path | None
+    fingerprint: str,
+    kept: list[_Entry],
+    sizes: list[tuple[int, int]],
+    report: ImportReport,
+    *,
+    name: str,
+    source: str,
+    artifacts: Path | None,
+    listed: dict[str, str] | None,
 ) -> None:
     labels_text = [canonical_class(e.folder) for e in kept]
     for entry, label in zip(kept, labels_text, strict=True):
@@ -379,15 +416,21 @@ def _write_manifest(
             folders.append(entry.folder)
     classes = sort_classes(set(labels_text))
     report.counts = {c: labels_text.count(c) for c in classes}
+    report.by_source = {name: report.counts}
+    files = [e.relpath for e in kept]
+    listed = {f: listed[f] for f in files if f in listed} if listed else None
+    report.patients = patient_groups(files, listed).summary
     manifest = {
         "schema_version": DATASET_SCHEMA,
         "name": name,
         "source": source,
         "fingerprint": fingerprint,
         "classes": list(classes),
-        "files": [e.relpath for e in kept],
+        "files": files,
         "labels": [classes.index(t) for t in labels_text],
+        "source_sizes": [list(size) for size in sizes],
         "report": asdict(report),
+        **({"patients": listed} if listed else {}),
     }
     atomic.write_json(dataset_dir(fingerprint, artifacts) / "manifest.json", manifest)
 
@@ -419,17 +462,27 @@ def import_dataset(
         _need_classes(entries, where, min_classes)
         chosen, records = _unique_entries(entries, report, n_jobs)
         _need_classes(chosen, where, min_classes)
+        listed = _listed_patients(files, entries)
+        if listed is not None:
+            records.append((PATIENTS_FILE, "", hashlib.sha1(repr(sorted(listed.items())).encode()).hexdigest()))
         fingerprint = _fingerprint(records)
         folder = dataset_dir(fingerprint, artifacts)
         images_path = folder / f"images-{input_size}.npy"
         if (folder / "manifest.json").exists() and images_path.exists():
             return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
         with atomic.atomic_path(images_path, suffix=".npy") as tmp:
-            kept = _decode_all(
+            kept, sizes = _decode_all(
                 chosen, tmp, size=input_size, n_jobs=n_jobs, report=report, where=where, min_classes=min_classes
             )
     _write_manifest(
-        fingerprint, kept, report, name=name or display_name(source.stem), source=where, artifacts=artifacts
+        fingerprint,
+        kept,
+        sizes,
+        report,
+        name=name or display_name(source.stem),
+        source=where,
+        artifacts=artifacts,
+        listed=listed,
     )
     dataset = load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
     overlap.dataset_hashes(dataset, artifacts)
@@ -452,15 +505,22 @@ def load_dataset(fingerprint: str, *, input_size: int, artifacts: Path | None = 
             f"dataset {manifest['name']} ({fingerprint}) has no cached images at {input_size}x{input_size}; "
             f"import it again (it came from a folder or file named {manifest['source']})"
         )
-    report = ImportReport(**manifest["report"])
+    files = list(manifest["files"])
+    groups = patient_groups(files, manifest.get("patients"))
+    report = ImportReport(**{**manifest["report"], "patients": groups.summary})
+    report.by_source = report.by_source or {manifest["name"]: dict(report.counts)}
+    sources = tuple(manifest.get("sources", [manifest["name"]]))
     return Dataset(
         name=manifest["name"],
         source=manifest["source"],
         fingerprint=fingerprint,
         classes=tuple(manifest["classes"]),
-        files=list(manifest["files"]),
+        files=files,
         labels=np.asarray(manifest["labels"], dtype=np.int64),
         images=np.load(images_path, mmap_mode="r"),
         input_size=input_size,
         report=report,
+        patients=groups,
+        sources=sources,
+        source_index=np.asarray(manifest.get("source_index", [0] * len(files)), dtype=np.int64),
     )

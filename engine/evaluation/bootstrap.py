@@ -66,6 +66,16 @@ class Interval:
         }
 
 
+def interval_text(found: dict | None, *, missing: str = "–") -> str:
+    """``0.975 [0.969, 0.980]`` from an interval's ``to_dict``; the estimate alone when no resample defined the
+    bounds, and ``missing`` when there is no estimate."""
+    if not found or found.get("estimate") is None:
+        return missing
+    if found.get("low") is None:
+        return f"{found['estimate']:.3f}"
+    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
+
+
 def json_float(value: float) -> float | None:
     """A float for a JSON artifact: NaN and infinities become ``None``."""
     return float(value) if math.isfinite(value) else None

@@ -37,6 +37,11 @@ from engine.results import artifacts, atomic
 
 BATCH = 64
 EVALUATION_SCHEMA = 4
+RELATIONS = ("other source", "same source")
+"""How a set relates to the model's study: images from another source (an external validation), or more images
+of a source the study already has (``covid19-extra``: the rest of its COVID-19 class, one release, one
+processing), whose figures are same-source held-out figures, never external ones. The user says which; a file
+saved before the choice existed says neither (``relation`` missing: "unstated")."""
 MACRO = ("macro_precision", "macro_recall", "macro_f1")
 
 
@@ -160,17 +165,33 @@ def _saved(path: Path) -> dict | None:
     return saved if saved.get("schema_version") == EVALUATION_SCHEMA else None
 
 
-def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root: Path | None = None) -> dict:
+def _check_relation(relation: str) -> None:
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got relation={relation!r}")
+
+
+def _with_relation(path: Path, saved: dict, relation: str) -> dict:
+    """``saved`` labelled with ``relation``, rewritten when the user now says otherwise (the figures stand)."""
+    if saved["data"].get("relation") != relation:
+        saved = {**saved, "data": {**saved["data"], "relation": relation}}
+        atomic.write_json(path, saved)
+    return saved
+
+
+def evaluate_folder(
+    classifier: Classifier, data: str | Path, *, artifacts_root: Path | None = None, relation: str = "other source"
+) -> dict:
     """Metrics, their intervals and the confusion matrix of ``classifier`` on the labelled folder or ``.zip``
-    ``data``; saved on disk, and returned with its ``"key"`` (the file's name)."""
+    ``data`` (``relation``: :data:`RELATIONS`); saved on disk, and returned with its ``"key"`` (the file's name)."""
     settings.refuse_if_read_only("new evaluations are")
+    _check_relation(relation)
     root = artifacts_root or settings.artifacts_dir()
     dataset = import_dataset(data, input_size=classifier.input_size, artifacts=root, min_classes=1)
     key = evaluation_key(classifier.info, dataset.fingerprint)
     path = root / "evaluations" / f"{key}.json"
     saved = _saved(path)
     if saved is not None:
-        return {"key": key, **saved}
+        return {"key": key, **_with_relation(path, saved, relation)}
     rows, unknown = _model_rows(dataset, classifier.classes)
     found = overlap.find_overlap(overlap.dataset_hashes(dataset, root).take(rows), _study_hashes(classifier, root))
     if len(found.rows) == len(rows):
@@ -186,6 +207,7 @@ def evaluate_folder(classifier: Classifier, data: str | Path, *, artifacts_root:
     data_info = {
         "name": dataset.name,
         "fingerprint": dataset.fingerprint,
+        "relation": relation,
         "classes_not_in_model": unknown,
         "skipped": dataset.report.skipped,
         "duplicates_dropped": len(dataset.report.duplicates),
@@ -262,7 +284,9 @@ def ensemble_studies(artifacts_root: Path | None = None) -> dict[str, list[str]]
     return found
 
 
-def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: Path | None = None) -> dict:
+def evaluate_study_ensemble(
+    study_id: str, data: str | Path, *, artifacts_root: Path | None = None, relation: str = "other source"
+) -> dict:
     """The study's "ensemble" row on ``data``: the mean of its backbones' fold ensembles' probabilities.
 
     Each backbone's fold ensemble (:func:`ensemble_members`) is evaluated first (:func:`evaluate_folder`,
@@ -272,6 +296,7 @@ def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: 
     the saved evaluation's key, as it is of each member's.
     """
     settings.refuse_if_read_only("new evaluations are")
+    _check_relation(relation)
     root = artifacts_root or settings.artifacts_dir()
     ensembles = ensemble_members(study_id, root)
     backbones = list(ensembles)
@@ -292,11 +317,11 @@ def evaluate_study_ensemble(study_id: str, data: str | Path, *, artifacts_root: 
     path = root / "evaluations" / f"{key}.json"
     saved = _saved(path)
     if saved is not None:
-        return {"key": key, **saved}
+        return {"key": key, **_with_relation(path, saved, relation)}
     members = []
     for backbone in backbones:
         classifier = load_classifier(ensembles[backbone].serving_path, artifacts_root=root)
-        members.append(evaluate_folder(classifier, data, artifacts_root=root))
+        members.append(evaluate_folder(classifier, data, artifacts_root=root, relation=relation))
         del classifier
     first = members[0]
     for member in members[1:]:

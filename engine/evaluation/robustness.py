@@ -228,25 +228,6 @@ def fold_robustness(
     return result
 
 
-def study_dataset(study: dict, artifacts_root: Path | None = None, *, data: str | Path | None = None) -> Dataset:
-    """The study's images: its decoded cache on this machine, or ``data`` imported (and checked to be the same)."""
-    from engine.data.datasets import DatasetError, import_dataset, load_dataset
-
-    fingerprint, size = study["dataset"]["fingerprint"], int(study["input_size"])
-    if data is None:
-        try:
-            return load_dataset(fingerprint, input_size=size, artifacts=artifacts_root)
-        except DatasetError:
-            raise ValueError(
-                f"the images of study {study['study_id']} (dataset {study['dataset']['name']}, {fingerprint}) are "
-                "not on this machine; pass the dataset's folder or .zip (--data) to import it"
-            ) from None
-    dataset = import_dataset(data, input_size=size, artifacts=artifacts_root)
-    if dataset.fingerprint != fingerprint:
-        raise ValueError(f"{data} is dataset {dataset.fingerprint}, not {fingerprint} of study {study['study_id']}")
-    return dataset
-
-
 def saved_results(study_id: str, backbone: str, artifacts_root: Path | None = None) -> list[dict]:
     """Every fold's robustness file of ``backbone`` (one per fold: the newest key replaced the others)."""
     folder = artifacts.study_dir(study_id, artifacts_root or settings.artifacts_dir()) / "robustness" / backbone

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import settings
+from engine.data.patients import SPLITS
 from engine.results import artifacts
 from engine.training.protocols import Protocol, get_protocol
 
@@ -95,9 +96,15 @@ class JobRequest:
     name) of study ``study_id`` on their held-out images under the acquisition shifts
     (``engine.evaluation.robustness``); ``data``, optional, is the study's dataset folder or ``.zip`` for
     a machine that does not hold its decoded images. The study fields are then unused.
+
+    ``extra_data``: more dataset folders whose images join ``data``'s classes (a multi-source study,
+    ``engine.data.sources``). ``split``: folds by ``"patient"`` (the default) or by ``"image"`` (the
+    paper's); a request stored before the choice existed was by image.
     """
 
     data: str = ""
+    extra_data: tuple[str, ...] = ()
+    split: str = "patient"
     backbones: tuple[str, ...] = ()
     protocol: str = "frozen"
     folds: int = 5
@@ -146,10 +153,21 @@ class JobRequest:
         weights = "none" if self.weights is None else self.weights
         if weights not in WEIGHTS_CHOICES:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS_CHOICES)}, got weights={self.weights!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got split={self.split!r}")
         data = _data_path(self.data)
         if data is None:
             raise ValueError(f"data must be an existing dataset folder or .zip file, got data={self.data!r}")
-        return replace(self, data=data, backbones=backbones, weights=weights, study_id=None)
+        extra = tuple(_data_path(d) for d in self.extra_data)
+        for given, found in zip(self.extra_data, extra, strict=True):
+            if found is None:
+                raise ValueError(f"extra_data must hold existing dataset folders or .zip files, got {given!r}")
+        return replace(self, data=data, extra_data=extra, backbones=backbones, weights=weights, study_id=None)
+
+    @property
+    def sources(self) -> list[str]:
+        """Every dataset folder of a study request, ``data`` first."""
+        return [self.data, *self.extra_data]
 
     def _validated_robustness(self, root: Path) -> JobRequest:
         ids = artifacts.list_study_ids(root)
@@ -189,7 +207,9 @@ class JobRequest:
         from engine.training.study import StudyRequest
 
         weights = None if self.weights == "none" else self.weights
-        return StudyRequest(protocol=self.study_protocol(), n_folds=self.folds, seed=self.seed, weights=weights)
+        return StudyRequest(
+            protocol=self.study_protocol(), n_folds=self.folds, seed=self.seed, weights=weights, split=self.split
+        )
 
     def canonical_hash(self) -> str:
         """Equal for requests that do the same thing (``epochs=None`` equals the protocol's own count).
@@ -199,26 +219,36 @@ class JobRequest:
         if self.kind == "robustness":
             fields = {"kind": self.kind, "study_id": self.study_id, "backbone": self.backbone, "data": self.data}
             return artifacts.canonical_hash(fields, length=32)
-        return artifacts.canonical_hash(
-            {
-                "data": self.data,
-                "backbones": list(self.backbones),
-                "protocol": self.study_protocol().to_dict(),
-                "folds": self.folds,
-                "input_size": self.input_size,
-                "seed": self.seed,
-                "weights": self.weights,
-            },
-            length=32,
-        )
+        fields = {
+            "data": self.data,
+            "backbones": list(self.backbones),
+            "protocol": self.study_protocol().to_dict(),
+            "folds": self.folds,
+            "input_size": self.input_size,
+            "seed": self.seed,
+            "weights": self.weights,
+        }
+        if self.extra_data:
+            fields["extra_data"] = list(self.extra_data)
+        if self.split != "image":
+            fields["split"] = self.split
+        return artifacts.canonical_hash(fields, length=32)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "backbones": list(self.backbones)}
+        return {**asdict(self), "backbones": list(self.backbones), "extra_data": list(self.extra_data)}
 
     @classmethod
     def from_dict(cls, data: dict) -> JobRequest:
-        """A stored request; one stored before job kinds existed (no ``kind``) is a study request."""
-        return cls(**{**data, "backbones": tuple(data.get("backbones", ()))})
+        """A stored request; one stored before job kinds existed (no ``kind``) is a study request, and one
+        stored before folds by patient existed (no ``split``) was by image."""
+        return cls(
+            **{
+                "split": "image",
+                **data,
+                "backbones": tuple(data.get("backbones", ())),
+                "extra_data": tuple(data.get("extra_data", ())),
+            }
+        )
 
 
 def _data_path(data: str) -> str | None:
@@ -568,7 +598,7 @@ class JobStore:
             where = f"data {request.data}" if request.data else "the study's cached images"
             line = f"submitted: {request.describe()} · folds {folds} (saved models) · {len(tasks)} tasks · {where}"
         else:
-            line = f"submitted: {request.describe()} · {len(tasks)} tasks · data {request.data}"
+            line = f"submitted: {request.describe()} · {len(tasks)} tasks · data {' + '.join(request.sources)}"
         self._log(con, job_id, line)
 
     def _finish_job(self, con: sqlite3.Connection, job_id: str) -> None:

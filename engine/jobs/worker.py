@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from engine import settings
-from engine.data.datasets import Dataset, import_dataset
+from engine.data.datasets import Dataset
+from engine.data.sources import import_sources, study_dataset
 from engine.evaluation import robustness
 from engine.evaluation.metrics import flat_metrics
 from engine.jobs.store import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
@@ -108,7 +109,7 @@ def say(message: str) -> None:
 @functools.lru_cache(maxsize=2)
 def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, dict]:
     """The job's dataset and study, imported once per job (the import itself is cached by content)."""
-    dataset = import_dataset(request.data, input_size=request.input_size, artifacts=root)
+    dataset = import_sources(request.sources, input_size=request.input_size, artifacts=root)
     return dataset, prepare_study(dataset, request.study_request(), artifacts_root=root)
 
 
@@ -118,7 +119,7 @@ def _study_images(root: Path, study_id: str, data: str) -> Dataset:
 
     Raises a one-line ``ValueError`` when the images are not on this machine (the task fails with it).
     """
-    return robustness.study_dataset(artifacts.read_study(study_id, root), root, data=data or None)
+    return study_dataset(artifacts.read_study(study_id, root), root, data=[data] if data else None)
 
 
 class TaskStore(Protocol):

@@ -222,7 +222,7 @@ class Branch:
         dense = keras.layers.Dense.from_config({**head.get_config(), "name": f"head_{index}"})
         dense.build((None, head.kernel.shape[0]))
         dense.set_weights(head.get_weights())
-        plain = ImageNetPreprocess(pre.mode, xla=False, dtype=pre.dtype_policy, name=f"preprocess_{index}")
+        plain = ImageNetPreprocess.from_config({**pre.get_config(), "xla": False, "name": f"preprocess_{index}"})
         layers = {"preprocess": plain, "backbone": twin, "head": dense}
         statistics = serving.block_statistics(member)
         if statistics is not None:

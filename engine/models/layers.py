@@ -37,6 +37,8 @@ import math
 import keras
 from keras import ops
 
+from engine.models import acquisition
+
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
@@ -116,6 +118,9 @@ class XRayAugment(keras.layers.Layer):
         contrast: float = 1.0,
         gamma: float = 1.0,
         noise: float = 0.0,
+        min_resolution: int = 0,
+        blur: float = 0.0,
+        sharpen: float = 0.0,
         **kwargs,
     ) -> None:
         for name, value in (("contrast", contrast), ("gamma", gamma)):
@@ -138,6 +143,9 @@ class XRayAugment(keras.layers.Layer):
         self.contrast = float(contrast)
         self.gamma = float(gamma)
         self.noise = float(noise)
+        self.min_resolution = int(min_resolution)
+        self.blur = float(blur)
+        self.sharpen = float(sharpen)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def _uniform(self, batch, low: float, high: float):
@@ -188,11 +196,21 @@ class XRayAugment(keras.layers.Layer):
             x = x + sd * keras.random.normal(ops.shape(x), seed=self.seed_generator)
         return ops.clip(x, 0.0, 255.0) if x is not images else x
 
+    def acquisition(self, images):
+        """Another acquisition of the same film, drawn per image: a lower resolution, then a blur or sharpening
+        (``engine.models.acquisition``); nothing is drawn for those left at their default of 0."""
+        x = images
+        if self.min_resolution:
+            x = acquisition.random_resolution(x, minimum=self.min_resolution, seed_generator=self.seed_generator)
+        if self.blur or self.sharpen:
+            x = acquisition.blur_or_sharpen(x, blur=self.blur, sharpen=self.sharpen, seed_generator=self.seed_generator)
+        return x
+
     def call(self, images, training=None):
         if not training:
             return ops.cast(images, self.compute_dtype)
         matrix = self.transforms(ops.shape(images)[0], images.shape[1], images.shape[2])
-        return ops.cast(self.intensity(_warp(images, matrix)), self.compute_dtype)
+        return ops.cast(self.intensity(self.acquisition(_warp(images, matrix))), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -212,6 +230,9 @@ class XRayAugment(keras.layers.Layer):
             "contrast": self.contrast,
             "gamma": self.gamma,
             "noise": self.noise,
+            "min_resolution": self.min_resolution,
+            "blur": self.blur,
+            "sharpen": self.sharpen,
         }
 
 
@@ -224,17 +245,32 @@ class ImageNetPreprocess(keras.layers.Layer):
     mean and std). A gray image has equal R, G and B, so the channel swap of ``caffe`` only
     reorders the means.
 
+    ``intensity`` and ``downscale`` harmonise every image alike first (``engine.models.acquisition``):
+    histogram equalisation or per-image standardisation, then every ``downscale`` x ``downscale`` block
+    averaged and resized back. They are part of what the model computes, so serving, export and cached
+    features all carry them.
+
     ``xla=False`` runs the same arithmetic without its XLA cluster (:func:`_xla`), for exported
     graphs (``engine.models.export``): tf2onnx cannot convert the compiled function, an unsupported
     ``PartitionedCall``. It is how the layer runs, not what it computes, so it is not saved.
     """
 
-    def __init__(self, mode: str, *, xla: bool = True, **kwargs) -> None:
+    def __init__(self, mode: str, *, xla: bool = True, intensity: str = "none", downscale: int = 1, **kwargs) -> None:
         if mode not in ("tf", "caffe", "torch"):
             raise ValueError(f"mode must be 'tf', 'caffe' or 'torch', got mode={mode!r}")
+        if intensity not in acquisition.INTENSITIES:
+            raise ValueError(f"intensity must be one of {acquisition.INTENSITIES}, got intensity={intensity!r}")
+        if int(downscale) < 1:
+            raise ValueError(f"downscale must be at least 1, got downscale={downscale!r}")
         super().__init__(**kwargs)
         self.mode = mode
         self.xla = bool(xla)
+        self.intensity = intensity
+        self.downscale = int(downscale)
+
+    @property
+    def harmonises(self) -> bool:
+        return self.intensity != "none" or self.downscale > 1
 
     def scale_and_shift(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel ``scale`` and ``shift``: the mode's preprocessing is ``gray * scale + shift`` per channel."""
@@ -248,6 +284,8 @@ class ImageNetPreprocess(keras.layers.Layer):
     def call(self, images):
         scale, shift = self.scale_and_shift()
         to_channels = _to_channels if self.xla else _gray_to_channels
+        if self.harmonises:
+            images = acquisition.harmonise(images, intensity=self.intensity, downscale=self.downscale)
         return to_channels(
             ops.cast(images, self.compute_dtype),
             ops.convert_to_tensor(scale, dtype=self.compute_dtype),
@@ -258,7 +296,7 @@ class ImageNetPreprocess(keras.layers.Layer):
         return (*input_shape[:-1], 3)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "intensity": self.intensity, "downscale": self.downscale}
 
 
 @keras.saving.register_keras_serializable(package="cxr")

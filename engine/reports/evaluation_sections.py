@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.external import list_evaluations
 from engine.evaluation.predictions import model_names, study_out_of_fold
 from engine.evaluation.robustness import STRENGTHS, pooled_table, saved_results
@@ -30,14 +31,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def interval_text(found: dict | None) -> str:
-    if not found or found["estimate"] is None:
-        return "–"
-    if found["low"] is None:
-        return f"{found['estimate']:.3f}"
-    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
 
 
 def _summaries(study_id: str, root: Path | None) -> dict[str, dict]:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from engine import settings
+from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.external import list_evaluations
 from engine.evaluation.predictions import out_of_fold
 from engine.evaluation.summary import model_summary
@@ -127,12 +128,6 @@ def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
     }
 
 
-def _interval(found: dict) -> str:
-    if found.get("low") is None:
-        return f"{found['estimate']:.3f}"
-    return f"{found['estimate']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
-
-
 def card_markdown(card: dict) -> str:
     model, training, performance = card["model"], card["training"], card["performance"]
     dataset = training["dataset"]
@@ -169,7 +164,7 @@ def card_markdown(card: dict) -> str:
         "",
         "| metric | estimate [95 % CI] |",
         "|---|---|",
-        *[f"| {name} | {_interval(found)} |" for name, found in performance["metrics"].items()],
+        *[f"| {name} | {interval_text(found)} |" for name, found in performance["metrics"].items()],
     ]
     calibration = performance["calibration"]
     after = calibration["after"]
@@ -186,7 +181,7 @@ def card_markdown(card: dict) -> str:
     for found in performance["external"]:
         lines.append(
             f"External: {found['data']} ({', '.join(f'{c} {n:,}' for c, n in found['counts'].items())}), "
-            f"{found['model']}: accuracy {_interval(found['accuracy'])}."
+            f"{found['model']}: accuracy {interval_text(found['accuracy'])}."
         )
     parity = performance["parity_with_keras"]
     if parity:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.external import list_evaluations
 from engine.evaluation.metrics import per_class_from_confusion
 from engine.models.backbones import REGISTRY, get_backbone
@@ -319,7 +320,7 @@ def _external_section(artifacts_root: Path | None) -> str:
         counts = ", ".join(f"{c} {n}" for c, n in e["data"]["counts"].items())
         recalls = ", ".join(f"{c} {v:.3f}" for c, v in e["recall"].items())
         intervals = e.get("intervals", {}).get("metrics", {})
-        accuracy = evaluation_sections.interval_text(intervals["accuracy"]) if intervals else f"{e['accuracy']:.3f}"
+        accuracy = interval_text(intervals["accuracy"]) if intervals else f"{e['accuracy']:.3f}"
         body.append(
             [
                 f"{e['data']['name']} (`{e['data']['fingerprint']}`)",

@@ -105,8 +105,8 @@ def classifier(
     inputs = keras.Input((input_size, input_size, 1), name="xray")
     x = inputs
     if protocol.augmentation is not None:
-        x = XRayAugment(**asdict(protocol.augmentation), seed=seed, name="augment")(x)
-    x = ImageNetPreprocess(spec.preprocess_mode, name="preprocess")(x)
+        x = XRayAugment(**protocol.augmentation.in_graph(), seed=seed, name="augment")(x)
+    x = ImageNetPreprocess(spec.preprocess_mode, name="preprocess", **protocol.preprocessing())(x)
     x = _pooled(_base(spec, input_size=input_size, weights=weights, pooling=protocol.pooling)(x), protocol.pooling)
     regularizer = keras.regularizers.L2(protocol.head_l2) if protocol.head_l2 else None
     outputs = keras.layers.Dense(
@@ -143,7 +143,13 @@ def _pooled(x, pooling: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _feature_extractor(backbone_name: str, input_size: int, weights: str | None, pooling: str = "average"):
+def _feature_extractor(
+    backbone_name: str,
+    input_size: int,
+    weights: str | None,
+    pooling: str = "average",
+    harmonise: tuple[tuple[str, object], ...] = (),
+):
     import keras
 
     from engine.models.layers import ImageNetPreprocess
@@ -153,7 +159,7 @@ def _feature_extractor(backbone_name: str, input_size: int, weights: str | None,
         # A random base must be the same in every process that reads the cached features (see _own_base).
         keras.utils.set_random_seed(0)
     inputs = keras.Input((input_size, input_size, 1))
-    x = ImageNetPreprocess(spec.preprocess_mode)(inputs)
+    x = ImageNetPreprocess(spec.preprocess_mode, **dict(harmonise))(inputs)
     x = _base(spec, input_size=input_size, weights=weights, pooling=pooling)(x)
     return keras.Model(inputs, _pooled(x, pooling))
 
@@ -165,9 +171,16 @@ def _own_base(model, plan: FoldPlan) -> None:
 
     if plan.study["weights"] is not None:
         return
-    extractor = _feature_extractor(plan.backbone, plan.dataset.input_size, None, plan.protocol.pooling)
+    extractor = _feature_extractor(
+        plan.backbone, plan.dataset.input_size, None, plan.protocol.pooling, _harmonise_key(plan.protocol)
+    )
     model.get_layer("backbone").set_weights(extractor.get_layer("backbone").get_weights())
     keras.utils.set_random_seed(plan.seed)
+
+
+def _harmonise_key(protocol: Protocol) -> tuple[tuple[str, object], ...]:
+    """The protocol's harmonisation as a hashable key (empty without one)."""
+    return tuple(sorted(protocol.preprocessing().items()))
 
 
 VIEWS = ("identity", "flip_lr", "flip_ud", "flip_both")
@@ -193,8 +206,10 @@ def cached_features(
     on_batch: Callable[[int, int], None] | None = None,
     should_stop: StopFn | None = None,
     pooling: str = "average",
+    harmonise: tuple[tuple[str, object], ...] = (),
 ) -> np.ndarray:
-    """Pooled features, shape (N, views, D), computed once per (dataset, backbone, size, weights, pooling)."""
+    """Pooled features, shape (N, views, D), computed once per (dataset, backbone, size, weights, pooling,
+    harmonisation)."""
     spec = get_backbone(backbone_name)
     identity = weights_identity(spec, input_size=dataset.input_size, weights=weights)
     inputs = {
@@ -204,11 +219,15 @@ def cached_features(
         "weights": identity,
         "views": VIEWS[: max(1, views)],
     }
-    key = artifacts.canonical_hash(inputs if pooling == "average" else {**inputs, "pooling": pooling})
+    if pooling != "average":
+        inputs["pooling"] = pooling
+    if harmonise:
+        inputs["harmonise"] = dict(harmonise)
+    key = artifacts.canonical_hash(inputs)
     path = artifacts_root / "features" / f"{backbone_name}-{dataset.input_size}-{key}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
-    extractor = _feature_extractor(backbone_name, dataset.input_size, weights, pooling)
+    extractor = _feature_extractor(backbone_name, dataset.input_size, weights, pooling, harmonise)
     chosen = VIEWS[: max(1, views)]
     n = len(dataset)
     steps = -(-n // FEATURE_BATCH) * len(chosen)
@@ -439,6 +458,7 @@ class FoldPlan:
     train: np.ndarray
     test: np.ndarray
     validation: np.ndarray
+    groups: np.ndarray | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -478,8 +498,12 @@ def plan_fold(dataset: Dataset, study: dict, backbone: str, fold: int) -> FoldPl
     seed = _seed(study, fold)
     train = train_indices(study["folds"][fold], len(dataset))
     validation = np.zeros(0, dtype=np.int64)
+    by_patient = study.get("split", {}).get("level") == "patient"
+    groups = np.asarray(dataset.patients.patients) if by_patient else None
     if protocol.selection == "best-inner-validation":
-        train, validation = inner_split(train, dataset.labels, fraction=protocol.validation_fraction, seed=seed)
+        train, validation = inner_split(
+            train, dataset.labels, fraction=protocol.validation_fraction, seed=seed, groups=groups
+        )
     return FoldPlan(
         study=study,
         dataset=dataset,
@@ -490,6 +514,7 @@ def plan_fold(dataset: Dataset, study: dict, backbone: str, fold: int) -> FoldPl
         train=train,
         test=np.asarray(study["folds"][fold], dtype=np.int64),
         validation=validation,
+        groups=groups,
     )
 
 
@@ -533,6 +558,7 @@ def _train_head_on_cached_features(model, plan: FoldPlan, hooks: FoldHooks, arti
         on_batch=on_batch,
         should_stop=hooks.should_stop,
         pooling=plan.protocol.pooling,
+        harmonise=_harmonise_key(plan.protocol),
     )
     _own_base(model, plan)
     if plan.protocol.head == "logistic-regression":
@@ -571,6 +597,7 @@ def _fit_logistic_head(model, plan: FoldPlan, hooks: FoldHooks, feats: np.ndarra
         n_classes=len(plan.classes),
         seed=plan.seed,
         should_stop=hooks.should_stop,
+        groups=None if plan.groups is None else plan.groups[plan.train],
     )
     if fitted is None:
         hooks.cancelled.append(True)
@@ -629,7 +656,12 @@ def _warm_head(model, plan: FoldPlan, hooks: FoldHooks, artifacts_root) -> dict:
     on_images = plan.protocol.epochs - sum(stage.epochs for stage in warm)
     hooks.callback = _progress_callback(plan, hooks, epochs=sum(stage.epochs for stage in warm), phase="head")
     feats = cached_features(
-        plan.dataset, plan.backbone, weights=plan.study["weights"], views=1, artifacts_root=artifacts_root
+        plan.dataset,
+        plan.backbone,
+        weights=plan.study["weights"],
+        views=1,
+        artifacts_root=artifacts_root,
+        harmonise=_harmonise_key(plan.protocol),
     )
     targets, weights = plan.targets(), plan.sample_weights()
     head_in = keras.Input((feats.shape[-1],))
@@ -657,7 +689,15 @@ def _train_on_images(model, plan: FoldPlan, hooks: FoldHooks, stack: ExitStack, 
     images, batch_size = plan.dataset.images, plan.protocol.batch_size
     targets, weights = plan.targets(), plan.sample_weights()
     data = FitData(
-        x=ImageBatches(images, targets, plan.train, batch_size=batch_size, seed=plan.seed, weights=weights),
+        x=ImageBatches(
+            images,
+            targets,
+            plan.train,
+            batch_size=batch_size,
+            seed=plan.seed,
+            weights=weights,
+            jpeg=plan.protocol.augmentation.jpeg if plan.protocol.augmentation else 0,
+        ),
         validation=ImageBatches(images, targets, plan.validation_rows, batch_size=batch_size),
         steps_per_epoch=-(-len(plan.train) // batch_size),
     )

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 MAX_ITER = 3000
 
@@ -74,15 +74,22 @@ def fit_linear_head(
     seed: int,
     sample_weight: np.ndarray | None = None,
     should_stop: Callable[[], bool] | None = None,
+    groups: np.ndarray | None = None,
 ) -> LinearHead | None:
-    """The head fitted on ``features`` (N, D) of the training rows; None when ``should_stop`` asked to stop."""
+    """The head fitted on ``features`` (N, D) of the training rows; None when ``should_stop`` asked to stop.
+
+    With ``groups`` (a patient per row), the inner folds that choose ``C`` keep each patient on one side.
+    """
     if not grid:
         raise ValueError("grid must hold at least one C, got an empty grid")
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
-    splitter = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
+    if groups is None:
+        splits = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(x, y)
+    else:
+        splits = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(x, y, groups)
     scores: dict[float, list[float]] = {c: [] for c in grid}
-    for fit_rows, check_rows in splitter.split(x, y):
+    for fit_rows, check_rows in splits:
         for c in grid:
             if should_stop and should_stop():
                 return None

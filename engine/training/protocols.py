@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, fields
 
 ADDED_LATER = {
-    "Augmentation": ("brightness", "contrast", "gamma", "noise"),
+    "Augmentation": ("brightness", "contrast", "gamma", "noise", "min_resolution", "blur", "sharpen", "jpeg"),
     "Stage": ("schedule", "on"),
     "Protocol": (
         "batchnorm",
@@ -30,6 +30,7 @@ ADDED_LATER = {
         "head",
         "head_c",
         "inner_folds",
+        "harmonise",
     ),
 }
 SCHEDULES = ("constant", "cosine")
@@ -38,6 +39,7 @@ BATCHNORM_MODES = ("train", "inference")
 CLASS_WEIGHTS = ("none", "balanced")
 SELECTIONS = ("last", "best-inner-validation")
 POOLINGS = ("average", "block-statistics")
+INTENSITIES = ("none", "equalise", "standardise")
 HEADS = ("adam", "logistic-regression")
 
 
@@ -54,7 +56,12 @@ def _without_defaults(obj) -> dict:
 class Augmentation:
     """The paper's ``ImageDataGenerator`` arguments (see :mod:`engine.models.layers` for the mapping), and
     intensity changes: ``brightness`` (grey levels added, uniform in ±), ``contrast`` and ``gamma``
-    (factors drawn log-uniformly in [1/x, x]; 1 is none) and ``noise`` (Gaussian, sd uniform in [0, x])."""
+    (factors drawn log-uniformly in [1/x, x]; 1 is none) and ``noise`` (Gaussian, sd uniform in [0, x]).
+
+    Acquisition changes (``engine.models.acquisition``), 0 for none: ``min_resolution`` (a downscale to a side
+    between it and the input's, and back), ``blur`` (a Gaussian of this sd, blended in by a random amount)
+    and ``sharpen`` (an unsharp mask of up to this amount), and ``jpeg`` (a re-encoding at a quality drawn
+    between it and 95, done on the host by ``engine.training.batches``)."""
 
     rotation: float = 50.0
     width_shift: float = 0.2
@@ -66,9 +73,45 @@ class Augmentation:
     contrast: float = 1.0
     gamma: float = 1.0
     noise: float = 0.0
+    min_resolution: int = 0
+    blur: float = 0.0
+    sharpen: float = 0.0
+    jpeg: int = 0
+
+    def __post_init__(self) -> None:
+        if self.jpeg and not 1 <= self.jpeg <= 95:
+            raise ValueError(f"jpeg is the lowest quality drawn, in [1, 95] (or 0 for none), got jpeg={self.jpeg!r}")
+        if self.min_resolution < 0 or self.blur < 0 or self.sharpen < 0:
+            raise ValueError(
+                "min_resolution, blur and sharpen must be 0 or more, got "
+                f"min_resolution={self.min_resolution!r}, blur={self.blur!r}, sharpen={self.sharpen!r}"
+            )
 
     def to_dict(self) -> dict:
         return _without_defaults(self)
+
+    def in_graph(self) -> dict:
+        """The arguments of the model's ``XRayAugment`` layer: all but the host's JPEG re-encoding."""
+        return {k: v for k, v in asdict(self).items() if k != "jpeg"}
+
+
+@dataclass(frozen=True)
+class Harmonise:
+    """What every image goes through alike, in training and in use (``engine.models.acquisition``):
+    ``intensity`` ``"equalise"`` (histogram equalisation) or ``"standardise"`` (per-image mean and spread),
+    then every ``downscale`` x ``downscale`` block averaged and resized back (2 at 224 px: 112 px of detail)."""
+
+    intensity: str = "none"
+    downscale: int = 1
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITIES:
+            raise ValueError(f"intensity must be one of {INTENSITIES}, got intensity={self.intensity!r}")
+        if self.downscale < 1:
+            raise ValueError(f"downscale must be at least 1, got downscale={self.downscale!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -140,6 +183,7 @@ class Protocol:
     head: str = "adam"
     head_c: tuple[float, ...] = ()
     inner_folds: int = 0
+    harmonise: Harmonise | None = None
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -206,6 +250,8 @@ class Protocol:
         data["augmentation"] = self.augmentation.to_dict() if self.augmentation else None
         if "head_c" in data:
             data["head_c"] = list(self.head_c)
+        if self.harmonise is not None:
+            data["harmonise"] = self.harmonise.to_dict()
         return data
 
     @classmethod
@@ -214,7 +260,12 @@ class Protocol:
         data["stages"] = tuple(Stage(**s) for s in data["stages"])
         data["augmentation"] = Augmentation(**data["augmentation"]) if data.get("augmentation") else None
         data["head_c"] = tuple(data.get("head_c", ()))
+        data["harmonise"] = Harmonise(**data["harmonise"]) if data.get("harmonise") else None
         return cls(**data)
+
+    def preprocessing(self) -> dict:
+        """The harmonisation arguments of the model's ``ImageNetPreprocess`` layer (none by default)."""
+        return self.harmonise.to_dict() if self.harmonise else {}
 
 
 PAPER = Protocol(
@@ -353,8 +404,96 @@ ABLATION = ABLATION_STEPS + ABLATION_EXTRAS
 `xray-finetune` itself), and one more candidate measured beside it: the report's ablation table. The steps
 were fixed before any of them ran on the test folds. They are not presets of the app's form."""
 
-PRESETS: dict[str, Protocol] = {p.name: p for p in (PAPER, XRAY_PROBE, XRAY_FINETUNE, FROZEN, WARMUP_FINETUNE)}
-PROTOCOLS: dict[str, Protocol] = {**PRESETS, **{p.name: p for p in ABLATION}}
+ACQUISITION_AUGMENTATION = dataclasses.replace(
+    RADIOGRAPH_AUGMENTATION, min_resolution=64, blur=1.5, sharpen=1.0, jpeg=30
+)
+"""The radiograph augmentation, and other acquisitions of the same film: a resolution drawn between 64 px and
+the input's, a blur (sd up to 1.5 px) or sharpening, and a JPEG re-encoding at quality 30 to 95."""
+
+HARMONISED = Harmonise(intensity="equalise", downscale=2)
+"""Every image alike, in training and in use: histogram equalisation, then 112 px of detail at 224 px."""
+
+XRAY_HARMONISED = dataclasses.replace(
+    XRAY_FINETUNE,
+    name="xray-harmonised",
+    description=(
+        "Recommended for a model you will use outside its source; train it on several sources, with adult "
+        "normals beside the paper's children (--data twice). The public COVID-19 sets differ by class in how "
+        "their films were made (the COVID-19 images were published downscaled and are much smoother), and a "
+        "model can learn that instead of disease. This is `xray-finetune`'s recipe with every image harmonised "
+        "alike in training and in use (histogram equalisation, then each 2x2 block averaged and resized back: "
+        "112 px of detail), and with training images that vary acquisition further: a resolution between 64 px "
+        "and the input's, a blur or sharpening, and JPEG at quality 30 to 95, on top of xray-finetune's "
+        "augmentation. The shortcut audit and the external sets say how much this holds outside the source."
+    ),
+    augmentation=ACQUISITION_AUGMENTATION,
+    harmonise=HARMONISED,
+)
+
+XRAY_PROBE_HARMONISED = dataclasses.replace(
+    XRAY_PROBE,
+    name="xray-probe-harmonised",
+    description=(
+        "`xray-probe` (a frozen ImageNet base, every block's statistics, a logistic-regression head; minutes "
+        "on a CPU) on images harmonised as `xray-harmonised` harmonises them: histogram equalisation, then "
+        "112 px of detail. No augmentation, as a frozen base's cached features allow none."
+    ),
+    harmonise=HARMONISED,
+)
+
+HARMONISATION_ABLATION: tuple[Protocol, ...] = (
+    dataclasses.replace(
+        XRAY_FINETUNE,
+        name="harmonise-resolution",
+        description="`xray-finetune`, with a random resolution (64 px to the input's, and back) in training.",
+        augmentation=dataclasses.replace(RADIOGRAPH_AUGMENTATION, min_resolution=64),
+    ),
+    dataclasses.replace(
+        XRAY_FINETUNE,
+        name="harmonise-blur-sharpen",
+        description="`xray-finetune`, with a random blur (sd up to 1.5 px) or sharpening in training.",
+        augmentation=dataclasses.replace(RADIOGRAPH_AUGMENTATION, blur=1.5, sharpen=1.0),
+    ),
+    dataclasses.replace(
+        XRAY_FINETUNE,
+        name="harmonise-jpeg",
+        description="`xray-finetune`, with JPEG re-encoding at quality 30 to 95 in training.",
+        augmentation=dataclasses.replace(RADIOGRAPH_AUGMENTATION, jpeg=30),
+    ),
+    dataclasses.replace(
+        XRAY_FINETUNE,
+        name="harmonise-equalise-downscale",
+        description="`xray-finetune`, with every image equalised and brought to 112 px of detail, in training and use.",
+        harmonise=HARMONISED,
+    ),
+    dataclasses.replace(
+        XRAY_PROBE,
+        name="harmonise-probe-equalise",
+        description="`xray-probe` on histogram-equalised images.",
+        harmonise=Harmonise(intensity="equalise"),
+    ),
+    dataclasses.replace(
+        XRAY_PROBE,
+        name="harmonise-probe-standardise",
+        description="`xray-probe` on images standardised to one mean and spread.",
+        harmonise=Harmonise(intensity="standardise"),
+    ),
+    dataclasses.replace(
+        XRAY_PROBE,
+        name="harmonise-probe-downscale",
+        description="`xray-probe` on images brought to 112 px of detail.",
+        harmonise=Harmonise(downscale=2),
+    ),
+)
+"""Each harmonisation option of `xray-harmonised` alone, on `xray-finetune` (the options that vary images in
+training) or on `xray-probe` (those that change every image alike): the report's harmonisation ablation,
+measured in-fold, by the shortcut audit and on the external sets. Fixed before any of them ran on test folds."""
+
+PRESETS: dict[str, Protocol] = {
+    p.name: p
+    for p in (PAPER, XRAY_HARMONISED, XRAY_PROBE_HARMONISED, XRAY_PROBE, XRAY_FINETUNE, FROZEN, WARMUP_FINETUNE)
+}
+PROTOCOLS: dict[str, Protocol] = {**PRESETS, **{p.name: p for p in (*ABLATION, *HARMONISATION_ABLATION)}}
 
 
 def get_protocol(name: str) -> Protocol:

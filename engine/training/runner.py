@@ -6,14 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine import settings
-from engine.data.datasets import import_dataset
+from engine.data.sources import import_sources
 from engine.results import artifacts
 from engine.training.fold import Progress, train_fold
 from engine.training.study import StudyRequest, check_backbones, prepare_study
 
 
 def run_study(
-    data: str | Path,
+    data: str | Path | list[str | Path],
     *,
     backbones: list[str],
     request: StudyRequest,
@@ -22,11 +22,12 @@ def run_study(
     on_progress: Callable[[Progress], None] | None = None,
     on_run: Callable[[artifacts.RunResult], None] | None = None,
 ) -> dict:
-    """Import ``data``, prepare the study and train every (backbone, fold) not already on disk."""
+    """Import ``data`` (one dataset folder, or several: ``engine.data.sources``), prepare the study and train
+    every (backbone, fold) not already on disk."""
     settings.refuse_if_read_only()
     root = artifacts.ensure_root(artifacts_root or settings.artifacts_dir())
     check_backbones(backbones, input_size)
-    dataset = import_dataset(data, input_size=input_size, artifacts=root)
+    dataset = import_sources(data if isinstance(data, list) else [data], input_size=input_size, artifacts=root)
     study = prepare_study(dataset, request, artifacts_root=root)
     for backbone in backbones:
         for fold in range(request.n_folds):

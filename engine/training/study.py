@@ -1,9 +1,13 @@
 """Studies: one dataset, one protocol, k stratified folds shared by every backbone.
 
-:func:`prepare_study` checks the request before any work (folds against the smallest class,
-backbone names, protocol) and writes ``study.json`` with the fold indices once; every backbone
-of the study then sees the same folds. :func:`summarize` gives the mean and standard deviation
-over folds of every metric, with stable keys.
+:func:`prepare_study` checks the request before any work (folds against the smallest class, in
+patients when folds are by patient; backbone names; protocol) and writes ``study.json`` with the fold
+indices and the split that made them once; every backbone of the study then sees the same folds.
+:func:`summarize` gives the mean and standard deviation over folds of every metric, with stable keys.
+
+Folds are by patient (``split="patient"``) whenever some patient has several images, else by image,
+which is then the same thing; ``split="image"`` keeps the paper's image-level folds. A study made
+before the choice existed was split by image, and keeps its id.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.datasets import Dataset
-from engine.data.splits import stratified_folds
+from engine.data.patients import SPLITS
+from engine.data.splits import patients_across_folds, stratified_folds
 from engine.evaluation.metrics import flat_metrics
 from engine.evaluation.stats import mean_sd
 from engine.models.backbones import get_backbone
@@ -31,19 +36,61 @@ class StudyRequest:
     n_folds: int = 5
     seed: int = 42
     weights: str | None = "imagenet"
+    split: str = "patient"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got split={self.split!r}")
+
+
+def split_level(dataset: Dataset, request: StudyRequest) -> str:
+    """The level the folds are made at: by patient when asked and some patient has several images."""
+    return "patient" if request.split == "patient" and dataset.patients.repeats else "image"
 
 
 def study_id_for(dataset: Dataset, request: StudyRequest) -> str:
-    return artifacts.canonical_hash(
-        {
-            "dataset": dataset.fingerprint,
-            "protocol": request.protocol.to_dict(),
-            "n_folds": request.n_folds,
-            "seed": request.seed,
-            "input_size": dataset.input_size,
-            "weights": request.weights,
-        }
-    )
+    inputs = {
+        "dataset": dataset.fingerprint,
+        "protocol": request.protocol.to_dict(),
+        "n_folds": request.n_folds,
+        "seed": request.seed,
+        "input_size": dataset.input_size,
+        "weights": request.weights,
+    }
+    level = split_level(dataset, request)
+    return artifacts.canonical_hash(inputs if level == "image" else {**inputs, "split": level})
+
+
+def _check_sources(dataset: Dataset, n_folds: int, patients: np.ndarray | None) -> None:
+    """Each source's share of each class must fill the folds on its own, in patients when folds are by patient."""
+    if len(dataset.sources) < 2:
+        return
+    for s, name in enumerate(dataset.sources):
+        rows = dataset.source_index == s
+        for k, cls in enumerate(dataset.classes):
+            held = rows & (dataset.labels == k)
+            if not held.any():
+                continue
+            n = len(set(patients[held])) if patients is not None else int(held.sum())
+            unit = "patient(s)" if patients is not None else "image(s)"
+            if n < n_folds:
+                raise ValueError(
+                    f"source {name!r} brings {n} {unit} of class {cls!r}, fewer than the {n_folds} folds; "
+                    "use fewer folds or leave that source out"
+                )
+
+
+def split_record(dataset: Dataset, level: str, requested: str, folds: list[list[int]]) -> dict:
+    """What study.json says of its split: the level, how patients were found, and any patient in two folds."""
+    summary = dataset.patients.summary
+    return {
+        "level": level,
+        "requested": requested,
+        "patients": summary["n_patients"],
+        "images_sharing_a_patient": summary["images_sharing_a_patient"],
+        "patient_rules": summary["by_rule"],
+        "patients_in_several_folds": patients_across_folds(folds, dataset.patients.patients),
+    }
 
 
 def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Path | None = None) -> dict:
@@ -53,12 +100,19 @@ def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Pa
     path = artifacts.study_dir(study_id, root) / "study.json"
     if path.is_file():
         return atomic.read_json(path)
-    folds = stratified_folds(dataset.labels, dataset.classes, n_splits=request.n_folds, seed=request.seed)
+    level = split_level(dataset, request)
+    patients = np.asarray(dataset.patients.patients) if level == "patient" else None
+    _check_sources(dataset, request.n_folds, patients)
+    strata = dataset.source_index * len(dataset.classes) + dataset.labels if len(dataset.sources) > 1 else None
+    folds = stratified_folds(
+        dataset.labels, dataset.classes, n_splits=request.n_folds, seed=request.seed, groups=patients, strata=strata
+    )
+    by = " by patient" if level == "patient" else ""
     study = {
         "schema_version": artifacts.SCHEMA_VERSION,
         "study_id": study_id,
         "title": (
-            f"{dataset.name} · {request.protocol.name} · {request.n_folds}-fold · "
+            f"{dataset.name} · {request.protocol.name} · {request.n_folds}-fold{by} · "
             f"{dataset.input_size}px · seed {request.seed}"
         ),
         "created_at": time.time(),
@@ -69,12 +123,15 @@ def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Pa
             "classes": list(dataset.classes),
             "counts": {c: int(np.sum(dataset.labels == k)) for k, c in enumerate(dataset.classes)},
             "n_images": len(dataset),
+            "sources": list(dataset.sources),
+            "by_source": dataset.report.by_source,
         },
         "protocol": request.protocol.to_dict(),
         "n_folds": request.n_folds,
         "seed": request.seed,
         "input_size": dataset.input_size,
         "weights": request.weights,
+        "split": split_record(dataset, level, request.split, folds),
         "folds": folds,
     }
     atomic.write_json(path, study)

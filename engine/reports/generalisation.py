@@ -1,0 +1,195 @@
+"""Does a study's figure hold outside its source? Its headline figures with the figures that judge them.
+
+For each model of a study (each backbone's fold ensemble, and the ensemble of backbones), read from disk:
+
+- **in-fold**: the pooled out-of-fold figures with their intervals, and the split that made them
+  (patient- or image-level); for a multi-source study, each source's held-out figures too;
+- **leakage**: the same protocol and backbone under image-level folds, where that study exists;
+- **shortcut audit** (``engine.evaluation.shortcuts``): the no-anatomy baseline and occlusion;
+- **external**: every saved evaluation of the model (``engine.evaluation.external``), each with how its set
+  relates to the study (another source, or more of one the study has).
+
+Nothing here trains or predicts: a fresh clone shows what was committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import settings
+from engine.evaluation.external import figure_intervals, list_evaluations
+from engine.evaluation.predictions import ENSEMBLE, model_names, study_out_of_fold
+from engine.evaluation.shortcuts import CONDITIONS, audit_dir
+from engine.evaluation.summary import model_summary
+from engine.results import artifacts, atomic
+
+TWIN_FIELDS = ("protocol", "n_folds", "seed", "input_size", "weights")
+
+
+def split_level(study: dict) -> str:
+    """``"patient"`` or ``"image"``: a study made before folds by patient existed was split by image."""
+    return study.get("split", {}).get("level", "image")
+
+
+def split_label(study: dict) -> str:
+    return f"{split_level(study)}-level folds"
+
+
+def image_level_twin(study: dict, root: Path | None = None) -> str | None:
+    """The study with the same data, protocol and settings but image-level folds: the leakage figure's other half."""
+    if split_level(study) != "patient":
+        return None
+    for other_id in artifacts.list_study_ids(root):
+        other = artifacts.read_study(other_id, root)
+        same = other["dataset"]["fingerprint"] == study["dataset"]["fingerprint"]
+        if same and split_level(other) == "image" and all(other[f] == study[f] for f in TWIN_FIELDS):
+            return other_id
+    return None
+
+
+@dataclass(frozen=True)
+class External:
+    """One saved evaluation of a model on a set outside its study."""
+
+    name: str
+    relation: str
+    counts: dict[str, int]
+    accuracy: dict | None
+    recall: dict[str, dict]
+    served_by: str
+    key: str
+
+    @property
+    def one_class(self) -> bool:
+        return len(self.counts) == 1
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    """What judges one model of a study: in-fold, by source, leakage, occlusion, source probe, external."""
+
+    model: str
+    in_fold: dict[str, dict]
+    by_source: dict[str, dict]
+    image_level: dict | None
+    occlusion: dict[str, dict] | None
+    source_probe: dict | None
+    external: tuple[External, ...]
+
+    def external_set(self, name: str) -> External | None:
+        return next((e for e in self.external if e.name == name), None)
+
+
+@dataclass(frozen=True)
+class Generalisation:
+    """A study's models with the figures that judge them, and its no-anatomy baseline."""
+
+    study_id: str
+    title: str
+    protocol: str
+    split: str
+    sources: tuple[str, ...]
+    baseline: dict | None
+    region: str | None
+    twin: str | None
+    models: tuple[ModelFigures, ...]
+
+    def model(self, name: str) -> ModelFigures | None:
+        return next((m for m in self.models if m.model == name), None)
+
+
+def _source_of(files: list[str], sources: tuple[str, ...]) -> np.ndarray:
+    """Each file's source index, from the prefix a multi-source dataset gives its files."""
+    index = {name: k for k, name in enumerate(sources)}
+    return np.asarray([index.get(f.split("/", 1)[0], 0) for f in files], dtype=np.int64)
+
+
+def _by_source(oof, sources: tuple[str, ...]) -> dict[str, dict]:
+    if len(sources) < 2:
+        return {}
+    source = _source_of(oof.files, sources)
+    return {
+        name: figure_intervals(oof.y_true[source == k], oof.proba[source == k], oof.classes)
+        for k, name in enumerate(sources)
+        if np.any(source == k)
+    }
+
+
+def _external(study_id: str, model: str, root: Path) -> tuple[External, ...]:
+    """The model's saved evaluations, one per set: its Keras fold models' where both they and an export were run."""
+    chosen: dict[str, dict] = {}
+    for e in list_evaluations(root):
+        m = e["model"]
+        if m.get("study_id") != study_id or m.get("backbone") != model or m.get("fold") is not None:
+            continue
+        name = e["data"]["name"]
+        if name not in chosen or (chosen[name]["model"].get("format") and not m.get("format")):
+            chosen[name] = e
+    found = []
+    for name, e in sorted(chosen.items()):
+        metrics = (e.get("intervals") or {}).get("metrics", {})
+        counts = e["data"]["counts"]
+        found.append(
+            External(
+                name=name,
+                relation=e["data"].get("relation", "unstated"),
+                counts=counts,
+                accuracy=None if len(counts) == 1 else metrics.get("accuracy"),
+                recall={c: metrics[f"recall[{c}]"] for c in counts if f"recall[{c}]" in metrics},
+                served_by=e["model"].get("format") or "Keras fold models",
+                key=e["key"],
+            )
+        )
+    return tuple(found)
+
+
+def _audit(study_id: str, name: str, root: Path) -> dict | None:
+    path = audit_dir(study_id, root) / f"{name}.json"
+    return atomic.read_json(path) if path.is_file() else None
+
+
+def _in_fold(study_id: str, model: str, root: Path) -> tuple[dict, object]:
+    oof = study_out_of_fold(study_id, model, root)
+    return model_summary(oof, root)["metrics"], oof
+
+
+def generalisation(study_id: str, artifacts_root: Path | None = None) -> Generalisation:
+    """Everything :mod:`this module <engine.reports.generalisation>` gathers, for one study."""
+    root = artifacts_root or settings.artifacts_dir()
+    study = artifacts.read_study(study_id, root)
+    sources = tuple(study["dataset"].get("sources") or [study["dataset"]["name"]])
+    twin = image_level_twin(study, root)
+    twin_models = set(model_names(twin, root)) if twin else set()
+    baseline = _audit(study_id, "baseline", root)
+    region = None
+    models = []
+    for model in model_names(study_id, root):
+        metrics, oof = _in_fold(study_id, model, root)
+        audit = _audit(study_id, model, root) if model != ENSEMBLE else None
+        if audit:
+            region = audit["region"]["description"]
+        models.append(
+            ModelFigures(
+                model=model,
+                in_fold=metrics,
+                by_source=_by_source(oof, sources),
+                image_level=_in_fold(twin, model, root)[0]["accuracy"] if model in twin_models else None,
+                occlusion=({c: audit["occlusion"][c]["metrics"]["accuracy"] for c in CONDITIONS} if audit else None),
+                source_probe=audit["source_probe"] if audit else None,
+                external=_external(study_id, model, root),
+            )
+        )
+    return Generalisation(
+        study_id=study_id,
+        title=study["title"],
+        protocol=study["protocol"]["name"],
+        split=split_level(study),
+        sources=sources,
+        baseline=baseline,
+        region=region,
+        twin=twin,
+        models=tuple(models),
+    )
