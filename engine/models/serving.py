@@ -1,7 +1,7 @@
 """The serving graph of a trained model or of a fold ensemble, and the numpy steps after it.
 
 Every model of a study is ``xray -> augment -> preprocess -> backbone -> pool -> head`` (see
-``engine.training.fold.classifier``). For serving, the augmentation (identity at inference) is
+``engine.models.builders.classifier``). For serving, the augmentation (identity at inference) is
 left out and three outputs come from one forward pass:
 
 - ``probabilities`` (N, C): the softmax output, averaged over the members of an ensemble;

@@ -9,7 +9,6 @@ callables, which is all the background worker needs.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,6 +20,7 @@ import numpy as np
 from engine.data.datasets import Dataset
 from engine.data.splits import inner_split, train_indices
 from engine.evaluation.metrics import fold_metrics
+from engine.models import builders
 from engine.models.backbones import get_backbone, weights_identity
 from engine.models.inference import OOD_FILE
 from engine.results import artifacts, atomic
@@ -91,77 +91,19 @@ def classifier(
     protocol: Protocol,
     seed: int | None = None,
 ):
-    """Grayscale uint8 image in, class probabilities out; augmentation and preprocessing inside.
-
-    ``seed`` fixes the head's initial weights and the augmentation stream explicitly, so a fold
-    trains the same way whichever process runs it (Keras' default seeds come from Python's global
-    ``random``, which other threads of a Dask worker also draw from).
-    """
-    import keras
-
-    from engine.models.layers import ImageNetPreprocess, XRayAugment
-
-    spec = get_backbone(backbone_name)
-    inputs = keras.Input((input_size, input_size, 1), name="xray")
-    x = inputs
-    if protocol.augmentation is not None:
-        x = XRayAugment(**protocol.augmentation.in_graph(), seed=seed, name="augment")(x)
-    x = ImageNetPreprocess(spec.preprocess_mode, name="preprocess", **protocol.preprocessing())(x)
-    x = _pooled(_base(spec, input_size=input_size, weights=weights, pooling=protocol.pooling)(x), protocol.pooling)
-    regularizer = keras.regularizers.L2(protocol.head_l2) if protocol.head_l2 else None
-    outputs = keras.layers.Dense(
-        n_classes,
-        activation="softmax",
-        dtype="float32",
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-        kernel_regularizer=regularizer,
-        name="head",
-    )(x)
-    return keras.Model(inputs, outputs, name=f"cxr_{backbone_name.replace('-', '_')}")
-
-
-def _base(spec, *, input_size: int, weights: str | None, pooling: str):
-    """The convolutional base named ``backbone``: one output, or every block's (``pooling="block-statistics"``)."""
-    import keras
-
-    base = spec.build(input_size=input_size, weights=weights)
-    if pooling == "block-statistics":
-        names = spec.block_outputs(base)
-        base = keras.Model(base.inputs, [base.get_layer(n).output for n in names])
-    base.name = "backbone"
-    return base
-
-
-def _pooled(x, pooling: str):
-    import keras
-
-    from engine.models.layers import BlockStatisticsPool
-
-    if pooling == "block-statistics":
-        return BlockStatisticsPool(name="pool")(x)
-    return keras.layers.GlobalAveragePooling2D(name="pool")(x)
-
-
-@functools.lru_cache(maxsize=4)
-def _feature_extractor(
-    backbone_name: str,
-    input_size: int,
-    weights: str | None,
-    pooling: str = "average",
-    harmonise: tuple[tuple[str, object], ...] = (),
-):
-    import keras
-
-    from engine.models.layers import ImageNetPreprocess
-
-    spec = get_backbone(backbone_name)
-    if weights is None:
-        # A random base must be the same in every process that reads the cached features (see _own_base).
-        keras.utils.set_random_seed(0)
-    inputs = keras.Input((input_size, input_size, 1))
-    x = ImageNetPreprocess(spec.preprocess_mode, **dict(harmonise))(inputs)
-    x = _base(spec, input_size=input_size, weights=weights, pooling=pooling)(x)
-    return keras.Model(inputs, _pooled(x, pooling))
+    """``engine.models.builders.classifier`` with the augmentation, harmonisation, pooling and head L2 of
+    ``protocol``."""
+    return builders.classifier(
+        backbone_name,
+        n_classes=n_classes,
+        input_size=input_size,
+        weights=weights,
+        augmentation=None if protocol.augmentation is None else protocol.augmentation.in_graph(),
+        preprocessing=protocol.preprocessing(),
+        pooling=protocol.pooling,
+        head_l2=protocol.head_l2,
+        seed=seed,
+    )
 
 
 def _own_base(model, plan: FoldPlan) -> None:
@@ -171,7 +113,7 @@ def _own_base(model, plan: FoldPlan) -> None:
 
     if plan.study["weights"] is not None:
         return
-    extractor = _feature_extractor(
+    extractor = builders.feature_extractor(
         plan.backbone, plan.dataset.input_size, None, plan.protocol.pooling, _harmonise_key(plan.protocol)
     )
     model.get_layer("backbone").set_weights(extractor.get_layer("backbone").get_weights())
@@ -227,7 +169,7 @@ def cached_features(
     path = artifacts_root / "features" / f"{backbone_name}-{dataset.input_size}-{key}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
-    extractor = _feature_extractor(backbone_name, dataset.input_size, weights, pooling, harmonise)
+    extractor = builders.feature_extractor(backbone_name, dataset.input_size, weights, pooling, harmonise)
     chosen = VIEWS[: max(1, views)]
     n = len(dataset)
     steps = -(-n // FEATURE_BATCH) * len(chosen)
