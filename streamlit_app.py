@@ -15,7 +15,7 @@ from engine import settings
 from engine.jobs.store import JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
 from engine.models.backbones import PAPER_BACKBONES, REGISTRY
-from engine.training.protocols import PRESETS
+from engine.training.presets import PRESETS
 from pages import common
 
 ALL_PAPER = "All 14 of the paper"

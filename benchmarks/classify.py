@@ -19,7 +19,7 @@ from engine.data.datasets import import_dataset
 from engine.data.images import decode_xray
 from engine.models.inference import list_models, load_classifier
 from engine.training.fold import train_fold
-from engine.training.protocols import FROZEN
+from engine.training.presets import FROZEN
 from engine.training.study import StudyRequest, prepare_study
 
 BACKBONE = "MobileNet"

@@ -33,7 +33,7 @@ from benchmarks.reference import batches_of, directory_iterator, reference_model
 from engine.data.datasets import import_dataset
 from engine.models.backbones import get_backbone
 from engine.training.fold import classifier
-from engine.training.protocols import PAPER
+from engine.training.presets import PAPER
 
 BACKBONE = "MobileNet-0.25"
 ROUNDS = 12

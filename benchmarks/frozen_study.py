@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.harness import Options, Result, stopwatch
-from engine.training.protocols import FROZEN
+from engine.training.presets import FROZEN
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmarks.harness import Options, Result, stopwatch
 from engine.models.backbones import PAPER_BACKBONES
-from engine.training.protocols import PAPER
+from engine.training.presets import PAPER
 
 TRAIN_IMAGES_PER_FOLD = 2318
 TEST_IMAGES_PER_FOLD = 579

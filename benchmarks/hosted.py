@@ -184,7 +184,7 @@ def _tiny_source(options: Options, work: Path) -> Path:
     """A quick fold model of MobileNet-0.25 at 32 px (1 fold of 2, frozen, random weights) in its own folder."""
     from engine.data.datasets import import_dataset
     from engine.training.fold import train_fold
-    from engine.training.protocols import FROZEN
+    from engine.training.presets import FROZEN
     from engine.training.study import StudyRequest, prepare_study
 
     root = work / "tiny-artifacts"

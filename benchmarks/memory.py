@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.harness import Options, Result, last_json_line
-from engine.training.protocols import FROZEN
+from engine.training.presets import FROZEN
 
 LARGE_SET = 20_000
 TINY_LARGE_SET = 60

@@ -29,7 +29,7 @@ def _weights(text: str) -> str | None:
 
 
 def study(data: Path, artifacts: Path, size: int, weights: str, folds: int, epochs: int) -> dict:
-    from engine.training.protocols import FROZEN
+    from engine.training.presets import FROZEN
     from engine.training.runner import run_study
     from engine.training.study import StudyRequest
 
@@ -44,7 +44,7 @@ def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> di
 
     from engine.data.datasets import import_dataset
     from engine.training.fold import classifier
-    from engine.training.protocols import PAPER
+    from engine.training.presets import PAPER
 
     dataset = import_dataset(data, input_size=size, artifacts=artifacts)
     after_import = peak_rss_mb()

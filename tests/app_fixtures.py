@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.evaluation import predictions, summary
 from engine.results import atomic
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests.conftest import HAS_SHARED_WEIGHTS

@@ -10,7 +10,7 @@ import pytest
 
 from engine.models import acquisition
 from engine.models.layers import ImageNetPreprocess, XRayAugment
-from engine.training import protocols
+from engine.training import presets, protocols
 from engine.training.batches import ImageBatches, jpeg_again
 
 
@@ -84,13 +84,13 @@ def test_preprocessing_carries_its_harmonisation_through_its_config():
 
 def test_the_protocol_and_the_layer_agree_on_the_intensities():
     assert protocols.INTENSITIES == acquisition.INTENSITIES
-    harmonised = protocols.get_protocol("xray-harmonised")
+    harmonised = presets.get_protocol("xray-harmonised")
     assert harmonised.preprocessing() == {"intensity": "equalise", "downscale": 2}
     assert protocols.Protocol.from_dict(harmonised.to_dict()) == harmonised
-    assert "harmonise" not in protocols.get_protocol("xray-finetune").to_dict()
+    assert "harmonise" not in presets.get_protocol("xray-finetune").to_dict()
     assert "jpeg" not in harmonised.augmentation.in_graph()
     with pytest.raises(ValueError, match="jpeg is the lowest quality"):
-        dataclasses.replace(protocols.RADIOGRAPH_AUGMENTATION, jpeg=99)
+        dataclasses.replace(presets.RADIOGRAPH_AUGMENTATION, jpeg=99)
 
 
 def test_jpeg_re_encoding_is_seeded_and_for_training_batches_only():

@@ -14,7 +14,7 @@ import pytest
 from engine import settings
 from engine.evaluation.stats import corrected_resampled_ttest
 from engine.reports import explore
-from engine.training.protocols import XRAY_PROBE
+from engine.training.presets import XRAY_PROBE
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy, open_page, texts
 

@@ -29,7 +29,7 @@ import json, sys
 from pathlib import Path
 import jax, keras
 from engine.training.compilation import MIN_COMPILE_SECONDS
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 

@@ -46,7 +46,7 @@ from engine.models.ood import OODDetector
 from engine.models.runtime import RUNNERS, detector_path, file_sha256, load_exported, sidecar_path
 from engine.reports.model_card import card_path
 from engine.results import artifacts
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests.conftest import SHARED, eager_functions, requires_shared

@@ -23,7 +23,7 @@ from PIL import Image
 from engine import settings
 from engine.models.export import export_runs
 from engine.models.inference import list_models
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests.synthetic import make_dataset, make_image

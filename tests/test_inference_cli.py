@@ -19,7 +19,7 @@ from engine.models.export import export_runs, study_models
 from engine.models.inference import list_models, load_classifier, serving_key
 from engine.reports.reproduction import reproduction_report
 from engine.results import artifacts, atomic
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests import app_fixtures

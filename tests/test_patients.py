@@ -11,7 +11,7 @@ from PIL import Image
 from engine.data.datasets import import_dataset, read_manifest
 from engine.data.patients import OWN, PatientsError, patient_groups, read_patients_csv
 from engine.data.splits import check_folds, inner_split, patients_across_folds, stratified_folds
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.study import StudyRequest, prepare_study, study_id_for
 from tests.synthetic import make_image
 

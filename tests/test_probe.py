@@ -22,7 +22,8 @@ from engine.models.layers import BlockStatisticsPool
 from engine.models.runtime import load_exported
 from engine.results import artifacts
 from engine.training.linear_head import fit_linear_head
-from engine.training.protocols import XRAY_PROBE, Protocol, Stage
+from engine.training.presets import XRAY_PROBE
+from engine.training.protocols import Protocol, Stage
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests.synthetic import make_dataset, make_image

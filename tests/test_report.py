@@ -9,7 +9,7 @@ import pytest
 
 from engine.reports.reproduction import NOT_COMPARABLE, reproduction_report
 from engine.results import artifacts
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests.synthetic import make_dataset

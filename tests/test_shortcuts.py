@@ -13,7 +13,7 @@ from engine.data.sources import import_sources
 from engine.evaluation.image_statistics import image_statistics, names, summary_columns
 from engine.evaluation.shortcuts import CONDITIONS, REGION, _occluded, acquisition_baseline, model_audit
 from engine.reports.generalisation import generalisation
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest, prepare_study
 from tests.synthetic import make_dataset

@@ -11,7 +11,7 @@ from PIL import Image
 
 from engine.data.datasets import DatasetError, import_dataset
 from engine.data.sources import import_sources, study_dataset
-from engine.training.protocols import get_protocol
+from engine.training.presets import get_protocol
 from engine.training.study import StudyRequest, prepare_study
 from tests.synthetic import make_dataset, make_image
 

@@ -19,7 +19,8 @@ from engine.settings import ReadOnlyError
 from engine.training import compiled_models
 from engine.training import fold as training
 from engine.training.fold import train_fold
-from engine.training.protocols import Protocol, Stage, get_protocol
+from engine.training.presets import get_protocol
+from engine.training.protocols import Protocol, Stage
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest, prepare_study, study_id_for, summarize
 from tests.synthetic import make_dataset

@@ -25,7 +25,7 @@ def add_artifacts(parser: argparse.ArgumentParser) -> None:
 
 def add_study_options(parser: argparse.ArgumentParser) -> None:
     from engine.models.backbones import REGISTRY
-    from engine.training.protocols import PROTOCOLS
+    from engine.training.presets import PROTOCOLS
 
     parser.add_argument(
         "--data",
@@ -59,7 +59,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 
 
 def study_request(args: argparse.Namespace):
-    from engine.training.protocols import get_protocol
+    from engine.training.presets import get_protocol
     from engine.training.study import StudyRequest
 
     protocol = get_protocol(args.protocol).replace(epochs=args.epochs, batch_size=args.batch_size)

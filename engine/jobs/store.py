@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 from engine import settings
 from engine.data.patients import SPLITS
 from engine.results import artifacts
-from engine.training.protocols import Protocol, get_protocol
+from engine.training.presets import get_protocol
+from engine.training.protocols import Protocol
 
 if TYPE_CHECKING:
     from engine.training.study import StudyRequest

@@ -12,15 +12,8 @@ from engine.evaluation.summary import model_summary
 from engine.models.inference import model_name
 from engine.reports import explore
 from engine.results import artifacts
-from engine.training.protocols import (
-    ABLATION,
-    ABLATION_EXTRAS,
-    ABLATION_STEPS,
-    PAPER,
-    XRAY_FINETUNE,
-    XRAY_PROBE,
-    Protocol,
-)
+from engine.training.presets import ABLATION, ABLATION_EXTRAS, ABLATION_STEPS, PAPER, XRAY_FINETUNE, XRAY_PROBE
+from engine.training.protocols import Protocol
 
 ABLATION_BACKBONE = "MobileNet-0.25"
 PATH = (PAPER.name, *(p.name for p in ABLATION_STEPS), XRAY_FINETUNE.name)
