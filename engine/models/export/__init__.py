@@ -33,6 +33,15 @@ from engine import settings
 from engine.data.datasets import DatasetError, import_dataset, load_dataset
 from engine.models import serving
 from engine.models.bias_correction import Correction, correct_int8_bias, within_first_convolutions
+from engine.models.export.options import (
+    ACTIVATIONS,
+    CALIBRATION_CHUNK,
+    CALIBRATION_IMAGES,
+    FLOAT_FIRST_CONVS,
+    ONNX_PERCENTILE,
+    QUANTIZATIONS,
+    check_options,
+)
 from engine.models.inference import OOD_FILE, ensemble_detector_path, fit_detector
 from engine.models.ood import OODDetector
 from engine.models.runtime import (
@@ -47,22 +56,43 @@ from engine.models.runtime import (
 )
 from engine.results import artifacts, atomic
 
-QUANTIZATIONS = (None, "int8")
-CALIBRATION_IMAGES = 128
-CALIBRATION_CHUNK = 16
-"""ONNX calibration runs this many images (or a divisor of their count) at a time."""
-FLOAT_FIRST_CONVS = {"litert": 7, "onnx": 3}
-"""int8 keeps each member's first convolutions float (they see the raw radiograph's full range), per format. Chosen on
-the frozen MobileNet of fold 3 as the fewest (of 0 to 9) at which the int8 file's argmax agrees most with the float
-file's on 400 images no member trained on: COVID-19 images of ``covid19-extra``, the only such set here (no label
-read, never a held-out image; ``python -m benchmarks.int8_float_layers``). LiteRT 0 to 9 float: 0.895, 0.898, 0.980,
-0.998, 0.998, 0.998, 0.995, 1.000, 0.998, 0.998; ONNX (min/max ranges then, as LiteRT's) 0.890, 0.905, 0.983, 1.000,
-0.995, then 0.993 to 0.995. Past 2 the counts differ by one or two images of 400, so LiteRT's 7 over 3 rests on one
-image. The model's own training images could not choose: in LiteRT every count from 3 to 8 agrees on all of them.
-Checked again on the 5 fold models of the frozen MobileNet retrained (``--folds 0 1 2 3 4 --formats onnx --counts 3 5
-7``, percentile ranges): pooled unseen agreement 0.9940, 0.9925, 0.9940 with 3, 5, 7 float (mean |Δp| 0.0115, 0.0111,
-0.0106), so the same rule keeps ONNX's 3. 3 first convolutions hold 0.10 % of MobileNet 1.0's weights, 0.19 % of
-MobileNet-0.25's, 0.17 % of MobileNetV2-0.35's; 7 hold 0.91 %, 1.09 % and 0.56 %."""
+__all__ = [
+    "ACTIVATIONS",
+    "CALIBRATION_CHUNK",
+    "CALIBRATION_IMAGES",
+    "CHECK_IMAGES",
+    "FEATURE_TOLERANCE",
+    "FLOAT_FIRST_CONVS",
+    "INT8_MIN_AGREEMENT",
+    "ONNX_PERCENTILE",
+    "PARITY_BATCH",
+    "QUANTIZATIONS",
+    "WRITERS",
+    "Branch",
+    "ExportResult",
+    "Member",
+    "attach_detector",
+    "calibration_indices",
+    "check_indices",
+    "check_options",
+    "ensemble_runs",
+    "export_graph",
+    "export_model",
+    "export_runs",
+    "finished_run",
+    "first_convolutions",
+    "first_litert_convolutions",
+    "int8_graph",
+    "keras_detector_path",
+    "litert_int8",
+    "load_member",
+    "parity",
+    "quantize_onnx",
+    "study_images",
+    "study_models",
+    "training_indices",
+]
+
 CHECK_IMAGES = {None: 64, "int8": 512}
 """Held-out images of the parity check: a float file matches to 1e-4 on a few, while an int8 file's argmax
 agreement needs hundreds to be told from the bar (one image of 64 is 1.6 points)."""
@@ -72,21 +102,6 @@ INT8_MIN_AGREEMENT = 0.99
 recommended MobileNet 1.0 agreed 99.1 % in LiteRT and 99.5 % in ONNX; the paper protocol's 98.7 % and 97.6 % (ONNX
 with min/max ranges: those fold models were not kept to measure again). With it, the frozen MobileNet's five folds
 agree 99.5 % in both formats (98.9-99.1 % without), the paper protocol's MobileNet-0.25 of fold 3 99.7 % and 100 %."""
-ONNX_PERCENTILE = 99.999
-"""The percentile of each tensor's calibration histogram that sets its ONNX int8 range (onnxruntime's default).
-99.99 and 99.9 were measured against it on the 5 retrained frozen MobileNet folds (``python -m
-benchmarks.int8_float_layers --artifacts DIR --folds 0 1 2 3 4 --formats onnx --counts 3 --onnx-percentile P``):
-400 unseen ``covid19-extra`` images per fold disagreed on 16, 11 and 14 of 2,000 images with 99.999, 99.99 and 99.9;
-on the committed frozen fold 3 on 0 and 1 of 400 (99.999, 99.99), on the paper protocol's MobileNet-0.25 of fold 3
-on 3 and 3. One to five images of 2,000 either way, no more than the same files differ between machines: too
-little to move the default, which the recommended study's int8 figures were measured with (its fold models were not
-at hand to measure 99.99). Measured afterwards on the frozen folds' held-out images, 99.999 and 99.99 agreed on 98.9 %
-and 99.0 % (33 and 30 of 2,897 differ) and lost 0.59 and 0.48 points."""
-ACTIVATIONS = {
-    "litert": "int8, ranges from the calibration images (min/max)",
-    "onnx": f"uint8, ranges from the calibration images ({ONNX_PERCENTILE:g}th percentile of each tensor)",
-}
-"""How each format's int8 file sets its activation ranges (:func:`quantize_onnx` says why they differ)."""
 FEATURE_TOLERANCE = 1e-4
 """Largest feature difference (relative to the largest feature) at which a float export keeps the Keras
 model's OOD detector."""
@@ -113,14 +128,6 @@ class ExportResult:
     @property
     def size_bytes(self) -> int:
         return int(self.meta["bytes"])
-
-
-def check_options(*, format: str, quantize: str | None) -> None:
-    """Fail early, naming the argument, before any model is loaded."""
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, got format={format!r}")
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be None or 'int8', got quantize={quantize!r}")
 
 
 def export_model(
