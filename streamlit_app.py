@@ -21,6 +21,10 @@ from pages import common
 ALL_PAPER = "All 14 of the paper"
 DEFAULT_PROTOCOL = "frozen"
 DEFAULT_DATA = settings.shared_dir() / "data" / "covid19-radiography-paper"
+SPLITS = {
+    "patient": "By patient (every image of a patient in one fold)",
+    "image": "By image (the paper's; a patient can be on both sides)",
+}
 
 
 def secrets_read_only() -> bool:
@@ -63,9 +67,12 @@ def launch_form() -> None:
     ]
     st.sidebar.caption(protocol.description)
     with st.sidebar.form("launch", border=True):
-        folder = st.text_input(
-            "Dataset folder on the server (one sub-folder per class)",
+        folder = st.text_area(
+            "Dataset folders on the server (one sub-folder per class), one per line",
             value=str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else "",
+            help="The first folder sets the classes; each further folder adds images to them, each image keeping "
+            "its source (a multi-source study: adult normals beside the paper's children, say).",
+            height=68,
         )
         upload = st.file_uploader("…or upload a .zip of class folders (used instead of the folder)", type=["zip"])
         picked = st.multiselect("Backbones", [ALL_PAPER, *REGISTRY], default=["MobileNet"])
@@ -85,6 +92,13 @@ def launch_form() -> None:
         input_size = right.number_input("Input size (px)", min_value=32, max_value=512, value=224, step=16)
         seed = left.number_input("Seed", min_value=0, value=42)
         weights = right.selectbox("Weights", ["imagenet", "none"], help="'none' trains from random weights")
+        split = st.radio(
+            "Folds",
+            list(SPLITS),
+            format_func=SPLITS.get,
+            help="Patients come from a patients.csv beside the class folders, or from the public sets' file names. "
+            "By image reproduces the paper; its figures are optimistic where a patient has several images.",
+        )
         submitted = st.form_submit_button("Queue the job", type="primary")
     if submitted:
         options = {
@@ -95,6 +109,7 @@ def launch_form() -> None:
             "input_size": int(input_size),
             "seed": int(seed),
             "weights": weights,
+            "split": split,
         }
         submit(folder=folder, upload=upload, backbones=chosen_backbones(picked), options=options)
     last = st.session_state.get("last_job")
@@ -109,12 +124,13 @@ def launch_form() -> None:
 
 
 def submit(*, folder: str, upload, backbones: tuple[str, ...], options: dict) -> None:
-    """Queue the job (the zip, when given, wins over the folder) and wake the worker; errors go in the sidebar."""
+    """Queue the job (the zip, when given, wins over the folders) and wake the worker; errors go in the sidebar."""
     try:
-        data = str(common.saved_upload(upload)) if upload is not None else folder.strip()
+        folders = [line.strip() for line in folder.splitlines() if line.strip()]
+        data = [str(common.saved_upload(upload))] if upload is not None else folders
         if not data:
             raise ValueError("give a dataset folder or upload a .zip")
-        request = JobRequest(data=data, backbones=backbones, **options)
+        request = JobRequest(data=data[0], extra_data=tuple(data[1:]), backbones=backbones, **options)
         job = JobStore(common.artifacts_root()).submit(request)
     except (settings.ReadOnlyError, ValueError) as exc:
         st.sidebar.error(str(exc))
@@ -139,6 +155,7 @@ navigation = st.navigation(
             st.Page(common.PAGES["operating_point"], title="Operating point", icon=":material/target:"),
             st.Page(common.PAGES["failures"], title="Failure analysis", icon=":material/report:"),
             st.Page(common.PAGES["robustness"], title="Robustness", icon=":material/shield:"),
+            st.Page(common.PAGES["audit"], title="Shortcut audit", icon=":material/fact_check:"),
             st.Page(common.PAGES["external"], title="External validation", icon=":material/travel_explore:"),
         ],
         "Use": [

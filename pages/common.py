@@ -38,6 +38,7 @@ PAGES = {
     "operating_point": "pages/operating_point.py",
     "failures": "pages/failures.py",
     "robustness": "pages/robustness.py",
+    "audit": "pages/audit.py",
     "external": "pages/external.py",
     "classify": "pages/classify.py",
     "report": "pages/report.py",
@@ -237,7 +238,7 @@ def folds_of(study_id: str, backbone: str) -> list[int]:
 def study_caption(study_id: str) -> None:
     table = studies().set_index("study_id")
     row = table.loc[study_id]
-    st.caption(f"Study `{study_id}` · {row['title']} · {row['folds_done']} finished runs")
+    st.caption(f"Study `{study_id}` · {row['title']} · {row['split']} · {row['folds_done']} finished runs")
 
 
 if __name__ == "__main__":  # opened as a page by the legacy mode: go through the router

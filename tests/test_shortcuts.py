@@ -13,6 +13,7 @@ from engine.data.sources import import_sources
 from engine.evaluation.image_statistics import image_statistics, names, summary_columns
 from engine.evaluation.shortcuts import CONDITIONS, REGION, _occluded, acquisition_baseline, model_audit
 from engine.reports.generalisation import generalisation
+from engine.results import artifacts
 from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest, prepare_study
@@ -95,3 +96,34 @@ def test_model_audit_of_a_two_source_study_is_kept_and_read_back(tmp_path, artif
     assert set(row.by_source) == {"a", "b"}
     with pytest.raises(ValueError, match="no saved fold model of backbone='MobileNet'"):
         model_audit(study, "MobileNet", dataset)
+
+
+def test_the_checklist_is_answered_from_the_study_and_changes_with_it(tmp_path, artifacts_root):
+    from engine.data.patients import RULES
+    from engine.reports.checklist import POPULATIONS, study_checklist
+
+    assert {rule.name for rule in RULES} <= set(POPULATIONS)
+    first = make_dataset(tmp_path / "a", n_per_class=8, size=32)
+    nih = tmp_path / "b" / "Normal"
+    nih.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        image = np.clip(rng.normal(150, 20, (32, 32)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(nih / f"{20_000_000 + i // 2:08d}_{i % 2:03d}.png")
+    request = StudyRequest(protocol=get_protocol("frozen").replace(epochs=2), n_folds=2, weights=None)
+    one = run_study(first, backbones=["MobileNet-0.25"], request=request, input_size=32)
+    two = run_study([first, tmp_path / "b"], backbones=["MobileNet-0.25"], request=request, input_size=32)
+    a = {item.topic: item.answer for item in study_checklist(one["study_id"])}
+    b = {item.topic: item.answer for item in study_checklist(two["study_id"])}
+    assert "24 images from `a`" in a["Data sources"] and "`b` (Normal 8)" in b["Data sources"]
+    assert "StratifiedKFold by image" in a["Partitions and their level"]
+    assert "StratifiedGroupKFold by patient" in b["Partitions and their level"]
+    assert "0 patients (0 images)" in b["Partitions and their level"]
+    assert "NIH Clinical Center patients" in b["Participant characteristics by class"]
+    assert "NIH" not in a["Participant characteristics by class"]
+    assert "every COVID-19 image comes from one source" in b["Limitations"]
+    assert "folds are by image" in a["Limitations"] and "folds are by image" not in b["Limitations"]
+    assert a["Shortcut audit (robustness of what was learned)"].startswith("not run")
+    acquisition_baseline(artifacts.read_study(two["study_id"]), import_sources([first, tmp_path / "b"], input_size=32))
+    after = {item.topic: item.answer for item in study_checklist(two["study_id"])}
+    assert after["Shortcut audit (robustness of what was learned)"].startswith("no-anatomy baseline accuracy")

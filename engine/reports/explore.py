@@ -18,6 +18,7 @@ from engine.evaluation.metrics import flat_metrics, per_class_from_confusion
 from engine.evaluation.predictions import ENSEMBLE, ensemble_out_of_fold, model_names, study_out_of_fold
 from engine.evaluation.stats import mean_sd
 from engine.evaluation.summary import model_summary, paired_difference
+from engine.reports.generalisation import split_label
 from engine.results import artifacts
 from engine.training.study import summarize
 
@@ -70,6 +71,7 @@ def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
                 "dataset": study["dataset"]["name"],
                 "n_images": study["dataset"]["n_images"],
                 "n_folds": study["n_folds"],
+                "split": split_label(study),
                 "backbones": len({r.backbone for r in runs}),
                 "folds_done": len(runs),
                 "created_at": pd.to_datetime(study["created_at"], unit="s"),
@@ -82,6 +84,7 @@ def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
         "dataset",
         "n_images",
         "n_folds",
+        "split",
         "backbones",
         "folds_done",
         "created_at",
@@ -317,6 +320,9 @@ class Provenance:
     seed: int
     input_size: int
     weights: pd.DataFrame
+    split: str
+    split_details: dict
+    by_source: dict[str, dict[str, int]]
 
 
 def provenance(study_id: str, artifacts_root: Path | None = None) -> Provenance:
@@ -349,6 +355,9 @@ def provenance(study_id: str, artifacts_root: Path | None = None) -> Provenance:
         seed=int(study["seed"]),
         input_size=int(study["input_size"]),
         weights=pd.DataFrame(list(weights.values()), columns=["backbone", "weights", "file", "sha256", "keras"]),
+        split=split_label(study),
+        split_details=study.get("split", {}),
+        by_source=study["dataset"].get("by_source") or {study["dataset"]["name"]: dict(study["dataset"]["counts"])},
     )
 
 

@@ -193,3 +193,67 @@ def generalisation(study_id: str, artifacts_root: Path | None = None) -> General
         twin=twin,
         models=tuple(models),
     )
+
+
+def acquisition_table(study_id: str, model: str, artifacts_root: Path | None = None):
+    """Per image: class, source, the audit's summary statistics, and ``model``'s out-of-fold prediction.
+
+    ``None`` before the audit ran. Rows follow the dataset's order, read from the committed manifest, so the
+    table needs no image.
+    """
+    import pandas as pd
+
+    from engine.data.datasets import read_manifest
+
+    root = artifacts_root or settings.artifacts_dir()
+    baseline = _audit(study_id, "baseline", root)
+    if baseline is None:
+        return None
+    study = artifacts.read_study(study_id, root)
+    manifest = read_manifest(study["dataset"]["fingerprint"], root)
+    classes = manifest["classes"]
+    rows = baseline["rows"]
+    files = [manifest["files"][i] for i in rows]
+    sources = tuple(study["dataset"].get("sources") or [study["dataset"]["name"]])
+    oof = study_out_of_fold(study_id, model, root)
+    predicted = dict(zip(oof.files, (oof.classes[k] for k in oof.proba.argmax(axis=1)), strict=True))
+    table = pd.DataFrame(
+        {
+            "file": files,
+            "class": [classes[manifest["labels"][i]] for i in rows],
+            "source": [sources[k] for k in _source_of(files, sources)] if len(sources) > 1 else sources[0],
+            **baseline["statistics"],
+        }
+    )
+    table["predicted"] = table["file"].map(predicted)
+    table["no-anatomy baseline"] = [classes[k] for k in baseline["predicted"]]
+    table["model wrong"] = table["predicted"].notna() & (table["predicted"] != table["class"])
+    return table
+
+
+def headline_rows(found: Generalisation) -> list[dict[str, str]]:
+    """One row of text cells per model: in-fold (its split), leakage, the no-anatomy baseline, occlusion, each
+    source's held-out accuracy (several sources) and each external set's recall per class, with intervals."""
+    from engine.evaluation.bootstrap import interval_text
+
+    baseline = interval_text(found.baseline["figures"]["metrics"]["accuracy"]) if found.baseline else "not run"
+    rows = []
+    for m in found.models:
+        row = {
+            "model": m.model,
+            f"in-fold accuracy ({found.split}-level)": interval_text(m.in_fold.get("accuracy")),
+            "COVID-19 recall (in-fold)": interval_text(m.in_fold.get("recall[COVID-19]")),
+        }
+        if found.split == "patient":
+            row["same, image-level folds"] = interval_text(m.image_level) if m.image_level else "not run"
+        row["no-anatomy baseline"] = baseline
+        for condition in CONDITIONS[1:]:
+            row[condition] = interval_text(m.occlusion[condition]) if m.occlusion else "–"
+        for source, figures in m.by_source.items():
+            row[f"held out: {source}"] = interval_text(figures["metrics"].get("accuracy"))
+        for e in m.external:
+            where = "same source" if e.relation == "same source" else "external"
+            for cls, recall in e.recall.items():
+                row[f"{e.name} ({where}): {cls} recall"] = interval_text(recall)
+        rows.append(row)
+    return rows
