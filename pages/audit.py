@@ -110,7 +110,9 @@ def features_by_class(study_id: str) -> None:
         if table[name].max() <= 0:
             column.caption(f"{name}: not recorded by the import of this dataset.")
             continue
-        figure = px.box(table, x="class", y=name, color="source" if table["source"].nunique() > 1 else None, points=False)
+        figure = px.box(
+            table, x="class", y=name, color="source" if table["source"].nunique() > 1 else None, points=False
+        )
         wrong = table[table["model wrong"]]
         figure.add_scatter(
             x=wrong["class"],
