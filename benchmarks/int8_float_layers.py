@@ -22,24 +22,22 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from engine import settings
 from engine.data.datasets import import_dataset
-from engine.models.bias_correction import correct_int8_bias
 from engine.models.export import (
-    CALIBRATION_IMAGES,
-    ONNX_PERCENTILE,
     WRITERS,
+    Int8Options,
     calibration_indices,
     export_graph,
-    litert_int8,
     load_member,
-    quantize_onnx,
     study_images,
     training_indices,
+    write_int8,
 )
 from engine.models.runtime import FORMATS, RUNNERS
 from engine.results import artifacts
@@ -76,28 +74,18 @@ def agreement(runner, checked: dict[str, np.ndarray], want: dict[str, np.ndarray
     return found
 
 
-def int8_file(
-    kind: str,
-    member,
-    out_dir: Path,
-    calibration: np.ndarray,
-    *,
-    float_convs: int,
-    percentile: float = ONNX_PERCENTILE,
-    bias_correction: bool = True,
-) -> Path:
-    """The int8 file of ``kind`` in ``out_dir``, written as ``python -m engine export --quantize int8`` writes it
-    but for its count of float convolutions, its ONNX range percentile and whether its biases are corrected."""
-    graph = export_graph([member])
-    if bias_correction:
-        correct_int8_bias(graph, calibration, float_convs=float_convs)
-    path = out_dir / f"int8-{float_convs}{'' if bias_correction else '-uncorrected'}{FORMATS[kind]}"
-    if kind == "litert":
-        path.write_bytes(litert_int8(graph, calibration, float_convs=float_convs))
-    else:
-        WRITERS[kind](graph, path, None)
-        quantize_onnx(path, calibration, float_convs=float_convs, percentile=percentile)
+def int8_file(kind: str, member, out_dir: Path, calibration: np.ndarray, options: Int8Options) -> Path:
+    """The int8 file of ``kind`` in ``out_dir``, written by ``python -m engine export --quantize int8``'s own path
+    (:func:`engine.models.export.write_int8`) with ``options``."""
+    kept = options.float_first_convs[kind]
+    path = out_dir / f"int8-{kept}{'' if options.bias_correction else '-uncorrected'}{FORMATS[kind]}"
+    write_int8([member], path, calibration, format=kind, options=options)
     return path
+
+
+def with_float_convs(options: Int8Options, count: int) -> Int8Options:
+    """``options`` with ``count`` float first convolutions in every format."""
+    return replace(options, float_first_convs=dict.fromkeys(options.float_first_convs, count))
 
 
 def variant_name(kind: str, corrected: bool) -> str:
@@ -111,7 +99,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", default=[FOLD], help="the fold models pooled")
     parser.add_argument("--counts", type=int, nargs="+", default=list(COUNTS), help="float convolutions tried")
     parser.add_argument("--formats", nargs="+", default=sorted(FORMATS), choices=sorted(FORMATS))
-    parser.add_argument("--onnx-percentile", type=float, default=ONNX_PERCENTILE, help="ONNX's activation ranges")
+    parser.add_argument(
+        "--onnx-percentile", type=float, default=Int8Options().onnx_percentile, help="ONNX's activation ranges"
+    )
     parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir())
     parser.add_argument("--data", type=Path, default=None, help="the study's dataset folder, if not cached")
     parser.add_argument("--unseen-data", type=Path, default=settings.shared_dir() / "data" / "covid19-extra")
@@ -119,6 +109,7 @@ def main() -> None:
         "--uncorrected", action="store_true", help="also measure each int8 file without its bias correction"
     )
     args = parser.parse_args()
+    options = Int8Options(onnx_percentile=args.onnx_percentile)
     variants = [(kind, True) for kind in args.formats] + [(kind, False) for kind in args.formats if args.uncorrected]
     study = artifacts.read_study(args.study, args.artifacts)
     images = study_images(study, args.artifacts, data=args.data)
@@ -129,7 +120,7 @@ def main() -> None:
     # Per format and count: each set's agreement and mean |Δp|, one entry per fold.
     found: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}
     for fold in args.folds:
-        calibration_at = calibration_indices(study, [fold], count=CALIBRATION_IMAGES)
+        calibration_at = calibration_indices(study, [fold], count=options.calibration_images)
         calibration = images[calibration_at].astype("float32")[..., None]
         checked = {
             "training": sample(images, np.setdiff1d(training_indices(study, [fold]), calibration_at)),
@@ -148,15 +139,8 @@ def main() -> None:
             }
             for kept in args.counts:
                 for kind, corrected in variants:
-                    path = int8_file(
-                        kind,
-                        member,
-                        Path(tmp),
-                        calibration,
-                        float_convs=kept,
-                        percentile=args.onnx_percentile,
-                        bias_correction=corrected,
-                    )
+                    chosen = replace(with_float_convs(options, kept), bias_correction=corrected)
+                    path = int8_file(kind, member, Path(tmp), calibration, chosen)
                     here = agreement(RUNNERS[kind](path, threads=None), checked, want[kind])
                     name = variant_name(kind, corrected)
                     for n, row in here.items():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,8 @@ import numpy as np
 from benchmarks.int8_float_layers import int8_file, probabilities, variant_name
 from engine import settings
 from engine.models.export import (
-    CALIBRATION_IMAGES,
-    FLOAT_FIRST_CONVS,
-    ONNX_PERCENTILE,
     WRITERS,
+    Int8Options,
     calibration_indices,
     export_graph,
     load_member,
@@ -53,17 +52,21 @@ def main() -> None:
     parser.add_argument("--study", default="4b07a4dd6629")
     parser.add_argument("--backbone", default="MobileNet")
     parser.add_argument("--folds", type=int, nargs="*", default=None, help="default: every fold")
-    parser.add_argument("--formats", nargs="*", default=sorted(FLOAT_FIRST_CONVS), choices=sorted(FLOAT_FIRST_CONVS))
+    parser.add_argument("--formats", nargs="*", default=sorted(FORMATS), choices=sorted(FORMATS))
     parser.add_argument("--artifacts", type=Path, default=settings.artifacts_dir())
     parser.add_argument("--data", type=Path, default=None, help="the study's dataset folder, if not cached")
+    defaults = Int8Options()
     parser.add_argument(
-        "--calibration-images", type=int, default=CALIBRATION_IMAGES, help="training images that set int8's ranges"
+        "--calibration-images", type=int, default=defaults.calibration_images, help="training images that set ranges"
     )
-    parser.add_argument("--onnx-percentile", type=float, default=ONNX_PERCENTILE, help="ONNX's activation ranges")
+    parser.add_argument(
+        "--onnx-percentile", type=float, default=defaults.onnx_percentile, help="ONNX's activation ranges"
+    )
     parser.add_argument(
         "--uncorrected", action="store_true", help="also measure each int8 file without its bias correction"
     )
     args = parser.parse_args()
+    options = Int8Options(calibration_images=args.calibration_images, onnx_percentile=args.onnx_percentile)
     study = artifacts.read_study(args.study, args.artifacts)
     images = study_images(study, args.artifacts, data=args.data)
     if images is None:
@@ -81,7 +84,7 @@ def main() -> None:
         held = np.asarray(study["folds"][fold])
         x = np.asarray(images[held]).astype("float32")[..., None]
         y = labels[held]
-        at = calibration_indices(study, [fold], count=args.calibration_images)
+        at = calibration_indices(study, [fold], count=options.calibration_images)
         calibration = images[at].astype("float32")[..., None]
         member = load_member(model)
         graph = export_graph([member])
@@ -91,20 +94,14 @@ def main() -> None:
                 WRITERS[kind](graph, float_path, None)
                 want = probabilities(RUNNERS[kind](float_path, threads=None), x).argmax(1)
                 for corrected in (True, False) if args.uncorrected else (True,):
-                    quantized = int8_file(
-                        kind,
-                        member,
-                        Path(tmp),
-                        calibration,
-                        float_convs=FLOAT_FIRST_CONVS[kind],
-                        percentile=args.onnx_percentile,
-                        bias_correction=corrected,
-                    )
+                    chosen = replace(options, bias_correction=corrected)
+                    quantized = int8_file(kind, member, Path(tmp), calibration, chosen)
                     got = probabilities(RUNNERS[kind](quantized, threads=None), x).argmax(1)
                     found = (want == got, want == y, got == y)
                     variant = variant_name(kind, corrected)
                     pooled.setdefault(variant, []).append(found)
-                    print(line(f"fold {fold}, {variant} ({FLOAT_FIRST_CONVS[kind]} float)", *found), flush=True)
+                    kept = options.float_first_convs[kind]
+                    print(line(f"fold {fold}, {variant} ({kept} float)", *found), flush=True)
     for kind, rows in pooled.items():
         print(line(f"all folds, {kind}", *(np.concatenate(part) for part in zip(*rows, strict=True))))
 

@@ -45,8 +45,10 @@ from engine.models.export.options import (
     CALIBRATION_CHUNK,
     CALIBRATION_IMAGES,
     FLOAT_FIRST_CONVS,
+    INT8_DEFAULTS,
     ONNX_PERCENTILE,
     QUANTIZATIONS,
+    Int8Options,
     check_options,
 )
 from engine.models.export.parity import CHECK_IMAGES, INT8_MIN_AGREEMENT, PARITY_BATCH, _as_batch, parity
@@ -78,6 +80,7 @@ __all__ = [
     "CHECK_IMAGES",
     "FEATURE_TOLERANCE",
     "FLOAT_FIRST_CONVS",
+    "INT8_DEFAULTS",
     "INT8_MIN_AGREEMENT",
     "ONNX_PERCENTILE",
     "PARITY_BATCH",
@@ -85,6 +88,7 @@ __all__ = [
     "WRITERS",
     "Branch",
     "ExportResult",
+    "Int8Options",
     "Member",
     "attach_detector",
     "calibration_indices",
@@ -106,6 +110,7 @@ __all__ = [
     "study_images",
     "study_models",
     "training_indices",
+    "write_int8",
 ]
 
 FEATURE_TOLERANCE = 1e-4
@@ -147,12 +152,14 @@ def export_model(
     check_images: np.ndarray | None = None,
     sources: list[Member] | None = None,
     name: str = "model",
+    int8: Int8Options = INT8_DEFAULTS,
 ) -> ExportResult:
     """Write ``out_dir/<name>[-int8].<tflite|onnx>`` and its sidecar for one model or a list of members.
 
     ``calibration_images`` (uint8 or float, (N, S, S) or (N, S, S, 1), values in [0, 255]) is
-    required with ``quantize="int8"`` and refused without it. With ``check_images``, the file is
-    run on them and its agreement with the Keras graph goes into the sidecar's ``parity``.
+    required with ``quantize="int8"`` and refused without it; ``int8`` says how the int8 file is
+    made. With ``check_images``, the file is run on them and its agreement with the Keras graph
+    goes into the sidecar's ``parity``.
     """
     import keras
 
@@ -169,13 +176,12 @@ def export_model(
     if calibration is None:
         WRITERS[format](graph, path, None)
     else:
-        corrected, correction = int8_graph(members, calibration, format=format)
-        WRITERS[format](corrected, path, calibration)
+        correction = write_int8(members, path, calibration, format=format, options=int8)
     meta = {
         "schema_version": SIDECAR_SCHEMA,
         "file": path.name,
         "format": format,
-        "quantization": _quantization(format, calibration, correction),
+        "quantization": _quantization(format, calibration, correction, int8),
         "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
         "classes": list(classes),
@@ -193,6 +199,16 @@ def export_model(
     return ExportResult(path=path, sidecar=side, meta=meta)
 
 
+def write_int8(
+    members: list, path: Path, calibration: np.ndarray, *, format: str, options: Int8Options = INT8_DEFAULTS
+) -> Correction | None:
+    """The int8 file of ``members`` at ``path``, made as ``options`` say: :func:`int8_graph`, then the format's
+    writer. ``calibration`` is the float32 batch (N, S, S, 1). Returns the bias correction applied, if any."""
+    graph, correction = int8_graph(members, calibration, format=format, options=options)
+    WRITERS[format](graph, path, calibration, options)
+    return correction
+
+
 def _calibration(images: np.ndarray | None, *, quantize: str | None, size: int) -> np.ndarray | None:
     if quantize is None:
         if images is not None:
@@ -203,17 +219,21 @@ def _calibration(images: np.ndarray | None, *, quantize: str | None, size: int) 
     return _as_batch(images, size=size, name="calibration_images")
 
 
-def _quantization(format: str, calibration: np.ndarray | None, correction: Correction | None) -> dict | None:
-    if correction is None:
+def _quantization(
+    format: str, calibration: np.ndarray | None, correction: Correction | None, options: Int8Options
+) -> dict | None:
+    if calibration is None:
         return None
     return {
         "mode": "int8",
         "weights": "int8, per channel",
-        "activations": ACTIVATIONS[format],
-        "float_layers": f"each member's first {FLOAT_FIRST_CONVS[format]} convolutions",
+        "activations": options.activations(format),
+        "float_layers": f"each member's first {options.float_first_convs[format]} convolutions",
         "bias_correction": (
-            f"{len(correction.corrected)} int8 convolutions' mean weight-rounding error on the calibration images "
-            f"folded into their BatchNorm or bias ({len(correction.uncorrected)} without either)"
+            "none"
+            if correction is None
+            else f"{len(correction.corrected)} int8 convolutions' mean weight-rounding error on the calibration "
+            f"images folded into their BatchNorm or bias ({len(correction.uncorrected)} without either)"
         ),
         "input_output": "float32",
         "calibration_images": len(calibration),
@@ -291,16 +311,17 @@ def export_runs(
     out_dir: Path | None = None,
     artifacts_root: Path | None = None,
     data: Path | None = None,
-    calibration_count: int = CALIBRATION_IMAGES,
     check_count: int | None = None,
+    int8: Int8Options = INT8_DEFAULTS,
 ) -> ExportResult:
     """Export saved runs of one study and backbone (one run, or a fold ensemble) with their provenance.
 
     The study's images come from the artifacts folder's cache, or from ``data`` (its dataset
-    folder). Calibration images are training images of every member; the parity check runs on
-    ``check_count`` images the members held out (default: :data:`CHECK_IMAGES` of the precision;
-    never calibration images); without images, a float export is written unchecked. Default
-    ``out_dir``: ``export/`` beside the model (one run) or beside the fold folders (an ensemble).
+    folder). Calibration images are ``int8.calibration_images`` training images of every member;
+    the parity check runs on ``check_count`` images the members held out (default:
+    :data:`CHECK_IMAGES` of the precision; never calibration images); without images, a float
+    export is written unchecked. Default ``out_dir``: ``export/`` beside the model (one run) or
+    beside the fold folders (an ensemble).
     """
     check_options(format=format, quantize=quantize)
     root = artifacts_root or settings.artifacts_dir()
@@ -317,7 +338,7 @@ def export_runs(
                 f"int8 calibration needs the images of study {study['study_id']}: dataset {info['name']} "
                 f"({info['fingerprint']}) is not cached in {root}; pass its folder as data"
             )
-        calibration = images[calibration_indices(study, folds, count=calibration_count)]
+        calibration = images[calibration_indices(study, folds, count=int8.calibration_images)]
     check_count = CHECK_IMAGES[quantize] if check_count is None else check_count
     check = None if images is None or not check_count else images[check_indices(study, folds, count=check_count)]
     result = export_model(
@@ -330,6 +351,7 @@ def export_runs(
         check_images=check,
         sources=[Member(r.study_id, r.backbone, r.fold, r.config["protocol"]["name"]) for r in runs],
         name=_name(runs),
+        int8=int8,
     )
     if images is not None:
         attach_detector(result, images[training_indices(study, folds)], runs=runs)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.models import serving
-from engine.models.bias_correction import correct_int8_bias
-from engine.models.export.options import FLOAT_FIRST_CONVS
+from engine.models.bias_correction import Correction, correct_int8_bias
+from engine.models.export.options import INT8_DEFAULTS, Int8Options
 
 
 def export_graph(members: list):
@@ -59,8 +59,13 @@ class Branch:
         return self.layers[name]
 
 
-def int8_graph(members: list, calibration: np.ndarray, *, format: str):
+def int8_graph(
+    members: list, calibration: np.ndarray, *, format: str, options: Int8Options = INT8_DEFAULTS
+) -> tuple[object, Correction | None]:
     """A second export graph of ``members`` for the int8 file of ``format``, with :func:`correct_int8_bias`
-    applied to its quantized convolutions (the float graph stays the parity check's reference)."""
+    applied to its quantized convolutions unless ``options`` say not to (the float graph stays the parity
+    check's reference); the correction is None when none was applied."""
     graph = export_graph(members)
-    return graph, correct_int8_bias(graph, calibration, float_convs=FLOAT_FIRST_CONVS[format])
+    if not options.bias_correction:
+        return graph, None
+    return graph, correct_int8_bias(graph, calibration, float_convs=options.float_first_convs[format])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
 from engine.models.runtime import FORMATS
 
 QUANTIZATIONS = (None, "int8")
@@ -30,11 +34,48 @@ on 3 and 3. One to five images of 2,000 either way, no more than the same files 
 little to move the default, which the recommended study's int8 figures were measured with (its fold models were not
 at hand to measure 99.99). Measured afterwards on the frozen folds' held-out images, 99.999 and 99.99 agreed on 98.9 %
 and 99.0 % (33 and 30 of 2,897 differ) and lost 0.59 and 0.48 points."""
-ACTIVATIONS = {
-    "litert": "int8, ranges from the calibration images (min/max)",
-    "onnx": f"uint8, ranges from the calibration images ({ONNX_PERCENTILE:g}th percentile of each tensor)",
-}
-"""How each format's int8 file sets its activation ranges (:func:`quantize_onnx` says why they differ)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Int8Options:
+    """How an int8 file is made. The defaults are the product's (``python -m engine export --quantize int8``);
+    the int8 benchmarks vary them and write their files through the same path."""
+
+    float_first_convs: Mapping[str, int] = field(default_factory=lambda: dict(FLOAT_FIRST_CONVS))
+    """Per format, how many of each member's first convolutions stay float."""
+    onnx_percentile: float = ONNX_PERCENTILE
+    """The percentile of each tensor's calibration histogram that sets its ONNX activation range."""
+    calibration_images: int = CALIBRATION_IMAGES
+    """How many of the members' training images calibrate the activation ranges."""
+    calibration_chunk: int = CALIBRATION_CHUNK
+    """ONNX calibration runs this many images (or a divisor of their count) at a time."""
+    bias_correction: bool = True
+    """Whether each int8 convolution's weight-rounding shift is folded back before conversion."""
+
+    def __post_init__(self) -> None:
+        counts = dict(self.float_first_convs)
+        if set(counts) != set(FORMATS) or any(not isinstance(n, int) or n < 0 for n in counts.values()):
+            raise ValueError(f"float_first_convs must give a count >= 0 for each of {sorted(FORMATS)}, got {counts}")
+        if not 0 < self.onnx_percentile <= 100:
+            raise ValueError(f"onnx_percentile must be in (0, 100], got onnx_percentile={self.onnx_percentile}")
+        if self.calibration_images < 1 or self.calibration_chunk < 1:
+            raise ValueError(
+                "calibration_images and calibration_chunk must be at least 1, got "
+                f"calibration_images={self.calibration_images}, calibration_chunk={self.calibration_chunk}"
+            )
+        object.__setattr__(self, "float_first_convs", MappingProxyType(counts))
+
+    def activations(self, format: str) -> str:
+        """How ``format``'s int8 file sets its activation ranges (:func:`quantize_onnx` says why they differ)."""
+        if format == "litert":
+            return "int8, ranges from the calibration images (min/max)"
+        return f"uint8, ranges from the calibration images ({self.onnx_percentile:g}th percentile of each tensor)"
+
+
+INT8_DEFAULTS = Int8Options()
+"""The product's int8 options."""
+ACTIVATIONS = {format: INT8_DEFAULTS.activations(format) for format in ("litert", "onnx")}
+"""How each format's int8 file sets its activation ranges with the default options."""
 
 
 def check_options(*, format: str, quantize: str | None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.models.bias_correction import within_first_convolutions
-from engine.models.export.options import CALIBRATION_CHUNK, FLOAT_FIRST_CONVS, ONNX_PERCENTILE
+from engine.models.export.options import CALIBRATION_CHUNK, INT8_DEFAULTS, ONNX_PERCENTILE, Int8Options
 from engine.models.runtime import INPUT_NAME
 from engine.results import atomic
 
@@ -20,12 +20,12 @@ def _signature(graph) -> list:
     return [keras.InputSpec(shape=(None, *graph.input_shape[1:]), dtype="float32", name=INPUT_NAME)]
 
 
-def _write_litert(graph, path: Path, calibration: np.ndarray | None) -> None:
+def _write_litert(graph, path: Path, calibration: np.ndarray | None, options: Int8Options = INT8_DEFAULTS) -> None:
     with atomic.atomic_path(path, suffix=".tflite") as tmp:
         if calibration is None:
             graph.export(str(tmp), format="litert", verbose=False, input_signature=_signature(graph))
         else:
-            tmp.write_bytes(litert_int8(graph, calibration, float_convs=FLOAT_FIRST_CONVS["litert"]))
+            tmp.write_bytes(litert_int8(graph, calibration, float_convs=options.float_first_convs["litert"]))
 
 
 def litert_int8(graph, calibration: np.ndarray, *, float_convs: int) -> bytes:
@@ -71,15 +71,26 @@ def first_litert_convolutions(interpreter, depth: int) -> list[str]:
     return within_first_convolutions(ops, depth)
 
 
-def _write_onnx(graph, path: Path, calibration: np.ndarray | None) -> None:
+def _write_onnx(graph, path: Path, calibration: np.ndarray | None, options: Int8Options = INT8_DEFAULTS) -> None:
     with atomic.atomic_path(path, suffix=".onnx") as tmp:
         graph.export(str(tmp), format="onnx", verbose=False, input_signature=_signature(graph))
         if calibration is not None:
-            quantize_onnx(tmp, calibration, float_convs=FLOAT_FIRST_CONVS["onnx"])
+            quantize_onnx(
+                tmp,
+                calibration,
+                float_convs=options.float_first_convs["onnx"],
+                percentile=options.onnx_percentile,
+                chunk=options.calibration_chunk,
+            )
 
 
 def quantize_onnx(
-    path: Path, calibration: np.ndarray, *, float_convs: int, percentile: float = ONNX_PERCENTILE
+    path: Path,
+    calibration: np.ndarray,
+    *,
+    float_convs: int,
+    percentile: float = ONNX_PERCENTILE,
+    chunk: int = CALIBRATION_CHUNK,
 ) -> None:
     """Static QDQ quantization in place: uint8 activations, int8 per-channel weights (x86's fast pairing).
 
@@ -130,7 +141,7 @@ def quantize_onnx(
             nodes_to_exclude=first_convolutions(prepared, float_convs),
             # Histograms grow a chunk at a time: all 128 images' activations at once held 7.9 GB.
             extra_options={
-                "CalibStridedMinMax": math.gcd(len(calibration), CALIBRATION_CHUNK),
+                "CalibStridedMinMax": math.gcd(len(calibration), chunk),
                 "CalibPercentile": percentile,
             },
         )
