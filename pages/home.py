@@ -1,16 +1,40 @@
-"""Home: what the study is, which data and weights produced the numbers shown, and where to start."""
+"""Home: what the selected study found, what it is, which data and weights produced it, and where to start."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from engine.reports import explore
+from engine.reports import explore, generalisation, summary_sections
 from pages import common
 
 common.require_router(__file__)
 
+
+@st.cache_data(show_spinner="Reading the study's figures…", max_entries=16)
+def findings(root: str, study_id: str, key: tuple) -> list[str]:
+    return summary_sections.study_findings(generalisation.generalisation(study_id, Path(root)))
+
+
 st.title("Transfer learning for COVID-19 chest X-rays: study explorer")
 st.warning(common.NOT_A_DEVICE, icon=":material/warning:")
+study_id = common.selected_study()
+if study_id is None:
+    st.info(common.NO_STUDY_HELP.format(root=common.artifacts_root()))
+    st.stop()
+
+st.header("What this study found")
+for line in common.study_cached(findings, study_id):
+    st.markdown(f"- {line}")
+st.page_link(
+    common.PAGES["audit"],
+    label="See the shortcut audit and every model's outside-the-source figures",
+    icon=":material/fact_check:",
+    query_params={"study": study_id},
+)
+
+st.header("What this explorer is")
 st.markdown(
     """
 This explorer reproduces and extends *On Transfer Learning for Classifying COVID-19 in Chest X-Rays
@@ -23,14 +47,10 @@ matrices, training curves, and lets you classify your own X-rays with a trained 
 )
 st.caption(
     "Known caveat of the public data: Normal and Viral Pneumonia images are of children, COVID-19 images mostly "
-    "of adults, so a model can learn anatomy instead of disease (DeGrave et al., Nature Machine Intelligence 2021). "
-    "The Grad-CAM heatmaps on the Classify page are how to check what a model looks at."
+    "of adults, and the classes were published at different resolutions, so a model can learn anatomy or "
+    "acquisition instead of disease (DeGrave et al., Nature Machine Intelligence 2021). The Shortcut audit page "
+    "measures how much of a study's figure that explains."
 )
-
-study_id = common.selected_study()
-if study_id is None:
-    st.info(common.NO_STUDY_HELP.format(root=common.artifacts_root()))
-    st.stop()
 
 source = common.cached(explore.provenance, study_id)
 st.header("Where these results come from")
@@ -45,10 +65,16 @@ with data_col:
     counts = st.columns(len(source.class_counts))
     for column, (name, count) in zip(counts, source.class_counts.items(), strict=True):
         column.metric(name, f"{count:,}")
-    st.caption(f"Imported from a folder or archive named `{source.source}`; the fingerprint identifies its files.")
+    st.caption(f"Imported from `{source.source}`; the fingerprint identifies its files.")
+    if len(source.by_source) > 1:
+        st.caption("Images by source and class:")
+        st.dataframe(source.by_source)
 with protocol_col:
     st.subheader("Protocol")
-    st.markdown(f"**{source.protocol}** · {source.n_folds}-fold stratified cross-validation · seed {source.seed}")
+    st.markdown(
+        f"**{source.protocol}** · {source.n_folds}-fold stratified cross-validation, {source.split} · "
+        f"seed {source.seed}"
+    )
     st.caption(source.protocol_description)
 st.subheader("Weights")
 st.dataframe(

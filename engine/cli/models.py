@@ -103,20 +103,54 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 2 if failed or any(r["error"] for r in rows) else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.evaluation.bootstrap import interval_text
+    from engine.reports.served import choose, read_choice
+
+    choice = choose(args.artifacts) if args.choose else read_choice(args.artifacts)
+    if choice is None:
+        print("no served model chosen yet (python -m engine serve --choose); the best held-out accuracy is served")
+        return 0
+    if args.json:
+        print(json.dumps(choice, indent=2))
+        return 0
+    print(f"served: {choice['backbone']} ensemble of folds {choice['folds']} of study {choice['study_id']}")
+    print(f"why: {choice['why']}")
+    for c in choice["candidates"]:
+        met = sum(1 for ok in c["met"].values() if ok)
+        print(
+            f"  {c['backbone']:<17} {c['protocol']:<22} {c['study_id']} targets met {met}/{len(c['met'])}  "
+            f"adult normals {interval_text(c['adult_normals'])} ({c['adult_normals_how']})  "
+            f"external COVID-19 {interval_text(c['external_covid'])}"
+        )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from engine.reports.readme import results_table, with_results_table
     from engine.reports.reproduction import reproduction_report
 
     text = reproduction_report(args.artifacts)
     if args.out == "-":
         sys.stdout.write(text)
-    else:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}")
+        return 0
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(with_results_table(readme.read_text(), results_table(args.artifacts)))
+        print(f"wrote the results table of {args.readme}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model commands to the ``python -m engine`` parser."""
+    p = sub.add_parser("serve", help="the model served by default, chosen on what holds outside its source")
+    p.add_argument("--choose", action="store_true", help="rank the candidates again and write artifacts/served.json")
+    p.add_argument("--json", action="store_true")
+    add_artifacts(p)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("evaluate", help="evaluate a trained model on a folder of labelled images no fold has seen")
     p.add_argument("--data", required=True, help="folder with one sub-folder per class (some classes may be missing)")
     p.add_argument(
@@ -155,5 +189,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="write the reproduction report (docs/reproduction.md) from the artifacts")
     p.add_argument("--out", default="docs/reproduction.md", help="output file, or - for stdout")
+    p.add_argument("--readme", default="README.md", help="README whose results table is rewritten too ('' for none)")
     add_artifacts(p)
     p.set_defaults(func=cmd_report)

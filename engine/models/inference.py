@@ -22,13 +22,15 @@ from engine.data.images import ImageError, decode_xray, looks_like_xray
 from engine.models import serving
 from engine.models.ood import WARNING as OOD_WARNING
 from engine.models.ood import OODDetector
-from engine.results import artifacts
+from engine.results import artifacts, atomic
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 32 * 2**20
 OOD_FILE = "ood.npz"
 MODEL_FILE = "model.keras"
+SERVED_FILE = "served.json"
+"""In the artifacts folder: the fold ensemble chosen to serve by default, and why (``engine.reports.served``)."""
 NO_OOD_CHECK = (
     "no out-of-distribution check for this model (no detector is saved with it: python -m engine ood fits "
     "one for a study's models, python -m engine export writes one with each export): "
@@ -177,11 +179,22 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
                         **common,
                     )
                 )
-    return sorted(ensembles, key=_best_first) + sorted(singles, key=_best_first)
+    served = _served(artifacts_root)
+    return sorted(ensembles, key=lambda m: _best_first(m, served)) + sorted(singles, key=_best_first)
 
 
-def _best_first(info: ModelInfo) -> tuple:
-    return (-info.accuracy, info.backbone, info.study_id, info.folds)
+def _served(artifacts_root: Path | None) -> tuple[str, str] | None:
+    """The (study, backbone) of the ensemble chosen to serve by default, when a choice was written."""
+    path = (artifacts_root or settings.artifacts_dir()) / SERVED_FILE
+    if not path.is_file():
+        return None
+    choice = atomic.read_json(path)
+    return choice["study_id"], choice["backbone"]
+
+
+def _best_first(info: ModelInfo, served: tuple[str, str] | None = None) -> tuple:
+    """The served model first (chosen on what holds outside the source), then by held-out accuracy."""
+    return ((info.study_id, info.backbone) != served, -info.accuracy, info.backbone, info.study_id, info.folds)
 
 
 def check_upload(name: str, data: bytes) -> None:
@@ -275,7 +288,7 @@ def models_key(artifacts_root: Path | None = None) -> tuple[tuple[str, int], ...
     study, by modification time (a study's own key ignores an export added after its last fold)."""
     root = Path(artifacts_root or settings.artifacts_dir())
     patterns = ("studies/*/runs/*/fold-*/status.json", "studies/*/runs/*/fold-*/" + MODEL_FILE)
-    patterns += ("studies/*/runs/*/export/*", "studies/*/runs/*/fold-*/export/*")
+    patterns += ("studies/*/runs/*/export/*", "studies/*/runs/*/fold-*/export/*", SERVED_FILE)
     files = sorted(f for pattern in patterns for f in root.glob(pattern))
     return tuple((str(f), f.stat().st_mtime_ns) for f in files)
 

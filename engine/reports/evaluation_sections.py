@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
-from engine.evaluation.external import list_evaluations
 from engine.evaluation.predictions import model_names, study_out_of_fold
 from engine.evaluation.robustness import STRENGTHS, pooled_table, saved_results
 from engine.evaluation.summary import DEFAULT_INTERVALS, model_summary
@@ -134,125 +133,24 @@ def _robustness_status(study_ids: list[str], root: Path | None) -> str:
     return ", ".join(done) if done else "none yet"
 
 
-def checklist_section(study_ids: list[str], root: Path | None) -> str:
-    """The evaluation items of CLAIM 2024 and TRIPOD+AI: what these studies answer and where, and what they cannot."""
-    studies = [artifacts.read_study(sid, root) for sid in study_ids]
-    folds = sorted({s["n_folds"] for s in studies})
-    images = sorted({s["dataset"]["n_images"] for s in studies})
-    evaluations = list_evaluations(root)
-    external = (
-        ", ".join(sorted({f"{e['data']['name']} ({sum(e['data']['counts'].values()):,} images)" for e in evaluations}))
-        or "none"
-    )
-    k = " or ".join(str(f) for f in folds)
-    rows = [
-        [
-            "CLAIM 28",
-            "Metrics of performance",
-            "Accuracy; per-class precision, recall, F1, specificity and NPV; the paper's pooled Keras "
-            "precision/recall beside the macro ones; ROC AUC, average precision, cross-entropy.",
-            "Comparison page; Table 1 and the model tables above",
-            "–",
-        ],
-        [
-            "CLAIM 29",
-            "Uncertainty and significance",
-            f"{DEFAULT_INTERVALS.describe()}; fold mean ± sd; corrected resampled t-test (Nadeau and Bengio) and a "
-            "paired bootstrap interval of the difference between two models.",
-            "Comparison page; model tables above",
-            "The intervals resample test images, not training runs: the spread between retrainings shows only as "
-            "the fold sd.",
-        ],
-        [
-            "CLAIM 30",
-            "Robustness",
-            f"Held-out images under 7 acquisition shifts x 3 strengths; analysed so far: "
-            f"{_robustness_status(study_ids, root)}.",
-            "Robustness page; section above",
-            "Simulated shifts only: other scanners, hospitals and patient populations are not in the data.",
-        ],
-        [
-            "CLAIM 31",
-            "Explainability",
-            "Grad-CAM of the predicted class (closed form on the last convolutional map) for every classified "
-            "image and every misclassified held-out image whose fold model is saved.",
-            "Classify X-rays and Failure analysis pages",
-            "No lesion annotations in the data, so no quantitative check that the maps point at disease.",
-        ],
-        [
-            "CLAIM 32",
-            "Internal evaluation",
-            f"Stratified {k}-fold cross-validation over {', '.join(f'{n:,}' for n in images)} images, the same "
-            "folds for every backbone; each image scored once by the fold model that held it out; the epoch kept "
-            "is chosen without the test fold where the protocol says so.",
-            "Home page; What was run",
-            "Folds are disjoint at the image level, not the patient level: the dataset has no patient "
-            "identifiers, so two images of one patient can sit in a training and a test fold, which can make "
-            "internal figures optimistic.",
-        ],
-        [
-            "CLAIM 33",
-            "External evaluation",
-            f"Saved models on labelled images checked to be outside the model's study (identical and "
-            f"near-duplicate images left out); evaluated so far: {external}.",
-            "External validation page; External check section",
-            "A set from the same database release is unseen but not external in source; no three-class set from "
-            "another institution is in the artifacts.",
-        ],
-        [
-            "CLAIM 37",
-            "Performance on every partition",
-            "Each fold's figures (metrics.json of every run) and the pooled out-of-fold figures.",
-            "Comparison page (every fold); model tables above",
-            "–",
-        ],
-        [
-            "CLAIM 38",
-            "Diagnostic accuracy with its precision",
-            "Sensitivity, specificity, PPV and NPV at a chosen threshold with Wilson intervals, and PPV/NPV "
-            "recomputed at a prevalence the user sets.",
-            "Operating point page",
-            "The study's prevalence (its class counts) is not a clinic's; PPV and NPV depend on it.",
-        ],
-        [
-            "CLAIM 39",
-            "Failure analysis",
-            "Every misclassified held-out image with its fold, true and predicted class and probabilities; "
-            "thumbnails and Grad-CAM where the images and fold models are on the machine.",
-            "Failure analysis page; confusion matrices",
-            "Without the dataset's images (a fresh clone, the hosted demo) only the table is shown.",
-        ],
-        [
-            "TRIPOD+AI 12e",
-            "Discrimination and calibration",
-            "One-vs-rest ROC and precision-recall curves per class, per fold and pooled, with AUC and AP "
-            "intervals; reliability diagrams with bin counts, ECE and Brier, before and after cross-fitted "
-            "temperature scaling.",
-            "ROC and precision-recall, and Calibration pages; model tables above",
-            "–",
-        ],
-        [
-            "TRIPOD+AI 15",
-            "How thresholds were chosen",
-            "Reported figures use the most probable class (no tuned threshold). The Operating point page sets a "
-            "one-vs-rest threshold by target sensitivity, target specificity or by hand.",
-            "Operating point page",
-            "A threshold chosen on the out-of-fold predictions is evaluated on the same images: optimistic until "
-            "confirmed on external data.",
-        ],
-        [
-            "TRIPOD+AI 23a",
-            "Performance with confidence intervals",
-            "Every figure of the model tables with its 95 % interval, for each backbone and the ensemble.",
-            "Comparison page; model tables above",
-            "–",
-        ],
-    ]
+def checklist_section(root: Path | None) -> str:
+    """The checklist answered from one study's files: the served model's study, else the newest judged study."""
+    from engine.reports.checklist import checklist_markdown
+    from engine.reports.served import read_choice
+    from engine.reports.summary_sections import judged_studies
+
+    choice = read_choice(root)
+    judged = judged_studies(root)
+    study_id = choice["study_id"] if choice else (judged[0].study_id if judged else None)
+    if study_id is None:
+        return "No study with patient-level folds or a shortcut audit yet: the checklist is answered from one."
+    study = artifacts.read_study(study_id, root)
     return "\n".join(
         [
-            "The evaluation items of CLAIM 2024 (Tejani et al., Radiology: Artificial Intelligence 2024) and "
-            "TRIPOD+AI (Collins et al., BMJ 2024); each row's wording is ours, not the checklists'.",
+            f"Answered from study `{study_id}` ({study['title']}) and its files: a different study gives different "
+            "answers. CLAIM 2024 (Tejani et al., Radiology: Artificial Intelligence 2024) and TRIPOD+AI (Collins et "
+            "al., BMJ 2024); each row's wording is ours, not the checklists'.",
             "",
-            _table(["item", "topic", "what these studies answer", "where", "what they cannot answer"], rows),
+            checklist_markdown(study_id, root),
         ]
     )

@@ -174,6 +174,7 @@ def summarize(artifacts_root: Path | None = None, *, study_ids: list[str] | None
                     "backbone": backbone,
                     "folds_done": len(runs),
                     "n_folds": study["n_folds"],
+                    "split": study.get("split", {}).get("level", "image"),
                     "weights": runs[0].config["weights"],
                     "metrics": {k: _mean_std([f[k] for f in flats]) for k in keys},
                 }

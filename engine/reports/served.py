@@ -1,0 +1,156 @@
+"""Which model the app serves by default: the fold ensemble that holds best outside its source, not the one
+with the best in-fold accuracy.
+
+Every backbone's fold ensemble with both an adult-normal figure and an external COVID-19 figure is a
+candidate. It is judged against the targets of the generalisation issue (:data:`TARGETS`), each on its point
+estimate, and ranked by how many it meets, then by the lower of its two outside-the-source figures, then by
+in-fold accuracy. ``python -m engine serve --choose`` writes the choice with its evidence to
+``<artifacts>/served.json``; ``engine.models.inference.list_models`` puts the model it names first, which is
+what Classify, ``evaluate`` without ``--model`` and the hosted demo use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine import settings
+from engine.evaluation.robustness import pooled_table, saved_results
+from engine.models.inference import SERVED_FILE, list_models
+from engine.reports.generalisation import generalisation
+from engine.results import artifacts, atomic
+
+ADULT_NORMALS = "nih-adult-normal"
+EXTERNAL_ADULTS = "ieee8023-adult"
+SHIFTS = (("noise", 4.0), ("blur", 1.0), ("resolution", 112.0))
+TARGETS = {
+    "in-fold accuracy ≥ 0.95 (paper's images)": 0.95,
+    "in-fold COVID-19 recall ≥ 0.95 (paper's images)": 0.95,
+    f"adult normals called Normal ≥ 0.90 ({ADULT_NORMALS})": 0.90,
+    f"COVID-19 recall ≥ 0.90 ({EXTERNAL_ADULTS})": 0.90,
+    **{f"accuracy drop ≤ 0.05 under {shift} {value:g}": 0.05 for shift, value in SHIFTS},
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One fold ensemble and the figures it is chosen on (intervals as ``Interval.to_dict``; drops as floats)."""
+
+    study_id: str
+    backbone: str
+    protocol: str
+    split: str
+    folds: tuple[int, ...]
+    export: str | None
+    paper_accuracy: dict | None
+    paper_covid_recall: dict | None
+    adult_normals: dict | None
+    adult_normals_how: str
+    external_covid: dict | None
+    external_viral: dict | None
+    drops: dict[str, float | None]
+
+    def met(self) -> dict[str, bool | None]:
+        """Each of :data:`TARGETS`: met, not met, or None when not measured (point estimates)."""
+        figures = (self.paper_accuracy, self.paper_covid_recall, self.adult_normals, self.external_covid)
+        values = [None if f is None else f.get("estimate") for f in figures]
+        values += [self.drops.get(f"{shift} {amount:g}") for shift, amount in SHIFTS]
+        found: dict[str, bool | None] = {}
+        for (name, bar), value in zip(TARGETS.items(), values, strict=True):
+            found[name] = (
+                None if value is None else (value <= bar if name.startswith("accuracy drop") else value >= bar)
+            )
+        return found
+
+    def rank(self) -> tuple:
+        outside = [
+            v["estimate"] for v in (self.adult_normals, self.external_covid) if v and v.get("estimate") is not None
+        ]
+        accuracy = (self.paper_accuracy or {}).get("estimate") or 0.0
+        return (sum(1 for ok in self.met().values() if ok), min(outside, default=0.0), accuracy)
+
+
+def _drops(study_id: str, backbone: str, root: Path) -> dict[str, float | None]:
+    table = pooled_table(saved_results(study_id, backbone, root))
+    found: dict[str, float | None] = {f"{shift} {value:g}": None for shift, value in SHIFTS}
+    for row in table:
+        key = f"{row['shift']} {row['parameter']:g}" if row["parameter"] is not None else None
+        if key in found:
+            found[key] = -float(row["change"])
+    return found
+
+
+def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
+    """Every fold ensemble with an adult-normal and an external COVID-19 figure, best first."""
+    root = artifacts_root or settings.artifacts_dir()
+    ensembles = {(m.study_id, m.backbone): m for m in list_models(root) if m.is_ensemble}
+    found = []
+    for study_id in artifacts.list_study_ids(root):
+        judged = generalisation(study_id, root)
+        for model in judged.models:
+            info = ensembles.get((study_id, model.model))
+            if info is None:
+                continue
+            paper = model.by_source.get(judged.sources[0]) if model.by_source else None
+            paper_metrics = (paper or {}).get("metrics") if paper else model.in_fold
+            held = model.by_source.get(ADULT_NORMALS)
+            external = model.external_set(ADULT_NORMALS)
+            adult = (held or {}).get("metrics", {}).get("recall[Normal]") if held else None
+            how = "held out by patient in its fold" if held else "external"
+            if adult is None and external is not None:
+                adult = external.recall.get("Normal")
+            covid = model.external_set(EXTERNAL_ADULTS)
+            if adult is None or covid is None:
+                continue
+            found.append(
+                Candidate(
+                    study_id=study_id,
+                    backbone=model.model,
+                    protocol=judged.protocol,
+                    split=judged.split,
+                    folds=tuple(info.folds),
+                    export=info.export.relative_to(root).as_posix() if info.export else None,
+                    paper_accuracy=paper_metrics.get("accuracy"),
+                    paper_covid_recall=paper_metrics.get("recall[COVID-19]"),
+                    adult_normals=adult,
+                    adult_normals_how=how,
+                    external_covid=covid.recall.get("COVID-19"),
+                    external_viral=covid.recall.get("Viral Pneumonia"),
+                    drops=_drops(study_id, model.model, root),
+                )
+            )
+    return sorted(found, key=lambda c: c.rank(), reverse=True)
+
+
+def choose(artifacts_root: Path | None = None) -> dict:
+    """Write ``served.json``: the best candidate, why, and every candidate's figures."""
+    root = artifacts_root or settings.artifacts_dir()
+    ranked = candidates(root)
+    if not ranked:
+        raise ValueError(
+            f"no fold ensemble here has both an {ADULT_NORMALS} and an {EXTERNAL_ADULTS} figure; evaluate the "
+            "candidates first (python -m engine evaluate --data ... --model .../runs/BACKBONE)"
+        )
+    best = ranked[0]
+    met = best.met()
+    choice = {
+        "study_id": best.study_id,
+        "backbone": best.backbone,
+        "folds": list(best.folds),
+        "export": best.export,
+        "rule": __doc__.split("\n\n")[1].replace("\n", " "),
+        "why": (
+            f"{best.backbone} fold ensemble of study {best.study_id} ({best.protocol}, {best.split}-level folds) meets "
+            f"{sum(1 for ok in met.values() if ok)} of {len(met)} targets, more than or as many as every other "
+            "candidate, and holds best outside its source among those"
+        ),
+        "targets": met,
+        "candidates": [{**asdict(c), "met": c.met()} for c in ranked],
+    }
+    atomic.write_json(root / SERVED_FILE, choice)
+    return choice
+
+
+def read_choice(artifacts_root: Path | None = None) -> dict | None:
+    path = (artifacts_root or settings.artifacts_dir()) / SERVED_FILE
+    return atomic.read_json(path) if path.is_file() else None

@@ -1,0 +1,175 @@
+"""The report's first screen and what holds outside the source: the answer before the tables that back it.
+
+Every sentence is built from the artifacts: the served model's choice (``engine.reports.served``), each
+study's in-fold figures with the split that made them, its image-level twin, its shortcut audit and its
+external evaluations (``engine.reports.generalisation``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.evaluation.bootstrap import interval_text
+from engine.evaluation.robustness import SHIFTS_BY_NAME
+from engine.reports.generalisation import Generalisation, generalisation, headline_rows
+from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, SHIFTS, read_choice
+from engine.results import artifacts
+
+
+def _table(rows: list[dict[str, str]]) -> str:
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row.get(k, "–") for k in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def judged_studies(root: Path | None) -> list[Generalisation]:
+    """Studies with a shortcut audit or patient-level folds: those the first screen speaks of."""
+    found = []
+    for study_id in artifacts.list_study_ids(root):
+        study = artifacts.read_study(study_id, root)
+        if study.get("split", {}).get("level") == "patient" or (artifacts.study_dir(study_id, root) / "audit").is_dir():
+            found.append(generalisation(study_id, root))
+    return sorted(found, key=lambda g: (len(g.sources) == 1, g.protocol, g.study_id))
+
+
+def _served_bullet(choice: dict) -> list[str]:
+    best = next(
+        c for c in choice["candidates"] if c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]
+    )
+    drops = ", ".join(
+        f"{SHIFTS_BY_NAME[shift].label(value)} {-best['drops'][f'{shift} {value:g}']:+.3f}"
+        for shift, value in SHIFTS
+        if best["drops"].get(f"{shift} {value:g}") is not None
+    )
+    met = sum(1 for ok in best["met"].values() if ok)
+    return [
+        f"- **The model to use outside the source: {best['backbone']}** (`{best['protocol']}`, fold ensemble of study "
+        f"`{best['study_id']}`, {best['split']}-level folds), chosen on what holds outside the source, not on "
+        f"in-fold accuracy. It meets {met} of {len(best['met'])} targets (point estimates):",
+        f"  - in-fold on the paper's images: accuracy {interval_text(best['paper_accuracy'])}, COVID-19 recall "
+        f"{interval_text(best['paper_covid_recall'])};",
+        f"  - adult normals ({ADULT_NORMALS}, {best['adult_normals_how']}): called Normal "
+        f"{interval_text(best['adult_normals'])};",
+        f"  - {EXTERNAL_ADULTS} (adults, other source): COVID-19 recall {interval_text(best['external_covid'])}, "
+        f"Viral Pneumonia recall {interval_text(best['external_viral'])};",
+        f"  - accuracy change under acquisition shifts: {drops or 'not measured'}.",
+    ]
+
+
+def _earlier_bullets(choice: dict) -> list[str]:
+    lines = []
+    for c in choice["candidates"]:
+        if c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]:
+            continue
+        if c["adult_normals_how"] == "external" and c["adult_normals"]["estimate"] is not None:
+            lines.append(
+                f"- {c['backbone']} (`{c['protocol']}`, study `{c['study_id']}`, {c['split']}-level folds), trained "
+                f"without adult normals: calls {c['adult_normals']['estimate']:.1%} of {ADULT_NORMALS} Normal "
+                f"({interval_text(c['adult_normals'])}) while its in-fold accuracy is "
+                f"{interval_text(c['paper_accuracy'])}."
+            )
+    return lines[:3]
+
+
+def _shortcut_bullets(studies: list[Generalisation]) -> list[str]:
+    lines = []
+    for g in studies:
+        if g.baseline is None:
+            continue
+        base = g.baseline["figures"]["metrics"]["accuracy"]
+        best = max(g.models, key=lambda m: m.in_fold["accuracy"]["estimate"])
+        leak = next((m for m in g.models if m.image_level), None)
+        text = (
+            f"- `{g.protocol}` on {' + '.join(g.sources)} ({g.split}-level folds): best in-fold accuracy "
+            f"{interval_text(best.in_fold['accuracy'])} ({best.model}); global image statistics with no anatomy "
+            f"reach {interval_text(base)} on the same folds."
+        )
+        if leak:
+            text += (
+                f" Image-level folds would give {leak.model} {leak.image_level['estimate']:.3f} against "
+                f"{leak.in_fold['accuracy']['estimate']:.3f} by patient."
+            )
+        lines.append(text)
+    return lines
+
+
+def summary_section(root: Path | None) -> str:
+    """At most one screen: the model to use, how sure, what holds outside the source, what a shortcut explains."""
+    studies = judged_studies(root)
+    choice = read_choice(root)
+    lines = []
+    if choice:
+        lines += _served_bullet(choice) + _earlier_bullets(choice)
+    else:
+        lines.append("- No served model has been chosen yet (`python -m engine serve --choose`).")
+    lines += _shortcut_bullets(studies)
+    lines.append(
+        "- In-fold figures on these public sets say little on their own: read each beside its no-anatomy baseline, "
+        "its occlusion and its external figures below. Research use only, not a diagnostic device."
+    )
+    return "\n".join(lines)
+
+
+def generalisation_section(root: Path | None) -> str:
+    """A table per judged study: every model beside its leakage, shortcut and external figures."""
+    parts = []
+    for g in judged_studies(root):
+        parts += [
+            f"### `{g.protocol}` · {' + '.join(g.sources)} · {g.split}-level folds · study `{g.study_id}`",
+            "",
+            _table(headline_rows(g)),
+            "",
+        ]
+        if g.region:
+            parts += [f"Lungs hidden / lungs only: {g.region}; the fill is each image's median grey level.", ""]
+    if not parts:
+        return "No study with patient-level folds or a shortcut audit yet (`python -m engine audit --study ID`)."
+    return "\n".join(
+        [
+            "95 % bootstrap intervals of the pooled out-of-fold predictions (in-fold, held out by source, occlusion) "
+            "or of the set's predictions (external); *same source* marks a set from a source the study already has, "
+            "whose figures are same-source held-out figures, not external ones.",
+            "",
+            *parts,
+        ]
+    )
+
+
+def study_findings(g: Generalisation) -> list[str]:
+    """What one study found, in a few sentences (the Home page's summary), each with its interval."""
+    if not g.models:
+        return []
+    best = max(g.models, key=lambda m: m.in_fold["accuracy"]["estimate"])
+    lines = [
+        f"Best in-fold accuracy: **{best.model}** {interval_text(best.in_fold['accuracy'])}, COVID-19 recall "
+        f"{interval_text(best.in_fold.get('recall[COVID-19]'))} ({g.split}-level folds)."
+    ]
+    if best.image_level:
+        lines.append(f"With image-level folds the same model scores {interval_text(best.image_level)}.")
+    if g.baseline:
+        lines.append(
+            "A classifier of global image statistics with no anatomy reaches "
+            f"{interval_text(g.baseline['figures']['metrics']['accuracy'])} on the same folds."
+        )
+    else:
+        lines.append(f"No shortcut audit yet: `python -m engine audit --study {g.study_id}`.")
+    audited = [m for m in g.models if m.occlusion]
+    if audited:
+        m = max(audited, key=lambda m: m.in_fold["accuracy"]["estimate"])
+        lines.append(
+            f"{m.model} with the lung fields hidden: {interval_text(m.occlusion['lungs hidden'])}; with only them "
+            f"kept: {interval_text(m.occlusion['lungs only'])}."
+        )
+    for m in g.models:
+        for source, figures in m.by_source.items():
+            if source != g.sources[0] and m is best:
+                lines.append(
+                    f"{m.model} on `{source}`, held out: accuracy {interval_text(figures['metrics']['accuracy'])}."
+                )
+        for e in m.external:
+            if m is best or not best.external:
+                kind = "same source" if e.relation == "same source" else "external"
+                recalls = ", ".join(f"{c} recall {interval_text(v)}" for c, v in e.recall.items())
+                lines.append(f"{m.model} on `{e.name}` ({kind}): {recalls}.")
+    return lines
