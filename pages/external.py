@@ -1,4 +1,5 @@
-"""External validation: a saved fold model on labelled images no fold has seen, checked for overlap first."""
+"""External validation: a saved model on labelled images no fold has seen, checked for overlap first, and
+labelled by how the set relates to the study (another source, or more images of a source it already has)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import streamlit as st
 from engine import settings
 from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.external import (
+    RELATIONS,
     ensemble_studies,
     evaluate_folder,
     evaluate_study_ensemble,
@@ -60,6 +62,12 @@ def model_label(info: ModelInfo) -> str:
     return f"{info.label} · study {info.study_id}"
 
 
+RELATION_LABELS = {
+    "other source": "another source (an external validation)",
+    "same source": "a source the study already has (same-source held-out images)",
+}
+
+
 def when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M") if timestamp else "–"
 
@@ -86,12 +94,13 @@ class Choice:
     classes: tuple[str, ...]
     model: ModelInfo | None = None
 
-    def evaluate(self, data: str) -> dict:
+    def evaluate(self, data: str, relation: str) -> dict:
         root = common.artifacts_root()
         if self.model is None:
-            return evaluate_study_ensemble(self.study_id, data, artifacts_root=root)
+            return evaluate_study_ensemble(self.study_id, data, artifacts_root=root, relation=relation)
         served = self.model.serving_path
-        return evaluate_folder(common.classifier(str(served), serving_key(served)), data, artifacts_root=root)
+        classifier = common.classifier(str(served), serving_key(served))
+        return evaluate_folder(classifier, data, artifacts_root=root, relation=relation)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -111,7 +120,7 @@ def choices(available: list[ModelInfo]) -> dict[str, Choice]:
     return ensembles | found
 
 
-def run_evaluation(chosen: Choice, folder: str, upload) -> dict | None:
+def run_evaluation(chosen: Choice, folder: str, upload, relation: str) -> dict | None:
     """Evaluate and save; bad input is one line on the page and leaves every saved evaluation as it was."""
     try:
         data = str(common.saved_upload(upload)) if upload is not None else folder.strip()
@@ -120,7 +129,7 @@ def run_evaluation(chosen: Choice, folder: str, upload) -> dict | None:
         with st.spinner(
             f"Importing the images, checking them against study {chosen.study_id}'s and predicting with {chosen.label}…"
         ):
-            return chosen.evaluate(data)
+            return chosen.evaluate(data, relation)
     except (settings.ReadOnlyError, ValueError, OSError) as exc:
         st.error(str(exc).strip() or type(exc).__name__)
         return None
@@ -144,6 +153,13 @@ def evaluation_form(available: list[ModelInfo]) -> None:
             placeholder="/data/my-external-set",
         )
         upload = st.file_uploader("…or upload a .zip of class folders (used instead of the folder)", type=["zip"])
+        relation = st.radio(
+            "These images come from",
+            RELATIONS,
+            format_func=RELATION_LABELS.get,
+            help="More images of a source the study already has (the rest of one release, say) are unseen but not "
+            "external: their figures are same-source held-out figures.",
+        )
         submitted = st.form_submit_button("Evaluate", type="primary")
     st.caption(
         f"Classes of the model: {', '.join(chosen.classes)}. Folders are matched loosely (COVID, covid19, NORMAL…); a "
@@ -153,29 +169,44 @@ def evaluation_form(available: list[ModelInfo]) -> None:
         "evaluates each backbone's fold ensemble first and saves it too."
     )
     if submitted:
-        result = run_evaluation(chosen, folder, upload)
+        result = run_evaluation(chosen, folder, upload, relation)
         if result is not None:
             common.remember(evaluation=result["key"])
             st.session_state.pop("choose-evaluation", None)  # the list below opens the new one
             st.success(f"Saved as evaluation `{result['key']}` ({images_evaluated(result):,} images); opened below.")
 
 
-def saved_table(found: list[dict]) -> pd.DataFrame:
-    rows = []
-    for e in found:
-        accuracy = (e.get("intervals") or {}).get("metrics", {}).get("accuracy")
-        rows.append(
-            {
-                "data": f"{e['data']['name']} · {e['data']['fingerprint']}",
-                "images": images_evaluated(e),
-                "model": evaluation_model(e),
-                "accuracy (95% interval)": interval_text(accuracy, missing="undefined")
-                if accuracy
-                else f"{e['accuracy']:.3f}",
-                "evaluated": when(e.get("evaluated_at")),
-                "key": e["key"],
-            }
+def relation_of(e: dict) -> str:
+    return e["data"].get("relation", "unstated")
+
+
+def figure_cell(e: dict) -> str:
+    """Accuracy with its interval; on a set of one class, that class's recall (accuracy would only repeat it)."""
+    metrics = (e.get("intervals") or {}).get("metrics", {})
+    counts = e["data"]["counts"]
+    if len(counts) == 1:
+        (only,) = counts
+        recall = metrics.get(f"recall[{only}]")
+        return f"{only} recall " + (
+            interval_text(recall, missing="undefined") if recall else f"{e['recall'][only]:.3f}"
         )
+    accuracy = metrics.get("accuracy")
+    return "accuracy " + (interval_text(accuracy, missing="undefined") if accuracy else f"{e['accuracy']:.3f}")
+
+
+def saved_table(found: list[dict]) -> pd.DataFrame:
+    rows = [
+        {
+            "data": f"{e['data']['name']} · {e['data']['fingerprint']}",
+            "relation to the study": relation_of(e),
+            "images": images_evaluated(e),
+            "model": evaluation_model(e),
+            "figure (95% interval)": figure_cell(e),
+            "evaluated": when(e.get("evaluated_at")),
+            "key": e["key"],
+        }
+        for e in found
+    ]
     return pd.DataFrame(rows)
 
 
@@ -246,9 +277,19 @@ def headline(e: dict) -> None:
     metrics = (e.get("intervals") or {}).get("metrics", {})
     seen = e["data"]["overlap_with_study"]
     accuracy, images, left_out, skipped = st.columns(4)
-    accuracy.metric("Accuracy", f"{e['accuracy']:.3f}")
-    if "accuracy" in metrics:
-        found = metrics["accuracy"]
+    counts = e["data"]["counts"]
+    name, key = (
+        (f"{next(iter(counts))} recall", f"recall[{next(iter(counts))}]")
+        if len(counts) == 1
+        else (
+            "Accuracy",
+            "accuracy",
+        )
+    )
+    value = e["recall"][next(iter(counts))] if len(counts) == 1 else e["accuracy"]
+    accuracy.metric(name, f"{value:.3f}")
+    if key in metrics and metrics[key]["low"] is not None:
+        found = metrics[key]
         accuracy.caption(f"95% interval [{found['low']:.3f}, {found['high']:.3f}]")
     images.metric("Images evaluated", f"{images_evaluated(e):,}")
     left_out.metric("Left out: in the model's study", f"{seen['identical'] + seen['near_duplicates']:,}")
@@ -281,7 +322,7 @@ def data_notes(e: dict) -> None:
     if absent:
         only = list(data["counts"])
         note = f"No {', '.join(absent)} image in this set: their recall and the macro figures are undefined"
-        st.caption(note + (f"; accuracy here is {only[0]} recall." if len(only) == 1 else "."))
+        st.caption(note + (f"; the only figure here is {only[0]} recall." if len(only) == 1 else "."))
     if data["skipped"]:
         st.warning(f"{len(data['skipped']):,} file(s) skipped: they could not be used.")
         with st.expander("Skipped files and why"):
@@ -305,6 +346,13 @@ def mistakes_section(e: dict) -> None:
 def show_evaluation(e: dict) -> None:
     st.subheader(f"{e['data']['name']} · {evaluation_model(e)}")
     st.caption(f"Data `{e['data']['fingerprint']}` · evaluated {when(e.get('evaluated_at'))} · evaluation `{e['key']}`")
+    if relation_of(e) == "same source":
+        st.info(
+            "Same source as the study: these images are unseen, but come from the release and processing the study's "
+            "own images come from. Their figures are same-source held-out figures, not an external validation."
+        )
+    elif relation_of(e) == "unstated":
+        st.caption("Saved before sets were labelled by source: how these images relate to the study is not recorded.")
     headline(e)
     intervals = e.get("intervals")
     left, right = st.columns([1, 1])

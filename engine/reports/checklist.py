@@ -119,7 +119,8 @@ def _external(found: Generalisation) -> str:
     return "; ".join(rows) if rows else "none saved"
 
 
-def _limitations(study: dict, found: Generalisation) -> str:
+def limitations(study: dict, found: Generalisation) -> list[str]:
+    """What the study's own files say it cannot claim."""
     found_limits = ["folder labels were not checked against a radiologist's reading or RT-PCR"]
     if split_level(study) == "image":
         found_limits.append("folds are by image, so a patient's films can sit in training and test folds")
@@ -137,7 +138,7 @@ def _limitations(study: dict, found: Generalisation) -> str:
                 f"global image statistics with no anatomy reach {base:.3f} accuracy, {best - base:.3f} below the "
                 "best model: most of the in-fold figure is within reach of acquisition alone"
             )
-    return "; ".join(found_limits) + "."
+    return found_limits
 
 
 def study_checklist(study_id: str, artifacts_root: Path | None = None) -> list[Item]:
@@ -187,7 +188,7 @@ def study_checklist(study_id: str, artifacts_root: Path | None = None) -> list[I
             "Occlusion without a lung mask uses a fixed central region.",
         ),
         Item("CLAIM / TRIPOD+AI", "External evaluation", _external(found) + ".", "–"),
-        Item("CLAIM / TRIPOD+AI", "Limitations", _limitations(study, found), "–"),
+        Item("CLAIM / TRIPOD+AI", "Limitations", "; ".join(limitations(study, found)) + ".", "–"),
     ]
 
 

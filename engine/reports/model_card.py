@@ -14,13 +14,14 @@ from pathlib import Path
 
 from engine import settings
 from engine.evaluation.bootstrap import interval_text
-from engine.evaluation.external import list_evaluations
 from engine.evaluation.predictions import out_of_fold
 from engine.evaluation.summary import model_summary
 from engine.models.backbones import get_backbone
-from engine.models.inference import model_name
 from engine.models.runtime import read_sidecar
+from engine.reports.checklist import limitations
 from engine.reports.explore import REFERENCE_DIR
+from engine.reports.generalisation import generalisation, split_label
+from engine.reports.served import read_choice
 from engine.results import artifacts, atomic
 
 CARD_SCHEMA = 1
@@ -39,14 +40,13 @@ INTENDED_USE = (
     "Not a medical device: it must not be used to diagnose, screen, triage or treat anyone."
 )
 LIMITATIONS = (
-    "Folds are disjoint at the image level, not the patient level (the data has no patient identifiers), "
-    "so the held-out figures can be optimistic.",
     "An ensemble of fold models has no held-out image of its own: its figures are its members' on their own "
     "held-out folds.",
     "Probabilities are softmax outputs; their calibration on the study's images is given, not a clinic's.",
     "A high score on public research images says nothing of images from another hospital, scanner or "
-    "population; check it on external data first.",
+    "population beyond the sets it was evaluated on, listed above.",
 )
+"""What holds for every exported model; the study's own limits come from ``engine.reports.checklist``."""
 
 
 def card_path(export: Path, suffix: str) -> Path:
@@ -61,8 +61,35 @@ def _dataset(study: dict) -> dict:
         "fingerprint": info["fingerprint"],
         "counts": info["counts"],
         "images": info["n_images"],
+        "by_source": info.get("by_source") or {info["name"]: info["counts"]},
         "note": known["note"] if known else None,
     }
+
+
+def _outside(study_id: str, backbone: str, root: Path) -> dict:
+    """The model's figures outside its training: each source held out by its folds, each saved evaluation."""
+    found = generalisation(study_id, root).model(backbone)
+    if found is None:
+        return {"held_out_by_source": {}, "evaluations": []}
+    return {
+        "held_out_by_source": {
+            source: {k: v for k, v in figures["metrics"].items() if k == "accuracy" or k.startswith("recall[")}
+            for source, figures in found.by_source.items()
+        },
+        "evaluations": [
+            {"data": e.name, "relation": e.relation, "counts": e.counts, "accuracy": e.accuracy, "recall": e.recall}
+            for e in found.external
+        ],
+    }
+
+
+def _served(study_id: str, backbone: str, root: Path) -> dict | None:
+    """Why this model is the one served by default, and what the other candidates measured, when it is."""
+    choice = read_choice(root)
+    if not choice or (choice["study_id"], choice["backbone"]) != (study_id, backbone):
+        return None
+    others = [c for c in choice["candidates"] if (c["study_id"], c["backbone"]) != (study_id, backbone)]
+    return {"why": choice["why"], "rule": choice["rule"], "targets": choice["targets"], "others": others}
 
 
 def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
@@ -75,18 +102,6 @@ def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
     folds = sorted(m["fold"] for m in members)
     summary = model_summary(out_of_fold(study_id, backbone, root, folds=folds), root)
     spec = get_backbone(backbone)
-    external = [
-        {
-            "data": e["data"]["name"],
-            "fingerprint": e["data"]["fingerprint"],
-            "counts": e["data"]["counts"],
-            "model": model_name(e["model"]),
-            "accuracy": e.get("intervals", {}).get("metrics", {}).get("accuracy") or {"estimate": e["accuracy"]},
-            "recall": e["recall"],
-        }
-        for e in list_evaluations(root)
-        if e["model"]["study_id"] == study_id and e["model"]["backbone"] == backbone
-    ]
     return {
         "schema_version": CARD_SCHEMA,
         "model": {
@@ -111,6 +126,7 @@ def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
             "dataset": _dataset(study),
             "protocol": {"name": study["protocol"]["name"], "description": study["protocol"]["description"]},
             "folds": study["n_folds"],
+            "split": split_label(study),
             "seed": study["seed"],
             "weights": "ImageNet" if study["weights"] == "imagenet" else "random initialisation",
         },
@@ -119,12 +135,13 @@ def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
             "intervals": summary["intervals"]["description"],
             "metrics": {key: summary["metrics"][key] for key in CARD_METRICS if key in summary["metrics"]},
             "calibration": summary["calibration"],
-            "external": external,
+            "outside": _outside(study_id, backbone, root),
             "parity_with_keras": meta.get("parity"),
         },
         "out_of_distribution": meta.get("ood"),
+        "served": _served(study_id, backbone, root),
         "intended_use": INTENDED_USE,
-        "limitations": list(LIMITATIONS),
+        "limitations": [*limitations(study, generalisation(study_id, root)), *LIMITATIONS],
     }
 
 
@@ -151,11 +168,14 @@ def card_markdown(card: dict) -> str:
         "",
         f"- {dataset['name']} (fingerprint `{dataset['fingerprint']}`): {dataset['images']:,} images ({counts})",
     ]
+    if len(dataset["by_source"]) > 1:
+        for source, held in dataset["by_source"].items():
+            lines.append(f"  - from `{source}`: " + ", ".join(f"{c} {n:,}" for c, n in held.items() if n))
     if dataset["note"]:
         lines.append(f"- About this dataset: {dataset['note']}")
     lines += [
         f"- Protocol `{training['protocol']['name']}`: {training['protocol']['description']}",
-        f"- Stratified {training['folds']}-fold cross-validation, seed {training['seed']}, "
+        f"- Stratified {training['folds']}-fold cross-validation ({training['split']}), seed {training['seed']}, "
         f"{training['weights']} weights",
         "",
         "## Performance",
@@ -178,17 +198,14 @@ def card_markdown(card: dict) -> str:
             else "."
         ),
     ]
-    for found in performance["external"]:
-        lines.append(
-            f"External: {found['data']} ({', '.join(f'{c} {n:,}' for c, n in found['counts'].items())}), "
-            f"{found['model']}: accuracy {interval_text(found['accuracy'])}."
-        )
+    lines += _outside_lines(performance["outside"])
     parity = performance["parity_with_keras"]
     if parity:
-        lines.append(
+        lines += [
+            "",
             f"Against the Keras model on {parity['images']} held-out images: max |Δp| {parity['max_abs_dp']:.2g}, "
-            f"argmax agreement {parity['argmax_agreement']:.1%}."
-        )
+            f"argmax agreement {parity['argmax_agreement']:.1%}.",
+        ]
     ood = card["out_of_distribution"]
     lines += ["", "## Images unlike the training set", ""]
     if ood:
@@ -199,8 +216,46 @@ def card_markdown(card: dict) -> str:
         )
     else:
         lines.append("No detector was fitted (the study's images were not available at export).")
-    lines += ["", "## Limitations", "", *[f"- {text}" for text in card["limitations"]], ""]
+    lines += _served_lines(card["served"])
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        *[f"- {text[0].upper()}{text[1:].rstrip('.')}." for text in card["limitations"]],
+        "",
+    ]
     return "\n".join(lines)
+
+
+def _outside_lines(outside: dict) -> list[str]:
+    lines = ["", "## Outside its training images", ""]
+    for source, figures in outside["held_out_by_source"].items():
+        recalls = ", ".join(
+            f"{k[7:-1]} recall {interval_text(v)}" for k, v in figures.items() if k.startswith("recall")
+        )
+        lines.append(f"- `{source}`, held out by its folds: accuracy {interval_text(figures['accuracy'])}; {recalls}")
+    for e in outside["evaluations"]:
+        kind = "same source as the study: not an external set" if e["relation"] == "same source" else e["relation"]
+        counts = ", ".join(f"{c} {n:,}" for c, n in e["counts"].items())
+        recalls = ", ".join(f"{c} recall {interval_text(v)}" for c, v in e["recall"].items())
+        accuracy = "" if e["accuracy"] is None else f"accuracy {interval_text(e['accuracy'])}; "
+        lines.append(f"- `{e['data']}` ({kind}; {counts}): {accuracy}{recalls}")
+    if len(lines) == 3:
+        lines.append("- No figure outside its training images has been saved yet.")
+    return lines
+
+
+def _served_lines(served: dict | None) -> list[str]:
+    if not served:
+        return []
+    lines = ["", "## Why this model is served", "", f"{served['why']}. {served['rule']}", ""]
+    for c in served["others"]:
+        lines.append(
+            f"- {c['backbone']} (`{c['protocol']}`, study `{c['study_id']}`, {c['split']}-level folds): adult normals "
+            f"called Normal {interval_text(c['adult_normals'])} ({c['adult_normals_how']}), external COVID-19 recall "
+            f"{interval_text(c['external_covid'])}"
+        )
+    return lines
 
 
 def write_model_card(export: Path, artifacts_root: Path | None = None) -> tuple[Path, Path]:
