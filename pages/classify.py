@@ -17,6 +17,7 @@ from engine.models.inference import (
     Prediction,
     serving_key,
 )
+from engine.reports.served import read_choice
 from pages import common
 
 common.require_router(__file__)
@@ -159,12 +160,20 @@ if not available:
 by_id = {model_id(m): m for m in available}
 chosen = by_id[
     common.choose(
-        "Model (fold ensembles first, then single folds; best held-out accuracy first)",
+        "Model (the served model first, chosen on what holds outside its source; then fold ensembles and single "
+        "folds by held-out accuracy)",
         list(by_id),
         param="model",
         format_func=lambda key: f"{by_id[key].label} · study {by_id[key].study_id}",
     )
 ]
+choice = read_choice(root)
+if choice and (choice["study_id"], choice["backbone"]) == (chosen.study_id, chosen.backbone) and chosen.is_ensemble:
+    st.info(
+        f"The served model: {choice['why']}. Its figures outside its source are in its model card and the "
+        "reproduction report.",
+        icon=":material/verified:",
+    )
 served = "exported LiteRT/ONNX file, no TensorFlow" if chosen.export else "Keras model"
 held_out = (
     f"its {len(chosen.folds)} members' pooled accuracy on their own held-out folds {chosen.accuracy:.3f}"

@@ -141,8 +141,8 @@ def evaluation_form(available: list[ModelInfo]) -> None:
     with st.form("evaluate", border=True):
         chosen = by_id[
             common.choose(
-                "Model (fold ensembles first, then ensembles of backbones, then single fold models; best held-out "
-                "accuracy first)",
+                "Model (the served model first; then fold ensembles, ensembles of backbones and single fold models "
+                "by held-out accuracy)",
                 list(by_id),
                 param="model",
                 format_func=lambda key: by_id[key].label,

@@ -69,6 +69,7 @@ def study_root(tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch) -> TinySt
         ("pages/operating_point.py", "No study with finished runs"),
         ("pages/failures.py", "No study with finished runs"),
         ("pages/robustness.py", "No study with finished runs"),
+        ("pages/audit.py", "No study with finished runs"),
         ("pages/classify.py", "No trained model"),
         ("pages/jobs.py", "No jobs yet"),
         ("pages/report.py", "No study with finished runs"),

@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter
 
 from engine.data.datasets import import_dataset
 from engine.data.sources import import_sources
+from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.image_statistics import image_statistics, names, summary_columns
 from engine.evaluation.shortcuts import CONDITIONS, REGION, _occluded, acquisition_baseline, model_audit
 from engine.reports.generalisation import generalisation
@@ -17,7 +18,11 @@ from engine.results import artifacts
 from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest, prepare_study
+from tests import app_fixtures
+from tests.app_fixtures import open_page, texts
 from tests.synthetic import make_dataset
+
+served_navigation = app_fixtures.served_navigation
 
 pytestmark = pytest.mark.usefixtures("eager_tensorflow")
 
@@ -70,7 +75,7 @@ def test_occlusion_fills_the_lung_region_or_everything_else_with_the_median():
         assert np.array_equal(only[k][inside], images[k][inside])
 
 
-def test_model_audit_of_a_two_source_study_is_kept_and_read_back(tmp_path, artifacts_root):
+def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path, artifacts_root, served_navigation):
     first = make_dataset(tmp_path / "a", n_per_class=8, size=32)
     second = tmp_path / "b" / "Normal"
     second.mkdir(parents=True)
@@ -96,6 +101,14 @@ def test_model_audit_of_a_two_source_study_is_kept_and_read_back(tmp_path, artif
     assert set(row.by_source) == {"a", "b"}
     with pytest.raises(ValueError, match="no saved fold model of backbone='MobileNet'"):
         model_audit(study, "MobileNet", dataset)
+    at = open_page("pages/audit.py", query={"study": study["study_id"]})
+    table = at.dataframe[0].value.set_index("model")
+    assert table.loc["MobileNet-0.25", "lungs hidden"] == interval_text(row.occlusion["lungs hidden"])
+    assert table.loc["MobileNet-0.25", "held out: b"] == interval_text(row.by_source["b"]["metrics"]["accuracy"])
+    assert "Folds: **image-level**" in texts(at.caption)
+    probe = at.dataframe[-1].value
+    assert list(probe["class"]) == ["Normal"] and list(probe["counts"]) == ["a 8, b 8"]
+    assert len(at.get("plotly_chart")) >= 2
 
 
 def test_the_checklist_is_answered_from_the_study_and_changes_with_it(tmp_path, artifacts_root):
