@@ -71,7 +71,9 @@ def leakage_chart(found: generalisation.Generalisation) -> None:
                 "arrayminus": [v["estimate"] - v["low"] for v in values],
             },
         )
-    figure.update_layout(barmode="group", yaxis_title="accuracy", yaxis_range=[0.8, 1.0], height=320)
+    figure.update_layout(
+        barmode="group", yaxis_title="accuracy", yaxis_range=[0.8, 1.0], height=300, margin={"t": 20, "b": 20}
+    )
     st.plotly_chart(figure)
     st.caption("When a patient's films sit on both sides, the model is tested partly on patients it trained on.")
 
@@ -90,7 +92,7 @@ def occlusion_chart(found: generalisation.Generalisation) -> None:
         part = table[table["condition"] == trace.name]
         trace.error_y.array = part["high"] - part["estimate"]
         trace.error_y.arrayminus = part["estimate"] - part["low"]
-    figure.update_layout(yaxis_title="accuracy", yaxis_range=[0, 1])
+    figure.update_layout(yaxis_title="accuracy", yaxis_range=[0, 1], margin={"t": 20, "b": 20})
     st.plotly_chart(figure)
     st.caption(
         "A model that still scores well with the lung fields hidden reads something other than the lungs; one that "

@@ -52,6 +52,34 @@ def test_report_regenerates_byte_for_byte():
     assert reproduction_report(DEMO) == committed
 
 
+def test_the_readme_results_table_is_the_one_the_artifacts_give():
+    from engine.reports.readme import START, results_table, with_results_table
+
+    readme = (settings.PROJECT_ROOT / "README.md").read_text()
+    assert with_results_table(readme, results_table(DEMO)) == readme
+    lines = readme.splitlines()
+    assert len(lines) <= 160
+    assert lines.index(START) < 60, "the results table is in the README's first 60 lines"
+
+
+@pytest.mark.parametrize("protocol", ["frozen", "xray-probe", "xray-harmonised", "xray-probe-harmonised"])
+def test_the_demo_s_recommended_and_frozen_studies_keep_every_patient_in_one_fold(protocol):
+    """Read from the committed manifests (the real data's file names): no patient has images in two folds."""
+    from engine.data.datasets import read_manifest
+    from engine.data.patients import patient_groups
+    from engine.data.splits import patients_across_folds
+    from engine.results import artifacts
+
+    studies = [artifacts.read_study(s, DEMO) for s in artifacts.list_study_ids(DEMO)]
+    chosen = [s for s in studies if s["protocol"]["name"] == protocol and s.get("split", {}).get("level") == "patient"]
+    assert chosen, f"no patient-level {protocol} study is committed"
+    for study in chosen:
+        manifest = read_manifest(study["dataset"]["fingerprint"], DEMO)
+        patients = patient_groups(manifest["files"], manifest.get("patients")).patients
+        assert patients_across_folds(study["folds"], patients) == {"patients": 0, "images": 0}
+        assert sorted(i for fold in study["folds"] for i in fold) == list(range(len(patients)))
+
+
 def test_committed_artifacts_stay_under_40_mb():
     listed = subprocess.run(
         ["git", "ls-files", "-z", "artifacts"], cwd=settings.PROJECT_ROOT, capture_output=True, check=True

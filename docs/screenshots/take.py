@@ -39,6 +39,7 @@ PAGES = {
     "operating_point": "operating_point",
     "failures": "failures",
     "robustness": "robustness",
+    "audit": "audit",
     "external": "external",
     "classify": "classify",
     "jobs": "jobs",
@@ -165,11 +166,16 @@ def screenshot(page, path: Path, *, width: int = 1440, max_height: int = 7000) -
 
 
 def copy_studies(artifacts: Path, target: Path) -> Path:
-    """The studies of ``artifacts`` (results and models) and its saved external evaluations under ``target``;
-    no caches, no job store."""
+    """The studies of ``artifacts`` (results and models), its saved external evaluations, its datasets' manifests
+    and the served model's choice under ``target``; no images, caches or job store."""
     shutil.copytree(artifacts / "studies", target / "studies")
     if (artifacts / "evaluations").is_dir():
         shutil.copytree(artifacts / "evaluations", target / "evaluations")
+    for kept in [*artifacts.glob("datasets/*/manifest.json"), *artifacts.glob("datasets/*/hashes-*.json")]:
+        (target / kept.relative_to(artifacts)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(kept, target / kept.relative_to(artifacts))
+    if (artifacts / "served.json").is_file():
+        shutil.copy(artifacts / "served.json", target / "served.json")
     return target
 
 
@@ -198,14 +204,22 @@ def stop_demo_job(root: Path, job_id: str) -> None:
         time.sleep(1)
 
 
-def take(artifacts: Path, out: Path, *, xray: Path | None, job_data: Path | None, read_only: bool) -> list[Path]:
+def take(
+    artifacts: Path,
+    out: Path,
+    *,
+    xray: Path | None,
+    job_data: Path | None,
+    read_only: bool,
+    pages: list[str] | None = None,
+) -> list[Path]:
     saved = []
     with tempfile.TemporaryDirectory() as scratch:
         copy = copy_studies(artifacts, Path(scratch) / "artifacts")
         job_id = queue_demo_job(copy, job_data) if job_data else None
         try:
             with serve(copy, read_only=read_only) as url, browser_page() as page:
-                for name in PAGES:
+                for name in pages or PAGES:
                     open_page(page, url, name)
                     if name == "classify" and xray is not None:
                         upload_xray(page, xray)
@@ -225,9 +239,13 @@ def main() -> None:
     parser.add_argument("--xray", type=Path, default=None, help="a chest X-ray to show on the Classify page")
     parser.add_argument("--job-data", type=Path, default=None, help="a dataset folder to queue a demo job on")
     parser.add_argument("--read-only", action="store_true", help="serve as the hosted read-only demo")
+    parser.add_argument("--page", action="append", choices=list(PAGES), help="only these pages (repeatable)")
     args = parser.parse_args()
     sys.path.insert(0, str(PROJECT))
-    for path in take(args.artifacts, args.out, xray=args.xray, job_data=args.job_data, read_only=args.read_only):
+    found = take(
+        args.artifacts, args.out, xray=args.xray, job_data=args.job_data, read_only=args.read_only, pages=args.page
+    )
+    for path in found:
         print(path)
 
 

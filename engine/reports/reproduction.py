@@ -434,5 +434,12 @@ def reproduction_report(artifacts_root: Path | None = None) -> str:
             "",
             evaluation_sections.checklist_section(artifacts_root),
             "",
+            "## How the demo was made",
+            "",
+            "Each line was read from the artifacts; rerunning one whose results are on disk trains nothing (runs "
+            "are keyed by a hash of their inputs).",
+            "",
+            summary_sections.commands_section(artifacts_root),
+            "",
         ]
     )

@@ -173,3 +173,48 @@ def study_findings(g: Generalisation) -> list[str]:
                 recalls = ", ".join(f"{c} recall {interval_text(v)}" for c, v in e.recall.items())
                 lines.append(f"{m.model} on `{e.name}` ({kind}): {recalls}.")
     return lines
+
+
+def commands_section(root: Path | None) -> str:
+    """The engine commands that make every study, audit, evaluation, analysis and export of the artifacts,
+    read from them (``D`` is the folder that holds the dataset folders)."""
+    from engine.evaluation.external import list_evaluations
+
+    lines = ["```bash", "D=../shared/data   # the folder holding the dataset folders"]
+    for study_id in artifacts.list_study_ids(root):
+        study = artifacts.read_study(study_id, root)
+        folders = study["dataset"].get("sources") or [study["dataset"]["name"]]
+        backbones = sorted({r.backbone for r in artifacts.study_runs(study_id, root)})
+        data = " ".join(f"--data $D/{name}" for name in folders)
+        split = "" if study.get("split", {}).get("level") == "patient" else " --split image"
+        arches = " ".join(f"--arch {b}" for b in backbones)
+        lines.append(
+            f"python -m engine study {data} {arches} --protocol {study['protocol']['name']}{split}  # {study_id}"
+        )
+        if (artifacts.study_dir(study_id, root) / "audit").is_dir():
+            lines.append(f"python -m engine audit --study {study_id}")
+        robustness = artifacts.study_dir(study_id, root) / "robustness"
+        for backbone in sorted(p.name for p in robustness.iterdir()) if robustness.is_dir() else []:
+            lines.append(f"python -m engine robustness --study {study_id} --backbone {backbone}")
+    for export in sorted((root or artifacts.settings.artifacts_dir()).glob("studies/*/runs/*/export/*.json")):
+        if export.name.endswith((".card.json", ".ood.json")):
+            continue
+        study_id, backbone = export.parts[-5], export.parts[-3]
+        fmt = "onnx" if ".onnx" in export.name else "litert"
+        lines.append(f"python -m engine export --study {study_id} --backbone {backbone} --format {fmt}")
+    seen = set()
+    for e in list_evaluations(root):
+        m = e["model"]
+        same = " --same-source" if e["data"].get("relation") == "same source" else ""
+        if m.get("backbones"):
+            target = f"--study {m['study_id']}"
+        elif m.get("fold") is not None:
+            target = f"--model artifacts/studies/{m['study_id']}/runs/{m['backbone']}/fold-{m['fold']}/model.keras"
+        else:
+            target = f"--model artifacts/studies/{m['study_id']}/runs/{m['backbone']}"
+        line = f"python -m engine evaluate --data $D/{e['data']['name']} {target}{same}"
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
+    lines += ["python -m engine serve --choose", "python -m engine report", "```"]
+    return "\n".join(lines)
