@@ -30,7 +30,7 @@ from joblib import Parallel, delayed
 from engine import settings
 from engine.data import overlap
 from engine.data.classes import canonical_class, sort_classes
-from engine.data.files import DatasetError, _File, _path_key, _source_files, display_name
+from engine.data.files import DatasetError, SourceFile, path_key, source_files, display_name
 from engine.data.images import IMAGE_SUFFIXES, ImageError, decode_xray
 from engine.data.patients import PATIENTS_FILE, PatientGroups, patient_groups, read_patients_csv
 from engine.results import atomic
@@ -96,7 +96,9 @@ class _Entry:
     read: Callable[[], bytes]
 
 
-def _class_entries(files: list[_File], report: ImportReport, where: str, *, single_class: bool = False) -> list[_Entry]:
+def _class_entries(
+    files: list[SourceFile], report: ImportReport, where: str, *, single_class: bool = False
+) -> list[_Entry]:
     """Find the class folder of every image path: the level right below their common prefix.
 
     Paths are returned relative to that common prefix, so a folder and its ``.zip`` (which
@@ -104,7 +106,7 @@ def _class_entries(files: list[_File], report: ImportReport, where: str, *, sing
     ``single_class`` (an external set may hold one class), images that all sit in one folder take
     that folder's name, and images at the top level take the source's own name.
     """
-    kept: list[tuple[tuple[str, ...], tuple[str, ...], _File]] = []
+    kept: list[tuple[tuple[str, ...], tuple[str, ...], SourceFile]] = []
     for file in files:
         parts = PurePosixPath(file.relpath).parts
         if any(p.lower() in IGNORED_FOLDERS or p.startswith(".") for p in parts):
@@ -167,13 +169,13 @@ def _decode(entry: _Entry, size: int) -> tuple[np.ndarray | None, str | None, tu
     return decoded.pixels, None, (*decoded.notes, *decoded.warnings), decoded.source_size
 
 
-def _patients_file(files: list[_File]) -> _File | None:
+def _patients_file(files: list[SourceFile]) -> SourceFile | None:
     """The shallowest ``patients.csv`` of the source: the one beside its class folders."""
     found = [f for f in files if PurePosixPath(f.relpath).name.lower() == PATIENTS_FILE]
-    return min(found, key=lambda f: len(_path_key(f.relpath)), default=None)
+    return min(found, key=lambda f: len(path_key(f.relpath)), default=None)
 
 
-def _listed_patients(files: list[_File], entries: list[_Entry]) -> dict[str, str] | None:
+def _listed_patients(files: list[SourceFile], entries: list[_Entry]) -> dict[str, str] | None:
     """``{image path: patient}`` from the source's ``patients.csv``, checked against its images; None without one."""
     found = _patients_file(files)
     if found is None:
@@ -326,7 +328,7 @@ def import_dataset(
     where = display_name(source.name) or display_name(str(source))
     report = ImportReport()
     with contextlib.ExitStack() as stack:
-        files = _source_files(source, where, report, stack)
+        files = source_files(source, where, report, stack)
         entries = _class_entries(files, report, where, single_class=min_classes == 1)
         _need_classes(entries, where, min_classes)
         chosen, records = _unique_entries(entries, report, n_jobs)

@@ -37,7 +37,7 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
-class _File:
+class SourceFile:
     """One file of the source, named by a display-safe POSIX path, read only when needed."""
 
     relpath: str
@@ -53,11 +53,11 @@ def display_name(name: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _path_key(relpath: str) -> tuple[str, ...]:
+def path_key(relpath: str) -> tuple[str, ...]:
     return tuple(relpath.split("/"))
 
 
-def _folder_files(root: Path, report: Report) -> list[_File]:
+def _folder_files(root: Path, report: Report) -> list[SourceFile]:
     """Regular files under ``root``; symlinks are reported and never followed, odd names kept."""
     files = []
 
@@ -90,8 +90,8 @@ def _folder_files(root: Path, report: Report) -> list[_File]:
             elif info.st_size > MAX_FILE_BYTES and rel(path).lower().endswith(IMAGE_SUFFIXES):
                 report.skipped.append({"file": rel(path), "reason": f"{info.st_size:,} bytes, over the size limit"})
             else:
-                files.append(_File(rel(path), path.read_bytes))
-    return sorted(files, key=lambda f: _path_key(f.relpath))
+                files.append(SourceFile(rel(path), path.read_bytes))
+    return sorted(files, key=lambda f: path_key(f.relpath))
 
 
 def _gib(n: int) -> str:
@@ -103,7 +103,7 @@ def _unsafe_member(name: str) -> bool:
     return pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":")
 
 
-def _zip_files(zf: zipfile.ZipFile, where: str, report: Report) -> list[_File]:
+def _zip_files(zf: zipfile.ZipFile, where: str, report: Report) -> list[SourceFile]:
     """The archive's members, checked from its directory before a byte is decompressed."""
     infos = zf.infolist()
     if len(infos) > MAX_ZIP_ENTRIES:
@@ -118,7 +118,7 @@ def _zip_files(zf: zipfile.ZipFile, where: str, report: Report) -> list[_File]:
     def reader(info: zipfile.ZipInfo) -> Callable[[], bytes]:
         return lambda: zf.read(info)
 
-    files: dict[str, _File] = {}
+    files: dict[str, SourceFile] = {}
     folders: set[str] = set()
     for info in infos:
         name = info.filename
@@ -137,14 +137,14 @@ def _zip_files(zf: zipfile.ZipFile, where: str, report: Report) -> list[_File]:
             ratio = info.file_size // max(1, info.compress_size)
             report.skipped.append({"file": name, "reason": f"compression ratio {ratio:,}:1 (zip bomb?)"})
         else:
-            files[clean] = _File(clean, reader(info))
+            files[clean] = SourceFile(clean, reader(info))
     for folder in sorted(folders):
         if not any(path.startswith(f"{folder}/") for path in files):
             report.notes.append({"file": folder, "note": "empty folder ignored"})
-    return sorted(files.values(), key=lambda f: _path_key(f.relpath))
+    return sorted(files.values(), key=lambda f: path_key(f.relpath))
 
 
-def _source_files(source: Path, where: str, report: Report, stack: contextlib.ExitStack) -> list[_File]:
+def source_files(source: Path, where: str, report: Report, stack: contextlib.ExitStack) -> list[SourceFile]:
     """The files of a folder, or of a ``.zip`` kept open on ``stack`` (read entry by entry, never extracted)."""
     if source.is_dir():
         return _folder_files(source, report)
