@@ -30,7 +30,7 @@ from joblib import Parallel, delayed
 from engine import settings
 from engine.data import overlap
 from engine.data.classes import canonical_class, sort_classes
-from engine.data.files import DatasetError, SourceFile, path_key, source_files, display_name
+from engine.data.files import DatasetError, SourceFile, display_name, path_key, source_files
 from engine.data.images import IMAGE_SUFFIXES, ImageError, decode_xray
 from engine.data.patients import PATIENTS_FILE, PatientGroups, patient_groups, read_patients_csv
 from engine.results import atomic
