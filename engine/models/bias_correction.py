@@ -14,7 +14,7 @@ image) and ``python -m benchmarks.int8_held_out --uncorrected`` (the held-out fo
 ``max|W| / 127`` (TFLite's per-axis weights; onnxruntime's ``QInt8`` per-channel weights).
 Folding a BatchNorm into the kernel scales each output channel, which leaves that rounding the same.
 The convolutions that the export keeps float (``float_convs`` on each path from the input, counted
-as :func:`engine.models.export.first_convolutions` counts them: a separable convolution is a
+as :func:`engine.models.export.writers.first_convolutions` counts them: a separable convolution is a
 depthwise then a pointwise one) are left as they are.
 """
 
@@ -57,7 +57,7 @@ def int8_rounded(kernel: np.ndarray, *, depthwise: bool) -> np.ndarray:
 def correct_int8_bias(graph, calibration: np.ndarray, *, float_convs: int) -> Correction:
     """Fold each int8 convolution's expected weight-rounding error over ``calibration`` into ``graph``, in place.
 
-    ``graph`` is an export graph (:func:`engine.models.export.export_graph`): its ``member_*`` submodels
+    ``graph`` is an export graph (:func:`engine.models.export.graph.export_graph`): its ``member_*`` submodels
     hold a ``preprocess_*`` layer and a ``backbone_*`` model. ``calibration`` is the float32 batch
     (N, S, S, 1) the converter calibrates on. Only the graph's own copies of the layers change.
     """

@@ -3,17 +3,18 @@
 The exported graph is :func:`engine.models.serving.serving_model` (input ``xray``, float32
 (N, S, S, 1) in [0, 255]; outputs ``probabilities``, ``class_maps`` and ``features``), so
 :mod:`engine.models.runtime` gives the Keras path's probabilities, Grad-CAM and features with no
-Keras in the process. Each member enters the graph as a :class:`Branch`: numbered copies of its
-layers (a fold ensemble's members share layer names), preprocessing without its XLA cluster.
+Keras in the process. This module writes the file, its sidecar and its OOD detector; the parts
+are modules of their own: ``graph`` (the members as one graph), ``writers`` (LiteRT, ONNX),
+``parity`` (the file against Keras), ``lookup`` (a study's runs and images), ``options``.
 
 ``quantize="int8"`` is full-integer post-training quantization: int8 weights (per channel) and
 int8 activations whose ranges come from ``calibration_images``, except each member's first
-convolutions (``FLOAT_FIRST_CONVS``), which stay float; the input and the outputs stay float32.
-The int8 file is converted from a second copy of the graph in which every int8 convolution's
-weight-rounding shift is corrected beforehand (:mod:`engine.models.bias_correction`).
-It is the path LiteRT's XNNPACK kernels run fastest (dynamic-range quantization, int8 weights with
-float activations, ran slower than float there). Calibration images must be training images of
-every member, never a member's held-out fold: :func:`calibration_indices` picks them.
+convolutions, which stay float; the input and the outputs stay float32. :class:`Int8Options`
+says how many convolutions, which ranges and whether each int8 convolution's weight-rounding
+shift is corrected beforehand (:mod:`engine.models.bias_correction`). Full-integer is the path
+LiteRT's XNNPACK kernels run fastest: int8 weights with float activations ran slower than float.
+Calibration images must be training images of every member, never a member's held-out fold:
+:func:`calibration_indices` picks them.
 
 Exporting needs the TensorFlow backend (the converters read a TensorFlow graph); running does not.
 """
@@ -258,10 +259,10 @@ def attach_detector(result: ExportResult, training_images: np.ndarray, *, runs: 
     """Give the exported file the OOD detector of its training images' features; name it in the sidecar.
 
     A float export computes the Keras model's features, so the detector the Keras model of ``runs``
-    already saved (:func:`keras_detector_path`) is copied rather than fitted again (for MobileNet 1.0,
-    2,318 images: about 25 s) when it is of these features and this many training images, is newer
-    than every member's ``model.keras``, and the parity check, when it ran, found the features within
-    :data:`FEATURE_TOLERANCE`. Otherwise, and always for an int8 file, it is fitted on the file's own.
+    already saved (:func:`keras_detector_path`) is copied rather than fitted again when it is of
+    these features and this many training images, is newer than every member's ``model.keras``, and
+    the parity check, when it ran, found the features within :data:`FEATURE_TOLERANCE`. Otherwise,
+    and always for an int8 file, it is fitted on the file's own.
     """
     detector = _reusable_detector(result, runs, n_fit=len(training_images))
     fitted_on = "the Keras model's features"

@@ -13,27 +13,12 @@ CALIBRATION_IMAGES = 128
 CALIBRATION_CHUNK = 16
 """ONNX calibration runs this many images (or a divisor of their count) at a time."""
 FLOAT_FIRST_CONVS = {"litert": 7, "onnx": 3}
-"""int8 keeps each member's first convolutions float (they see the raw radiograph's full range), per format. Chosen on
-the frozen MobileNet of fold 3 as the fewest (of 0 to 9) at which the int8 file's argmax agrees most with the float
-file's on 400 images no member trained on: COVID-19 images of ``covid19-extra``, the only such set here (no label
-read, never a held-out image; ``python -m benchmarks.int8_float_layers``). LiteRT 0 to 9 float: 0.895, 0.898, 0.980,
-0.998, 0.998, 0.998, 0.995, 1.000, 0.998, 0.998; ONNX (min/max ranges then, as LiteRT's) 0.890, 0.905, 0.983, 1.000,
-0.995, then 0.993 to 0.995. Past 2 the counts differ by one or two images of 400, so LiteRT's 7 over 3 rests on one
-image. The model's own training images could not choose: in LiteRT every count from 3 to 8 agrees on all of them.
-Checked again on the 5 fold models of the frozen MobileNet retrained (``--folds 0 1 2 3 4 --formats onnx --counts 3 5
-7``, percentile ranges): pooled unseen agreement 0.9940, 0.9925, 0.9940 with 3, 5, 7 float (mean |Δp| 0.0115, 0.0111,
-0.0106), so the same rule keeps ONNX's 3. 3 first convolutions hold 0.10 % of MobileNet 1.0's weights, 0.19 % of
-MobileNet-0.25's, 0.17 % of MobileNetV2-0.35's; 7 hold 0.91 %, 1.09 % and 0.56 %."""
+"""int8 keeps each member's first convolutions float, per format: they see the raw radiograph's full range.
+Each count is the fewest at which the int8 file's argmax agrees most with the float file's on images no
+member trained on, no label read and no held-out image used (``python -m benchmarks.int8_float_layers``)."""
 ONNX_PERCENTILE = 99.999
-"""The percentile of each tensor's calibration histogram that sets its ONNX int8 range (onnxruntime's default).
-99.99 and 99.9 were measured against it on the 5 retrained frozen MobileNet folds (``python -m
-benchmarks.int8_float_layers --artifacts DIR --folds 0 1 2 3 4 --formats onnx --counts 3 --onnx-percentile P``):
-400 unseen ``covid19-extra`` images per fold disagreed on 16, 11 and 14 of 2,000 images with 99.999, 99.99 and 99.9;
-on the committed frozen fold 3 on 0 and 1 of 400 (99.999, 99.99), on the paper protocol's MobileNet-0.25 of fold 3
-on 3 and 3. One to five images of 2,000 either way, no more than the same files differ between machines: too
-little to move the default, which the recommended study's int8 figures were measured with (its fold models were not
-at hand to measure 99.99). Measured afterwards on the frozen folds' held-out images, 99.999 and 99.99 agreed on 98.9 %
-and 99.0 % (33 and 30 of 2,897 differ) and lost 0.59 and 0.48 points."""
+"""The percentile of each tensor's calibration histogram that sets its ONNX int8 range: onnxruntime's default.
+Lower percentiles (``--onnx-percentile`` of both int8 benchmarks) did not agree measurably better."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,11 +8,8 @@ CHECK_IMAGES = {None: 64, "int8": 512}
 """Held-out images of the parity check: a float file matches to 1e-4 on a few, while an int8 file's argmax
 agreement needs hundreds to be told from the bar (one image of 64 is 1.6 points)."""
 INT8_MIN_AGREEMENT = 0.99
-"""The export issue's bar: below it, ``python -m engine export`` says to prefer the float file. Measured
-(``python -m benchmarks.int8_held_out``, every fold on its own held-out images) before the bias correction: the
-recommended MobileNet 1.0 agreed 99.1 % in LiteRT and 99.5 % in ONNX; the paper protocol's 98.7 % and 97.6 % (ONNX
-with min/max ranges: those fold models were not kept to measure again). With it, the frozen MobileNet's five folds
-agree 99.5 % in both formats (98.9-99.1 % without), the paper protocol's MobileNet-0.25 of fold 3 99.7 % and 100 %."""
+"""The export issue's bar: below it, ``python -m engine export`` says to prefer the float file
+(``python -m benchmarks.int8_held_out`` measures it on every fold's own held-out images)."""
 PARITY_BATCH = 64
 
 

@@ -94,13 +94,10 @@ def quantize_onnx(
 ) -> None:
     """Static QDQ quantization in place: uint8 activations, int8 per-channel weights (x86's fast pairing).
 
-    Activation ranges are each tensor's ``percentile`` (:data:`ONNX_PERCENTILE`) on the calibration images,
-    not its min/max: one extreme pixel of one calibration image no longer widens a range that every image
-    then shares. Measured against min/max on two unlabelled sets the models never held out (400 training
-    images outside the calibration set, 400 ``covid19-extra`` images): the frozen MobileNet of fold 3 kept
-    100 % agreement with a mean largest |Δp| of 0.0086 and 0.0097 (min/max 0.0097 and 0.0141); the paper
-    protocol's MobileNet-0.25 of fold 3 agreed on 98.0 % and 99.25 % (min/max 96.75 % and 98.75 %).
-    LiteRT's converter offers min/max only."""
+    Activation ranges are each tensor's ``percentile`` on the calibration images, not its min/max: one
+    extreme pixel of one calibration image would otherwise widen a range that every image then shares
+    (LiteRT's converter offers min/max only). Calibration runs ``chunk`` images, or a divisor of their
+    count, at a time."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -139,7 +136,7 @@ def quantize_onnx(
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile,
             nodes_to_exclude=first_convolutions(prepared, float_convs),
-            # Histograms grow a chunk at a time: all 128 images' activations at once held 7.9 GB.
+            # Histograms grow a chunk at a time: every image's activations at once would take gigabytes.
             extra_options={
                 "CalibStridedMinMax": math.gcd(len(calibration), chunk),
                 "CalibPercentile": percentile,
