@@ -52,7 +52,7 @@ from engine.models.export.options import (
     Int8Options,
     check_options,
 )
-from engine.models.export.parity import CHECK_IMAGES, INT8_MIN_AGREEMENT, PARITY_BATCH, _as_batch, parity
+from engine.models.export.parity import CHECK_IMAGES, INT8_MIN_AGREEMENT, PARITY_BATCH, as_batch, parity
 from engine.models.export.writers import (
     WRITERS,
     first_convolutions,
@@ -217,7 +217,7 @@ def _calibration(images: np.ndarray | None, *, quantize: str | None, size: int) 
         return None
     if images is None or len(images) == 0:
         raise ValueError("quantize='int8' needs calibration_images: real training images of every member")
-    return _as_batch(images, size=size, name="calibration_images")
+    return as_batch(images, size=size, name="calibration_images")
 
 
 def _quantization(

@@ -16,7 +16,7 @@ PARITY_BATCH = 64
 def parity(graph, runner, images: np.ndarray) -> dict:
     """How closely an exported file reproduces the Keras graph on ``images``, in batches of
     :data:`PARITY_BATCH` (512 images of a 5-member ensemble at once would take gigabytes)."""
-    batch = _as_batch(images, size=int(graph.input_shape[1]), name="check_images")
+    batch = as_batch(images, size=int(graph.input_shape[1]), name="check_images")
     chunks = [batch[i : i + PARITY_BATCH] for i in range(0, len(batch), PARITY_BATCH)]
     want = _joined([{k: np.asarray(v) for k, v in graph.predict_on_batch(c).items()} for c in chunks])
     got = _joined([runner.predict_on_batch(c) for c in chunks])
@@ -36,7 +36,7 @@ def _joined(parts: list[dict]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
 
 
-def _as_batch(images: np.ndarray, *, size: int, name: str) -> np.ndarray:
+def as_batch(images: np.ndarray, *, size: int, name: str) -> np.ndarray:
     """(N, S, S) or (N, S, S, 1) in [0, 255] as the float32 (N, S, S, 1) the graph takes."""
     batch = np.asarray(images, dtype=np.float32)
     if batch.ndim == 3:
