@@ -1,6 +1,6 @@
 """Pooled-feature extraction of the frozen protocol: eager calls (the engine today) against compiled ones.
 
-``engine.training.fold.cached_features`` calls the extractor model eagerly, batch by batch
+``engine.training.features.cached_features`` calls the extractor model eagerly, batch by batch
 (``extractor(batch)``), which runs layer after layer outside a graph; ``predict_on_batch`` runs
 the same model as one compiled function. Each way runs in a fresh process on the same images,
 so its peak resident memory is its own. This backs the change proposed in docs/benchmarks.md.

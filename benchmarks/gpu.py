@@ -97,7 +97,8 @@ def _compiled_model(name: str, plan: Setting, x: np.ndarray, y: np.ndarray):
     The first time, a fresh model compiled; after that, the fresh model's state in the compiled
     model kept from the last time (``engine.training.compiled_models``).
     """
-    from engine.training.fold import classifier, compiled_model, program_key
+    from engine.training.fitting import compiled_model, program_key
+    from engine.training.fold import classifier
 
     key = program_key(PAPER, backbone=name, n_classes=N_CLASSES, input_size=plan.input_size)
     fresh = classifier(name, n_classes=N_CLASSES, input_size=plan.input_size, weights=None, protocol=PAPER, seed=0)

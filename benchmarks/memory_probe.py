@@ -6,7 +6,7 @@ training path for a few batches, with the training images either loaded as one a
 the usual way, and the engine's until it read batches) or read batch by batch from the memory map
 by ``engine.training.batches.ImageBatches`` (``batches``, what ``engine.training.fold.train_fold`` does).
 ``... features MODE SIZE WEIGHTS COUNT BATCH``: pooled features of COUNT images, the extractor
-called eagerly (``eager``, as ``engine.training.fold.cached_features`` does) or compiled (``compiled``).
+called eagerly (``eager``, as ``engine.training.features.cached_features`` does) or compiled (``compiled``).
 """
 
 from __future__ import annotations

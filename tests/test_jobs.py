@@ -27,7 +27,7 @@ from engine.jobs.store import JobRequest, JobStore, UnknownJobError
 from engine.jobs.worker import ProgressWriter, worker_alive
 from engine.results import artifacts
 from engine.settings import ReadOnlyError
-from engine.training.fold import Progress
+from engine.training.progress import Progress
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES
 from tests.conftest import SHARED, requires_shared

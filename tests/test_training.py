@@ -16,9 +16,9 @@ from engine import settings
 from engine.data.datasets import import_dataset
 from engine.results import artifacts
 from engine.settings import ReadOnlyError
-from engine.training import compiled_models
-from engine.training import fold as training
+from engine.training import compiled_models, fitting
 from engine.training.fold import train_fold
+from engine.training.plan import plan_fold
 from engine.training.presets import get_protocol
 from engine.training.protocols import Protocol, Stage
 from engine.training.runner import run_study
@@ -132,8 +132,8 @@ def test_same_config_gives_the_same_predictions(paper_study, tiny_root, tmp_path
 def test_a_fold_on_the_last_compiled_model_trains_and_saves_as_on_a_fresh_one(tiny_root, tmp_path, monkeypatch):
     request = StudyRequest(protocol=get_protocol("paper").replace(epochs=2), n_folds=2, weights=None)
     compiles = []
-    real_compile = training._compile
-    monkeypatch.setattr(training, "_compile", lambda *args: (compiles.append(args[0]), real_compile(*args)))
+    real_compile = fitting._compile
+    monkeypatch.setattr(fitting, "_compile", lambda *args: (compiles.append(args[0]), real_compile(*args)))
 
     def fold(root, k: int) -> artifacts.RunResult:
         dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
@@ -248,7 +248,7 @@ def test_the_recommended_protocol_keeps_imagenet_batchnorm_and_picks_its_epoch_o
         assert fractions == sorted(fractions) and fractions[-1] == 1.0, "the fold's bar only moves forward"
         assert max(p.fraction for p in mine if p.phase == "head") <= 0.1, "seconds of warm-up are not 60/62 of it"
     for run in artifacts.study_runs(study["study_id"], tmp_path):
-        plan = training.plan_fold(dataset, study, run.backbone, run.fold)
+        plan = plan_fold(dataset, study, run.backbone, run.fold)
         assert set(plan.validation).isdisjoint(plan.test) and set(plan.validation).isdisjoint(plan.train)
         assert run.config["n_validation"] == len(plan.validation) > 0
         assert run.config["validated_on"] == "inner split of the training folds"
@@ -268,7 +268,7 @@ def test_balanced_class_weights_give_each_class_the_same_total_weight(tiny_root,
     skewed = dataclasses.replace(dataset, labels=dataset.labels[keep], files=[dataset.files[i] for i in keep])
     skewed.images = dataset.images[keep]
     study = prepare_study(skewed, StudyRequest(protocol=protocol, n_folds=2, weights=None), artifacts_root=tmp_path)
-    plan = training.plan_fold(skewed, study, "MobileNet-0.25", 0)
+    plan = plan_fold(skewed, study, "MobileNet-0.25", 0)
     weights = plan.sample_weights()
     totals = [weights[plan.train][skewed.labels[plan.train] == k].sum() for k in range(3)]
     assert totals == pytest.approx([len(plan.train) / 3] * 3)

@@ -32,7 +32,8 @@ from engine.evaluation.metrics import flat_metrics
 from engine.jobs.store import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
 from engine.results import artifacts
 from engine.training import compiled_models
-from engine.training.fold import PHASES_ON_CACHED_FEATURES, Cancelled, Progress, train_fold
+from engine.training.fold import train_fold
+from engine.training.progress import PHASES_ON_CACHED_FEATURES, Cancelled, Progress
 from engine.training.study import prepare_study
 
 if TYPE_CHECKING:

@@ -90,7 +90,7 @@ def feature_extractor(
     spec = get_backbone(backbone_name)
     if weights is None:
         # A random base must be the same in every process that reads the cached features
-        # (see engine.training.fold's _own_base).
+        # (see engine.training.trainers' _own_base).
         keras.utils.set_random_seed(0)
     inputs = keras.Input((input_size, input_size, 1))
     x = ImageNetPreprocess(spec.preprocess_mode, **dict(harmonise))(inputs)

@@ -8,7 +8,8 @@ from pathlib import Path
 from engine import settings
 from engine.data.sources import import_sources
 from engine.results import artifacts
-from engine.training.fold import Progress, train_fold
+from engine.training.fold import train_fold
+from engine.training.progress import Progress
 from engine.training.study import StudyRequest, check_backbones, prepare_study
 
 

@@ -1,0 +1,88 @@
+"""A fold's plan: its rows (training, inner validation, test), protocol and seed, from the study's record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.data.datasets import Dataset
+from engine.data.splits import inner_split, train_indices
+from engine.training.protocols import Protocol
+
+
+def _seed(study: dict, fold: int) -> int:
+    return int(study["seed"]) * 1000 + fold
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """What one (backbone, fold) trains on, checked before any work."""
+
+    study: dict
+    dataset: Dataset
+    backbone: str
+    fold: int
+    protocol: Protocol
+    seed: int
+    train: np.ndarray
+    test: np.ndarray
+    validation: np.ndarray
+    groups: np.ndarray | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.dataset.classes
+
+    @property
+    def inner_validation(self) -> bool:
+        return len(self.validation) > 0
+
+    @property
+    def validation_rows(self) -> np.ndarray:
+        """What is validated on each epoch: the inner split, or (the paper's way) the test fold."""
+        return self.validation if self.inner_validation else self.test
+
+    def targets(self) -> np.ndarray:
+        """Every dataset row's target: its class index, or a one-hot row when the loss smooths labels."""
+        labels = self.dataset.labels
+        return np.eye(len(self.classes), dtype=np.float32)[labels] if self.protocol.label_smoothing else labels
+
+    def sample_weights(self) -> np.ndarray | None:
+        """Per dataset row, ``n / (classes x n_class)`` over the rows it trains on; None when not weighted."""
+        if self.protocol.class_weight == "none":
+            return None
+        counts = np.bincount(self.dataset.labels[self.train], minlength=len(self.classes))
+        per_class = len(self.train) / (len(self.classes) * np.maximum(counts, 1))
+        return per_class[self.dataset.labels].astype(np.float32)
+
+
+def plan_fold(dataset: Dataset, study: dict, backbone: str, fold: int) -> FoldPlan:
+    """The fold's split, protocol and seed; refuses a dataset that is not the study's."""
+    if dataset.fingerprint != study["dataset"]["fingerprint"]:
+        raise ValueError(
+            f"dataset {dataset.fingerprint} is not the one of study {study['study_id']} "
+            f"({study['dataset']['fingerprint']})"
+        )
+    protocol = Protocol.from_dict(study["protocol"])
+    seed = _seed(study, fold)
+    train = train_indices(study["folds"][fold], len(dataset))
+    validation = np.zeros(0, dtype=np.int64)
+    by_patient = study.get("split", {}).get("level") == "patient"
+    groups = np.asarray(dataset.patients.patients) if by_patient else None
+    if protocol.selection == "best-inner-validation":
+        train, validation = inner_split(
+            train, dataset.labels, fraction=protocol.validation_fraction, seed=seed, groups=groups
+        )
+    return FoldPlan(
+        study=study,
+        dataset=dataset,
+        backbone=backbone,
+        fold=fold,
+        protocol=protocol,
+        seed=seed,
+        train=train,
+        test=np.asarray(study["folds"][fold], dtype=np.int64),
+        validation=validation,
+        groups=groups,
+    )
