@@ -33,10 +33,14 @@ from engine.evaluation.calibration import (
 from engine.evaluation.discrimination import discrimination_intervals, pr_curves, roc_curves, weighted_auc_and_ap
 from engine.evaluation.metrics import flat_metrics, fold_metrics
 from engine.evaluation.operating_point import (
+    MEASURES,
     UnreachableTargetError,
+    find_operating_point,
     operating_point,
+    sweep_thresholds,
     threshold_for_sensitivity,
     threshold_for_specificity,
+    threshold_sweep,
 )
 
 CLASSES = ("COVID-19", "Normal", "Viral Pneumonia")
@@ -464,3 +468,57 @@ def test_operating_point_edge_cases() -> None:
         threshold_for_sensitivity(TRUTH, SCORE, 0)
     with pytest.raises(ValueError, match="y_true_binary"):
         operating_point(np.array([0, 2]), np.array([0.1, 0.2]), threshold=0.5)
+
+
+def _as_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+@pytest.mark.parametrize(
+    ("n", "positive_rate", "prevalence"),
+    [(900, 0.3, 0.02), (400, 0.5, None), (300, 0.0, 0.2), (300, 1.0, 0.2), (10, 0.5, 0.1)],
+)
+def test_the_vectorised_sweep_is_the_per_threshold_operating_point(n, positive_rate, prevalence) -> None:
+    """Every rate of the sweep is the float ``operating_point`` gives at that threshold: ties, thresholds between
+    and outside the scores, no positives, no negatives."""
+    rng = np.random.default_rng(n)
+    truth = (rng.random(n) < positive_rate).astype(int)
+    score = np.round(np.clip(rng.beta(2, 2, n) + 0.25 * truth, 0, 1), 3)  # rounded: ties
+    observed = sweep_thresholds(score, max_points=250)
+    assert len(observed) <= 250 and np.all(np.diff(observed) > 0) and np.isin(observed, score).all()
+    between = np.linspace(-0.05, 1.05, 150)
+    for thresholds in (None, np.concatenate([observed, between])):
+        sweep = threshold_sweep(truth, score, thresholds=thresholds, max_points=250, prevalence=prevalence)
+        assert np.all(np.diff(sweep.threshold) >= 0) and len(sweep) == len(sweep.tp)
+        for k, t in enumerate(sweep.threshold):
+            point = operating_point(truth, score, threshold=float(t), prevalence=prevalence)
+            counts = [int(c[k]) for c in (sweep.tp, sweep.fp, sweep.tn, sweep.fn)]
+            assert counts == [point[c] for c in ("tp", "fp", "tn", "fn")]
+            for name in (*MEASURES, "ppv_at_prevalence", "npv_at_prevalence"):
+                np.testing.assert_array_equal(getattr(sweep, name)[k], _as_nan(point[name]), err_msg=f"{name} at {t}")
+
+
+def test_the_sweep_by_hand_and_its_points_spaced_by_rank() -> None:
+    sweep = threshold_sweep(TRUTH, SCORE)
+    np.testing.assert_array_equal(sweep.threshold, np.sort(SCORE))
+    np.testing.assert_allclose(sweep.sensitivity, [1, 1, 1, 0.8, 0.8, 0.8, 0.6, 0.4, 0.4, 0.2])
+    np.testing.assert_allclose(sweep.specificity, [0, 0.2, 0.4, 0.4, 0.6, 0.8, 0.8, 0.8, 1, 1])
+    assert np.isnan(sweep.ppv_at_prevalence).all() and sweep.prevalence is None
+    np.testing.assert_array_equal(sweep_thresholds(SCORE, max_points=4), np.sort(SCORE)[[0, 3, 6, 9]])
+    with pytest.raises(ValueError, match=r"prevalence=1"):
+        threshold_sweep(TRUTH, SCORE, prevalence=1)
+    with pytest.raises(ValueError, match="finite"):
+        threshold_sweep(TRUTH, SCORE, thresholds=np.array([0.5, np.nan]))
+
+
+def test_the_operating_point_object_is_the_dict() -> None:
+    point = find_operating_point(TRUTH, SCORE, threshold=0.70, prevalence=0.1)
+    assert point.to_dict() == operating_point(TRUTH, SCORE, threshold=0.70, prevalence=0.1)
+    assert list(point.to_dict())[:7] == ["threshold", "tp", "fp", "tn", "fn", "n_positive", "n_negative"]
+    assert (point.n_positive, point.n_negative) == (5, 5)
+    assert point.fraction("ppv") == (3, 4) and point.rate("npv") == pytest.approx(4 / 6)
+    assert point.at_prevalence("sensitivity") == point.sensitivity
+    assert point.at_prevalence("ppv") == point.ppv_at_prevalence
+    assert point.interval("sensitivity").to_dict() == point.to_dict()["sensitivity_interval"]
+    with pytest.raises(ValueError, match="measure must be one of"):
+        point.rate("f1")

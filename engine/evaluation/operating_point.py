@@ -15,11 +15,16 @@ PPV and NPV depend on prevalence, and the study's class mix is not a clinic's: `
 also recomputes them at a given prevalence with Bayes' rule. Sensitivity, specificity, PPV and NPV
 get Wilson score intervals (Wilson 1927), which keep their coverage near 0 and 1 where the Wald
 interval fails (Brown, Cai & DasGupta 2001, *Statistical Science* 16:101).
+
+``find_operating_point`` gives one threshold's figures as an :class:`OperatingPoint` (``operating_point``
+the same as a JSON-ready dict); ``threshold_sweep`` gives the rates at every threshold of a sweep at once,
+from the counts by threshold, with the same arithmetic.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from numbers import Real
 
 import numpy as np
@@ -114,24 +119,118 @@ def _bayes(numerator: float, other: float) -> float | None:
     return numerator / total if total > 0 else None
 
 
-def operating_point(
+@dataclass(frozen=True)
+class Bounds:
+    """A Wilson score interval of one proportion."""
+
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"low": self.low, "high": self.high}
+
+
+MEASURES = ("sensitivity", "specificity", "ppv", "npv")
+"""The four rates of an operating point, in the order the pages list them."""
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Counts and rates at ``score >= threshold``, with Wilson intervals; undefined rates are None."""
+
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    sensitivity: float | None
+    specificity: float | None
+    ppv: float | None
+    npv: float | None
+    sensitivity_interval: Bounds | None
+    specificity_interval: Bounds | None
+    ppv_interval: Bounds | None
+    npv_interval: Bounds | None
+    interval_method: str
+    confidence: float
+    sample_prevalence: float
+    prevalence: float | None
+    ppv_at_prevalence: float | None
+    npv_at_prevalence: float | None
+
+    @property
+    def n_positive(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def n_negative(self) -> int:
+        return self.tn + self.fp
+
+    def fraction(self, measure: str) -> tuple[int, int]:
+        """(successes, trials) of one of :data:`MEASURES`: sensitivity is TP of TP + FN, and so on."""
+        return {
+            "sensitivity": (self.tp, self.tp + self.fn),
+            "specificity": (self.tn, self.tn + self.fp),
+            "ppv": (self.tp, self.tp + self.fp),
+            "npv": (self.tn, self.tn + self.fn),
+        }[_measure(measure)]
+
+    def rate(self, measure: str) -> float | None:
+        """One of :data:`MEASURES` in this sample."""
+        return getattr(self, _measure(measure))
+
+    def interval(self, measure: str) -> Bounds | None:
+        """The Wilson interval of one of :data:`MEASURES` in this sample."""
+        return getattr(self, f"{_measure(measure)}_interval")
+
+    def at_prevalence(self, measure: str) -> float | None:
+        """One of :data:`MEASURES` at the chosen prevalence: sensitivity and specificity do not depend on it."""
+        measure = _measure(measure)
+        return getattr(self, f"{measure}_at_prevalence") if measure in ("ppv", "npv") else self.rate(measure)
+
+    def to_dict(self) -> dict:
+        """JSON-ready, every field and ``n_positive``/``n_negative``; intervals as ``{"low", "high"}``."""
+        found = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            found[f.name] = value.to_dict() if isinstance(value, Bounds) else value
+            if f.name == "fn":
+                found["n_positive"], found["n_negative"] = self.n_positive, self.n_negative
+        return found
+
+
+def _measure(measure: str) -> str:
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got measure={measure!r}")
+    return measure
+
+
+def _check_threshold(threshold: object) -> None:
+    if not (_is_number(threshold) and math.isfinite(threshold)):
+        raise ValueError(f"threshold must be a finite number, got threshold={threshold!r}")
+
+
+def _check_prevalence(prevalence: object) -> None:
+    if prevalence is not None and not (_is_number(prevalence) and 0.0 < prevalence < 1.0):
+        raise ValueError(f"prevalence must be strictly between 0 and 1, got prevalence={prevalence!r}")
+
+
+def find_operating_point(
     y_true_binary: np.ndarray,
     score: np.ndarray,
     *,
     threshold: float,
     prevalence: float | None = None,
     confidence: float = 0.95,
-) -> dict:
+) -> OperatingPoint:
     """Counts and rates at ``score >= threshold``, with Wilson intervals; undefined rates are None.
 
     At a ``prevalence`` p strictly between 0 and 1, by Bayes' rule:
     PPV = sens p / (sens p + (1 - spec)(1 - p)) and NPV = spec (1 - p) / (spec (1 - p) + (1 - sens) p).
     """
     positive, score = _check_binary(y_true_binary, score)
-    if not (_is_number(threshold) and math.isfinite(threshold)):
-        raise ValueError(f"threshold must be a finite number, got threshold={threshold!r}")
-    if prevalence is not None and not (_is_number(prevalence) and 0.0 < prevalence < 1.0):
-        raise ValueError(f"prevalence must be strictly between 0 and 1, got prevalence={prevalence!r}")
+    _check_threshold(threshold)
+    _check_prevalence(prevalence)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be strictly between 0 and 1, got confidence={confidence!r}")
     called = score >= threshold
@@ -145,30 +244,143 @@ def operating_point(
         ppv_at_prevalence = _bayes(sensitivity * prevalence, (1.0 - specificity) * (1.0 - prevalence))
         npv_at_prevalence = _bayes(specificity * (1.0 - prevalence), (1.0 - sensitivity) * prevalence)
 
-    def interval(successes: int, trials: int) -> dict[str, float] | None:
+    def interval(successes: int, trials: int) -> Bounds | None:
         bounds = wilson_interval(successes, trials, confidence=confidence)
-        return None if bounds is None else {"low": bounds[0], "high": bounds[1]}
+        return None if bounds is None else Bounds(*bounds)
 
-    return {
-        "threshold": float(threshold),
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-        "n_positive": tp + fn,
-        "n_negative": tn + fp,
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "ppv": _proportion(tp, tp + fp),
-        "npv": _proportion(tn, tn + fn),
-        "sensitivity_interval": interval(tp, tp + fn),
-        "specificity_interval": interval(tn, tn + fp),
-        "ppv_interval": interval(tp, tp + fp),
-        "npv_interval": interval(tn, tn + fn),
-        "interval_method": INTERVAL_METHOD,
-        "confidence": confidence,
-        "sample_prevalence": (tp + fn) / len(positive),
-        "prevalence": prevalence,
-        "ppv_at_prevalence": ppv_at_prevalence,
-        "npv_at_prevalence": npv_at_prevalence,
-    }
+    return OperatingPoint(
+        threshold=float(threshold),
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        sensitivity=sensitivity,
+        specificity=specificity,
+        ppv=_proportion(tp, tp + fp),
+        npv=_proportion(tn, tn + fn),
+        sensitivity_interval=interval(tp, tp + fn),
+        specificity_interval=interval(tn, tn + fp),
+        ppv_interval=interval(tp, tp + fp),
+        npv_interval=interval(tn, tn + fn),
+        interval_method=INTERVAL_METHOD,
+        confidence=confidence,
+        sample_prevalence=(tp + fn) / len(positive),
+        prevalence=prevalence,
+        ppv_at_prevalence=ppv_at_prevalence,
+        npv_at_prevalence=npv_at_prevalence,
+    )
+
+
+def operating_point(
+    y_true_binary: np.ndarray,
+    score: np.ndarray,
+    *,
+    threshold: float,
+    prevalence: float | None = None,
+    confidence: float = 0.95,
+) -> dict:
+    """:func:`find_operating_point` as a JSON-ready dict (:meth:`OperatingPoint.to_dict`)."""
+    return find_operating_point(
+        y_true_binary, score, threshold=threshold, prevalence=prevalence, confidence=confidence
+    ).to_dict()
+
+
+@dataclass(frozen=True)
+class ThresholdSweep:
+    """Counts and rates at every threshold of a sweep, ascending; NaN where a rate is undefined.
+
+    Each entry is what :func:`find_operating_point` gives at that threshold (the same arithmetic, so
+    the same floats); PPV and NPV at ``prevalence`` are all NaN when no prevalence was given.
+    """
+
+    threshold: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    tn: np.ndarray
+    fn: np.ndarray
+    sensitivity: np.ndarray
+    specificity: np.ndarray
+    ppv: np.ndarray
+    npv: np.ndarray
+    prevalence: float | None
+    ppv_at_prevalence: np.ndarray
+    npv_at_prevalence: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.threshold)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator``, NaN where the denominator is 0 (``_proportion``'s None)."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    found = np.full(np.broadcast(numerator, denominator).shape, np.nan)
+    np.divide(numerator, denominator, out=found, where=denominator != 0)
+    return found
+
+
+def _bayes_array(numerator: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``_bayes`` element-wise, NaN where it is None."""
+    total = numerator + other
+    found = np.full(total.shape, np.nan)
+    np.divide(numerator, total, out=found, where=total > 0)
+    return found
+
+
+def sweep_thresholds(score: np.ndarray, max_points: int | None = None) -> np.ndarray:
+    """The distinct observed scores, ascending; at most ``max_points`` of them, spaced by rank."""
+    thresholds = np.unique(np.asarray(score, dtype=np.float64))
+    if max_points is not None and thresholds.size > max_points:
+        thresholds = thresholds[np.unique(np.linspace(0, thresholds.size - 1, max_points).round().astype(int))]
+    return thresholds
+
+
+def threshold_sweep(
+    y_true_binary: np.ndarray,
+    score: np.ndarray,
+    *,
+    thresholds: np.ndarray | None = None,
+    max_points: int | None = None,
+    prevalence: float | None = None,
+) -> ThresholdSweep:
+    """Sensitivity, specificity, PPV and NPV (and those two at ``prevalence``) at each threshold, at once.
+
+    ``thresholds``: any finite values, sorted here; by default the observed scores
+    (:func:`sweep_thresholds`, at most ``max_points``). Counted once from the counts by threshold, not
+    one :func:`operating_point` per threshold.
+    """
+    positive, score = _check_binary(y_true_binary, score)
+    _check_prevalence(prevalence)
+    if thresholds is None:
+        thresholds = sweep_thresholds(score, max_points)
+    else:
+        thresholds = np.sort(np.asarray(thresholds, dtype=np.float64).ravel())
+        if not np.all(np.isfinite(thresholds)):
+            raise ValueError("thresholds must be finite numbers")
+    values, tp_by_value, fp_by_value = _counts_by_threshold(positive, score)
+    # how many distinct scores are >= each threshold (values run highest first)
+    called = np.searchsorted(-values, -thresholds, side="right")
+    tp = np.concatenate([[0], tp_by_value])[called]
+    fp = np.concatenate([[0], fp_by_value])[called]
+    n_positive = int(positive.sum())
+    n_negative = int(positive.size - n_positive)
+    fn, tn = n_positive - tp, n_negative - fp
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    ppv_at_prevalence = npv_at_prevalence = np.full(thresholds.shape, np.nan)
+    if prevalence is not None:
+        ppv_at_prevalence = _bayes_array(sensitivity * prevalence, (1.0 - specificity) * (1.0 - prevalence))
+        npv_at_prevalence = _bayes_array(specificity * (1.0 - prevalence), (1.0 - sensitivity) * prevalence)
+    return ThresholdSweep(
+        threshold=thresholds,
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        sensitivity=sensitivity,
+        specificity=specificity,
+        ppv=_ratio(tp, tp + fp),
+        npv=_ratio(tn, tn + fn),
+        prevalence=prevalence,
+        ppv_at_prevalence=ppv_at_prevalence,
+        npv_at_prevalence=npv_at_prevalence,
+    )
