@@ -19,10 +19,12 @@ from plotly.subplots import make_subplots
 
 from engine.evaluation.discrimination import roc_curves
 from engine.evaluation.operating_point import (
+    OperatingPoint,
     UnreachableTargetError,
-    operating_point,
+    find_operating_point,
     threshold_for_sensitivity,
     threshold_for_specificity,
+    threshold_sweep,
 )
 from engine.evaluation.predictions import ENSEMBLE, OutOfFold
 from engine.reports import explore
@@ -62,16 +64,9 @@ PREVALENCE_NOTE = (
 def _sweep(root: str, study_id: str, model: str, class_name: str, key: tuple) -> pd.DataFrame:
     """Sensitivity and specificity at up to ``SWEEP_POINTS`` observed scores, spaced by rank."""
     positive, score = binary(common.out_of_fold_of(root, study_id, model, key), class_name)
-    thresholds = np.unique(score)
-    if thresholds.size > SWEEP_POINTS:
-        thresholds = thresholds[np.unique(np.linspace(0, thresholds.size - 1, SWEEP_POINTS).round().astype(int))]
-    points = [operating_point(positive, score, threshold=float(t)) for t in thresholds]
+    sweep = threshold_sweep(positive, score, max_points=SWEEP_POINTS)
     return pd.DataFrame(
-        {
-            "threshold": thresholds,
-            "sensitivity": [p["sensitivity"] for p in points],
-            "specificity": [p["specificity"] for p in points],
-        }
+        {"threshold": sweep.threshold, "sensitivity": sweep.sensitivity, "specificity": sweep.specificity}
     )
 
 
@@ -201,56 +196,45 @@ def percent(value: float | None) -> str:
     return f"{value:.{digits}%}"
 
 
-def headline(point: dict, prevalence: float) -> None:
+def headline(point: OperatingPoint, prevalence: float) -> None:
     columns = st.columns(5)
-    columns[0].metric("Threshold", f"{point['threshold']:.4g}")
-    columns[1].metric("Sensitivity", percent(point["sensitivity"]))
-    columns[2].metric("Specificity", percent(point["specificity"]))
-    columns[3].metric(f"PPV at {prevalence:.2%}", percent(point["ppv_at_prevalence"]))
-    columns[4].metric(f"NPV at {prevalence:.2%}", percent(point["npv_at_prevalence"]))
+    columns[0].metric("Threshold", f"{point.threshold:.4g}")
+    columns[1].metric("Sensitivity", percent(point.sensitivity))
+    columns[2].metric("Specificity", percent(point.specificity))
+    columns[3].metric(f"PPV at {prevalence:.2%}", percent(point.ppv_at_prevalence))
+    columns[4].metric(f"NPV at {prevalence:.2%}", percent(point.npv_at_prevalence))
 
 
-def figures_table(point: dict) -> pd.DataFrame:
+def figures_table(point: OperatingPoint) -> pd.DataFrame:
     """Each measure in this sample with its Wilson interval and counts, and PPV/NPV at the chosen prevalence."""
-    counts = {
-        "sensitivity": (point["tp"], point["tp"] + point["fn"]),
-        "specificity": (point["tn"], point["tn"] + point["fp"]),
-        "ppv": (point["tp"], point["tp"] + point["fp"]),
-        "npv": (point["tn"], point["tn"] + point["fn"]),
-    }
-    at_prevalence = {
-        "sensitivity": point["sensitivity"],
-        "specificity": point["specificity"],
-        "ppv": point["ppv_at_prevalence"],
-        "npv": point["npv_at_prevalence"],
-    }
     rows = []
     for key, label in MEASURES.items():
-        interval = point[f"{key}_interval"] or {"low": None, "high": None}
+        interval = point.interval(key)
+        successes, trials = point.fraction(key)
         rows.append(
             {
                 "measure": label,
-                "in this sample": point[key],
-                "95% low": interval["low"],
-                "95% high": interval["high"],
-                "from": f"{counts[key][0]:,} / {counts[key][1]:,}",
-                "at the chosen prevalence": at_prevalence[key],
+                "in this sample": point.rate(key),
+                "95% low": interval.low if interval else None,
+                "95% high": interval.high if interval else None,
+                "from": f"{successes:,} / {trials:,}",
+                "at the chosen prevalence": point.at_prevalence(key),
             }
         )
     return pd.DataFrame(rows)
 
 
-def counts_table(point: dict, class_name: str) -> pd.DataFrame:
+def counts_table(point: OperatingPoint, class_name: str) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "true class": [class_name, f"not {class_name}"],
-            f"called {class_name}": [point["tp"], point["fp"]],
-            f"called not {class_name}": [point["fn"], point["tn"]],
+            f"called {class_name}": [point.tp, point.fp],
+            f"called not {class_name}": [point.fn, point.tn],
         }
     )
 
 
-def chart(sweep: pd.DataFrame, roc: tuple | None, point: dict, *, class_name: str, log_x: bool) -> go.Figure:
+def chart(sweep: pd.DataFrame, roc: tuple | None, point: OperatingPoint, *, class_name: str, log_x: bool) -> go.Figure:
     """Sensitivity and specificity against the threshold, and the ROC curve, with the chosen point marked."""
     figure = make_subplots(
         rows=1,
@@ -274,18 +258,18 @@ def chart(sweep: pd.DataFrame, roc: tuple | None, point: dict, *, class_name: st
         )
         figure.add_trace(
             go.Scatter(
-                x=[point["threshold"]],
-                y=[point[measure]],
+                x=[point.threshold],
+                y=[point.rate(measure)],
                 mode="markers",
                 marker={"color": colour, "size": 11, "symbol": "diamond", "line": {"width": 1, "color": "black"}},
                 showlegend=False,
-                hovertemplate=f"chosen threshold {point['threshold']:.4g}: {measure} {point[measure]:.3f}"
+                hovertemplate=f"chosen threshold {point.threshold:.4g}: {measure} {point.rate(measure):.3f}"
                 "<extra></extra>",
             ),
             row=1,
             col=1,
         )
-    figure.add_vline(x=point["threshold"], line={"color": "grey", "dash": "dash", "width": 1}, row=1, col=1)
+    figure.add_vline(x=point.threshold, line={"color": "grey", "dash": "dash", "width": 1}, row=1, col=1)
     if roc is not None:
         fpr, tpr, auc = roc
         figure.add_trace(
@@ -302,8 +286,8 @@ def chart(sweep: pd.DataFrame, roc: tuple | None, point: dict, *, class_name: st
         )
         figure.add_trace(
             go.Scatter(
-                x=[1 - point["specificity"]],
-                y=[point["sensitivity"]],
+                x=[1 - point.specificity],
+                y=[point.sensitivity],
                 name="chosen point",
                 mode="markers",
                 marker={"color": "black", "size": 11, "symbol": "x"},
@@ -322,14 +306,14 @@ def chart(sweep: pd.DataFrame, roc: tuple | None, point: dict, *, class_name: st
     return figure
 
 
-def data_caption(oof: OutOfFold, class_name: str, model: str, point: dict) -> None:
+def data_caption(oof: OutOfFold, class_name: str, model: str, point: OperatingPoint) -> None:
     n_folds = len(oof.fold_ids)
     st.caption(
         f"Score: {model}'s out-of-fold probability of {class_name} (one-vs-rest); an image is called {class_name} "
         f"when its score is at least the threshold. Pooled out-of-fold predictions of {n_folds} "
-        f"fold{'s' if n_folds != 1 else ''}, {len(oof):,} images ({point['n_positive']:,} {class_name}, "
-        f"{point['n_negative']:,} other): every image scored by a fold model that never saw it. Intervals: "
-        f"{point['confidence']:.0%} Wilson score intervals of each proportion."
+        f"fold{'s' if n_folds != 1 else ''}, {len(oof):,} images ({point.n_positive:,} {class_name}, "
+        f"{point.n_negative:,} other): every image scored by a fold model that never saw it. Intervals: "
+        f"{point.confidence:.0%} Wilson score intervals of each proportion."
     )
 
 
@@ -361,7 +345,7 @@ value = choose_target_or_threshold(mode, value_column)
 prevalence = choose_prevalence(float(positive.mean()), class_name, prevalence_column)
 threshold = threshold_for(mode, value, positive, score)
 st.session_state["op-last-threshold"] = threshold
-point = operating_point(positive, score, threshold=threshold, prevalence=prevalence)
+point = find_operating_point(positive, score, threshold=threshold, prevalence=prevalence)
 data_caption(oof, class_name, model, point)
 headline(point, prevalence)
 st.info(OPTIMISM_NOTE, icon=":material/info:")
@@ -376,15 +360,15 @@ st.dataframe(
     },
 )
 st.caption(
-    f"In this sample {class_name} is {point['sample_prevalence']:.2%} of the images; the last column "
+    f"In this sample {class_name} is {point.sample_prevalence:.2%} of the images; the last column "
     f"recomputes PPV and NPV at {prevalence:.2%}. {PREVALENCE_NOTE}"
 )
 st.subheader("Confusion counts")
 counts_column, _ = st.columns([3, 2])
 counts_column.dataframe(counts_table(point, class_name), hide_index=True)
 counts_column.caption(
-    f"At threshold {point['threshold']:.6g}: TP {point['tp']:,} (called {class_name}, and it is) · "
-    f"FN {point['fn']:,} (missed) · FP {point['fp']:,} (false alarms) · TN {point['tn']:,}."
+    f"At threshold {point.threshold:.6g}: TP {point.tp:,} (called {class_name}, and it is) · "
+    f"FN {point.fn:,} (missed) · FP {point.fp:,} (false alarms) · TN {point.tn:,}."
 )
 
 log_x = st.toggle("Log scale for the threshold", value=False, help="Scores of a confident model pile up near 0 and 1.")
