@@ -547,7 +547,8 @@ def test_a_job_stored_before_job_kinds_loads_as_a_study_job_and_still_deduplicat
     (job,) = store.list_jobs()
     assert job.request.kind == "study" and job.request.study_id is None and job.request.backbones == (BACKBONE,)
     assert job.request.canonical_hash() == old_hash
-    assert store.submit(request(tiny_data)).id == "0ld0j0b0"
+    assert store.submit(request(tiny_data, split="image")).id == "0ld0j0b0", "a job stored before splits was by image"
+    assert store.submit(request(tiny_data)).id != "0ld0j0b0", "folds by patient are another study"
 
 
 def test_robustness_progress_counts_conditions_and_its_eta_the_folds_left(
@@ -632,6 +633,6 @@ def test_a_robustness_task_fails_in_one_line_without_the_studys_images(tiny_copy
     job = store.submit(JobRequest.robustness(study_id, TINY_BACKBONE))
     outcome = attempt(store, store.claim_next(executor="test"))
     assert outcome.state == "failed"
-    assert outcome.error.startswith(f"ValueError: the images of study {study_id} ")
+    assert outcome.error.startswith(f"DatasetError: the images of study {study_id} ")
     assert "are not on this machine" in outcome.error and "\n" not in outcome.error
     assert robustness_files(root, study_id) == [] and store.get(job.id).state == "running"

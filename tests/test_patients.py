@@ -113,6 +113,20 @@ def test_a_bad_patients_csv_stops_the_import_before_anything_is_written(tmp_path
     assert not list(artifacts_root.rglob("manifest.json"))
 
 
+def test_a_metadata_csv_is_kept_per_image_and_a_bad_row_is_named(tmp_path, artifacts_root):
+    from engine.data.file_tables import FileTableError, groupable
+
+    data = _kermany_like(tmp_path / "data")
+    (data / "metadata.csv").write_text("file,view,age\nCOVID-0.png,PA,61\nCOVID-1.png,AP,47\nCOVID-2.png,AP,80\n")
+    dataset = import_dataset(data, input_size=24)
+    metadata = read_manifest(dataset.fingerprint, artifacts_root)["metadata"]
+    assert metadata["COVID-19/COVID-1.png"] == {"view": "AP", "age": "47"}
+    assert set(groupable(metadata)) == {"view", "age"}
+    (data / "metadata.csv").write_text("file,view\nCOVID-99.png,PA\n")
+    with pytest.raises(FileTableError, match="metadata.csv row 2: 'COVID-99.png' is not an image of this dataset"):
+        import_dataset(data, input_size=24)
+
+
 def test_patient_folds_never_split_a_patient_and_image_folds_do():
     patients = np.repeat(np.arange(40), 3).astype(str)
     labels = np.repeat(np.arange(40) % 2, 3)

@@ -101,6 +101,20 @@ def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path,
     assert set(row.by_source) == {"a", "b"}
     with pytest.raises(ValueError, match="no saved fold model of backbone='MobileNet'"):
         model_audit(study, "MobileNet", dataset)
+    external = make_dataset(tmp_path / "other-hospital", n_per_class=4, size=32, seed=5)
+    views = ["PA", "AP"] * 6
+    rows = "\n".join(
+        f"{p.parent.name}/{p.name},{v}" for p, v in zip(sorted(external.rglob("*.png")), views, strict=True)
+    )
+    (external / "metadata.csv").write_text("file,view\n" + rows + "\n")
+    from engine.evaluation.external import evaluate_folder
+    from engine.models.inference import load_classifier
+
+    folder = artifacts.run_dir(study["study_id"], "MobileNet-0.25", 0).parent
+    evaluate_folder(load_classifier(folder), external)
+    split = generalisation(study["study_id"]).model("MobileNet-0.25").external_set("other-hospital").by_metadata
+    assert set(split) == {"view"} and set(split["view"]) == {"AP", "PA"}
+    assert split["view"]["AP"]["metrics"]["accuracy"]["estimate"] is not None
     at = open_page("pages/audit.py", query={"study": study["study_id"]})
     table = at.dataframe[0].value.set_index("model")
     assert table.loc["MobileNet-0.25", "lungs hidden"] == interval_text(row.occlusion["lungs hidden"])

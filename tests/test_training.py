@@ -216,10 +216,15 @@ def test_study_ids_of_the_committed_demo_survive_the_options_added_since():
         study = json.loads(study_json.read_text())
         protocol = Protocol.from_dict(study["protocol"])
         assert protocol.to_dict() == study["protocol"]
+        level = study.get("split", {}).get("level", "image")
         request = StudyRequest(
-            protocol=protocol, n_folds=study["n_folds"], seed=study["seed"], weights=study["weights"]
+            protocol=protocol, n_folds=study["n_folds"], seed=study["seed"], weights=study["weights"], split=level
         )
-        dataset = SimpleNamespace(fingerprint=study["dataset"]["fingerprint"], input_size=study["input_size"])
+        dataset = SimpleNamespace(
+            fingerprint=study["dataset"]["fingerprint"],
+            input_size=study["input_size"],
+            patients=SimpleNamespace(repeats=True),
+        )
         assert study_id_for(dataset, request) == study["study_id"] == study_json.parent.name
 
 

@@ -30,6 +30,7 @@ from joblib import Parallel, delayed
 from engine import settings
 from engine.data import overlap
 from engine.data.classes import canonical_class, sort_classes
+from engine.data.file_tables import METADATA_FILE, read_file_table
 from engine.data.files import DatasetError, SourceFile, display_name, path_key, source_files
 from engine.data.images import IMAGE_SUFFIXES, ImageError, decode_xray
 from engine.data.patients import PATIENTS_FILE, PatientGroups, patient_groups, read_patients_csv
@@ -169,22 +170,28 @@ def _decode(entry: _Entry, size: int) -> tuple[np.ndarray | None, str | None, tu
     return decoded.pixels, None, (*decoded.notes, *decoded.warnings), decoded.source_size
 
 
-def _patients_file(files: list[SourceFile]) -> SourceFile | None:
-    """The shallowest ``patients.csv`` of the source: the one beside its class folders."""
-    found = [f for f in files if PurePosixPath(f.relpath).name.lower() == PATIENTS_FILE]
-    return min(found, key=lambda f: len(path_key(f.relpath)), default=None)
+def _side_table(files: list[SourceFile], name: str) -> bytes | None:
+    """The bytes of the shallowest file called ``name`` in the source: the one beside its class folders."""
+    found = [f for f in files if PurePosixPath(f.relpath).name.lower() == name]
+    chosen = min(found, key=lambda f: len(path_key(f.relpath)), default=None)
+    if chosen is None:
+        return None
+    try:
+        return chosen.read()
+    except READ_ERRORS as exc:
+        raise DatasetError(f"{chosen.relpath}: could not be read ({exc})") from None
 
 
 def _listed_patients(files: list[SourceFile], entries: list[_Entry]) -> dict[str, str] | None:
     """``{image path: patient}`` from the source's ``patients.csv``, checked against its images; None without one."""
-    found = _patients_file(files)
-    if found is None:
-        return None
-    try:
-        data = found.read()
-    except READ_ERRORS as exc:
-        raise DatasetError(f"{found.relpath}: could not be read ({exc})") from None
-    return read_patients_csv(data, [e.relpath for e in entries])
+    data = _side_table(files, PATIENTS_FILE)
+    return None if data is None else read_patients_csv(data, [e.relpath for e in entries])
+
+
+def _metadata(files: list[SourceFile], entries: list[_Entry]) -> dict[str, dict[str, str]] | None:
+    """``{image path: {column: value}}`` from the source's ``metadata.csv`` (age band, sex, view...); None without."""
+    data = _side_table(files, METADATA_FILE)
+    return None if data is None else read_file_table(data, [e.relpath for e in entries], name=METADATA_FILE)
 
 
 def _fingerprint(records: list[tuple[str, str, str]]) -> str:
@@ -279,6 +286,7 @@ def _write_manifest(
     source: str,
     artifacts: Path | None,
     listed: dict[str, str] | None,
+    metadata: dict[str, dict[str, str]] | None,
 ) -> None:
     labels_text = [canonical_class(e.folder) for e in kept]
     for entry, label in zip(kept, labels_text, strict=True):
@@ -302,6 +310,7 @@ def _write_manifest(
         "source_sizes": [list(size) for size in sizes],
         "report": asdict(report),
         **({"patients": listed} if listed else {}),
+        **({"metadata": {f: metadata[f] for f in files if f in metadata}} if metadata else {}),
     }
     atomic.write_json(dataset_dir(fingerprint, artifacts) / "manifest.json", manifest)
 
@@ -334,8 +343,10 @@ def import_dataset(
         chosen, records = _unique_entries(entries, report, n_jobs)
         _need_classes(chosen, where, min_classes)
         listed = _listed_patients(files, entries)
-        if listed is not None:
-            records.append((PATIENTS_FILE, "", hashlib.sha1(repr(sorted(listed.items())).encode()).hexdigest()))
+        metadata = _metadata(files, entries)
+        for table, rows in ((PATIENTS_FILE, listed), (METADATA_FILE, metadata)):
+            if rows is not None:
+                records.append((table, "", hashlib.sha1(repr(sorted(rows.items())).encode()).hexdigest()))
         fingerprint = _fingerprint(records)
         folder = dataset_dir(fingerprint, artifacts)
         images_path = folder / f"images-{input_size}.npy"
@@ -354,6 +365,7 @@ def import_dataset(
         source=where,
         artifacts=artifacts,
         listed=listed,
+        metadata=metadata,
     )
     dataset = load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
     overlap.dataset_hashes(dataset, artifacts)

@@ -15,12 +15,12 @@ them (``kermany-person-1609``), so one child is one patient in any dataset folde
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+
+from engine.data.file_tables import FileTableError, read_file_table
 
 SPLITS = ("patient", "image")
 """Fold levels: every image of a patient in one fold, or images dealt one by one (the paper's)."""
@@ -50,7 +50,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-class PatientsError(ValueError):
+class PatientsError(FileTableError):
     """A ``patients.csv`` that cannot be used: the message names the row."""
 
 
@@ -82,47 +82,10 @@ def summarize(patients: list[str] | tuple[str, ...], rules: list[str] | tuple[st
 
 
 def read_patients_csv(data: bytes, files: list[str]) -> dict[str, str]:
-    """``{file: patient}`` from a ``patients.csv``, each ``file`` matched to one of ``files``.
-
-    Refuses, naming the row: a row without a file or a patient, a file that is not in the dataset,
-    a file named twice, and a bare name that matches several files.
-    """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise PatientsError(f"{PATIENTS_FILE}: not UTF-8 text") from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip().lower() for h in reader.fieldnames or []]
-    if "file" not in header or "patient" not in header:
-        raise PatientsError(f"{PATIENTS_FILE}: needs the columns 'file' and 'patient', found {reader.fieldnames}")
-    by_name: dict[str, list[str]] = {}
-    for name in files:
-        by_name.setdefault(PurePosixPath(name).name, []).append(name)
-    known = set(files)
-    found: dict[str, str] = {}
-    for line, raw in enumerate(reader, start=2):
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-        where = f"{PATIENTS_FILE} row {line}"
-        if not row["file"]:
-            raise PatientsError(f"{where}: no file named")
-        if not row["patient"]:
-            raise PatientsError(f"{where}: {row['file']!r} has an empty patient")
-        if row["file"] in known:
-            name = row["file"]
-        else:
-            candidates = by_name.get(PurePosixPath(row["file"]).name, [])
-            if not candidates:
-                raise PatientsError(f"{where}: {row['file']!r} is not an image of this dataset")
-            if len(candidates) > 1:
-                raise PatientsError(
-                    f"{where}: {row['file']!r} matches {len(candidates)} files ({', '.join(candidates[:3])}); "
-                    "give its class folder too"
-                )
-            name = candidates[0]
-        if name in found:
-            raise PatientsError(f"{where}: {name!r} is named twice")
-        found[name] = row["patient"]
-    return found
+    """``{file: patient}`` from a ``patients.csv``, each ``file`` matched to one of ``files``; a bad row is named
+    (``engine.data.file_tables.read_file_table``), an empty patient too."""
+    rows = read_file_table(data, files, name=PATIENTS_FILE, required=("patient",), error=PatientsError)
+    return {file: row["patient"] for file, row in rows.items()}
 
 
 def patient_groups(files: list[str], listed: dict[str, str] | None = None) -> PatientGroups:

@@ -94,9 +94,12 @@ def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifac
     labels: list[int] = []
     listed: dict[str, str] = {}
     sizes: list[list[int]] = []
+    metadata: dict[str, dict[str, str]] = {}
     for s, (part, name, mapping) in enumerate(zip(parts, names, maps, strict=True)):
         hashes = overlap.dataset_hashes(part, artifacts).pixels
-        part_sizes = read_manifest(part.fingerprint, artifacts).get("source_sizes") or [[0, 0]] * len(part)
+        part_manifest = read_manifest(part.fingerprint, artifacts)
+        part_sizes = part_manifest.get("source_sizes") or [[0, 0]] * len(part)
+        part_metadata = part_manifest.get("metadata", {})
         for i, file in enumerate(part.files):
             path = f"{name}/{file}"
             if hashes[i] in seen:
@@ -107,6 +110,8 @@ def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifac
             files.append(path)
             labels.append(int(mapping[part.labels[i]]))
             sizes.append(part_sizes[i])
+            if file in part_metadata:
+                metadata[path] = part_metadata[file]
             if part.patients.rules[i] == CSV_RULE:
                 listed[path] = f"{name}-{part.patients.patients[i].removeprefix('csv-')}"
         report.skipped += [{**item, "file": f"{name}/{item['file']}"} for item in part.report.skipped]
@@ -140,6 +145,7 @@ def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifac
         "parts": [part.fingerprint for part in parts],
         "report": asdict(report),
         **({"patients": listed} if listed else {}),
+        **({"metadata": metadata} if metadata else {}),
     }
     atomic.write_json(dataset_dir(fingerprint, artifacts) / "manifest.json", manifest)
 

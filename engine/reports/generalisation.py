@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from engine import settings
-from engine.evaluation.external import figure_intervals, list_evaluations
+from engine.data.datasets import DatasetError, read_manifest
+from engine.data.file_tables import groupable
+from engine.evaluation.external import figure_intervals, saved_evaluations
+from engine.evaluation.external_results import ExternalEvaluation
 from engine.evaluation.predictions import ENSEMBLE, model_names, study_out_of_fold
 from engine.evaluation.shortcuts import CONDITIONS, audit_dir
 from engine.evaluation.summary import model_summary
@@ -61,6 +64,7 @@ class External:
     recall: dict[str, dict]
     served_by: str
     key: str
+    by_metadata: dict[str, dict[str, dict]]
 
     @property
     def one_class(self) -> bool:
@@ -74,6 +78,7 @@ class ModelFigures:
     model: str
     in_fold: dict[str, dict]
     by_source: dict[str, dict]
+    by_metadata: dict[str, dict[str, dict]]
     image_level: dict | None
     occlusion: dict[str, dict] | None
     source_probe: dict | None
@@ -118,29 +123,62 @@ def _by_source(oof, sources: tuple[str, ...]) -> dict[str, dict]:
     }
 
 
+def _metadata(fingerprint: str, root: Path) -> dict[str, dict[str, str]]:
+    """The dataset's groupable metadata columns (``metadata.csv``), ``{column: {file: value}}``; empty without."""
+    try:
+        manifest = read_manifest(fingerprint, root)
+    except DatasetError:
+        return {}
+    return groupable(manifest.get("metadata", {}))
+
+
+def subgroups(files: list[str], y: np.ndarray, proba: np.ndarray, classes, columns: dict) -> dict[str, dict[str, dict]]:
+    """Figures with intervals for each value of each metadata column (age band, sex, view...) the set gives."""
+    found: dict[str, dict[str, dict]] = {}
+    for column, values in columns.items():
+        labels = np.asarray([values.get(f, "") for f in files])
+        found[column] = {
+            value: figure_intervals(y[labels == value], proba[labels == value], classes)
+            for value in sorted(set(labels) - {""})
+        }
+    return found
+
+
 def _external(study_id: str, model: str, root: Path) -> tuple[External, ...]:
     """The model's saved evaluations, one per set: its Keras fold models' where both they and an export were run."""
-    chosen: dict[str, dict] = {}
-    for e in list_evaluations(root):
-        m = e["model"]
-        if m.get("study_id") != study_id or m.get("backbone") != model or m.get("fold") is not None:
+    chosen: dict[str, ExternalEvaluation] = {}
+    for e in saved_evaluations(root):
+        if e.study_id != study_id or e.backbone != model or e.fold is not None:
             continue
-        name = e["data"]["name"]
-        if name not in chosen or (chosen[name]["model"].get("format") and not m.get("format")):
+        name = e.data.name
+        if name not in chosen or (chosen[name].format and not e.format):
             chosen[name] = e
     found = []
     for name, e in sorted(chosen.items()):
-        metrics = (e.get("intervals") or {}).get("metrics", {})
-        counts = e["data"]["counts"]
+        recall = {c: e.interval(f"recall[{c}]") for c in e.data.counts}
+        columns = _metadata(e.data.fingerprint, root)
+        predictions = e.predictions
+        by_metadata = (
+            subgroups(
+                list(predictions.files),
+                np.asarray(predictions.true),
+                np.asarray(predictions.probabilities),
+                e.classes,
+                columns,
+            )
+            if columns and predictions
+            else {}
+        )
         found.append(
             External(
                 name=name,
-                relation=e["data"].get("relation", "unstated"),
-                counts=counts,
-                accuracy=None if len(counts) == 1 else metrics.get("accuracy"),
-                recall={c: metrics[f"recall[{c}]"] for c in counts if f"recall[{c}]" in metrics},
-                served_by=e["model"].get("format") or "Keras fold models",
-                key=e["key"],
+                relation=e.relation,
+                counts=e.data.counts,
+                accuracy=None if e.one_class else e.interval("accuracy"),
+                recall={c: v for c, v in recall.items() if v is not None},
+                served_by=e.served_by,
+                key=e.key,
+                by_metadata=by_metadata,
             )
         )
     return tuple(found)
@@ -164,6 +202,7 @@ def generalisation(study_id: str, artifacts_root: Path | None = None) -> General
     twin = image_level_twin(study, root)
     twin_models = set(model_names(twin, root)) if twin else set()
     baseline = _audit(study_id, "baseline", root)
+    columns = _metadata(study["dataset"]["fingerprint"], root)
     region = None
     models = []
     for model in model_names(study_id, root):
@@ -176,6 +215,7 @@ def generalisation(study_id: str, artifacts_root: Path | None = None) -> General
                 model=model,
                 in_fold=metrics,
                 by_source=_by_source(oof, sources),
+                by_metadata=subgroups(oof.files, oof.y_true, oof.proba, oof.classes, columns) if columns else {},
                 image_level=_in_fold(twin, model, root)[0]["accuracy"] if model in twin_models else None,
                 occlusion=({c: audit["occlusion"][c]["metrics"]["accuracy"] for c in CONDITIONS} if audit else None),
                 source_probe=audit["source_probe"] if audit else None,

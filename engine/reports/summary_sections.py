@@ -94,6 +94,31 @@ def _shortcut_bullets(studies: list[Generalisation]) -> list[str]:
     return lines
 
 
+def _metadata_tables(g: Generalisation) -> list[str]:
+    """Each model's figures split by the metadata columns its sets give (``metadata.csv``: age band, sex, view)."""
+    rows = []
+    for m in g.models:
+        splits = [("held out (in-fold)", m.by_metadata)] + [(f"`{e.name}`", e.by_metadata) for e in m.external]
+        for where, columns in splits:
+            for column, groups in columns.items():
+                for value, figures in groups.items():
+                    metrics = figures["metrics"]
+                    recalls = ", ".join(
+                        f"{k[7:-1]} {interval_text(v)}" for k, v in metrics.items() if k.startswith("recall[")
+                    )
+                    rows.append(
+                        {
+                            "model": m.model,
+                            "images": where,
+                            "column": column,
+                            "value": value,
+                            "accuracy": interval_text(metrics.get("accuracy")),
+                            "recall per class": recalls,
+                        }
+                    )
+    return ["By the metadata the sets give:", "", _table(rows), ""] if rows else []
+
+
 def summary_section(root: Path | None) -> str:
     """At most one screen: the model to use, how sure, what holds outside the source, what a shortcut explains."""
     studies = judged_studies(root)
@@ -123,6 +148,7 @@ def generalisation_section(root: Path | None) -> str:
         ]
         if g.region:
             parts += [f"Lungs hidden / lungs only: {g.region}; the fill is each image's median grey level.", ""]
+        parts += _metadata_tables(g)
     if not parts:
         return "No study with patient-level folds or a shortcut audit yet (`python -m engine audit --study ID`)."
     return "\n".join(
