@@ -15,7 +15,8 @@ of the model's study (``engine.data.overlap``). Identical and near-duplicate ima
 and counted; a set made only of the study's images is refused. Results are kept under
 ``<artifacts>/evaluations/<key>.json``, keyed by the model and the data's fingerprint, so the
 report regenerates from disk and asking again reuses the result (a file of an older
-:data:`EVALUATION_SCHEMA` is computed again and replaced).
+:data:`EVALUATION_SCHEMA` is computed again and replaced). Readers take them typed
+(:func:`saved_evaluations`, ``engine.evaluation.external_results.ExternalEvaluation``), older files filled in.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine import settings
 from engine.data import overlap
 from engine.data.datasets import Dataset, import_dataset
 from engine.evaluation.bootstrap import bootstrap_confusion_metrics
+from engine.evaluation.external_results import ExternalEvaluation
 from engine.evaluation.metrics import fold_metrics
 from engine.evaluation.predictions import ENSEMBLE, backbones_of
 from engine.evaluation.summary import DEFAULT_INTERVALS
@@ -350,32 +352,21 @@ def evaluate_study_ensemble(
 
 
 def mistakes(evaluation: dict) -> list[dict] | None:
-    """Every image of a saved evaluation the model got wrong, the most confident first (None for a file
-    saved before per-image predictions were kept): where a reviewer starts looking."""
-    found = evaluation.get("predictions")
-    if found is None:
-        return None
-    classes = evaluation["model"]["classes"]
-    proba = np.asarray(found["probabilities"], dtype=float).reshape(-1, len(classes))
-    true = np.asarray(found["true"], dtype=int)
-    predicted = proba.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != true)
-    rows = [
-        {
-            "file": found["files"][i],
-            "true": classes[true[i]],
-            "predicted": classes[predicted[i]],
-            "p(predicted)": float(proba[i, predicted[i]]),
-            "p(true)": float(proba[i, true[i]]),
-        }
-        for i in wrong
-    ]
-    return sorted(rows, key=lambda r: (-r["p(predicted)"], r["file"]))
+    """Every image of a saved evaluation (as saved, or as :func:`evaluate_folder` returns it) the model got
+    wrong, the most confident first (None for a file saved before per-image predictions were kept): where a
+    reviewer starts looking. :meth:`ExternalEvaluation.mistakes` of the typed evaluation."""
+    return ExternalEvaluation.from_json(evaluation).mistakes()
 
 
 def list_evaluations(artifacts_root: Path | None = None) -> list[dict]:
-    """Every saved evaluation, each with its ``"key"`` (the file's name); older ones may lack ``"intervals"``."""
+    """Every saved evaluation as saved, each with its ``"key"`` (the file's name); older ones may lack
+    ``"intervals"``. :func:`saved_evaluations` reads them typed, older schemas filled in."""
     folder = (artifacts_root or settings.artifacts_dir()) / "evaluations"
     if not folder.is_dir():
         return []
     return [{"key": p.stem, **atomic.read_json(p)} for p in sorted(folder.glob("*.json"))]
+
+
+def saved_evaluations(artifacts_root: Path | None = None) -> list[ExternalEvaluation]:
+    """Every saved evaluation, by key, as an :class:`ExternalEvaluation` (what an older file lacks, filled in)."""
+    return [ExternalEvaluation.from_json(e) for e in list_evaluations(artifacts_root)]
