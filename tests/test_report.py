@@ -88,16 +88,31 @@ def test_a_target_is_met_only_when_its_whole_interval_clears_the_bar():
 
 def test_every_model_evaluated_on_the_extra_set_gets_its_own_target_row():
     """The best of several evaluations on one set would be a choice made on that set: each is shown."""
+    from engine.evaluation.external_results import ExternalEvaluation
     from engine.reports.results_sections import EXTRA_SET, extra_set_rows
 
     def evaluation(backbone: str, hits: int, *, data: str = EXTRA_SET, study: str = "s1", **model) -> dict:
+        """A saved evaluation of 2,000 COVID-19 images; the fields the rows do not read are placeholders."""
         model = {"backbone": backbone, "fold": None, "folds": [0, 1], "study_id": study, **model}
+        model |= {"protocol": "xray-probe", "classes": ["COVID-19", "Normal", "Viral Pneumonia"]}
         interval = {"estimate": hits / 2000, "low": hits / 2000 - 0.004, "high": hits / 2000 + 0.003}
+        overlap = {"checked": 2000, "identical": 0, "near_duplicates": 0, "left_out": [], "rule": "–"}
         return {
-            "data": {"name": data, "counts": {"COVID-19": 2000}},
+            "schema_version": 4,
+            "data": {
+                "name": data,
+                "fingerprint": "0" * 16,
+                "counts": {"COVID-19": 2000},
+                "classes_not_in_model": [],
+                "skipped": [],
+                "duplicates_dropped": 0,
+                "overlap_with_study": overlap,
+            },
             "model": model,
+            "accuracy": hits / 2000,
             "recall": {"COVID-19": hits / 2000},
-            "intervals": {"metrics": {"recall[COVID-19]": interval}},
+            "metrics": {},
+            "intervals": {"description": "–", "metrics": {"recall[COVID-19]": interval}, "undefined": []},
         }
 
     saved_before_intervals = evaluation("MobileNet-0.25", 1990)
@@ -110,6 +125,7 @@ def test_every_model_evaluated_on_the_extra_set_gets_its_own_target_row():
         evaluation("MobileNet", 1999, data="another-set"),
         evaluation("MobileNet", 1999, study="s2"),
     ]
+    evaluations = [ExternalEvaluation.from_json(e, key=str(k)) for k, e in enumerate(evaluations)]
     rows = extra_set_rows(evaluations, "s1")
     same = "; same-source held-out images)"
     assert [r[1:] for r in rows] == [

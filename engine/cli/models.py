@@ -24,7 +24,7 @@ def _pick_model(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluation.bootstrap import interval_text
     from engine.evaluation.external import evaluate_folder, evaluate_study_ensemble
-    from engine.models.inference import model_name
+    from engine.evaluation.external_results import ExternalEvaluation
 
     relation = "same source" if args.same_source else "other source"
     if args.study:
@@ -36,26 +36,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    info = result["model"]
-    print(f"model: {model_name(info)} · {info['protocol']} (study {info['study_id']})")
-    data = result["data"]
-    print(f"data: {data['name']} ({data['fingerprint']}) {data['counts']}; skipped {len(data['skipped'])}")
-    if data["relation"] == "same source":
+    evaluation = ExternalEvaluation.from_json(result)
+    print(f"model: {evaluation.model_label} · {evaluation.protocol} (study {evaluation.study_id})")
+    data = evaluation.data
+    print(f"data: {data.name} ({data.fingerprint}) {data.counts}; skipped {len(data.skipped)}")
+    if data.relation == "same source":
         print("same source as the study: these are same-source held-out figures, not an external validation")
-    seen = data["overlap_with_study"]
+    seen = data.overlap
     print(
-        f"overlap with the model's study: {seen['identical']} identical and {seen['near_duplicates']} near-duplicate "
-        f"image(s) of {seen['checked']} left out"
+        f"overlap with the model's study: {seen.identical} identical and {seen.near_duplicates} near-duplicate "
+        f"image(s) of {seen.checked} left out"
     )
-    intervals = result["intervals"]
-    print(intervals["description"])
-    for name, found in intervals["metrics"].items():
+    intervals = evaluation.intervals  # kept with every evaluation made today
+    print(intervals.description)
+    for name, found in intervals.metrics.items():
         print(f"{name} {interval_text(found, missing='undefined')}")
-    for line in intervals["undefined"]:
+    for line in intervals.undefined:
         print(f"undefined: {line}")
-    classes = info["classes"]
+    classes = evaluation.classes
     print("confusion matrix (rows: true, columns: predicted):", ", ".join(classes))
-    for name, row in zip(classes, result["metrics"]["confusion_matrix"], strict=True):
+    for name, row in zip(classes, evaluation.metrics["confusion_matrix"], strict=True):
         print(f"  {name:<16} {row}")
     return 0
 

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.evaluation.bootstrap import interval_text
-from engine.evaluation.external import list_evaluations
+from engine.evaluation.external import saved_evaluations
 from engine.evaluation.metrics import per_class_from_confusion
 from engine.models.backbones import REGISTRY, get_backbone
-from engine.models.inference import model_name
 from engine.reports import (
     evaluation_sections,
     explore,
@@ -317,28 +316,22 @@ def _confusion_section(rows: list[dict], artifacts_root: Path | None) -> str:
 
 
 def _external_section(artifacts_root: Path | None) -> str:
-    evaluations = list_evaluations(artifacts_root)
+    evaluations = saved_evaluations(artifacts_root)
     if not evaluations:
         return "No external evaluation in the artifacts yet (`python -m engine evaluate --data DIR`)."
     body = []
-    for e in sorted(evaluations, key=lambda e: (e["data"]["name"], e["model"]["backbone"], e["model"]["protocol"])):
-        m = e["model"]
-        seen = e["data"]["overlap_with_study"]
-        counts = ", ".join(f"{c} {n}" for c, n in e["data"]["counts"].items())
-        intervals = e.get("intervals", {}).get("metrics", {})
-        recalls = ", ".join(
-            f"{c} {interval_text(intervals.get(f'recall[{c}]')) if intervals else f'{v:.3f}'}"
-            for c, v in e["recall"].items()
-        )
-        one_class = len(e["data"]["counts"]) == 1
-        accuracy = "– (one class: see its recall)" if one_class else interval_text(intervals.get("accuracy"))
+    for e in sorted(evaluations, key=lambda e: (e.data.name, e.backbone, e.protocol)):
+        seen = e.data.overlap
+        counts = ", ".join(f"{c} {n}" for c, n in e.data.counts.items())
+        recalls = ", ".join(f"{c} {interval_text(e.figure(f'recall[{c}]'))}" for c in e.recall)
+        accuracy = "– (one class: see its recall)" if e.one_class else interval_text(e.interval("accuracy"))
         body.append(
             [
-                f"{e['data']['name']} (`{e['data']['fingerprint']}`)",
-                e["data"].get("relation", "unstated"),
+                f"{e.data.name} (`{e.data.fingerprint}`)",
+                e.relation,
                 counts,
-                f"{seen['identical']} identical, {seen['near_duplicates']} near-duplicate of {seen['checked']}",
-                f"{model_name(m)} · {m['protocol']}",
+                f"{seen.identical} identical, {seen.near_duplicates} near-duplicate of {seen.checked}",
+                f"{e.model_label} · {e.protocol}",
                 accuracy,
                 recalls,
             ]

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
-from engine.evaluation.external import list_evaluations
+from engine.evaluation.external import saved_evaluations
+from engine.evaluation.external_results import ExternalEvaluation
 from engine.evaluation.predictions import ENSEMBLE, model_names, study_out_of_fold
 from engine.evaluation.robustness import pooled_table, saved_results
 from engine.evaluation.summary import model_summary
-from engine.models.inference import model_name
 from engine.reports import explore
 from engine.reports.generalisation import split_label
 from engine.results import artifacts
@@ -165,23 +165,22 @@ def _robustness_drop(study: dict, backbone: str, root: Path | None) -> tuple[flo
     return drops[worst], f"worst: {worst}, accuracy {-drops[worst]:+.3f} (folds {folds})"
 
 
-def extra_set_rows(evaluations: list[dict], study_id: str) -> list[list[str]]:
+def extra_set_rows(evaluations: list[ExternalEvaluation], study_id: str) -> list[list[str]]:
     """A targets row for each of the study's models evaluated on the extra set, by name: picking the
     best of them would be a choice made on that set. Four decimals and the count, since 0.9795 is not
     0.98; the interval says how far the set can tell."""
     label = f"COVID-19 recall on {EXTRA_SET} ≥ {TARGET}"
-    extra = [e for e in evaluations if e["data"]["name"] == EXTRA_SET and e["model"]["study_id"] == study_id]
+    extra = [e for e in evaluations if e.data.name == EXTRA_SET and e.study_id == study_id]
     if not extra:
         return [[label, "–", _verdict(None, None)]]
     rows = []
-    for found in sorted(extra, key=lambda e: model_name(e["model"])):
-        recall = found["recall"]["COVID-19"]
-        n = found["data"]["counts"]["COVID-19"]
-        interval = found.get("intervals", {}).get("metrics", {}).get("recall[COVID-19]")
+    for found in sorted(extra, key=lambda e: e.model_label):
+        recall = found.recall["COVID-19"]
+        n = found.data.counts["COVID-19"]
+        interval = found.interval("recall[COVID-19]")
         bounds = f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval and interval["low"] is not None else ""
         measured = (
-            f"{recall:.4f}{bounds}, {round(recall * n):,} of {n:,} ({model_name(found['model'])}; same-source "
-            "held-out images)"
+            f"{recall:.4f}{bounds}, {round(recall * n):,} of {n:,} ({found.model_label}; same-source held-out images)"
         )
         rows.append([label, measured, interval_verdict(interval or {"estimate": recall}, TARGET)])
     return rows
@@ -221,7 +220,7 @@ def targets_section(root: Path | None, protocol: Protocol) -> str:
                 interval_verdict(pooled, TARGET, complete=complete),
             ]
         )
-    rows.extend(extra_set_rows(list_evaluations(root), study["study_id"]))
+    rows.extend(extra_set_rows(saved_evaluations(root), study["study_id"]))
     for backbone in sorted(backbones, key=lambda m: -dict(models)[m]["metrics"]["accuracy"]["estimate"]):
         drop, text = _robustness_drop(study, backbone, root)
         rows.append(
