@@ -19,14 +19,13 @@ from engine.evaluation.external import (
     ensemble_studies,
     evaluate_folder,
     evaluate_study_ensemble,
-    list_evaluations,
-    mistakes,
+    saved_evaluations,
 )
+from engine.evaluation.external_results import UNSTATED, ExternalEvaluation
 from engine.evaluation.metrics import confusion_rates
 from engine.evaluation.predictions import ENSEMBLE
 from engine.models.inference import (
     ModelInfo,
-    model_name,
     models_key,
     serving_key,
 )
@@ -43,11 +42,11 @@ PROBABILITY_COLUMNS = {name: st.column_config.NumberColumn(name, format="%.3f") 
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _evaluations(root: str, key: tuple) -> list[dict]:
-    return list_evaluations(Path(root))
+def _evaluations(root: str, key: tuple) -> list[ExternalEvaluation]:
+    return saved_evaluations(Path(root))
 
 
-def evaluations() -> list[dict]:
+def evaluations() -> list[ExternalEvaluation]:
     """Every saved evaluation, read again when a file of ``<artifacts>/evaluations`` changes."""
     root = common.artifacts_root()
     files = sorted((root / "evaluations").glob("*.json"))
@@ -72,17 +71,12 @@ def when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M") if timestamp else "–"
 
 
-def evaluation_model(e: dict) -> str:
-    m = e["model"]
-    return f"{model_name(m)} · {m['protocol']} · study {m['study_id']}"
+def evaluation_model(e: ExternalEvaluation) -> str:
+    return f"{e.model_label} · {e.protocol} · study {e.study_id}"
 
 
-def evaluation_label(e: dict) -> str:
-    return f"{e['data']['name']} · {model_name(e['model'])} · {when(e.get('evaluated_at'))}"
-
-
-def images_evaluated(e: dict) -> int:
-    return int(sum(e["data"]["counts"].values()))
+def evaluation_label(e: ExternalEvaluation) -> str:
+    return f"{e.data.name} · {e.model_label} · {when(e.evaluated_at)}"
 
 
 @dataclass(frozen=True)
@@ -94,13 +88,15 @@ class Choice:
     classes: tuple[str, ...]
     model: ModelInfo | None = None
 
-    def evaluate(self, data: str, relation: str) -> dict:
+    def evaluate(self, data: str, relation: str) -> ExternalEvaluation:
         root = common.artifacts_root()
         if self.model is None:
-            return evaluate_study_ensemble(self.study_id, data, artifacts_root=root, relation=relation)
-        served = self.model.serving_path
-        classifier = common.classifier(str(served), serving_key(served))
-        return evaluate_folder(classifier, data, artifacts_root=root, relation=relation)
+            found = evaluate_study_ensemble(self.study_id, data, artifacts_root=root, relation=relation)
+        else:
+            served = self.model.serving_path
+            classifier = common.classifier(str(served), serving_key(served))
+            found = evaluate_folder(classifier, data, artifacts_root=root, relation=relation)
+        return ExternalEvaluation.from_json(found)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -120,7 +116,7 @@ def choices(available: list[ModelInfo]) -> dict[str, Choice]:
     return ensembles | found
 
 
-def run_evaluation(chosen: Choice, folder: str, upload, relation: str) -> dict | None:
+def run_evaluation(chosen: Choice, folder: str, upload, relation: str) -> ExternalEvaluation | None:
     """Evaluate and save; bad input is one line on the page and leaves every saved evaluation as it was."""
     try:
         data = str(common.saved_upload(upload)) if upload is not None else folder.strip()
@@ -171,39 +167,31 @@ def evaluation_form(available: list[ModelInfo]) -> None:
     if submitted:
         result = run_evaluation(chosen, folder, upload, relation)
         if result is not None:
-            common.remember(evaluation=result["key"])
+            common.remember(evaluation=result.key)
             st.session_state.pop("choose-evaluation", None)  # the list below opens the new one
-            st.success(f"Saved as evaluation `{result['key']}` ({images_evaluated(result):,} images); opened below.")
+            st.success(f"Saved as evaluation `{result.key}` ({result.n_images:,} images); opened below.")
 
 
-def relation_of(e: dict) -> str:
-    return e["data"].get("relation", "unstated")
+def figure_name(e: ExternalEvaluation) -> str:
+    """``accuracy``, or ``<class> recall`` on a set of one class."""
+    return f"{next(iter(e.data.counts))} recall" if e.one_class else "accuracy"
 
 
-def figure_cell(e: dict) -> str:
+def figure_cell(e: ExternalEvaluation) -> str:
     """Accuracy with its interval; on a set of one class, that class's recall (accuracy would only repeat it)."""
-    metrics = (e.get("intervals") or {}).get("metrics", {})
-    counts = e["data"]["counts"]
-    if len(counts) == 1:
-        (only,) = counts
-        recall = metrics.get(f"recall[{only}]")
-        return f"{only} recall " + (
-            interval_text(recall, missing="undefined") if recall else f"{e['recall'][only]:.3f}"
-        )
-    accuracy = metrics.get("accuracy")
-    return "accuracy " + (interval_text(accuracy, missing="undefined") if accuracy else f"{e['accuracy']:.3f}")
+    return f"{figure_name(e)} {interval_text(e.figure(e.headline), missing='undefined')}"
 
 
-def saved_table(found: list[dict]) -> pd.DataFrame:
+def saved_table(found: list[ExternalEvaluation]) -> pd.DataFrame:
     rows = [
         {
-            "data": f"{e['data']['name']} · {e['data']['fingerprint']}",
-            "relation to the study": relation_of(e),
-            "images": images_evaluated(e),
+            "data": f"{e.data.name} · {e.data.fingerprint}",
+            "relation to the study": e.relation,
+            "images": e.n_images,
             "model": evaluation_model(e),
             "figure (95% interval)": figure_cell(e),
-            "evaluated": when(e.get("evaluated_at")),
-            "key": e["key"],
+            "evaluated": when(e.evaluated_at),
+            "key": e.key,
         }
         for e in found
     ]
@@ -244,95 +232,74 @@ def heatmap(cm: np.ndarray, *, true_classes: list[str], classes: list[str], titl
     return figure
 
 
-def class_table(e: dict) -> pd.DataFrame:
-    metrics = (e.get("intervals") or {}).get("metrics", {})
-    counts = e["data"]["counts"]
+def class_table(e: ExternalEvaluation) -> pd.DataFrame:
     rows = []
-    for c in e["model"]["classes"]:
-        recall = metrics.get(f"recall[{c}]")
-        precision = metrics.get(f"precision[{c}]")
+    for c in e.classes:
+        recall = (
+            interval_text(e.figure(f"recall[{c}]"), missing="undefined")
+            if c in e.data.counts
+            else "undefined (no image)"
+        )
         rows.append(
             {
                 "class": c,
-                "images": counts.get(c, 0),
-                "recall (sensitivity)": interval_text(recall, missing="undefined")
-                if recall
-                else _plain(e, c, "recall"),
-                "precision": interval_text(precision, missing="undefined") if precision else _plain(e, c, "precision"),
+                "images": e.data.counts.get(c, 0),
+                "recall (sensitivity)": recall,
+                "precision": interval_text(e.figure(f"precision[{c}]"), missing="undefined"),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _plain(e: dict, c: str, name: str) -> str:
-    """A figure without an interval: undefined where the set cannot define it, else its value alone."""
-    if name == "recall" and c not in e["data"]["counts"]:
-        return "undefined (no image)"
-    if "intervals" in e:
-        return "undefined"
-    return f"{e['metrics']['per_class'][c][name]:.3f}"
-
-
-def headline(e: dict) -> None:
-    metrics = (e.get("intervals") or {}).get("metrics", {})
-    seen = e["data"]["overlap_with_study"]
+def headline(e: ExternalEvaluation) -> None:
+    seen = e.data.overlap
     accuracy, images, left_out, skipped = st.columns(4)
-    counts = e["data"]["counts"]
-    name, key = (
-        (f"{next(iter(counts))} recall", f"recall[{next(iter(counts))}]")
-        if len(counts) == 1
-        else (
-            "Accuracy",
-            "accuracy",
-        )
-    )
-    value = e["recall"][next(iter(counts))] if len(counts) == 1 else e["accuracy"]
-    accuracy.metric(name, f"{value:.3f}")
-    if key in metrics and metrics[key]["low"] is not None:
-        found = metrics[key]
+    accuracy.metric(figure_name(e) if e.one_class else "Accuracy", f"{e.estimate(e.headline):.3f}")
+    found = e.interval(e.headline)
+    if found and found["low"] is not None:
         accuracy.caption(f"95% interval [{found['low']:.3f}, {found['high']:.3f}]")
-    images.metric("Images evaluated", f"{images_evaluated(e):,}")
-    left_out.metric("Left out: in the model's study", f"{seen['identical'] + seen['near_duplicates']:,}")
-    left_out.caption(f"of {seen['checked']:,} checked")
-    skipped.metric("Files skipped", f"{len(e['data']['skipped']):,}")
+    images.metric("Images evaluated", f"{e.n_images:,}")
+    left_out.metric("Left out: in the model's study", f"{seen.n_left_out:,}")
+    left_out.caption(f"of {seen.checked:,} checked")
+    skipped.metric("Files skipped", f"{len(e.data.skipped):,}")
 
 
-def overlap_note(e: dict) -> None:
-    seen = e["data"]["overlap_with_study"]
+def overlap_note(e: ExternalEvaluation) -> None:
+    seen = e.data.overlap
     line = (
-        f"Overlap check against the images of study {e['model']['study_id']}: {seen['identical']:,} identical and "
-        f"{seen['near_duplicates']:,} near-duplicate image(s) of {seen['checked']:,} left out ({seen['rule']})."
+        f"Overlap check against the images of study {e.study_id}: {seen.identical:,} identical and "
+        f"{seen.near_duplicates:,} near-duplicate image(s) of {seen.checked:,} left out ({seen.rule})."
     )
-    if seen["left_out"]:
+    if seen.left_out:
         st.warning(line)
-        with st.expander(f"The {len(seen['left_out']):,} image(s) left out"):
-            st.dataframe(pd.DataFrame({"file": seen["left_out"]}), hide_index=True)
+        with st.expander(f"The {len(seen.left_out):,} image(s) left out"):
+            st.dataframe(pd.DataFrame({"file": list(seen.left_out)}), hide_index=True)
     else:
         st.success(line)
 
 
-def data_notes(e: dict) -> None:
-    data = e["data"]
-    if data["classes_not_in_model"]:
+def data_notes(e: ExternalEvaluation) -> None:
+    data = e.data
+    if data.classes_not_in_model:
         st.warning(
-            f"Folder(s) not a class of the model, left out: {', '.join(data['classes_not_in_model'])} "
-            f"(the model knows {', '.join(e['model']['classes'])})."
+            f"Folder(s) not a class of the model, left out: {', '.join(data.classes_not_in_model)} "
+            f"(the model knows {', '.join(e.classes)})."
         )
-    absent = [c for c in e["model"]["classes"] if c not in data["counts"]]
+    absent = [c for c in e.classes if c not in data.counts]
     if absent:
-        only = list(data["counts"])
+        only = list(data.counts)
         note = f"No {', '.join(absent)} image in this set: their recall and the macro figures are undefined"
         st.caption(note + (f"; the only figure here is {only[0]} recall." if len(only) == 1 else "."))
-    if data["skipped"]:
-        st.warning(f"{len(data['skipped']):,} file(s) skipped: they could not be used.")
+    if data.skipped:
+        st.warning(f"{len(data.skipped):,} file(s) skipped: they could not be used.")
         with st.expander("Skipped files and why"):
-            st.dataframe(pd.DataFrame(data["skipped"]), hide_index=True)
-    if data["duplicates_dropped"]:
-        st.caption(f"{data['duplicates_dropped']:,} byte-identical duplicate file(s) in the set were counted once.")
+            st.dataframe(pd.DataFrame(list(data.skipped)), hide_index=True)
+    if data.duplicates_dropped:
+        st.caption(f"{data.duplicates_dropped:,} byte-identical duplicate file(s) in the set were counted once.")
 
 
-def mistakes_section(e: dict) -> None:
-    found = mistakes(e)
+def mistakes_section(e: ExternalEvaluation) -> None:
+    found = e.mistakes()
     if found is None:
         st.caption("Saved before per-image predictions were kept: evaluate again to list the misclassified images.")
         return
@@ -343,32 +310,32 @@ def mistakes_section(e: dict) -> None:
             st.write("None: every evaluated image was classified correctly.")
 
 
-def show_evaluation(e: dict) -> None:
-    st.subheader(f"{e['data']['name']} · {evaluation_model(e)}")
-    st.caption(f"Data `{e['data']['fingerprint']}` · evaluated {when(e.get('evaluated_at'))} · evaluation `{e['key']}`")
-    if relation_of(e) == "same source":
+def show_evaluation(e: ExternalEvaluation) -> None:
+    st.subheader(f"{e.data.name} · {evaluation_model(e)}")
+    st.caption(f"Data `{e.data.fingerprint}` · evaluated {when(e.evaluated_at)} · evaluation `{e.key}`")
+    if e.relation == "same source":
         st.info(
             "Same source as the study: these images are unseen, but come from the release and processing the study's "
             "own images come from. Their figures are same-source held-out figures, not an external validation."
         )
-    elif relation_of(e) == "unstated":
+    elif e.relation == UNSTATED:
         st.caption("Saved before sets were labelled by source: how these images relate to the study is not recorded.")
     headline(e)
-    intervals = e.get("intervals")
+    intervals = e.intervals
     left, right = st.columns([1, 1])
     with left:
         st.dataframe(class_table(e), hide_index=True)
-        if intervals:
-            macro = {k: v for k, v in intervals["metrics"].items() if k.startswith("macro_")}
+        if intervals is not None:
+            macro = intervals.macro
             if macro:
                 st.caption(
                     " · ".join(
                         f"{k.replace('_', ' ')} {interval_text(v, missing='undefined')}" for k, v in macro.items()
                     )
                 )
-            st.caption(f"{intervals['description']}.")
-            if intervals["undefined"]:
-                st.caption("Not defined on this set: " + "; ".join(intervals["undefined"]) + ".")
+            st.caption(f"{intervals.description}.")
+            if intervals.undefined:
+                st.caption("Not defined on this set: " + "; ".join(intervals.undefined) + ".")
         else:
             st.caption(
                 "Saved before intervals were kept with evaluations: evaluate the same data with the same model again "
@@ -376,27 +343,28 @@ def show_evaluation(e: dict) -> None:
             )
         data_notes(e)
     with right:
-        cm = np.asarray(e["metrics"]["confusion_matrix"], dtype=float)
-        classes = list(e["model"]["classes"])
-        present = [c for c in classes if c in e["data"]["counts"]]
-        title = f"Confusion matrix on {e['data']['name']}"
-        st.plotly_chart(heatmap(cm, true_classes=present, classes=classes, title=title), width="stretch", key="cm")
+        classes = list(e.classes)
+        present = [c for c in classes if c in e.data.counts]
+        title = f"Confusion matrix on {e.data.name}"
+        st.plotly_chart(
+            heatmap(e.confusion_matrix, true_classes=present, classes=classes, title=title), width="stretch", key="cm"
+        )
         st.caption("Rows: the true class (only classes in the set); columns: the prediction; count and row %.")
     mistakes_section(e)
     overlap_note(e)
 
 
-def saved_section(found: list[dict]) -> None:
+def saved_section(found: list[ExternalEvaluation]) -> None:
     st.header("Saved evaluations")
     if not found:
         st.info(f"No saved evaluation in `{common.artifacts_root()}` yet.")
         return
     st.dataframe(saved_table(found), hide_index=True)
-    by_key = {e["key"]: e for e in found}
-    newest = sorted(found, key=lambda e: -(e.get("evaluated_at") or 0))
+    by_key = {e.key: e for e in found}
+    newest = sorted(found, key=lambda e: -(e.evaluated_at or 0))
     key = common.choose(
         "Open an evaluation",
-        [e["key"] for e in newest],
+        [e.key for e in newest],
         param="evaluation",
         format_func=lambda k: evaluation_label(by_key[k]),
     )
