@@ -245,17 +245,26 @@ class ImageNetPreprocess(keras.layers.Layer):
     mean and std). A gray image has equal R, G and B, so the channel swap of ``caffe`` only
     reorders the means.
 
-    ``intensity`` and ``downscale`` harmonise every image alike first (``engine.models.acquisition``):
-    histogram equalisation or per-image standardisation, then every ``downscale`` x ``downscale`` block
-    averaged and resized back. They are part of what the model computes, so serving, export and cached
-    features all carry them.
+    ``intensity`` and ``downscale`` harmonise every image alike first (``engine.models.acquisition``): every
+    ``downscale`` x ``downscale`` block averaged, histogram equalisation (read at ``segments`` + 1 grey levels)
+    or per-image standardisation, then resized back. They are part of what the model computes and of its saved
+    configuration, so serving, export and cached features all carry them.
 
     ``xla=False`` runs the same arithmetic without its XLA cluster (:func:`_xla`), for exported
     graphs (``engine.models.export``): tf2onnx cannot convert the compiled function, an unsupported
     ``PartitionedCall``. It is how the layer runs, not what it computes, so it is not saved.
     """
 
-    def __init__(self, mode: str, *, xla: bool = True, intensity: str = "none", downscale: int = 1, **kwargs) -> None:
+    def __init__(
+        self,
+        mode: str,
+        *,
+        xla: bool = True,
+        intensity: str = "none",
+        downscale: int = 1,
+        segments: int = acquisition.EQUALISE_SEGMENTS,
+        **kwargs,
+    ) -> None:
         if mode not in ("tf", "caffe", "torch"):
             raise ValueError(f"mode must be 'tf', 'caffe' or 'torch', got mode={mode!r}")
         if intensity not in acquisition.INTENSITIES:
@@ -267,6 +276,7 @@ class ImageNetPreprocess(keras.layers.Layer):
         self.xla = bool(xla)
         self.intensity = intensity
         self.downscale = int(downscale)
+        self.segments = int(segments)
 
     @property
     def harmonises(self) -> bool:
@@ -285,7 +295,9 @@ class ImageNetPreprocess(keras.layers.Layer):
         scale, shift = self.scale_and_shift()
         to_channels = _to_channels if self.xla else _gray_to_channels
         if self.harmonises:
-            images = acquisition.harmonise(images, intensity=self.intensity, downscale=self.downscale)
+            images = acquisition.harmonise(
+                images, intensity=self.intensity, downscale_by=self.downscale, segments=self.segments
+            )
         return to_channels(
             ops.cast(images, self.compute_dtype),
             ops.convert_to_tensor(scale, dtype=self.compute_dtype),
@@ -296,7 +308,13 @@ class ImageNetPreprocess(keras.layers.Layer):
         return (*input_shape[:-1], 3)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode, "intensity": self.intensity, "downscale": self.downscale}
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "intensity": self.intensity,
+            "downscale": self.downscale,
+            "segments": self.segments,
+        }
 
 
 @keras.saving.register_keras_serializable(package="cxr")

@@ -85,7 +85,7 @@ def block_statistics(member):
 def _base_key(member) -> str:
     """What a member's base computes: members of a frozen-base study share one ImageNet base, which runs once."""
     pre = member.get_layer("preprocess")
-    digest = hashlib.sha1(f"{pre.mode} {pre.intensity} {pre.downscale}".encode())
+    digest = hashlib.sha1(f"{pre.mode} {pre.intensity} {pre.downscale} {pre.segments}".encode())
     for weights in member.get_layer("backbone").get_weights():
         digest.update(np.ascontiguousarray(weights).tobytes())
     return digest.hexdigest()
