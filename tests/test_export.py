@@ -30,8 +30,12 @@ from engine.models.export import (
     ACTIVATIONS,
     CALIBRATION_CHUNK,
     FLOAT_FIRST_CONVS,
+    INT8_DEFAULTS,
     INT8_MIN_AGREEMENT,
+    ONNX_PERCENTILE,
     ExportResult,
+    Int8Options,
+    _quantization,
     _reusable_detector,
     calibration_indices,
     ensemble_runs,
@@ -233,6 +237,34 @@ def test_calibration_images_come_from_every_members_training_folds():
     assert set(chosen) == {0, 1, 2, 6, 7, 8, 9}
     assert set(calibration_indices(study, [0, 1], count=2)) <= {6, 7, 8, 9}
     assert set(calibration_indices(study, [0, 1, 2], count=10)) == set(range(10)), "no image is held out of it"
+
+
+def test_int8_options_default_to_the_products_settings_and_are_checked():
+    """``Int8Options()`` is what ``python -m engine export --quantize int8`` uses; the sidecar describes any other."""
+    defaults = Int8Options()
+    assert defaults == INT8_DEFAULTS and dict(defaults.float_first_convs) == FLOAT_FIRST_CONVS
+    assert (defaults.onnx_percentile, defaults.calibration_images, defaults.calibration_chunk) == (
+        ONNX_PERCENTILE,
+        128,
+        CALIBRATION_CHUNK,
+    )
+    assert defaults.bias_correction and {f: defaults.activations(f) for f in FORMATS} == ACTIVATIONS
+    for wrong in (
+        {"float_first_convs": {"litert": 3}},
+        {"float_first_convs": {"litert": -1, "onnx": 3}},
+        {"onnx_percentile": 0},
+        {"calibration_images": 0},
+        {"calibration_chunk": 0},
+    ):
+        with pytest.raises(ValueError):
+            Int8Options(**wrong)
+    with pytest.raises(TypeError):
+        Int8Options({"litert": 1, "onnx": 1})  # keyword-only
+    other = Int8Options(float_first_convs={"litert": 2, "onnx": 1}, onnx_percentile=99.9, bias_correction=False)
+    described = _quantization("onnx", np.zeros((5, 8, 8, 1), dtype="float32"), None, other)
+    assert described["float_layers"] == "each member's first 1 convolutions" and described["bias_correction"] == "none"
+    assert described["calibration_images"] == 5 and "99.9th percentile" in described["activations"]
+    assert _quantization("litert", None, None, INT8_DEFAULTS) is None, "a float file has no quantization"
 
 
 @pytest.fixture(scope="module")
