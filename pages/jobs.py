@@ -9,13 +9,13 @@ import pandas as pd
 import streamlit as st
 
 from engine import settings
+from engine.jobs.states import ACTIVE_STATES
 from engine.jobs.store import DB_NAME, Job, JobStore
 from engine.jobs.worker import ensure_worker, worker_alive
 from pages import common
 
 common.require_router(__file__)
 
-ACTIVE = ("queued", "running")
 STATE_ICONS = {
     "queued": ":gray[:material/schedule:]",
     "running": ":blue[:material/autorenew:]",
@@ -109,7 +109,7 @@ def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:
             f"{data} · created {when(job.created_at)} · started {when(job.started_at)} · "
             f"finished {when(job.finished_at)} · executor: {job.executor or 'not yet picked up'}"
         )
-        if can_cancel and job.state in ACTIVE and action.button("Cancel", key=f"cancel-{job.id}"):
+        if can_cancel and job.state in ACTIVE_STATES and action.button("Cancel", key=f"cancel-{job.id}"):
             job = store.cancel(job.id)
             st.toast(f"Job {job.id}: {job.state}")
         fraction = float((job.progress or {}).get("fraction") or (1.0 if job.state == "done" else 0.0))
@@ -157,14 +157,14 @@ def live_jobs() -> None:
         )
         return
     alive = worker_alive(root)
-    waiting = any(job.state in ACTIVE for job in jobs)
+    waiting = any(job.state in ACTIVE_STATES for job in jobs)
     if waiting and not alive:
         st.warning("Jobs are waiting but no worker is running.")
         if not read_only and st.button("Start the worker"):
             ensure_worker(root)
     st.caption(f"Worker {'running' if alive else 'stopped'} · refreshed {dt.datetime.now():%H:%M:%S}")
     focus = common.remembered("job")
-    ordered = sorted(jobs, key=lambda j: (j.id != focus, j.state not in ACTIVE, -(j.created_at or 0)))
+    ordered = sorted(jobs, key=lambda j: (j.id != focus, j.state not in ACTIVE_STATES, -(j.created_at or 0)))
     for job in ordered:
         job_card(store, job, can_cancel=not read_only)
 

@@ -12,6 +12,7 @@ import streamlit as st
 from engine import settings
 from engine.data.sources import study_dataset
 from engine.evaluation import robustness
+from engine.jobs.states import ACTIVE_STATES
 from engine.jobs.store import DB_NAME, JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
 from engine.reports import explore
@@ -21,7 +22,6 @@ from pages import common
 common.require_router(__file__)
 
 STRENGTHS = list(robustness.STRENGTHS)
-ACTIVE = ("queued", "running")
 LAST_JOB = "robustness_job"
 NOTHING = {"finished": [], "with_model": [], "analysed": [], "classes": [], "class_images": {}, "table": []}
 
@@ -215,7 +215,7 @@ def active_job(study_id: str, backbone: str):
         return None
     wanted = ("robustness", study_id, (backbone,))
     for job in JobStore(root).list_jobs():
-        if job.state in ACTIVE and (job.request.kind, job.request.study_id, job.request.backbones) == wanted:
+        if job.state in ACTIVE_STATES and (job.request.kind, job.request.study_id, job.request.backbones) == wanted:
             return job
     return None
 

@@ -80,10 +80,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from engine.jobs.states import ACTIVE_STATES
     from engine.jobs.store import JobStore
 
     job = JobStore(args.artifacts).cancel(args.job)
-    if job.state in ("queued", "running"):
+    if job.state in ACTIVE_STATES:
         print(f"{job.id}: cancel requested; the worker stops it within one batch")
     else:
         print(f"{job.id}: {job.state}")

@@ -28,16 +28,15 @@ from pathlib import Path
 
 from engine import settings
 from engine.jobs.request import JobRequest
+from engine.jobs.states import ACTIVE_SQL, ACTIVE_STATES, END_STATES, FINISHED_STATES, STATES
 from engine.results import artifacts
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
-ACTIVE_STATES = ("queued", "running")
 DB_NAME = "jobs.sqlite"
 LOCK_NAME = "worker.lock"
 BUSY_TIMEOUT_S = 30.0
 SCHEMA_VERSION = 1
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -50,11 +49,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     study_id TEXT,
     executor TEXT NOT NULL DEFAULT '',
-    progress TEXT NOT NULL DEFAULT '{}',
+    progress TEXT NOT NULL DEFAULT '{{}}',
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_request
-    ON jobs (request_hash) WHERE state IN ('queued', 'running') AND cancel_requested = 0;
+    ON jobs (request_hash) WHERE state IN {ACTIVE_SQL} AND cancel_requested = 0;
 CREATE TABLE IF NOT EXISTS tasks (
     job_id TEXT NOT NULL REFERENCES jobs (id),
     position INTEGER NOT NULL,
@@ -296,7 +295,7 @@ class JobStore:
         """
         with self._transaction(write=True) as con:
             jobs = con.execute(
-                "SELECT id, cancel_requested FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"
+                f"SELECT id, cancel_requested FROM jobs WHERE state IN {ACTIVE_SQL} ORDER BY seq"
             ).fetchall()
             for job in jobs:
                 if job["cancel_requested"]:
@@ -327,7 +326,7 @@ class JobStore:
 
     def finish_task(self, task: Task, *, state: str, error: str | None = None, note: str = "") -> None:
         """Record a task's outcome; the job ends once no task is left, or at once when it was cancelled."""
-        if state not in ("done", "failed", "cancelled"):
+        if state not in END_STATES:
             raise ValueError(f"a task finishes as done, failed or cancelled, got state={state!r}")
         with self._transaction(write=True) as con:
             con.execute(
@@ -355,12 +354,12 @@ class JobStore:
 
     def has_pending(self) -> bool:
         with self._transaction(write=False) as con:
-            return con.execute("SELECT 1 FROM jobs WHERE state IN ('queued', 'running') LIMIT 1").fetchone() is not None
+            return con.execute(f"SELECT 1 FROM jobs WHERE state IN {ACTIVE_SQL} LIMIT 1").fetchone() is not None
 
     def task_counts(self, job_id: str) -> tuple[int, int]:
         """(tasks finished, done or failed; all tasks) of a job."""
         with self._transaction(write=False) as con:
-            return self._count(con, job_id, ("done", "failed")), self._count(con, job_id, STATES)
+            return self._count(con, job_id, FINISHED_STATES), self._count(con, job_id, STATES)
 
     # --- internals ---
 
@@ -372,7 +371,7 @@ class JobStore:
 
     def _job(self, con: sqlite3.Connection, job_id: str) -> Job:
         row = self._row(con, job_id)
-        done, total = self._count(con, job_id, ("done", "failed")), self._count(con, job_id, STATES)
+        done, total = self._count(con, job_id, FINISHED_STATES), self._count(con, job_id, STATES)
         progress = {**empty_progress(), **json.loads(row["progress"]), "tasks_done": done, "tasks_total": total}
         if row["state"] != "running":
             progress.update(fraction=done / total if total else 0.0, eta_seconds=None)
@@ -399,7 +398,7 @@ class JobStore:
     @staticmethod
     def _active_with_hash(con: sqlite3.Connection, digest: str) -> str | None:
         row = con.execute(
-            "SELECT id FROM jobs WHERE request_hash = ? AND state IN ('queued', 'running') AND cancel_requested = 0",
+            f"SELECT id FROM jobs WHERE request_hash = ? AND state IN {ACTIVE_SQL} AND cancel_requested = 0",
             (digest,),
         ).fetchone()
         return row["id"] if row else None
@@ -430,8 +429,7 @@ class JobStore:
         now = _now()
         if row["cancel_requested"]:
             con.execute(
-                "UPDATE tasks SET state = 'cancelled', finished_at = ? "
-                "WHERE job_id = ? AND state IN ('queued', 'running')",
+                f"UPDATE tasks SET state = 'cancelled', finished_at = ? WHERE job_id = ? AND state IN {ACTIVE_SQL}",
                 (now, job_id),
             )
             state, error = "cancelled", None
