@@ -34,11 +34,11 @@ from engine.models.export import (
     Int8Options,
     calibration_indices,
     export_graph,
-    load_member,
     study_images,
     training_indices,
     write_int8,
 )
+from engine.models.inference import load_keras_model
 from engine.models.runtime import FORMATS, RUNNERS
 from engine.results import artifacts
 
@@ -127,7 +127,7 @@ def main() -> None:
             "unseen": unseen_checked,
         }
         model = artifacts.run_dir(args.study, args.backbone, fold, args.artifacts) / "model.keras"
-        member = load_member(model)
+        member = load_keras_model(model)
         graph = export_graph([member])
         with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
             floats = {kind: Path(tmp) / f"float{FORMATS[kind]}" for kind in args.formats}

@@ -31,9 +31,9 @@ from engine.models.export import (
     Int8Options,
     calibration_indices,
     export_graph,
-    load_member,
     study_images,
 )
+from engine.models.inference import load_keras_model
 from engine.models.runtime import FORMATS, RUNNERS
 from engine.results import artifacts
 
@@ -86,7 +86,7 @@ def main() -> None:
         y = labels[held]
         at = calibration_indices(study, [fold], count=options.calibration_images)
         calibration = images[at].astype("float32")[..., None]
-        member = load_member(model)
+        member = load_keras_model(model)
         graph = export_graph([member])
         with tempfile.TemporaryDirectory(prefix="cxr-int8-") as tmp:
             for kind in args.formats:

@@ -58,7 +58,7 @@ def compiled_transforms(mode: str) -> dict[str, object]:
 
     from engine.models.layers import ImageNetPreprocess, XRayAugment
 
-    augment = XRayAugment(**asdict(Augmentation()))
+    augment = XRayAugment(**Augmentation().in_graph())
     preprocess = ImageNetPreprocess(mode)
     rgb_layers = _keras_layers(50 / 360)
     gray_layers = _keras_layers(50 / 360)

@@ -2,5 +2,3 @@
 
 No Streamlit here; the app's pages are thin views over this package's public API.
 """
-
-SCHEMA_VERSION = 1

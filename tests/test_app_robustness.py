@@ -405,10 +405,13 @@ def test_the_demo_evaluation_read_only(demo: Path, monkeypatch: pytest.MonkeyPat
         assert listed.loc[key, "data"] == f"{saved['data']['name']} · {saved['data']['fingerprint']}"
         assert at.query_params["evaluation"] == key
         heat = chart(at, 0)["data"][0]
-        assert heat["y"] == ["COVID-19"]
-        assert [cell.split("<br>")[0] for cell in heat["text"][0]] == [str(n) for n in cm[0]]
+        classes = saved["model"]["classes"]
+        assert heat["y"] == [c for c in classes if c in counts]
+        for row, name in zip(heat["text"], heat["y"], strict=True):
+            assert [cell.split("<br>")[0] for cell in row] == [str(n) for n in cm[classes.index(name)]]
         if "intervals" in saved:
-            low, high = (saved["intervals"]["metrics"]["accuracy"][k] for k in ("low", "high"))
+            key = f"recall[{next(iter(counts))}]" if len(counts) == 1 else "accuracy"
+            low, high = (saved["intervals"]["metrics"][key][k] for k in ("low", "high"))
             assert f"95% interval [{low:.3f}, {high:.3f}]" in texts(at.caption)
     assert evaluation_files(demo) == before, "read-only: nothing written"
 

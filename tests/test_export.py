@@ -40,12 +40,11 @@ from engine.models.export import (
     calibration_indices,
     ensemble_runs,
     export_runs,
-    load_member,
     quantize_onnx,
     study_images,
     study_models,
 )
-from engine.models.inference import OOD_WARNING, ensemble_detector_path, load_classifier, models_key
+from engine.models.inference import OOD_WARNING, ensemble_detector_path, load_classifier, load_keras_model, models_key
 from engine.models.ood import OODDetector
 from engine.models.runtime import RUNNERS, detector_path, file_sha256, load_exported, sidecar_path
 from engine.reports.model_card import card_path
@@ -133,7 +132,7 @@ def test_committed_models_still_load_and_reproduce_their_predictions():
         manifest = json.loads((DEMO / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text())
         files = [manifest["files"][i] for i in study["folds"][run.fold][:PARITY_IMAGES]]
         saved = np.array([[float(rows[f][f"p[{c}]"]) for c in run.config["classes"]] for f in files])
-        got = load_member(model).predict_on_batch(images.astype(np.float32)[..., None])
+        got = load_keras_model(model).predict_on_batch(images.astype(np.float32)[..., None])
         assert np.abs(got - saved).max() <= 1e-5
 
 
@@ -312,7 +311,7 @@ def test_a_fold_ensemble_exports_and_matches_its_keras_serving_graph(tiny, ensem
     assert len(paths) == 2
     images = np.stack([make_image(k % 3, 32, np.random.default_rng(k)) for k in range(6)])
     batch = images[..., None].astype("float32")
-    singles = [serving.serving_model([load_member(p)]).predict_on_batch(batch) for p in paths]
+    singles = [serving.serving_model([load_keras_model(p)]).predict_on_batch(batch) for p in paths]
     exported = load_exported(ensemble[fmt])
     got = exported.outputs(images)
     for key in serving.OUTPUTS:
@@ -481,7 +480,7 @@ def test_the_cli_writes_a_model_card_from_the_artifacts(ensemble, tiny):
     assert card["training"]["dataset"]["counts"] == {"COVID-19": 8, "Normal": 8, "Viral Pneumonia": 8}
     assert card["model"]["members"] == ["fold 0", "fold 1"] and card["out_of_distribution"]["n_fit"] == 24
     text = card_path(ensemble["litert"], "md").read_text()
-    assert "not a medical device" in text.lower() and "patient level" in text
+    assert "not a medical device" in text.lower() and "folds are by image" in text.lower()
     assert f"{correct / 24:.3f} [" in text
 
 

@@ -14,7 +14,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-EXPECTED_ERRORS = (ValueError, OSError, PermissionError, RuntimeError, KeyError)
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input or machine can cause: bad arguments and data (``ValueError`` and the engine's
+    subclasses of it), files and folders (``OSError``, the read-only demo's refusal among them), a missing
+    weights file and a wrong backend. Anything else is a bug, and prints its traceback."""
+    from engine.models.backbones import MissingWeightsError
+    from engine.models.export.graph import BackendError
+
+    return (ValueError, OSError, MissingWeightsError, BackendError)
 
 
 def add_artifacts(parser: argparse.ArgumentParser) -> None:
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; finished folds are kept", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as exc:
+    except expected_errors() as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"\nerror: {message}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ again reads it back.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,14 +133,6 @@ def _figures(counts: dict, classes: tuple[str, ...]) -> dict:
     }
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def result_path(run: artifacts.RunResult, key: str, root: Path) -> Path:
     return artifacts.study_dir(run.study_id, root) / "robustness" / run.backbone / f"fold-{run.fold}-{key}.json"
 
@@ -150,7 +141,7 @@ def robustness_key(run: artifacts.RunResult, dataset_fingerprint: str) -> str:
     return artifacts.canonical_hash(
         {
             "schema": ROBUSTNESS_SCHEMA,
-            "model": _file_sha256(run.model_path),
+            "model": atomic.file_sha256(run.model_path),
             "dataset": dataset_fingerprint,
             "shifts": shifts_definition(),
             "noise_seed": NOISE_SEED,

@@ -27,7 +27,6 @@ from engine import settings
 from engine.data.datasets import Dataset, read_manifest
 from engine.evaluation.external import figure_intervals
 from engine.evaluation.image_statistics import SUMMARY, image_statistics, names, summary_columns
-from engine.models.runtime import file_sha256
 from engine.results import artifacts, atomic
 
 AUDIT_SCHEMA = 1
@@ -205,7 +204,7 @@ def model_audit(
     key = artifacts.canonical_hash(
         {
             "schema": AUDIT_SCHEMA,
-            "models": [file_sha256(r.model_path) for r in runs],
+            "models": [atomic.file_sha256(r.model_path) for r in runs],
             "dataset": dataset.fingerprint,
             "region": asdict(region),
         }

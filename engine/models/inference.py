@@ -324,12 +324,20 @@ def fit_detector(classifier: Classifier, training_images: np.ndarray) -> OODDete
     return OODDetector.fit(classifier.features(training_images))
 
 
-def _load_keras(path: Path):
+def load_keras_model(path: Path):
+    """A saved ``.keras`` model, loaded with ``safe_mode=True`` (no code in the file runs); a file that is not one
+    gives a one-line ValueError naming it."""
+    import zipfile
+
     import keras
 
     import engine.models.layers  # noqa: F401  (registers the custom layers the model uses)
 
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
 
 
 def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> Classifier:
@@ -353,7 +361,7 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
     if run is None:
         raise ValueError(f"{path.parent} is not a finished run; its model is not loaded")
     started = time.perf_counter()
-    graph = serving.serving_model([_load_keras(path)])
+    graph = serving.serving_model([load_keras_model(path)])
     log.info("loaded model %s (%s fold %d) in %.1f s", path, run.backbone, run.fold, time.perf_counter() - started)
     return Classifier(
         graph,
@@ -383,7 +391,7 @@ def _load_ensemble(folder: Path, root: Path) -> Classifier:
             "(a fresh clone has the committed exports only)"
         )
     started = time.perf_counter()
-    graph = serving.serving_model([_load_keras(r.model_path) for r in runs])
+    graph = serving.serving_model([load_keras_model(r.model_path) for r in runs])
     log.info("loaded the %d-fold ensemble %s in %.1f s", len(runs), folder, time.perf_counter() - started)
     return Classifier(
         graph,

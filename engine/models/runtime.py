@@ -13,7 +13,6 @@ came from, and the file's SHA-256, checked before the file is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import numpy as np
 
 from engine.models import serving
 from engine.models.inference import Classifier, load_detector
+from engine.results.atomic import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,6 @@ SIDECAR_KEYS = ("format", "quantization", "sha256", "classes", "input_size", "in
 def sidecar_path(path: Path) -> Path:
     """``model.tflite`` -> ``model.tflite.json``: one sidecar per file, whatever formats share a folder."""
     return path.with_name(path.name + ".json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def format_of(path: Path) -> str:

@@ -123,7 +123,19 @@ def limitations(study: dict, found: Generalisation) -> list[str]:
     """What the study's own files say it cannot claim."""
     found_limits = ["folder labels were not checked against a radiologist's reading or RT-PCR"]
     if split_level(study) == "image":
-        found_limits.append("folds are by image, so a patient's films can sit in training and test folds")
+        spread = study.get("split", {}).get("patients_in_several_folds")
+        if spread is None:
+            found_limits.append("folds are by image, so a patient's films can sit in training and test folds")
+        elif spread["patients"]:
+            found_limits.append(
+                f"folds are by image: {spread['patients']:,} patients ({spread['images']:,} images) have images in "
+                "training and test folds"
+            )
+        else:
+            found_limits.append(
+                "folds are by image and the files name no patient, so whether one person's films sit in training "
+                "and test folds is unknown"
+            )
     for cls in _one_source_classes(study):
         found_limits.append(f"every {cls} image comes from one source, so source and class coincide for it")
     if not any(m.external for m in found.models):

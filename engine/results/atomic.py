@@ -7,6 +7,7 @@ moment the writer is killed at.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -60,3 +61,12 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read a MiB at a time: the identity of a model file in cache keys and sidecars."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()

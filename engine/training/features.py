@@ -9,7 +9,6 @@ import numpy as np
 
 from engine.data.datasets import Dataset
 from engine.models import builders
-from engine.models.acquisition import EQUALISE_SEGMENTS, HARMONISE_VERSION
 from engine.models.backbones import get_backbone, weights_identity
 from engine.results import artifacts, atomic
 from engine.training.progress import Cancelled, StopFn
@@ -62,6 +61,8 @@ def cached_features(
     if pooling != "average":
         inputs["pooling"] = pooling
     if harmonise:
+        from engine.models.acquisition import EQUALISE_SEGMENTS, HARMONISE_VERSION  # Keras, only when harmonised
+
         inputs["harmonise"] = {**dict(harmonise), "version": HARMONISE_VERSION, "segments": EQUALISE_SEGMENTS}
     key = artifacts.canonical_hash(inputs)
     path = artifacts_root / "features" / f"{backbone_name}-{dataset.input_size}-{key}.npy"

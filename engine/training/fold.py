@@ -19,7 +19,7 @@ from engine.data.datasets import Dataset
 from engine.evaluation.metrics import fold_metrics
 from engine.models import builders
 from engine.models.backbones import get_backbone, weights_identity
-from engine.models.inference import OOD_FILE
+from engine.models.inference import OOD_FILE, load_keras_model
 from engine.results import artifacts, atomic
 from engine.training import compilation, compiled_models
 from engine.training.fitting import program_key
@@ -89,11 +89,7 @@ def _detector(plan: FoldPlan, model):
 
 def fit_run_detector(run: artifacts.RunResult, dataset: Dataset, study: dict) -> Path | None:
     """Fit and save the OOD detector of a finished run's saved model (runs made before detectors existed)."""
-    import keras
-
-    import engine.models.layers  # noqa: F401  (registers the custom layers the model uses)
-
-    model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+    model = load_keras_model(run.model_path)
     detector = _detector(plan_fold(dataset, study, run.backbone, run.fold), model)
     return None if detector is None else detector.save(run.path / OOD_FILE)
 

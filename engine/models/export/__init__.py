@@ -36,7 +36,6 @@ from engine.models.export.lookup import (
     check_indices,
     ensemble_runs,
     finished_run,
-    load_member,
     study_images,
     study_models,
     training_indices,
@@ -60,7 +59,7 @@ from engine.models.export.writers import (
     litert_int8,
     quantize_onnx,
 )
-from engine.models.inference import OOD_FILE, ensemble_detector_path, fit_detector
+from engine.models.inference import OOD_FILE, ensemble_detector_path, fit_detector, load_keras_model
 from engine.models.ood import OODDetector
 from engine.models.runtime import (
     FORMATS,
@@ -105,7 +104,6 @@ __all__ = [
     "int8_graph",
     "keras_detector_path",
     "litert_int8",
-    "load_member",
     "parity",
     "quantize_onnx",
     "study_images",
@@ -327,7 +325,7 @@ def export_runs(
     check_options(format=format, quantize=quantize)
     root = artifacts_root or settings.artifacts_dir()
     runs = ensemble_runs(model_paths, root)
-    members = [load_member(r.model_path) for r in runs]
+    members = [load_keras_model(r.model_path) for r in runs]
     study = artifacts.read_study(runs[0].study_id, root)
     images = study_images(study, root, data=data)
     folds = [r.fold for r in runs]

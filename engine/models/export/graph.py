@@ -11,12 +11,16 @@ from engine.models.bias_correction import Correction, correct_int8_bias
 from engine.models.export.options import INT8_DEFAULTS, Int8Options
 
 
+class BackendError(RuntimeError):
+    """The export was asked for under a Keras backend that cannot write the files."""
+
+
 def export_graph(members: list):
     """``serving_model`` of the members, each as a :class:`Branch`: unique layer names, preprocessing without XLA."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"export needs the TensorFlow backend, got KERAS_BACKEND={keras.backend.backend()!r}")
+        raise BackendError(f"export needs the TensorFlow backend, got KERAS_BACKEND={keras.backend.backend()!r}")
     return serving.serving_model([Branch.of(m, index=i) for i, m in enumerate(members)], name="cxr_export")
 
 

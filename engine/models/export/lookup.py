@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +18,6 @@ def finished_run(path: str | Path, root: Path) -> artifacts.RunResult:
     if run is None:
         raise ValueError(f"model must be the model.keras of a finished run inside {root}, got path={str(path)!r}")
     return run
-
-
-def load_member(path: Path):
-    """A saved model, loaded with ``safe_mode=True``; a file that is not one gives a one-line ValueError."""
-    import keras
-
-    import engine.models.layers  # noqa: F401  (registers the custom layers the model uses)
-
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{path}: not a loadable Keras model ({reason})") from None
 
 
 def study_models(study_id: str, backbone: str, root: Path) -> list[Path]:
