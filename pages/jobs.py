@@ -24,7 +24,7 @@ STATE_ICONS = {
     "cancelled": ":orange[:material/cancel:]",
 }
 LOG_TAIL_CHARS = 6000
-KIND_LABELS = {"study": "training", "robustness": "robustness"}
+RESULTS_ICONS = {"comparison": ":material/leaderboard:", "robustness": ":material/shield:"}
 
 
 def when(timestamp: float | None) -> str:
@@ -72,31 +72,22 @@ def progress_text(job: Job) -> str:
 
 def job_title(job: Job) -> str:
     """The job's kind and what it does: backbones, protocol and folds, or the backbone and study it analyses."""
-    request = job.request
-    kind = KIND_LABELS.get(request.kind, request.kind)
-    if request.kind == "robustness":
-        return f"{kind} · {request.backbone} of study `{request.study_id}`"
-    return f"{kind} · {', '.join(request.backbones)} · protocol {request.protocol} · {request.folds} folds"
+    kind = job.request.job_kind
+    return f"{kind.label} · {kind.title(job.request)}"
 
 
 def results_link(job: Job) -> None:
     """Where the job's results are shown, once a task finished."""
     if not (job.study_id and (job.progress or {}).get("tasks_done")):
         return
-    if job.request.kind == "robustness":
+    link = job.request.job_kind.results(job.request, job.study_id)
+    if link is not None:
         st.page_link(
-            common.PAGES["robustness"],
-            label=f"Robustness of {job.request.backbone} in study {job.study_id}",
-            icon=":material/shield:",
-            query_params={"study": job.study_id, "backbone": job.request.backbone},
+            common.PAGES[link.page],
+            label=link.label,
+            icon=RESULTS_ICONS.get(link.page, ":material/open_in_new:"),
+            query_params=link.query,
         )
-        return
-    st.page_link(
-        common.PAGES["comparison"],
-        label=f"Results of study {job.study_id}",
-        icon=":material/leaderboard:",
-        query_params={"study": job.study_id},
-    )
 
 
 def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:

@@ -56,7 +56,7 @@ def _job_line(job) -> list[str]:
         f"{progress['tasks_done']}/{progress['tasks_total']}",
         f"{progress['fraction']:.0%}",
         where,
-        job.request.protocol if job.request.kind == "study" else job.request.kind,
+        job.request.job_kind.short(job.request),
         ",".join(job.request.backbones),
         job.study_id or "-",
     ]

@@ -415,13 +415,7 @@ class JobStore:
             "INSERT INTO tasks (job_id, position, backbone, fold, state) VALUES (?, ?, ?, ?, 'queued')",
             [(job_id, i, b, k) for i, (b, k) in enumerate(tasks)],
         )
-        if request.kind == "robustness":
-            folds = ", ".join(str(k) for _, k in tasks)
-            where = f"data {request.data}" if request.data else "the study's cached images"
-            line = f"submitted: {request.describe()} · folds {folds} (saved models) · {len(tasks)} tasks · {where}"
-        else:
-            line = f"submitted: {request.describe()} · {len(tasks)} tasks · data {' + '.join(request.sources)}"
-        self._log(con, job_id, line)
+        self._log(con, job_id, f"submitted: {request.job_kind.submitted(request, tasks)}")
 
     def _finish_job(self, con: sqlite3.Connection, job_id: str) -> None:
         """End a job: cancelled if asked, else failed if any task failed (errors listed), else done."""

@@ -3,17 +3,16 @@
 ``python -m engine worker`` holds ``<artifacts>/worker.lock`` (``flock``) for its whole life, so
 at most one worker serves an artifacts folder and a killed worker's lock frees itself. On start it
 queues again whatever a killed worker left running; finished folds are read back from disk by
-``train_fold``, never trained again. A robustness job's task runs one saved fold model under the
-acquisition shifts (``engine.evaluation.robustness.fold_robustness``, also read back when on disk).
+``train_fold``, never trained again. What a task does is its job kind's ``run``
+(:mod:`engine.jobs.kinds`): train a fold, or run a saved fold model under the acquisition shifts.
 :func:`attempt` does one task and only talks to the store, so it runs in this process or on a Dask
-worker alike (:mod:`engine.jobs.executors`, chosen by
-``CXR_EXECUTOR``); :func:`run_worker` is the loop that claims tasks and records their outcomes.
+worker alike (:mod:`engine.jobs.executors`, chosen by ``CXR_EXECUTOR``); :func:`run_worker` is the
+loop that claims tasks and records their outcomes.
 """
 
 from __future__ import annotations
 
 import fcntl
-import functools
 import math
 import os
 import subprocess
@@ -25,16 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from engine import settings
-from engine.data.datasets import Dataset
-from engine.data.sources import import_sources, study_dataset
-from engine.evaluation import robustness
-from engine.evaluation.metrics import flat_metrics
-from engine.jobs.store import Job, JobRequest, JobStore, Task, lock_is_held, worker_lock_path
+from engine.jobs.kinds import TaskRun
+from engine.jobs.store import Job, JobStore, Task, lock_is_held, worker_lock_path
 from engine.results import artifacts
 from engine.training import compiled_models
-from engine.training.fold import train_fold
 from engine.training.progress import PHASES_ON_CACHED_FEATURES, Cancelled, Progress
-from engine.training.study import prepare_study
 
 if TYPE_CHECKING:
     from engine.jobs.executors import ExecutorSettings
@@ -105,22 +99,6 @@ def _acquire_lock(root: Path) -> int | None:
 def say(message: str) -> None:
     """One timestamped line on stderr (``logs/worker.log`` for the local worker, the Dask worker's log remotely)."""
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: {message}", file=sys.stderr, flush=True)
-
-
-@functools.lru_cache(maxsize=2)
-def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, dict]:
-    """The job's dataset and study, imported once per job (the import itself is cached by content)."""
-    dataset = import_sources(request.sources, input_size=request.input_size, artifacts=root)
-    return dataset, prepare_study(dataset, request.study_request(), artifacts_root=root)
-
-
-@functools.lru_cache(maxsize=2)
-def _study_images(root: Path, study_id: str, data: str) -> Dataset:
-    """A robustness job's images: the study's decoded cache here, or ``data`` imported and checked to match.
-
-    Raises a one-line ``ValueError`` when the images are not on this machine (the task fails with it).
-    """
-    return study_dataset(artifacts.read_study(study_id, root), root, data=[data] if data else None)
 
 
 class TaskStore(Protocol):
@@ -208,7 +186,7 @@ class ProgressWriter:
         }
 
     def _epochs(self) -> int | None:
-        return self.job.request.study_protocol().epochs if self.job.request.kind == "study" else None
+        return self.job.request.job_kind.epochs(self.job.request)
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -236,52 +214,17 @@ class ProgressWriter:
         self(Progress(self.task.backbone, self.task.fold, ROBUSTNESS_PHASE, 0, 1, step, total))
 
 
-def run_task(store: TaskStore, task: Task, *, where: str = "", parallel: int = 1) -> artifacts.RunResult | dict:
-    """Do (or read back, when already on disk) one task; raises ``Cancelled`` or the task's error.
+def run_task(store: TaskStore, job: Job, task: Task, *, where: str = "", parallel: int = 1) -> object:
+    """Do (or read back, when already on disk) one task of ``job`` through its kind; raises ``Cancelled`` or
+    the task's error.
 
     A study job's task trains a fold and returns its run; a robustness job's task returns the fold
     model's robustness result. ``where`` (host, pid, executor) goes to the job's log when the task
     starts; ``parallel`` is how many tasks run at once, for the time left.
     """
-    job = store.get(task.job_id)
     writer = ProgressWriter(store, job, task, where=where, parallel=parallel)
     writer.start()
-    if job.request.kind == "robustness":
-        return run_robustness_task(store, job, task, writer)
-    dataset, study = _prepared(store.root, job.id, job.request)
-    store.set_study_id(job.id, study["study_id"])
-    return train_fold(
-        dataset=dataset,
-        study=study,
-        backbone=task.backbone,
-        fold=task.fold,
-        artifacts_root=store.root,
-        on_progress=writer,
-        should_stop=StopPoll(store, job.id),
-    )
-
-
-def run_robustness_task(store: TaskStore, job: Job, task: Task, writer: ProgressWriter) -> dict:
-    """One fold model of a robustness job on its held-out images, unshifted and under every shift."""
-    request = job.request
-    dataset = _study_images(store.root, request.study_id, request.data)
-    runs = artifacts.study_runs(request.study_id, store.root)
-    run = next((r for r in runs if (r.backbone, r.fold) == (task.backbone, task.fold)), None)
-    if run is None:
-        raise ValueError(f"{task.label} is not a finished run of study {request.study_id}")
-    return robustness.fold_robustness(
-        run, dataset, artifacts_root=store.root, on_progress=writer.conditions, should_stop=StopPoll(store, job.id)
-    )
-
-
-def done_note(found: artifacts.RunResult | dict) -> str:
-    """What a finished task adds to its log line: the fold's accuracy, or its unshifted and worst-shift accuracy."""
-    if isinstance(found, artifacts.RunResult):
-        return f", accuracy {flat_metrics(found.metrics)['accuracy']:.3f}"
-    table = robustness.pooled_table([found])
-    unshifted = next(row for row in table if row["shift"] == "none")
-    worst = min(table, key=lambda row: row["accuracy"])
-    return f", unshifted accuracy {unshifted['accuracy']:.3f}, lowest {worst['accuracy']:.3f} ({worst['setting']})"
+    return job.request.job_kind.run(TaskRun(store, job, task, writer, StopPoll(store, job.id)))
 
 
 @dataclass(frozen=True)
@@ -305,13 +248,14 @@ def attempt(store: TaskStore, task: Task, *, where: str = "", parallel: int = 1)
     """Run one task and say how it ended; a failing task fails alone, the loop goes on."""
     started = time.monotonic()
     try:
-        found = run_task(store, task, where=where, parallel=parallel)
-    except (Cancelled, robustness.Cancelled):
+        job = store.get(task.job_id)
+        found = run_task(store, job, task, where=where, parallel=parallel)
+    except Cancelled:
         return Outcome("cancelled")
     except Exception as exc:  # missing weights, out of memory, bad data, full disk: the task's own failure
         say(f"{task.label} of job {task.job_id} failed\n{traceback.format_exc()}")
         return Outcome("failed", error=error_text(exc))
-    return Outcome("done", note=f"{done_note(found)} ({time.monotonic() - started:.1f} s)")
+    return Outcome("done", note=f"{job.request.job_kind.done_note(found)} ({time.monotonic() - started:.1f} s)")
 
 
 def run_worker(
