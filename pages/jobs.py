@@ -41,32 +41,30 @@ def duration(seconds: float | None) -> str:
 
 def progress_text(job: Job) -> str:
     """Where the job is: task, backbone, fold, epoch (or feature batch), validation accuracy and ETA."""
-    p = job.progress or {}
-    parts = [f"task {p.get('tasks_done', 0)}/{p.get('tasks_total', '?')}"]
+    p = job.live_progress
+    parts = [f"task {p.tasks_done}/{p.tasks_total}"]
     if job.state != "running":
         return " · ".join(parts)
-    if p.get("backbone"):
-        parts.append(f"{p['backbone']} fold {p.get('fold')}")
-    if p.get("phase") == "robustness":
-        parts.append(f"shift conditions {p.get('batch')}/{p.get('batches')}")
-        parts.append(f"ETA {duration(p.get('eta_seconds'))}")
+    if p.backbone:
+        parts.append(f"{p.backbone} fold {p.fold}")
+    if p.phase == "robustness":
+        parts.append(f"shift conditions {p.batch}/{p.batches}")
+        parts.append(f"ETA {duration(p.eta_seconds)}")
         return " · ".join(parts)
-    if p.get("phase") == "features":
-        parts.append(f"ImageNet features, batch {p.get('batch')}/{p.get('batches')}")
-        parts.append(f"features done in {duration(p.get('eta_seconds'))}")
+    if p.phase == "features":
+        parts.append(f"ImageNet features, batch {p.batch}/{p.batches}")
+        parts.append(f"features done in {duration(p.eta_seconds)}")
         return " · ".join(parts)
-    if p.get("phase") == "head":
-        parts.append(
-            f"head on cached features, epoch {min(int(p.get('epoch') or 0) + 1, int(p['epochs']))}/{p['epochs']}"
-        )
-        parts.append(f"head done in {duration(p.get('eta_seconds'))}, then the epochs on images")
+    if p.phase == "head":
+        parts.append(f"head on cached features, epoch {min(int(p.epoch or 0) + 1, int(p.epochs))}/{p.epochs}")
+        parts.append(f"head done in {duration(p.eta_seconds)}, then the epochs on images")
         return " · ".join(parts)
-    if p.get("epochs"):
-        parts.append(f"epoch {min(int(p.get('epoch') or 0) + 1, int(p['epochs']))}/{p['epochs']}")
-    val_accuracy = (p.get("logs") or {}).get("val_accuracy")
+    if p.epochs:
+        parts.append(f"epoch {min(int(p.epoch or 0) + 1, int(p.epochs))}/{p.epochs}")
+    val_accuracy = p.logs.get("val_accuracy")
     if val_accuracy is not None:
         parts.append(f"val accuracy {val_accuracy:.3f}")
-    parts.append(f"ETA {duration(p.get('eta_seconds'))}")
+    parts.append(f"ETA {duration(p.eta_seconds)}")
     return " · ".join(parts)
 
 
@@ -78,7 +76,7 @@ def job_title(job: Job) -> str:
 
 def results_link(job: Job) -> None:
     """Where the job's results are shown, once a task finished."""
-    if not (job.study_id and (job.progress or {}).get("tasks_done")):
+    if not (job.study_id and job.live_progress.tasks_done):
         return
     link = job.request.job_kind.results(job.request, job.study_id)
     if link is not None:
@@ -103,7 +101,7 @@ def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:
         if can_cancel and job.state in ACTIVE_STATES and action.button("Cancel", key=f"cancel-{job.id}"):
             job = store.cancel(job.id)
             st.toast(f"Job {job.id}: {job.state}")
-        fraction = float((job.progress or {}).get("fraction") or (1.0 if job.state == "done" else 0.0))
+        fraction = float(job.live_progress.fraction or (1.0 if job.state == "done" else 0.0))
         st.progress(min(max(fraction, 0.0), 1.0), text=f"{fraction:.0%} · {progress_text(job)}")
         if job.error:
             st.error(job.error)

@@ -270,9 +270,9 @@ def missing_section(study_id: str, backbone: str, found: dict) -> None:
         return
     job = active_job(study_id, backbone)
     if job is not None:
-        progress = job.progress or {}
+        progress = job.live_progress
         st.success(
-            f"Job `{job.id}` is {job.state}: {progress.get('tasks_done', 0)} of {progress.get('tasks_total', '?')} "
+            f"Job `{job.id}` is {job.state}: {progress.tasks_done} of {progress.tasks_total} "
             "fold model(s) done. Reload the page when it has finished."
         )
         jobs_link(job.id)

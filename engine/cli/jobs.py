@@ -47,14 +47,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _job_line(job) -> list[str]:
-    progress = job.progress
-    where = f"{progress['backbone']} fold {progress['fold']}" if job.state == "running" and progress["backbone"] else ""
+    progress = job.live_progress
+    where = f"{progress.backbone} fold {progress.fold}" if job.state == "running" and progress.backbone else ""
     return [
         job.id,
         job.state,
         time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at)),
-        f"{progress['tasks_done']}/{progress['tasks_total']}",
-        f"{progress['fraction']:.0%}",
+        f"{progress.tasks_done}/{progress.tasks_total}",
+        f"{progress.fraction:.0%}",
         where,
         job.request.job_kind.short(job.request),
         ",".join(job.request.backbones),

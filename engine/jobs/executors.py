@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.jobs.progress import JobProgress
 from engine.jobs.store import DB_NAME, Job, JobStore, Task
 from engine.jobs.worker import Outcome, attempt, error_text, say
 
@@ -127,8 +128,8 @@ class RelayedStore:
     def task_counts(self, job_id: str) -> tuple[int, int]:
         return self.counts
 
-    def set_progress(self, job_id: str, progress: dict, *, log_line: str | None = None) -> None:
-        self.worker.log_event(TOPIC, {"job_id": job_id, "progress": progress, "log_line": log_line})
+    def set_progress(self, job_id: str, progress: JobProgress, *, log_line: str | None = None) -> None:
+        self.worker.log_event(TOPIC, {"job_id": job_id, "progress": progress.to_dict(), "log_line": log_line})
 
     def set_study_id(self, job_id: str, study_id: str) -> None:
         self.worker.log_event(TOPIC, {"job_id": job_id, "study_id": study_id})
@@ -259,7 +260,7 @@ class DaskExecutor:
             if "study_id" in message:
                 store.set_study_id(job_id, message["study_id"])
             else:
-                store.set_progress(job_id, message["progress"], log_line=message["log_line"])
+                store.set_progress(job_id, JobProgress.from_dict(message["progress"]), log_line=message["log_line"])
 
     def _collect(self, store: JobStore, flights: dict[Future, Task]) -> None:
         for future, task in list(flights.items()):

@@ -22,11 +22,12 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from engine import settings
+from engine.jobs.progress import JobProgress
 from engine.jobs.request import JobRequest
 from engine.jobs.states import ACTIVE_SQL, ACTIVE_STATES, END_STATES, FINISHED_STATES, STATES
 from engine.results import artifacts
@@ -93,7 +94,13 @@ class Job:
     study_id: str | None
     executor: str
     progress: dict = field(default_factory=dict)
+    """Every key of :class:`JobProgress` (and any other the writer stored), as a dict."""
     cancel_requested: bool = False
+
+    @property
+    def live_progress(self) -> JobProgress:
+        """``progress`` typed."""
+        return JobProgress.from_dict(self.progress)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "request": self.request.to_dict()}
@@ -114,25 +121,6 @@ class Task:
     @property
     def label(self) -> str:
         return f"{self.backbone} fold {self.fold}"
-
-
-def empty_progress() -> dict:
-    """Every progress key the app may read, before the worker wrote any."""
-    return {
-        "fraction": 0.0,
-        "backbone": None,
-        "fold": None,
-        "phase": None,
-        "epoch": None,
-        "epochs": None,
-        "batch": None,
-        "batches": None,
-        "logs": {},
-        "eta_seconds": None,
-        "updated_at": None,
-        "tasks_done": 0,
-        "tasks_total": 0,
-    }
 
 
 def worker_lock_path(artifacts_root: Path) -> Path:
@@ -338,9 +326,11 @@ class JobStore:
             if row["cancel_requested"] or not self._count(con, task.job_id, ACTIVE_STATES):
                 self._finish_job(con, task.job_id)
 
-    def set_progress(self, job_id: str, progress: dict, *, log_line: str | None = None) -> None:
+    def set_progress(self, job_id: str, progress: JobProgress | Mapping, *, log_line: str | None = None) -> None:
+        """Replace the job's live progress (a :class:`JobProgress`, or its dict as relayed from a Dask worker)."""
+        data = progress.to_dict() if isinstance(progress, JobProgress) else dict(progress)
         with self._transaction(write=True) as con:
-            con.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress, allow_nan=False), job_id))
+            con.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(data, allow_nan=False), job_id))
             if log_line:
                 self._log(con, job_id, log_line)
 
@@ -372,9 +362,10 @@ class JobStore:
     def _job(self, con: sqlite3.Connection, job_id: str) -> Job:
         row = self._row(con, job_id)
         done, total = self._count(con, job_id, FINISHED_STATES), self._count(con, job_id, STATES)
-        progress = {**empty_progress(), **json.loads(row["progress"]), "tasks_done": done, "tasks_total": total}
+        stored = json.loads(row["progress"])
+        progress = replace(JobProgress.from_dict(stored), tasks_done=done, tasks_total=total)
         if row["state"] != "running":
-            progress.update(fraction=done / total if total else 0.0, eta_seconds=None)
+            progress = replace(progress, fraction=done / total if total else 0.0, eta_seconds=None)
         return Job(
             id=row["id"],
             request=JobRequest.from_dict(json.loads(row["request"])),
@@ -385,7 +376,7 @@ class JobStore:
             error=row["error"],
             study_id=row["study_id"],
             executor=row["executor"],
-            progress=progress,
+            progress={**stored, **progress.to_dict()},
             cancel_requested=bool(row["cancel_requested"]),
         )
 

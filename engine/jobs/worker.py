@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine import settings
 from engine.jobs.kinds import TaskRun
+from engine.jobs.progress import JobProgress
 from engine.jobs.store import Job, JobStore, Task, lock_is_held, worker_lock_path
 from engine.results import artifacts
 from engine.training import compiled_models
@@ -111,7 +112,7 @@ class TaskStore(Protocol):
 
     def task_counts(self, job_id: str) -> tuple[int, int]: ...
 
-    def set_progress(self, job_id: str, progress: dict, *, log_line: str | None = None) -> None: ...
+    def set_progress(self, job_id: str, progress: JobProgress, *, log_line: str | None = None) -> None: ...
 
     def set_study_id(self, job_id: str, study_id: str) -> None: ...
 
@@ -166,24 +167,25 @@ class ProgressWriter:
         remaining_tasks = self.tasks_total - self.tasks_done - 1
         return per_task * (1.0 - done) + per_task * remaining_tasks / self.parallel
 
-    def snapshot(self, progress: Progress | None) -> dict:
+    def snapshot(self, progress: Progress | None) -> JobProgress:
+        """The job's progress from the fold's latest event (``None``: the task is starting)."""
         fold_fraction = progress.fraction if progress else 0.0
-        return {
-            "fraction": (self.tasks_done + fold_fraction) / max(1, self.tasks_total),
-            "backbone": self.task.backbone,
-            "fold": self.task.fold,
-            "phase": progress.phase if progress else "starting",
-            "epoch": progress.epoch if progress else 0,
-            "epochs": progress.epochs if progress else self._epochs(),
-            "batch": progress.batch if progress else 0,
-            "batches": progress.batches if progress else 0,
-            "logs": dict(self.logs),
-            "images_per_second": progress.images_per_second if progress else None,
-            "eta_seconds": self.eta_seconds(progress),
-            "updated_at": time.time(),
-            "tasks_done": self.tasks_done,
-            "tasks_total": self.tasks_total,
-        }
+        return JobProgress(
+            fraction=(self.tasks_done + fold_fraction) / max(1, self.tasks_total),
+            backbone=self.task.backbone,
+            fold=self.task.fold,
+            phase=progress.phase if progress else "starting",
+            epoch=progress.epoch if progress else 0,
+            epochs=progress.epochs if progress else self._epochs(),
+            batch=progress.batch if progress else 0,
+            batches=progress.batches if progress else 0,
+            logs=dict(self.logs),
+            images_per_second=progress.images_per_second if progress else None,
+            eta_seconds=self.eta_seconds(progress),
+            updated_at=time.time(),
+            tasks_done=self.tasks_done,
+            tasks_total=self.tasks_total,
+        )
 
     def _epochs(self) -> int | None:
         return self.job.request.job_kind.epochs(self.job.request)
