@@ -23,11 +23,12 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from engine import settings
 from engine.jobs.progress import JobProgress
+from engine.jobs.records import Job, Task, UnknownJobError
 from engine.jobs.request import JobRequest
 from engine.jobs.states import ACTIVE_SQL, ACTIVE_STATES, END_STATES, FINISHED_STATES, STATES
 from engine.results import artifacts
@@ -74,53 +75,6 @@ CREATE TABLE IF NOT EXISTS job_logs (
 );
 CREATE INDEX IF NOT EXISTS job_logs_by_job ON job_logs (job_id, seq);
 """
-
-
-class UnknownJobError(ValueError):
-    """No job has the id that was asked for."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job as stored, with its live progress (written by the worker, read by the app)."""
-
-    id: str
-    request: JobRequest
-    state: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-    study_id: str | None
-    executor: str
-    progress: dict = field(default_factory=dict)
-    """Every key of :class:`JobProgress` (and any other the writer stored), as a dict."""
-    cancel_requested: bool = False
-
-    @property
-    def live_progress(self) -> JobProgress:
-        """``progress`` typed."""
-        return JobProgress.from_dict(self.progress)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "request": self.request.to_dict()}
-
-
-@dataclass(frozen=True)
-class Task:
-    """One (backbone, fold) of a job: trained for a study job, under the shifts for a robustness job."""
-
-    job_id: str
-    backbone: str
-    fold: int
-    state: str
-    error: str | None
-    started_at: float | None
-    finished_at: float | None
-
-    @property
-    def label(self) -> str:
-        return f"{self.backbone} fold {self.fold}"
 
 
 def worker_lock_path(artifacts_root: Path) -> Path:
