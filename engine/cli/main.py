@@ -113,6 +113,23 @@ def summary_table(rows: list[dict], keys: tuple[str, ...]) -> str:
 TABLE_KEYS = ("accuracy", "precision", "recall", "f1", "macro_f1", "recall[COVID-19]", "loss")
 
 
+def study_lines(study: dict) -> list[str]:
+    """What a study is made of, before it trains: images by source and class, and how its folds were made."""
+    lines = [f"study {study['study_id']}: {study['title']}", "images by source and class:"]
+    by_source = study["dataset"].get("by_source") or {study["dataset"]["name"]: study["dataset"]["counts"]}
+    for source, counts in by_source.items():
+        lines.append(f"  {source}: " + ", ".join(f"{c} {n:,}" for c, n in counts.items() if n))
+    split = study.get("split")
+    if split:
+        spread = split["patients_in_several_folds"]
+        rules = ", ".join(f"{rule} {n:,}" for rule, n in split["patient_rules"].items())
+        lines.append(
+            f"folds: {split['level']}-level; {split['patients']:,} patients, {split['images_sharing_a_patient']:,} "
+            f"images share one (found by: {rules}); {spread['patients']:,} patients in more than one fold"
+        )
+    return lines
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from engine.training.runner import run_study
     from engine.training.study import summarize
@@ -128,6 +145,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         on_run=lambda run: sys.stderr.write(
             f"\r{run.backbone} fold {run.fold}: accuracy {run.metrics['accuracy']:.3f}\033[K\n"
         ),
+        on_study=lambda study: print("\n".join(study_lines(study)), file=sys.stderr, flush=True),
     )
     rows = [r for r in summarize(args.artifacts) if r["study_id"] == study["study_id"]]
     print(f"study {study['study_id']}: {study['title']}")

@@ -35,7 +35,7 @@ from engine.evaluation.metrics import fold_metrics
 from engine.evaluation.predictions import ENSEMBLE, backbones_of
 from engine.evaluation.summary import DEFAULT_INTERVALS
 from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier
-from engine.results import artifacts, atomic
+from engine.results import artifacts, atomic, cache
 
 BATCH = 64
 EVALUATION_SCHEMA = 4
@@ -156,15 +156,12 @@ def figure_intervals(y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...])
 
 
 def evaluation_key(model_info: dict, data_fingerprint: str) -> str:
-    return artifacts.canonical_hash({"model": model_info, "data": data_fingerprint})
+    return cache.key({"model": model_info, "data": data_fingerprint})
 
 
-def _saved(path: Path) -> dict | None:
-    """The evaluation kept at ``path``, or None when there is none of the current schema (compute it again)."""
-    if not path.is_file():
-        return None
-    saved = atomic.read_json(path)
-    return saved if saved.get("schema_version") == EVALUATION_SCHEMA else None
+def _current(saved: dict) -> bool:
+    """An evaluation of an older schema is computed again."""
+    return saved.get("schema_version") == EVALUATION_SCHEMA
 
 
 def _check_relation(relation: str) -> None:
@@ -191,34 +188,34 @@ def evaluate_folder(
     dataset = import_dataset(data, input_size=classifier.input_size, artifacts=root, min_classes=1)
     key = evaluation_key(classifier.info, dataset.fingerprint)
     path = root / "evaluations" / f"{key}.json"
-    saved = _saved(path)
-    if saved is not None:
-        return {"key": key, **_with_relation(path, saved, relation)}
-    rows, unknown = _model_rows(dataset, classifier.classes)
-    found = overlap.find_overlap(overlap.dataset_hashes(dataset, root).take(rows), _study_hashes(classifier, root))
-    if len(found.rows) == len(rows):
-        raise OverlapError(
-            f"{dataset.name}: all {len(rows)} images are images of the model's study "
-            f"({len(found.identical)} identical, {len(found.near)} near-duplicates); "
-            "an external check needs images no fold has seen"
-        )
-    checked = _overlap_summary(dataset, rows, found)
-    rows = np.delete(rows, found.rows)
-    y = np.array([classifier.classes.index(dataset.classes[k]) for k in dataset.labels[rows]], dtype=np.int64)
-    proba = _predict(classifier, dataset.images[rows])
-    data_info = {
-        "name": dataset.name,
-        "fingerprint": dataset.fingerprint,
-        "relation": relation,
-        "classes_not_in_model": unknown,
-        "skipped": dataset.report.skipped,
-        "duplicates_dropped": len(dataset.report.duplicates),
-        "overlap_with_study": checked,
-    }
-    files = [dataset.files[i] for i in rows]
-    result = _result({**classifier.info, "classes": list(classifier.classes)}, data_info, files, y, proba)
-    atomic.write_json(path, result)
-    return {"key": key, **result}
+
+    def compute() -> dict:
+        rows, unknown = _model_rows(dataset, classifier.classes)
+        found = overlap.find_overlap(overlap.dataset_hashes(dataset, root).take(rows), _study_hashes(classifier, root))
+        if len(found.rows) == len(rows):
+            raise OverlapError(
+                f"{dataset.name}: all {len(rows)} images are images of the model's study "
+                f"({len(found.identical)} identical, {len(found.near)} near-duplicates); "
+                "an external check needs images no fold has seen"
+            )
+        checked = _overlap_summary(dataset, rows, found)
+        rows = np.delete(rows, found.rows)
+        y = np.array([classifier.classes.index(dataset.classes[k]) for k in dataset.labels[rows]], dtype=np.int64)
+        proba = _predict(classifier, dataset.images[rows])
+        data_info = {
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
+            "relation": relation,
+            "classes_not_in_model": unknown,
+            "skipped": dataset.report.skipped,
+            "duplicates_dropped": len(dataset.report.duplicates),
+            "overlap_with_study": checked,
+        }
+        files = [dataset.files[i] for i in rows]
+        return _result({**classifier.info, "classes": list(classifier.classes)}, data_info, files, y, proba)
+
+    saved = cache.remembered(path, compute, valid=_current)
+    return {"key": key, **_with_relation(path, saved, relation)}
 
 
 def _result(model: dict, data_info: dict, files: list[str], y: np.ndarray, proba: np.ndarray) -> dict:
@@ -317,38 +314,38 @@ def evaluate_study_ensemble(
     fingerprint = import_dataset(data, input_size=input_size, artifacts=root, min_classes=1).fingerprint
     key = evaluation_key(model, fingerprint)
     path = root / "evaluations" / f"{key}.json"
-    saved = _saved(path)
-    if saved is not None:
-        return {"key": key, **_with_relation(path, saved, relation)}
-    members = []
-    for backbone in backbones:
-        classifier = load_classifier(ensembles[backbone].serving_path, artifacts_root=root)
-        members.append(evaluate_folder(classifier, data, artifacts_root=root, relation=relation))
-        del classifier
-    first = members[0]
-    for member in members[1:]:
-        for field in ("files", "true"):
-            if member["predictions"][field] != first["predictions"][field]:
+
+    def compute() -> dict:
+        members = []
+        for backbone in backbones:
+            classifier = load_classifier(ensembles[backbone].serving_path, artifacts_root=root)
+            members.append(evaluate_folder(classifier, data, artifacts_root=root, relation=relation))
+            del classifier
+        first = members[0]
+        for member in members[1:]:
+            for field in ("files", "true"):
+                if member["predictions"][field] != first["predictions"][field]:
+                    raise ValueError(
+                        f"study {study_id}: evaluation {member['key']} of {first['data']['name']} holds other "
+                        f"{'images' if field == 'files' else 'labels'} than evaluation {first['key']}"
+                    )
+            if member["model"]["classes"] != first["model"]["classes"]:
                 raise ValueError(
-                    f"study {study_id}: evaluation {member['key']} of {first['data']['name']} holds other "
-                    f"{'images' if field == 'files' else 'labels'} than evaluation {first['key']}"
+                    f"study {study_id}: evaluation {member['key']} has classes {member['model']['classes']}, "
+                    f"evaluation {first['key']} {first['model']['classes']}"
                 )
-        if member["model"]["classes"] != first["model"]["classes"]:
-            raise ValueError(
-                f"study {study_id}: evaluation {member['key']} has classes {member['model']['classes']}, "
-                f"evaluation {first['key']} {first['model']['classes']}"
-            )
-    proba = np.mean([np.asarray(m["predictions"]["probabilities"]) for m in members], axis=0)
-    data_info = {k: v for k, v in first["data"].items() if k != "counts"}
-    result = _result(
-        {**model, "classes": first["model"]["classes"], "members": [m["key"] for m in members]},
-        data_info,
-        first["predictions"]["files"],
-        np.asarray(first["predictions"]["true"]),
-        proba,
-    )
-    atomic.write_json(path, result)
-    return {"key": key, **result}
+        proba = np.mean([np.asarray(m["predictions"]["probabilities"]) for m in members], axis=0)
+        data_info = {k: v for k, v in first["data"].items() if k != "counts"}
+        return _result(
+            {**model, "classes": first["model"]["classes"], "members": [m["key"] for m in members]},
+            data_info,
+            first["predictions"]["files"],
+            np.asarray(first["predictions"]["true"]),
+            proba,
+        )
+
+    saved = cache.remembered(path, compute, valid=_current)
+    return {"key": key, **_with_relation(path, saved, relation)}
 
 
 def mistakes(evaluation: dict) -> list[dict] | None:

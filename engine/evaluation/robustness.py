@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 
 from engine import settings
 from engine.data.datasets import Dataset
-from engine.results import artifacts, atomic
+from engine.results import artifacts, atomic, cache
 
 ROBUSTNESS_SCHEMA = 1
 STRENGTHS = ("mild", "middle", "strong")
@@ -138,14 +138,14 @@ def result_path(run: artifacts.RunResult, key: str, root: Path) -> Path:
 
 
 def robustness_key(run: artifacts.RunResult, dataset_fingerprint: str) -> str:
-    return artifacts.canonical_hash(
+    return cache.key(
         {
-            "schema": ROBUSTNESS_SCHEMA,
             "model": atomic.file_sha256(run.model_path),
             "dataset": dataset_fingerprint,
             "shifts": shifts_definition(),
             "noise_seed": NOISE_SEED,
-        }
+        },
+        schema=ROBUSTNESS_SCHEMA,
     )
 
 
@@ -172,51 +172,48 @@ def fold_robustness(
     study = artifacts.read_study(run.study_id, root)
     if dataset.fingerprint != study["dataset"]["fingerprint"]:
         raise ValueError(f"dataset {dataset.fingerprint} is not the one of study {run.study_id}")
-    key = robustness_key(run, dataset.fingerprint)
-    path = result_path(run, key, root)
-    if path.is_file():
-        return atomic.read_json(path)
-    from engine.models.inference import load_classifier
+    path = result_path(run, robustness_key(run, dataset.fingerprint), root)
 
-    classifier = load_classifier(run.model_path, artifacts_root=root)
-    rows = np.asarray(study["folds"][run.fold], dtype=np.int64)
-    images = np.asarray(dataset.images[rows])
-    y_true = dataset.labels[rows]
-    n_classes = len(classifier.classes)
-    conditions = [(None, None, None)]
-    conditions += [(s, strength, p) for s in SHIFTS for strength, p in zip(STRENGTHS, s.parameters, strict=True)]
-    found = []
-    for step, (shift, strength, parameter) in enumerate(conditions):
-        if should_stop and should_stop():
-            raise Cancelled(f"{run.backbone} fold {run.fold}: robustness cancelled")
-        seen = images if shift is None else shifted(images, shift, parameter)
-        proba = np.concatenate(
-            [classifier.outputs(seen[i : i + BATCH])["probabilities"] for i in range(0, len(seen), BATCH)]
-        )
-        found.append(
-            {
-                "shift": shift.name if shift else "none",
-                "strength": strength,
-                "parameter": parameter,
-                **_counts(y_true, proba, n_classes),
-            }
-        )
-        if on_progress:
-            on_progress(step + 1, len(conditions))
-    result = {
-        "schema_version": ROBUSTNESS_SCHEMA,
-        "study_id": run.study_id,
-        "backbone": run.backbone,
-        "fold": run.fold,
-        "classes": list(classifier.classes),
-        "dataset": dataset.fingerprint,
-        "shifts": shifts_definition(),
-        "conditions": found,
-    }
-    for stale in path.parent.glob(f"fold-{run.fold}-*.json"):
-        stale.unlink()
-    atomic.write_json(path, result)
-    return result
+    def compute() -> dict:
+        from engine.models.inference import load_classifier
+
+        classifier = load_classifier(run.model_path, artifacts_root=root)
+        rows = np.asarray(study["folds"][run.fold], dtype=np.int64)
+        images = np.asarray(dataset.images[rows])
+        y_true = dataset.labels[rows]
+        n_classes = len(classifier.classes)
+        conditions = [(None, None, None)]
+        conditions += [(s, strength, p) for s in SHIFTS for strength, p in zip(STRENGTHS, s.parameters, strict=True)]
+        found = []
+        for step, (shift, strength, parameter) in enumerate(conditions):
+            if should_stop and should_stop():
+                raise Cancelled(f"{run.backbone} fold {run.fold}: robustness cancelled")
+            seen = images if shift is None else shifted(images, shift, parameter)
+            proba = np.concatenate(
+                [classifier.outputs(seen[i : i + BATCH])["probabilities"] for i in range(0, len(seen), BATCH)]
+            )
+            found.append(
+                {
+                    "shift": shift.name if shift else "none",
+                    "strength": strength,
+                    "parameter": parameter,
+                    **_counts(y_true, proba, n_classes),
+                }
+            )
+            if on_progress:
+                on_progress(step + 1, len(conditions))
+        return {
+            "schema_version": ROBUSTNESS_SCHEMA,
+            "study_id": run.study_id,
+            "backbone": run.backbone,
+            "fold": run.fold,
+            "classes": list(classifier.classes),
+            "dataset": dataset.fingerprint,
+            "shifts": shifts_definition(),
+            "conditions": found,
+        }
+
+    return cache.remembered(path, compute, replaces=lambda: path.parent.glob(f"fold-{run.fold}-*.json"))
 
 
 def saved_results(study_id: str, backbone: str, artifacts_root: Path | None = None) -> list[dict]:

@@ -27,7 +27,7 @@ from engine import settings
 from engine.data.datasets import Dataset, read_manifest
 from engine.evaluation.external import figure_intervals
 from engine.evaluation.image_statistics import SUMMARY, image_statistics, names, summary_columns
-from engine.results import artifacts, atomic
+from engine.results import artifacts, atomic, cache
 
 AUDIT_SCHEMA = 1
 BATCH = 64
@@ -70,14 +70,6 @@ def audit_dir(study_id: str, root: Path | None = None) -> Path:
     return artifacts.study_dir(study_id, root or settings.artifacts_dir()) / "audit"
 
 
-def _read_if_current(path: Path, key: str) -> dict | None:
-    if path.is_file():
-        found = atomic.read_json(path)
-        if found.get("key") == key:
-            return found
-    return None
-
-
 def _source_sizes(dataset: Dataset, root: Path) -> np.ndarray | None:
     sizes = read_manifest(dataset.fingerprint, root).get("source_sizes")
     return None if sizes is None else np.asarray(sizes, dtype=np.float64)
@@ -107,38 +99,37 @@ def acquisition_baseline(study: dict, dataset: Dataset, *, artifacts_root: Path 
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     root = artifacts_root or settings.artifacts_dir()
-    key = artifacts.canonical_hash({"schema": AUDIT_SCHEMA, "dataset": dataset.fingerprint, "folds": study["folds"]})
+    key = cache.key({"dataset": dataset.fingerprint, "folds": study["folds"]}, schema=AUDIT_SCHEMA)
     path = audit_dir(study["study_id"], root) / "baseline.json"
-    found = _read_if_current(path, key)
-    if found is not None:
-        return found
-    features = image_statistics(dataset.images, _source_sizes(dataset, root))
-    y = dataset.labels
 
-    def predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        leaf = min(20, max(2, len(train) // 20))
-        model = HistGradientBoostingClassifier(random_state=0, min_samples_leaf=leaf).fit(features[train], y[train])
-        proba = np.zeros((len(test), len(dataset.classes)))
-        proba[:, model.classes_] = model.predict_proba(features[test])
-        return proba
+    def compute() -> dict:
+        features = image_statistics(dataset.images, _source_sizes(dataset, root))
+        y = dataset.labels
 
-    proba, rows = _oof(study["folds"], len(dataset), predict)
-    classes = dataset.classes
-    summary = summary_columns(features)
-    result = {
-        "schema_version": AUDIT_SCHEMA,
-        "key": key,
-        "study_id": study["study_id"],
-        "classifier": BASELINE,
-        "classes": list(classes),
-        "figures": figure_intervals(y[rows], proba, classes),
-        "by_source": _by_source(y[rows], proba, dataset.source_index[rows], dataset.sources, classes),
-        "predicted": proba.argmax(axis=1).tolist(),
-        "rows": rows.tolist(),
-        "statistics": {name: np.round(summary[name], 2).tolist() for name in SUMMARY},
-    }
-    atomic.write_json(path, result)
-    return result
+        def predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+            leaf = min(20, max(2, len(train) // 20))
+            model = HistGradientBoostingClassifier(random_state=0, min_samples_leaf=leaf).fit(features[train], y[train])
+            proba = np.zeros((len(test), len(dataset.classes)))
+            proba[:, model.classes_] = model.predict_proba(features[test])
+            return proba
+
+        proba, rows = _oof(study["folds"], len(dataset), predict)
+        classes = dataset.classes
+        summary = summary_columns(features)
+        return {
+            "schema_version": AUDIT_SCHEMA,
+            "key": key,
+            "study_id": study["study_id"],
+            "classifier": BASELINE,
+            "classes": list(classes),
+            "figures": figure_intervals(y[rows], proba, classes),
+            "by_source": _by_source(y[rows], proba, dataset.source_index[rows], dataset.sources, classes),
+            "predicted": proba.argmax(axis=1).tolist(),
+            "rows": rows.tolist(),
+            "statistics": {name: np.round(summary[name], 2).tolist() for name in SUMMARY},
+        }
+
+    return cache.remembered(path, compute, valid=lambda found: found.get("key") == key)
 
 
 def _occluded(images: np.ndarray, region: Region, condition: str) -> np.ndarray:
@@ -201,50 +192,50 @@ def model_audit(
             f"no saved fold model of backbone={backbone!r} in study {study['study_id']}; "
             "the occlusion audit needs each fold's model.keras"
         )
-    key = artifacts.canonical_hash(
+    key = cache.key(
         {
-            "schema": AUDIT_SCHEMA,
             "models": [atomic.file_sha256(r.model_path) for r in runs],
             "dataset": dataset.fingerprint,
             "region": asdict(region),
-        }
+        },
+        schema=AUDIT_SCHEMA,
     )
     path = audit_dir(study["study_id"], root) / f"{backbone}.json"
-    found = _read_if_current(path, key)
-    if found is not None:
-        return found
-    predicted: dict[str, list[int]] = {c: [] for c in CONDITIONS}
-    rows_done: list[int] = []
-    features: list[np.ndarray] = []
-    for run in runs:
-        classifier = load_classifier(run.model_path, artifacts_root=root)
-        rows = np.asarray(study["folds"][run.fold], dtype=np.int64)
-        for start in range(0, len(rows), BATCH):
-            batch = np.asarray(dataset.images[rows[start : start + BATCH]])
-            for condition in CONDITIONS:
-                outputs = classifier.outputs(_occluded(batch, region, condition))
-                predicted[condition] += outputs["probabilities"].argmax(axis=1).tolist()
-                if condition == "as given":
-                    features.append(outputs["features"])
-        rows_done += rows.tolist()
-    rows_arr = np.asarray(rows_done, dtype=np.int64)
-    y = dataset.labels[rows_arr]
-    classes = dataset.classes
-    eye = np.eye(len(classes))
-    result = {
-        "schema_version": AUDIT_SCHEMA,
-        "key": key,
-        "study_id": study["study_id"],
-        "backbone": backbone,
-        "folds": [r.fold for r in runs],
-        "classes": list(classes),
-        "region": asdict(region),
-        "occlusion": {
-            condition: figure_intervals(y, eye[np.asarray(predicted[condition])], classes) for condition in CONDITIONS
-        },
-        "source_probe": _source_probe(
-            np.concatenate(features), dataset, rows_arr, [study["folds"][r.fold] for r in runs]
-        ),
-    }
-    atomic.write_json(path, result)
-    return result
+
+    def compute() -> dict:
+        predicted: dict[str, list[int]] = {c: [] for c in CONDITIONS}
+        rows_done: list[int] = []
+        features: list[np.ndarray] = []
+        for run in runs:
+            classifier = load_classifier(run.model_path, artifacts_root=root)
+            rows = np.asarray(study["folds"][run.fold], dtype=np.int64)
+            for start in range(0, len(rows), BATCH):
+                batch = np.asarray(dataset.images[rows[start : start + BATCH]])
+                for condition in CONDITIONS:
+                    outputs = classifier.outputs(_occluded(batch, region, condition))
+                    predicted[condition] += outputs["probabilities"].argmax(axis=1).tolist()
+                    if condition == "as given":
+                        features.append(outputs["features"])
+            rows_done += rows.tolist()
+        rows_arr = np.asarray(rows_done, dtype=np.int64)
+        y = dataset.labels[rows_arr]
+        classes = dataset.classes
+        eye = np.eye(len(classes))
+        return {
+            "schema_version": AUDIT_SCHEMA,
+            "key": key,
+            "study_id": study["study_id"],
+            "backbone": backbone,
+            "folds": [r.fold for r in runs],
+            "classes": list(classes),
+            "region": asdict(region),
+            "occlusion": {
+                condition: figure_intervals(y, eye[np.asarray(predicted[condition])], classes)
+                for condition in CONDITIONS
+            },
+            "source_probe": _source_probe(
+                np.concatenate(features), dataset, rows_arr, [study["folds"][r.fold] for r in runs]
+            ),
+        }
+
+    return cache.remembered(path, compute, valid=lambda found: found.get("key") == key)

@@ -24,7 +24,7 @@ from engine.evaluation.bootstrap import MIN_RESAMPLES, bootstrap_confusion_metri
 from engine.evaluation.calibration import cross_fitted_temperature, reliability
 from engine.evaluation.discrimination import discrimination_intervals
 from engine.evaluation.predictions import OutOfFold
-from engine.results import artifacts, atomic
+from engine.results import artifacts, atomic, cache
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,7 @@ def _replaced_by(oof: OutOfFold, path: Path) -> list[Path]:
 
 
 def summary_key(oof: OutOfFold, intervals: IntervalSettings) -> str:
-    return artifacts.canonical_hash(
-        {"schema": SUMMARY_SCHEMA, "predictions": oof.digest, **asdict(intervals)}, length=KEY_LENGTH
-    )
+    return cache.key({"predictions": oof.digest, **asdict(intervals)}, schema=SUMMARY_SCHEMA, length=KEY_LENGTH)
 
 
 def model_summary(
@@ -104,31 +102,26 @@ def model_summary(
 ) -> dict:
     """Intervals and calibration of ``oof``, from its file when the same predictions were summarised before."""
     root = artifacts_root or settings.artifacts_dir()
-    key = summary_key(oof, intervals)
-    path = _path(oof, key, root)
-    if path.is_file():
-        return atomic.read_json(path)
-    options = asdict(intervals)
-    metrics = bootstrap_confusion_metrics(oof.y_true, oof.proba, oof.classes, **options)
-    ranking = discrimination_intervals(oof.y_true, oof.proba, oof.classes, **options)
-    summary = {
-        "schema_version": SUMMARY_SCHEMA,
-        "study_id": oof.study_id,
-        "model": oof.model,
-        "members": list(oof.members),
-        "folds": oof.fold_ids,
-        "n_images": len(oof),
-        "intervals": {**options, "description": intervals.describe()},
-        "metrics": {name: interval.to_dict() for name, interval in {**metrics, **ranking}.items()},
-        "calibration": _calibration(oof),
-    }
-    try:
-        for stale in _replaced_by(oof, path):
-            stale.unlink()
-        atomic.write_json(path, summary)
-    except OSError as exc:  # a read-only file system (a hosted demo): the summary is still right, only not kept
-        log.warning("could not keep the summary of %s in %s: %s", oof.model, path.parent, exc)
-    return summary
+    path = _path(oof, summary_key(oof, intervals), root)
+
+    def compute() -> dict:
+        options = asdict(intervals)
+        metrics = bootstrap_confusion_metrics(oof.y_true, oof.proba, oof.classes, **options)
+        ranking = discrimination_intervals(oof.y_true, oof.proba, oof.classes, **options)
+        return {
+            "schema_version": SUMMARY_SCHEMA,
+            "study_id": oof.study_id,
+            "model": oof.model,
+            "members": list(oof.members),
+            "folds": oof.fold_ids,
+            "n_images": len(oof),
+            "intervals": {**options, "description": intervals.describe()},
+            "metrics": {name: interval.to_dict() for name, interval in {**metrics, **ranking}.items()},
+            "calibration": _calibration(oof),
+        }
+
+    # On a read-only file system (a hosted demo) the summary is still right, only not kept.
+    return cache.remembered(path, compute, replaces=lambda: _replaced_by(oof, path), required=False)
 
 
 def paired_difference(

@@ -10,7 +10,7 @@ import numpy as np
 from engine.data.datasets import Dataset
 from engine.models import builders
 from engine.models.backbones import get_backbone, weights_identity
-from engine.results import artifacts, atomic
+from engine.results import atomic, cache
 from engine.training.progress import Cancelled, StopFn
 from engine.training.protocols import Protocol
 
@@ -64,27 +64,27 @@ def cached_features(
         from engine.models.acquisition import EQUALISE_SEGMENTS, HARMONISE_VERSION  # Keras, only when harmonised
 
         inputs["harmonise"] = {**dict(harmonise), "version": HARMONISE_VERSION, "segments": EQUALISE_SEGMENTS}
-    key = artifacts.canonical_hash(inputs)
-    path = artifacts_root / "features" / f"{backbone_name}-{dataset.input_size}-{key}.npy"
-    if path.is_file():
-        return np.load(path, mmap_mode="r")
-    extractor = builders.feature_extractor(backbone_name, dataset.input_size, weights, pooling, harmonise)
-    chosen = VIEWS[: max(1, views)]
-    n = len(dataset)
-    steps = -(-n // FEATURE_BATCH) * len(chosen)
-    out = None
-    step = 0
-    for v, view in enumerate(chosen):
-        for start in range(0, n, FEATURE_BATCH):
-            if should_stop and should_stop():
-                raise Cancelled(f"{backbone_name}: cancelled during feature extraction")
-            batch = _view(np.asarray(dataset.images[start : start + FEATURE_BATCH]), view)[..., None]
-            feats = np.asarray(extractor.predict_on_batch(batch.astype("float32")))
-            if out is None:
-                out = np.empty((n, len(chosen), feats.shape[-1]), dtype=np.float32)
-            out[start : start + len(batch), v] = feats
-            step += 1
-            if on_batch:
-                on_batch(step, steps)
-    atomic.save_npy(path, out)
-    return out
+    path = artifacts_root / "features" / f"{backbone_name}-{dataset.input_size}-{cache.key(inputs)}.npy"
+
+    def compute() -> np.ndarray:
+        extractor = builders.feature_extractor(backbone_name, dataset.input_size, weights, pooling, harmonise)
+        chosen = VIEWS[: max(1, views)]
+        n = len(dataset)
+        steps = -(-n // FEATURE_BATCH) * len(chosen)
+        out = None
+        step = 0
+        for v, view in enumerate(chosen):
+            for start in range(0, n, FEATURE_BATCH):
+                if should_stop and should_stop():
+                    raise Cancelled(f"{backbone_name}: cancelled during feature extraction")
+                batch = _view(np.asarray(dataset.images[start : start + FEATURE_BATCH]), view)[..., None]
+                feats = np.asarray(extractor.predict_on_batch(batch.astype("float32")))
+                if out is None:
+                    out = np.empty((n, len(chosen), feats.shape[-1]), dtype=np.float32)
+                out[start : start + len(batch), v] = feats
+                step += 1
+                if on_batch:
+                    on_batch(step, steps)
+        return out
+
+    return cache.remembered(path, compute, read=lambda p: np.load(p, mmap_mode="r"), write=atomic.save_npy)

@@ -22,6 +22,7 @@ def run_study(
     artifacts_root: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_run: Callable[[artifacts.RunResult], None] | None = None,
+    on_study: Callable[[dict], None] | None = None,
 ) -> dict:
     """Import ``data`` (one dataset folder, or several: ``engine.data.sources``), prepare the study and train
     every (backbone, fold) not already on disk."""
@@ -30,6 +31,8 @@ def run_study(
     check_backbones(backbones, input_size)
     dataset = import_sources(data if isinstance(data, list) else [data], input_size=input_size, artifacts=root)
     study = prepare_study(dataset, request, artifacts_root=root)
+    if on_study:
+        on_study(study)
     for backbone in backbones:
         for fold in range(request.n_folds):
             run = train_fold(

@@ -24,7 +24,7 @@ from engine.data.splits import patients_across_folds, stratified_folds
 from engine.evaluation.metrics import flat_metrics
 from engine.evaluation.stats import mean_sd
 from engine.models.backbones import get_backbone
-from engine.results import artifacts, atomic
+from engine.results import artifacts, cache
 from engine.training.protocols import Protocol
 
 
@@ -58,7 +58,7 @@ def study_id_for(dataset: Dataset, request: StudyRequest) -> str:
         "weights": request.weights,
     }
     level = split_level(dataset, request)
-    return artifacts.canonical_hash(inputs if level == "image" else {**inputs, "split": level})
+    return cache.key(inputs if level == "image" else {**inputs, "split": level})
 
 
 def _check_sources(dataset: Dataset, n_folds: int, patients: np.ndarray | None) -> None:
@@ -98,8 +98,11 @@ def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Pa
     root = artifacts.ensure_root(artifacts_root)
     study_id = study_id_for(dataset, request)
     path = artifacts.study_dir(study_id, root) / "study.json"
-    if path.is_file():
-        return atomic.read_json(path)
+    return cache.remembered(path, lambda: _new_study(dataset, request, study_id))
+
+
+def _new_study(dataset: Dataset, request: StudyRequest, study_id: str) -> dict:
+    """A study's ``study.json``: its folds, made once and checked before (a thin source, too few patients)."""
     level = split_level(dataset, request)
     patients = np.asarray(dataset.patients.patients) if level == "patient" else None
     _check_sources(dataset, request.n_folds, patients)
@@ -108,7 +111,7 @@ def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Pa
         dataset.labels, dataset.classes, n_splits=request.n_folds, seed=request.seed, groups=patients, strata=strata
     )
     by = " by patient" if level == "patient" else ""
-    study = {
+    return {
         "schema_version": artifacts.SCHEMA_VERSION,
         "study_id": study_id,
         "title": (
@@ -134,8 +137,6 @@ def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Pa
         "split": split_record(dataset, level, request.split, folds),
         "folds": folds,
     }
-    atomic.write_json(path, study)
-    return study
 
 
 def check_backbones(names: list[str], input_size: int) -> None:
