@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 
 from engine.evaluation.calibration import TOP_LABEL
 from engine.evaluation.summary import RELIABILITY_BINS
-from engine.reports import curves
+from engine.reports import roc_calibration
 from pages import common
 
 common.require_router(__file__)
@@ -30,9 +30,9 @@ BIN_HOVER = (
 
 
 @st.cache_data(show_spinner="Binning the probabilities…", max_entries=32)
-def _view(root: str, study_id: str, model: str, strategy: str, key: tuple) -> curves.CalibrationView:
+def _view(root: str, study_id: str, model: str, strategy: str, key: tuple) -> roc_calibration.CalibrationView:
     oof = common.out_of_fold_of(root, study_id, model, key)
-    return curves.calibration_view(oof, n_bins=RELIABILITY_BINS, strategy=strategy)
+    return roc_calibration.calibration_view(oof, n_bins=RELIABILITY_BINS, strategy=strategy)
 
 
 def bin_range(row: pd.Series) -> str:
@@ -42,7 +42,7 @@ def bin_range(row: pd.Series) -> str:
     return f"[{row['lower']:.{digits}f}, {row['upper']:.{digits}f}{']' if row['upper'] >= 1 else ')'}"
 
 
-def data_caption(view: curves.CalibrationView) -> str:
+def data_caption(view: roc_calibration.CalibrationView) -> str:
     members = f" · ensemble of {', '.join(view.members)}" if len(view.members) > 1 else ""
     return (
         f"Pooled out-of-fold predictions of {len(view.folds)} folds, {view.n_images:,} images{members}: every image "
@@ -75,7 +75,9 @@ def add_curve(figure: go.Figure, bins: pd.DataFrame, *, name: str, colour: str, 
     )
 
 
-def diagram(label: str, shown: curves.Diagrams, before: curves.Diagrams | None, *, height: int) -> go.Figure:
+def diagram(
+    label: str, shown: roc_calibration.Diagrams, before: roc_calibration.Diagrams | None, *, height: int
+) -> go.Figure:
     """Observed frequency against mean predicted probability per bin, the diagonal, and each bin's count below."""
     bins = shown.bins[shown.bins["label"] == label]
     ece = float(shown.figures.set_index("label").loc[label, "ece"])
@@ -122,7 +124,7 @@ def diagram(label: str, shown: curves.Diagrams, before: curves.Diagrams | None, 
     return figure
 
 
-def bins_table(shown: curves.Diagrams, labels: list[str]) -> None:
+def bins_table(shown: roc_calibration.Diagrams, labels: list[str]) -> None:
     """Every bin's range, count and means; an empty bin has a count of 0 and no means."""
     rows = shown.bins[shown.bins["label"].isin(labels)]
     table = pd.DataFrame(
@@ -164,7 +166,7 @@ def headline(found: dict, scaled: bool) -> None:
 
 def figures_table(found: dict, classes: list[str], scaled: bool) -> None:
     st.subheader("ECE and Brier score, as in the report")
-    table = curves.calibration_figures(found, classes)
+    table = roc_calibration.calibration_figures(found, classes)
     if not scaled:
         table = table[["measure", "before"]]
     table = table.rename(columns={"before": "as predicted", "after": "after temperature scaling"})
@@ -180,7 +182,7 @@ def figures_table(found: dict, classes: list[str], scaled: bool) -> None:
 
 def temperatures_table(found: dict) -> None:
     st.subheader("Each fold's temperature")
-    table = curves.temperature_table(found)
+    table = roc_calibration.temperature_table(found)
     st.dataframe(table.style.format("{:.3f}", subset=["temperature"]), hide_index=True)
     st.caption(
         "Cross-fitted temperature scaling (Guo et al. 2017): fold k's probabilities are divided in log space by a "
@@ -190,7 +192,7 @@ def temperatures_table(found: dict) -> None:
     )
 
 
-def classify_note(view: curves.CalibrationView) -> None:
+def classify_note(view: roc_calibration.CalibrationView) -> None:
     """What this means for the probabilities the Classify page shows, from the top-label bin of the surest."""
     top = view.raw.bins[(view.raw.bins["label"] == TOP_LABEL) & (view.raw.bins["count"] > 0)].iloc[-1]
     st.info(

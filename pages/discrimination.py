@@ -7,7 +7,7 @@ import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.reports import curves
+from engine.reports import roc_calibration
 from pages import common
 
 common.require_router(__file__)
@@ -27,15 +27,15 @@ POOLED_LINE = {"width": 3}
 
 
 @st.cache_data(show_spinner="Computing the curves…", max_entries=32)
-def _view(root: str, study_id: str, model: str, key: tuple) -> curves.DiscriminationView:
-    return curves.discrimination_view(common.out_of_fold_of(root, study_id, model, key))
+def _view(root: str, study_id: str, model: str, key: tuple) -> roc_calibration.DiscriminationView:
+    return roc_calibration.discrimination_view(common.out_of_fold_of(root, study_id, model, key))
 
 
 def class_order(classes: tuple[str, ...]) -> list[str]:
     return sorted(classes, key=lambda name: name != FIRST_CLASS)
 
 
-def colour_of(view: curves.DiscriminationView, name: str) -> str:
+def colour_of(view: roc_calibration.DiscriminationView, name: str) -> str:
     return PALETTE[view.classes.index(name) % len(PALETTE)]
 
 
@@ -44,12 +44,12 @@ def rgba(colour: str, alpha: float) -> str:
     return f"rgba({red},{green},{blue},{alpha})"
 
 
-def data_caption(view: curves.DiscriminationView) -> str:
+def data_caption(view: roc_calibration.DiscriminationView) -> str:
     members = f" · ensemble of {', '.join(view.members)}" if len(view.members) > 1 else ""
     return f"Pooled out-of-fold predictions of {len(view.folds)} folds, {view.n_images:,} images{members}."
 
 
-def missing_note(view: curves.DiscriminationView) -> None:
+def missing_note(view: roc_calibration.DiscriminationView) -> None:
     if view.missing.empty:
         return
     gaps = "; ".join(f"{row['class']} in {row['curve']} ({row['reason']})" for _, row in view.missing.iterrows())
@@ -63,8 +63,8 @@ def curve_figure(
     figure = go.Figure(go.Scatter(**chance, mode="lines", line={"dash": "dash", "color": "grey", "width": 1}))
     area_of = dict(zip(areas["curve"], areas["area"], strict=True))
     hover = PR_HOVER if "precision" in points else HOVER
-    for name, rows in sorted(points.groupby("curve", sort=False), key=lambda item: item[0] == curves.POOLED):
-        pooled = name == curves.POOLED
+    for name, rows in sorted(points.groupby("curve", sort=False), key=lambda item: item[0] == roc_calibration.POOLED):
+        pooled = name == roc_calibration.POOLED
         figure.add_trace(
             go.Scatter(
                 x=rows[x],
@@ -89,7 +89,7 @@ def curve_figure(
     return figure
 
 
-def roc_figure(view: curves.DiscriminationView, name: str, *, zoom: bool) -> go.Figure:
+def roc_figure(view: roc_calibration.DiscriminationView, name: str, *, zoom: bool) -> go.Figure:
     figure = curve_figure(
         view.roc[view.roc["class"] == name],
         view.roc_areas[view.roc_areas["class"] == name],
@@ -105,9 +105,9 @@ def roc_figure(view: curves.DiscriminationView, name: str, *, zoom: bool) -> go.
     return figure
 
 
-def pr_figure(view: curves.DiscriminationView, name: str, *, zoom: bool) -> go.Figure:
+def pr_figure(view: roc_calibration.DiscriminationView, name: str, *, zoom: bool) -> go.Figure:
     areas = view.pr_areas[view.pr_areas["class"] == name]
-    prevalence = float(areas.loc[areas["curve"] == curves.POOLED, "prevalence"].iloc[0])
+    prevalence = float(areas.loc[areas["curve"] == roc_calibration.POOLED, "prevalence"].iloc[0])
     figure = curve_figure(
         view.pr[view.pr["class"] == name],
         areas,
@@ -124,24 +124,26 @@ def pr_figure(view: curves.DiscriminationView, name: str, *, zoom: bool) -> go.F
 
 
 def fold_spread(areas: pd.DataFrame, name: str, area_name: str) -> str:
-    folds = areas[(areas["class"] == name) & (areas["curve"] != curves.POOLED)]["area"]
+    folds = areas[(areas["class"] == name) & (areas["curve"] != roc_calibration.POOLED)]["area"]
     if folds.empty:
         return ""
     return f"Fold {area_name}s of {name}: {folds.min():.3f} to {folds.max():.3f} over {len(folds)} folds. "
 
 
-def interval_panel(found: dict, view: curves.DiscriminationView, *, metric: str, area_name: str) -> None:
+def interval_panel(found: dict, view: roc_calibration.DiscriminationView, *, metric: str, area_name: str) -> None:
     """Every class's AUC (or AP) with its bootstrap interval, as the report has it."""
-    table = curves.interval_table(found, class_order(view.classes), metric)
+    table = roc_calibration.interval_table(found, class_order(view.classes), metric)
     table = table.rename(columns={"estimate": area_name})
     if metric == "average_precision":
-        pooled = view.pr_areas[view.pr_areas["curve"] == curves.POOLED].set_index("class")["prevalence"]
+        pooled = view.pr_areas[view.pr_areas["curve"] == roc_calibration.POOLED].set_index("class")["prevalence"]
         table["prevalence"] = table["class"].map(pooled)
     numbers = [c for c in table.columns if c != "class"]
     st.dataframe(table.style.format("{:.4f}", subset=numbers, na_rep="no curve"), hide_index=True)
 
 
-def methods_caption(found: dict, view: curves.DiscriminationView, name: str, areas: pd.DataFrame, area_name: str):
+def methods_caption(
+    found: dict, view: roc_calibration.DiscriminationView, name: str, areas: pd.DataFrame, area_name: str
+):
     st.caption(
         f"{fold_spread(areas, name, area_name)}{found['intervals']['description']}. "
         f"The pooled curve mixes the {len(view.folds)} fold models (whose scores need not share a scale); "
@@ -150,7 +152,7 @@ def methods_caption(found: dict, view: curves.DiscriminationView, name: str, are
     )
 
 
-def roc_section(view: curves.DiscriminationView, found: dict, name: str, zoom: bool) -> None:
+def roc_section(view: roc_calibration.DiscriminationView, found: dict, name: str, zoom: bool) -> None:
     st.subheader(f"ROC curve: {name} against the rest")
     chart, side = st.columns([3, 2])
     chart.plotly_chart(roc_figure(view, name, zoom=zoom), width="stretch", key="roc")
@@ -160,7 +162,7 @@ def roc_section(view: curves.DiscriminationView, found: dict, name: str, zoom: b
         methods_caption(found, view, name, view.roc_areas, "AUC")
 
 
-def pr_section(view: curves.DiscriminationView, found: dict, name: str, zoom: bool) -> None:
+def pr_section(view: roc_calibration.DiscriminationView, found: dict, name: str, zoom: bool) -> None:
     st.subheader(f"Precision-recall curve: {name} against the rest")
     chart, side = st.columns([3, 2])
     chart.plotly_chart(pr_figure(view, name, zoom=zoom), width="stretch", key="pr")
@@ -196,7 +198,7 @@ def models_section(study_id: str, models: list[str], classes: list[str], name: s
     """AUC of every class for every model of the study, best first by the chosen class."""
     st.subheader("Every model of this study")
     found = {model: common.study_cached(common.summary_of, study_id, model) for model in models}
-    table = curves.model_comparison(found, classes, "roc_auc").sort_values([name, "mean"], ascending=False)
+    table = roc_calibration.model_comparison(found, classes, "roc_auc").sort_values([name, "mean"], ascending=False)
     table = table.reset_index(drop=True)
     columns = {f"AUC {c}": c for c in classes} | {"mean AUC over classes": "mean"}
     shown = table[["model", "folds", "images"]].copy()
@@ -233,7 +235,7 @@ common.remember(zoom=ON if zoom else None)
 st.caption(data_caption(view))
 missing_note(view)
 found = common.study_cached(common.summary_of, study_id, model)
-if name not in set(view.roc_areas.loc[view.roc_areas["curve"] == curves.POOLED, "class"]):
+if name not in set(view.roc_areas.loc[view.roc_areas["curve"] == roc_calibration.POOLED, "class"]):
     st.info(f"{name} has no curve: the pooled predictions of {model} need images of it and of the other classes.")
 else:
     roc_section(view, found, name, zoom)

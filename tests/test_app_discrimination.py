@@ -1,4 +1,4 @@
-"""The ROC / precision-recall and Calibration pages, and the tables they draw (``engine.reports.curves``).
+"""The ROC / precision-recall and Calibration pages, and the tables they draw (``engine.reports.roc_calibration``).
 
 Figures on the pages are checked against the run files read straight from disk and scored with
 scikit-learn, numpy or scipy directly, never through the engine function that drew them.
@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from streamlit.testing.v1 import AppTest
 
 from engine.evaluation.predictions import OutOfFold
-from engine.reports import curves
+from engine.reports import roc_calibration
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy, open_page, texts
 
@@ -121,18 +121,18 @@ def subset(oof: OutOfFold, rows: np.ndarray) -> OutOfFold:
     )
 
 
-# engine.reports.curves on its own
+# engine.reports.roc_calibration on its own
 
 
 def test_curve_tables_match_sklearn_and_name_a_class_missing_from_a_fold() -> None:
     oof = synthetic_oof()
-    view = curves.discrimination_view(oof)
+    view = roc_calibration.discrimination_view(oof)
     roc = view.roc_areas.set_index(["class", "curve"])["area"]
     pr = view.pr_areas.set_index(["class", "curve"])["area"]
     for k, name in enumerate(CLASSES):
         positive = oof.y_true == k
-        assert roc[(name, curves.POOLED)] == pytest.approx(roc_auc_score(positive, oof.proba[:, k]))
-        assert pr[(name, curves.POOLED)] == pytest.approx(average_precision_score(positive, oof.proba[:, k]))
+        assert roc[(name, roc_calibration.POOLED)] == pytest.approx(roc_auc_score(positive, oof.proba[:, k]))
+        assert pr[(name, roc_calibration.POOLED)] == pytest.approx(average_precision_score(positive, oof.proba[:, k]))
         for fold in range(2):
             rows = oof.folds == fold
             assert roc[(name, f"fold {fold}")] == pytest.approx(roc_auc_score(positive[rows], oof.proba[rows, k]))
@@ -140,14 +140,16 @@ def test_curve_tables_match_sklearn_and_name_a_class_missing_from_a_fold() -> No
         {"class": "Viral Pneumonia", "curve": "fold 2", "reason": "no image of this class"}
     ]
     assert ("Viral Pneumonia", "fold 2") not in roc.index
-    pooled = view.roc[(view.roc["class"] == "COVID-19") & (view.roc["curve"] == curves.POOLED)]
+    pooled = view.roc[(view.roc["class"] == "COVID-19") & (view.roc["curve"] == roc_calibration.POOLED)]
     fpr, tpr, _ = roc_curve(oof.y_true == 0, oof.proba[:, 0])
     assert pooled["fpr"].tolist() == pytest.approx(fpr.tolist()) and pooled["sensitivity"].tolist() == pytest.approx(
         tpr.tolist()
     )
     assert pooled["threshold_text"].iloc[0].startswith("none")
 
-    points = view.pr[(view.pr["class"] == "Normal") & (view.pr["curve"] == curves.POOLED)].dropna(subset="threshold")
+    points = view.pr[(view.pr["class"] == "Normal") & (view.pr["curve"] == roc_calibration.POOLED)].dropna(
+        subset="threshold"
+    )
     positive, score = oof.y_true == 1, oof.proba[:, 1]
     for _, point in points.iterrows():
         called = score >= point["threshold"]
@@ -159,7 +161,7 @@ def test_curve_tables_match_sklearn_and_name_a_class_missing_from_a_fold() -> No
 
 def test_reliability_bins_count_every_probability_once() -> None:
     oof = synthetic_oof()
-    view = curves.calibration_view(oof)
+    view = roc_calibration.calibration_view(oof)
     top = view.raw.bins[view.raw.bins["label"] == "top label"]
     confidence = oof.proba.max(axis=1)
     correct = oof.proba.argmax(axis=1) == oof.y_true
@@ -180,11 +182,11 @@ def test_reliability_bins_count_every_probability_once() -> None:
     assert view.raw.brier == pytest.approx(np.mean(np.sum((oof.proba - np.eye(3)[oof.y_true]) ** 2, axis=1)))
     assert set(view.temperatures) == {0, 1, 2} and view.scaled is not None
 
-    quantile = curves.calibration_view(oof, strategy="quantile").raw.bins
+    quantile = roc_calibration.calibration_view(oof, strategy="quantile").raw.bins
     per_class = quantile[quantile["label"] == "COVID-19"]["count"]
     assert per_class.sum() == len(oof) and per_class.max() - per_class.min() <= 2
 
-    single = curves.calibration_view(subset(oof, oof.folds == 0))
+    single = roc_calibration.calibration_view(subset(oof, oof.folds == 0))
     assert single.scaled is None and single.temperatures is None
 
 
@@ -207,20 +209,20 @@ def test_summary_tables_read_the_cached_figures() -> None:
             "temperatures": {"0": 1.5, "1": 0.8, "2": 1.2},
         },
     }
-    table = curves.interval_table(found, CLASSES, "roc_auc").set_index("class")
+    table = roc_calibration.interval_table(found, CLASSES, "roc_auc").set_index("class")
     assert table.loc["Normal", "estimate"] == pytest.approx(0.8) and table.loc["Normal", "low"] == pytest.approx(0.79)
-    assert math.isnan(curves.interval_table(found, CLASSES, "average_precision").loc[0, "estimate"])
-    ranking = curves.model_comparison({"a": found, "b": {**found, "folds": [0]}}, CLASSES, "roc_auc")
+    assert math.isnan(roc_calibration.interval_table(found, CLASSES, "average_precision").loc[0, "estimate"])
+    ranking = roc_calibration.model_comparison({"a": found, "b": {**found, "folds": [0]}}, CLASSES, "roc_auc")
     assert ranking["folds"].tolist() == [3, 1] and ranking.loc[0, "mean high"] == pytest.approx(0.81)
-    calibration = curves.calibration_figures(found, CLASSES).set_index("measure")
+    calibration = roc_calibration.calibration_figures(found, CLASSES).set_index("measure")
     assert calibration.loc["ECE (top label)", "change"] == pytest.approx(-0.03)
     assert calibration.loc["ECE (Viral Pneumonia)", "before"] == pytest.approx(0.03)
     one_fold = {**found, "calibration": {"before": figures, "after": None, "temperatures": None}}
-    assert curves.calibration_figures(one_fold, CLASSES)["after"].isna().all()
-    temperatures = curves.temperature_table(found)
+    assert roc_calibration.calibration_figures(one_fold, CLASSES)["after"].isna().all()
+    temperatures = roc_calibration.temperature_table(found)
     assert temperatures["fitted on folds"].tolist() == ["1, 2", "0, 2", "0, 1"]
     assert temperatures["effect"].str.startswith("softens").tolist() == [True, False, True]
-    assert curves.temperature_table(one_fold).empty
+    assert roc_calibration.temperature_table(one_fold).empty
 
 
 # the pages
