@@ -174,7 +174,7 @@ class _Features:
     def _shares(self, store: JobStore, job_id: str) -> bool:
         if job_id not in self.shared:
             request = store.get(job_id).request
-            self.shared[job_id] = request.kind == "study" and request.study_protocol().cached_features
+            self.shared[job_id] = request.job_kind.first_fold_alone(request)
             self.ready.update((job_id, t.backbone) for t in store.tasks(job_id) if t.state == "done")
         return self.shared[job_id]
 

@@ -4,9 +4,10 @@ A kind is a :class:`JobKind`: it checks a request (``validated``), expands it in
 tasks (``tasks``), says in one line what it does (``describe``), names the work for deduplication
 (``key``, the request's canonical hash) and does one task (``run``), in the worker's process or on a
 Dask worker. The rest (``label``, ``title``, ``short``, ``submitted``, ``epochs``, ``done_note``,
-``results``) is what the store's log, the worker's progress, the CLI and the pages say about it, with
-defaults. Each module of this package registers its kind with :func:`register` when imported; a new
-kind is one new module here, and the store, the worker, the CLI and the pages need no change.
+``results``, ``first_fold_alone``) is what the store's log, the worker's progress, the CLI, the pages
+and a parallel executor need to know of it, with defaults. Each module of this package registers its
+kind with :func:`register` when imported; a new kind is one new module here, and the store, the
+worker, the executors, the CLI and the pages need no change.
 
 A kind module imports what a task needs (training, evaluation) inside ``run``: the store, the CLI's
 ``jobs`` and ``logs`` and the pages read jobs without them.
@@ -104,6 +105,11 @@ class JobKind:
     def results(self, request: JobRequest, study_id: str) -> ResultsLink | None:
         """Where the app shows the job's results once a task finished, if anywhere."""
         return None
+
+    def first_fold_alone(self, request: JobRequest) -> bool:
+        """True when a backbone's first task writes a file its other tasks read (cached features), so a
+        parallel executor runs it alone first."""
+        return False
 
 
 _KINDS: dict[str, JobKind] = {}

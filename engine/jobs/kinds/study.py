@@ -135,5 +135,8 @@ class StudyKind(JobKind):
     def results(self, request: JobRequest, study_id: str) -> ResultsLink:
         return ResultsLink("comparison", f"Results of study {study_id}", {"study": study_id})
 
+    def first_fold_alone(self, request: JobRequest) -> bool:
+        return request.study_protocol().cached_features
+
 
 register(StudyKind())
