@@ -20,6 +20,7 @@ from engine.jobs.store import JobRequest, JobStore
 from engine.models.backbones import PAPER_BACKBONES
 from engine.settings import ReadOnlyError
 from tests import app_fixtures
+from tests.synthetic import make_dataset
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 TIMEOUT_S = 60
@@ -42,7 +43,7 @@ def home() -> AppTest:
 
 
 def fill_form(at: AppTest, *, data: str, backbones: list[str], input_size: int = 32) -> AppTest:
-    at.sidebar.text_input[0].set_value(data)
+    at.sidebar.text_area[0].set_value(data)
     at.sidebar.multiselect[0].set_value(backbones)
     numbers = {n.label: n for n in at.sidebar.number_input}
     numbers["Folds"].set_value(2)
@@ -73,6 +74,19 @@ def test_form_queues_a_job_and_wakes_the_worker(artifacts_root: Path, tiny_data:
     assert started_workers == [artifacts_root]
     assert jobs[0].id in "\n".join(s.value for s in at.sidebar.success)
     assert any(link.proto.page.endswith("jobs") for link in at.sidebar.get("page_link"))
+
+
+def test_several_folders_and_image_level_folds_from_the_form(
+    artifacts_root: Path, tiny_data: Path, tmp_path: Path, started_workers: list
+) -> None:
+    more = make_dataset(tmp_path / "more", n_per_class=3, classes=("NORMAL",))
+    at = fill_form(home(), data=f"{tiny_data}\n\n  {more}  \n", backbones=["MobileNet-0.25"])
+    at.sidebar.radio[0].set_value("image")
+    submit(at)
+    (job,) = JobStore(artifacts_root).list_jobs()
+    assert job.request.data == str(tiny_data.resolve()) and job.request.extra_data == (str(more.resolve()),)
+    assert job.request.split == "image"
+    assert "data " + " + ".join(job.request.sources) in JobStore(artifacts_root).log(job.id)
 
 
 def test_all_fourteen_of_the_paper_and_a_protocol_preset(
