@@ -15,9 +15,9 @@ from engine.models.inference import (
     OOD_WARNING,
     ModelInfo,
     Prediction,
-    serving_key,
 )
 from engine.reports.served import read_choice
+from engine.results import artifacts
 from pages import common
 
 common.require_router(__file__)
@@ -28,7 +28,8 @@ ACCEPTED = ("png", "jpg", "jpeg", "dcm", "dicom")
 
 def classified(path: str, items: list[tuple[str, bytes]]) -> list[Prediction]:
     """The batch's predictions, computed once per (model, files): toggles and reruns do not classify again."""
-    key = (path, serving_key(path), tuple((name, hashlib.sha256(data).hexdigest()) for name, data in items))
+    changed = artifacts.changed_key(common.artifacts_root())
+    key = (path, changed, tuple((name, hashlib.sha256(data).hexdigest()) for name, data in items))
     last = st.session_state.get("classified")
     if last is None or last[0] != key:
         with st.spinner(f"Classifying {len(items)} image(s)…"):

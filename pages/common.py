@@ -18,7 +18,7 @@ import streamlit as st
 from engine import settings
 from engine.evaluation import predictions, summary
 from engine.reports import explore
-from engine.results import atomic
+from engine.results import artifacts, atomic
 
 if TYPE_CHECKING:
     from engine.models.inference import Classifier, ModelInfo
@@ -81,9 +81,9 @@ def artifacts_root() -> Path:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def classifier(path: str, files: tuple) -> Classifier:
-    """One loaded model per path and state of its files (``serving_key``: a detector fitted later is picked
-    up), shared by every session and every page (at most two kept in memory). The inference module is
+def classifier(path: str, key: tuple) -> Classifier:
+    """One loaded model per path and state of the artifacts (``artifacts.changed_key``: a detector fitted later is
+    picked up), shared by every session and every page (at most two kept in memory). The inference module is
     imported here, not with this module: scikit-learn comes with it, which pages without models need not load."""
     from engine.models.inference import load_classifier
 
@@ -99,10 +99,9 @@ def _models(root: str, key: tuple) -> list[ModelInfo]:
 
 def models() -> list[ModelInfo]:
     """Every servable model: backbones' fold ensembles first (the model a user gets), then single fold models."""
-    from engine.models.inference import models_key
 
     root = artifacts_root()
-    return _models(str(root), models_key(root))
+    return _models(str(root), artifacts.changed_key(root))
 
 
 def saved_upload(upload) -> Path:
@@ -163,7 +162,7 @@ def _studies(root: str, key: tuple) -> pd.DataFrame:
 
 def studies() -> pd.DataFrame:
     root = artifacts_root()
-    return _studies(str(root), explore.artifacts_key(root))
+    return _studies(str(root), artifacts.changed_key(root))
 
 
 def selected_study() -> str | None:
@@ -189,7 +188,7 @@ def study_cached(function: Callable, study_id: str, *args: object) -> object:
     """``function(root, study_id, *args, key)``, a page's ``st.cache_data`` function, kept until a run of the study
     finishes (``key`` is the study's change marker)."""
     root = artifacts_root()
-    return function(str(root), study_id, *args, explore.study_key(study_id, root))
+    return function(str(root), study_id, *args, artifacts.changed_key(root, study_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -217,7 +216,7 @@ def model_label(model: str) -> str:
 def cached(read: Callable, study_id: str, *args: object) -> object:
     """``read(study_id, *args, artifacts_root)`` cached until a run of the study finishes."""
     root = artifacts_root()
-    return _cached_read(read.__name__, str(root), study_id, args, explore.study_key(study_id, root))
+    return _cached_read(read.__name__, str(root), study_id, args, artifacts.changed_key(root, study_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

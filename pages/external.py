@@ -26,9 +26,8 @@ from engine.evaluation.metrics import confusion_rates
 from engine.evaluation.predictions import ENSEMBLE
 from engine.models.inference import (
     ModelInfo,
-    models_key,
-    serving_key,
 )
+from engine.results import artifacts
 from pages import common
 
 common.require_router(__file__)
@@ -94,7 +93,7 @@ class Choice:
             found = evaluate_study_ensemble(self.study_id, data, artifacts_root=root, relation=relation)
         else:
             served = self.model.serving_path
-            classifier = common.classifier(str(served), serving_key(served))
+            classifier = common.classifier(str(served), artifacts.changed_key(root))
             found = evaluate_folder(classifier, data, artifacts_root=root, relation=relation)
         return ExternalEvaluation.from_json(found)
 
@@ -110,7 +109,7 @@ def choices(available: list[ModelInfo]) -> dict[str, Choice]:
     ensembles = {k: v for k, v in found.items() if v.model.is_ensemble}
     classes = {m.study_id: m.classes for m in available}
     root = common.artifacts_root()
-    for study_id, backbones in _ensemble_studies(str(root), models_key(root)).items():
+    for study_id, backbones in _ensemble_studies(str(root), artifacts.changed_key(root)).items():
         label = f"ensemble of {', '.join(backbones)} (the study's ensemble row) · study {study_id}"
         ensembles[f"{study_id}/{ENSEMBLE}/backbones"] = Choice(label, study_id, classes[study_id])
     return ensembles | found

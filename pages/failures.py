@@ -18,8 +18,9 @@ import streamlit as st
 from engine.data.datasets import DatasetError
 from engine.evaluation.predictions import ENSEMBLE, OutOfFold
 from engine.models.inference import Classifier, load_classifier
-from engine.reports import explore, failures
+from engine.reports import failures
 from engine.reports.failures import FoldModel, StudyImages
+from engine.results import artifacts
 from pages import common
 
 common.require_router(__file__)
@@ -236,7 +237,7 @@ def closer_look(row: pd.Series, oof: OutOfFold, *, models: dict, root: str, sour
 
 study_id = common.require_study()
 root = common.artifacts_root()
-key = explore.study_key(study_id, root)
+key = artifacts.changed_key(root, study_id)
 st.title("Failure analysis")
 common.study_caption(study_id)
 models_available = common.model_names_of(str(root), study_id, key)

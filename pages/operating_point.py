@@ -27,7 +27,7 @@ from engine.evaluation.operating_point import (
     threshold_sweep,
 )
 from engine.evaluation.predictions import ENSEMBLE, OutOfFold
-from engine.reports import explore
+from engine.results import artifacts
 from pages import common
 
 common.require_router(__file__)
@@ -319,7 +319,7 @@ def data_caption(oof: OutOfFold, class_name: str, model: str, point: OperatingPo
 
 study_id = common.require_study()
 root = common.artifacts_root()
-key = explore.study_key(study_id, root)
+key = artifacts.changed_key(root, study_id)
 st.title("Operating point")
 common.study_caption(study_id)
 st.caption(common.NOT_A_DEVICE)

@@ -9,6 +9,7 @@ import streamlit as st
 from engine import settings
 from engine.reports import explore
 from engine.reports.reproduction import reproduction_report
+from engine.results import artifacts
 from pages import common
 
 common.require_router(__file__)
@@ -29,7 +30,7 @@ with live:
     if explore.list_studies(root)["folds_done"].sum() == 0:
         st.info(common.NO_STUDY_HELP.format(root=root))
     else:
-        text = live_report(str(root), explore.artifacts_key(root))
+        text = live_report(str(root), artifacts.changed_key(root))
         st.download_button("Download (Markdown)", text.encode(), file_name="reproduction.md", mime="text/markdown")
         st.markdown(text)
 with committed:

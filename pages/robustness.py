@@ -15,7 +15,6 @@ from engine.evaluation import robustness
 from engine.jobs.states import ACTIVE_STATES
 from engine.jobs.store import DB_NAME, JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
-from engine.reports import explore
 from engine.results import artifacts
 from pages import common
 
@@ -24,14 +23,6 @@ common.require_router(__file__)
 STRENGTHS = list(robustness.STRENGTHS)
 LAST_JOB = "robustness_job"
 NOTHING = {"finished": [], "with_model": [], "analysed": [], "classes": [], "class_images": {}, "table": []}
-
-
-def state_key(study_id: str) -> tuple:
-    """Changes when a run finishes, a fold model is saved or removed, or a robustness file is written."""
-    folder = artifacts.study_dir(study_id, common.artifacts_root())
-    models = sorted(str(p.relative_to(folder)) for p in folder.glob("runs/*/fold-*/model.keras"))
-    results = sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.glob("robustness/*/*.json"))
-    return explore.study_key(study_id, common.artifacts_root()), tuple(models), tuple(results)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -63,7 +54,9 @@ def class_images(results: list[dict]) -> dict[str, int]:
 
 
 def study_state(study_id: str) -> dict[str, dict]:
-    return _study_state(str(common.artifacts_root()), study_id, state_key(study_id))
+    return _study_state(
+        str(common.artifacts_root()), study_id, artifacts.changed_key(common.artifacts_root(), study_id)
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=8, ttl=60)
@@ -77,7 +70,7 @@ def _images_here(root: str, study_id: str, key: tuple) -> bool:
 
 def images_here(study_id: str) -> bool:
     """Whether the study's decoded images are on this machine (the analysis reads them); checked once a minute."""
-    return _images_here(str(common.artifacts_root()), study_id, explore.artifacts_key(common.artifacts_root()))
+    return _images_here(str(common.artifacts_root()), study_id, artifacts.changed_key(common.artifacts_root()))
 
 
 def folds_text(folds: list[int]) -> str:

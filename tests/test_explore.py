@@ -40,8 +40,8 @@ def test_list_studies_counts_finished_runs(tiny_study: TinyStudy) -> None:
 
 def test_empty_artifacts_folder_gives_empty_tables(tmp_path: Path) -> None:
     assert explore.list_studies(tmp_path).empty
-    assert explore.artifacts_key(tmp_path) == ()
-    assert explore.study_key("missing", tmp_path) == (0, 0.0)
+    assert artifacts.changed_key(tmp_path)[0] == 0
+    assert artifacts.changed_key(tmp_path, "missing")[0] == 0
 
 
 HAND_CLASSES = ("COVID-19", "Normal", "Viral Pneumonia")
@@ -256,15 +256,23 @@ def test_paired_folds_line_up_the_same_folds(tiny_study: TinyStudy) -> None:
         explore.paired_folds(tiny_study.study_id, "auc", a, b, tiny_study.root)
 
 
-def test_study_key_changes_when_a_run_finishes_or_goes(tiny_study: TinyStudy, tmp_path: Path) -> None:
+def test_the_changed_key_changes_when_a_run_finishes_or_goes_or_an_audit_is_written(
+    tiny_study: TinyStudy, tmp_path: Path
+) -> None:
     copy = tmp_path / "artifacts"
     shutil.copytree(tiny_study.root / "studies", copy / "studies")
-    before = explore.study_key(tiny_study.study_id, copy)
-    assert before[0] == TINY_FOLDS * len(TINY_BACKBONES)
+    before = artifacts.changed_key(copy, tiny_study.study_id)
+    runs = TINY_FOLDS * len(TINY_BACKBONES)
     status = artifacts.run_dir(tiny_study.study_id, TINY_BACKBONES[0], 0, copy) / "status.json"
     saved = json.loads(status.read_text())
     status.unlink()
-    assert explore.study_key(tiny_study.study_id, copy)[0] == before[0] - 1
-    assert explore.list_studies(copy).iloc[0]["folds_done"] == before[0] - 1
+    assert artifacts.changed_key(copy, tiny_study.study_id)[0] == before[0] - 1
+    assert explore.list_studies(copy).iloc[0]["folds_done"] == runs - 1
     status.write_text(json.dumps(saved))
-    assert explore.study_key(tiny_study.study_id, copy)[0] == before[0]
+    restored = artifacts.changed_key(copy, tiny_study.study_id)
+    assert restored[0] == before[0] and explore.list_studies(copy).iloc[0]["folds_done"] == runs
+    audit = artifacts.study_dir(tiny_study.study_id, copy) / "audit" / "baseline.json"
+    audit.parent.mkdir()
+    audit.write_text("{}")
+    assert artifacts.changed_key(copy, tiny_study.study_id) != restored, "a page would not see a new audit"
+    assert artifacts.changed_key(copy) != artifacts.changed_key(copy, "missing")

@@ -44,7 +44,7 @@ from engine.models.export import (
     study_images,
     study_models,
 )
-from engine.models.inference import OOD_WARNING, ensemble_detector_path, load_classifier, load_keras_model, models_key
+from engine.models.inference import OOD_WARNING, ensemble_detector_path, load_classifier, load_keras_model
 from engine.models.ood import OODDetector
 from engine.models.runtime import RUNNERS, detector_path, file_sha256, load_exported, sidecar_path
 from engine.reports.model_card import card_path
@@ -454,9 +454,9 @@ def test_a_run_folder_without_its_fold_models_is_served_by_its_exported_ensemble
     folder = copy / "studies" / study_id / "runs" / "MobileNet-0.25"
     served = load_classifier(folder, artifacts_root=copy)
     assert served.path.name in {ensemble["litert"].name, ensemble["onnx"].name}
-    listed = models_key(copy)
+    listed = artifacts.changed_key(copy)
     shutil.rmtree(folder / "export")
-    assert models_key(copy) != listed, "an app's list of models would not see an export come or go"
+    assert artifacts.changed_key(copy) != listed, "an app's list of models would not see an export come or go"
     with pytest.raises(ValueError, match="0 saved fold model.*no exported ensemble"):
         load_classifier(folder, artifacts_root=copy)
 

@@ -16,7 +16,7 @@ from engine.data.images import decode_xray
 from engine.evaluation.external import mistakes
 from engine.evaluation.predictions import backbones_of
 from engine.models.export import export_runs, study_models
-from engine.models.inference import list_models, load_classifier, serving_key
+from engine.models.inference import list_models, load_classifier
 from engine.reports.reproduction import reproduction_report
 from engine.results import artifacts, atomic
 from engine.training.presets import get_protocol
@@ -364,13 +364,13 @@ def test_the_ood_command_fits_each_fold_and_the_ensemble_the_app_serves(tiny, tm
     for fold in (0, 1):
         (folder / f"fold-{fold}" / "ood.npz").unlink()
     assert load_classifier(folder, artifacts_root=copy).ood is None
-    before = serving_key(folder)
+    before = artifacts.changed_key(copy)
     argv = ["ood", "--study", study["study_id"], "--backbone", "MobileNet-0.25", "--artifacts", str(copy)]
     assert main([*argv, "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert "fold 0: wrote" in out and "fold 1: wrote" in out and "ensemble: wrote" in out
     assert (folder / "ood-folds-0-1.npz").is_file()
-    assert serving_key(folder) != before, "an app's cached model would never see the new detector"
+    assert artifacts.changed_key(copy) != before, "an app's cached model would never see the new detector"
     served = load_classifier(folder, artifacts_root=copy)
     (result,) = served.classify([("x.png", _png(make_image(0, 32, np.random.default_rng(3))))])
     assert result.ood_score is not None

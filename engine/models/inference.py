@@ -283,27 +283,6 @@ class Classifier:
         return results
 
 
-def models_key(artifacts_root: Path | None = None) -> tuple[tuple[str, int], ...]:
-    """Changes when :func:`list_models` could list something else: the saved models and exports of every
-    study, by modification time (a study's own key ignores an export added after its last fold)."""
-    root = Path(artifacts_root or settings.artifacts_dir())
-    patterns = ("studies/*/runs/*/fold-*/status.json", "studies/*/runs/*/fold-*/" + MODEL_FILE)
-    patterns += ("studies/*/runs/*/export/*", "studies/*/runs/*/fold-*/export/*", SERVED_FILE)
-    files = sorted(f for pattern in patterns for f in root.glob(pattern))
-    return tuple((str(f), f.stat().st_mtime_ns) for f in files)
-
-
-def serving_key(path: str | Path) -> tuple[tuple[str, int], ...]:
-    """Changes when what :func:`load_classifier` would load from ``path`` changes (its model files and OOD
-    detectors, by modification time): the key of an app's cache of loaded models."""
-    path = Path(path)
-    if path.is_dir():
-        files = [*path.glob("fold-*/" + MODEL_FILE), *path.glob("ood-folds-*.npz"), *path.glob("export/*")]
-    else:
-        files = [path, path.with_name(path.name + ".ood.npz"), path.with_name(OOD_FILE)]
-    return tuple((str(f), f.stat().st_mtime_ns) for f in sorted(files) if f.is_file())
-
-
 def ensemble_detector_path(folder: Path, folds: list[int]) -> Path:
     """``runs/<backbone>/ood-folds-0-1-2-3-4.npz``: the detector of the ensemble of exactly these fold models."""
     return folder / f"ood-folds-{'-'.join(str(f) for f in sorted(folds))}.npz"

@@ -44,18 +44,6 @@ def _root(artifacts_root: Path | None) -> Path:
     return artifacts_root or settings.artifacts_dir()
 
 
-def study_key(study_id: str, artifacts_root: Path | None = None) -> tuple[int, float]:
-    """A cheap change marker for caching: the number of finished runs and the newest status time."""
-    runs = artifacts.study_dir(study_id, _root(artifacts_root)) / "runs"
-    statuses = [p for p in runs.glob("*/fold-*/status.json") if artifacts.is_complete(p.parent)]
-    return len(statuses), max((p.stat().st_mtime for p in statuses), default=0.0)
-
-
-def artifacts_key(artifacts_root: Path | None = None) -> tuple[tuple[str, tuple[int, float]], ...]:
-    """The change marker of every study, for caches of cross-study lists."""
-    return tuple((sid, study_key(sid, artifacts_root)) for sid in artifacts.list_study_ids(_root(artifacts_root)))
-
-
 def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
     """One row per study, newest first: what it is and how far it got."""
     root = _root(artifacts_root)

@@ -157,3 +157,29 @@ def study_runs(study_id: str, artifacts: Path | None = None) -> list[RunResult]:
             if run is not None:
                 found.append(run)
     return found
+
+
+CHANGE_PATTERNS = (
+    "runs/*/fold-*/status.json",
+    "runs/*/fold-*/model.keras",
+    "runs/*/fold-*/ood.npz",
+    "runs/*/fold-*/export/*",
+    "runs/*/export/*",
+    "runs/*/ood-folds-*.npz",
+    "evaluation/*.json",
+    "robustness/*/*.json",
+    "audit/*.json",
+)
+"""What a study's readers show: finished runs, saved models, exports, detectors, summaries and analyses."""
+
+
+def changed_key(artifacts: Path | None = None, study_id: str | None = None) -> tuple[int, int]:
+    """A cheap marker that changes whenever a result is written, replaced or removed: of one study (with the
+    saved evaluations and the served model's choice, which every study's pages show), or of every study.
+    The one key of the app's caches."""
+    root = artifacts or settings.artifacts_dir()
+    folders = [study_dir(study_id, root)] if study_id else [study_dir(s, root) for s in list_study_ids(root)]
+    files = [f for folder in folders for pattern in CHANGE_PATTERNS for f in folder.glob(pattern)]
+    files += [*root.glob("evaluations/*.json"), *root.glob("served.json"), *root.glob("studies/*/study.json")]
+    stamps = sorted((str(f), f.stat().st_mtime_ns) for f in files if f.is_file())
+    return len(stamps), hash(tuple(stamps))
