@@ -2,9 +2,10 @@
 with the best in-fold accuracy.
 
 Every backbone's fold ensemble with both an adult-normal figure and an external COVID-19 figure is a
-candidate. It is judged against the targets of the generalisation issue (:data:`TARGETS`), each on its point
-estimate, and ranked by how many it meets, then by the lower of its two outside-the-source figures, then by
-in-fold accuracy. ``python -m engine serve --choose`` writes the choice with its evidence to
+candidate. Candidates are ranked by the lower of those two figures (point estimates): a model that calls every
+adult COVID-19 has a high COVID-19 recall and a Normal recall of 0, and holds nowhere; then by how many of the
+robustness targets it meets (:data:`SHIFTS`); then by in-fold accuracy. Each candidate's verdict on every
+target of the generalisation issue (:data:`TARGETS`) is kept beside it. ``python -m engine serve --choose`` writes the choice with its evidence to
 ``<artifacts>/served.json``; ``engine.models.inference.list_models`` puts the model it names first, which is
 what Classify, ``evaluate`` without ``--model`` and the hosted demo use.
 """
@@ -140,9 +141,10 @@ def choose(artifacts_root: Path | None = None) -> dict:
         "export": best.export,
         "rule": __doc__.split("\n\n")[1].replace("\n", " "),
         "why": (
-            f"{best.backbone} fold ensemble of study {best.study_id} ({best.protocol}, {best.split}-level folds) meets "
-            f"{sum(1 for ok in met.values() if ok)} of {len(met)} targets, more than or as many as every other "
-            "candidate, and holds best outside its source among those"
+            f"{best.backbone} fold ensemble of study {best.study_id} ({best.protocol}, {best.split}-level folds) has "
+            f"the highest lower figure outside its source of {len(ranked)} candidates: adult normals called Normal "
+            f"{best.adult_normals['estimate']:.3f}, adult COVID-19 recall {best.external_covid['estimate']:.3f}; it "
+            f"meets {sum(1 for ok in met.values() if ok)} of {len(met)} targets"
         ),
         "targets": met,
         "candidates": [{**asdict(c), "met": c.met()} for c in ranked],
