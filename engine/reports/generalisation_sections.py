@@ -150,6 +150,13 @@ def harmonisation_section(root: Path | None) -> str:
         f"{EXTERNAL_ADULTS} Viral Pneumonia recall",
     ]
     descriptions = "; ".join(f"`{p.name}`: {p.description}" for p in HARMONISATION_ABLATION)
+    lung_crop = (
+        "A lung-field crop was not built: no lung-mask model with a licence to build on could be had offline. "
+        "Searched: imlab-uiip/lung-segmentation-2d and its forks, raghavian/lungVAE, TonyIvchenko/lung-segmentation, "
+        "MIDRC's OSU U-Net, khanfarhan10/LungSegmentationCustomUNET (their weights are not in the repositories' "
+        "snapshots), torchxrayvision's PSPNet and MI2RLNet (downloaded at run time); auriml/lung-segmentation-2d "
+        "carries a 3.8 MB JSRT-trained model that loads in Keras 3 here, but its repository has no licence."
+    )
     return "\n".join(
         [
             f"### Harmonisation, one option at a time ({ABLATION_BACKBONE}, multi-source, patient-level folds)",
@@ -157,5 +164,7 @@ def harmonisation_section(root: Path | None) -> str:
             f"Every row on the same images and folds; 95 % intervals. {descriptions}",
             "",
             _table(header, rows),
+            "",
+            lung_crop,
         ]
     )
