@@ -80,12 +80,12 @@ def test_the_demo_s_recommended_and_frozen_studies_keep_every_patient_in_one_fol
         assert sorted(i for fold in study["folds"] for i in fold) == list(range(len(patients)))
 
 
-def test_committed_artifacts_stay_under_40_mb():
+def test_committed_artifacts_stay_under_60_mb():
     listed = subprocess.run(
         ["git", "ls-files", "-z", "artifacts"], cwd=settings.PROJECT_ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
     total = sum((settings.PROJECT_ROOT / name.decode()).stat().st_size for name in listed if name)
-    assert 0 < total < 40 * 2**20
+    assert 0 < total < 60 * 2**20
 
 
 def test_a_committed_model_classifies_an_image(monkeypatch):
