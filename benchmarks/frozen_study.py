@@ -46,7 +46,7 @@ def run(options: Options) -> Result:
             "n_folds": n_folds,
             "input_size": options.input_size,
             "weights": options.weights,
-            "images": study["dataset"]["n_images"],
+            "images": study.dataset.n_images,
         },
-        notes=[f"{study['dataset']['n_images']} images, {n_folds} folds, {protocol.epochs} head epochs per fold"],
+        notes=[f"{study.dataset.n_images} images, {n_folds} folds, {protocol.epochs} head epochs per fold"],
     )

@@ -146,7 +146,7 @@ def prepare(options: Options, work: Path, *, source: Path, backbone: str = BACKB
             raise RuntimeError(f"no exported model and no saved {backbone} fold model in {source}")
         chosen = demo[0]
         study = artifacts.read_study(chosen.study_id, source)
-        images = link_images(source, export_root, study["dataset"]["fingerprint"])
+        images = link_images(source, export_root, study.dataset.fingerprint)
         data = None if images or not options.data.is_dir() else options.data
         started = time.perf_counter()
         result = _export(_in_copy(chosen.path, source, export_root), export_root, data=data)

@@ -71,17 +71,17 @@ def main() -> None:
     images = study_images(study, args.artifacts, data=args.data)
     if images is None:
         raise SystemExit("error: the study's images are neither cached nor given; pass --data")
-    manifest = json.loads((args.artifacts / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text())
-    if manifest["classes"] != study["dataset"]["classes"]:
+    manifest = json.loads((args.artifacts / "datasets" / study.dataset.fingerprint / "manifest.json").read_text())
+    if manifest["classes"] != list(study.dataset.classes):
         raise SystemExit(f"error: the cached manifest's classes {manifest['classes']} are not the study's")
     labels = np.asarray(manifest["labels"])
-    folds = range(len(study["folds"])) if args.folds is None else args.folds
+    folds = range(len(study.folds)) if args.folds is None else args.folds
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for fold in folds:
         model = artifacts.run_dir(args.study, args.backbone, fold, args.artifacts) / "model.keras"
         if not model.exists():
             raise SystemExit(f"error: {model} is missing (fold models stay where they were trained)")
-        held = np.asarray(study["folds"][fold])
+        held = np.asarray(study.folds[fold])
         x = np.asarray(images[held]).astype("float32")[..., None]
         y = labels[held]
         at = calibration_indices(study, [fold], count=options.calibration_images)

@@ -273,7 +273,7 @@ def missing_section(study_id: str, backbone: str, found: dict) -> None:
     if not images_here(study_id):
         study = artifacts.read_study(study_id, common.artifacts_root())
         st.warning(
-            f"The images of this study (dataset {study['dataset']['name']}, `{study['dataset']['fingerprint']}`) are "
+            f"The images of this study (dataset {study.dataset.name}, `{study.dataset.fingerprint}`) are "
             f"not on this machine, so the analysis cannot run here. Where they are, run `{command} --data <folder>`."
         )
         return

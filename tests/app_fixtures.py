@@ -64,10 +64,10 @@ def build_tiny_study(base: Path) -> TinyStudy:
                 input_size=TINY_SIZE,
                 artifacts_root=root / "artifacts",
             )
-            for model in predictions.model_names(study["study_id"], root / "artifacts"):
-                oof = predictions.study_out_of_fold(study["study_id"], model, root / "artifacts")
+            for model in predictions.model_names(study.study_id, root / "artifacts"):
+                oof = predictions.study_out_of_fold(study.study_id, model, root / "artifacts")
                 summary.model_summary(oof, root / "artifacts")
-            atomic.write_json(note, {"study_id": study["study_id"], "weights": weights})
+            atomic.write_json(note, {"study_id": study.study_id, "weights": weights})
     built = json.loads(note.read_text())
     return TinyStudy(
         root=root / "artifacts", study_id=built["study_id"], data=root / "tiny-data", weights=built["weights"]

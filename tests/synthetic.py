@@ -34,3 +34,28 @@ def make_dataset(
         for i in range(n_per_class):
             Image.fromarray(make_image(label, size, rng)).save(folder / f"img_{i:03d}.png")
     return root
+
+
+def study_json(study_id: str, *, folds: list[list[int]], input_size: int = 32, classes=TINY_CLASSES) -> dict:
+    """A ``study.json`` as the first studies wrote it (no split or sources), for a study laid out by hand:
+    ``engine.results.studies.Study.from_json`` reads it."""
+    n_images = sum(len(fold) for fold in folds)
+    return {
+        "study_id": study_id,
+        "title": f"hand-made · {len(folds)}-fold",
+        "created_at": 0.0,
+        "dataset": {
+            "name": "hand-made",
+            "fingerprint": "0" * 16,
+            "source": "hand-made",
+            "classes": list(classes),
+            "counts": {c: 0 for c in classes},
+            "n_images": n_images,
+        },
+        "protocol": {"name": "frozen", "description": "hand-made"},
+        "n_folds": len(folds),
+        "seed": 0,
+        "input_size": input_size,
+        "weights": None,
+        "folds": folds,
+    }

@@ -38,7 +38,7 @@ request = StudyRequest(protocol=get_protocol("paper").replace(epochs=1, batch_si
 study = run_study(data, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=root)
 print(json.dumps({
     "backend": keras.backend.backend(),
-    "study_id": study["study_id"],
+    "study_id": study.study_id,
     "cache_dir": jax.config.jax_compilation_cache_dir,
     "min_compile_s": jax.config.jax_persistent_cache_min_compile_time_secs,
     "expected_min_compile_s": MIN_COMPILE_SECONDS,

@@ -71,13 +71,13 @@ def test_the_demo_s_recommended_and_frozen_studies_keep_every_patient_in_one_fol
     from engine.results import artifacts
 
     studies = [artifacts.read_study(s, DEMO) for s in artifacts.list_study_ids(DEMO)]
-    chosen = [s for s in studies if s["protocol"]["name"] == protocol and s.get("split", {}).get("level") == "patient"]
+    chosen = [s for s in studies if s.protocol_name == protocol and s.split_level == "patient"]
     assert chosen, f"no patient-level {protocol} study is committed"
     for study in chosen:
-        manifest = read_manifest(study["dataset"]["fingerprint"], DEMO)
+        manifest = read_manifest(study.dataset.fingerprint, DEMO)
         patients = patient_groups(manifest["files"], manifest.get("patients")).patients
-        assert patients_across_folds(study["folds"], patients) == {"patients": 0, "images": 0}
-        assert sorted(i for fold in study["folds"] for i in fold) == list(range(len(patients)))
+        assert patients_across_folds(study.folds, patients) == {"patients": 0, "images": 0}
+        assert sorted(i for fold in study.folds for i in fold) == list(range(len(patients)))
 
 
 def test_committed_artifacts_stay_under_60_mb():

@@ -139,13 +139,11 @@ def test_fold_metrics_give_the_hand_computed_figures(tmp_path: Path) -> None:
 
 def test_every_backbone_is_scored_on_the_same_disjoint_folds(tiny_study: TinyStudy) -> None:
     study = artifacts.read_study(tiny_study.study_id, tiny_study.root)
-    manifest = json.loads(
-        (tiny_study.root / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text()
-    )
+    manifest = json.loads((tiny_study.root / "datasets" / study.dataset.fingerprint / "manifest.json").read_text())
     held_out = {}
     for run in runs(tiny_study):
         files = [r["file"] for r in artifacts.read_predictions(run)]
-        assert files == [manifest["files"][i] for i in study["folds"][run.fold]]
+        assert files == [manifest["files"][i] for i in study.folds[run.fold]]
         held_out.setdefault(run.fold, set()).update([(run.backbone, f) for f in files])
     per_fold = [{f for _, f in pairs} for _, pairs in sorted(held_out.items())]
     assert set.isdisjoint(*per_fold) and len(set.union(*per_fold)) == N_IMAGES

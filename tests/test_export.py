@@ -49,11 +49,12 @@ from engine.models.ood import OODDetector
 from engine.models.runtime import RUNNERS, detector_path, file_sha256, load_exported, sidecar_path
 from engine.reports.model_card import card_path
 from engine.results import artifacts
+from engine.results.studies import Study
 from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
 from tests.conftest import SHARED, eager_functions, requires_shared
-from tests.synthetic import make_dataset, make_image
+from tests.synthetic import make_dataset, make_image, study_json
 
 DEMO = settings.PROJECT_ROOT / "artifacts"
 FROZEN = DEMO / "studies" / "9da277b73bda" / "runs" / "MobileNet" / "fold-3" / "model.keras"
@@ -69,8 +70,8 @@ def held_out(model: Path) -> tuple[np.ndarray, np.ndarray]:
     run = artifacts.read_run(model.parent)
     study = artifacts.read_study(run.study_id, DEMO)
     images = study_images(study, DEMO, data=PAPER_DATA)
-    held = np.asarray(study["folds"][run.fold])
-    manifest = json.loads((DEMO / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text())
+    held = np.asarray(study.folds[run.fold])
+    manifest = json.loads((DEMO / "datasets" / study.dataset.fingerprint / "manifest.json").read_text())
     with open(model.parent / "predictions.csv", newline="") as fh:
         rows = {row["file"]: row["true"] for row in csv.DictReader(fh)}
     assert sorted(manifest["files"][i] for i in held) == sorted(rows)
@@ -129,8 +130,8 @@ def test_committed_models_still_load_and_reproduce_their_predictions():
             rows = {row["file"]: row for row in csv.DictReader(fh)}
         run = artifacts.read_run(model.parent)
         study = artifacts.read_study(run.study_id, DEMO)
-        manifest = json.loads((DEMO / "datasets" / study["dataset"]["fingerprint"] / "manifest.json").read_text())
-        files = [manifest["files"][i] for i in study["folds"][run.fold][:PARITY_IMAGES]]
+        manifest = json.loads((DEMO / "datasets" / study.dataset.fingerprint / "manifest.json").read_text())
+        files = [manifest["files"][i] for i in study.folds[run.fold][:PARITY_IMAGES]]
         saved = np.array([[float(rows[f][f"p[{c}]"]) for c in run.config["classes"]] for f in files])
         got = load_keras_model(model).predict_on_batch(images.astype(np.float32)[..., None])
         assert np.abs(got - saved).max() <= 1e-5
@@ -231,7 +232,7 @@ def probabilities(classifier, images: np.ndarray) -> np.ndarray:
 
 
 def test_calibration_images_come_from_every_members_training_folds():
-    study = {"study_id": "s", "dataset": {"n_images": 10}, "folds": [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]}
+    study = Study.from_json(study_json("s", folds=[[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]))
     chosen = calibration_indices(study, [1], count=100)
     assert set(chosen) == {0, 1, 2, 6, 7, 8, 9}
     assert set(calibration_indices(study, [0, 1], count=2)) <= {6, 7, 8, 9}
@@ -276,7 +277,7 @@ def tiny(tmp_path_factory) -> tuple[Path, str]:
     root = base / "artifacts"
     with eager_functions():
         study = run_study(data, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=root)
-    return root, study["study_id"]
+    return root, study.study_id
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

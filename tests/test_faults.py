@@ -74,7 +74,7 @@ def assert_every_listed_result_is_whole(store: JobStore, job_id: str) -> int:
     runs = artifacts.study_runs(study_id, store.root)
     study = artifacts.read_study(study_id, store.root)
     for run in runs:
-        n_test = len(study["folds"][run.fold])
+        n_test = len(study.folds[run.fold])
         assert run.config["n_test"] == n_test and run.status["state"] == "done"
         assert len(artifacts.read_predictions(run)) == n_test
         assert len(run.history["loss"]) == 1 and 0.0 <= run.metrics["accuracy"] <= 1.0

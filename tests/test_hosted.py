@@ -86,13 +86,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = base / "artifacts"
     request = StudyRequest(protocol=get_protocol("frozen").replace(epochs=2), n_folds=2, weights=None)
     study = run_study(data, backbones=[BACKBONE], request=request, input_size=32, artifacts_root=root)
-    fold0 = root / "studies" / study["study_id"] / "runs" / BACKBONE / "fold-0" / "model.keras"
+    fold0 = root / "studies" / study.study_id / "runs" / BACKBONE / "fold-0" / "model.keras"
     exported = export_runs([fold0], format="litert", artifacts_root=root, check_count=0)
     image = base / "xray.png"
     Image.fromarray(make_image(1, 40, np.random.default_rng(3))).save(image)
     return {
-        "study": study["study_id"],
-        "model": f"{study['study_id']}/{BACKBONE}/0",
+        "study": study.study_id,
+        "model": f"{study.study_id}/{BACKBONE}/0",
         "export": exported,
         "hosted": copy_studies(root, base / "hosted", exports=True),
         "keras": copy_studies(root, base / "keras", exports=False),

@@ -67,7 +67,7 @@ def test_list_models_puts_the_fold_ensemble_first_then_folds_best_first(env):
     root, study, _ = env
     ensemble, *folds = list_models(root)
     assert ensemble.is_ensemble and ensemble.folds == (0, 1) and "ensemble of 2 fold models" in ensemble.label
-    runs = artifacts.study_runs(study["study_id"], root)
+    runs = artifacts.study_runs(study.study_id, root)
     correct = sum(r.metrics["accuracy"] * r.config["n_test"] for r in runs)
     assert ensemble.accuracy == pytest.approx(correct / sum(r.config["n_test"] for r in runs))
     assert [m.fold for m in folds] != [] and len(folds) == 2 and folds[0].accuracy >= folds[1].accuracy
@@ -234,10 +234,9 @@ def test_evaluate_a_studys_ensemble_of_backbones_is_the_mean_of_every_fold_model
 def test_a_study_of_one_backbone_has_no_ensemble_to_evaluate(env, tmp_path, capsys):
     root, study, _ = env
     data = make_dataset(tmp_path / "unseen", n_per_class=2, seed=9)
-    assert main(["evaluate", "--data", str(data), "--study", study["study_id"]]) == 2
+    assert main(["evaluate", "--data", str(data), "--study", study.study_id]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: study {study['study_id']}: an ensemble of backbones needs two or more, the study has 1 "
-        "(MobileNet-0.25)"
+        f"error: study {study.study_id}: an ensemble of backbones needs two or more, the study has 1 (MobileNet-0.25)"
     )
 
 
@@ -299,7 +298,7 @@ def test_summary_json_has_per_class_recall(env, capsys):
     root, study, _ = env
     assert main(["summary", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    (row,) = [r for r in doc["studies"] if r["study_id"] == study["study_id"]]
+    (row,) = [r for r in doc["studies"] if r["study_id"] == study.study_id]
     assert row["folds_done"] == 2
     for key in ("accuracy", "precision", "recall", "f1", "recall[COVID-19]", "recall[Normal]"):
         assert 0.0 <= row["metrics"][key]["mean"] <= 1.0
@@ -344,7 +343,7 @@ def test_every_command_has_help(capsys):
 
 def test_incomplete_run_model_is_not_loaded(env):
     root, study, _ = env
-    path = artifacts.run_dir(study["study_id"], "MobileNet-0.25", 0, root)
+    path = artifacts.run_dir(study.study_id, "MobileNet-0.25", 0, root)
     status = (path / "status.json").read_bytes()
     (path / "status.json").unlink()
     try:
@@ -360,12 +359,12 @@ def test_the_ood_command_fits_each_fold_and_the_ensemble_the_app_serves(tiny, tm
     copy = tmp_path / "artifacts"
     shutil.copytree(root, copy)
     monkeypatch.setenv("CXR_ARTIFACTS", str(copy))
-    folder = artifacts.study_dir(study["study_id"], copy) / "runs" / "MobileNet-0.25"
+    folder = artifacts.study_dir(study.study_id, copy) / "runs" / "MobileNet-0.25"
     for fold in (0, 1):
         (folder / f"fold-{fold}" / "ood.npz").unlink()
     assert load_classifier(folder, artifacts_root=copy).ood is None
     before = artifacts.changed_key(copy)
-    argv = ["ood", "--study", study["study_id"], "--backbone", "MobileNet-0.25", "--artifacts", str(copy)]
+    argv = ["ood", "--study", study.study_id, "--backbone", "MobileNet-0.25", "--artifacts", str(copy)]
     assert main([*argv, "--data", str(data)]) == 0
     out = capsys.readouterr().out
     assert "fold 0: wrote" in out and "fold 1: wrote" in out and "ensemble: wrote" in out

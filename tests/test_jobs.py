@@ -31,7 +31,7 @@ from engine.training.progress import Progress
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES
 from tests.conftest import SHARED, requires_shared
-from tests.synthetic import make_dataset
+from tests.synthetic import make_dataset, study_json
 
 BACKBONE = "MobileNet-0.25"
 TINY_BACKBONE = TINY_BACKBONES[0]
@@ -458,7 +458,7 @@ def fake_study(root: Path, *, models: dict[tuple[str, int], bool], study_id: str
     """A study of finished runs on disk (no training); ``models`` says which (backbone, fold) kept a model.keras."""
     folder = artifacts.study_dir(study_id, root)
     folder.mkdir(parents=True)
-    (folder / "study.json").write_text(json.dumps({"study_id": study_id, "input_size": 32}))
+    (folder / "study.json").write_text(json.dumps(study_json(study_id, folds=[[0], [1], [2]], input_size=32)))
     for (backbone, fold), saved in models.items():
         path = artifacts.run_dir(study_id, backbone, fold, root)
         config = {"study_id": study_id, "backbone": backbone, "fold": fold}

@@ -158,12 +158,12 @@ def test_studies_split_by_patient_by_default_and_keep_the_old_id_by_image(tmp_pa
     protocol = get_protocol("frozen")
     by_patient = prepare_study(dataset, StudyRequest(protocol=protocol, n_folds=3, weights=None))
     by_image = prepare_study(dataset, StudyRequest(protocol=protocol, n_folds=3, weights=None, split="image"))
-    assert by_patient["split"]["level"] == "patient"
-    assert by_patient["split"]["patients_in_several_folds"] == {"patients": 0, "images": 0}
-    assert "by patient" in by_patient["title"]
-    assert by_image["split"]["level"] == "image"
-    assert by_image["split"]["patients_in_several_folds"]["patients"] > 0
-    assert by_image["study_id"] != by_patient["study_id"]
+    assert by_patient.split.level == "patient"
+    assert by_patient.split.patients_in_several_folds == {"patients": 0, "images": 0}
+    assert "by patient" in by_patient.title
+    assert by_image.split.level == "image"
+    assert by_image.split.patients_in_several_folds["patients"] > 0
+    assert by_image.study_id != by_patient.study_id
     from engine.results import artifacts
 
     unsplit = {
@@ -174,8 +174,8 @@ def test_studies_split_by_patient_by_default_and_keep_the_old_id_by_image(tmp_pa
         "input_size": 24,
         "weights": None,
     }
-    assert by_image["study_id"] == artifacts.canonical_hash(unsplit)
-    assert study_id_for(dataset, StudyRequest(protocol=protocol, n_folds=3, weights=None)) == by_patient["study_id"]
+    assert by_image.study_id == artifacts.canonical_hash(unsplit)
+    assert study_id_for(dataset, StudyRequest(protocol=protocol, n_folds=3, weights=None)) == by_patient.study_id
 
 
 def test_a_study_with_too_few_patients_for_its_folds_says_so(tmp_path, artifacts_root):

@@ -40,7 +40,7 @@ def probe(tmp_path_factory):
     data = make_dataset(tmp_path_factory.mktemp("data") / "tiny", n_per_class=8)
     root = tmp_path_factory.mktemp("artifacts")
     study = run_study(data, backbones=["MobileNet-0.25"], request=TINY_PROBE, input_size=32, artifacts_root=root)
-    return root, artifacts.study_runs(study["study_id"], root)
+    return root, artifacts.study_runs(study.study_id, root)
 
 
 def _blobs(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +122,8 @@ def test_the_saved_model_reproduces_its_fitted_predictions(probe):
     root, runs = probe
     for run in runs:
         study = artifacts.read_study(run.study_id, root)
-        dataset = load_dataset(study["dataset"]["fingerprint"], input_size=32, artifacts=root)
-        images = np.asarray(dataset.images[study["folds"][run.fold]], dtype="float32")[..., None]
+        dataset = load_dataset(study.dataset.fingerprint, input_size=32, artifacts=root)
+        images = np.asarray(dataset.images[study.folds[run.fold]], dtype="float32")[..., None]
         model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
         rows = artifacts.read_predictions(run)
         saved = np.array([[float(r[k]) for k in r if k.startswith("p[")] for r in rows])

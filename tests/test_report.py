@@ -40,7 +40,7 @@ def test_a_small_study_gets_its_own_figures_and_none_of_the_demo_facts(small_stu
         assert fact not in text, f"the demo study's {fact!r} is stated for a study that did not measure it"
     assert "stratified 2-fold cross-validation" in text
     assert "my-own-set" in text and "has 90 images (COVID-19 30, Normal 30, Viral Pneumonia 30)" in text
-    runs = artifacts.study_runs(study["study_id"], root)
+    runs = artifacts.study_runs(study.study_id, root)
     steps = math.ceil(runs[0].config["n_train"] / BATCH)
     momentum = runs[0].config["batchnorm_momentum"][0]
     assert (steps, momentum) == (2, 0.99)
@@ -52,7 +52,7 @@ def test_a_small_study_gets_its_own_figures_and_none_of_the_demo_facts(small_stu
 def test_another_network_is_set_beside_the_paper_never_subtracted(small_study):
     root, study = small_study
     text = reproduction_report(root)
-    runs = artifacts.study_runs(study["study_id"], root)
+    runs = artifacts.study_runs(study.study_id, root)
     accuracy = np.array([r.metrics["accuracy"] for r in runs])
     ours = next(line for line in text.splitlines() if line.startswith("| ours MobileNet-0.25 |"))
     assert f"| {accuracy.mean():.3f} ± {accuracy.std(ddof=1):.3f} |" in ours

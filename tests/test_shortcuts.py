@@ -93,7 +93,7 @@ def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path,
     assert 0.0 <= probe["balanced_accuracy"] <= 1.0
     assert model_audit(study, "MobileNet-0.25", dataset) == audit
     acquisition_baseline(study, dataset)
-    found = generalisation(study["study_id"])
+    found = generalisation(study.study_id)
     assert found.split == "image"
     assert found.baseline is not None and found.region == REGION.description
     row = found.model("MobileNet-0.25")
@@ -110,12 +110,12 @@ def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path,
     from engine.evaluation.external import evaluate_folder
     from engine.models.inference import load_classifier
 
-    folder = artifacts.run_dir(study["study_id"], "MobileNet-0.25", 0).parent
+    folder = artifacts.run_dir(study.study_id, "MobileNet-0.25", 0).parent
     evaluate_folder(load_classifier(folder), external)
-    split = generalisation(study["study_id"]).model("MobileNet-0.25").external_set("other-hospital").by_metadata
+    split = generalisation(study.study_id).model("MobileNet-0.25").external_set("other-hospital").by_metadata
     assert set(split) == {"view"} and set(split["view"]) == {"AP", "PA"}
     assert split["view"]["AP"]["metrics"]["accuracy"]["estimate"] is not None
-    at = open_page("pages/audit.py", query={"study": study["study_id"]})
+    at = open_page("pages/audit.py", query={"study": study.study_id})
     table = at.dataframe[0].value.set_index("model")
     assert table.loc["MobileNet-0.25", "lungs hidden"] == interval_text(row.occlusion["lungs hidden"])
     assert table.loc["MobileNet-0.25", "held out: b"] == interval_text(row.by_source["b"]["metrics"]["accuracy"])

@@ -63,8 +63,8 @@ def test_folds_span_the_sources_and_a_thin_source_is_refused(tmp_path, artifacts
     first = make_dataset(tmp_path / "a", n_per_class=10, size=24)
     dataset = import_sources([first, _nih_normals(tmp_path / "b", patients=5)], input_size=24)
     study = prepare_study(dataset, StudyRequest(protocol=get_protocol("frozen"), n_folds=5, weights=None))
-    assert study["dataset"]["sources"] == ["a", "b"]
-    for fold in study["folds"]:
+    assert list(study.dataset.sources) == ["a", "b"]
+    for fold in study.folds:
         assert set(dataset.source_index[fold]) == {0, 1}
     thin = import_sources([first, _nih_normals(tmp_path / "c", patients=3)], input_size=24)
     with pytest.raises(

@@ -57,7 +57,7 @@ def test_an_older_study_is_filled_in_and_written_back_as_it_was():
     assert study.split_level == "image" and study.split.patients_in_several_folds is None
     assert study.dataset.sources == ("old",) and not study.dataset.multi_source
     assert study.dataset.by_source == {"old": {"COVID-19": 2, "Normal": 3}}
-    assert study.protocol_name == "frozen" and study.folds == ((0, 2, 4), (1, 3))
+    assert study.protocol_name == "frozen" and study.folds == [[0, 2, 4], [1, 3]]
     assert study.held_out(1).tolist() == [1, 3] and study.held_out(1).dtype == np.int64
     assert study.to_json() == data and written(study.to_json()) == written(data)
 

@@ -45,7 +45,7 @@ def paper_study(tiny_root, tmp_path_factory):
 
 def test_paper_protocol_runs_end_to_end(paper_study):
     root, study = paper_study
-    runs = artifacts.study_runs(study["study_id"], root)
+    runs = artifacts.study_runs(study.study_id, root)
     assert [(r.backbone, r.fold) for r in runs] == [("MobileNet-0.25", 0), ("MobileNet-0.25", 1)]
     for run in runs:
         assert set(run.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -63,17 +63,17 @@ def test_paper_protocol_runs_end_to_end(paper_study):
 
 def test_folds_are_shared_disjoint_and_cover_the_dataset(paper_study, tiny_root, tmp_path):
     root, study = paper_study
-    folds = [set(f) for f in study["folds"]]
+    folds = [set(f) for f in study.folds]
     assert folds[0].isdisjoint(folds[1]) and sorted(folds[0] | folds[1]) == list(range(24))
     dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
     for fold in folds:
         assert np.bincount(dataset.labels[sorted(fold)], minlength=3).tolist() == [4, 4, 4], "stratified"
-    for run in artifacts.study_runs(study["study_id"], root):
+    for run in artifacts.study_runs(study.study_id, root):
         files = [r["file"] for r in artifacts.read_predictions(run)]
-        assert files == [dataset.files[i] for i in study["folds"][run.fold]], "each run is scored on its own fold"
+        assert files == [dataset.files[i] for i in study.folds[run.fold]], "each run is scored on its own fold"
     other = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
     frozen = prepare_study(other, TINY_FROZEN, artifacts_root=tmp_path)
-    assert frozen["study_id"] != study["study_id"] and frozen["folds"] == study["folds"], "same seed, same folds"
+    assert frozen.study_id != study.study_id and frozen.folds == study.folds, "same seed, same folds"
 
 
 def test_second_run_trains_nothing(paper_study, tiny_root, monkeypatch):
@@ -85,30 +85,30 @@ def test_second_run_trains_nothing(paper_study, tiny_root, monkeypatch):
 
     monkeypatch.setattr("engine.training.fold.classifier", refuse)
     again = run_study(tiny_root, backbones=["MobileNet-0.25"], request=TINY_PAPER, input_size=32, artifacts_root=root)
-    assert again["study_id"] == study["study_id"]
+    assert again.study_id == study.study_id
     after = {p: p.stat().st_mtime_ns for p in (root / "studies").rglob("*") if p.is_file()}
     assert after == before
 
 
 def test_summary_has_mean_and_std_of_every_metric(paper_study):
     root, study = paper_study
-    (row,) = [r for r in summarize(root) if r["study_id"] == study["study_id"]]
+    (row,) = [r for r in summarize(root) if r["study_id"] == study.study_id]
     assert row["folds_done"] == 2 and row["backbone"] == "MobileNet-0.25"
     for key in ("accuracy", "loss", "precision", "recall", "f1", "recall[COVID-19]", "macro_f1"):
         assert set(row["metrics"][key]) == {"mean", "std"}
-    runs = artifacts.study_runs(study["study_id"], root)
+    runs = artifacts.study_runs(study.study_id, root)
     assert row["metrics"]["accuracy"]["mean"] == pytest.approx(np.mean([r.metrics["accuracy"] for r in runs]))
 
 
 def test_killed_mid_write_run_is_not_listed_and_is_retrained(paper_study, tiny_root):
     root, study = paper_study
-    run_path = artifacts.run_dir(study["study_id"], "MobileNet-0.25", 1, root)
+    run_path = artifacts.run_dir(study.study_id, "MobileNet-0.25", 1, root)
     saved = run_path.parent / "saved-fold-1"
     shutil.copytree(run_path, saved)
     (run_path / "status.json").unlink()
     (run_path / "metrics.json").write_text('{"accuracy": 0.9')
     assert artifacts.read_run(run_path) is None
-    assert [r.fold for r in artifacts.study_runs(study["study_id"], root)] == [0]
+    assert [r.fold for r in artifacts.study_runs(study.study_id, root)] == [0]
     dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
     rerun = train_fold(dataset=dataset, study=study, backbone="MobileNet-0.25", fold=1, artifacts_root=root)
     assert rerun.fold == 1 and artifacts.is_complete(run_path)
@@ -121,9 +121,9 @@ def test_same_config_gives_the_same_predictions(paper_study, tiny_root, tmp_path
     other = tmp_path / "again"
     dataset = import_dataset(tiny_root, input_size=32, artifacts=other)
     twin = prepare_study(dataset, TINY_PAPER, artifacts_root=other)
-    assert twin["study_id"] == study["study_id"] and twin["folds"] == study["folds"]
+    assert twin.study_id == study.study_id and twin.folds == study.folds
     run = train_fold(dataset=dataset, study=twin, backbone="MobileNet-0.25", fold=0, artifacts_root=other)
-    first = artifacts.read_run(artifacts.run_dir(study["study_id"], "MobileNet-0.25", 0, root))
+    first = artifacts.read_run(artifacts.run_dir(study.study_id, "MobileNet-0.25", 0, root))
     a = [r["p[COVID-19]"] for r in artifacts.read_predictions(first)]
     b = [r["p[COVID-19]"] for r in artifacts.read_predictions(run)]
     assert a == b
@@ -165,7 +165,7 @@ def test_frozen_protocol_learns_the_tiny_task(tiny_root, tmp_path):
     study = run_study(
         tiny_root, backbones=["MobileNet-0.25"], request=TINY_FROZEN, input_size=32, artifacts_root=tmp_path
     )
-    runs = artifacts.study_runs(study["study_id"], tmp_path)
+    runs = artifacts.study_runs(study.study_id, tmp_path)
     assert len(runs) == 2
     assert len(runs[0].history["loss"]) == 30
     assert runs[0].history["loss"][-1] < runs[0].history["loss"][0]
@@ -184,7 +184,7 @@ def test_custom_protocol_is_data(tiny_root, tmp_path):
     )
     request = StudyRequest(protocol=two_stage, n_folds=2, weights=None)
     study = run_study(tiny_root, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=tmp_path)
-    run = artifacts.study_runs(study["study_id"], tmp_path)[0]
+    run = artifacts.study_runs(study.study_id, tmp_path)[0]
     assert len(run.history["loss"]) == 2
     assert [s["trainable"] for s in run.config["protocol"]["stages"]] == ["head", "all"]
 
@@ -252,7 +252,7 @@ def test_the_recommended_protocol_keeps_imagenet_batchnorm_and_picks_its_epoch_o
         fractions = [p.fraction for p in mine if p.phase != "features"]
         assert fractions == sorted(fractions) and fractions[-1] == 1.0, "the fold's bar only moves forward"
         assert max(p.fraction for p in mine if p.phase == "head") <= 0.1, "seconds of warm-up are not 60/62 of it"
-    for run in artifacts.study_runs(study["study_id"], tmp_path):
+    for run in artifacts.study_runs(study.study_id, tmp_path):
         plan = plan_fold(dataset, study, run.backbone, run.fold)
         assert set(plan.validation).isdisjoint(plan.test) and set(plan.validation).isdisjoint(plan.train)
         assert run.config["n_validation"] == len(plan.validation) > 0

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from engine.cli.main import add_artifacts
+
+if TYPE_CHECKING:
+    from engine.results.studies import Study
 
 
 def _study_id(args: argparse.Namespace) -> str:
@@ -125,7 +129,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"study_id": study_id, "baseline": baseline, "models": audits}))
         return 0
-    print(f"shortcut audit of study {study_id} ({study['title']})")
+    print(f"shortcut audit of study {study_id} ({study.title})")
     print(f"  no-anatomy baseline: accuracy {interval_text(baseline['figures']['metrics']['accuracy'])}")
     for audit in audits:
         line = ", ".join(
@@ -139,7 +143,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def fit_ensemble_detector(runs: list, dataset, study: dict, *, force: bool, artifacts_root) -> str:
+def fit_ensemble_detector(runs: list, dataset, study: Study, *, force: bool, artifacts_root) -> str:
     """The fold ensemble's own detector (the default model a user gets), fitted on its members' training
     images, as its export's is (every study image when the members cover every fold)."""
     from engine.models.export import training_indices

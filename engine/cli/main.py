@@ -11,6 +11,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.results.studies import Study
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -113,18 +117,17 @@ def summary_table(rows: list[dict], keys: tuple[str, ...]) -> str:
 TABLE_KEYS = ("accuracy", "precision", "recall", "f1", "macro_f1", "recall[COVID-19]", "loss")
 
 
-def study_lines(study: dict) -> list[str]:
+def study_lines(study: Study) -> list[str]:
     """What a study is made of, before it trains: images by source and class, and how its folds were made."""
-    lines = [f"study {study['study_id']}: {study['title']}", "images by source and class:"]
-    by_source = study["dataset"].get("by_source") or {study["dataset"]["name"]: study["dataset"]["counts"]}
-    for source, counts in by_source.items():
+    lines = [f"study {study.study_id}: {study.title}", "images by source and class:"]
+    for source, counts in study.dataset.by_source.items():
         lines.append(f"  {source}: " + ", ".join(f"{c} {n:,}" for c, n in counts.items() if n))
-    split = study.get("split")
-    if split:
-        spread = split["patients_in_several_folds"]
-        rules = ", ".join(f"{rule} {n:,}" for rule, n in split["patient_rules"].items())
+    if study.split_recorded:
+        split = study.split
+        spread = split.patients_in_several_folds
+        rules = ", ".join(f"{rule} {n:,}" for rule, n in split.patient_rules.items())
         lines.append(
-            f"folds: {split['level']}-level; {split['patients']:,} patients, {split['images_sharing_a_patient']:,} "
+            f"folds: {split.level}-level; {split.patients:,} patients, {split.images_sharing_a_patient:,} "
             f"images share one (found by: {rules}); {spread['patients']:,} patients in more than one fold"
         )
     return lines
@@ -147,8 +150,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         ),
         on_study=lambda study: print("\n".join(study_lines(study)), file=sys.stderr, flush=True),
     )
-    rows = [r for r in summarize(args.artifacts) if r["study_id"] == study["study_id"]]
-    print(f"study {study['study_id']}: {study['title']}")
+    rows = [r for r in summarize(args.artifacts) if r["study_id"] == study.study_id]
+    print(f"study {study.study_id}: {study.title}")
     print(summary_table(rows, TABLE_KEYS))
     return 0
 

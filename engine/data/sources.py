@@ -31,6 +31,7 @@ from engine.data.datasets import (
 )
 from engine.data.patients import CSV_RULE, patient_groups
 from engine.results import atomic
+from engine.results.studies import Study
 
 
 def _names(parts: list[Dataset]) -> list[str]:
@@ -150,23 +151,22 @@ def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifac
     atomic.write_json(dataset_dir(fingerprint, artifacts) / "manifest.json", manifest)
 
 
-def study_dataset(study: dict, artifacts_root: Path | None = None, *, data: list[str | Path] | None = None) -> Dataset:
+def study_dataset(study: Study, artifacts_root: Path | None = None, *, data: list[str | Path] | None = None) -> Dataset:
     """The study's images: its decoded cache on this machine, or ``data`` (its dataset folders, in the study's
     order) imported and checked to be the same; the message names the dataset a study needs."""
-    fingerprint, size = study["dataset"]["fingerprint"], int(study["input_size"])
-    name = study["dataset"]["name"]
+    fingerprint, size, name = study.dataset.fingerprint, study.input_size, study.dataset.name
     if not data:
         try:
             return load_dataset(fingerprint, input_size=size, artifacts=artifacts_root)
         except DatasetError:
             raise DatasetError(
-                f"the images of study {study['study_id']} (dataset {name}, fingerprint {fingerprint}) are not on "
+                f"the images of study {study.study_id} (dataset {name}, fingerprint {fingerprint}) are not on "
                 "this machine; pass its dataset folder(s) or .zip (--data, in the study's order) to import them"
             ) from None
     dataset = import_sources(list(data), input_size=size, artifacts=artifacts_root)
     if dataset.fingerprint != fingerprint:
         raise DatasetError(
             f"{' + '.join(map(str, data))} is dataset {dataset.fingerprint}, not {fingerprint} ({name}) of study "
-            f"{study['study_id']}"
+            f"{study.study_id}"
         )
     return dataset

@@ -54,7 +54,7 @@ class OverlapError(ValueError):
 def _study_hashes(classifier: Classifier, root: Path) -> overlap.ImageHashes:
     """The model's study images' hashes: kept with its dataset, or computed from its decoded images."""
     study = artifacts.read_study(classifier.info["study_id"], root)
-    fingerprint = study["dataset"]["fingerprint"]
+    fingerprint = study.dataset.fingerprint
     stored = overlap.stored_hashes(fingerprint, classifier.input_size, root)
     if stored is not None:
         return stored
@@ -64,8 +64,8 @@ def _study_hashes(classifier: Classifier, root: Path) -> overlap.ImageHashes:
         dataset = load_dataset(fingerprint, input_size=classifier.input_size, artifacts=root)
     except DatasetError:
         raise ValueError(
-            f"cannot check that these images are unseen: the images of study {study['study_id']} "
-            f"(dataset {study['dataset']['name']}, {fingerprint}) are not on this machine and no hashes of them "
+            f"cannot check that these images are unseen: the images of study {study.study_id} "
+            f"(dataset {study.dataset.name}, {fingerprint}) are not on this machine and no hashes of them "
             "were kept; import that dataset once (python -m engine study ... or the app) and evaluate again"
         ) from None
     return overlap.dataset_hashes(dataset, root)
@@ -306,7 +306,7 @@ def evaluate_study_ensemble(
         "fold": None,
         "folds": list(ensembles[backbones[0]].folds),
         "study_id": study_id,
-        "protocol": study["protocol"]["name"],
+        "protocol": study.protocol_name,
         # what serves each member (a run folder's Keras models, or which exported file): part of the key
         "served_by": [ensembles[b].serving_path.relative_to(root).as_posix() for b in backbones],
     }

@@ -170,7 +170,7 @@ def fold_robustness(
         raise ValueError(f"{run.backbone} fold {run.fold} has no saved model (model.keras); its robustness needs one")
     root = artifacts_root or settings.artifacts_dir()
     study = artifacts.read_study(run.study_id, root)
-    if dataset.fingerprint != study["dataset"]["fingerprint"]:
+    if dataset.fingerprint != study.dataset.fingerprint:
         raise ValueError(f"dataset {dataset.fingerprint} is not the one of study {run.study_id}")
     path = result_path(run, robustness_key(run, dataset.fingerprint), root)
 
@@ -178,7 +178,7 @@ def fold_robustness(
         from engine.models.inference import load_classifier
 
         classifier = load_classifier(run.model_path, artifacts_root=root)
-        rows = np.asarray(study["folds"][run.fold], dtype=np.int64)
+        rows = study.held_out(run.fold)
         images = np.asarray(dataset.images[rows])
         y_true = dataset.labels[rows]
         n_classes = len(classifier.classes)

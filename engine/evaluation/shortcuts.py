@@ -28,6 +28,7 @@ from engine.data.datasets import Dataset, read_manifest
 from engine.evaluation.external import figure_intervals
 from engine.evaluation.image_statistics import SUMMARY, image_statistics, names, summary_columns
 from engine.results import artifacts, atomic, cache
+from engine.results.studies import Study
 
 AUDIT_SCHEMA = 1
 BATCH = 64
@@ -94,13 +95,13 @@ def _by_source(y: np.ndarray, proba: np.ndarray, sources: np.ndarray, names_: tu
     return {name: figure_intervals(y[sources == s], proba[sources == s], classes) for s, name in enumerate(names_)}
 
 
-def acquisition_baseline(study: dict, dataset: Dataset, *, artifacts_root: Path | None = None) -> dict:
+def acquisition_baseline(study: Study, dataset: Dataset, *, artifacts_root: Path | None = None) -> dict:
     """The no-anatomy baseline under the study's folds, and each image's summary statistics; kept on disk."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     root = artifacts_root or settings.artifacts_dir()
-    key = cache.key({"dataset": dataset.fingerprint, "folds": study["folds"]}, schema=AUDIT_SCHEMA)
-    path = audit_dir(study["study_id"], root) / "baseline.json"
+    key = cache.key({"dataset": dataset.fingerprint, "folds": study.folds}, schema=AUDIT_SCHEMA)
+    path = audit_dir(study.study_id, root) / "baseline.json"
 
     def compute() -> dict:
         features = image_statistics(dataset.images, _source_sizes(dataset, root))
@@ -113,13 +114,13 @@ def acquisition_baseline(study: dict, dataset: Dataset, *, artifacts_root: Path 
             proba[:, model.classes_] = model.predict_proba(features[test])
             return proba
 
-        proba, rows = _oof(study["folds"], len(dataset), predict)
+        proba, rows = _oof(study.folds, len(dataset), predict)
         classes = dataset.classes
         summary = summary_columns(features)
         return {
             "schema_version": AUDIT_SCHEMA,
             "key": key,
-            "study_id": study["study_id"],
+            "study_id": study.study_id,
             "classifier": BASELINE,
             "classes": list(classes),
             "figures": figure_intervals(y[rows], proba, classes),
@@ -180,16 +181,16 @@ def _source_probe(features: np.ndarray, dataset: Dataset, rows: np.ndarray, fold
 
 
 def model_audit(
-    study: dict, backbone: str, dataset: Dataset, *, artifacts_root: Path | None = None, region: Region = REGION
+    study: Study, backbone: str, dataset: Dataset, *, artifacts_root: Path | None = None, region: Region = REGION
 ) -> dict:
     """Occlusion and the source probe of ``backbone``'s fold models on their held-out images; kept on disk."""
     from engine.models.inference import load_classifier
 
     root = artifacts_root or settings.artifacts_dir()
-    runs = [r for r in artifacts.study_runs(study["study_id"], root) if r.backbone == backbone and r.model_path]
+    runs = [r for r in artifacts.study_runs(study.study_id, root) if r.backbone == backbone and r.model_path]
     if not runs:
         raise ValueError(
-            f"no saved fold model of backbone={backbone!r} in study {study['study_id']}; "
+            f"no saved fold model of backbone={backbone!r} in study {study.study_id}; "
             "the occlusion audit needs each fold's model.keras"
         )
     key = cache.key(
@@ -200,7 +201,7 @@ def model_audit(
         },
         schema=AUDIT_SCHEMA,
     )
-    path = audit_dir(study["study_id"], root) / f"{backbone}.json"
+    path = audit_dir(study.study_id, root) / f"{backbone}.json"
 
     def compute() -> dict:
         predicted: dict[str, list[int]] = {c: [] for c in CONDITIONS}
@@ -208,7 +209,7 @@ def model_audit(
         features: list[np.ndarray] = []
         for run in runs:
             classifier = load_classifier(run.model_path, artifacts_root=root)
-            rows = np.asarray(study["folds"][run.fold], dtype=np.int64)
+            rows = study.held_out(run.fold)
             for start in range(0, len(rows), BATCH):
                 batch = np.asarray(dataset.images[rows[start : start + BATCH]])
                 for condition in CONDITIONS:
@@ -224,7 +225,7 @@ def model_audit(
         return {
             "schema_version": AUDIT_SCHEMA,
             "key": key,
-            "study_id": study["study_id"],
+            "study_id": study.study_id,
             "backbone": backbone,
             "folds": [r.fold for r in runs],
             "classes": list(classes),
@@ -234,7 +235,7 @@ def model_audit(
                 for condition in CONDITIONS
             },
             "source_probe": _source_probe(
-                np.concatenate(features), dataset, rows_arr, [study["folds"][r.fold] for r in runs]
+                np.concatenate(features), dataset, rows_arr, [study.folds[r.fold] for r in runs]
             ),
         }
 

@@ -147,8 +147,8 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
         for run in artifacts.study_runs(study_id, artifacts_root):
             by_backbone.setdefault(run.backbone, []).append(run)
         for backbone, runs in by_backbone.items():
-            common = {"study_id": study_id, "title": study["title"], "backbone": backbone}
-            common |= {"protocol": study["protocol"]["name"], "classes": tuple(runs[0].config["classes"])}
+            common = {"study_id": study_id, "title": study.title, "backbone": backbone}
+            common |= {"protocol": study.protocol_name, "classes": tuple(runs[0].config["classes"])}
             common["input_size"] = int(runs[0].config["input_size"])
             for run in runs:
                 export = fold_export(run)

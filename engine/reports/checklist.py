@@ -16,8 +16,9 @@ from engine.data.datasets import DatasetError, read_manifest
 from engine.data.patients import OWN
 from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.summary import DEFAULT_INTERVALS
-from engine.reports.generalisation import Generalisation, generalisation, split_level
+from engine.reports.generalisation import Generalisation, generalisation
 from engine.results import artifacts
+from engine.results.studies import Study
 
 POPULATIONS = {
     "Kermany personN": "children aged one to five years (Kermany et al., Cell 2018)",
@@ -39,31 +40,30 @@ class Item:
     cannot: str
 
 
-def _manifest(study: dict, root: Path) -> dict | None:
+def _manifest(study: Study, root: Path) -> dict | None:
     try:
-        return read_manifest(study["dataset"]["fingerprint"], root)
+        return read_manifest(study.dataset.fingerprint, root)
     except DatasetError:
         return None
 
 
-def _sources(study: dict) -> str:
-    by_source = study["dataset"].get("by_source") or {study["dataset"]["name"]: study["dataset"]["counts"]}
+def _sources(study: Study) -> str:
     parts = []
-    for source, counts in by_source.items():
+    for source, counts in study.dataset.by_source.items():
         held = ", ".join(f"{c} {n:,}" for c, n in counts.items() if n)
         parts.append(f"`{source}` ({held})")
     return "; ".join(parts)
 
 
-def _one_source_classes(study: dict) -> list[str]:
-    by_source = study["dataset"].get("by_source") or {}
+def _one_source_classes(study: Study) -> list[str]:
+    by_source = study.dataset.by_source
     if len(by_source) < 2:
         return []
-    classes = study["dataset"]["classes"]
+    classes = study.dataset.classes
     return [c for c in classes if sum(1 for counts in by_source.values() if counts.get(c)) == 1]
 
 
-def _participants(study: dict, manifest: dict | None) -> str:
+def _participants(study: Study, manifest: dict | None) -> str:
     """Per class: images, patients and the population each patient rule stands for."""
     if manifest is None:
         return "not answerable here: the study's dataset manifest is not in this artifacts folder"
@@ -81,17 +81,16 @@ def _participants(study: dict, manifest: dict | None) -> str:
     return " · ".join(lines)
 
 
-def _partitions(study: dict) -> str:
-    split = study.get("split", {})
-    level = split_level(study)
-    spread = split.get("patients_in_several_folds")
+def _partitions(study: Study) -> str:
+    level = study.split_level
+    spread = study.split.patients_in_several_folds
     overlap = (
         f"{spread['patients']:,} patients ({spread['images']:,} images) have images in more than one fold"
         if spread
         else "patients in several folds: not recorded (a study made before patients were counted)"
     )
     how = "StratifiedGroupKFold by patient" if level == "patient" else "StratifiedKFold by image"
-    return f"{study['n_folds']}-fold {how}, seed {study['seed']}; {overlap}."
+    return f"{study.n_folds}-fold {how}, seed {study.seed}; {overlap}."
 
 
 def _audit(found: Generalisation) -> str:
@@ -119,11 +118,11 @@ def _external(found: Generalisation) -> str:
     return "; ".join(rows) if rows else "none saved"
 
 
-def limitations(study: dict, found: Generalisation) -> list[str]:
+def limitations(study: Study, found: Generalisation) -> list[str]:
     """What the study's own files say it cannot claim."""
     found_limits = ["folder labels were not checked against a radiologist's reading or RT-PCR"]
-    if split_level(study) == "image":
-        spread = study.get("split", {}).get("patients_in_several_folds")
+    if study.split_level == "image":
+        spread = study.split.patients_in_several_folds
         if spread is None:
             found_limits.append("folds are by image, so a patient's films can sit in training and test folds")
         elif spread["patients"]:
@@ -167,7 +166,7 @@ def study_checklist(study_id: str, artifacts_root: Path | None = None) -> list[I
         else "not answerable here: the dataset manifest is not in this artifacts folder"
     )
     return [
-        Item("CLAIM", "Data sources", f"{study['dataset']['n_images']:,} images from {_sources(study)}.", "–"),
+        Item("CLAIM", "Data sources", f"{study.dataset.n_images:,} images from {_sources(study)}.", "–"),
         Item(
             "CLAIM",
             "Eligibility",

@@ -64,7 +64,7 @@ def models_section(study_ids: list[str], root: Path | None) -> str:
             rows.append(
                 [
                     model,
-                    f"{len(summary['folds'])}/{study['n_folds']}",
+                    f"{len(summary['folds'])}/{study.n_folds}",
                     f"{summary['n_images']:,}",
                     _fold_cell(comparison, model),
                     *[interval_text(summary["metrics"].get(key)) for key, _ in INTERVAL_COLUMNS],
@@ -81,7 +81,7 @@ def models_section(study_ids: list[str], root: Path | None) -> str:
             "ECE",
             "Brier",
         ]
-        parts += ["", f"Study `{study_id}` (`{study['protocol']['name']}`):", "", _table(header, rows)]
+        parts += ["", f"Study `{study_id}` (`{study.protocol_name}`):", "", _table(header, rows)]
     return "\n".join(parts)
 
 
@@ -109,7 +109,7 @@ def robustness_section(study_ids: list[str], root: Path | None) -> str:
             folds = sorted(r["fold"] for r in results)
             parts += [
                 "",
-                f"{backbone}, study `{study_id}` (`{study['protocol']['name']}`), folds {folds}: "
+                f"{backbone}, study `{study_id}` (`{study.protocol_name}`), folds {folds}: "
                 f"{base['n_images']:,} held-out images, each seen by its own fold's model.",
                 "",
                 _table(["shift", "strength", "accuracy", "change", "recall per class"], rows),
@@ -147,7 +147,7 @@ def checklist_section(root: Path | None) -> str:
     study = artifacts.read_study(study_id, root)
     return "\n".join(
         [
-            f"Answered from study `{study_id}` ({study['title']}) and its files: a different study gives different "
+            f"Answered from study `{study_id}` ({study.title}) and its files: a different study gives different "
             "answers. CLAIM 2024 (Tejani et al., Radiology: Artificial Intelligence 2024) and TRIPOD+AI (Collins et "
             "al., BMJ 2024); each row's wording is ours, not the checklists'.",
             "",

@@ -54,15 +54,15 @@ def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
         rows.append(
             {
                 "study_id": study_id,
-                "title": study["title"],
-                "protocol": study["protocol"]["name"],
-                "dataset": study["dataset"]["name"],
-                "n_images": study["dataset"]["n_images"],
-                "n_folds": study["n_folds"],
+                "title": study.title,
+                "protocol": study.protocol_name,
+                "dataset": study.dataset.name,
+                "n_images": study.dataset.n_images,
+                "n_folds": study.n_folds,
                 "split": split_label(study),
                 "backbones": len({r.backbone for r in runs}),
                 "folds_done": len(runs),
-                "created_at": pd.to_datetime(study["created_at"], unit="s"),
+                "created_at": pd.to_datetime(study.created_at, unit="s"),
             }
         )
     columns = [
@@ -217,7 +217,7 @@ def paper_vs_study(comparison: pd.DataFrame, *, definition: str) -> pd.DataFrame
 
 
 def classes_of(study_id: str, artifacts_root: Path | None = None) -> list[str]:
-    return list(artifacts.read_study(study_id, _root(artifacts_root))["dataset"]["classes"])
+    return list(artifacts.read_study(study_id, _root(artifacts_root)).dataset.classes)
 
 
 def confusion_matrix(
@@ -332,20 +332,20 @@ def provenance(study_id: str, artifacts_root: Path | None = None) -> Provenance:
         )
     return Provenance(
         study_id=study_id,
-        title=study["title"],
-        dataset=study["dataset"]["name"],
-        fingerprint=study["dataset"]["fingerprint"],
-        source=study["dataset"].get("source", ""),
-        class_counts={k: int(v) for k, v in study["dataset"]["counts"].items()},
-        protocol=study["protocol"]["name"],
-        protocol_description=study["protocol"]["description"],
-        n_folds=int(study["n_folds"]),
-        seed=int(study["seed"]),
-        input_size=int(study["input_size"]),
+        title=study.title,
+        dataset=study.dataset.name,
+        fingerprint=study.dataset.fingerprint,
+        source=study.dataset.source,
+        class_counts={k: int(v) for k, v in study.dataset.counts.items()},
+        protocol=study.protocol_name,
+        protocol_description=study.protocol_description,
+        n_folds=int(study.n_folds),
+        seed=int(study.seed),
+        input_size=int(study.input_size),
         weights=pd.DataFrame(list(weights.values()), columns=["backbone", "weights", "file", "sha256", "keras"]),
         split=split_label(study),
-        split_details=study.get("split", {}),
-        by_source=study["dataset"].get("by_source") or {study["dataset"]["name"]: dict(study["dataset"]["counts"])},
+        split_details=study.split.to_json() if study.split_recorded else {},
+        by_source=study.dataset.by_source,
     )
 
 

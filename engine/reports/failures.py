@@ -132,8 +132,7 @@ class StudyImages:
 
 def study_images(study_id: str, artifacts_root: Path | None = None) -> StudyImages:
     study = artifacts.read_study(study_id, artifacts_root)
-    dataset = study["dataset"]
-    return StudyImages(dataset["name"], dataset["fingerprint"], int(study["input_size"]))
+    return StudyImages(study.dataset.name, study.dataset.fingerprint, study.input_size)
 
 
 def images_of(source: StudyImages, files: list[str], artifacts_root: Path | None = None) -> np.ndarray:

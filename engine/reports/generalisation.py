@@ -28,27 +28,23 @@ from engine.evaluation.predictions import ENSEMBLE, model_names, study_out_of_fo
 from engine.evaluation.shortcuts import CONDITIONS, audit_dir
 from engine.evaluation.summary import model_summary
 from engine.results import artifacts, atomic
+from engine.results.studies import Study
 
 TWIN_FIELDS = ("protocol", "n_folds", "seed", "input_size", "weights")
 
 
-def split_level(study: dict) -> str:
-    """``"patient"`` or ``"image"``: a study made before folds by patient existed was split by image."""
-    return study.get("split", {}).get("level", "image")
+def split_label(study: Study) -> str:
+    return f"{study.split_level}-level folds"
 
 
-def split_label(study: dict) -> str:
-    return f"{split_level(study)}-level folds"
-
-
-def image_level_twin(study: dict, root: Path | None = None) -> str | None:
+def image_level_twin(study: Study, root: Path | None = None) -> str | None:
     """The study with the same data, protocol and settings but image-level folds: the leakage figure's other half."""
-    if split_level(study) != "patient":
+    if study.split_level != "patient":
         return None
     for other_id in artifacts.list_study_ids(root):
         other = artifacts.read_study(other_id, root)
-        same = other["dataset"]["fingerprint"] == study["dataset"]["fingerprint"]
-        if same and split_level(other) == "image" and all(other[f] == study[f] for f in TWIN_FIELDS):
+        same = other.dataset.fingerprint == study.dataset.fingerprint
+        if same and other.split_level == "image" and all(getattr(other, f) == getattr(study, f) for f in TWIN_FIELDS):
             return other_id
     return None
 
@@ -198,11 +194,11 @@ def generalisation(study_id: str, artifacts_root: Path | None = None) -> General
     """Everything :mod:`this module <engine.reports.generalisation>` gathers, for one study."""
     root = artifacts_root or settings.artifacts_dir()
     study = artifacts.read_study(study_id, root)
-    sources = tuple(study["dataset"].get("sources") or [study["dataset"]["name"]])
+    sources = study.dataset.sources
     twin = image_level_twin(study, root)
     twin_models = set(model_names(twin, root)) if twin else set()
     baseline = _audit(study_id, "baseline", root)
-    columns = _metadata(study["dataset"]["fingerprint"], root)
+    columns = _metadata(study.dataset.fingerprint, root)
     region = None
     models = []
     for model in model_names(study_id, root):
@@ -224,9 +220,9 @@ def generalisation(study_id: str, artifacts_root: Path | None = None) -> General
         )
     return Generalisation(
         study_id=study_id,
-        title=study["title"],
-        protocol=study["protocol"]["name"],
-        split=split_level(study),
+        title=study.title,
+        protocol=study.protocol_name,
+        split=study.split_level,
         sources=sources,
         baseline=baseline,
         region=region,
@@ -250,11 +246,11 @@ def acquisition_table(study_id: str, model: str, artifacts_root: Path | None = N
     if baseline is None:
         return None
     study = artifacts.read_study(study_id, root)
-    manifest = read_manifest(study["dataset"]["fingerprint"], root)
+    manifest = read_manifest(study.dataset.fingerprint, root)
     classes = manifest["classes"]
     rows = baseline["rows"]
     files = [manifest["files"][i] for i in rows]
-    sources = tuple(study["dataset"].get("sources") or [study["dataset"]["name"]])
+    sources = study.dataset.sources
     oof = study_out_of_fold(study_id, model, root)
     predicted = dict(zip(oof.files, (oof.classes[k] for k in oof.proba.argmax(axis=1)), strict=True))
     table = pd.DataFrame(

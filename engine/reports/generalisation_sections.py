@@ -15,6 +15,7 @@ from engine.reports.generalisation import Generalisation, generalisation
 from engine.reports.results_sections import CPU_BUDGET_S, interval_verdict
 from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, SHIFTS, TARGETS, candidates
 from engine.results import artifacts
+from engine.results.studies import Study
 from engine.training.presets import (
     HARMONISATION_ABLATION,
     XRAY_FINETUNE,
@@ -40,14 +41,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _multi_source(protocol: str, root: Path | None) -> list[dict]:
+def _multi_source(protocol: str, root: Path | None) -> list[Study]:
     """Patient-level studies of ``protocol`` on several sources, the most finished runs first."""
     found = []
     for study_id in artifacts.list_study_ids(root):
         study = artifacts.read_study(study_id, root)
-        if study["protocol"]["name"] == protocol and len(study["dataset"].get("sources") or []) > 1:
+        if study.protocol_name == protocol and study.dataset.multi_source:
             found.append(study)
-    return sorted(found, key=lambda s: -len(artifacts.study_runs(s["study_id"], root)))
+    return sorted(found, key=lambda s: -len(artifacts.study_runs(s.study_id, root)))
 
 
 def targets_section(root: Path | None, protocol: str) -> str:
@@ -55,14 +56,14 @@ def targets_section(root: Path | None, protocol: str) -> str:
     if not studies:
         return f"No multi-source `{protocol}` study in the artifacts yet."
     study = studies[0]
-    runs = artifacts.study_runs(study["study_id"], root)
+    runs = artifacts.study_runs(study.study_id, root)
     backbones = sorted({r.backbone for r in runs})
-    complete = len(runs) == len(backbones) * study["n_folds"]
+    complete = len(runs) == len(backbones) * study.n_folds
     judged = {(c.study_id, c.backbone): c for c in candidates(root)}
-    g = generalisation(study["study_id"], root)
+    g = generalisation(study.study_id, root)
     rows = []
     for model in g.models:
-        c = judged.get((study["study_id"], model.model))
+        c = judged.get((study.study_id, model.model))
         if c is None:
             rows.append([model.model, "external sets not evaluated yet", "–", "not measured yet"])
             continue
@@ -90,7 +91,7 @@ def targets_section(root: Path | None, protocol: str) -> str:
     rows.append(["–", "≥ 0.90 accuracy on sets kept aside (other sources)", "measured by the acceptance run", "–"])
     return "\n".join(
         [
-            f"Study `{study['study_id']}` ({study['title']}). Paper's images: each source's held-out figures of the "
+            f"Study `{study.study_id}` ({study.title}). Paper's images: each source's held-out figures of the "
             f"multi-source folds; {ADULT_NORMALS}: held out by patient in its fold; {EXTERNAL_ADULTS}: other source, "
             "never trained on. Drops: accuracy change of the fold models on their held-out images under noise of "
             "sd 4, a 1 px blur and 112 px and back (the robustness analysis).",
@@ -131,14 +132,14 @@ def _ablation_row(name: str, g: Generalisation | None, root: Path | None) -> lis
 def harmonisation_section(root: Path | None) -> str:
     """Each harmonisation option alone on one small backbone, measured in-fold, by the audit and externally."""
     recommended = _multi_source(XRAY_HARMONISED.name, root)
-    fingerprint = recommended[0]["dataset"]["fingerprint"] if recommended else None
+    fingerprint = recommended[0].dataset.fingerprint if recommended else None
     rows = []
     for name in ABLATION_ROWS:
         study = next(
-            (s for s in _multi_source(name, root) if fingerprint is None or s["dataset"]["fingerprint"] == fingerprint),
+            (s for s in _multi_source(name, root) if fingerprint is None or s.dataset.fingerprint == fingerprint),
             None,
         )
-        rows.append(_ablation_row(name, generalisation(study["study_id"], root) if study else None, root))
+        rows.append(_ablation_row(name, generalisation(study.study_id, root) if study else None, root))
     header = [
         "protocol",
         "folds",

@@ -23,6 +23,7 @@ from engine.reports.explore import REFERENCE_DIR
 from engine.reports.generalisation import generalisation, split_label
 from engine.reports.served import read_choice
 from engine.results import artifacts, atomic
+from engine.results.studies import Study
 
 CARD_SCHEMA = 1
 KNOWN_DATASETS = json.loads((REFERENCE_DIR / "datasets.json").read_text())["known_datasets"]
@@ -53,15 +54,15 @@ def card_path(export: Path, suffix: str) -> Path:
     return export.with_name(f"{export.name}.card.{suffix}")
 
 
-def _dataset(study: dict) -> dict:
-    info = study["dataset"]
-    known = KNOWN_DATASETS.get(info["fingerprint"])
+def _dataset(study: Study) -> dict:
+    info = study.dataset
+    known = KNOWN_DATASETS.get(info.fingerprint)
     return {
-        "name": info["name"],
-        "fingerprint": info["fingerprint"],
-        "counts": info["counts"],
-        "images": info["n_images"],
-        "by_source": info.get("by_source") or {info["name"]: info["counts"]},
+        "name": info.name,
+        "fingerprint": info.fingerprint,
+        "counts": info.counts,
+        "images": info.n_images,
+        "by_source": info.by_source,
         "note": known["note"] if known else None,
     }
 
@@ -124,11 +125,11 @@ def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
         "training": {
             "study": study_id,
             "dataset": _dataset(study),
-            "protocol": {"name": study["protocol"]["name"], "description": study["protocol"]["description"]},
-            "folds": study["n_folds"],
+            "protocol": {"name": study.protocol_name, "description": study.protocol_description},
+            "folds": study.n_folds,
             "split": split_label(study),
-            "seed": study["seed"],
-            "weights": "ImageNet" if study["weights"] == "imagenet" else "random initialisation",
+            "seed": study.seed,
+            "weights": "ImageNet" if study.weights == "imagenet" else "random initialisation",
         },
         "performance": {
             "what": f"its members' pooled out-of-fold predictions ({summary['n_images']:,} images, folds {folds})",

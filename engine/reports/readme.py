@@ -27,7 +27,7 @@ def _paper_rows(root: Path | None) -> list[list[str]]:
     ]
     for study_id in artifacts.list_study_ids(root):
         study = artifacts.read_study(study_id, root)
-        if study["protocol"]["name"] != "paper":
+        if study.protocol_name != "paper":
             continue
         g = generalisation(study_id, root)
         found = g.model(PAPER_MODEL)
@@ -35,7 +35,7 @@ def _paper_rows(root: Path | None) -> list[list[str]]:
             rows.append(
                 [
                     f"ours, `paper` protocol, {PAPER_MODEL}",
-                    f"{study['dataset']['name']}, {g.split}-level folds",
+                    f"{study.dataset.name}, {g.split}-level folds",
                     interval_text(found.in_fold["accuracy"]),
                     "–",
                     "–",

@@ -29,6 +29,7 @@ from engine.reports import (
     summary_sections,
 )
 from engine.results import artifacts
+from engine.results.studies import Study
 from engine.training.protocols import Protocol
 from engine.training.study import summarize
 
@@ -159,20 +160,20 @@ def _folds_sentence(rows: list[dict]) -> str:
     )
 
 
-def _studies(rows: list[dict], artifacts_root: Path | None) -> dict[str, dict]:
+def _studies(rows: list[dict], artifacts_root: Path | None) -> dict[str, Study]:
     return {sid: artifacts.read_study(sid, artifacts_root) for sid in sorted({r["study_id"] for r in rows})}
 
 
-def _data_bullet(studies: dict[str, dict]) -> str:
+def _data_bullet(studies: dict[str, Study]) -> str:
     paper = DATASETS["paper_dataset"]
     paper_counts = ", ".join(f"{c} {_count(n)}" for c, n in paper["counts"].items())
     lines = [f"- **Data.** The paper used {_count(paper['images'])} images ({paper_counts})."]
-    datasets = {s["dataset"]["fingerprint"]: s["dataset"] for s in studies.values()}
+    datasets = {s.dataset.fingerprint: s.dataset for s in studies.values()}
     for fingerprint, dataset in sorted(datasets.items()):
-        counts = ", ".join(f"{c} {_count(n)}" for c, n in dataset["counts"].items())
+        counts = ", ".join(f"{c} {_count(n)}" for c, n in dataset.counts.items())
         lines.append(
-            f"  This report's dataset {dataset['name']} (fingerprint `{fingerprint}`) has "
-            f"{_count(dataset['n_images'])} images ({counts})."
+            f"  This report's dataset {dataset.name} (fingerprint `{fingerprint}`) has "
+            f"{_count(dataset.n_images)} images ({counts})."
         )
         known = DATASETS["known_datasets"].get(fingerprint)
         if known:
@@ -196,14 +197,14 @@ def _network_bullet(rows: list[dict]) -> str | None:
     )
 
 
-def _protocol_bullet(studies: dict[str, dict]) -> str:
-    protocols = {s["protocol"]["name"]: s["protocol"]["description"] for s in studies.values()}
+def _protocol_bullet(studies: dict[str, Study]) -> str:
+    protocols = {s.protocol_name: s.protocol_description for s in studies.values()}
     return "- **Protocols.** " + " ".join(f"`{name}`: {text}" for name, text in sorted(protocols.items()))
 
 
-def _batchnorm_sentence(study: dict, runs: list[artifacts.RunResult]) -> str | None:
+def _batchnorm_sentence(study: Study, runs: list[artifacts.RunResult]) -> str | None:
     """How much ImageNet BatchNorm statistics survive a study's fine-tuning, from its runs' own figures."""
-    protocol = Protocol.from_dict(study["protocol"])
+    protocol = Protocol.from_dict(study.protocol)
     if protocol.cached_features:
         return None
     epochs = sum(stage.epochs for stage in protocol.stages if stage.trainable == "all")
@@ -221,7 +222,7 @@ def _batchnorm_sentence(study: dict, runs: list[artifacts.RunResult]) -> str | N
     )
 
 
-def _batchnorm_bullet(studies: dict[str, dict], artifacts_root: Path | None) -> str | None:
+def _batchnorm_bullet(studies: dict[str, Study], artifacts_root: Path | None) -> str | None:
     sentences = []
     for study_id, study in studies.items():
         by_backbone: dict[str, list[artifacts.RunResult]] = {}

@@ -14,6 +14,7 @@ from engine.evaluation.summary import model_summary
 from engine.reports import explore
 from engine.reports.generalisation import split_label
 from engine.results import artifacts
+from engine.results.studies import Study
 from engine.training.presets import ABLATION, ABLATION_EXTRAS, ABLATION_STEPS, PAPER, XRAY_FINETUNE, XRAY_PROBE
 from engine.training.protocols import Protocol
 
@@ -38,20 +39,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _studies_by_protocol(root: Path | None, dataset: str | None = None) -> dict[str, list[dict]]:
-    found: dict[str, list[dict]] = {}
+def _studies_by_protocol(root: Path | None, dataset: str | None = None) -> dict[str, list[Study]]:
+    found: dict[str, list[Study]] = {}
     for study_id in artifacts.list_study_ids(root):
         study = artifacts.read_study(study_id, root)
-        if dataset is None or study["dataset"]["fingerprint"] == dataset:
-            found.setdefault(study["protocol"]["name"], []).append(study)
+        if dataset is None or study.dataset.fingerprint == dataset:
+            found.setdefault(study.protocol_name, []).append(study)
     return found
 
 
-def _figures(study: dict, backbone: str, root: Path | None) -> dict | None:
-    table = explore.comparison_table(study["study_id"], root).set_index("backbone")
+def _figures(study: Study, backbone: str, root: Path | None) -> dict | None:
+    table = explore.comparison_table(study.study_id, root).set_index("backbone")
     if backbone not in table.index:
         return None
-    summary = model_summary(study_out_of_fold(study["study_id"], backbone, root), root)
+    summary = model_summary(study_out_of_fold(study.study_id, backbone, root), root)
     return {"row": table.loc[backbone], "summary": summary, "study": study}
 
 
@@ -86,7 +87,7 @@ def ablation_section(root: Path | None) -> str:
             [
                 f"`{name}`",
                 DESCRIPTIONS[name],
-                f"{int(figures['row']['folds'])}/{figures['study']['n_folds']}",
+                f"{int(figures['row']['folds'])}/{figures['study'].n_folds}",
                 _cell(figures, "accuracy"),
                 f"{pooled['estimate']:.3f} [{pooled['low']:.3f}, {pooled['high']:.3f}]",
                 _cell(figures, "macro_f1"),
@@ -117,15 +118,15 @@ def ablation_section(root: Path | None) -> str:
     )
 
 
-def _best(studies: list[dict], root: Path | None) -> tuple[dict | None, list[tuple[str, dict]]]:
+def _best(studies: list[Study], root: Path | None) -> tuple[Study | None, list[tuple[str, dict]]]:
     """The recommended study with the most finished runs, and its models' summaries."""
     if not studies:
         return None, []
     study = max(
         studies,
-        key=lambda s: (s.get("split", {}).get("level") == "patient", len(artifacts.study_runs(s["study_id"], root))),
+        key=lambda s: (s.split_level == "patient", len(artifacts.study_runs(s.study_id, root))),
     )
-    sid = study["study_id"]
+    sid = study.study_id
     return study, [(m, model_summary(study_out_of_fold(sid, m, root), root)) for m in model_names(sid, root)]
 
 
@@ -154,8 +155,8 @@ def interval_verdict(found: dict | None, bar: float, *, complete: bool = True) -
     return verdict if complete else f"so far {verdict} (the study is not finished)"
 
 
-def _robustness_drop(study: dict, backbone: str, root: Path | None) -> tuple[float | None, str]:
-    results = saved_results(study["study_id"], backbone, root)
+def _robustness_drop(study: Study, backbone: str, root: Path | None) -> tuple[float | None, str]:
+    results = saved_results(study.study_id, backbone, root)
     if not results:
         return None, "no robustness analysis yet"
     table = pooled_table(results)
@@ -200,13 +201,13 @@ def targets_section(root: Path | None, protocol: Protocol) -> str:
     study, models = _best(_studies_by_protocol(root).get(protocol.name, []), root)
     if study is None:
         return f"No `{protocol.name}` study in the artifacts yet."
-    runs = artifacts.study_runs(study["study_id"], root)
+    runs = artifacts.study_runs(study.study_id, root)
     if not runs:
-        return f"The `{protocol.name}` study `{study['study_id']}` has no finished run yet."
+        return f"The `{protocol.name}` study `{study.study_id}` has no finished run yet."
     backbones = [m for m, _ in models if m != ENSEMBLE]
-    complete = len(runs) == len(backbones) * study["n_folds"]
+    complete = len(runs) == len(backbones) * study.n_folds
     rows = []
-    table = explore.comparison_table(study["study_id"], root).set_index("backbone")
+    table = explore.comparison_table(study.study_id, root).set_index("backbone")
     summaries = dict(models)
     for metric, label in (("accuracy", "accuracy"), ("recall[COVID-19]", "COVID-19 recall"), ("macro_f1", "macro F1")):
         best = table[f"{metric} mean"].idxmax()
@@ -220,7 +221,7 @@ def targets_section(root: Path | None, protocol: Protocol) -> str:
                 interval_verdict(pooled, TARGET, complete=complete),
             ]
         )
-    rows.extend(extra_set_rows(saved_evaluations(root), study["study_id"]))
+    rows.extend(extra_set_rows(saved_evaluations(root), study.study_id))
     for backbone in sorted(backbones, key=lambda m: -dict(models)[m]["metrics"]["accuracy"]["estimate"]):
         drop, text = _robustness_drop(study, backbone, root)
         rows.append(
@@ -247,7 +248,7 @@ def targets_section(root: Path | None, protocol: Protocol) -> str:
     )
     return "\n".join(
         [
-            f"Study `{study['study_id']}` (`{protocol.name}`): {protocol.description}",
+            f"Study `{study.study_id}` (`{protocol.name}`): {protocol.description}",
             "",
             _table(["target", "measured", "verdict"], rows),
             "",

@@ -28,7 +28,7 @@ def judged_studies(root: Path | None) -> list[Generalisation]:
     found = []
     for study_id in artifacts.list_study_ids(root):
         study = artifacts.read_study(study_id, root)
-        if study.get("split", {}).get("level") == "patient" or (artifacts.study_dir(study_id, root) / "audit").is_dir():
+        if study.split_level == "patient" or (artifacts.study_dir(study_id, root) / "audit").is_dir():
             found.append(generalisation(study_id, root))
     return sorted(found, key=lambda g: (len(g.sources) == 1, g.protocol, g.study_id))
 
@@ -209,14 +209,12 @@ def commands_section(root: Path | None) -> str:
     lines = ["```bash", "D=../shared/data   # the folder holding the dataset folders"]
     for study_id in artifacts.list_study_ids(root):
         study = artifacts.read_study(study_id, root)
-        folders = study["dataset"].get("sources") or [study["dataset"]["name"]]
+        folders = study.dataset.sources
         backbones = sorted({r.backbone for r in artifacts.study_runs(study_id, root)})
         data = " ".join(f"--data $D/{name}" for name in folders)
-        split = "" if study.get("split", {}).get("level") == "patient" else " --split image"
+        split = "" if study.split_level == "patient" else " --split image"
         arches = " ".join(f"--arch {b}" for b in backbones)
-        lines.append(
-            f"python -m engine study {data} {arches} --protocol {study['protocol']['name']}{split}  # {study_id}"
-        )
+        lines.append(f"python -m engine study {data} {arches} --protocol {study.protocol_name}{split}  # {study_id}")
         if (artifacts.study_dir(study_id, root) / "audit").is_dir():
             lines.append(f"python -m engine audit --study {study_id}")
         robustness = artifacts.study_dir(study_id, root) / "robustness"

@@ -33,6 +33,7 @@ import numpy as np
 
 from engine import settings
 from engine.results import atomic
+from engine.results.studies import Study
 
 SCHEMA_VERSION = 1
 
@@ -141,8 +142,17 @@ def list_study_ids(artifacts: Path | None = None) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "study.json").is_file())
 
 
-def read_study(study_id: str, artifacts: Path | None = None) -> dict:
-    return atomic.read_json(study_dir(study_id, artifacts) / "study.json")
+def read_study(study_id: str, artifacts: Path | None = None) -> Study:
+    """The study of ``study_id``: its ``study.json`` read as a :class:`~engine.results.studies.Study`."""
+    return read_study_file(study_dir(study_id, artifacts) / "study.json")
+
+
+def read_study_file(path: Path) -> Study:
+    return Study.from_json(atomic.read_json(path))
+
+
+def write_study_file(path: Path, study: Study) -> None:
+    atomic.write_json(path, study.to_json())
 
 
 def study_runs(study_id: str, artifacts: Path | None = None) -> list[RunResult]:

@@ -110,7 +110,8 @@ class SplitRecord:
 class Study:
     """One dataset, one protocol, k folds shared by every backbone: the content of ``study.json``.
 
-    ``folds[k]`` holds the dataset rows fold ``k`` holds out; ``protocol`` is the protocol's dict
+    ``folds[k]`` lists the dataset rows fold ``k`` holds out (lists, as in the file: a list indexes a numpy
+    array by rows, where a tuple would be read as one index per axis); ``protocol`` is the protocol's dict
     (``engine.training.protocols.Protocol.from_dict``); ``weights`` is ``"imagenet"`` or ``None``.
     """
 
@@ -125,7 +126,7 @@ class Study:
     input_size: int
     weights: str | None
     split: SplitRecord
-    folds: tuple[tuple[int, ...], ...]
+    folds: list[list[int]]
     filled: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
@@ -166,7 +167,7 @@ class Study:
             input_size=data["input_size"],
             weights=data["weights"],
             split=SplitRecord.from_json(data["split"]) if "split" in data else SplitRecord(),
-            folds=tuple(tuple(fold) for fold in data["folds"]),
+            folds=[list(fold) for fold in data["folds"]],
             filled=frozenset(filled),
         )
 

@@ -21,6 +21,7 @@ from engine.models import builders
 from engine.models.backbones import get_backbone, weights_identity
 from engine.models.inference import OOD_FILE, load_keras_model
 from engine.results import artifacts, atomic
+from engine.results.studies import Study
 from engine.training import compilation, compiled_models
 from engine.training.fitting import program_key
 from engine.training.plan import FoldPlan, plan_fold
@@ -58,7 +59,7 @@ def _fresh_model(plan: FoldPlan):
         plan.backbone,
         n_classes=len(plan.classes),
         input_size=plan.dataset.input_size,
-        weights=plan.study["weights"],
+        weights=plan.study.weights,
         protocol=plan.protocol,
         seed=plan.seed,
     )
@@ -87,7 +88,7 @@ def _detector(plan: FoldPlan, model):
     return fit_detector(graph, plan.dataset.images[plan.train])
 
 
-def fit_run_detector(run: artifacts.RunResult, dataset: Dataset, study: dict) -> Path | None:
+def fit_run_detector(run: artifacts.RunResult, dataset: Dataset, study: Study) -> Path | None:
     """Fit and save the OOD detector of a finished run's saved model (runs made before detectors existed)."""
     model = load_keras_model(run.model_path)
     detector = _detector(plan_fold(dataset, study, run.backbone, run.fold), model)
@@ -100,16 +101,16 @@ def _run_config(plan: FoldPlan, outcome: FoldOutcome) -> dict:
     spec = get_backbone(plan.backbone)
     validated_on = "inner split of the training folds" if plan.inner_validation else "the held-out fold"
     return {
-        "study_id": plan.study["study_id"],
+        "study_id": plan.study.study_id,
         "backbone": plan.backbone,
         "fold": plan.fold,
-        "n_folds": len(plan.study["folds"]),
+        "n_folds": len(plan.study.folds),
         "seed": plan.seed,
         "input_size": plan.dataset.input_size,
         "protocol": plan.protocol.to_dict(),
-        "dataset": plan.study["dataset"],
+        "dataset": plan.study.dataset.to_json(),
         "classes": list(plan.classes),
-        "weights": weights_identity(spec, input_size=plan.dataset.input_size, weights=plan.study["weights"]),
+        "weights": weights_identity(spec, input_size=plan.dataset.input_size, weights=plan.study.weights),
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
         "n_train": int(len(plan.train)),
@@ -146,7 +147,7 @@ def _save_run(path: Path, plan: FoldPlan, outcome: FoldOutcome, *, started: floa
 def train_fold(
     *,
     dataset: Dataset,
-    study: dict,
+    study: Study,
     backbone: str,
     fold: int,
     artifacts_root,
@@ -157,7 +158,7 @@ def train_fold(
     """Train ``backbone`` on every fold but ``fold`` and evaluate it on ``fold``; cached on disk."""
     import keras
 
-    path = artifacts.run_dir(study["study_id"], backbone, fold, artifacts_root)
+    path = artifacts.run_dir(study.study_id, backbone, fold, artifacts_root)
     done = artifacts.read_run(path)
     if done is not None:
         return done

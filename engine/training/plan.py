@@ -8,18 +8,19 @@ import numpy as np
 
 from engine.data.datasets import Dataset
 from engine.data.splits import inner_split, train_indices
+from engine.results.studies import Study
 from engine.training.protocols import Protocol
 
 
-def _seed(study: dict, fold: int) -> int:
-    return int(study["seed"]) * 1000 + fold
+def _seed(study: Study, fold: int) -> int:
+    return int(study.seed) * 1000 + fold
 
 
 @dataclass(frozen=True)
 class FoldPlan:
     """What one (backbone, fold) trains on, checked before any work."""
 
-    study: dict
+    study: Study
     dataset: Dataset
     backbone: str
     fold: int
@@ -57,18 +58,17 @@ class FoldPlan:
         return per_class[self.dataset.labels].astype(np.float32)
 
 
-def plan_fold(dataset: Dataset, study: dict, backbone: str, fold: int) -> FoldPlan:
+def plan_fold(dataset: Dataset, study: Study, backbone: str, fold: int) -> FoldPlan:
     """The fold's split, protocol and seed; refuses a dataset that is not the study's."""
-    if dataset.fingerprint != study["dataset"]["fingerprint"]:
+    if dataset.fingerprint != study.dataset.fingerprint:
         raise ValueError(
-            f"dataset {dataset.fingerprint} is not the one of study {study['study_id']} "
-            f"({study['dataset']['fingerprint']})"
+            f"dataset {dataset.fingerprint} is not the one of study {study.study_id} ({study.dataset.fingerprint})"
         )
-    protocol = Protocol.from_dict(study["protocol"])
+    protocol = Protocol.from_dict(study.protocol)
     seed = _seed(study, fold)
-    train = train_indices(study["folds"][fold], len(dataset))
+    train = train_indices(study.folds[fold], len(dataset))
     validation = np.zeros(0, dtype=np.int64)
-    by_patient = study.get("split", {}).get("level") == "patient"
+    by_patient = study.split_level == "patient"
     groups = np.asarray(dataset.patients.patients) if by_patient else None
     if protocol.selection == "best-inner-validation":
         train, validation = inner_split(
@@ -82,7 +82,7 @@ def plan_fold(dataset: Dataset, study: dict, backbone: str, fold: int) -> FoldPl
         protocol=protocol,
         seed=seed,
         train=train,
-        test=np.asarray(study["folds"][fold], dtype=np.int64),
+        test=study.held_out(fold),
         validation=validation,
         groups=groups,
     )

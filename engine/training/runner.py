@@ -8,6 +8,7 @@ from pathlib import Path
 from engine import settings
 from engine.data.sources import import_sources
 from engine.results import artifacts
+from engine.results.studies import Study
 from engine.training.fold import train_fold
 from engine.training.progress import Progress
 from engine.training.study import StudyRequest, check_backbones, prepare_study
@@ -22,8 +23,8 @@ def run_study(
     artifacts_root: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_run: Callable[[artifacts.RunResult], None] | None = None,
-    on_study: Callable[[dict], None] | None = None,
-) -> dict:
+    on_study: Callable[[Study], None] | None = None,
+) -> Study:
     """Import ``data`` (one dataset folder, or several: ``engine.data.sources``), prepare the study and train
     every (backbone, fold) not already on disk."""
     settings.refuse_if_read_only()

@@ -25,6 +25,7 @@ from engine.evaluation.metrics import flat_metrics
 from engine.evaluation.stats import mean_sd
 from engine.models.backbones import get_backbone
 from engine.results import artifacts, cache
+from engine.results.studies import SplitRecord, Study, StudyDataset
 from engine.training.protocols import Protocol
 
 
@@ -80,28 +81,33 @@ def _check_sources(dataset: Dataset, n_folds: int, patients: np.ndarray | None) 
                 )
 
 
-def split_record(dataset: Dataset, level: str, requested: str, folds: list[list[int]]) -> dict:
+def split_record(dataset: Dataset, level: str, requested: str, folds: list[list[int]]) -> SplitRecord:
     """What study.json says of its split: the level, how patients were found, and any patient in two folds."""
     summary = dataset.patients.summary
-    return {
-        "level": level,
-        "requested": requested,
-        "patients": summary["n_patients"],
-        "images_sharing_a_patient": summary["images_sharing_a_patient"],
-        "patient_rules": summary["by_rule"],
-        "patients_in_several_folds": patients_across_folds(folds, dataset.patients.patients),
-    }
+    return SplitRecord(
+        level=level,
+        requested=requested,
+        patients=summary["n_patients"],
+        images_sharing_a_patient=summary["images_sharing_a_patient"],
+        patient_rules=summary["by_rule"],
+        patients_in_several_folds=patients_across_folds(folds, dataset.patients.patients),
+    )
 
 
-def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Path | None = None) -> dict:
-    """Create (or find) the study of ``request`` on ``dataset``; returns its ``study.json`` content."""
+def prepare_study(dataset: Dataset, request: StudyRequest, *, artifacts_root: Path | None = None) -> Study:
+    """Create (or find) the study of ``request`` on ``dataset``; returns its ``study.json`` as a :class:`Study`."""
     root = artifacts.ensure_root(artifacts_root)
     study_id = study_id_for(dataset, request)
     path = artifacts.study_dir(study_id, root) / "study.json"
-    return cache.remembered(path, lambda: _new_study(dataset, request, study_id))
+    return cache.remembered(
+        path,
+        lambda: _new_study(dataset, request, study_id),
+        read=artifacts.read_study_file,
+        write=artifacts.write_study_file,
+    )
 
 
-def _new_study(dataset: Dataset, request: StudyRequest, study_id: str) -> dict:
+def _new_study(dataset: Dataset, request: StudyRequest, study_id: str) -> Study:
     """A study's ``study.json``: its folds, made once and checked before (a thin source, too few patients)."""
     level = split_level(dataset, request)
     patients = np.asarray(dataset.patients.patients) if level == "patient" else None
@@ -111,32 +117,32 @@ def _new_study(dataset: Dataset, request: StudyRequest, study_id: str) -> dict:
         dataset.labels, dataset.classes, n_splits=request.n_folds, seed=request.seed, groups=patients, strata=strata
     )
     by = " by patient" if level == "patient" else ""
-    return {
-        "schema_version": artifacts.SCHEMA_VERSION,
-        "study_id": study_id,
-        "title": (
+    return Study(
+        schema_version=artifacts.SCHEMA_VERSION,
+        study_id=study_id,
+        title=(
             f"{dataset.name} · {request.protocol.name} · {request.n_folds}-fold{by} · "
             f"{dataset.input_size}px · seed {request.seed}"
         ),
-        "created_at": time.time(),
-        "dataset": {
-            "name": dataset.name,
-            "fingerprint": dataset.fingerprint,
-            "source": dataset.source,
-            "classes": list(dataset.classes),
-            "counts": {c: int(np.sum(dataset.labels == k)) for k, c in enumerate(dataset.classes)},
-            "n_images": len(dataset),
-            "sources": list(dataset.sources),
-            "by_source": dataset.report.by_source,
-        },
-        "protocol": request.protocol.to_dict(),
-        "n_folds": request.n_folds,
-        "seed": request.seed,
-        "input_size": dataset.input_size,
-        "weights": request.weights,
-        "split": split_record(dataset, level, request.split, folds),
-        "folds": folds,
-    }
+        created_at=time.time(),
+        dataset=StudyDataset(
+            name=dataset.name,
+            fingerprint=dataset.fingerprint,
+            source=dataset.source,
+            classes=tuple(dataset.classes),
+            counts={c: int(np.sum(dataset.labels == k)) for k, c in enumerate(dataset.classes)},
+            n_images=len(dataset),
+            sources=tuple(dataset.sources),
+            by_source=dataset.report.by_source,
+        ),
+        protocol=request.protocol.to_dict(),
+        n_folds=request.n_folds,
+        seed=request.seed,
+        input_size=dataset.input_size,
+        weights=request.weights,
+        split=split_record(dataset, level, request.split, folds),
+        folds=folds,
+    )
 
 
 def check_backbones(names: list[str], input_size: int) -> None:
@@ -168,14 +174,14 @@ def summarize(artifacts_root: Path | None = None, *, study_ids: list[str] | None
             rows.append(
                 {
                     "study_id": study_id,
-                    "title": study["title"],
-                    "dataset": study["dataset"]["name"],
-                    "dataset_fingerprint": study["dataset"]["fingerprint"],
-                    "protocol": study["protocol"]["name"],
+                    "title": study.title,
+                    "dataset": study.dataset.name,
+                    "dataset_fingerprint": study.dataset.fingerprint,
+                    "protocol": study.protocol_name,
                     "backbone": backbone,
                     "folds_done": len(runs),
-                    "n_folds": study["n_folds"],
-                    "split": study.get("split", {}).get("level", "image"),
+                    "n_folds": study.n_folds,
+                    "split": study.split_level,
                     "weights": runs[0].config["weights"],
                     "metrics": {k: _mean_std([f[k] for f in flats]) for k in keys},
                 }

@@ -174,7 +174,7 @@ def _warm_head(
     feats = cached_features(
         plan.dataset,
         plan.backbone,
-        weights=plan.study["weights"],
+        weights=plan.study.weights,
         views=1,
         artifacts_root=artifacts_root,
         harmonise=harmonise_key(plan.protocol),
@@ -204,7 +204,7 @@ def _probe_features(
     feats = cached_features(
         plan.dataset,
         plan.backbone,
-        weights=plan.study["weights"],
+        weights=plan.study.weights,
         views=plan.protocol.feature_views,
         artifacts_root=artifacts_root,
         on_batch=on_batch,
@@ -221,7 +221,7 @@ def _own_base(model, plan: FoldPlan) -> None:
     so that the saved model computes the features its head was fitted on (ImageNet bases are the same file)."""
     import keras
 
-    if plan.study["weights"] is not None:
+    if plan.study.weights is not None:
         return
     extractor = builders.feature_extractor(
         plan.backbone, plan.dataset.input_size, None, plan.protocol.pooling, harmonise_key(plan.protocol)

@@ -19,6 +19,7 @@ from engine.training.presets import get_protocol
 if TYPE_CHECKING:
     from engine.data.datasets import Dataset
     from engine.jobs.request import JobRequest
+    from engine.results.studies import Study
     from engine.training.study import StudyRequest
 
 WEIGHTS_CHOICES = ("imagenet", "none")
@@ -39,7 +40,7 @@ def study_request(request: JobRequest) -> StudyRequest:
 
 
 @functools.lru_cache(maxsize=2)
-def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, dict]:
+def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, Study]:
     """The job's dataset and study, imported once per job (the import itself is cached by content)."""
     from engine.data.sources import import_sources
     from engine.training.study import prepare_study
@@ -107,7 +108,7 @@ class StudyKind(JobKind):
         from engine.training.fold import train_fold
 
         dataset, study = _prepared(run.store.root, run.job.id, run.job.request)
-        run.store.set_study_id(run.job.id, study["study_id"])
+        run.store.set_study_id(run.job.id, study.study_id)
         return train_fold(
             dataset=dataset,
             study=study,

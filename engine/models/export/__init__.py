@@ -332,10 +332,10 @@ def export_runs(
     calibration = None
     if quantize is not None:
         if images is None:
-            info = study["dataset"]
+            info = study.dataset
             raise ValueError(
-                f"int8 calibration needs the images of study {study['study_id']}: dataset {info['name']} "
-                f"({info['fingerprint']}) is not cached in {root}; pass its folder as data"
+                f"int8 calibration needs the images of study {study.study_id}: dataset {info.name} "
+                f"({info.fingerprint}) is not cached in {root}; pass its folder as data"
             )
         calibration = images[calibration_indices(study, folds, count=int8.calibration_images)]
     check_count = CHECK_IMAGES[quantize] if check_count is None else check_count

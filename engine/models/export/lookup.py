@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.data.datasets import DatasetError, import_dataset, load_dataset
 from engine.results import artifacts
+from engine.results.studies import Study
 
 
 def finished_run(path: str | Path, root: Path) -> artifacts.RunResult:
@@ -41,46 +42,46 @@ def ensemble_runs(model_paths: list[Path], root: Path) -> list[artifacts.RunResu
     return runs
 
 
-def study_images(study: dict, root: Path, *, data: Path | None = None) -> np.ndarray | None:
+def study_images(study: Study, root: Path, *, data: Path | None = None) -> np.ndarray | None:
     """The study's decoded images in manifest order (its folds index them), or None when unavailable.
 
     From the artifacts folder's cache, else imported from ``data`` (the study's dataset folder or
     zip), which must be the same files.
     """
-    info, size = study["dataset"], int(study["input_size"])
+    info, size = study.dataset, study.input_size
     try:
-        dataset = load_dataset(info["fingerprint"], input_size=size, artifacts=root)
+        dataset = load_dataset(info.fingerprint, input_size=size, artifacts=root)
     except DatasetError:
         if data is None:
             return None
         dataset = import_dataset(data, input_size=size, artifacts=root)
-    if dataset.fingerprint != info["fingerprint"]:
+    if dataset.fingerprint != info.fingerprint:
         raise ValueError(
-            f"data={str(data)!r} is not the dataset of study {study['study_id']} "
-            f"(fingerprint {dataset.fingerprint}, the study's {info['fingerprint']})"
+            f"data={str(data)!r} is not the dataset of study {study.study_id} "
+            f"(fingerprint {dataset.fingerprint}, the study's {info.fingerprint})"
         )
     return dataset.images
 
 
-def training_indices(study: dict, folds: list[int]) -> np.ndarray:
+def training_indices(study: Study, folds: list[int]) -> np.ndarray:
     """Dataset indices the members trained on: held out by none of ``folds``.
 
     An ensemble of every fold has no such image; each of its images trained all members but one,
     and none is held out from the ensemble, so all of them are its training images.
     """
-    held = set().union(*(study["folds"][k] for k in folds))
-    everything = set(range(study["dataset"]["n_images"]))
+    held = set().union(*(study.folds[k] for k in folds))
+    everything = set(range(study.dataset.n_images))
     return np.array(sorted(everything - held if held != everything else everything), dtype=np.int64)
 
 
-def calibration_indices(study: dict, folds: list[int], *, count: int, seed: int = 0) -> np.ndarray:
+def calibration_indices(study: Study, folds: list[int], *, count: int, seed: int = 0) -> np.ndarray:
     """Up to ``count`` of the members' training images (:func:`training_indices`), never a held-out fold's."""
     candidates = training_indices(study, folds)
     chosen = np.random.default_rng(seed).choice(candidates, min(count, len(candidates)), replace=False)
     return np.sort(chosen)
 
 
-def check_indices(study: dict, folds: list[int], *, count: int, seed: int = 1) -> np.ndarray:
+def check_indices(study: Study, folds: list[int], *, count: int, seed: int = 1) -> np.ndarray:
     """Up to ``count`` images the members held out (never calibration images), for the parity check."""
-    held = np.array(sorted(set().union(*(study["folds"][k] for k in folds))), dtype=np.int64)
+    held = np.array(sorted(set().union(*(study.folds[k] for k in folds))), dtype=np.int64)
     return np.sort(np.random.default_rng(seed).choice(held, min(count, len(held)), replace=False))
