@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine import settings
 from engine.jobs.kinds import DEFAULT_KIND, JobKind, kind_of
 from engine.training.presets import get_protocol
 from engine.training.protocols import Protocol
+
+if TYPE_CHECKING:
+    from engine.training.study import StudyRequest
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,19 @@ class JobRequest:
 
     def study_protocol(self) -> Protocol:
         return get_protocol(self.protocol).replace(epochs=self.epochs, batch_size=self.batch_size)
+
+    def study_request(self) -> StudyRequest:
+        """What :func:`engine.training.study.prepare_study` takes."""
+        from engine.training.study import StudyRequest
+
+        weights = None if self.weights == "none" else self.weights
+        return StudyRequest(
+            protocol=self.study_protocol(),
+            n_folds=self.folds,
+            seed=self.seed,
+            weights=weights,
+            split=self.split,
+        )
 
     def canonical_hash(self) -> str:
         """Equal for requests that do the same thing (``epochs=None`` equals the protocol's own count).

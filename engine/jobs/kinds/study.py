@@ -20,23 +20,8 @@ if TYPE_CHECKING:
     from engine.data.datasets import Dataset
     from engine.jobs.request import JobRequest
     from engine.results.studies import Study
-    from engine.training.study import StudyRequest
 
 WEIGHTS_CHOICES = ("imagenet", "none")
-
-
-def study_request(request: JobRequest) -> StudyRequest:
-    """What :func:`engine.training.study.prepare_study` takes."""
-    from engine.training.study import StudyRequest
-
-    weights = None if request.weights == "none" else request.weights
-    return StudyRequest(
-        protocol=request.study_protocol(),
-        n_folds=request.folds,
-        seed=request.seed,
-        weights=weights,
-        split=request.split,
-    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -46,7 +31,7 @@ def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, St
     from engine.training.study import prepare_study
 
     dataset = import_sources(request.sources, input_size=request.input_size, artifacts=root)
-    return dataset, prepare_study(dataset, study_request(request), artifacts_root=root)
+    return dataset, prepare_study(dataset, request.study_request(), artifacts_root=root)
 
 
 class StudyKind(JobKind):
