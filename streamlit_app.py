@@ -130,7 +130,7 @@ def submit(*, folder: str, upload, backbones: tuple[str, ...], options: dict) ->
         data = [str(common.saved_upload(upload))] if upload is not None else folders
         if not data:
             raise ValueError("give a dataset folder or upload a .zip")
-        request = JobRequest(data=data[0], extra_data=tuple(data[1:]), backbones=backbones, **options)
+        request = JobRequest.for_study(data, backbones=backbones, **options)
         job = JobStore(common.artifacts_root()).submit(request)
     except (settings.ReadOnlyError, ValueError) as exc:
         st.sidebar.error(str(exc))

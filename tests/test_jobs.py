@@ -185,6 +185,27 @@ def test_a_failed_task_fails_alone_and_the_job_lists_the_errors(artifacts_root: 
     assert job.progress["fraction"] == 1.0 and job.progress["tasks_done"] == 3
 
 
+def test_the_cli_and_the_form_build_one_request(artifacts_root: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """``JobRequest.for_study``: what the form submits, and what ``study`` runs and ``submit`` queues from the same
+    options; checked and in canonical form before any work."""
+    from engine.cli.main import build_parser, study_job_request
+
+    built = JobRequest.for_study(
+        [tiny_data], backbones=(BACKBONE, BACKBONE), folds=2, epochs=1, input_size=32, weights="none", split="image"
+    )
+    assert built == request(tiny_data, split="image").validated(artifacts_root)
+    assert built.data == str(tiny_data.resolve()) and built.backbones == (BACKBONE,)
+    argv = ["--data", str(tiny_data), "--arch", BACKBONE, "--folds", "2", "--epochs", "1", "--input-size", "32"]
+    for command in ("study", "submit"):
+        args = build_parser().parse_args([command, *argv, "--weights", "none", "--split", "image"])
+        assert study_job_request(args) == built
+    assert built.study_request().weights is None and built.study_request().n_folds == 2
+    with pytest.raises(ValueError, match="no such folder"):
+        JobRequest.for_study(tmp_path / "missing", backbones=(BACKBONE,))
+    with pytest.raises(ValueError, match="folds must be an integer of at least 2"):
+        JobRequest.for_study(tiny_data, backbones=(BACKBONE,), folds=1)
+
+
 def test_cli_job_commands(artifacts_root: Path, tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
     args = ["--data", str(tiny_data), "--arch", BACKBONE, "--folds", "2", "--input-size", "32", "--weights", "none"]
     assert cli_main(["submit", *args, "--no-worker"]) == 0

@@ -188,7 +188,7 @@ def queue_demo_job(root: Path, data: Path) -> str:
     from engine.jobs.worker import ensure_worker
 
     job = JobStore(root).submit(
-        JobRequest(data=str(data), backbones=("MobileNet-0.25",), protocol="frozen", seed=DEMO_SEED)
+        JobRequest.for_study(data, backbones=("MobileNet-0.25",), protocol="frozen", seed=DEMO_SEED)
     )
     ensure_worker(root)
     return job.id

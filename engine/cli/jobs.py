@@ -12,32 +12,14 @@ import sys
 import time
 
 
-def job_request(args: argparse.Namespace):
-    from engine.cli.main import expand_arches
-    from engine.jobs.store import JobRequest
-
-    return JobRequest(
-        data=args.data[0],
-        extra_data=tuple(args.data[1:]),
-        split=args.split,
-        backbones=tuple(expand_arches(args.arch)),
-        protocol=args.protocol,
-        folds=args.folds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        input_size=args.input_size,
-        seed=args.seed,
-        weights=args.weights,
-    )
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
+    from engine.cli.main import study_job_request
     from engine.jobs.store import JobStore
     from engine.jobs.worker import ensure_worker
 
     store = JobStore(args.artifacts)
     asked_at = time.time()
-    job = store.submit(job_request(args))
+    job = store.submit(study_job_request(args))
     if job.created_at < asked_at:
         print(f"the same study is already {job.state} as job {job.id}", file=sys.stderr)
     if not args.no_worker and ensure_worker(args.artifacts):

@@ -70,13 +70,23 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
     add_artifacts(parser)
 
 
-def study_request(args: argparse.Namespace):
-    from engine.training.presets import get_protocol
-    from engine.training.study import StudyRequest
+def study_job_request(args: argparse.Namespace):
+    """The study that :func:`add_study_options`' options ask for: the request the app's form builds too
+    (``JobRequest.for_study``), which ``study`` runs in the foreground and ``submit`` queues."""
+    from engine.jobs.request import JobRequest
 
-    protocol = get_protocol(args.protocol).replace(epochs=args.epochs, batch_size=args.batch_size)
-    weights = None if args.weights == "none" else "imagenet"
-    return StudyRequest(protocol=protocol, n_folds=args.folds, seed=args.seed, weights=weights, split=args.split)
+    return JobRequest.for_study(
+        args.data,
+        backbones=expand_arches(args.arch),
+        protocol=args.protocol,
+        folds=args.folds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        seed=args.seed,
+        weights=args.weights,
+        split=args.split,
+    )
 
 
 def expand_arches(arches: list[str]) -> list[str]:
@@ -137,12 +147,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     from engine.training.runner import run_study
     from engine.training.study import summarize
 
-    request = study_request(args)
+    request = study_job_request(args)
     study = run_study(
-        args.data,
-        backbones=expand_arches(args.arch),
-        request=request,
-        input_size=args.input_size,
+        request.sources,
+        backbones=list(request.backbones),
+        request=request.study_request(),
+        input_size=request.input_size,
         artifacts_root=args.artifacts,
         on_progress=_progress_line,
         on_run=lambda run: sys.stderr.write(

@@ -6,6 +6,7 @@ One stored form for every kind; what a kind does (checks, tasks, description, ha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,46 @@ class JobRequest:
     weights: str = "imagenet"
     kind: str = DEFAULT_KIND
     study_id: str | None = None
+
+    @classmethod
+    def for_study(
+        cls,
+        data: str | Path | Sequence[str | Path],
+        *,
+        backbones: Sequence[str],
+        protocol: str = "frozen",
+        folds: int = 5,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        input_size: int = 224,
+        seed: int = 42,
+        weights: str | None = "imagenet",
+        split: str = "patient",
+    ) -> JobRequest:
+        """The study the user's options ask for, checked and in canonical form (:meth:`validated`): what the
+        app's launch form, ``python -m engine submit`` and ``python -m engine study`` all build.
+
+        ``data``: a dataset folder or ``.zip``, or several (the first sets the classes, the others add images to
+        them); ``epochs`` and ``batch_size`` override the protocol's (``None``: its own); ``weights``
+        ``"imagenet"`` or ``"none"``; ``split`` ``"patient"`` or ``"image"``.
+        """
+        sources = [data] if isinstance(data, str | Path) else list(data)
+        if not sources:
+            raise ValueError("give a dataset folder or .zip file (data)")
+        request = cls(
+            data=str(sources[0]),
+            extra_data=tuple(str(s) for s in sources[1:]),
+            split=split,
+            backbones=backbones if isinstance(backbones, str) else tuple(backbones),
+            protocol=protocol,
+            folds=folds,
+            epochs=epochs,
+            batch_size=batch_size,
+            input_size=input_size,
+            seed=seed,
+            weights=weights,
+        )
+        return request.validated()
 
     @classmethod
     def robustness(cls, study_id: str, backbone: str, *, data: str = "") -> JobRequest:

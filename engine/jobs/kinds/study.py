@@ -59,7 +59,10 @@ class StudyKind(JobKind):
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got split={request.split!r}")
         data = data_path(request.data)
         if data is None:
-            raise ValueError(f"data must be an existing dataset folder or .zip file, got data={request.data!r}")
+            raise ValueError(
+                f"data must be an existing dataset folder or .zip file, got data={request.data!r}: "
+                "no such folder or .zip file"
+            )
         extra = tuple(data_path(d) for d in request.extra_data)
         for given, found in zip(request.extra_data, extra, strict=True):
             if found is None:
