@@ -140,8 +140,8 @@ def test_the_checklist_is_answered_from_the_study_and_changes_with_it(tmp_path, 
     request = StudyRequest(protocol=get_protocol("frozen").replace(epochs=2), n_folds=2, weights=None)
     one = run_study(first, backbones=["MobileNet-0.25"], request=request, input_size=32)
     two = run_study([first, tmp_path / "b"], backbones=["MobileNet-0.25"], request=request, input_size=32)
-    a = {item.topic: item.answer for item in study_checklist(one["study_id"])}
-    b = {item.topic: item.answer for item in study_checklist(two["study_id"])}
+    a = {item.topic: item.answer for item in study_checklist(one.study_id)}
+    b = {item.topic: item.answer for item in study_checklist(two.study_id)}
     assert "24 images from `a`" in a["Data sources"] and "`b` (Normal 8)" in b["Data sources"]
     assert "StratifiedKFold by image" in a["Partitions and their level"]
     assert "StratifiedGroupKFold by patient" in b["Partitions and their level"]
@@ -151,6 +151,6 @@ def test_the_checklist_is_answered_from_the_study_and_changes_with_it(tmp_path, 
     assert "every COVID-19 image comes from one source" in b["Limitations"]
     assert "folds are by image" in a["Limitations"] and "folds are by image" not in b["Limitations"]
     assert a["Shortcut audit (robustness of what was learned)"].startswith("not run")
-    acquisition_baseline(artifacts.read_study(two["study_id"]), import_sources([first, tmp_path / "b"], input_size=32))
-    after = {item.topic: item.answer for item in study_checklist(two["study_id"])}
+    acquisition_baseline(artifacts.read_study(two.study_id), import_sources([first, tmp_path / "b"], input_size=32))
+    after = {item.topic: item.answer for item in study_checklist(two.study_id)}
     assert after["Shortcut audit (robustness of what was learned)"].startswith("no-anatomy baseline accuracy")
