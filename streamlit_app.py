@@ -93,7 +93,7 @@ def launch_form() -> None:
         seed = left.number_input("Seed", min_value=0, value=42)
         weights = right.selectbox("Weights", ["imagenet", "none"], help="'none' trains from random weights")
         split = st.radio(
-            "Folds",
+            "Split the folds",
             list(SPLITS),
             format_func=SPLITS.get,
             help="Patients come from a patients.csv beside the class folders, or from the public sets' file names. "

@@ -53,7 +53,9 @@ def no_exception(page, where: str) -> None:
 
 def submit_tiny_job(page, data: Path) -> None:
     sidebar = page.locator("[data-testid=stSidebar]")
-    sidebar.get_by_label("Dataset folders on the server (one sub-folder per class), one per line").fill(str(data))
+    sidebar.get_by_role("textbox", name="Dataset folders on the server (one sub-folder per class), one per line").fill(
+        str(data)
+    )
     for label, value in (("Folds", "2"), ("Epochs", "2"), ("Input size (px)", "32"), ("Batch size", "8")):
         sidebar.get_by_label(label, exact=True).fill(value)
     weights = sidebar.locator("[data-testid=stSelectbox]").filter(has_text="Weights")
