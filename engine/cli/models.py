@@ -9,6 +9,9 @@ from pathlib import Path
 
 from engine.cli.main import add_artifacts
 
+REPORT_OUT = "docs/reproduction.md"
+"""The project's own report; writing it rewrites the README's results table too, unless told otherwise."""
+
 
 def _pick_model(args: argparse.Namespace):
     from engine.models.inference import list_models, load_classifier
@@ -136,10 +139,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
-    if args.readme:
-        readme = Path(args.readme)
-        readme.write_text(with_results_table(readme.read_text(), results_table(args.artifacts)))
-        print(f"wrote the results table of {args.readme}")
+    readme = args.readme if args.readme is not None else ("README.md" if args.out == REPORT_OUT else "")
+    if readme:
+        Path(readme).write_text(with_results_table(Path(readme).read_text(), results_table(args.artifacts)))
+        print(f"wrote the results table of {readme}")
     return 0
 
 
@@ -188,7 +191,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("report", help="write the reproduction report (docs/reproduction.md) from the artifacts")
-    p.add_argument("--out", default="docs/reproduction.md", help="output file, or - for stdout")
-    p.add_argument("--readme", default="README.md", help="README whose results table is rewritten too ('' for none)")
+    p.add_argument("--out", default=REPORT_OUT, help="output file, or - for stdout")
+    p.add_argument(
+        "--readme",
+        default=None,
+        help=f"README whose results table is rewritten too (default: README.md with --out {REPORT_OUT}; '' for none)",
+    )
     add_artifacts(p)
     p.set_defaults(func=cmd_report)
