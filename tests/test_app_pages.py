@@ -14,6 +14,7 @@ import pytest
 from engine import settings
 from engine.evaluation.stats import corrected_resampled_ttest
 from engine.reports import explore
+from engine.results import artifacts
 from engine.training.presets import XRAY_PROBE
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TinyStudy, open_page, texts
@@ -202,9 +203,10 @@ def test_report_page_renders_the_live_report_with_this_studys_figures(study_root
     live, committed = at.tabs
     report = texts(live.markdown)
     assert "# Reproduction report" in report and "covid19-radiography-paper" in texts(committed.markdown)
+    level = artifacts.read_study(study_root.study_id, study_root.root).split_level
     for backbone in TINY_BACKBONES:
         accuracy = [m["accuracy"] for m in run_files(study_root, backbone, "metrics.json")]
-        row = f"| ours {backbone} | frozen | {np.mean(accuracy):.3f} ± {np.std(accuracy, ddof=1):.3f} |"
+        row = f"| ours {backbone} | frozen | {level}-level | {np.mean(accuracy):.3f} ± {np.std(accuracy, ddof=1):.3f} |"
         assert row in report
     assert "has 24 images (COVID-19 8, Normal 8, Viral Pneumonia 8)" in report
     assert "stratified 2-fold" in report and "About this dataset" not in report
