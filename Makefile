@@ -12,13 +12,18 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 STREAMLIT_ARGS ?= --server.headless true
 
-.PHONY: run test lint bench venv clean-venv
+.PHONY: run test test-fast lint bench venv clean-venv
 
 run: $(RUN_STAMP)
 	$(BIN)/streamlit run streamlit_app.py $(STREAMLIT_ARGS)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Everyday edits: engine and page tests on synthetic data, no browser, no real model or worker process
+# (the tests marked slow); CI runs everything.
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

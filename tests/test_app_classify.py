@@ -29,6 +29,7 @@ def png(label: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,6 +73,7 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     assert batches == [["xray.png", "notes.png"]], "a rerun must not classify the batch again"
 
 
+@pytest.mark.slow
 def test_a_monochrome1_dicom_upload_gets_the_prediction_of_its_png_and_no_patient_name(
     tiny_study: TinyStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -200,6 +200,7 @@ def check_figures(at: AppTest, expected: dict, prevalence: float) -> None:
     assert counts.iloc[:, 1].tolist() == [tp, fp] and counts.iloc[:, 2].tolist() == [fn, tn]
 
 
+@pytest.mark.slow
 def test_operating_point_of_the_demo_at_a_target_sensitivity_and_a_dragged_threshold(demo_root: Path) -> None:
     at = open_page("pages/operating_point.py", query={"study": DEMO})
     assert at.selectbox(key="choose-model").value == DEMO_BACKBONES[0]
@@ -342,6 +343,7 @@ def test_failures_say_which_fold_models_are_saved(demo_root: Path) -> None:
     assert len(at.dataframe[1].value) == len(expected)
 
 
+@pytest.mark.slow
 def test_failures_of_the_tiny_study_show_thumbnails_and_the_fold_models_heat_maps(
     study_root: TinyStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:

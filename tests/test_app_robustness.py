@@ -124,6 +124,7 @@ def test_the_pages_explain_what_to_do_on_an_empty_folder(artifacts_root: Path, p
 # --- robustness ---
 
 
+@pytest.mark.slow
 def test_robustness_shows_the_folds_pooled_under_each_shift(copy: TinyStudy) -> None:
     at = open_page(ROBUSTNESS, query={"study": copy.study_id, "backbone": ANALYSED, "class": "Normal"})
     assert at.title[0].value == "Robustness to acquisition shifts"
@@ -223,6 +224,7 @@ def test_without_the_studys_images_the_page_says_so_instead_of_queueing(copy: Ti
     assert len(at.get("plotly_chart")) == 0
 
 
+@pytest.mark.slow
 def test_robustness_of_the_demo_study(demo: Path) -> None:
     at = open_page(ROBUSTNESS, query={"study": DEMO_STUDY, "backbone": "MobileNet"})
     cm = np.asarray(run_json(demo, DEMO_STUDY, "MobileNet", 3, "metrics.json")["confusion_matrix"])
@@ -275,6 +277,7 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
+@pytest.mark.slow
 def test_external_validation_evaluates_a_folder_and_lists_it(copy: TinyStudy, tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9)
     at = open_page(EXTERNAL)
@@ -303,6 +306,7 @@ def test_external_validation_evaluates_a_folder_and_lists_it(copy: TinyStudy, tm
     assert f"The {wrong:,} misclassified image(s), the most confident first" in [x.label for x in at.expander]
 
 
+@pytest.mark.slow
 def test_external_validation_evaluates_a_studys_ensemble_of_backbones(copy: TinyStudy, tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9)
     at = open_page(EXTERNAL)
@@ -330,6 +334,7 @@ def zip_of(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_and_changes_nothing_saved(copy: TinyStudy, tmp_path: Path) -> None:
     at = evaluate(open_page(EXTERNAL), folder=str(make_dataset(tmp_path / "first", n_per_class=3, seed=4)))
     before = evaluation_files(copy.root)
@@ -354,6 +359,7 @@ def test_bad_input_gives_one_line_and_changes_nothing_saved(copy: TinyStudy, tmp
         at = open_page(EXTERNAL)
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_and_a_foreign_class_are_named_and_the_rest_evaluated(copy: TinyStudy, tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "mixed", n_per_class=4, seed=12, classes=("covid19", "cats"))
     (data / "covid19" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -370,6 +376,7 @@ def test_a_corrupt_image_and_a_foreign_class_are_named_and_the_rest_evaluated(co
     assert classes.loc["Normal", "recall (sensitivity)"] == "undefined (no image)"
 
 
+@pytest.mark.slow
 def test_the_engine_refusal_in_read_only_mode_is_shown(copy: TinyStudy, tmp_path: Path, monkeypatch) -> None:
     real = engine.evaluation.external.evaluate_folder
 
@@ -383,6 +390,7 @@ def test_the_engine_refusal_in_read_only_mode_is_shown(copy: TinyStudy, tmp_path
     assert evaluation_files(copy.root) == {}
 
 
+@pytest.mark.slow
 def test_the_demo_evaluation_read_only(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_READ_ONLY", "1")
     keys = sorted(p.stem for p in (demo / "evaluations").glob("*.json"))
@@ -464,6 +472,7 @@ def test_a_one_class_set_has_intervals_for_what_it_defines(copy: TinyStudy, tmp_
     assert (accuracy["low"], accuracy["high"]) == pytest.approx((low, high))
 
 
+@pytest.mark.slow
 def test_an_evaluation_saved_before_intervals_is_computed_again(copy: TinyStudy, tmp_path: Path, capsys) -> None:
     data = make_dataset(tmp_path / "unseen", n_per_class=3, seed=23)
     assert main(["evaluate", "--data", str(data), "--model", str(fold_model(copy)), "--json"]) == 0

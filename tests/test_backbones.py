@@ -41,6 +41,7 @@ def test_registry_has_the_papers_fourteen_and_two_small_models():
     assert set(REGISTRY) == set(FEATURES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_backbone_builds_with_expected_output_shape(name):
     spec = get_backbone(name)

@@ -47,6 +47,7 @@ def test_the_recommended_probe_meets_the_cross_validation_targets(rows):
         assert max(r["metrics"][metric]["mean"] for r in probe.values()) >= 0.98, metric
 
 
+@pytest.mark.slow
 def test_report_regenerates_byte_for_byte():
     committed = (settings.PROJECT_ROOT / "docs" / "reproduction.md").read_text()
     assert reproduction_report(DEMO) == committed

@@ -108,6 +108,7 @@ def check_float_parity(model: Path, exported_path: Path) -> None:
     assert exported.info["study_id"] == keras_path.info["study_id"] and exported.info["fold"] == 3
 
 
+@pytest.mark.slow
 @requires_shared
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_float_export_of_the_frozen_mobilenet_matches_keras_on_real_images(demo_export, fmt):
@@ -121,6 +122,7 @@ def test_float_export_of_the_finetuned_mobilenet_025_matches_keras_on_real_image
     check_float_parity(FINETUNED, demo_export(FINETUNED, fmt))
 
 
+@pytest.mark.slow
 @requires_shared
 def test_committed_models_still_load_and_reproduce_their_predictions():
     """The preprocessing layer's new ``xla`` switch leaves saved models and their outputs as they were."""
@@ -162,6 +164,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 @requires_shared
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_runtime_classifies_real_uploads_without_tensorflow(demo_export, fmt):
@@ -304,6 +307,7 @@ def ensemble(tiny) -> dict[str, object]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_fold_ensemble_exports_and_matches_its_keras_serving_graph(tiny, ensemble, fmt):
     """The ensemble's outputs are the mean of its members' serving outputs (``serving_model``'s definition)."""
@@ -412,6 +416,7 @@ def test_onnx_int8_calibrates_any_count_of_images_a_chunk_at_a_time(ensemble, tm
     assert np.abs(got - want).max() < 0.1
 
 
+@pytest.mark.slow
 def test_an_int8_litert_file_keeps_float_exactly_each_members_first_convolutions(tiny, tmp_path):
     """What the sidecar says is what the file holds: the first ``FLOAT_FIRST_CONVS`` convolutions of each
     member output float, every other convolution int8."""

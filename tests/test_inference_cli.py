@@ -63,6 +63,7 @@ def best_fold(root):
     return next(m for m in list_models(root) if not m.is_ensemble)
 
 
+@pytest.mark.slow
 def test_list_models_puts_the_fold_ensemble_first_then_folds_best_first(env):
     root, study, _ = env
     ensemble, *folds = list_models(root)
@@ -79,6 +80,7 @@ def test_list_models_puts_the_fold_ensemble_first_then_folds_best_first(env):
     np.testing.assert_allclose(together, np.mean(each, axis=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_classify_a_batch_with_heatmaps_and_clean_errors(env):
     root, _, _ = env
     classifier = load_classifier(best_fold(root).path, artifacts_root=root)
@@ -194,6 +196,7 @@ def two_backbones(tiny_study: TinyStudy, tmp_path_factory):
     return root, tiny_study.study_id
 
 
+@pytest.mark.slow
 def test_evaluate_a_studys_ensemble_of_backbones_is_the_mean_of_every_fold_model(two_backbones, tmp_path, capsys):
     root, study_id = two_backbones
     data = make_dataset(tmp_path / "unseen", n_per_class=5, seed=9)
@@ -268,6 +271,7 @@ def test_an_external_set_of_the_studys_own_images_is_refused(env, tmp_path, caps
     assert sorted(p.name for p in (env[0] / "evaluations").glob("*.json")) == before
 
 
+@pytest.mark.slow
 def test_study_images_in_an_external_set_are_left_out_and_counted(env, tmp_path, capsys):
     _, _, data = env
     mixed = make_dataset(tmp_path / "mixed", n_per_class=4, seed=11)
@@ -282,6 +286,7 @@ def test_study_images_in_an_external_set_are_left_out_and_counted(env, tmp_path,
     assert "2 identical and 1 near-duplicate image(s) of 15 left out" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_classify_cli_prints_probabilities_and_fails_cleanly(env, tmp_path, capsys):
     good = tmp_path / "x ray 1.png"
     good.write_bytes(_png(make_image(2, 64, np.random.default_rng(1))))
@@ -353,6 +358,7 @@ def test_incomplete_run_model_is_not_loaded(env):
         (path / "status.json").write_bytes(status)
 
 
+@pytest.mark.slow
 def test_the_ood_command_fits_each_fold_and_the_ensemble_the_app_serves(tiny, tmp_path, capsys, monkeypatch):
     """The fold ensemble is the model a user gets by default: it gets its own detector, named by its members."""
     root, study, data = tiny

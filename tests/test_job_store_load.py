@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from engine.jobs.store import JobRequest, JobStore
 
 READER_PROCESSES = 3
@@ -73,6 +75,7 @@ def _writer(root: str, data: str, barrier, out) -> None:
     out.put(("writer", (writes, errors)))
 
 
+@pytest.mark.slow
 def test_many_readers_and_a_writer_never_see_a_locked_database(artifacts_root: Path, tiny_data: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(READER_PROCESSES + 1), ctx.Queue()

@@ -110,6 +110,7 @@ def _submit_at_barrier(root: str, data: str, barrier, seeds: list[int], out) -> 
         out.put((seed, store.submit(request(Path(data), seed=seed)).id))
 
 
+@pytest.mark.slow
 def test_two_processes_submitting_the_same_job_at_once_get_one_job(artifacts_root: Path, tiny_data: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()
@@ -606,6 +607,7 @@ def robustness_files(root: Path, study_id: str) -> list[str]:
     return sorted(p.name for p in (artifacts.study_dir(study_id, root) / "robustness").rglob("*.json"))
 
 
+@pytest.mark.slow
 def test_the_worker_runs_a_robustness_job_fold_by_fold(tiny_copy, monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.jobs.worker import run_worker
 

@@ -72,6 +72,7 @@ def test_save_and_load_round_trip_exactly(detector, mixing, tmp_path):
     assert np.array_equal(loaded.whitening, detector.whitening) and loaded.whitening.dtype == np.float32
 
 
+@pytest.mark.slow
 def test_the_file_stays_small_for_256_features(tmp_path):
     rows = np.abs(np.random.default_rng(8).normal(size=(600, 256)))
     path = OODDetector.fit(rows, quantile=0.99).save(tmp_path / "ood.npz")

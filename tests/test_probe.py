@@ -104,6 +104,7 @@ def test_a_backbone_without_named_blocks_is_refused_by_name():
         get_backbone("Xception").block_outputs(None)
 
 
+@pytest.mark.slow
 def test_every_block_of_mobilenet_is_read_and_the_choice_of_c_is_saved(probe):
     root, runs = probe
     assert [(r.backbone, r.fold) for r in runs] == [("MobileNet-0.25", 0), ("MobileNet-0.25", 1)]
@@ -156,6 +157,7 @@ def test_closed_form_grad_cam_of_a_block_statistics_model_equals_autodiff(probe)
     np.testing.assert_allclose(raw["features"], fmap.mean(axis=(1, 2)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_onnx_export_of_the_probe_matches_keras(probe, tmp_path):
     import keras
 

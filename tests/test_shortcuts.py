@@ -44,6 +44,7 @@ def _study(dataset, n_folds=4):
     return prepare_study(dataset, StudyRequest(protocol=get_protocol("frozen"), n_folds=n_folds, weights=None))
 
 
+@pytest.mark.slow
 def test_the_baseline_finds_a_sharpness_shortcut_and_nothing_where_there_is_none(tmp_path, artifacts_root):
     shortcut = import_dataset(_textures(tmp_path / "blurred", blurred_class="COVID-19"), input_size=48)
     none = import_dataset(_textures(tmp_path / "same", blurred_class=None), input_size=48)
@@ -75,6 +76,7 @@ def test_occlusion_fills_the_lung_region_or_everything_else_with_the_median():
         assert np.array_equal(only[k][inside], images[k][inside])
 
 
+@pytest.mark.slow
 def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path, artifacts_root, served_navigation):
     first = make_dataset(tmp_path / "a", n_per_class=8, size=32)
     second = tmp_path / "b" / "Normal"
@@ -125,6 +127,7 @@ def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path,
     assert len(at.get("plotly_chart")) >= 2
 
 
+@pytest.mark.slow
 def test_the_checklist_is_answered_from_the_study_and_changes_with_it(tmp_path, artifacts_root):
     from engine.data.patients import RULES
     from engine.reports.checklist import POPULATIONS, study_checklist

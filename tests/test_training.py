@@ -43,6 +43,7 @@ def paper_study(tiny_root, tmp_path_factory):
     return root, study
 
 
+@pytest.mark.slow
 def test_paper_protocol_runs_end_to_end(paper_study):
     root, study = paper_study
     runs = artifacts.study_runs(study.study_id, root)
@@ -100,6 +101,7 @@ def test_summary_has_mean_and_std_of_every_metric(paper_study):
     assert row["metrics"]["accuracy"]["mean"] == pytest.approx(np.mean([r.metrics["accuracy"] for r in runs]))
 
 
+@pytest.mark.slow
 def test_killed_mid_write_run_is_not_listed_and_is_retrained(paper_study, tiny_root):
     root, study = paper_study
     run_path = artifacts.run_dir(study.study_id, "MobileNet-0.25", 1, root)
@@ -116,6 +118,7 @@ def test_killed_mid_write_run_is_not_listed_and_is_retrained(paper_study, tiny_r
     shutil.rmtree(saved)
 
 
+@pytest.mark.slow
 def test_same_config_gives_the_same_predictions(paper_study, tiny_root, tmp_path):
     root, study = paper_study
     other = tmp_path / "again"
@@ -129,6 +132,7 @@ def test_same_config_gives_the_same_predictions(paper_study, tiny_root, tmp_path
     assert a == b
 
 
+@pytest.mark.slow
 def test_a_fold_on_the_last_compiled_model_trains_and_saves_as_on_a_fresh_one(tiny_root, tmp_path, monkeypatch):
     request = StudyRequest(protocol=get_protocol("paper").replace(epochs=2), n_folds=2, weights=None)
     compiles = []
@@ -161,6 +165,7 @@ def saved_config(run: artifacts.RunResult) -> dict:
         return json.loads(saved.read("config.json"))
 
 
+@pytest.mark.slow
 def test_frozen_protocol_learns_the_tiny_task(tiny_root, tmp_path):
     study = run_study(
         tiny_root, backbones=["MobileNet-0.25"], request=TINY_FROZEN, input_size=32, artifacts_root=tmp_path
@@ -174,6 +179,7 @@ def test_frozen_protocol_learns_the_tiny_task(tiny_root, tmp_path):
     assert np.load(features[0]).shape == (24, 1, 256)
 
 
+@pytest.mark.slow
 def test_custom_protocol_is_data(tiny_root, tmp_path):
     two_stage = Protocol(
         name="warmup-test",
@@ -228,6 +234,7 @@ def test_study_ids_of_the_committed_demo_survive_the_options_added_since():
         assert study_id_for(dataset, request) == study["study_id"] == study_json.parent.name
 
 
+@pytest.mark.slow
 def test_the_recommended_protocol_keeps_imagenet_batchnorm_and_picks_its_epoch_on_an_inner_split(tmp_path):
     tiny_root = make_dataset(tmp_path / "data", n_per_class=12)
     request = StudyRequest(protocol=get_protocol("xray-finetune").replace(epochs=2, batch_size=8), n_folds=2)
