@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
 from engine.reports import explore
-from engine.reports.generalisation import generalisation
+from engine.reports.generalisation import Generalisation, generalisation
 from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, read_choice
 from engine.results import artifacts
 
@@ -37,12 +37,16 @@ def _paper_rows(root: Path | None) -> list[list[str]]:
                     f"ours, `paper` protocol, {PAPER_MODEL}",
                     f"{study.dataset.name}, {g.split}-level folds",
                     interval_text(found.in_fold["accuracy"]),
-                    "–",
-                    "–",
-                    "–",
+                    _baseline(g),
+                    "not run",
+                    "not run",
                 ]
             )
     return rows
+
+
+def _baseline(g: Generalisation) -> str:
+    return interval_text(g.baseline["figures"]["metrics"]["accuracy"]) if g.baseline else "not run"
 
 
 def results_table(artifacts_root: Path | None = None) -> str:
@@ -51,7 +55,6 @@ def results_table(artifacts_root: Path | None = None) -> str:
     rows = _paper_rows(artifacts_root)
     for c in choice["candidates"] if choice else []:
         g = generalisation(c["study_id"], artifacts_root)
-        baseline = g.baseline["figures"]["metrics"]["accuracy"] if g.baseline else None
         served = c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]
         name = f"{'**served:** ' if served else ''}`{c['protocol']}`, {c['backbone']} (5-fold ensemble)"
         rows.append(
@@ -59,7 +62,7 @@ def results_table(artifacts_root: Path | None = None) -> str:
                 name,
                 f"{' + '.join(g.sources)}, {c['split']}-level folds",
                 interval_text(c["paper_accuracy"]),
-                interval_text(baseline) if baseline else "not run",
+                _baseline(g),
                 f"{interval_text(c['adult_normals'])} ({c['adult_normals_how']})",
                 interval_text(c["external_covid"]),
             ]
