@@ -35,13 +35,13 @@ def _existing_model(options: Options) -> tuple[Path, Path] | None:
     return None
 
 
-def _train_quick_model(options: Options, root: Path) -> Path:
-    dataset = import_dataset(options.data, input_size=options.input_size, artifacts=root)
+def _train_quick_model(options: Options, artifacts_root: Path) -> Path:
+    dataset = import_dataset(options.data, input_size=options.input_size, artifacts_root=artifacts_root)
     protocol = FROZEN.replace(epochs=2 if options.tiny else 20)
     study = prepare_study(
-        dataset, StudyRequest(protocol=protocol, n_folds=2, weights=options.weights), artifacts_root=root
+        dataset, StudyRequest(protocol=protocol, n_folds=2, weights=options.weights), artifacts_root=artifacts_root
     )
-    run = train_fold(dataset=dataset, study=study, backbone=BACKBONE, fold=0, artifacts_root=root)
+    run = train_fold(dataset=dataset, study=study, backbone=BACKBONE, fold=0, artifacts_root=artifacts_root)
     return run.model_path
 
 

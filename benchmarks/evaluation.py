@@ -66,25 +66,25 @@ def copy_clone(source: Path, target: Path, study_id: str) -> Path:
 # The two measurements, each run in a fresh process by ``main``.
 
 
-def bootstrap(root: Path, study_id: str) -> dict:
+def bootstrap(artifacts_root: Path, study_id: str) -> dict:
     """Seconds of ``model_summary`` for every model of the study, cold (no cache file), then warm."""
     started = time.perf_counter()
     from engine.evaluation.predictions import model_names, study_out_of_fold
     from engine.evaluation.summary import model_summary
 
     imported = time.perf_counter() - started
-    names = model_names(study_id, root)
+    names = model_names(study_id, artifacts_root)
     cold, warm, images = {}, {}, {}
     for name in names:
         begin = time.perf_counter()
-        summary = model_summary(study_out_of_fold(study_id, name, root), root)
+        summary = model_summary(study_out_of_fold(study_id, name, artifacts_root), artifacts_root)
         cold[name] = time.perf_counter() - begin
         images[name] = summary["n_images"]
     for name in names:
         begin = time.perf_counter()
-        model_summary(study_out_of_fold(study_id, name, root), root)
+        model_summary(study_out_of_fold(study_id, name, artifacts_root), artifacts_root)
         warm[name] = time.perf_counter() - begin
-    kept = sorted(p.name for p in (root / "studies" / study_id / "evaluation").glob("*.json"))
+    kept = sorted(p.name for p in (artifacts_root / "studies" / study_id / "evaluation").glob("*.json"))
     return {"import_s": imported, "cold_s": cold, "warm_s": warm, "images": images, "kept": kept}
 
 

@@ -32,12 +32,12 @@ def _label(fmt: str, quantize: str | None) -> str:
     return f"{fmt}{'-' + quantize if quantize else ''}"
 
 
-def probe(kind: str, model: Path, root: Path, files: list[Path]) -> dict:
+def probe(kind: str, model: Path, artifacts_root: Path, files: list[Path]) -> dict:
     """One cold process's figures: load, classify ``FIRST_BATCH`` uploads, then one at a time."""
     if kind == "keras":
         from engine.models.inference import load_classifier
 
-        classifier = load_classifier(model, artifacts_root=root)
+        classifier = load_classifier(model, artifacts_root=artifacts_root)
     else:
         from engine.models.runtime import load_exported
 

@@ -76,7 +76,9 @@ def _images_per_epoch(options: Options, n_images: int, batch_size: int) -> int:
 def run(options: Options) -> Result:
     batch_size = 8 if options.tiny else PAPER.batch_size
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
-        dataset = import_dataset(options.data, input_size=options.input_size, artifacts=options.artifacts or Path(tmp))
+        dataset = import_dataset(
+            options.data, input_size=options.input_size, artifacts_root=options.artifacts or Path(tmp)
+        )
         return _measure(options, dataset, batch_size)
 
 

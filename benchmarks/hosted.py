@@ -174,10 +174,10 @@ def prepare(options: Options, work: Path, *, source: Path, backbone: str = BACKB
     )
 
 
-def _export(model: Path, root: Path, *, data: Path | None) -> Path:
+def _export(model: Path, artifacts_root: Path, *, data: Path | None) -> Path:
     from engine.models.export import export_runs
 
-    return export_runs([model], format="litert", artifacts_root=root, data=data).path
+    return export_runs([model], format="litert", artifacts_root=artifacts_root, data=data).path
 
 
 def _tiny_source(options: Options, work: Path) -> Path:
@@ -188,7 +188,7 @@ def _tiny_source(options: Options, work: Path) -> Path:
     from engine.training.study import StudyRequest, prepare_study
 
     root = work / "tiny-artifacts"
-    dataset = import_dataset(options.data, input_size=options.input_size, artifacts=root)
+    dataset = import_dataset(options.data, input_size=options.input_size, artifacts_root=root)
     request = StudyRequest(protocol=FROZEN.replace(epochs=2), n_folds=2, weights=options.weights)
     study = prepare_study(dataset, request, artifacts_root=root)
     train_fold(dataset=dataset, study=study, backbone=TINY_BACKBONE, fold=0, artifacts_root=root)
@@ -258,11 +258,11 @@ def browser() -> Iterator[object]:
             chromium.close()
 
 
-def measure(side: str, root: Path, *, read_only: bool, model: str, files: list[Path]) -> dict:
-    """Start a server on ``root``, classify ``files`` once on its Classify page, read its memory and maps."""
+def measure(side: str, artifacts_root: Path, *, read_only: bool, model: str, files: list[Path]) -> dict:
+    """Start a server on ``artifacts_root``, classify ``files`` once on its Classify page, read its memory and maps."""
     take = load_take()
     started = time.perf_counter()
-    with take.server(root, read_only=read_only) as running:
+    with take.server(artifacts_root, read_only=read_only) as running:
         start_s = time.perf_counter() - started
         pid = running.process.pid
         with browser() as chromium:

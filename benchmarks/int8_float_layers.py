@@ -113,7 +113,9 @@ def main() -> None:
     variants = [(kind, True) for kind in args.formats] + [(kind, False) for kind in args.formats if args.uncorrected]
     study = artifacts.read_study(args.study, args.artifacts)
     images = study_images(study, args.artifacts, data=args.data)
-    unseen = import_dataset(args.unseen_data, input_size=int(study.input_size), artifacts=args.artifacts, min_classes=1)
+    unseen = import_dataset(
+        args.unseen_data, input_size=int(study.input_size), artifacts_root=args.artifacts, min_classes=1
+    )
     unseen_checked = sample(unseen.images, np.arange(len(unseen.images)))
     # Per format and count: each set's agreement and mean |Δp|, one entry per fold.
     found: dict[tuple[str, int], dict[str, list[tuple[float, float]]]] = {}

@@ -28,17 +28,17 @@ def _weights(text: str) -> str | None:
     return None if text == "none" else text
 
 
-def study(data: Path, artifacts: Path, size: int, weights: str, folds: int, epochs: int) -> dict:
+def study(data: Path, artifacts_root: Path, size: int, weights: str, folds: int, epochs: int) -> dict:
     from engine.training.presets import FROZEN
     from engine.training.runner import run_study
     from engine.training.study import StudyRequest
 
     request = StudyRequest(protocol=FROZEN.replace(epochs=epochs), n_folds=folds, weights=_weights(weights))
-    run_study(data, backbones=[BACKBONE], request=request, input_size=size, artifacts_root=artifacts)
+    run_study(data, backbones=[BACKBONE], request=request, input_size=size, artifacts_root=artifacts_root)
     return {"rss_mb": peak_rss_mb()}
 
 
-def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> dict:
+def train(data: Path, artifacts_root: Path, size: int, weights: str, feed: str) -> dict:
     import keras
     import numpy as np
 
@@ -46,7 +46,7 @@ def train(data: Path, artifacts: Path, size: int, weights: str, feed: str) -> di
     from engine.training.fold import classifier
     from engine.training.presets import PAPER
 
-    dataset = import_dataset(data, input_size=size, artifacts=artifacts)
+    dataset = import_dataset(data, input_size=size, artifacts_root=artifacts_root)
     after_import = peak_rss_mb()
     train_rows = np.random.default_rng(0).permutation(len(dataset))[: int(0.8 * len(dataset))]
     model = classifier(

@@ -130,7 +130,7 @@ def run(options: Options) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         root = options.artifacts or Path(tmp)
         with stopwatch() as import_time:
-            dataset = import_dataset(options.data, input_size=options.input_size, artifacts=root)
+            dataset = import_dataset(options.data, input_size=options.input_size, artifacts_root=root)
         return _measure(options, plan, dataset, import_time())
 
 

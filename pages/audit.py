@@ -28,13 +28,13 @@ INTRO = (
 
 
 @st.cache_data(show_spinner="Reading the audit…", max_entries=16)
-def study_generalisation(root: str, study_id: str, key: tuple) -> generalisation.Generalisation:
-    return generalisation.generalisation(study_id, Path(root))
+def study_generalisation(artifacts_root: str, study_id: str, key: tuple) -> generalisation.Generalisation:
+    return generalisation.generalisation(study_id, Path(artifacts_root))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def acquisition(root: str, study_id: str, model: str, key: tuple) -> pd.DataFrame | None:
-    return generalisation.acquisition_table(study_id, model, Path(root))
+def acquisition(artifacts_root: str, study_id: str, model: str, key: tuple) -> pd.DataFrame | None:
+    return generalisation.acquisition_table(study_id, model, Path(artifacts_root))
 
 
 def headline(found: generalisation.Generalisation) -> None:

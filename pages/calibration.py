@@ -30,8 +30,8 @@ BIN_HOVER = (
 
 
 @st.cache_data(show_spinner="Binning the probabilities…", max_entries=32)
-def _view(root: str, study_id: str, model: str, strategy: str, key: tuple) -> roc_calibration.CalibrationView:
-    oof = common.out_of_fold_of(root, study_id, model, key)
+def _view(artifacts_root: str, study_id: str, model: str, strategy: str, key: tuple) -> roc_calibration.CalibrationView:
+    oof = common.out_of_fold_of(artifacts_root, study_id, model, key)
     return roc_calibration.calibration_view(oof, n_bins=RELIABILITY_BINS, strategy=strategy)
 
 

@@ -91,10 +91,10 @@ def classifier(path: str, key: tuple) -> Classifier:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _models(root: str, key: tuple) -> list[ModelInfo]:
+def _models(artifacts_root: str, key: tuple) -> list[ModelInfo]:
     from engine.models.inference import list_models
 
-    return list_models(Path(root))
+    return list_models(Path(artifacts_root))
 
 
 def models() -> list[ModelInfo]:
@@ -156,8 +156,8 @@ def choose(
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _studies(root: str, key: tuple) -> pd.DataFrame:
-    return explore.list_studies(Path(root))
+def _studies(artifacts_root: str, key: tuple) -> pd.DataFrame:
+    return explore.list_studies(Path(artifacts_root))
 
 
 def studies() -> pd.DataFrame:
@@ -192,21 +192,21 @@ def study_cached(function: Callable, study_id: str, *args: object) -> object:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def model_names_of(root: str, study_id: str, key: tuple) -> list[str]:
+def model_names_of(artifacts_root: str, study_id: str, key: tuple) -> list[str]:
     """The study's backbones with a finished fold, then ``ensemble`` when there is one."""
-    return predictions.model_names(study_id, Path(root))
+    return predictions.model_names(study_id, Path(artifacts_root))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def out_of_fold_of(root: str, study_id: str, model: str, key: tuple) -> predictions.OutOfFold:
+def out_of_fold_of(artifacts_root: str, study_id: str, model: str, key: tuple) -> predictions.OutOfFold:
     """A model's pooled out-of-fold predictions."""
-    return predictions.study_out_of_fold(study_id, model, Path(root))
+    return predictions.study_out_of_fold(study_id, model, Path(artifacts_root))
 
 
 @st.cache_data(show_spinner="Bootstrapping the intervals (once per model)…", max_entries=64)
-def summary_of(root: str, study_id: str, model: str, key: tuple) -> dict:
+def summary_of(artifacts_root: str, study_id: str, model: str, key: tuple) -> dict:
     """A model's intervals and calibration (``engine.evaluation.summary``), computed once and kept on disk."""
-    return summary.model_summary(out_of_fold_of(root, study_id, model, key), Path(root))
+    return summary.model_summary(out_of_fold_of(artifacts_root, study_id, model, key), Path(artifacts_root))
 
 
 def model_label(model: str) -> str:
@@ -220,8 +220,8 @@ def cached(read: Callable, study_id: str, *args: object) -> object:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _cached_read(name: str, root: str, study_id: str, args: tuple, key: tuple) -> object:
-    return getattr(explore, name)(study_id, *args, artifacts_root=Path(root))
+def _cached_read(name: str, artifacts_root: str, study_id: str, args: tuple, key: tuple) -> object:
+    return getattr(explore, name)(study_id, *args, artifacts_root=Path(artifacts_root))
 
 
 def backbones_of(study_id: str) -> list[str]:

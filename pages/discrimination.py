@@ -27,8 +27,8 @@ POOLED_LINE = {"width": 3}
 
 
 @st.cache_data(show_spinner="Computing the curves…", max_entries=32)
-def _view(root: str, study_id: str, model: str, key: tuple) -> roc_calibration.DiscriminationView:
-    return roc_calibration.discrimination_view(common.out_of_fold_of(root, study_id, model, key))
+def _view(artifacts_root: str, study_id: str, model: str, key: tuple) -> roc_calibration.DiscriminationView:
+    return roc_calibration.discrimination_view(common.out_of_fold_of(artifacts_root, study_id, model, key))
 
 
 def class_order(classes: tuple[str, ...]) -> list[str]:

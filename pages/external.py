@@ -41,8 +41,8 @@ PROBABILITY_COLUMNS = {name: st.column_config.NumberColumn(name, format="%.3f") 
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _evaluations(root: str, key: tuple) -> list[ExternalEvaluation]:
-    return saved_evaluations(Path(root))
+def _evaluations(artifacts_root: str, key: tuple) -> list[ExternalEvaluation]:
+    return saved_evaluations(Path(artifacts_root))
 
 
 def evaluations() -> list[ExternalEvaluation]:
@@ -99,8 +99,8 @@ class Choice:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _ensemble_studies(root: str, key: tuple) -> dict[str, list[str]]:
-    return ensemble_studies(Path(root))
+def _ensemble_studies(artifacts_root: str, key: tuple) -> dict[str, list[str]]:
+    return ensemble_studies(Path(artifacts_root))
 
 
 def choices(available: list[ModelInfo]) -> dict[str, Choice]:

@@ -31,42 +31,42 @@ GRID_COLUMNS = 6
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _mistakes(root: str, study_id: str, model: str, key: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
-    oof = common.out_of_fold_of(root, study_id, model, key)
+def _mistakes(artifacts_root: str, study_id: str, model: str, key: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
+    oof = common.out_of_fold_of(artifacts_root, study_id, model, key)
     return failures.mistakes(oof), failures.pair_counts(oof)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _fold_models(root: str, study_id: str, members: tuple[str, ...], key: tuple) -> dict:
-    return failures.fold_models(study_id, members, Path(root))
+def _fold_models(artifacts_root: str, study_id: str, members: tuple[str, ...], key: tuple) -> dict:
+    return failures.fold_models(study_id, members, Path(artifacts_root))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _images(root: str, source: StudyImages, files: tuple[str, ...]) -> np.ndarray:
+def _images(artifacts_root: str, source: StudyImages, files: tuple[str, ...]) -> np.ndarray:
     """The images of ``files`` (raises ``DatasetError``, which is not cached, when they are not here)."""
-    return failures.images_of(source, list(files), Path(root))
+    return failures.images_of(source, list(files), Path(artifacts_root))
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the fold model…")
-def _classifier(path: str, root: str) -> Classifier:
+def _classifier(path: str, artifacts_root: str) -> Classifier:
     """One loaded model per path, shared by every session (at most two kept in memory)."""
-    return load_classifier(path, artifacts_root=Path(root))
+    return load_classifier(path, artifacts_root=Path(artifacts_root))
 
 
 @st.cache_data(show_spinner="Computing Grad-CAM…", max_entries=64)
 def _heat_maps(
-    path: str, stamp: float, root: str, source: StudyImages, files: tuple[str, ...]
+    path: str, stamp: float, artifacts_root: str, source: StudyImages, files: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The fold model's probabilities and Grad-CAM maps (of the class it predicts) for ``files``."""
-    return _classifier(path, root).predict_arrays(_images(root, source, files))
+    return _classifier(path, artifacts_root).predict_arrays(_images(artifacts_root, source, files))
 
 
-def heat_maps(model: FoldModel, root: str, source: StudyImages, files: list[str]) -> tuple | str:
+def heat_maps(model: FoldModel, artifacts_root: str, source: StudyImages, files: list[str]) -> tuple | str:
     """(probabilities, maps) of ``files`` by ``model``, or one line saying why there are none."""
     if model.path is None:
         return model.missing
     try:
-        return _heat_maps(str(model.path), model.path.stat().st_mtime, root, source, tuple(files))
+        return _heat_maps(str(model.path), model.path.stat().st_mtime, artifacts_root, source, tuple(files))
     except Exception as exc:  # a model that fails to load must not take the table down with it
         return f"{model.backbone} fold {model.fold}'s model could not be run: {exc}"
 
@@ -151,12 +151,14 @@ def caption_of(row: pd.Series) -> str:
     return f"fold {row['fold']} · {row['true']} → {row['predicted']} ({row['confidence']:.1%}) · {row['file']}"
 
 
-def grid(table: pd.DataFrame, *, model: str, models: dict, root: str, source: StudyImages, with_maps: bool) -> None:
+def grid(
+    table: pd.DataFrame, *, model: str, models: dict, artifacts_root: str, source: StudyImages, with_maps: bool
+) -> None:
     """The most confident mistakes of the filtered table, with the fold model's heat map where it was saved."""
     top = table.head(GRID_SIZE)
     files = list(top["file"])
     try:
-        images = _images(root, source, tuple(files))
+        images = _images(artifacts_root, source, tuple(files))
     except DatasetError as exc:
         st.info(f"No thumbnails: {exc}. The table above needs only the predictions.", icon=":material/image:")
         return
@@ -164,7 +166,7 @@ def grid(table: pd.DataFrame, *, model: str, models: dict, root: str, source: St
     unsaved: list[int] = []
     if with_maps and model != ENSEMBLE:
         for fold, rows in top.groupby("fold"):
-            found = heat_maps(models[(model, int(fold))], root, source, list(rows["file"]))
+            found = heat_maps(models[(model, int(fold))], artifacts_root, source, list(rows["file"]))
             if isinstance(found, str):
                 if models[(model, int(fold))].path is None:
                     unsaved.append(int(fold))
@@ -200,11 +202,11 @@ def probability_chart(row: pd.Series, classes: tuple[str, ...]) -> go.Figure:
     return figure
 
 
-def closer_look(row: pd.Series, oof: OutOfFold, *, models: dict, root: str, source: StudyImages) -> None:
+def closer_look(row: pd.Series, oof: OutOfFold, *, models: dict, artifacts_root: str, source: StudyImages) -> None:
     """One mistake: its image, the heat map of each fold model that scored it, and its probabilities."""
     fold = int(row["fold"])
     try:
-        image = _images(root, source, (row["file"],))[0]
+        image = _images(artifacts_root, source, (row["file"],))[0]
     except DatasetError as exc:
         image = None
         st.info(f"No image: {exc}.", icon=":material/image:")
@@ -212,7 +214,7 @@ def closer_look(row: pd.Series, oof: OutOfFold, *, models: dict, root: str, sour
     if image is not None:
         panels.append((failures.overlay(image, None), "the image"))
         for backbone in oof.members:
-            found = heat_maps(models[(backbone, fold)], root, source, [row["file"]])
+            found = heat_maps(models[(backbone, fold)], artifacts_root, source, [row["file"]])
             if isinstance(found, str):
                 absent.append(found)
                 continue
@@ -298,9 +300,9 @@ st.caption(
     f"Heat maps: Grad-CAM of the class the fold model predicts, on the image at {source.input_size} px; red is "
     f"where the evidence for it is strongest. Saved models: {saved_models_line(oof.fold_ids, fold_models)}."
 )
-grid(chosen, model=model, models=fold_models, root=str(root), source=source, with_maps=with_maps)
+grid(chosen, model=model, models=fold_models, artifacts_root=str(root), source=source, with_maps=with_maps)
 
 st.subheader("A closer look")
 by_file = chosen.set_index("file", drop=False)
 picked = common.choose("Mistake", list(chosen["file"]), param="image", format_func=lambda f: caption_of(by_file.loc[f]))
-closer_look(by_file.loc[picked], oof, models=fold_models, root=str(root), source=source)
+closer_look(by_file.loc[picked], oof, models=fold_models, artifacts_root=str(root), source=source)

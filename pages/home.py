@@ -13,8 +13,8 @@ common.require_router(__file__)
 
 
 @st.cache_data(show_spinner="Reading the study's figures…", max_entries=16)
-def findings(root: str, study_id: str, key: tuple) -> list[str]:
-    return summary_sections.study_findings(generalisation.generalisation(study_id, Path(root)))
+def findings(artifacts_root: str, study_id: str, key: tuple) -> list[str]:
+    return summary_sections.study_findings(generalisation.generalisation(study_id, Path(artifacts_root)))
 
 
 st.title("Transfer learning for COVID-19 chest X-rays: study explorer")

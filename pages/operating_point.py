@@ -61,9 +61,9 @@ PREVALENCE_NOTE = (
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _sweep(root: str, study_id: str, model: str, class_name: str, key: tuple) -> pd.DataFrame:
+def _sweep(artifacts_root: str, study_id: str, model: str, class_name: str, key: tuple) -> pd.DataFrame:
     """Sensitivity and specificity at up to ``SWEEP_POINTS`` observed scores, spaced by rank."""
-    positive, score = binary(common.out_of_fold_of(root, study_id, model, key), class_name)
+    positive, score = binary(common.out_of_fold_of(artifacts_root, study_id, model, key), class_name)
     sweep = threshold_sweep(positive, score, max_points=SWEEP_POINTS)
     return pd.DataFrame(
         {"threshold": sweep.threshold, "sensitivity": sweep.sensitivity, "specificity": sweep.specificity}
@@ -71,8 +71,10 @@ def _sweep(root: str, study_id: str, model: str, class_name: str, key: tuple) ->
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _roc(root: str, study_id: str, model: str, class_name: str, key: tuple) -> tuple[list, list, float] | None:
-    oof = common.out_of_fold_of(root, study_id, model, key)
+def _roc(
+    artifacts_root: str, study_id: str, model: str, class_name: str, key: tuple
+) -> tuple[list, list, float] | None:
+    oof = common.out_of_fold_of(artifacts_root, study_id, model, key)
     for curve in roc_curves(oof.y_true, oof.proba, oof.classes).pooled:
         if curve.class_name == class_name:
             return curve.fpr, curve.tpr, curve.auc

@@ -18,8 +18,8 @@ COMMITTED = settings.PROJECT_ROOT / "docs" / "reproduction.md"
 
 
 @st.cache_data(show_spinner="Writing the report…", max_entries=4)
-def live_report(root: str, key: tuple) -> str:
-    return reproduction_report(Path(root))
+def live_report(artifacts_root: str, key: tuple) -> str:
+    return reproduction_report(Path(artifacts_root))
 
 
 st.title("Reproduction report")

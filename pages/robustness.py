@@ -26,12 +26,12 @@ NOTHING = {"finished": [], "with_model": [], "analysed": [], "classes": [], "cla
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _study_state(root: str, study_id: str, key: tuple) -> dict[str, dict]:
+def _study_state(artifacts_root: str, study_id: str, key: tuple) -> dict[str, dict]:
     """Per backbone: its finished folds, those with a saved model, and its pooled robustness table."""
-    runs = artifacts.study_runs(study_id, Path(root))
+    runs = artifacts.study_runs(study_id, Path(artifacts_root))
     state = {}
     for backbone in sorted({r.backbone for r in runs}):
-        results = robustness.saved_results(study_id, backbone, Path(root))
+        results = robustness.saved_results(study_id, backbone, Path(artifacts_root))
         state[backbone] = {
             "finished": sorted(r.fold for r in runs if r.backbone == backbone),
             "with_model": sorted(r.fold for r in runs if r.backbone == backbone and r.model_path),
@@ -60,9 +60,9 @@ def study_state(study_id: str) -> dict[str, dict]:
 
 
 @st.cache_data(show_spinner=False, max_entries=8, ttl=60)
-def _images_here(root: str, study_id: str, key: tuple) -> bool:
+def _images_here(artifacts_root: str, study_id: str, key: tuple) -> bool:
     try:
-        study_dataset(artifacts.read_study(study_id, Path(root)), Path(root))
+        study_dataset(artifacts.read_study(study_id, Path(artifacts_root)), Path(artifacts_root))
     except ValueError:
         return False
     return True

@@ -73,7 +73,7 @@ def test_zip_import_equals_folder_import(tmp_path, artifacts_root):
     data = make_dataset(tmp_path / "tiny", n_per_class=4, size=20)
     archive = zip_folder(data, tmp_path / "tiny.zip", top="tiny")
     from_folder = import_dataset(data, input_size=20)
-    from_zip = import_dataset(archive, input_size=20, artifacts=tmp_path / "other-artifacts")
+    from_zip = import_dataset(archive, input_size=20, artifacts_root=tmp_path / "other-artifacts")
     assert from_zip.files == from_folder.files
     assert from_zip.fingerprint == from_folder.fingerprint
     assert from_zip.classes == from_folder.classes

@@ -363,7 +363,7 @@ def test_import_of_random_files_gives_a_dataset_error_or_a_consistent_dataset(co
             for i, content in enumerate(contents):
                 (root / cls / f"{i}.png").write_bytes(content)
         try:
-            dataset = import_dataset(root, input_size=12, artifacts=Path(tmp) / "artifacts", n_jobs=1)
+            dataset = import_dataset(root, input_size=12, artifacts_root=Path(tmp) / "artifacts", n_jobs=1)
         except DatasetError as exc:
             assert "\n" not in str(exc)
             return

@@ -123,7 +123,7 @@ def test_the_saved_model_reproduces_its_fitted_predictions(probe):
     root, runs = probe
     for run in runs:
         study = artifacts.read_study(run.study_id, root)
-        dataset = load_dataset(study.dataset.fingerprint, input_size=32, artifacts=root)
+        dataset = load_dataset(study.dataset.fingerprint, input_size=32, artifacts_root=root)
         images = np.asarray(dataset.images[study.folds[run.fold]], dtype="float32")[..., None]
         model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
         rows = artifacts.read_predictions(run)

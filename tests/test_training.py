@@ -66,13 +66,13 @@ def test_folds_are_shared_disjoint_and_cover_the_dataset(paper_study, tiny_root,
     root, study = paper_study
     folds = [set(f) for f in study.folds]
     assert folds[0].isdisjoint(folds[1]) and sorted(folds[0] | folds[1]) == list(range(24))
-    dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
+    dataset = import_dataset(tiny_root, input_size=32, artifacts_root=root)
     for fold in folds:
         assert np.bincount(dataset.labels[sorted(fold)], minlength=3).tolist() == [4, 4, 4], "stratified"
     for run in artifacts.study_runs(study.study_id, root):
         files = [r["file"] for r in artifacts.read_predictions(run)]
         assert files == [dataset.files[i] for i in study.folds[run.fold]], "each run is scored on its own fold"
-    other = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
+    other = import_dataset(tiny_root, input_size=32, artifacts_root=tmp_path)
     frozen = prepare_study(other, TINY_FROZEN, artifacts_root=tmp_path)
     assert frozen.study_id != study.study_id and frozen.folds == study.folds, "same seed, same folds"
 
@@ -111,7 +111,7 @@ def test_killed_mid_write_run_is_not_listed_and_is_retrained(paper_study, tiny_r
     (run_path / "metrics.json").write_text('{"accuracy": 0.9')
     assert artifacts.read_run(run_path) is None
     assert [r.fold for r in artifacts.study_runs(study.study_id, root)] == [0]
-    dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
+    dataset = import_dataset(tiny_root, input_size=32, artifacts_root=root)
     rerun = train_fold(dataset=dataset, study=study, backbone="MobileNet-0.25", fold=1, artifacts_root=root)
     assert rerun.fold == 1 and artifacts.is_complete(run_path)
     assert json.loads((run_path / "metrics.json").read_text())["accuracy"] == rerun.metrics["accuracy"]
@@ -122,7 +122,7 @@ def test_killed_mid_write_run_is_not_listed_and_is_retrained(paper_study, tiny_r
 def test_same_config_gives_the_same_predictions(paper_study, tiny_root, tmp_path):
     root, study = paper_study
     other = tmp_path / "again"
-    dataset = import_dataset(tiny_root, input_size=32, artifacts=other)
+    dataset = import_dataset(tiny_root, input_size=32, artifacts_root=other)
     twin = prepare_study(dataset, TINY_PAPER, artifacts_root=other)
     assert twin.study_id == study.study_id and twin.folds == study.folds
     run = train_fold(dataset=dataset, study=twin, backbone="MobileNet-0.25", fold=0, artifacts_root=other)
@@ -140,7 +140,7 @@ def test_a_fold_on_the_last_compiled_model_trains_and_saves_as_on_a_fresh_one(ti
     monkeypatch.setattr(fitting, "_compile", lambda *args: (compiles.append(args[0]), real_compile(*args)))
 
     def fold(root, k: int) -> artifacts.RunResult:
-        dataset = import_dataset(tiny_root, input_size=32, artifacts=root)
+        dataset = import_dataset(tiny_root, input_size=32, artifacts_root=root)
         study = prepare_study(dataset, request, artifacts_root=root)
         return train_fold(dataset=dataset, study=study, backbone="MobileNet-0.25", fold=k, artifacts_root=root)
 
@@ -248,7 +248,7 @@ def test_the_recommended_protocol_keeps_imagenet_batchnorm_and_picks_its_epoch_o
         artifacts_root=tmp_path,
         on_progress=sent.append,
     )
-    dataset = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
+    dataset = import_dataset(tiny_root, input_size=32, artifacts_root=tmp_path)
     probe = get_protocol("xray-finetune").stages[0].epochs
     for fold in (0, 1):
         mine = [p for p in sent if p.fold == fold]
@@ -275,7 +275,7 @@ def test_the_recommended_protocol_keeps_imagenet_batchnorm_and_picks_its_epoch_o
 
 def test_balanced_class_weights_give_each_class_the_same_total_weight(tiny_root, tmp_path):
     protocol = dataclasses.replace(get_protocol("paper"), class_weight="balanced")
-    dataset = import_dataset(tiny_root, input_size=32, artifacts=tmp_path)
+    dataset = import_dataset(tiny_root, input_size=32, artifacts_root=tmp_path)
     keep = np.flatnonzero((dataset.labels != 0) | (np.arange(len(dataset)) % 2 == 0))
     skewed = dataclasses.replace(dataset, labels=dataset.labels[keep], files=[dataset.files[i] for i in keep])
     skewed.images = dataset.images[keep]

@@ -201,8 +201,8 @@ def _fingerprint(records: list[tuple[str, str, str]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def dataset_dir(fingerprint: str, artifacts: Path | None = None) -> Path:
-    return (artifacts or settings.artifacts_dir()) / "datasets" / fingerprint
+def dataset_dir(fingerprint: str, artifacts_root: Path | None = None) -> Path:
+    return (artifacts_root or settings.artifacts_dir()) / "datasets" / fingerprint
 
 
 def _need_classes(entries: list[_Entry], where: str, minimum: int) -> None:
@@ -284,7 +284,7 @@ def _write_manifest(
     *,
     name: str,
     source: str,
-    artifacts: Path | None,
+    artifacts_root: Path | None,
     listed: dict[str, str] | None,
     metadata: dict[str, dict[str, str]] | None,
 ) -> None:
@@ -312,14 +312,14 @@ def _write_manifest(
         **({"patients": listed} if listed else {}),
         **({"metadata": {f: metadata[f] for f in files if f in metadata}} if metadata else {}),
     }
-    atomic.write_json(dataset_dir(fingerprint, artifacts) / "manifest.json", manifest)
+    atomic.write_json(dataset_dir(fingerprint, artifacts_root) / "manifest.json", manifest)
 
 
 def import_dataset(
     source: str | Path,
     *,
     input_size: int = 224,
-    artifacts: Path | None = None,
+    artifacts_root: Path | None = None,
     name: str | None = None,
     n_jobs: int = -1,
     min_classes: int = 2,
@@ -348,10 +348,10 @@ def import_dataset(
             if rows is not None:
                 records.append((table, "", hashlib.sha1(repr(sorted(rows.items())).encode()).hexdigest()))
         fingerprint = _fingerprint(records)
-        folder = dataset_dir(fingerprint, artifacts)
+        folder = dataset_dir(fingerprint, artifacts_root)
         images_path = folder / f"images-{input_size}.npy"
         if (folder / "manifest.json").exists() and images_path.exists():
-            return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
+            return load_dataset(fingerprint, input_size=input_size, artifacts_root=artifacts_root)
         with atomic.atomic_path(images_path, suffix=".npy") as tmp:
             kept, sizes = _decode_all(
                 chosen, tmp, size=input_size, n_jobs=n_jobs, report=report, where=where, min_classes=min_classes
@@ -363,26 +363,26 @@ def import_dataset(
         report,
         name=name or display_name(source.stem),
         source=where,
-        artifacts=artifacts,
+        artifacts_root=artifacts_root,
         listed=listed,
         metadata=metadata,
     )
-    dataset = load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
-    overlap.dataset_hashes(dataset, artifacts)
+    dataset = load_dataset(fingerprint, input_size=input_size, artifacts_root=artifacts_root)
+    overlap.dataset_hashes(dataset, artifacts_root)
     return dataset
 
 
-def read_manifest(fingerprint: str, artifacts: Path | None = None) -> dict:
-    path = dataset_dir(fingerprint, artifacts) / "manifest.json"
+def read_manifest(fingerprint: str, artifacts_root: Path | None = None) -> dict:
+    path = dataset_dir(fingerprint, artifacts_root) / "manifest.json"
     if not path.exists():
         raise DatasetError(f"dataset {fingerprint} has not been imported into {path.parent.parent}")
     return atomic.read_json(path)
 
 
-def load_dataset(fingerprint: str, *, input_size: int, artifacts: Path | None = None) -> Dataset:
+def load_dataset(fingerprint: str, *, input_size: int, artifacts_root: Path | None = None) -> Dataset:
     """Load an imported dataset; images are memory-mapped, so large sets do not fill memory."""
-    manifest = read_manifest(fingerprint, artifacts)
-    images_path = dataset_dir(fingerprint, artifacts) / f"images-{input_size}.npy"
+    manifest = read_manifest(fingerprint, artifacts_root)
+    images_path = dataset_dir(fingerprint, artifacts_root) / f"images-{input_size}.npy"
     if not images_path.exists():
         raise DatasetError(
             f"dataset {manifest['name']} ({fingerprint}) has no cached images at {input_size}x{input_size}; "

@@ -75,13 +75,13 @@ def hash_images(images: np.ndarray) -> ImageHashes:
     return ImageHashes(pixels, perceptual)
 
 
-def _path(fingerprint: str, size: int, artifacts: Path | None) -> Path:
-    return (artifacts or settings.artifacts_dir()) / "datasets" / fingerprint / f"hashes-{size}.json"
+def _path(fingerprint: str, size: int, artifacts_root: Path | None) -> Path:
+    return (artifacts_root or settings.artifacts_dir()) / "datasets" / fingerprint / f"hashes-{size}.json"
 
 
-def stored_hashes(fingerprint: str, size: int, artifacts: Path | None = None) -> ImageHashes | None:
+def stored_hashes(fingerprint: str, size: int, artifacts_root: Path | None = None) -> ImageHashes | None:
     """The hashes kept for a dataset at ``size``, or None when none were computed."""
-    path = _path(fingerprint, size, artifacts)
+    path = _path(fingerprint, size, artifacts_root)
     if not path.is_file():
         return None
     saved = atomic.read_json(path)
@@ -89,14 +89,14 @@ def stored_hashes(fingerprint: str, size: int, artifacts: Path | None = None) ->
     return ImageHashes(saved["pixels"], perceptual.reshape(-1, 4))
 
 
-def dataset_hashes(dataset, artifacts: Path | None = None) -> ImageHashes:
+def dataset_hashes(dataset, artifacts_root: Path | None = None) -> ImageHashes:
     """A dataset's hashes at its input size, computed from its decoded images once and then kept."""
-    found = stored_hashes(dataset.fingerprint, dataset.input_size, artifacts)
+    found = stored_hashes(dataset.fingerprint, dataset.input_size, artifacts_root)
     if found is not None and len(found) == len(dataset):
         return found
     hashes = hash_images(np.asarray(dataset.images))
     atomic.write_json(
-        _path(dataset.fingerprint, dataset.input_size, artifacts),
+        _path(dataset.fingerprint, dataset.input_size, artifacts_root),
         {
             "schema_version": HASHES_SCHEMA,
             "size": dataset.input_size,

@@ -64,28 +64,29 @@ def combined_fingerprint(parts: list[Dataset]) -> str:
 
 
 def import_sources(
-    sources: list[str | Path], *, input_size: int = 224, artifacts: Path | None = None, n_jobs: int = -1
+    sources: list[str | Path], *, input_size: int = 224, artifacts_root: Path | None = None, n_jobs: int = -1
 ) -> Dataset:
     """One dataset of ``sources`` (folders or ``.zip`` files); a single source is imported as it is."""
     if not sources:
         raise ValueError("at least one dataset folder is needed, got none")
     if len(sources) == 1:
-        return import_dataset(sources[0], input_size=input_size, artifacts=artifacts, n_jobs=n_jobs)
-    parts = [import_dataset(sources[0], input_size=input_size, artifacts=artifacts, n_jobs=n_jobs)]
+        return import_dataset(sources[0], input_size=input_size, artifacts_root=artifacts_root, n_jobs=n_jobs)
+    parts = [import_dataset(sources[0], input_size=input_size, artifacts_root=artifacts_root, n_jobs=n_jobs)]
     parts += [
-        import_dataset(s, input_size=input_size, artifacts=artifacts, n_jobs=n_jobs, min_classes=1) for s in sources[1:]
+        import_dataset(s, input_size=input_size, artifacts_root=artifacts_root, n_jobs=n_jobs, min_classes=1)
+        for s in sources[1:]
     ]
     fingerprint = combined_fingerprint(parts)
-    folder = dataset_dir(fingerprint, artifacts)
+    folder = dataset_dir(fingerprint, artifacts_root)
     if (folder / "manifest.json").exists() and (folder / f"images-{input_size}.npy").exists():
-        return load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
-    _combine(parts, fingerprint, input_size=input_size, artifacts=artifacts)
-    dataset = load_dataset(fingerprint, input_size=input_size, artifacts=artifacts)
-    overlap.dataset_hashes(dataset, artifacts)
+        return load_dataset(fingerprint, input_size=input_size, artifacts_root=artifacts_root)
+    _combine(parts, fingerprint, input_size=input_size, artifacts_root=artifacts_root)
+    dataset = load_dataset(fingerprint, input_size=input_size, artifacts_root=artifacts_root)
+    overlap.dataset_hashes(dataset, artifacts_root)
     return dataset
 
 
-def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifacts: Path | None) -> None:
+def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifacts_root: Path | None) -> None:
     first, names = parts[0], _names(parts)
     maps = [_class_map(first, part, name) for part, name in zip(parts, names, strict=True)]
     report = ImportReport()
@@ -97,8 +98,8 @@ def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifac
     sizes: list[list[int]] = []
     metadata: dict[str, dict[str, str]] = {}
     for s, (part, name, mapping) in enumerate(zip(parts, names, maps, strict=True)):
-        hashes = overlap.dataset_hashes(part, artifacts).pixels
-        part_manifest = read_manifest(part.fingerprint, artifacts)
+        hashes = overlap.dataset_hashes(part, artifacts_root).pixels
+        part_manifest = read_manifest(part.fingerprint, artifacts_root)
         part_sizes = part_manifest.get("source_sizes") or [[0, 0]] * len(part)
         part_metadata = part_manifest.get("metadata", {})
         for i, file in enumerate(part.files):
@@ -124,7 +125,7 @@ def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifac
     pairs = Counter(zip(source_index, labels, strict=True))
     report.by_source = {name: {c: pairs[(s, k)] for k, c in enumerate(first.classes)} for s, name in enumerate(names)}
     report.patients = patient_groups(files, listed or None).summary
-    images_path = dataset_dir(fingerprint, artifacts) / f"images-{input_size}.npy"
+    images_path = dataset_dir(fingerprint, artifacts_root) / f"images-{input_size}.npy"
     with atomic.atomic_path(images_path, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), input_size, input_size))
         for start in range(0, len(rows), COPY_ROWS):
@@ -148,7 +149,7 @@ def _combine(parts: list[Dataset], fingerprint: str, *, input_size: int, artifac
         **({"patients": listed} if listed else {}),
         **({"metadata": metadata} if metadata else {}),
     }
-    atomic.write_json(dataset_dir(fingerprint, artifacts) / "manifest.json", manifest)
+    atomic.write_json(dataset_dir(fingerprint, artifacts_root) / "manifest.json", manifest)
 
 
 def study_dataset(study: Study, artifacts_root: Path | None = None, *, data: list[str | Path] | None = None) -> Dataset:
@@ -157,13 +158,13 @@ def study_dataset(study: Study, artifacts_root: Path | None = None, *, data: lis
     fingerprint, size, name = study.dataset.fingerprint, study.input_size, study.dataset.name
     if not data:
         try:
-            return load_dataset(fingerprint, input_size=size, artifacts=artifacts_root)
+            return load_dataset(fingerprint, input_size=size, artifacts_root=artifacts_root)
         except DatasetError:
             raise DatasetError(
                 f"the images of study {study.study_id} (dataset {name}, fingerprint {fingerprint}) are not on "
                 "this machine; pass its dataset folder(s) or .zip (--data, in the study's order) to import them"
             ) from None
-    dataset = import_sources(list(data), input_size=size, artifacts=artifacts_root)
+    dataset = import_sources(list(data), input_size=size, artifacts_root=artifacts_root)
     if dataset.fingerprint != fingerprint:
         raise DatasetError(
             f"{' + '.join(map(str, data))} is dataset {dataset.fingerprint}, not {fingerprint} ({name}) of study "

@@ -51,24 +51,24 @@ class OverlapError(ValueError):
     """Every image of an "external" set is one of the model's study images."""
 
 
-def _study_hashes(classifier: Classifier, root: Path) -> overlap.ImageHashes:
+def _study_hashes(classifier: Classifier, artifacts_root: Path) -> overlap.ImageHashes:
     """The model's study images' hashes: kept with its dataset, or computed from its decoded images."""
-    study = artifacts.read_study(classifier.info["study_id"], root)
+    study = artifacts.read_study(classifier.info["study_id"], artifacts_root)
     fingerprint = study.dataset.fingerprint
-    stored = overlap.stored_hashes(fingerprint, classifier.input_size, root)
+    stored = overlap.stored_hashes(fingerprint, classifier.input_size, artifacts_root)
     if stored is not None:
         return stored
     from engine.data.datasets import DatasetError, load_dataset
 
     try:
-        dataset = load_dataset(fingerprint, input_size=classifier.input_size, artifacts=root)
+        dataset = load_dataset(fingerprint, input_size=classifier.input_size, artifacts_root=artifacts_root)
     except DatasetError:
         raise ValueError(
             f"cannot check that these images are unseen: the images of study {study.study_id} "
             f"(dataset {study.dataset.name}, {fingerprint}) are not on this machine and no hashes of them "
             "were kept; import that dataset once (python -m engine study ... or the app) and evaluate again"
         ) from None
-    return overlap.dataset_hashes(dataset, root)
+    return overlap.dataset_hashes(dataset, artifacts_root)
 
 
 def _model_rows(dataset: Dataset, classes: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
@@ -185,7 +185,7 @@ def evaluate_folder(
     settings.refuse_if_read_only("new evaluations are")
     _check_relation(relation)
     root = artifacts_root or settings.artifacts_dir()
-    dataset = import_dataset(data, input_size=classifier.input_size, artifacts=root, min_classes=1)
+    dataset = import_dataset(data, input_size=classifier.input_size, artifacts_root=root, min_classes=1)
     key = evaluation_key(classifier.info, dataset.fingerprint)
     path = root / "evaluations" / f"{key}.json"
 
@@ -311,7 +311,7 @@ def evaluate_study_ensemble(
         "served_by": [ensembles[b].serving_path.relative_to(root).as_posix() for b in backbones],
     }
     input_size = ensembles[backbones[0]].input_size
-    fingerprint = import_dataset(data, input_size=input_size, artifacts=root, min_classes=1).fingerprint
+    fingerprint = import_dataset(data, input_size=input_size, artifacts_root=root, min_classes=1).fingerprint
     key = evaluation_key(model, fingerprint)
     path = root / "evaluations" / f"{key}.json"
 

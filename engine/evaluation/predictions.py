@@ -51,8 +51,8 @@ class OutOfFold:
         return figures
 
 
-def _runs_of(study_id: str, backbone: str, root: Path | None) -> list[artifacts.RunResult]:
-    return [r for r in artifacts.study_runs(study_id, root) if r.backbone == backbone]
+def _runs_of(study_id: str, backbone: str, artifacts_root: Path | None) -> list[artifacts.RunResult]:
+    return [r for r in artifacts.study_runs(study_id, artifacts_root) if r.backbone == backbone]
 
 
 def out_of_fold(

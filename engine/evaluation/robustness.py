@@ -133,8 +133,10 @@ def _figures(counts: dict, classes: tuple[str, ...]) -> dict:
     }
 
 
-def result_path(run: artifacts.RunResult, key: str, root: Path) -> Path:
-    return artifacts.study_dir(run.study_id, root) / "robustness" / run.backbone / f"fold-{run.fold}-{key}.json"
+def result_path(run: artifacts.RunResult, key: str, artifacts_root: Path) -> Path:
+    return (
+        artifacts.study_dir(run.study_id, artifacts_root) / "robustness" / run.backbone / f"fold-{run.fold}-{key}.json"
+    )
 
 
 def robustness_key(run: artifacts.RunResult, dataset_fingerprint: str) -> str:

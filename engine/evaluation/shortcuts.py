@@ -67,12 +67,12 @@ class Region:
 REGION = Region()
 
 
-def audit_dir(study_id: str, root: Path | None = None) -> Path:
-    return artifacts.study_dir(study_id, root or settings.artifacts_dir()) / "audit"
+def audit_dir(study_id: str, artifacts_root: Path | None = None) -> Path:
+    return artifacts.study_dir(study_id, artifacts_root or settings.artifacts_dir()) / "audit"
 
 
-def _source_sizes(dataset: Dataset, root: Path) -> np.ndarray | None:
-    sizes = read_manifest(dataset.fingerprint, root).get("source_sizes")
+def _source_sizes(dataset: Dataset, artifacts_root: Path) -> np.ndarray | None:
+    sizes = read_manifest(dataset.fingerprint, artifacts_root).get("source_sizes")
     return None if sizes is None else np.asarray(sizes, dtype=np.float64)
 
 

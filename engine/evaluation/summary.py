@@ -70,8 +70,8 @@ def _calibration_figures(found) -> dict:
     }
 
 
-def _path(oof: OutOfFold, key: str, root: Path) -> Path:
-    return artifacts.study_dir(oof.study_id, root) / "evaluation" / f"{oof.model}-{key}.json"
+def _path(oof: OutOfFold, key: str, artifacts_root: Path) -> Path:
+    return artifacts.study_dir(oof.study_id, artifacts_root) / "evaluation" / f"{oof.model}-{key}.json"
 
 
 def _replaced_by(oof: OutOfFold, path: Path) -> list[Path]:

@@ -113,10 +113,10 @@ class RelayedStore:
     executor writes to the store.
     """
 
-    def __init__(self, root: Path, job: Job, counts: tuple[int, int]) -> None:
+    def __init__(self, artifacts_root: Path, job: Job, counts: tuple[int, int]) -> None:
         from distributed import Event, get_worker
 
-        self.root = root
+        self.root = artifacts_root
         self.job = job
         self.counts = counts
         self.worker = get_worker()

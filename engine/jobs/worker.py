@@ -76,12 +76,12 @@ def ensure_worker(artifacts_root: Path | None = None) -> bool:
     return True
 
 
-def _acquire_lock(root: Path) -> int | None:
+def _acquire_lock(artifacts_root: Path) -> int | None:
     """The worker lock's descriptor, or ``None`` if another worker holds it.
 
     Retries for a moment, since :func:`worker_alive` probes the lock by taking it briefly.
     """
-    fd = os.open(worker_lock_path(root), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(worker_lock_path(artifacts_root), os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:

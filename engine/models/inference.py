@@ -207,8 +207,8 @@ def check_upload(name: str, data: bytes) -> None:
         raise ImageError(f"{name}: not a PNG, JPEG or DICOM file (its content does not start like one)")
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return root.resolve() in path.resolve().parents
+def _inside(path: Path, artifacts_root: Path) -> bool:
+    return artifacts_root.resolve() in path.resolve().parents
 
 
 class Classifier:
@@ -356,7 +356,7 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
     )
 
 
-def _load_ensemble(folder: Path, root: Path) -> Classifier:
+def _load_ensemble(folder: Path, artifacts_root: Path) -> Classifier:
     """Every saved fold model of one backbone (``folder`` is ``runs/<backbone>``) as one serving graph."""
     runs = [r for r in (artifacts.read_run(p) for p in sorted(folder.glob("fold-*"))) if r and r.model_path]
     if len(runs) < 2:

@@ -40,9 +40,9 @@ class Item:
     cannot: str
 
 
-def _manifest(study: Study, root: Path) -> dict | None:
+def _manifest(study: Study, artifacts_root: Path) -> dict | None:
     try:
-        return read_manifest(study.dataset.fingerprint, root)
+        return read_manifest(study.dataset.fingerprint, artifacts_root)
     except DatasetError:
         return None
 

@@ -32,8 +32,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _summaries(study_id: str, root: Path | None) -> dict[str, dict]:
-    return {m: model_summary(study_out_of_fold(study_id, m, root), root) for m in model_names(study_id, root)}
+def _summaries(study_id: str, artifacts_root: Path | None) -> dict[str, dict]:
+    return {
+        m: model_summary(study_out_of_fold(study_id, m, artifacts_root), artifacts_root)
+        for m in model_names(study_id, artifacts_root)
+    }
 
 
 def _fold_cell(comparison, model: str) -> str:
@@ -48,7 +51,7 @@ def _calibration_cell(calibration: dict, key: str) -> str:
     return f"{before:.4f}" if after is None else f"{before:.4f} → {after:.4f}"
 
 
-def models_section(study_ids: list[str], root: Path | None) -> str:
+def models_section(study_ids: list[str], artifacts_root: Path | None) -> str:
     """Per study, every model (and the ensemble): fold mean ± sd, pooled estimates with intervals, calibration."""
     parts = [
         f"{DEFAULT_INTERVALS.describe()}. The ensemble averages the backbones' out-of-fold probabilities on the "
@@ -56,9 +59,9 @@ def models_section(study_ids: list[str], root: Path | None) -> str:
         "each fold's temperature fitted on the other folds only.",
     ]
     for study_id in study_ids:
-        study = artifacts.read_study(study_id, root)
-        comparison = explore.comparison_table(study_id, root)
-        summaries = _summaries(study_id, root)
+        study = artifacts.read_study(study_id, artifacts_root)
+        comparison = explore.comparison_table(study_id, artifacts_root)
+        summaries = _summaries(study_id, artifacts_root)
         rows = []
         for model, summary in summaries.items():
             rows.append(
@@ -85,13 +88,13 @@ def models_section(study_ids: list[str], root: Path | None) -> str:
     return "\n".join(parts)
 
 
-def robustness_section(study_ids: list[str], root: Path | None) -> str:
+def robustness_section(study_ids: list[str], artifacts_root: Path | None) -> str:
     """Accuracy under each acquisition shift, pooled over the folds whose models were analysed."""
     parts = []
     for study_id in study_ids:
-        study = artifacts.read_study(study_id, root)
-        for backbone in sorted({r.backbone for r in artifacts.study_runs(study_id, root)}):
-            results = saved_results(study_id, backbone, root)
+        study = artifacts.read_study(study_id, artifacts_root)
+        for backbone in sorted({r.backbone for r in artifacts.study_runs(study_id, artifacts_root)}):
+            results = saved_results(study_id, backbone, artifacts_root)
             if not results:
                 continue
             table = pooled_table(results)
@@ -123,34 +126,34 @@ def robustness_section(study_ids: list[str], root: Path | None) -> str:
     return "\n".join([intro, *parts])
 
 
-def _robustness_status(study_ids: list[str], root: Path | None) -> str:
+def _robustness_status(study_ids: list[str], artifacts_root: Path | None) -> str:
     done = []
     for study_id in study_ids:
-        for backbone in sorted({r.backbone for r in artifacts.study_runs(study_id, root)}):
-            results = saved_results(study_id, backbone, root)
+        for backbone in sorted({r.backbone for r in artifacts.study_runs(study_id, artifacts_root)}):
+            results = saved_results(study_id, backbone, artifacts_root)
             if results:
                 done.append(f"{backbone} (`{study_id}`, {len(results)} fold(s))")
     return ", ".join(done) if done else "none yet"
 
 
-def checklist_section(root: Path | None) -> str:
+def checklist_section(artifacts_root: Path | None) -> str:
     """The checklist answered from one study's files: the served model's study, else the newest judged study."""
     from engine.reports.checklist import checklist_markdown
     from engine.reports.served import read_choice
     from engine.reports.summary_sections import judged_studies
 
-    choice = read_choice(root)
-    judged = judged_studies(root)
+    choice = read_choice(artifacts_root)
+    judged = judged_studies(artifacts_root)
     study_id = choice["study_id"] if choice else (judged[0].study_id if judged else None)
     if study_id is None:
         return "No study with patient-level folds or a shortcut audit yet: the checklist is answered from one."
-    study = artifacts.read_study(study_id, root)
+    study = artifacts.read_study(study_id, artifacts_root)
     return "\n".join(
         [
             f"Answered from study `{study_id}` ({study.title}) and its files: a different study gives different "
             "answers. CLAIM 2024 (Tejani et al., Radiology: Artificial Intelligence 2024) and TRIPOD+AI (Collins et "
             "al., BMJ 2024); each row's wording is ours, not the checklists'.",
             "",
-            checklist_markdown(study_id, root),
+            checklist_markdown(study_id, artifacts_root),
         ]
     )

@@ -142,7 +142,7 @@ def images_of(source: StudyImages, files: list[str], artifacts_root: Path | None
     machine, or files the dataset does not hold.
     """
     try:
-        dataset = load_dataset(source.fingerprint, input_size=source.input_size, artifacts=artifacts_root)
+        dataset = load_dataset(source.fingerprint, input_size=source.input_size, artifacts_root=artifacts_root)
     except DatasetError:
         raise DatasetError(source.missing) from None
     rows = {name: i for i, name in enumerate(dataset.files)}

@@ -37,12 +37,12 @@ def split_label(study: Study) -> str:
     return f"{study.split_level}-level folds"
 
 
-def image_level_twin(study: Study, root: Path | None = None) -> str | None:
+def image_level_twin(study: Study, artifacts_root: Path | None = None) -> str | None:
     """The study with the same data, protocol and settings but image-level folds: the leakage figure's other half."""
     if study.split_level != "patient":
         return None
-    for other_id in artifacts.list_study_ids(root):
-        other = artifacts.read_study(other_id, root)
+    for other_id in artifacts.list_study_ids(artifacts_root):
+        other = artifacts.read_study(other_id, artifacts_root)
         same = other.dataset.fingerprint == study.dataset.fingerprint
         if same and other.split_level == "image" and all(getattr(other, f) == getattr(study, f) for f in TWIN_FIELDS):
             return other_id
@@ -119,10 +119,10 @@ def _by_source(oof, sources: tuple[str, ...]) -> dict[str, dict]:
     }
 
 
-def _metadata(fingerprint: str, root: Path) -> dict[str, dict[str, str]]:
+def _metadata(fingerprint: str, artifacts_root: Path) -> dict[str, dict[str, str]]:
     """The dataset's groupable metadata columns (``metadata.csv``), ``{column: {file: value}}``; empty without."""
     try:
-        manifest = read_manifest(fingerprint, root)
+        manifest = read_manifest(fingerprint, artifacts_root)
     except DatasetError:
         return {}
     return groupable(manifest.get("metadata", {}))
@@ -140,10 +140,10 @@ def subgroups(files: list[str], y: np.ndarray, proba: np.ndarray, classes, colum
     return found
 
 
-def _external(study_id: str, model: str, root: Path) -> tuple[External, ...]:
+def _external(study_id: str, model: str, artifacts_root: Path) -> tuple[External, ...]:
     """The model's saved evaluations, one per set: its Keras fold models' where both they and an export were run."""
     chosen: dict[str, ExternalEvaluation] = {}
-    for e in saved_evaluations(root):
+    for e in saved_evaluations(artifacts_root):
         if e.study_id != study_id or e.backbone != model or e.fold is not None:
             continue
         name = e.data.name
@@ -152,7 +152,7 @@ def _external(study_id: str, model: str, root: Path) -> tuple[External, ...]:
     found = []
     for name, e in sorted(chosen.items()):
         recall = {c: e.interval(f"recall[{c}]") for c in e.data.counts}
-        columns = _metadata(e.data.fingerprint, root)
+        columns = _metadata(e.data.fingerprint, artifacts_root)
         predictions = e.predictions
         by_metadata = (
             subgroups(
@@ -180,14 +180,14 @@ def _external(study_id: str, model: str, root: Path) -> tuple[External, ...]:
     return tuple(found)
 
 
-def _audit(study_id: str, name: str, root: Path) -> dict | None:
-    path = audit_dir(study_id, root) / f"{name}.json"
+def _audit(study_id: str, name: str, artifacts_root: Path) -> dict | None:
+    path = audit_dir(study_id, artifacts_root) / f"{name}.json"
     return atomic.read_json(path) if path.is_file() else None
 
 
-def _in_fold(study_id: str, model: str, root: Path) -> tuple[dict, object]:
-    oof = study_out_of_fold(study_id, model, root)
-    return model_summary(oof, root)["metrics"], oof
+def _in_fold(study_id: str, model: str, artifacts_root: Path) -> tuple[dict, object]:
+    oof = study_out_of_fold(study_id, model, artifacts_root)
+    return model_summary(oof, artifacts_root)["metrics"], oof
 
 
 def generalisation(study_id: str, artifacts_root: Path | None = None) -> Generalisation:

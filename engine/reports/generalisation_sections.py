@@ -41,26 +41,26 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _multi_source(protocol: str, root: Path | None) -> list[Study]:
+def _multi_source(protocol: str, artifacts_root: Path | None) -> list[Study]:
     """Patient-level studies of ``protocol`` on several sources, the most finished runs first."""
     found = []
-    for study_id in artifacts.list_study_ids(root):
-        study = artifacts.read_study(study_id, root)
+    for study_id in artifacts.list_study_ids(artifacts_root):
+        study = artifacts.read_study(study_id, artifacts_root)
         if study.protocol_name == protocol and study.dataset.multi_source:
             found.append(study)
-    return sorted(found, key=lambda s: -len(artifacts.study_runs(s.study_id, root)))
+    return sorted(found, key=lambda s: -len(artifacts.study_runs(s.study_id, artifacts_root)))
 
 
-def targets_section(root: Path | None, protocol: str) -> str:
-    studies = _multi_source(protocol, root)
+def targets_section(artifacts_root: Path | None, protocol: str) -> str:
+    studies = _multi_source(protocol, artifacts_root)
     if not studies:
         return f"No multi-source `{protocol}` study in the artifacts yet."
     study = studies[0]
-    runs = artifacts.study_runs(study.study_id, root)
+    runs = artifacts.study_runs(study.study_id, artifacts_root)
     backbones = sorted({r.backbone for r in runs})
     complete = len(runs) == len(backbones) * study.n_folds
-    judged = {(c.study_id, c.backbone): c for c in candidates(root)}
-    g = generalisation(study.study_id, root)
+    judged = {(c.study_id, c.backbone): c for c in candidates(artifacts_root)}
+    g = generalisation(study.study_id, artifacts_root)
     rows = []
     for model in g.models:
         c = judged.get((study.study_id, model.model))
@@ -101,14 +101,14 @@ def targets_section(root: Path | None, protocol: str) -> str:
     )
 
 
-def generalisation_targets(root: Path | None) -> str:
+def generalisation_targets(artifacts_root: Path | None) -> str:
     return "\n\n".join(
-        f"### `{p.name}` (multi-source)\n\n{targets_section(root, p.name)}"
+        f"### `{p.name}` (multi-source)\n\n{targets_section(artifacts_root, p.name)}"
         for p in (XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
     )
 
 
-def _ablation_row(name: str, g: Generalisation | None, root: Path | None) -> list[str]:
+def _ablation_row(name: str, g: Generalisation | None, artifacts_root: Path | None) -> list[str]:
     model = g.model(ABLATION_BACKBONE) if g else None
     if g is None or model is None:
         return [f"`{name}`", "not run yet", *["–"] * 6]
@@ -116,7 +116,7 @@ def _ablation_row(name: str, g: Generalisation | None, root: Path | None) -> lis
     held = model.by_source.get(ADULT_NORMALS, {}).get("metrics", {})
     external = model.external_set(EXTERNAL_ADULTS)
     occlusion = model.occlusion or {}
-    folds = sum(1 for r in artifacts.study_runs(g.study_id, root) if r.backbone == ABLATION_BACKBONE)
+    folds = sum(1 for r in artifacts.study_runs(g.study_id, artifacts_root) if r.backbone == ABLATION_BACKBONE)
     return [
         f"`{name}`",
         f"{folds}/5",
@@ -129,17 +129,23 @@ def _ablation_row(name: str, g: Generalisation | None, root: Path | None) -> lis
     ]
 
 
-def harmonisation_section(root: Path | None) -> str:
+def harmonisation_section(artifacts_root: Path | None) -> str:
     """Each harmonisation option alone on one small backbone, measured in-fold, by the audit and externally."""
-    recommended = _multi_source(XRAY_HARMONISED.name, root)
+    recommended = _multi_source(XRAY_HARMONISED.name, artifacts_root)
     fingerprint = recommended[0].dataset.fingerprint if recommended else None
     rows = []
     for name in ABLATION_ROWS:
         study = next(
-            (s for s in _multi_source(name, root) if fingerprint is None or s.dataset.fingerprint == fingerprint),
+            (
+                s
+                for s in _multi_source(name, artifacts_root)
+                if fingerprint is None or s.dataset.fingerprint == fingerprint
+            ),
             None,
         )
-        rows.append(_ablation_row(name, generalisation(study.study_id, root) if study else None, root))
+        rows.append(
+            _ablation_row(name, generalisation(study.study_id, artifacts_root) if study else None, artifacts_root)
+        )
     header = [
         "protocol",
         "folds",

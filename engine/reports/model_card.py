@@ -67,9 +67,9 @@ def _dataset(study: Study) -> dict:
     }
 
 
-def _outside(study_id: str, backbone: str, root: Path) -> dict:
+def _outside(study_id: str, backbone: str, artifacts_root: Path) -> dict:
     """The model's figures outside its training: each source held out by its folds, each saved evaluation."""
-    found = generalisation(study_id, root).model(backbone)
+    found = generalisation(study_id, artifacts_root).model(backbone)
     if found is None:
         return {"held_out_by_source": {}, "evaluations": []}
     return {
@@ -84,9 +84,9 @@ def _outside(study_id: str, backbone: str, root: Path) -> dict:
     }
 
 
-def _served(study_id: str, backbone: str, root: Path) -> dict | None:
+def _served(study_id: str, backbone: str, artifacts_root: Path) -> dict | None:
     """Why this model is the one served by default, and what the other candidates measured, when it is."""
-    choice = read_choice(root)
+    choice = read_choice(artifacts_root)
     if not choice or (choice["study_id"], choice["backbone"]) != (study_id, backbone):
         return None
     others = [c for c in choice["candidates"] if (c["study_id"], c["backbone"]) != (study_id, backbone)]

@@ -19,17 +19,17 @@ END = "<!-- end of results table -->"
 PAPER_MODEL = "MobileNet"
 
 
-def _paper_rows(root: Path | None) -> list[list[str]]:
+def _paper_rows(artifacts_root: Path | None) -> list[list[str]]:
     table = explore.paper_table1().set_index("keras_application")
     paper = float(table.loc[PAPER_MODEL, "accuracy"])
     rows = [
         [f"paper's Table 1, {PAPER_MODEL}", "their images, image-level folds", f"{paper:.3f}", *["not reported"] * 3]
     ]
-    for study_id in artifacts.list_study_ids(root):
-        study = artifacts.read_study(study_id, root)
+    for study_id in artifacts.list_study_ids(artifacts_root):
+        study = artifacts.read_study(study_id, artifacts_root)
         if study.protocol_name != "paper":
             continue
-        g = generalisation(study_id, root)
+        g = generalisation(study_id, artifacts_root)
         found = g.model(PAPER_MODEL)
         if found:
             rows.append(

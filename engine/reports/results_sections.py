@@ -39,20 +39,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _studies_by_protocol(root: Path | None, dataset: str | None = None) -> dict[str, list[Study]]:
+def _studies_by_protocol(artifacts_root: Path | None, dataset: str | None = None) -> dict[str, list[Study]]:
     found: dict[str, list[Study]] = {}
-    for study_id in artifacts.list_study_ids(root):
-        study = artifacts.read_study(study_id, root)
+    for study_id in artifacts.list_study_ids(artifacts_root):
+        study = artifacts.read_study(study_id, artifacts_root)
         if dataset is None or study.dataset.fingerprint == dataset:
             found.setdefault(study.protocol_name, []).append(study)
     return found
 
 
-def _figures(study: Study, backbone: str, root: Path | None) -> dict | None:
-    table = explore.comparison_table(study.study_id, root).set_index("backbone")
+def _figures(study: Study, backbone: str, artifacts_root: Path | None) -> dict | None:
+    table = explore.comparison_table(study.study_id, artifacts_root).set_index("backbone")
     if backbone not in table.index:
         return None
-    summary = model_summary(study_out_of_fold(study.study_id, backbone, root), root)
+    summary = model_summary(study_out_of_fold(study.study_id, backbone, artifacts_root), artifacts_root)
     return {"row": table.loc[backbone], "summary": summary, "study": study}
 
 
@@ -65,13 +65,13 @@ def _cell(figures: dict, metric: str) -> str:
     )
 
 
-def ablation_section(root: Path | None) -> str:
+def ablation_section(artifacts_root: Path | None) -> str:
     """`paper` to `xray-finetune` on one small backbone, one change at a time, on the same folds."""
-    by_protocol = _studies_by_protocol(root)
+    by_protocol = _studies_by_protocol(artifacts_root)
     rows, previous, previous_name, skipped = [], None, None, False
     for name in (*PATH, *EXTRAS):
         studies = by_protocol.get(name, [])
-        figures = next((f for s in studies if (f := _figures(s, ABLATION_BACKBONE, root))), None)
+        figures = next((f for s in studies if (f := _figures(s, ABLATION_BACKBONE, artifacts_root))), None)
         if figures is None:
             rows.append([f"`{name}`", DESCRIPTIONS[name], "not run yet", "–", "–", "–", "–", "–"])
             skipped = skipped or (previous is not None and name in PATH)
@@ -118,16 +118,19 @@ def ablation_section(root: Path | None) -> str:
     )
 
 
-def _best(studies: list[Study], root: Path | None) -> tuple[Study | None, list[tuple[str, dict]]]:
+def _best(studies: list[Study], artifacts_root: Path | None) -> tuple[Study | None, list[tuple[str, dict]]]:
     """The recommended study with the most finished runs, and its models' summaries."""
     if not studies:
         return None, []
     study = max(
         studies,
-        key=lambda s: (s.split_level == "patient", len(artifacts.study_runs(s.study_id, root))),
+        key=lambda s: (s.split_level == "patient", len(artifacts.study_runs(s.study_id, artifacts_root))),
     )
     sid = study.study_id
-    return study, [(m, model_summary(study_out_of_fold(sid, m, root), root)) for m in model_names(sid, root)]
+    return study, [
+        (m, model_summary(study_out_of_fold(sid, m, artifacts_root), artifacts_root))
+        for m in model_names(sid, artifacts_root)
+    ]
 
 
 def _verdict(value: float | None, ok: bool | None, *, complete: bool = True) -> str:
@@ -155,8 +158,8 @@ def interval_verdict(found: dict | None, bar: float, *, complete: bool = True) -
     return verdict if complete else f"so far {verdict} (the study is not finished)"
 
 
-def _robustness_drop(study: Study, backbone: str, root: Path | None) -> tuple[float | None, str]:
-    results = saved_results(study.study_id, backbone, root)
+def _robustness_drop(study: Study, backbone: str, artifacts_root: Path | None) -> tuple[float | None, str]:
+    results = saved_results(study.study_id, backbone, artifacts_root)
     if not results:
         return None, "no robustness analysis yet"
     table = pooled_table(results)
@@ -191,23 +194,23 @@ RECOMMENDED = (XRAY_PROBE, XRAY_FINETUNE)
 """The recommended protocols, each with its targets table: the frozen-base probe, then fine-tuning."""
 
 
-def targets_sections(root: Path | None) -> str:
+def targets_sections(artifacts_root: Path | None) -> str:
     """Each recommended protocol against the targets of the results issue, as measured."""
-    return "\n\n".join(f"### `{p.name}`\n\n{targets_section(root, p)}" for p in RECOMMENDED)
+    return "\n\n".join(f"### `{p.name}`\n\n{targets_section(artifacts_root, p)}" for p in RECOMMENDED)
 
 
-def targets_section(root: Path | None, protocol: Protocol) -> str:
+def targets_section(artifacts_root: Path | None, protocol: Protocol) -> str:
     """One recommended protocol's best study against the targets of the results issue, as measured."""
-    study, models = _best(_studies_by_protocol(root).get(protocol.name, []), root)
+    study, models = _best(_studies_by_protocol(artifacts_root).get(protocol.name, []), artifacts_root)
     if study is None:
         return f"No `{protocol.name}` study in the artifacts yet."
-    runs = artifacts.study_runs(study.study_id, root)
+    runs = artifacts.study_runs(study.study_id, artifacts_root)
     if not runs:
         return f"The `{protocol.name}` study `{study.study_id}` has no finished run yet."
     backbones = [m for m, _ in models if m != ENSEMBLE]
     complete = len(runs) == len(backbones) * study.n_folds
     rows = []
-    table = explore.comparison_table(study.study_id, root).set_index("backbone")
+    table = explore.comparison_table(study.study_id, artifacts_root).set_index("backbone")
     summaries = dict(models)
     for metric, label in (("accuracy", "accuracy"), ("recall[COVID-19]", "COVID-19 recall"), ("macro_f1", "macro F1")):
         best = table[f"{metric} mean"].idxmax()
@@ -221,9 +224,9 @@ def targets_section(root: Path | None, protocol: Protocol) -> str:
                 interval_verdict(pooled, TARGET, complete=complete),
             ]
         )
-    rows.extend(extra_set_rows(saved_evaluations(root), study.study_id))
+    rows.extend(extra_set_rows(saved_evaluations(artifacts_root), study.study_id))
     for backbone in sorted(backbones, key=lambda m: -dict(models)[m]["metrics"]["accuracy"]["estimate"]):
-        drop, text = _robustness_drop(study, backbone, root)
+        drop, text = _robustness_drop(study, backbone, artifacts_root)
         rows.append(
             [
                 f"accuracy drop under contrast, gamma and brightness at the middle strength ≤ {MAX_DROP:.2f}",

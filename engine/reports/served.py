@@ -73,8 +73,8 @@ class Candidate:
         return (sum(1 for ok in self.met().values() if ok), min(outside, default=0.0), accuracy)
 
 
-def _drops(study_id: str, backbone: str, root: Path) -> dict[str, float | None]:
-    table = pooled_table(saved_results(study_id, backbone, root))
+def _drops(study_id: str, backbone: str, artifacts_root: Path) -> dict[str, float | None]:
+    table = pooled_table(saved_results(study_id, backbone, artifacts_root))
     found: dict[str, float | None] = {f"{shift} {value:g}": None for shift, value in SHIFTS}
     for row in table:
         key = f"{row['shift']} {row['parameter']:g}" if row["parameter"] is not None else None

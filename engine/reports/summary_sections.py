@@ -23,13 +23,13 @@ def _table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def judged_studies(root: Path | None) -> list[Generalisation]:
+def judged_studies(artifacts_root: Path | None) -> list[Generalisation]:
     """Studies with a shortcut audit or patient-level folds: those the first screen speaks of."""
     found = []
-    for study_id in artifacts.list_study_ids(root):
-        study = artifacts.read_study(study_id, root)
-        if study.split_level == "patient" or (artifacts.study_dir(study_id, root) / "audit").is_dir():
-            found.append(generalisation(study_id, root))
+    for study_id in artifacts.list_study_ids(artifacts_root):
+        study = artifacts.read_study(study_id, artifacts_root)
+        if study.split_level == "patient" or (artifacts.study_dir(study_id, artifacts_root) / "audit").is_dir():
+            found.append(generalisation(study_id, artifacts_root))
     return sorted(found, key=lambda g: (len(g.sources) == 1, g.protocol, g.study_id))
 
 
@@ -119,10 +119,10 @@ def _metadata_tables(g: Generalisation) -> list[str]:
     return ["By the metadata the sets give:", "", _table(rows), ""] if rows else []
 
 
-def summary_section(root: Path | None) -> str:
+def summary_section(artifacts_root: Path | None) -> str:
     """At most one screen: the model to use, how sure, what holds outside the source, what a shortcut explains."""
-    studies = judged_studies(root)
-    choice = read_choice(root)
+    studies = judged_studies(artifacts_root)
+    choice = read_choice(artifacts_root)
     lines = []
     if choice:
         lines += _served_bullet(choice) + _earlier_bullets(choice)
@@ -136,10 +136,10 @@ def summary_section(root: Path | None) -> str:
     return "\n".join(lines)
 
 
-def generalisation_section(root: Path | None) -> str:
+def generalisation_section(artifacts_root: Path | None) -> str:
     """A table per judged study: every model beside its leakage, shortcut and external figures."""
     parts = []
-    for g in judged_studies(root):
+    for g in judged_studies(artifacts_root):
         parts += [
             f"### `{g.protocol}` · {' + '.join(g.sources)} · {g.split}-level folds · study `{g.study_id}`",
             "",
@@ -201,33 +201,33 @@ def study_findings(g: Generalisation) -> list[str]:
     return lines
 
 
-def commands_section(root: Path | None) -> str:
+def commands_section(artifacts_root: Path | None) -> str:
     """The engine commands that make every study, audit, evaluation, analysis and export of the artifacts,
     read from them (``D`` is the folder that holds the dataset folders)."""
     from engine.evaluation.external import list_evaluations
 
     lines = ["```bash", "D=../shared/data   # the folder holding the dataset folders"]
-    for study_id in artifacts.list_study_ids(root):
-        study = artifacts.read_study(study_id, root)
+    for study_id in artifacts.list_study_ids(artifacts_root):
+        study = artifacts.read_study(study_id, artifacts_root)
         folders = study.dataset.sources
-        backbones = sorted({r.backbone for r in artifacts.study_runs(study_id, root)})
+        backbones = sorted({r.backbone for r in artifacts.study_runs(study_id, artifacts_root)})
         data = " ".join(f"--data $D/{name}" for name in folders)
         split = "" if study.split_level == "patient" else " --split image"
         arches = " ".join(f"--arch {b}" for b in backbones)
         lines.append(f"python -m engine study {data} {arches} --protocol {study.protocol_name}{split}  # {study_id}")
-        if (artifacts.study_dir(study_id, root) / "audit").is_dir():
+        if (artifacts.study_dir(study_id, artifacts_root) / "audit").is_dir():
             lines.append(f"python -m engine audit --study {study_id}")
-        robustness = artifacts.study_dir(study_id, root) / "robustness"
+        robustness = artifacts.study_dir(study_id, artifacts_root) / "robustness"
         for backbone in sorted(p.name for p in robustness.iterdir()) if robustness.is_dir() else []:
             lines.append(f"python -m engine robustness --study {study_id} --backbone {backbone}")
-    for export in sorted((root or artifacts.settings.artifacts_dir()).glob("studies/*/runs/*/export/*.json")):
+    for export in sorted((artifacts_root or artifacts.settings.artifacts_dir()).glob("studies/*/runs/*/export/*.json")):
         if export.name.endswith((".card.json", ".ood.json")):
             continue
         study_id, backbone = export.parts[-5], export.parts[-3]
         fmt = "onnx" if ".onnx" in export.name else "litert"
         lines.append(f"python -m engine export --study {study_id} --backbone {backbone} --format {fmt}")
     seen = set()
-    for e in list_evaluations(root):
+    for e in list_evaluations(artifacts_root):
         m = e["model"]
         same = " --same-source" if e["data"].get("relation") == "same source" else ""
         if m.get("backbones"):

@@ -43,20 +43,20 @@ def canonical_hash(obj: object, *, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def ensure_root(artifacts: Path | None = None) -> Path:
-    root = artifacts or settings.artifacts_dir()
+def ensure_root(artifacts_root: Path | None = None) -> Path:
+    root = artifacts_root or settings.artifacts_dir()
     schema = root / "schema.json"
     if not schema.exists():
         atomic.write_json(schema, {"schema_version": SCHEMA_VERSION})
     return root
 
 
-def study_dir(study_id: str, artifacts: Path | None = None) -> Path:
-    return (artifacts or settings.artifacts_dir()) / "studies" / study_id
+def study_dir(study_id: str, artifacts_root: Path | None = None) -> Path:
+    return (artifacts_root or settings.artifacts_dir()) / "studies" / study_id
 
 
-def run_dir(study_id: str, backbone: str, fold: int, artifacts: Path | None = None) -> Path:
-    return study_dir(study_id, artifacts) / "runs" / backbone / f"fold-{fold}"
+def run_dir(study_id: str, backbone: str, fold: int, artifacts_root: Path | None = None) -> Path:
+    return study_dir(study_id, artifacts_root) / "runs" / backbone / f"fold-{fold}"
 
 
 def is_complete(path: Path) -> bool:
@@ -135,16 +135,16 @@ def read_predictions(run: RunResult) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def list_study_ids(artifacts: Path | None = None) -> list[str]:
-    root = (artifacts or settings.artifacts_dir()) / "studies"
+def list_study_ids(artifacts_root: Path | None = None) -> list[str]:
+    root = (artifacts_root or settings.artifacts_dir()) / "studies"
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "study.json").is_file())
 
 
-def read_study(study_id: str, artifacts: Path | None = None) -> Study:
+def read_study(study_id: str, artifacts_root: Path | None = None) -> Study:
     """The study of ``study_id``: its ``study.json`` read as a :class:`~engine.results.studies.Study`."""
-    return read_study_file(study_dir(study_id, artifacts) / "study.json")
+    return read_study_file(study_dir(study_id, artifacts_root) / "study.json")
 
 
 def read_study_file(path: Path) -> Study:
@@ -155,9 +155,9 @@ def write_study_file(path: Path, study: Study) -> None:
     atomic.write_json(path, study.to_json())
 
 
-def study_runs(study_id: str, artifacts: Path | None = None) -> list[RunResult]:
+def study_runs(study_id: str, artifacts_root: Path | None = None) -> list[RunResult]:
     """Every complete run of a study, by backbone then fold."""
-    runs_root = study_dir(study_id, artifacts) / "runs"
+    runs_root = study_dir(study_id, artifacts_root) / "runs"
     if not runs_root.is_dir():
         return []
     found = []
@@ -183,11 +183,11 @@ CHANGE_PATTERNS = (
 """What a study's readers show: finished runs, saved models, exports, detectors, summaries and analyses."""
 
 
-def changed_key(artifacts: Path | None = None, study_id: str | None = None) -> tuple[int, int]:
+def changed_key(artifacts_root: Path | None = None, study_id: str | None = None) -> tuple[int, int]:
     """A cheap marker that changes whenever a result is written, replaced or removed: of one study (with the
     saved evaluations and the served model's choice, which every study's pages show), or of every study.
     The one key of the app's caches."""
-    root = artifacts or settings.artifacts_dir()
+    root = artifacts_root or settings.artifacts_dir()
     folders = [study_dir(study_id, root)] if study_id else [study_dir(s, root) for s in list_study_ids(root)]
     files = [f for folder in folders for pattern in CHANGE_PATTERNS for f in folder.glob(pattern)]
     files += [*root.glob("evaluations/*.json"), *root.glob("served.json"), *root.glob("studies/*/study.json")]

@@ -30,7 +30,7 @@ def run_study(
     settings.refuse_if_read_only()
     root = artifacts.ensure_root(artifacts_root or settings.artifacts_dir())
     check_backbones(backbones, input_size)
-    dataset = import_sources(data if isinstance(data, list) else [data], input_size=input_size, artifacts=root)
+    dataset = import_sources(data if isinstance(data, list) else [data], input_size=input_size, artifacts_root=root)
     study = prepare_study(dataset, request, artifacts_root=root)
     if on_study:
         on_study(study)

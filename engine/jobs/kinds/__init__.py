@@ -61,11 +61,11 @@ class JobKind:
     label: str = ""
     """What the Jobs page calls it (defaults to ``name``)."""
 
-    def validated(self, request: JobRequest, root: Path) -> JobRequest:
+    def validated(self, request: JobRequest, artifacts_root: Path) -> JobRequest:
         """``request`` checked (one-line ``ValueError`` naming what is wrong) and in canonical form."""
         raise NotImplementedError
 
-    def tasks(self, request: JobRequest, root: Path) -> list[tuple[str, int]]:
+    def tasks(self, request: JobRequest, artifacts_root: Path) -> list[tuple[str, int]]:
         """The job's (backbone, fold) tasks, in the order they run."""
         raise NotImplementedError
 

@@ -18,22 +18,23 @@ if TYPE_CHECKING:
 
 
 @functools.lru_cache(maxsize=2)
-def _study_images(root: Path, study_id: str, data: str) -> Dataset:
+def _study_images(artifacts_root: Path, study_id: str, data: str) -> Dataset:
     """A robustness job's images: the study's decoded cache here, or ``data`` imported and checked to match.
 
     Raises a one-line ``ValueError`` when the images are not on this machine (the task fails with it).
     """
     from engine.data.sources import study_dataset
 
-    return study_dataset(artifacts.read_study(study_id, root), root, data=[data] if data else None)
+    return study_dataset(artifacts.read_study(study_id, artifacts_root), artifacts_root, data=[data] if data else None)
 
 
 class RobustnessKind(JobKind):
     name = "robustness"
 
-    def validated(self, request: JobRequest, root: Path) -> JobRequest:
-        """Checked against the study in ``root``: it must exist and the backbone must have a saved fold model."""
-        ids = artifacts.list_study_ids(root)
+    def validated(self, request: JobRequest, artifacts_root: Path) -> JobRequest:
+        """Checked against the study in ``artifacts_root``: it must exist and the backbone must have a saved fold
+        model."""
+        ids = artifacts.list_study_ids(artifacts_root)
         if request.study_id not in ids:
             raise ValueError(f"unknown study study_id={request.study_id!r}; studies here: {', '.join(ids) or 'none'}")
         if len(request.backbones) != 1:
@@ -44,16 +45,16 @@ class RobustnessKind(JobKind):
                 f"data must be the study's dataset folder or .zip file (or empty), got data={request.data!r}"
             )
         checked = type(request).robustness(request.study_id, request.backbones[0], data=data)
-        if not self.tasks(checked, root):
+        if not self.tasks(checked, artifacts_root):
             raise ValueError(
                 f"no saved model of backbone={checked.backbone!r} in study {request.study_id}; "
                 "robustness needs each fold's model.keras"
             )
         return checked
 
-    def tasks(self, request: JobRequest, root: Path) -> list[tuple[str, int]]:
+    def tasks(self, request: JobRequest, artifacts_root: Path) -> list[tuple[str, int]]:
         """The folds of the backbone with a saved model."""
-        runs = artifacts.study_runs(request.study_id, root)
+        runs = artifacts.study_runs(request.study_id, artifacts_root)
         return sorted((r.backbone, r.fold) for r in runs if r.backbone == request.backbone and r.model_path)
 
     def describe(self, request: JobRequest) -> str:

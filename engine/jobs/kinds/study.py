@@ -25,20 +25,20 @@ WEIGHTS_CHOICES = ("imagenet", "none")
 
 
 @functools.lru_cache(maxsize=2)
-def _prepared(root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, Study]:
+def _prepared(artifacts_root: Path, job_id: str, request: JobRequest) -> tuple[Dataset, Study]:
     """The job's dataset and study, imported once per job (the import itself is cached by content)."""
     from engine.data.sources import import_sources
     from engine.training.study import prepare_study
 
-    dataset = import_sources(request.sources, input_size=request.input_size, artifacts=root)
-    return dataset, prepare_study(dataset, request.study_request(), artifacts_root=root)
+    dataset = import_sources(request.sources, input_size=request.input_size, artifacts_root=artifacts_root)
+    return dataset, prepare_study(dataset, request.study_request(), artifacts_root=artifacts_root)
 
 
 class StudyKind(JobKind):
     name = "study"
     label = "training"
 
-    def validated(self, request: JobRequest, root: Path) -> JobRequest:
+    def validated(self, request: JobRequest, artifacts_root: Path) -> JobRequest:
         from engine.training.study import check_backbones
 
         backbones = tuple(dict.fromkeys(request.backbones))
@@ -69,7 +69,7 @@ class StudyKind(JobKind):
                 raise ValueError(f"extra_data must hold existing dataset folders or .zip files, got {given!r}")
         return replace(request, data=data, extra_data=extra, backbones=backbones, weights=weights, study_id=None)
 
-    def tasks(self, request: JobRequest, root: Path) -> list[tuple[str, int]]:
+    def tasks(self, request: JobRequest, artifacts_root: Path) -> list[tuple[str, int]]:
         return [(b, k) for b in request.backbones for k in range(request.folds)]
 
     def describe(self, request: JobRequest) -> str:

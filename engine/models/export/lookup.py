@@ -11,21 +11,23 @@ from engine.results import artifacts
 from engine.results.studies import Study
 
 
-def finished_run(path: str | Path, root: Path) -> artifacts.RunResult:
-    """The finished run whose ``model.keras`` is ``path``, inside ``root``."""
+def finished_run(path: str | Path, artifacts_root: Path) -> artifacts.RunResult:
+    """The finished run whose ``model.keras`` is ``path``, inside ``artifacts_root``."""
     path = Path(path)
-    inside = root.resolve() in path.resolve().parents
+    inside = artifacts_root.resolve() in path.resolve().parents
     run = artifacts.read_run(path.parent) if inside and path.is_file() and path.suffix == ".keras" else None
     if run is None:
-        raise ValueError(f"model must be the model.keras of a finished run inside {root}, got path={str(path)!r}")
+        raise ValueError(
+            f"model must be the model.keras of a finished run inside {artifacts_root}, got path={str(path)!r}"
+        )
     return run
 
 
-def study_models(study_id: str, backbone: str, root: Path) -> list[Path]:
+def study_models(study_id: str, backbone: str, artifacts_root: Path) -> list[Path]:
     """Every saved fold model of ``backbone`` in study ``study_id``: a fold ensemble's members."""
-    if study_id not in artifacts.list_study_ids(root):
-        raise ValueError(f"no study {study_id!r} in {root}, got study={study_id!r}")
-    runs = artifacts.study_runs(study_id, root)
+    if study_id not in artifacts.list_study_ids(artifacts_root):
+        raise ValueError(f"no study {study_id!r} in {artifacts_root}, got study={study_id!r}")
+    runs = artifacts.study_runs(study_id, artifacts_root)
     paths = [run.model_path for run in runs if run.backbone == backbone and run.model_path is not None]
     if not paths:
         saved = sorted({run.backbone for run in runs if run.model_path is not None})
@@ -33,16 +35,16 @@ def study_models(study_id: str, backbone: str, root: Path) -> list[Path]:
     return paths
 
 
-def ensemble_runs(model_paths: list[Path], root: Path) -> list[artifacts.RunResult]:
+def ensemble_runs(model_paths: list[Path], artifacts_root: Path) -> list[artifacts.RunResult]:
     """The finished runs of ``model_paths``: distinct folds of one study and backbone."""
-    runs = [finished_run(p, root) for p in model_paths]
+    runs = [finished_run(p, artifacts_root) for p in model_paths]
     if len({(r.study_id, r.backbone) for r in runs}) != 1 or len({r.fold for r in runs}) != len(runs):
         found = [f"{r.study_id}/{r.backbone}/fold-{r.fold}" for r in runs]
         raise ValueError(f"an ensemble's members must be distinct folds of one study and backbone, got {found}")
     return runs
 
 
-def study_images(study: Study, root: Path, *, data: Path | None = None) -> np.ndarray | None:
+def study_images(study: Study, artifacts_root: Path, *, data: Path | None = None) -> np.ndarray | None:
     """The study's decoded images in manifest order (its folds index them), or None when unavailable.
 
     From the artifacts folder's cache, else imported from ``data`` (the study's dataset folder or
@@ -50,11 +52,11 @@ def study_images(study: Study, root: Path, *, data: Path | None = None) -> np.nd
     """
     info, size = study.dataset, study.input_size
     try:
-        dataset = load_dataset(info.fingerprint, input_size=size, artifacts=root)
+        dataset = load_dataset(info.fingerprint, input_size=size, artifacts_root=artifacts_root)
     except DatasetError:
         if data is None:
             return None
-        dataset = import_dataset(data, input_size=size, artifacts=root)
+        dataset = import_dataset(data, input_size=size, artifacts_root=artifacts_root)
     if dataset.fingerprint != info.fingerprint:
         raise ValueError(
             f"data={str(data)!r} is not the dataset of study {study.study_id} "
