@@ -161,6 +161,16 @@ def fit_ensemble_detector(runs: list, dataset, study: Study, *, force: bool, art
     return f"{runs[0].backbone} ensemble: wrote {fit_detector(classifier, training).save(path)}"
 
 
+def add_study_data(p: argparse.ArgumentParser) -> None:
+    """``--data``, for a study whose images are not cached: the commands that re-read a study's images share it."""
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        help="the study's dataset folder or .zip (repeat for each source, in order), if its images are not cached",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the evaluation commands to the ``python -m engine`` parser."""
     p = sub.add_parser("intervals", help="bootstrap intervals and calibration of a study's out-of-fold predictions")
@@ -174,12 +184,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", required=True, help="study id")
     p.add_argument("--backbone", required=True)
     p.add_argument("--fold", type=int, default=None, help="one fold (default: every fold with a saved model)")
-    p.add_argument(
-        "--data",
-        action="append",
-        default=None,
-        help="the study's dataset folder or .zip (repeat for each source, in order), if its images are not cached",
-    )
+    add_study_data(p)
     p.add_argument("--json", action="store_true")
     add_artifacts(p)
     p.set_defaults(func=cmd_robustness)
@@ -187,12 +192,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="the shortcut audit: no-anatomy baseline, occlusion and source probe of a study")
     p.add_argument("--study", required=True, help="study id")
     p.add_argument("--backbone", action="append", default=None, help="default: every backbone with a saved model")
-    p.add_argument(
-        "--data",
-        action="append",
-        default=None,
-        help="the study's dataset folder or .zip (repeat for each source, in order), if its images are not cached",
-    )
+    add_study_data(p)
     p.add_argument("--json", action="store_true")
     add_artifacts(p)
     p.set_defaults(func=cmd_audit)
@@ -202,12 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--study", required=True, help="study id")
     p.add_argument("--backbone", required=True)
-    p.add_argument(
-        "--data",
-        action="append",
-        default=None,
-        help="the study's dataset folder or .zip (repeat for each source, in order), if its images are not cached",
-    )
+    add_study_data(p)
     p.add_argument("--force", action="store_true", help="fit again where a detector is already saved")
     add_artifacts(p)
     p.set_defaults(func=cmd_ood)
