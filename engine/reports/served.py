@@ -66,11 +66,13 @@ class Candidate:
         return found
 
     def rank(self) -> tuple:
+        """The lower outside-the-source figure, then robustness targets met, then in-fold accuracy (the rule above)."""
         outside = [
             v["estimate"] for v in (self.adult_normals, self.external_covid) if v and v.get("estimate") is not None
         ]
+        robust = sum(1 for name, ok in self.met().items() if ok and name.startswith("accuracy drop"))
         accuracy = (self.paper_accuracy or {}).get("estimate") or 0.0
-        return (sum(1 for ok in self.met().values() if ok), min(outside, default=0.0), accuracy)
+        return (min(outside, default=0.0), robust, accuracy)
 
 
 def _drops(study_id: str, backbone: str, artifacts_root: Path) -> dict[str, float | None]:
