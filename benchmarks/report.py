@@ -83,7 +83,8 @@ SECTIONS = {
     ),
     "features": (
         "Not in the issue; it backs a proposed engine change. Pooled-feature extraction of MobileNet 1.0 (the frozen "
-        "protocol's cold step) called eagerly batch by batch, as `engine.training.fold.cached_features` does, against "
+        "protocol's cold step) called eagerly batch by batch, as `engine.training.features.cached_features` does, "
+        "against "
         "`predict_on_batch` (one compiled function), each in a fresh process: images per second and peak RSS."
     ),
     "gpu": (
@@ -200,7 +201,7 @@ def proposals(records: dict[str, dict | None]) -> str:
             "epoch pays it at most once, so the speedup leaves every side's collections out. The input pipeline's "
             "own speedup (`pipeline_speedup`) matters more where the network is fast: on a GPU.",
             "",
-            "1. Applied: `engine/training/fold.py`, `cached_features` calls the extractor with "
+            "1. Applied: `engine/training/features.py`, `cached_features` calls the extractor with "
             "`extractor.predict_on_batch(batch)` (one compiled function) instead of "
             "`extractor(batch, training=False)`, which ran layer by layer outside a graph. "
             f"features: {f('features', 'features_eager_images_per_s')} images/s and "
