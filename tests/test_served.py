@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from engine import settings
+from engine.cli.main import main
 from engine.reports.served import SHIFTS, Candidate
 
 
@@ -39,3 +49,36 @@ def test_robustness_then_in_fold_accuracy_break_a_tie_outside_the_source():
     assert sorted([fragile, robust], key=Candidate.rank, reverse=True)[0] is robust
     sharper = candidate("sharper", accuracy=0.95, normals=0.80, covid=0.82, drop=0.01)
     assert sorted([robust, sharper], key=Candidate.rank, reverse=True)[0] is sharper
+
+
+@pytest.mark.slow
+def test_the_demo_serves_a_model_that_tells_adults_apart_and_choosing_again_rewrites_its_card(tmp_path, capsys):
+    """The committed choice ranks first a model far better on adult normals than the old served one
+    (MobileNetV2-0.35 of 4b07a4dd6629: 0.008 called Normal). A clean clone has the fold models of no study, only
+    the served export, so choosing again on the committed artifacts keeps that export and rewrites its card."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", "HEAD", "artifacts"],
+        cwd=settings.PROJECT_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    copy = tmp_path / "artifacts"
+    committed = json.loads((copy / "served.json").read_text())
+    first = committed["candidates"][0]
+    assert (first["study_id"], first["backbone"]) == (committed["study_id"], committed["backbone"])
+    old = next(c for c in committed["candidates"] if c["study_id"] == "4b07a4dd6629")
+    lower = min(first["adult_normals"]["estimate"], first["external_covid"]["estimate"])
+    assert lower > old["adult_normals"]["estimate"] + 0.5
+
+    card_path = (copy / committed["export"]).with_name(Path(committed["export"]).name + ".card.md")
+    card_path.write_text("stale")
+    assert main(["serve", "--choose", "--artifacts", str(copy)]) == 0
+    chosen = json.loads((copy / "served.json").read_text())
+    assert (chosen["study_id"], chosen["backbone"], chosen["export"]) == (
+        committed["study_id"],
+        committed["backbone"],
+        committed["export"],
+    )
+    assert chosen["why"] in card_path.read_text() and "rewrote" in capsys.readouterr().out

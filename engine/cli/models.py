@@ -107,10 +107,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from engine import settings
     from engine.evaluation.bootstrap import interval_text
+    from engine.reports.model_card import write_model_card
     from engine.reports.served import choose, read_choice
 
     choice = choose(args.artifacts) if args.choose else read_choice(args.artifacts)
+    if args.choose and choice["export"]:
+        # the served export's card says why it is served: it follows the choice
+        card, _ = write_model_card((args.artifacts or settings.artifacts_dir()) / choice["export"], args.artifacts)
+        print(f"rewrote {card} and its .md")
     if choice is None:
         print("no served model chosen yet (python -m engine serve --choose); the best held-out accuracy is served")
         return 0
