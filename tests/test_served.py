@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -82,3 +83,11 @@ def test_the_demo_serves_a_model_that_tells_adults_apart_and_choosing_again_rewr
         committed["export"],
     )
     assert chosen["why"] in card_path.read_text() and "rewrote" in capsys.readouterr().out
+
+
+def test_a_target_is_met_only_when_its_whole_interval_clears_the_bar():
+    straddling = candidate("straddling", accuracy=0.97, normals=0.92, covid=0.80, drop=0.01)
+    straddling = dataclasses.replace(straddling, adult_normals={"estimate": 0.921, "low": 0.885, "high": 0.952})
+    cleared = dataclasses.replace(straddling, adult_normals={"estimate": 0.95, "low": 0.91, "high": 0.98})
+    name = next(n for n in straddling.met() if n.startswith("adult normals"))
+    assert straddling.met()[name] is False and cleared.met()[name] is True
