@@ -46,7 +46,8 @@ def _served_bullet(choice: dict) -> list[str]:
     return [
         f"- **The model to use outside the source: {best['backbone']}** (`{best['protocol']}`, fold ensemble of study "
         f"`{best['study_id']}`, {best['split']}-level folds), chosen on what holds outside the source, not on "
-        f"in-fold accuracy. It meets {met} of {len(best['met'])} targets (point estimates):",
+        f"in-fold accuracy. It meets {met} of {len(best['met'])} targets (a figure with an interval only when the "
+        "whole interval clears its bar):",
         f"  - in-fold on the paper's images: accuracy {interval_text(best['paper_accuracy'])}, COVID-19 recall "
         f"{interval_text(best['paper_covid_recall'])};",
         f"  - adult normals ({ADULT_NORMALS}, {best['adult_normals_how']}): called Normal "
@@ -140,10 +141,13 @@ def generalisation_section(artifacts_root: Path | None) -> str:
     """A table per judged study: every model beside its leakage, shortcut and external figures."""
     parts = []
     for g in judged_studies(artifacts_root):
+        rows = headline_rows(g)
+        if not rows:
+            continue
         parts += [
             f"### `{g.protocol}` · {' + '.join(g.sources)} · {g.split}-level folds · study `{g.study_id}`",
             "",
-            _table(headline_rows(g)),
+            _table(rows),
             "",
         ]
         if g.region:
