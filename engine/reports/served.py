@@ -87,7 +87,8 @@ def _drops(study_id: str, backbone: str, artifacts_root: Path) -> dict[str, floa
 
 
 def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
-    """Every fold ensemble with an adult-normal and an external COVID-19 figure, best first."""
+    """Every fold ensemble with an adult-normal and an external COVID-19 figure, best first; one whose fold models
+    are not here (a clean clone keeps only the served export) is judged but has no ``folds`` to serve."""
     root = artifacts_root or settings.artifacts_dir()
     ensembles = {(m.study_id, m.backbone): m for m in list_models(root) if m.is_ensemble}
     found = []
@@ -95,8 +96,6 @@ def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
         judged = generalisation(study_id, root)
         for model in judged.models:
             info = ensembles.get((study_id, model.model))
-            if info is None:
-                continue
             paper = model.by_source.get(judged.sources[0]) if model.by_source else None
             paper_metrics = (paper or {}).get("metrics") if paper else model.in_fold
             held = model.by_source.get(ADULT_NORMALS)
@@ -114,8 +113,8 @@ def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
                     backbone=model.model,
                     protocol=judged.protocol,
                     split=judged.split,
-                    folds=tuple(info.folds),
-                    export=info.export.relative_to(root).as_posix() if info.export else None,
+                    folds=tuple(info.folds) if info else (),
+                    export=info.export.relative_to(root).as_posix() if info and info.export else None,
                     paper_accuracy=paper_metrics.get("accuracy"),
                     paper_covid_recall=paper_metrics.get("recall[COVID-19]"),
                     adult_normals=adult,
@@ -131,7 +130,7 @@ def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
 def choose(artifacts_root: Path | None = None) -> dict:
     """Write ``served.json``: the best candidate, why, and every candidate's figures."""
     root = artifacts_root or settings.artifacts_dir()
-    ranked = candidates(root)
+    ranked = [c for c in candidates(root) if c.folds]
     if not ranked:
         raise ValueError(
             f"no fold ensemble here has both an {ADULT_NORMALS} and an {EXTERNAL_ADULTS} figure; evaluate the "
