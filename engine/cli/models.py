@@ -113,13 +113,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.reports.served import choose, read_choice
 
     choice = choose(args.artifacts) if args.choose else read_choice(args.artifacts)
-    if args.choose and choice["export"]:
-        # the served export's card says why it is served: it follows the choice
-        card, _ = write_model_card((args.artifacts or settings.artifacts_dir()) / choice["export"], args.artifacts)
-        print(f"rewrote {card} and its .md")
     if choice is None:
         print("no served model chosen yet (python -m engine serve --choose); the best held-out accuracy is served")
         return 0
+    if args.choose and choice["export"]:
+        # the served export's card says why it is served: it follows the choice
+        _, card = write_model_card((args.artifacts or settings.artifacts_dir()) / choice["export"], args.artifacts)
+        print(f"rewrote {card} and its .json")
     if args.json:
         print(json.dumps(choice, indent=2))
         return 0
