@@ -8,11 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One BLAS thread per test process, and in the processes the tests start: pytest-xdist already runs a
+# process per core, and OpenBLAS's threads spin while they wait, so two processes' threads on two
+# cores made a Ledoit-Wolf fit (every OOD detector) up to 20 times slower (tests/test_ood.py: 42 s, 28 s).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
 
 from engine import settings  # noqa: E402
-from engine.training import compiled_models
+from engine.training import compiled_models  # noqa: E402
 from tests.synthetic import make_dataset  # noqa: E402
 
 SHARED = settings.shared_dir()
