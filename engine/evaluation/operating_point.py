@@ -110,15 +110,6 @@ def wilson_interval(successes: int, trials: int, *, confidence: float = 0.95) ->
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _proportion(successes: int, trials: int) -> float | None:
-    return successes / trials if trials else None
-
-
-def _bayes(numerator: float, other: float) -> float | None:
-    total = numerator + other
-    return numerator / total if total > 0 else None
-
-
 @dataclass(frozen=True)
 class Bounds:
     """A Wilson score interval of one proportion."""
@@ -238,11 +229,8 @@ def find_operating_point(
     fp = int(np.sum(called & ~positive))
     fn = int(np.sum(~called & positive))
     tn = int(np.sum(~called & ~positive))
-    sensitivity, specificity = _proportion(tp, tp + fn), _proportion(tn, tn + fp)
-    ppv_at_prevalence = npv_at_prevalence = None
-    if prevalence is not None and sensitivity is not None and specificity is not None:
-        ppv_at_prevalence = _bayes(sensitivity * prevalence, (1.0 - specificity) * (1.0 - prevalence))
-        npv_at_prevalence = _bayes(specificity * (1.0 - prevalence), (1.0 - sensitivity) * prevalence)
+    # undefined rates are None here, where the sweep's are NaN
+    rates = {name: None if np.isnan(rate) else float(rate) for name, rate in _rates(tp, fp, tn, fn, prevalence).items()}
 
     def interval(successes: int, trials: int) -> Bounds | None:
         bounds = wilson_interval(successes, trials, confidence=confidence)
@@ -254,10 +242,7 @@ def find_operating_point(
         fp=fp,
         tn=tn,
         fn=fn,
-        sensitivity=sensitivity,
-        specificity=specificity,
-        ppv=_proportion(tp, tp + fp),
-        npv=_proportion(tn, tn + fn),
+        **rates,
         sensitivity_interval=interval(tp, tp + fn),
         specificity_interval=interval(tn, tn + fp),
         ppv_interval=interval(tp, tp + fp),
@@ -266,8 +251,6 @@ def find_operating_point(
         confidence=confidence,
         sample_prevalence=(tp + fn) / len(positive),
         prevalence=prevalence,
-        ppv_at_prevalence=ppv_at_prevalence,
-        npv_at_prevalence=npv_at_prevalence,
     )
 
 
@@ -311,7 +294,7 @@ class ThresholdSweep:
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """``numerator / denominator``, NaN where the denominator is 0 (``_proportion``'s None)."""
+    """``numerator / denominator``, NaN where the denominator is 0."""
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
     found = np.full(np.broadcast(numerator, denominator).shape, np.nan)
@@ -319,12 +302,34 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return found
 
 
-def _bayes_array(numerator: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """``_bayes`` element-wise, NaN where it is None."""
+def _bayes(numerator: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``numerator / (numerator + other)``, NaN where the total is not positive."""
     total = numerator + other
     found = np.full(total.shape, np.nan)
     np.divide(numerator, total, out=found, where=total > 0)
     return found
+
+
+def _rates(
+    tp: np.ndarray | int, fp: np.ndarray | int, tn: np.ndarray | int, fn: np.ndarray | int, prevalence: float | None
+) -> dict[str, np.ndarray]:
+    """The four rates of :data:`MEASURES` and PPV and NPV at ``prevalence`` (all NaN without one), NaN where
+    undefined: one arithmetic for a single threshold and for a sweep, so that both give the same floats.
+    ``prevalence`` is taken as a float, so that any real number the checks accept gives float arrays."""
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    ppv_at_prevalence = npv_at_prevalence = np.full(sensitivity.shape, np.nan)
+    if prevalence is not None:
+        p = float(prevalence)
+        ppv_at_prevalence = _bayes(sensitivity * p, (1.0 - specificity) * (1.0 - p))
+        npv_at_prevalence = _bayes(specificity * (1.0 - p), (1.0 - sensitivity) * p)
+    return {
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "ppv_at_prevalence": ppv_at_prevalence,
+        "npv_at_prevalence": npv_at_prevalence,
+    }
 
 
 def sweep_thresholds(score: np.ndarray, max_points: int | None = None) -> np.ndarray:
@@ -365,22 +370,12 @@ def threshold_sweep(
     n_positive = int(positive.sum())
     n_negative = int(positive.size - n_positive)
     fn, tn = n_positive - tp, n_negative - fp
-    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-    ppv_at_prevalence = npv_at_prevalence = np.full(thresholds.shape, np.nan)
-    if prevalence is not None:
-        ppv_at_prevalence = _bayes_array(sensitivity * prevalence, (1.0 - specificity) * (1.0 - prevalence))
-        npv_at_prevalence = _bayes_array(specificity * (1.0 - prevalence), (1.0 - sensitivity) * prevalence)
     return ThresholdSweep(
         threshold=thresholds,
         tp=tp,
         fp=fp,
         tn=tn,
         fn=fn,
-        sensitivity=sensitivity,
-        specificity=specificity,
-        ppv=_ratio(tp, tp + fp),
-        npv=_ratio(tn, tn + fn),
+        **_rates(tp, fp, tn, fn, prevalence),
         prevalence=prevalence,
-        ppv_at_prevalence=ppv_at_prevalence,
-        npv_at_prevalence=npv_at_prevalence,
     )
