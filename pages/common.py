@@ -184,6 +184,27 @@ def require_study() -> str:
     return study_id
 
 
+def study_page(title: str) -> str:
+    """The chosen study (or :func:`require_study`'s explanation and the end of the script), under the page's title
+    and the study's caption: how every page of one study opens."""
+    study_id = require_study()
+    st.title(title)
+    study_caption(study_id)
+    return study_id
+
+
+def require_models(
+    study_id: str, *, none_yet: str = "No finished fold with predictions in this study yet."
+) -> list[str]:
+    """The study's models with out-of-fold predictions (:func:`model_names_of`), or ``none_yet`` and the end of the
+    page's script."""
+    models = study_cached(model_names_of, study_id)
+    if not models:
+        st.info(none_yet)
+        st.stop()
+    return models
+
+
 def study_cached(function: Callable, study_id: str, *args: object) -> object:
     """``function(root, study_id, *args, key)``, a page's ``st.cache_data`` function, kept until a run of the study
     finishes (``key`` is the study's change marker)."""

@@ -174,9 +174,7 @@ def pairwise_test(study_id: str, backbones: list[str], labels: dict[str, str]) -
     )
 
 
-study_id = common.require_study()
-st.title("Backbone comparison")
-common.study_caption(study_id)
+study_id = common.study_page("Backbone comparison")
 comparison = common.cached(explore.comparison_table, study_id)
 per_class = st.toggle(
     "Per-class (macro) precision, recall and F1",

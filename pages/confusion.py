@@ -71,9 +71,7 @@ def backbone_panel(study_id: str, backbone: str, fold: object, view: str) -> Non
     )
 
 
-study_id = common.require_study()
-st.title("Confusion matrices")
-common.study_caption(study_id)
+study_id = common.study_page("Confusion matrices")
 backbones = common.backbones_of(study_id)
 first, second, fold_column, view_column = st.columns([2, 2, 1.4, 2])
 backbone = common.choose("Backbone", backbones, param="backbone", where=first)

@@ -214,13 +214,8 @@ def models_section(study_id: str, models: list[str], classes: list[str], name: s
     )
 
 
-study_id = common.require_study()
-st.title("ROC and precision-recall curves")
-common.study_caption(study_id)
-models = common.study_cached(common.model_names_of, study_id)
-if not models:
-    st.info("No finished fold with predictions in this study yet.")
-    st.stop()
+study_id = common.study_page("ROC and precision-recall curves")
+models = common.require_models(study_id)
 model_column, class_column, zoom_column = st.columns([2, 2, 1.4])
 model = common.choose("Model", models, param="model", where=model_column, format_func=common.model_label)
 view = common.study_cached(_view, study_id, model)

@@ -305,9 +305,7 @@ def shifts_section() -> None:
         st.caption(f"Noise is drawn with seed {robustness.NOISE_SEED}, so every run sees the same noise.")
 
 
-study_id = common.require_study()
-st.title("Robustness to acquisition shifts")
-common.study_caption(study_id)
+study_id = common.study_page("Robustness to acquisition shifts")
 state = study_state(study_id)
 # Analysed backbones first: the page opens on results where there are some.
 backbones = sorted(common.backbones_of(study_id), key=lambda b: not state.get(b, {}).get("analysed"))
