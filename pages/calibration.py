@@ -267,9 +267,8 @@ figures_table(found, classes, scaled)
 if scaled:
     temperatures_table(found)
 classify_note(view)
-st.page_link(
-    common.PAGES["discrimination"],
-    label="How well does it rank the classes? ROC and precision-recall",
-    icon=":material/ssid_chart:",
+common.page_link(
+    "discrimination",
+    "How well does it rank the classes? ROC and precision-recall",
     query_params={"study": study_id, "model": model},
 )

@@ -190,9 +190,4 @@ intervals_table(study_id, labels)
 paper_table(comparison, definition)
 fold_plot(study_id, labels)
 pairwise_test(study_id, list(comparison["backbone"]), labels)
-st.page_link(
-    common.PAGES["confusion"],
-    label="See the confusion matrices of these backbones",
-    icon=":material/grid_on:",
-    query_params={"study": study_id},
-)
+common.page_link("confusion", "See the confusion matrices of these backbones", query_params={"study": study_id})

@@ -236,9 +236,4 @@ else:
     roc_section(view, found, name, zoom)
     pr_section(view, found, name, zoom)
 models_section(study_id, models, classes, name)
-st.page_link(
-    common.PAGES["calibration"],
-    label="Are these probabilities calibrated?",
-    icon=":material/tune:",
-    query_params={"study": study_id, "model": model},
-)
+common.page_link("calibration", "Are these probabilities calibrated?", query_params={"study": study_id, "model": model})

@@ -214,12 +214,7 @@ def active_job(study_id: str, backbone: str):
 
 
 def jobs_link(job_id: str) -> None:
-    st.page_link(
-        common.PAGES["jobs"],
-        label="Follow it on the Jobs page",
-        icon=":material/schedule:",
-        query_params={"job": job_id},
-    )
+    common.page_link("jobs", "Follow it on the Jobs page", query_params={"job": job_id})
 
 
 def queue_analysis(study_id: str, backbone: str) -> None:
