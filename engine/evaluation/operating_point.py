@@ -229,8 +229,7 @@ def find_operating_point(
     fp = int(np.sum(called & ~positive))
     fn = int(np.sum(~called & positive))
     tn = int(np.sum(~called & ~positive))
-    # undefined rates are None here, where the sweep's are NaN
-    rates = {name: None if np.isnan(rate) else float(rate) for name, rate in _rates(tp, fp, tn, fn, prevalence).items()}
+    figures = {name: _of_one_threshold(value) for name, value in _figures(tp, fp, tn, fn, prevalence).items()}
 
     def interval(successes: int, trials: int) -> Bounds | None:
         bounds = wilson_interval(successes, trials, confidence=confidence)
@@ -238,11 +237,7 @@ def find_operating_point(
 
     return OperatingPoint(
         threshold=float(threshold),
-        tp=tp,
-        fp=fp,
-        tn=tn,
-        fn=fn,
-        **rates,
+        **figures,
         sensitivity_interval=interval(tp, tp + fn),
         specificity_interval=interval(tn, tn + fp),
         ppv_interval=interval(tp, tp + fp),
@@ -250,7 +245,6 @@ def find_operating_point(
         interval_method=INTERVAL_METHOD,
         confidence=confidence,
         sample_prevalence=(tp + fn) / len(positive),
-        prevalence=prevalence,
     )
 
 
@@ -310,26 +304,36 @@ def _bayes(numerator: np.ndarray, other: np.ndarray) -> np.ndarray:
     return found
 
 
-def _rates(
+def _figures(
     tp: np.ndarray | int, fp: np.ndarray | int, tn: np.ndarray | int, fn: np.ndarray | int, prevalence: float | None
-) -> dict[str, np.ndarray]:
-    """The four rates of :data:`MEASURES` and PPV and NPV at ``prevalence`` (all NaN without one), NaN where
-    undefined: one arithmetic for a single threshold and for a sweep, so that both give the same floats.
-    ``prevalence`` is taken as a float, so that any real number the checks accept gives float arrays."""
+) -> dict[str, object]:
+    """Every field :class:`OperatingPoint` and :class:`ThresholdSweep` share, from the four counts: the counts, the
+    four rates of :data:`MEASURES` (NaN where undefined), ``prevalence`` and PPV and NPV at it (NaN without one).
+    One arithmetic for a single threshold and for a sweep, so that both give the same floats; ``prevalence`` is
+    taken as a float, so that any real number the checks accept gives float arrays."""
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     ppv_at_prevalence = npv_at_prevalence = np.full(sensitivity.shape, np.nan)
     if prevalence is not None:
         p = float(prevalence)
         ppv_at_prevalence = _bayes(sensitivity * p, (1.0 - specificity) * (1.0 - p))
         npv_at_prevalence = _bayes(specificity * (1.0 - p), (1.0 - sensitivity) * p)
-    return {
+    counts = {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    rates = {
         "sensitivity": sensitivity,
         "specificity": specificity,
         "ppv": _ratio(tp, tp + fp),
         "npv": _ratio(tn, tn + fn),
-        "ppv_at_prevalence": ppv_at_prevalence,
-        "npv_at_prevalence": npv_at_prevalence,
     }
+    at_prevalence = {"ppv_at_prevalence": ppv_at_prevalence, "npv_at_prevalence": npv_at_prevalence}
+    return {**counts, **rates, "prevalence": prevalence, **at_prevalence}
+
+
+def _of_one_threshold(figure: object) -> object:
+    """A figure of :func:`_figures` as :class:`OperatingPoint` holds it: a rate (a 0-d array) as a float, or None
+    where the sweep has NaN; a count and the prevalence as they are."""
+    if not isinstance(figure, np.ndarray):
+        return figure
+    return None if np.isnan(figure) else float(figure)
 
 
 def sweep_thresholds(score: np.ndarray, max_points: int | None = None) -> np.ndarray:
@@ -370,12 +374,4 @@ def threshold_sweep(
     n_positive = int(positive.sum())
     n_negative = int(positive.size - n_positive)
     fn, tn = n_positive - tp, n_negative - fp
-    return ThresholdSweep(
-        threshold=thresholds,
-        tp=tp,
-        fp=fp,
-        tn=tn,
-        fn=fn,
-        **_rates(tp, fp, tn, fn, prevalence),
-        prevalence=prevalence,
-    )
+    return ThresholdSweep(threshold=thresholds, **_figures(tp, fp, tn, fn, prevalence))
