@@ -21,6 +21,26 @@ from pages import common
 ALL_PAPER = "All 14 of the paper"
 DEFAULT_PROTOCOL = "frozen"
 DEFAULT_DATA = settings.shared_dir() / "data" / "covid19-radiography-paper"
+MENU = {
+    "Study": {
+        "home": "Home",
+        "comparison": "Comparison",
+        "confusion": "Confusion matrices",
+        "curves": "Training curves",
+    },
+    "Evaluation": {
+        "discrimination": "ROC and precision-recall",
+        "calibration": "Calibration",
+        "operating_point": "Operating point",
+        "failures": "Failure analysis",
+        "robustness": "Robustness",
+        "audit": "Shortcut audit",
+        "external": "External validation",
+    },
+    "Use": {"classify": "Classify X-rays", "jobs": "Jobs", "report": "Reproduction report"},
+}
+"""The navigation menu: each section's pages, with the title the menu gives each (icons: ``common.ICONS``); ``home``
+opens first."""
 SPLITS = {
     "patient": "By patient (every image of a patient in one fold)",
     "image": "By image (the paper's; a patient can be on both sides)",
@@ -115,12 +135,7 @@ def launch_form() -> None:
     last = st.session_state.get("last_job")
     if last:
         st.sidebar.success(f"Job `{last}` queued.")
-        st.sidebar.page_link(
-            common.PAGES["jobs"],
-            label="Follow it on the Jobs page",
-            icon=":material/schedule:",
-            query_params={"job": last},
-        )
+        common.page_link("jobs", "Follow it on the Jobs page", query_params={"job": last}, where=st.sidebar)
 
 
 def submit(*, folder: str, upload, backbones: tuple[str, ...], options: dict) -> None:
@@ -143,26 +158,11 @@ settings.log_to_stderr()
 st.set_page_config(page_title="CXR transfer-learning study explorer", page_icon="🫁", layout="wide")
 navigation = st.navigation(
     {
-        "Study": [
-            st.Page(common.PAGES["home"], title="Home", icon=":material/home:", default=True),
-            st.Page(common.PAGES["comparison"], title="Comparison", icon=":material/leaderboard:"),
-            st.Page(common.PAGES["confusion"], title="Confusion matrices", icon=":material/grid_on:"),
-            st.Page(common.PAGES["curves"], title="Training curves", icon=":material/show_chart:"),
-        ],
-        "Evaluation": [
-            st.Page(common.PAGES["discrimination"], title="ROC and precision-recall", icon=":material/ssid_chart:"),
-            st.Page(common.PAGES["calibration"], title="Calibration", icon=":material/tune:"),
-            st.Page(common.PAGES["operating_point"], title="Operating point", icon=":material/target:"),
-            st.Page(common.PAGES["failures"], title="Failure analysis", icon=":material/report:"),
-            st.Page(common.PAGES["robustness"], title="Robustness", icon=":material/shield:"),
-            st.Page(common.PAGES["audit"], title="Shortcut audit", icon=":material/fact_check:"),
-            st.Page(common.PAGES["external"], title="External validation", icon=":material/travel_explore:"),
-        ],
-        "Use": [
-            st.Page(common.PAGES["classify"], title="Classify X-rays", icon=":material/radiology:"),
-            st.Page(common.PAGES["jobs"], title="Jobs", icon=":material/schedule:"),
-            st.Page(common.PAGES["report"], title="Reproduction report", icon=":material/description:"),
-        ],
+        section: [
+            st.Page(common.PAGES[page], title=title, icon=common.ICONS[page], default=page == "home")
+            for page, title in titles.items()
+        ]
+        for section, titles in MENU.items()
     },
     expanded=True,
 )

@@ -171,9 +171,4 @@ occlusion_chart(found)
 if found.baseline:
     features_by_class(study_id)
 source_probe(found)
-st.page_link(
-    common.PAGES["external"],
-    label="Evaluate a model on images from another source",
-    icon=":material/travel_explore:",
-    query_params={"study": study_id},
-)
+common.page_link("external", "Evaluate a model on images from another source", query_params={"study": study_id})

@@ -208,13 +208,8 @@ def class_order(classes: tuple[str, ...]) -> list[str]:
     return sorted(classes, key=lambda name: name != FIRST_CLASS)
 
 
-study_id = common.require_study()
-st.title("Calibration")
-common.study_caption(study_id)
-models = common.study_cached(common.model_names_of, study_id)
-if not models:
-    st.info("No finished fold with predictions in this study yet.")
-    st.stop()
+study_id = common.study_page("Calibration")
+models = common.require_models(study_id)
 model_column, bins_column, toggle_column = st.columns([2, 2, 1.4])
 model = common.choose("Model", models, param="model", where=model_column, format_func=common.model_label)
 strategy = common.choose("Bins", list(BINS), param="bins", where=bins_column, format_func=BINS.get)
@@ -272,9 +267,8 @@ figures_table(found, classes, scaled)
 if scaled:
     temperatures_table(found)
 classify_note(view)
-st.page_link(
-    common.PAGES["discrimination"],
-    label="How well does it rank the classes? ROC and precision-recall",
-    icon=":material/ssid_chart:",
+common.page_link(
+    "discrimination",
+    "How well does it rank the classes? ROC and precision-recall",
     query_params={"study": study_id, "model": model},
 )

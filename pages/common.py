@@ -43,6 +43,23 @@ PAGES = {
     "classify": "pages/classify.py",
     "report": "pages/report.py",
 }
+ICONS = {
+    "home": ":material/home:",
+    "jobs": ":material/schedule:",
+    "comparison": ":material/leaderboard:",
+    "confusion": ":material/grid_on:",
+    "curves": ":material/show_chart:",
+    "discrimination": ":material/ssid_chart:",
+    "calibration": ":material/tune:",
+    "operating_point": ":material/target:",
+    "failures": ":material/report:",
+    "robustness": ":material/shield:",
+    "audit": ":material/fact_check:",
+    "external": ":material/travel_explore:",
+    "classify": ":material/radiology:",
+    "report": ":material/description:",
+}
+"""Each page's icon, in the menu and on the links to it."""
 NO_STUDY_HELP = (
     "No study with finished runs in `{root}` yet. Launch a training job from the sidebar "
     "(or run `python -m engine study --data <folder> --arch MobileNet`), then follow it on the Jobs page."
@@ -182,6 +199,32 @@ def require_study() -> str:
         st.info(NO_STUDY_HELP.format(root=artifacts_root()))
         st.stop()
     return study_id
+
+
+def study_page(title: str) -> str:
+    """The chosen study (or :func:`require_study`'s explanation and the end of the script), under the page's title
+    and the study's caption: how every page of one study opens."""
+    study_id = require_study()
+    st.title(title)
+    study_caption(study_id)
+    return study_id
+
+
+def require_models(
+    study_id: str, *, none_yet: str = "No finished fold with predictions in this study yet."
+) -> list[str]:
+    """The study's models with out-of-fold predictions (:func:`model_names_of`), or ``none_yet`` and the end of the
+    page's script."""
+    models = study_cached(model_names_of, study_id)
+    if not models:
+        st.info(none_yet)
+        st.stop()
+    return models
+
+
+def page_link(page: str, label: str, *, query_params: dict[str, str] | None = None, where=st) -> None:
+    """A link to one of :data:`PAGES`, with the page's icon (:data:`ICONS`)."""
+    where.page_link(PAGES[page], label=label, icon=ICONS[page], query_params=query_params)
 
 
 def study_cached(function: Callable, study_id: str, *args: object) -> object:

@@ -174,9 +174,7 @@ def pairwise_test(study_id: str, backbones: list[str], labels: dict[str, str]) -
     )
 
 
-study_id = common.require_study()
-st.title("Backbone comparison")
-common.study_caption(study_id)
+study_id = common.study_page("Backbone comparison")
 comparison = common.cached(explore.comparison_table, study_id)
 per_class = st.toggle(
     "Per-class (macro) precision, recall and F1",
@@ -192,9 +190,4 @@ intervals_table(study_id, labels)
 paper_table(comparison, definition)
 fold_plot(study_id, labels)
 pairwise_test(study_id, list(comparison["backbone"]), labels)
-st.page_link(
-    common.PAGES["confusion"],
-    label="See the confusion matrices of these backbones",
-    icon=":material/grid_on:",
-    query_params={"study": study_id},
-)
+common.page_link("confusion", "See the confusion matrices of these backbones", query_params={"study": study_id})

@@ -71,9 +71,7 @@ def backbone_panel(study_id: str, backbone: str, fold: object, view: str) -> Non
     )
 
 
-study_id = common.require_study()
-st.title("Confusion matrices")
-common.study_caption(study_id)
+study_id = common.study_page("Confusion matrices")
 backbones = common.backbones_of(study_id)
 first, second, fold_column, view_column = st.columns([2, 2, 1.4, 2])
 backbone = common.choose("Backbone", backbones, param="backbone", where=first)
@@ -99,9 +97,4 @@ st.caption("Best fold of each model in the paper, for reference: counts on its h
 for column, (name, matrix) in zip(st.columns(3), explore.paper_confusion_matrices().items(), strict=True):
     with column:
         st.plotly_chart(heatmap(matrix, view=view, title=name), width="stretch", key=f"paper-{name}")
-st.page_link(
-    common.PAGES["curves"],
-    label="See how these backbones trained",
-    icon=":material/show_chart:",
-    query_params={"study": study_id, "backbone": backbone},
-)
+common.page_link("curves", "See how these backbones trained", query_params={"study": study_id, "backbone": backbone})

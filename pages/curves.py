@@ -100,9 +100,7 @@ def panel(
     return figure
 
 
-study_id = common.require_study()
-st.title("Training curves")
-common.study_caption(study_id)
+study_id = common.study_page("Training curves")
 choices = common.cached(explore.head_choices, study_id)
 if not choices.empty:
     st.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
@@ -141,39 +143,51 @@ def interval_panel(found: dict, view: roc_calibration.DiscriminationView, *, met
     st.dataframe(table.style.format("{:.4f}", subset=numbers, na_rep="no curve"), hide_index=True)
 
 
-def methods_caption(
-    found: dict, view: roc_calibration.DiscriminationView, name: str, areas: pd.DataFrame, area_name: str
-):
-    st.caption(
-        f"{fold_spread(areas, name, area_name)}{found['intervals']['description']}. "
+@dataclass(frozen=True)
+class Curve:
+    """What differs between the ROC and the precision-recall sections: names, the chart's key, the summary's metric."""
+
+    title: str
+    key: str
+    metric: str
+    area: str
+    area_name: str
+
+
+ROC = Curve(title="ROC curve", key="roc", metric="roc_auc", area="AUC", area_name="AUC")
+PR = Curve(
+    title="Precision-recall curve", key="pr", metric="average_precision", area="Average precision", area_name="AP"
+)
+
+
+def roc_note(found: dict, view: roc_calibration.DiscriminationView, name: str) -> str:
+    return (
+        f"{fold_spread(view.roc_areas, name, 'AUC')}{found['intervals']['description']}. "
         f"The pooled curve mixes the {len(view.folds)} fold models (whose scores need not share a scale); "
         "each thin line is one fold model on its own test fold. Hover a point for its threshold "
         "(an image is called positive at probability ≥ threshold)."
     )
 
 
-def roc_section(view: roc_calibration.DiscriminationView, found: dict, name: str, zoom: bool) -> None:
-    st.subheader(f"ROC curve: {name} against the rest")
-    chart, side = st.columns([3, 2])
-    chart.plotly_chart(roc_figure(view, name, zoom=zoom), width="stretch", key="roc")
-    with side:
-        st.markdown(f"**AUC of every class, {found['intervals']['confidence']:.0%} interval**")
-        interval_panel(found, view, metric="roc_auc", area_name="AUC")
-        methods_caption(found, view, name, view.roc_areas, "AUC")
+def pr_note(view: roc_calibration.DiscriminationView, name: str) -> str:
+    return (
+        f"{fold_spread(view.pr_areas, name, 'AP')}Intervals, pooled and thin lines as for the ROC curve. "
+        "Average precision is the step-wise sum of precision times the recall each threshold adds; its chance "
+        "level is the class's prevalence, not 0.5, so it shows what AUC hides on a small class."
+    )
 
 
-def pr_section(view: roc_calibration.DiscriminationView, found: dict, name: str, zoom: bool) -> None:
-    st.subheader(f"Precision-recall curve: {name} against the rest")
+def curve_section(
+    curve: Curve, figure: go.Figure, note: str, *, found: dict, view: roc_calibration.DiscriminationView, name: str
+) -> None:
+    """One class's curve, beside every class's area under it with its interval and a note on reading them."""
+    st.subheader(f"{curve.title}: {name} against the rest")
     chart, side = st.columns([3, 2])
-    chart.plotly_chart(pr_figure(view, name, zoom=zoom), width="stretch", key="pr")
+    chart.plotly_chart(figure, width="stretch", key=curve.key)
     with side:
-        st.markdown(f"**Average precision of every class, {found['intervals']['confidence']:.0%} interval**")
-        interval_panel(found, view, metric="average_precision", area_name="AP")
-        st.caption(
-            f"{fold_spread(view.pr_areas, name, 'AP')}Intervals, pooled and thin lines as for the ROC curve. "
-            "Average precision is the step-wise sum of precision times the recall each threshold adds; its chance "
-            "level is the class's prevalence, not 0.5, so it shows what AUC hides on a small class."
-        )
+        st.markdown(f"**{curve.area} of every class, {found['intervals']['confidence']:.0%} interval**")
+        interval_panel(found, view, metric=curve.metric, area_name=curve.area_name)
+        st.caption(note)
 
 
 def with_interval(table: pd.DataFrame, column: str) -> pd.Series:
@@ -214,13 +228,8 @@ def models_section(study_id: str, models: list[str], classes: list[str], name: s
     )
 
 
-study_id = common.require_study()
-st.title("ROC and precision-recall curves")
-common.study_caption(study_id)
-models = common.study_cached(common.model_names_of, study_id)
-if not models:
-    st.info("No finished fold with predictions in this study yet.")
-    st.stop()
+study_id = common.study_page("ROC and precision-recall curves")
+models = common.require_models(study_id)
 model_column, class_column, zoom_column = st.columns([2, 2, 1.4])
 model = common.choose("Model", models, param="model", where=model_column, format_func=common.model_label)
 view = common.study_cached(_view, study_id, model)
@@ -238,12 +247,9 @@ found = common.study_cached(common.summary_of, study_id, model)
 if name not in set(view.roc_areas.loc[view.roc_areas["curve"] == roc_calibration.POOLED, "class"]):
     st.info(f"{name} has no curve: the pooled predictions of {model} need images of it and of the other classes.")
 else:
-    roc_section(view, found, name, zoom)
-    pr_section(view, found, name, zoom)
+    curve_section(
+        ROC, roc_figure(view, name, zoom=zoom), roc_note(found, view, name), found=found, view=view, name=name
+    )
+    curve_section(PR, pr_figure(view, name, zoom=zoom), pr_note(view, name), found=found, view=view, name=name)
 models_section(study_id, models, classes, name)
-st.page_link(
-    common.PAGES["calibration"],
-    label="Are these probabilities calibrated?",
-    icon=":material/tune:",
-    query_params={"study": study_id, "model": model},
-)
+common.page_link("calibration", "Are these probabilities calibrated?", query_params={"study": study_id, "model": model})

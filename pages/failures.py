@@ -237,15 +237,12 @@ def closer_look(row: pd.Series, oof: OutOfFold, *, models: dict, artifacts_root:
         st.caption("Out-of-fold probabilities" + (" (mean of the members)" if oof.model == ENSEMBLE else "") + ".")
 
 
-study_id = common.require_study()
+study_id = common.study_page("Failure analysis")
 root = common.artifacts_root()
 key = artifacts.changed_key(root, study_id)
-st.title("Failure analysis")
-common.study_caption(study_id)
-models_available = common.model_names_of(str(root), study_id, key)
-if not models_available:
-    st.info("This study has no finished fold yet: its mistakes appear here when one finishes.")
-    st.stop()
+models_available = common.require_models(
+    study_id, none_yet="This study has no finished fold yet: its mistakes appear here when one finishes."
+)
 model = common.choose("Model", models_available, param="model")
 oof = common.out_of_fold_of(str(root), study_id, model, key)
 table, counts = _mistakes(str(root), study_id, model, key)

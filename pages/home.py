@@ -27,11 +27,8 @@ if study_id is None:
 st.header("What this study found")
 for line in common.study_cached(findings, study_id):
     st.markdown(f"- {line}")
-st.page_link(
-    common.PAGES["audit"],
-    label="See the shortcut audit and every model's outside-the-source figures",
-    icon=":material/fact_check:",
-    query_params={"study": study_id},
+common.page_link(
+    "audit", "See the shortcut audit and every model's outside-the-source figures", query_params={"study": study_id}
 )
 
 st.header("What this explorer is")
@@ -90,28 +87,11 @@ st.dataframe(
 
 st.header("Where to start")
 params = {"study": study_id}
-st.page_link(
-    common.PAGES["comparison"],
-    label="Compare backbones, and this study with the paper's Table 1",
-    icon=":material/leaderboard:",
-    query_params=params,
-)
-st.page_link(
-    common.PAGES["confusion"],
-    label="See which classes each model confuses",
-    icon=":material/grid_on:",
-    query_params=params,
-)
-st.page_link(
-    common.PAGES["curves"],
-    label="Check training and validation curves for over-fitting",
-    icon=":material/show_chart:",
-    query_params=params,
-)
-st.page_link(
-    common.PAGES["classify"], label="Classify your own X-rays, with Grad-CAM heatmaps", icon=":material/radiology:"
-)
-st.page_link(common.PAGES["jobs"], label="Follow training jobs", icon=":material/schedule:")
+common.page_link("comparison", "Compare backbones, and this study with the paper's Table 1", query_params=params)
+common.page_link("confusion", "See which classes each model confuses", query_params=params)
+common.page_link("curves", "Check training and validation curves for over-fitting", query_params=params)
+common.page_link("classify", "Classify your own X-rays, with Grad-CAM heatmaps")
+common.page_link("jobs", "Follow training jobs")
 
 st.header("All studies in this artifacts folder")
 st.dataframe(

@@ -24,7 +24,6 @@ STATE_ICONS = {
     "cancelled": ":orange[:material/cancel:]",
 }
 LOG_TAIL_CHARS = 6000
-RESULTS_ICONS = {"comparison": ":material/leaderboard:", "robustness": ":material/shield:"}
 
 
 def when(timestamp: float | None) -> str:
@@ -80,12 +79,7 @@ def results_link(job: Job) -> None:
         return
     link = job.request.job_kind.results(job.request, job.study_id)
     if link is not None:
-        st.page_link(
-            common.PAGES[link.page],
-            label=link.label,
-            icon=RESULTS_ICONS.get(link.page, ":material/open_in_new:"),
-            query_params=link.query,
-        )
+        common.page_link(link.page, link.label, query_params=link.query)
 
 
 def job_card(store: JobStore, job: Job, *, can_cancel: bool) -> None:

@@ -319,16 +319,14 @@ def data_caption(oof: OutOfFold, class_name: str, model: str, point: OperatingPo
     )
 
 
-study_id = common.require_study()
+study_id = common.study_page("Operating point")
 root = common.artifacts_root()
 key = artifacts.changed_key(root, study_id)
-st.title("Operating point")
-common.study_caption(study_id)
 st.caption(common.NOT_A_DEVICE)
-models = common.model_names_of(str(root), study_id, key)
-if not models:
-    st.info("This study has no finished fold yet: its out-of-fold predictions appear here when one finishes.")
-    st.stop()
+models = common.require_models(
+    study_id,
+    none_yet="This study has no finished fold yet: its out-of-fold predictions appear here when one finishes.",
+)
 members = {m: common.out_of_fold_of(str(root), study_id, m, key).members for m in models if m == ENSEMBLE}
 model_column, class_column = st.columns(2)
 model = common.choose("Model", models, param="model", where=model_column, format_func=lambda m: model_label(m, members))

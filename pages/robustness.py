@@ -214,12 +214,7 @@ def active_job(study_id: str, backbone: str):
 
 
 def jobs_link(job_id: str) -> None:
-    st.page_link(
-        common.PAGES["jobs"],
-        label="Follow it on the Jobs page",
-        icon=":material/schedule:",
-        query_params={"job": job_id},
-    )
+    common.page_link("jobs", "Follow it on the Jobs page", query_params={"job": job_id})
 
 
 def queue_analysis(study_id: str, backbone: str) -> None:
@@ -305,9 +300,7 @@ def shifts_section() -> None:
         st.caption(f"Noise is drawn with seed {robustness.NOISE_SEED}, so every run sees the same noise.")
 
 
-study_id = common.require_study()
-st.title("Robustness to acquisition shifts")
-common.study_caption(study_id)
+study_id = common.study_page("Robustness to acquisition shifts")
 state = study_state(study_id)
 # Analysed backbones first: the page opens on results where there are some.
 backbones = sorted(common.backbones_of(study_id), key=lambda b: not state.get(b, {}).get("analysed"))

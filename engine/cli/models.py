@@ -152,6 +152,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model(p: argparse.ArgumentParser) -> None:
+    """``--model``: the saved model that ``evaluate`` and ``classify`` load."""
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a model.keras, an exported model or a backbone's run folder (its fold ensemble) in the artifacts "
+        "folder (default: the fold ensemble of the best backbone)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model commands to the ``python -m engine`` parser."""
     p = sub.add_parser("serve", help="the model served by default, chosen on what holds outside its source")
@@ -162,12 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="evaluate a trained model on a folder of labelled images no fold has seen")
     p.add_argument("--data", required=True, help="folder with one sub-folder per class (some classes may be missing)")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="a model.keras, an exported model or a backbone's run folder (its fold ensemble) in the artifacts "
-        "folder (default: the fold ensemble of the best backbone)",
-    )
+    add_model(p)
     p.add_argument(
         "--study",
         default=None,
@@ -186,12 +191,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("classify", help="print each image's class probabilities")
     p.add_argument("images", nargs="+", help="PNG, JPEG or DICOM files")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="a model.keras, an exported model or a backbone's run folder (its fold ensemble) in the artifacts "
-        "folder (default: the fold ensemble of the best backbone)",
-    )
+    add_model(p)
     p.add_argument("--json", action="store_true")
     add_artifacts(p)
     p.set_defaults(func=cmd_classify)

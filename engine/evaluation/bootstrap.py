@@ -188,6 +188,30 @@ def interval_from_replicates(
     return Interval(float(estimate), float(low), float(high), method, int(finite.size), confidence)
 
 
+def intervals_from_replicates(
+    estimate: dict[str, np.ndarray],
+    replicates: dict[str, np.ndarray],
+    jackknife: dict[str, np.ndarray],
+    *,
+    confidence: float,
+    method: str,
+    strata: np.ndarray,
+) -> dict[str, Interval]:
+    """:func:`interval_from_replicates` of every figure of ``estimate`` (each figure one value in an array), with
+    its leave-one-out values where ``jackknife`` has them: how the vectorised bootstraps end."""
+    return {
+        name: interval_from_replicates(
+            float(estimate[name][0]),
+            replicates[name],
+            confidence=confidence,
+            method=method,
+            jackknife=jackknife.get(name),
+            strata=strata,
+        )
+        for name in estimate
+    }
+
+
 def _bca_levels(
     estimate: float, replicates: np.ndarray, levels: np.ndarray, jackknife: np.ndarray, strata: np.ndarray
 ) -> np.ndarray | None:
@@ -291,17 +315,9 @@ def bootstrap_confusion_metrics(
     estimate = _confusion_figures(terms.total(), classes)
     replicates = _confusion_figures(terms.resampled(indices), classes)
     jackknife = _confusion_figures(terms.jackknife(y_true), classes) if method == "bca" else {}
-    return {
-        name: interval_from_replicates(
-            float(estimate[name][0]),
-            replicates[name],
-            confidence=confidence,
-            method=method,
-            jackknife=jackknife.get(name),
-            strata=y_true,
-        )
-        for name in estimate
-    }
+    return intervals_from_replicates(
+        estimate, replicates, jackknife, confidence=confidence, method=method, strata=y_true
+    )
 
 
 def bootstrap_difference(

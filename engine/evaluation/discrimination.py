@@ -25,7 +25,7 @@ from engine.evaluation.bootstrap import (
     Interval,
     check_predictions,
     check_resampling,
-    interval_from_replicates,
+    intervals_from_replicates,
     jackknife_weight_blocks,
     json_float,
     resample_counts,
@@ -256,17 +256,9 @@ def discrimination_intervals(
         replicates[key] = np.mean([replicates[k] for k in keys], axis=0) if keys else undefined
         if jackknife and keys:
             jackknife[key] = np.mean([jackknife[k] for k in keys], axis=0)
-    return {
-        name: interval_from_replicates(
-            float(estimate[name][0]),
-            replicates[name],
-            confidence=confidence,
-            method=method,
-            jackknife=jackknife.get(name),
-            strata=y_true,
-        )
-        for name in estimate
-    }
+    return intervals_from_replicates(
+        estimate, replicates, jackknife, confidence=confidence, method=method, strata=y_true
+    )
 
 
 def _stack(positive: np.ndarray, score: np.ndarray, blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

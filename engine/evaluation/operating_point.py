@@ -110,15 +110,6 @@ def wilson_interval(successes: int, trials: int, *, confidence: float = 0.95) ->
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _proportion(successes: int, trials: int) -> float | None:
-    return successes / trials if trials else None
-
-
-def _bayes(numerator: float, other: float) -> float | None:
-    total = numerator + other
-    return numerator / total if total > 0 else None
-
-
 @dataclass(frozen=True)
 class Bounds:
     """A Wilson score interval of one proportion."""
@@ -238,11 +229,7 @@ def find_operating_point(
     fp = int(np.sum(called & ~positive))
     fn = int(np.sum(~called & positive))
     tn = int(np.sum(~called & ~positive))
-    sensitivity, specificity = _proportion(tp, tp + fn), _proportion(tn, tn + fp)
-    ppv_at_prevalence = npv_at_prevalence = None
-    if prevalence is not None and sensitivity is not None and specificity is not None:
-        ppv_at_prevalence = _bayes(sensitivity * prevalence, (1.0 - specificity) * (1.0 - prevalence))
-        npv_at_prevalence = _bayes(specificity * (1.0 - prevalence), (1.0 - sensitivity) * prevalence)
+    figures = {name: _of_one_threshold(value) for name, value in _figures(tp, fp, tn, fn, prevalence).items()}
 
     def interval(successes: int, trials: int) -> Bounds | None:
         bounds = wilson_interval(successes, trials, confidence=confidence)
@@ -250,14 +237,7 @@ def find_operating_point(
 
     return OperatingPoint(
         threshold=float(threshold),
-        tp=tp,
-        fp=fp,
-        tn=tn,
-        fn=fn,
-        sensitivity=sensitivity,
-        specificity=specificity,
-        ppv=_proportion(tp, tp + fp),
-        npv=_proportion(tn, tn + fn),
+        **figures,
         sensitivity_interval=interval(tp, tp + fn),
         specificity_interval=interval(tn, tn + fp),
         ppv_interval=interval(tp, tp + fp),
@@ -265,9 +245,6 @@ def find_operating_point(
         interval_method=INTERVAL_METHOD,
         confidence=confidence,
         sample_prevalence=(tp + fn) / len(positive),
-        prevalence=prevalence,
-        ppv_at_prevalence=ppv_at_prevalence,
-        npv_at_prevalence=npv_at_prevalence,
     )
 
 
@@ -311,7 +288,7 @@ class ThresholdSweep:
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """``numerator / denominator``, NaN where the denominator is 0 (``_proportion``'s None)."""
+    """``numerator / denominator``, NaN where the denominator is 0."""
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
     found = np.full(np.broadcast(numerator, denominator).shape, np.nan)
@@ -319,12 +296,44 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return found
 
 
-def _bayes_array(numerator: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """``_bayes`` element-wise, NaN where it is None."""
+def _bayes(numerator: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``numerator / (numerator + other)``, NaN where the total is not positive."""
     total = numerator + other
     found = np.full(total.shape, np.nan)
     np.divide(numerator, total, out=found, where=total > 0)
     return found
+
+
+def _figures(
+    tp: np.ndarray | int, fp: np.ndarray | int, tn: np.ndarray | int, fn: np.ndarray | int, prevalence: float | None
+) -> dict[str, object]:
+    """Every field :class:`OperatingPoint` and :class:`ThresholdSweep` share, from the four counts: the counts, the
+    four rates of :data:`MEASURES` (NaN where undefined), ``prevalence`` and PPV and NPV at it (NaN without one).
+    One arithmetic for a single threshold and for a sweep, so that both give the same floats; ``prevalence`` is
+    taken as a float, so that any real number the checks accept gives float arrays."""
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    ppv_at_prevalence = npv_at_prevalence = np.full(sensitivity.shape, np.nan)
+    if prevalence is not None:
+        p = float(prevalence)
+        ppv_at_prevalence = _bayes(sensitivity * p, (1.0 - specificity) * (1.0 - p))
+        npv_at_prevalence = _bayes(specificity * (1.0 - p), (1.0 - sensitivity) * p)
+    counts = {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    rates = {
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+    }
+    at_prevalence = {"ppv_at_prevalence": ppv_at_prevalence, "npv_at_prevalence": npv_at_prevalence}
+    return {**counts, **rates, "prevalence": prevalence, **at_prevalence}
+
+
+def _of_one_threshold(figure: object) -> object:
+    """A figure of :func:`_figures` as :class:`OperatingPoint` holds it: a rate (a 0-d array) as a float, or None
+    where the sweep has NaN; a count and the prevalence as they are."""
+    if not isinstance(figure, np.ndarray):
+        return figure
+    return None if np.isnan(figure) else float(figure)
 
 
 def sweep_thresholds(score: np.ndarray, max_points: int | None = None) -> np.ndarray:
@@ -365,22 +374,4 @@ def threshold_sweep(
     n_positive = int(positive.sum())
     n_negative = int(positive.size - n_positive)
     fn, tn = n_positive - tp, n_negative - fp
-    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-    ppv_at_prevalence = npv_at_prevalence = np.full(thresholds.shape, np.nan)
-    if prevalence is not None:
-        ppv_at_prevalence = _bayes_array(sensitivity * prevalence, (1.0 - specificity) * (1.0 - prevalence))
-        npv_at_prevalence = _bayes_array(specificity * (1.0 - prevalence), (1.0 - sensitivity) * prevalence)
-    return ThresholdSweep(
-        threshold=thresholds,
-        tp=tp,
-        fp=fp,
-        tn=tn,
-        fn=fn,
-        sensitivity=sensitivity,
-        specificity=specificity,
-        ppv=_ratio(tp, tp + fp),
-        npv=_ratio(tn, tn + fn),
-        prevalence=prevalence,
-        ppv_at_prevalence=ppv_at_prevalence,
-        npv_at_prevalence=npv_at_prevalence,
-    )
+    return ThresholdSweep(threshold=thresholds, **_figures(tp, fp, tn, fn, prevalence))

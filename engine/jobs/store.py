@@ -23,8 +23,9 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import TypeVar
 
 from engine import settings
 from engine.jobs.progress import JobProgress
@@ -37,6 +38,7 @@ DB_NAME = "jobs.sqlite"
 LOCK_NAME = "worker.lock"
 BUSY_TIMEOUT_S = 30.0
 SCHEMA_VERSION = 1
+Record = TypeVar("Record", Job, Task)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -320,16 +322,10 @@ class JobStore:
         progress = replace(JobProgress.from_dict(stored), tasks_done=done, tasks_total=total)
         if row["state"] != "running":
             progress = replace(progress, fraction=done / total if total else 0.0, eta_seconds=None)
-        return Job(
-            id=row["id"],
+        return _record(
+            Job,
+            row,
             request=JobRequest.from_dict(json.loads(row["request"])),
-            state=row["state"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            error=row["error"],
-            study_id=row["study_id"],
-            executor=row["executor"],
             progress={**stored, **progress.to_dict()},
             cancel_requested=bool(row["cancel_requested"]),
         )
@@ -393,13 +389,10 @@ def _failure_summary(failed: list[sqlite3.Row], total: int) -> str:
     return f"{len(failed)} of {total} tasks failed:\n" + "\n".join(lines)
 
 
+def _record(record: type[Record], row: sqlite3.Row, **converted: object) -> Record:
+    """A ``record`` whose fields are the row's columns of the same names, as stored, but for those in ``converted``."""
+    return record(**{f.name: row[f.name] for f in fields(record) if f.name not in converted}, **converted)
+
+
 def _task(row: sqlite3.Row) -> Task:
-    return Task(
-        job_id=row["job_id"],
-        backbone=row["backbone"],
-        fold=row["fold"],
-        state=row["state"],
-        error=row["error"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
+    return _record(Task, row)

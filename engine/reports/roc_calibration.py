@@ -19,8 +19,16 @@ from engine.evaluation.discrimination import CurveSet, PrCurve, RocCurve, pr_cur
 from engine.evaluation.predictions import OutOfFold
 
 POOLED = "pooled"
-ROC_COLUMNS = ["class", "curve", "fold", "fpr", "sensitivity", "specificity", "threshold"]
-PR_COLUMNS = ["class", "curve", "fold", "recall", "precision", "sensitivity", "specificity", "threshold"]
+ROC_POINTS = {"fpr": "fpr", "sensitivity": "tpr", "specificity": "specificity", "threshold": "thresholds"}
+"""The columns of a ROC point, after its curve's, each with the :class:`RocCurve` attribute it comes from."""
+PR_POINTS = {
+    "recall": "recall",
+    "precision": "precision",
+    "sensitivity": "recall",
+    "specificity": "specificity",
+    "threshold": "thresholds",
+}
+"""The columns of a precision-recall point, after its curve's, each with the :class:`PrCurve` attribute."""
 AREA_COLUMNS = ["class", "curve", "fold", "area", "n_positive", "n_negative", "prevalence"]
 BIN_COLUMNS = ["label", "bin", "lower", "upper", "count", "mean_predicted", "observed_frequency", "gap"]
 
@@ -36,47 +44,23 @@ def threshold_text(threshold: float | None) -> str:
 
 def roc_points(curves: CurveSet) -> pd.DataFrame:
     """One row per point of every ROC curve (pooled first, then each fold), ``fpr`` = 1 − specificity."""
-    rows = [
-        {
-            "class": curve.class_name,
-            "curve": curve_name(curve.fold),
-            "fold": curve.fold,
-            "fpr": fpr,
-            "sensitivity": tpr,
-            "specificity": specificity,
-            "threshold": threshold,
-        }
-        for curve in [*curves.pooled, *curves.per_fold]
-        for fpr, tpr, specificity, threshold in zip(
-            curve.fpr, curve.tpr, curve.specificity, curve.thresholds, strict=True
-        )
-    ]
-    return _points(rows, ROC_COLUMNS)
+    return _points(curves, ROC_POINTS)
 
 
 def pr_points(curves: CurveSet) -> pd.DataFrame:
     """One row per point of every precision-recall curve; ``recall`` is the sensitivity."""
+    return _points(curves, PR_POINTS)
+
+
+def _points(curves: CurveSet, point_columns: dict[str, str]) -> pd.DataFrame:
+    """One row per point of every curve (pooled first, then each fold): the curve's class, name and fold, then
+    each of ``point_columns`` (column: the curve's attribute that lists it, point by point)."""
     rows = [
-        {
-            "class": curve.class_name,
-            "curve": curve_name(curve.fold),
-            "fold": curve.fold,
-            "recall": recall,
-            "precision": precision,
-            "sensitivity": recall,
-            "specificity": specificity,
-            "threshold": threshold,
-        }
+        [curve.class_name, curve_name(curve.fold), curve.fold, *point]
         for curve in [*curves.pooled, *curves.per_fold]
-        for precision, recall, specificity, threshold in zip(
-            curve.precision, curve.recall, curve.specificity, curve.thresholds, strict=True
-        )
+        for point in zip(*(getattr(curve, attribute) for attribute in point_columns.values()), strict=True)
     ]
-    return _points(rows, PR_COLUMNS)
-
-
-def _points(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=["class", "curve", "fold", *point_columns])
     table["fold"] = table["fold"].astype("Int64")
     table["threshold_text"] = [threshold_text(None if pd.isna(t) else float(t)) for t in table["threshold"]]
     table["threshold"] = table["threshold"].astype("float64")

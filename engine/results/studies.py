@@ -16,7 +16,7 @@ layer sits below ``engine.training``, whose ``Protocol.from_dict`` reads it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -96,14 +96,7 @@ class SplitRecord:
         )
 
     def to_json(self) -> dict:
-        return {
-            "level": self.level,
-            "requested": self.requested,
-            "patients": self.patients,
-            "images_sharing_a_patient": self.images_sharing_a_patient,
-            "patient_rules": self.patient_rules,
-            "patients_in_several_folds": self.patients_in_several_folds,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
