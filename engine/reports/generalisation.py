@@ -14,6 +14,7 @@ Nothing here trains or predicts: a fresh clone shows what was committed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,8 +192,18 @@ def _in_fold(study_id: str, model: str, artifacts_root: Path) -> tuple[dict, obj
 
 
 def generalisation(study_id: str, artifacts_root: Path | None = None) -> Generalisation:
-    """Everything :mod:`this module <engine.reports.generalisation>` gathers, for one study."""
-    root = artifacts_root or settings.artifacts_dir()
+    """Everything :mod:`this module <engine.reports.generalisation>` gathers, for one study.
+
+    Kept until a result anywhere in the artifacts folder changes (``artifacts.changed_key``, the app's cache
+    key): the report, the README table, the model cards and the checklist each ask for the same studies,
+    about 80 calls for one ``python -m engine report``.
+    """
+    root = Path(artifacts_root or settings.artifacts_dir())
+    return _generalisation(study_id, root, artifacts.changed_key(root))
+
+
+@functools.lru_cache(maxsize=64)
+def _generalisation(study_id: str, root: Path, changed: tuple[int, int]) -> Generalisation:
     study = artifacts.read_study(study_id, root)
     sources = study.dataset.sources
     twin = image_level_twin(study, root)
