@@ -128,13 +128,7 @@ def test_committed_models_still_load_and_reproduce_their_predictions():
     """The preprocessing layer's new ``xla`` switch leaves saved models and their outputs as they were."""
     for model in (FROZEN, FINETUNED):
         images = held_out(model)[0][:PARITY_IMAGES]
-        with open(model.parent / "predictions.csv", newline="") as fh:
-            rows = {row["file"]: row for row in csv.DictReader(fh)}
-        run = artifacts.read_run(model.parent)
-        study = artifacts.read_study(run.study_id, DEMO)
-        manifest = json.loads((DEMO / "datasets" / study.dataset.fingerprint / "manifest.json").read_text())
-        files = [manifest["files"][i] for i in study.folds[run.fold][:PARITY_IMAGES]]
-        saved = np.array([[float(rows[f][f"p[{c}]"]) for c in run.config["classes"]] for f in files])
+        saved = saved_probabilities(model)[:PARITY_IMAGES]
         got = load_keras_model(model).predict_on_batch(images.astype(np.float32)[..., None])
         assert np.abs(got - saved).max() <= 1e-5
 
@@ -194,9 +188,14 @@ INT8_MAX_DROP = 0.005
 
 @pytest.fixture(scope="module")
 def frozen_held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The frozen MobileNet's held-out fold (images, labels) and its Keras probabilities, once for both formats."""
+    """The frozen MobileNet's held-out fold (images, labels) and its Keras probabilities, once for both formats.
+
+    The Keras probabilities are the run's saved ``predictions.csv``, in the fold's order: the model still
+    gives them (``test_committed_models_still_load_and_reproduce_their_predictions``), and reading them
+    spares this file a Keras pass over 579 images at 224 px.
+    """
     images, labels = held_out(FROZEN)
-    return images, labels, probabilities(load_classifier(FROZEN, artifacts_root=DEMO), images)
+    return images, labels, saved_probabilities(FROZEN)
 
 
 @pytest.mark.slow
@@ -228,6 +227,17 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt,
     print(f"{fmt} int8: agreement {agreement:.4f}, accuracy drop {drop * 100:.2f} points")
     assert agreement >= INT8_MIN_AGREEMENT
     assert drop <= INT8_MAX_DROP
+
+
+def saved_probabilities(model: Path) -> np.ndarray:
+    """The run's ``predictions.csv`` probabilities (N, classes) in the order of its held-out fold's indices."""
+    run = artifacts.read_run(model.parent)
+    study = artifacts.read_study(run.study_id, DEMO)
+    manifest = json.loads((DEMO / "datasets" / study.dataset.fingerprint / "manifest.json").read_text())
+    with open(model.parent / "predictions.csv", newline="") as fh:
+        rows = {row["file"]: row for row in csv.DictReader(fh)}
+    files = [manifest["files"][i] for i in study.folds[run.fold]]
+    return np.array([[float(rows[f][f"p[{c}]"]) for c in run.config["classes"]] for f in files])
 
 
 def probabilities(classifier, images: np.ndarray) -> np.ndarray:
