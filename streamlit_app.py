@@ -21,6 +21,8 @@ from pages import common
 ALL_PAPER = "All 14 of the paper"
 DEFAULT_PROTOCOL = "frozen"
 DEFAULT_DATA = settings.shared_dir() / "data" / "covid19-radiography-paper"
+# The navigation menu: each section's pages, with the title the menu gives each (icons: ``common.ICONS``);
+# ``home`` opens first.
 MENU = {
     "Study": {
         "home": "Home",
@@ -39,8 +41,6 @@ MENU = {
     },
     "Use": {"classify": "Classify X-rays", "jobs": "Jobs", "report": "Reproduction report"},
 }
-"""The navigation menu: each section's pages, with the title the menu gives each (icons: ``common.ICONS``); ``home``
-opens first."""
 SPLITS = {
     "patient": "By patient (every image of a patient in one fold)",
     "image": "By image (the paper's; a patient can be on both sides)",

@@ -43,6 +43,7 @@ PAGES = {
     "classify": "pages/classify.py",
     "report": "pages/report.py",
 }
+# Each page's icon, in the menu and on the links to it.
 ICONS = {
     "home": ":material/home:",
     "jobs": ":material/schedule:",
@@ -59,7 +60,6 @@ ICONS = {
     "classify": ":material/radiology:",
     "report": ":material/description:",
 }
-"""Each page's icon, in the menu and on the links to it."""
 NO_STUDY_HELP = (
     "No study with finished runs in `{root}` yet. Launch a training job from the sidebar "
     "(or run `python -m engine study --data <folder> --arch MobileNet`), then follow it on the Jobs page."

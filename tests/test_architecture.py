@@ -63,6 +63,18 @@ def test_views_never_import_tensorflow_or_keras(path: Path) -> None:
     assert heavy == []
 
 
+@pytest.mark.parametrize("path", VIEW_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_views_have_no_bare_string_after_their_docstring(path: Path) -> None:
+    """Streamlit's "magic" writes a bare string of a page script onto the page: a comment says it instead."""
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    bare = [
+        node.lineno
+        for node in body[1:]
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    ]
+    assert bare == [], f"{path.name}: bare strings at lines {bare}"
+
+
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "probe.py"
     module.write_text("from engine.jobs.store import JobStore\nfrom engine import settings\nimport streamlit\n")
