@@ -65,18 +65,22 @@ PARITY_IMAGES = 64
 CLI_FILE = "MobileNet-0.25-folds-0-1.tflite"
 
 
-def held_out(model: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The run's held-out fold (images, true labels), from the study's fold indices; predictions.csv agrees."""
+def held_out(model: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run's held-out fold in the order of the study's fold indices: images, true labels, and the Keras
+    probabilities its ``predictions.csv`` saved (whose files must be exactly the fold's)."""
     run = artifacts.read_run(model.parent)
     study = artifacts.read_study(run.study_id, DEMO)
     images = study_images(study, DEMO, data=PAPER_DATA)
     held = np.asarray(study.folds[run.fold])
     manifest = json.loads((DEMO / "datasets" / study.dataset.fingerprint / "manifest.json").read_text())
     with open(model.parent / "predictions.csv", newline="") as fh:
-        rows = {row["file"]: row["true"] for row in csv.DictReader(fh)}
-    assert sorted(manifest["files"][i] for i in held) == sorted(rows)
-    labels = np.array([run.config["classes"].index(rows[manifest["files"][i]]) for i in held])
-    return np.asarray(images[held]), labels
+        rows = {row["file"]: row for row in csv.DictReader(fh)}
+    files = [manifest["files"][i] for i in held]
+    assert sorted(files) == sorted(rows)
+    classes = run.config["classes"]
+    labels = np.array([classes.index(rows[f]["true"]) for f in files])
+    saved = np.array([[float(rows[f][f"p[{c}]"]) for c in classes] for f in files])
+    return np.asarray(images[held]), labels, saved
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +131,7 @@ def test_float_export_of_the_finetuned_mobilenet_025_matches_keras_on_real_image
 def test_committed_models_still_load_and_reproduce_their_predictions():
     """The preprocessing layer's new ``xla`` switch leaves saved models and their outputs as they were."""
     for model in (FROZEN, FINETUNED):
-        images = held_out(model)[0][:PARITY_IMAGES]
-        saved = saved_probabilities(model)[:PARITY_IMAGES]
+        images, _, saved = (part[:PARITY_IMAGES] for part in held_out(model))
         got = load_keras_model(model).predict_on_batch(images.astype(np.float32)[..., None])
         assert np.abs(got - saved).max() <= 1e-5
 
@@ -194,8 +197,7 @@ def frozen_held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     gives them (``test_committed_models_still_load_and_reproduce_their_predictions``), and reading them
     spares this file a Keras pass over 579 images at 224 px.
     """
-    images, labels = held_out(FROZEN)
-    return images, labels, saved_probabilities(FROZEN)
+    return held_out(FROZEN)
 
 
 @pytest.mark.slow
@@ -227,17 +229,6 @@ def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt,
     print(f"{fmt} int8: agreement {agreement:.4f}, accuracy drop {drop * 100:.2f} points")
     assert agreement >= INT8_MIN_AGREEMENT
     assert drop <= INT8_MAX_DROP
-
-
-def saved_probabilities(model: Path) -> np.ndarray:
-    """The run's ``predictions.csv`` probabilities (N, classes) in the order of its held-out fold's indices."""
-    run = artifacts.read_run(model.parent)
-    study = artifacts.read_study(run.study_id, DEMO)
-    manifest = json.loads((DEMO / "datasets" / study.dataset.fingerprint / "manifest.json").read_text())
-    with open(model.parent / "predictions.csv", newline="") as fh:
-        rows = {row["file"]: row for row in csv.DictReader(fh)}
-    files = [manifest["files"][i] for i in study.folds[run.fold]]
-    return np.array([[float(rows[f][f"p[{c}]"]) for c in run.config["classes"]] for f in files])
 
 
 def probabilities(classifier, images: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ artifacts folder lists as a result must be whole.
 The jobs use the ``frozen`` protocol: every write a fine-tuning job makes is there too (a saved
 ``model.keras`` of backbone and head, the detector, the run's files) plus the feature cache, and a
 worker process finishes the job in about a third of a ``paper`` job's time (no augmentation layer to
-compile), so each of the many restarts costs less.
+trace), so each of the many restarts costs less.
 """
 
 from __future__ import annotations
