@@ -1,10 +1,11 @@
 """One memory measurement in a fresh process; prints its peak resident memory as JSON.
 
 ``python -m benchmarks.memory_probe study DATA ARTIFACTS SIZE WEIGHTS FOLDS EPOCHS``: a cold frozen
-study of MobileNet 1.0. ``... train DATA ARTIFACTS SIZE WEIGHTS FEED``: import, then the paper-protocol
+study of MobileNet 1.0. ``... train DATA ARTIFACTS SIZE WEIGHTS FEED [eager]``: import, then the paper-protocol
 training path for a few batches, with the training images either loaded as one array (``array``,
 the usual way, and the engine's until it read batches) or read batch by batch from the memory map
-by ``engine.training.batches.ImageBatches`` (``batches``, what ``engine.training.fold.train_fold`` does).
+by ``engine.training.batches.ImageBatches`` (``batches``, what ``engine.training.fold.train_fold`` does);
+``eager`` runs the steps without tracing them (``--tiny``: tracing costs more than three tiny steps).
 ``... features MODE SIZE WEIGHTS COUNT BATCH``: pooled features of COUNT images, the extractor
 called eagerly (``eager``, as ``engine.training.features.cached_features`` does) or compiled (``compiled``).
 """
@@ -38,7 +39,7 @@ def study(data: Path, artifacts_root: Path, size: int, weights: str, folds: int,
     return {"rss_mb": peak_rss_mb()}
 
 
-def train(data: Path, artifacts_root: Path, size: int, weights: str, feed: str) -> dict:
+def train(data: Path, artifacts_root: Path, size: int, weights: str, feed: str, *, eager: bool = False) -> dict:
     import keras
     import numpy as np
 
@@ -52,7 +53,7 @@ def train(data: Path, artifacts_root: Path, size: int, weights: str, feed: str) 
     model = classifier(
         BACKBONE, n_classes=len(dataset.classes), input_size=size, weights=_weights(weights), protocol=PAPER
     )
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", run_eagerly=eager)
     batch = PAPER.batch_size
     if feed == "array":
         x = np.asarray(dataset.images[train_rows])[..., None]
@@ -97,7 +98,7 @@ def main(argv: list[str]) -> int:
     if kind == "study":
         out = study(Path(data), Path(artifacts), int(size), weights, int(rest[0]), int(rest[1]))
     else:
-        out = train(Path(data), Path(artifacts), int(size), weights, rest[0])
+        out = train(Path(data), Path(artifacts), int(size), weights, rest[0], eager=rest[1:] == ["eager"])
     print(json.dumps(out), flush=True)
     return 0
 
