@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from streamlit.components.v2 import manifest_scanner
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
@@ -31,6 +32,11 @@ TINY_BACKBONES = ("MobileNet-0.25", "MobileNetV2-0.35")
 TINY_FOLDS = 2
 TINY_EPOCHS = 20
 TINY_SIZE = 32
+
+# Each new AppTest scans the metadata of every installed distribution for Streamlit components: 0.4 s of
+# CPU per page opened here (14 s of test_the_demo_evaluation_read_only's 41 s). The installed packages
+# do not change during a test run, so the scan's answer is kept for the run.
+manifest_scanner.scan_component_manifests = functools.cache(manifest_scanner.scan_component_manifests)
 
 
 @dataclass(frozen=True)
