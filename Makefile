@@ -18,12 +18,12 @@ run: $(RUN_STAMP)
 	$(BIN)/streamlit run streamlit_app.py $(STREAMLIT_ARGS)
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Everyday edits: engine and page tests on synthetic data, no browser, no real model or worker process
 # (the tests marked slow); CI runs everything.
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
