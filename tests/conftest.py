@@ -39,6 +39,7 @@ SLOWEST_FIRST = (
     "test_export_real_models.py",
     "test_faults.py",
     "test_jobs.py",
+    "test_benchmarks_processes.py",
     "test_benchmarks.py",
     "test_browser.py",
     "test_distributed.py",
@@ -148,3 +149,9 @@ def artifacts_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def tiny_data(tmp_path: Path) -> Path:
     """Three class folders (COVID, NORMAL, Viral Pneumonia) of six 40x40 PNGs each."""
     return make_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three class folders of eight 40x40 PNGs, once per module: the benchmarks' ``--tiny`` data."""
+    return make_dataset(tmp_path_factory.mktemp("bench") / "tiny", n_per_class=8, size=40)

@@ -1,4 +1,6 @@
-"""Each benchmark runs on tiny settings and ends with one JSON line of positive, finite figures."""
+"""Each benchmark runs on tiny settings and ends with one JSON line of positive, finite figures: those that run
+in this process, the records and the docs they write, the goals and findings read from records. The benchmarks
+that start processes of their own are in ``test_benchmarks_processes.py``."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import json
 import math
 import os
 import subprocess
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,10 @@ import pytest
 from benchmarks.__main__ import main
 from benchmarks.gpu import NEXT_COMPILE, projection
 from benchmarks.harness import git_commit, last_json_line
-from benchmarks.hosted import CHROMIUM, mapped_libraries, runtimes_in
+from benchmarks.hosted import mapped_libraries, runtimes_in
 from benchmarks.report import evaluation_finding, format_value, goals_table, gpu_finding, hosted_finding
 from engine import settings
 from tests.conftest import eager_functions
-from tests.synthetic import make_dataset
 
 EXPECTED = {
     "pipeline": {
@@ -39,11 +39,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("bench") / "tiny", n_per_class=8, size=40)
-
-
 def run_tiny(name: str, data: Path, capsys: pytest.CaptureFixture, *extra: str) -> dict:
     """``python -m benchmarks NAME --tiny`` in this process, its TensorFlow functions run eagerly: tracing a
     training step costs more than a tiny run (``finetune_epoch``: 49 s of CPU compiled, 8 s eager)."""
@@ -59,7 +54,7 @@ def check(figures: dict, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pipeline", "finetune_epoch", "classify", "gpu", "memory", "features"])
+@pytest.mark.parametrize("name", ["pipeline", "finetune_epoch", "classify"])
 def test_benchmark_prints_figures_last(name: str, tiny_set: Path, artifacts_root: Path, capsys) -> None:
     check(run_tiny(name, tiny_set, capsys), name)
 
@@ -88,40 +83,6 @@ def record_tiny(name: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFix
     stored = json.loads((results / f"{name}.json").read_text())
     assert stored["figures"] == figures
     return figures, stored, docs.read_text()
-
-
-@pytest.mark.slow
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's Chromium: apt-get install chromium")
-@pytest.mark.skipif(find_spec("playwright") is None, reason="needs the playwright package")
-def test_hosted_measures_both_servers_and_the_export_server_loads_no_tensorflow(
-    tiny_set: Path, artifacts_root: Path, tmp_path: Path, capsys
-) -> None:
-    figures, stored, text = record_tiny("hosted", tiny_set, tmp_path, capsys)
-    found = stored["settings"]
-    assert found["order"] == ["export", "keras"] and found["same_predictions"], found
-    assert found["tensorflow_imported"] == {"export": False, "keras": True}
-    assert [(row["TensorFlow mapped"], row["runtime mapped"]) for row in stored["table"]] == [
-        (False, "litert"),
-        (True, "none"),
-    ]
-    assert found["export_ood_detector"] and "exported into the copy" in found["export_source"]
-    assert figures["rss_ratio"] > 1, "the Keras server should need more memory than the export server"
-    assert "## hosted" in text and "| `export_rss_mb` | at most 400 MB after 8 images |" in text
-    assert "The export server did not import TensorFlow, the Keras server imported it." in text
-
-
-@pytest.mark.slow
-def test_evaluation_times_the_cold_bootstrap_and_warm_pages_of_the_demo_study(
-    tiny_set: Path, artifacts_root: Path, tmp_path: Path, capsys
-) -> None:
-    figures, stored, text = record_tiny("evaluation", tiny_set, tmp_path, capsys)
-    assert stored["settings"]["models"] == ["MobileNet", "MobileNet-0.25", "MobileNetV2-0.35", "ensemble"]
-    assert figures["bootstrap_warm_s"] < figures["bootstrap_cold_s"], "the second pass must read the kept files"
-    assert "## evaluation" in text and f"| bootstrap_cold_s | {format_value(figures['bootstrap_cold_s'])} |" in text
-    demo = settings.PROJECT_ROOT / "artifacts" / "studies" / "9da277b73bda" / "evaluation"
-    changed = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", str(demo)], capture_output=True, text=True)
-    assert changed.returncode == 0 and changed.stdout == "", f"the committed summaries changed: {changed.stdout}"
 
 
 def test_hosted_and_evaluation_goals_and_findings_read_their_records() -> None:
