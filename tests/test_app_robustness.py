@@ -396,9 +396,14 @@ def test_the_demo_evaluation_read_only(demo: Path, monkeypatch: pytest.MonkeyPat
     keys = sorted(p.stem for p in (demo / "evaluations").glob("*.json"))
     before = evaluation_files(demo)
     assert keys and set(before) == {f"{k}.json" for k in keys}
+    at = None
     for key in keys:
         saved = json.loads((demo / "evaluations" / f"{key}.json").read_text())
-        at = open_page(EXTERNAL, query={"evaluation": key})
+        if at is None:
+            at = open_page(EXTERNAL, query={"evaluation": key})  # a shared link opens the first
+        else:
+            at.selectbox(key="choose-evaluation").set_value(key).run()  # each other one is chosen in the list
+            assert not at.exception, [e.value for e in at.exception]
         assert "Read-only demo: new evaluations are disabled here" in texts(at.info)
         assert not at.get("form") or all(b.label != "Evaluate" for b in at.button)
         cm = np.asarray(saved["metrics"]["confusion_matrix"])
