@@ -36,6 +36,7 @@ requires_shared = pytest.mark.skipif(
 # one-test browser and load files last, and one worker ran them alone at the end.
 SLOWEST_FIRST = (
     "test_export.py",
+    "test_export_int8_real_model.py",
     "test_export_real_models.py",
     "test_faults.py",
     "test_jobs.py",

@@ -1,5 +1,5 @@
-"""Exports of the committed demo models against Keras on real held-out images: float parity, int8 bars, and the
-runtime without TensorFlow.
+"""Float exports of the committed demo models against Keras on real held-out images, and the runtime without
+TensorFlow (the int8 file's bars are in ``test_export_int8_real_model.py``).
 
 Tolerances of the float exports, on 64 held-out real images of the committed demo models:
 probabilities within 1e-4 (measured: about 1e-5), class maps within 1e-4 of their largest
@@ -20,11 +20,6 @@ import pytest
 
 from engine import settings
 from engine.models.export import (
-    FLOAT_FIRST_CONVS,
-    INT8_DEFAULTS,
-    INT8_MIN_AGREEMENT,
-    calibration_indices,
-    export_model,
     export_runs,
     study_images,
 )
@@ -146,74 +141,3 @@ def test_runtime_classifies_real_uploads_without_tensorflow(demo_export, fmt):
     want = load_classifier(FROZEN, artifacts_root=DEMO).classify([(str(f), f.read_bytes()) for f in files])
     for mine, theirs in zip(got["probabilities"], want, strict=True):
         assert max(abs(mine[c] - theirs.probabilities[c]) for c in mine) <= 1e-4
-
-
-CORRECTED = {"litert": 20, "onnx": 24}
-"""MobileNet 1.0's 27 convolutions less the float ones: each is followed by a BatchNorm that takes its shift."""
-INT8_MAX_DROP = 0.005
-"""The export issue's second int8 bar: accuracy on the held-out fold within 0.5 points (the first is
-``INT8_MIN_AGREEMENT``)."""
-
-
-@pytest.fixture(scope="module")
-def frozen_held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The frozen MobileNet's held-out fold (images, labels) and its Keras probabilities, once for both formats.
-
-    The Keras probabilities are the run's saved ``predictions.csv``, in the fold's order: the model still
-    gives them (``test_committed_models_still_load_and_reproduce_their_predictions``), and reading them
-    spares this file a Keras pass over 579 images at 224 px.
-    """
-    return held_out(FROZEN)
-
-
-@pytest.fixture(scope="module")
-def frozen_calibration() -> np.ndarray:
-    """The calibration images ``export_runs`` picks for the frozen MobileNet (its training folds').
-
-    The test calls ``export_model`` with them, so that the file is written as ``python -m engine export
-    --quantize int8`` writes it, without the OOD detector that the command then fits on the file's own
-    features of 2,318 training images (24 s of this test; the tiny ensemble's int8 test checks it)."""
-    run = artifacts.read_run(FROZEN.parent)
-    study = artifacts.read_study(run.study_id, DEMO)
-    images = study_images(study, DEMO, data=PAPER_DATA)
-    return images[calibration_indices(study, [run.fold], count=INT8_DEFAULTS.calibration_images)]
-
-
-@pytest.mark.slow
-@requires_shared
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, fmt, frozen_held_out, frozen_calibration):
-    """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out images, against
-    the export issue's bars: 99 % argmax agreement, 0.5 points of accuracy.
-
-    With every convolution int8, MobileNet v1 lost 2.4-2.9 points here (agreement 96.5-97.1 %), whatever
-    the calibration count or range method. Each member's first convolutions stay float (``FLOAT_FIRST_CONVS``
-    says how their number was chosen, without this fold), and the others' weight-rounding shift is corrected
-    (``engine.models.bias_correction``). Measured here: LiteRT 99.3 % and 0.17 points (without the correction
-    99.1 % and 0.52), ONNX 99.1 % and 0.17 points (99.5 % and none without). One fold is a coarse gauge: 0.5
-    points of 579 images is under 3 images, and an ONNX file agreeing on 5 fewer images would miss 99 %; over
-    the five folds of the same protocol retrained, 2,897 images, the README's int8 table gives both formats.
-    """
-    images, labels, keras_proba = frozen_held_out
-    result = export_model(
-        load_keras_model(FROZEN),
-        out_dir=tmp_path,
-        classes=tuple(artifacts.read_run(FROZEN.parent).config["classes"]),
-        format=fmt,
-        quantize="int8",
-        calibration_images=frozen_calibration,
-    )
-    assert result.meta["quantization"]["calibration_images"] == 128
-    assert result.meta["quantization"]["float_layers"] == f"each member's first {FLOAT_FIRST_CONVS[fmt]} convolutions"
-    assert result.meta["quantization"]["bias_correction"].startswith(f"{CORRECTED[fmt]} int8 convolutions")
-    assert result.size_bytes < 0.3 * FROZEN.stat().st_size
-    proba = probabilities(load_exported(result.path), images)
-    agreement = np.mean(proba.argmax(1) == keras_proba.argmax(1))
-    drop = np.mean(keras_proba.argmax(1) == labels) - np.mean(proba.argmax(1) == labels)
-    print(f"{fmt} int8: agreement {agreement:.4f}, accuracy drop {drop * 100:.2f} points")
-    assert agreement >= INT8_MIN_AGREEMENT
-    assert drop <= INT8_MAX_DROP
-
-
-def probabilities(classifier, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([classifier.predict_arrays(images[i : i + 64])[0] for i in range(0, len(images), 64)])
