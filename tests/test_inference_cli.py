@@ -32,6 +32,7 @@ WEIGHTS = "imagenet" if HAS_SHARED_WEIGHTS else None
 so a figure computed on the wrong labels cannot equal the right one by chance."""
 REQUEST = StudyRequest(protocol=get_protocol("frozen").replace(epochs=20), n_folds=2, weights=WEIGHTS)
 tiny_study = app_fixtures.tiny_study
+pytestmark = pytest.mark.usefixtures("eager_tensorflow")
 
 
 @pytest.fixture(scope="module")
