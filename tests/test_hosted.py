@@ -26,6 +26,7 @@ from engine.models.inference import list_models
 from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
+from tests.conftest import eager_functions
 from tests.synthetic import make_dataset, make_image
 
 BACKBONE = "MobileNet-0.25"
@@ -85,7 +86,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data = make_dataset(base / "data", n_per_class=8)
     root = base / "artifacts"
     request = StudyRequest(protocol=get_protocol("frozen").replace(epochs=2), n_folds=2, weights=None)
-    study = run_study(data, backbones=[BACKBONE], request=request, input_size=32, artifacts_root=root)
+    with eager_functions():
+        study = run_study(data, backbones=[BACKBONE], request=request, input_size=32, artifacts_root=root)
     fold0 = root / "studies" / study.study_id / "runs" / BACKBONE / "fold-0" / "model.keras"
     exported = export_runs([fold0], format="litert", artifacts_root=root, check_count=0)
     image = base / "xray.png"
