@@ -30,25 +30,27 @@ requires_shared = pytest.mark.skipif(
 )
 
 
-# The longest files first, longest first (CONTRIBUTING.md, "Test suite timings"): pytest-xdist hands a file
-# to whichever worker is free (``--dist loadfile --no-loadscope-reorder``), so the last file to start is a
-# short one and the two workers finish together. Its own default order, most tests first, started the
-# one-test browser and load files last, and one worker ran them alone at the end.
+# The longest files first, alternating those that run in the test process with those that start processes of
+# their own (workers, servers, Chromium, probes), since two of the latter at once contend for the 2 cores far more
+# (CONTRIBUTING.md, "Test suite timings"). pytest-xdist hands a file to whichever worker is free
+# (``--dist loadfile --no-loadscope-reorder``), so the last files to start are short ones. Its own default order,
+# most tests first, started the one-test browser and load files last, and one worker ran them alone at the end.
 SLOWEST_FIRST = (
     "test_export.py",
-    "test_export_int8_real_model.py",
-    "test_export_real_models.py",
-    "test_faults.py",
     "test_jobs.py",
+    "test_export_int8_real_model.py",
     "test_benchmarks_processes.py",
-    "test_benchmarks.py",
-    "test_browser.py",
-    "test_distributed.py",
     "test_app_robustness.py",
-    "test_load.py",
+    "test_faults.py",
+    "test_export_real_models.py",
+    "test_browser.py",
+    "test_training.py",
+    "test_distributed.py",
     "test_inference_cli.py",
     "test_compilation.py",
-    "test_training.py",
+    "test_benchmarks.py",
+    "test_load.py",
+    "test_backbones.py",
 )
 
 
