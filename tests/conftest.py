@@ -35,26 +35,22 @@ requires_shared = pytest.mark.skipif(
 # (CONTRIBUTING.md, "Test suite timings"). pytest-xdist hands a file to whichever worker is free
 # (``--dist loadfile --no-loadscope-reorder``), so the last files to start are short ones. Its own default order,
 # most tests first, started the one-test browser and load files last, and one worker ran them alone at the end.
-# test_app_pages.py, short, goes first: it builds the tiny explorer study that several files share (about 30 s,
-# once per run, under a lock), so the long files that need it, test_jobs.py first, find it built.
 SLOWEST_FIRST = (
-    "test_app_pages.py",
     "test_export.py",
     "test_jobs.py",
     "test_export_int8_real_model.py",
     "test_benchmarks_processes.py",
     "test_app_robustness.py",
-    "test_benchmarks_app.py",
-    "test_export_real_models.py",
     "test_faults.py",
-    "test_training.py",
+    "test_export_real_models.py",
     "test_browser.py",
-    "test_inference_cli.py",
+    "test_training.py",
     "test_distributed.py",
-    "test_benchmarks.py",
+    "test_inference_cli.py",
     "test_compilation.py",
-    "test_backbones.py",
+    "test_benchmarks.py",
     "test_load.py",
+    "test_backbones.py",
 )
 
 
