@@ -18,8 +18,8 @@ written by `python -m benchmarks NAME --record`, so every figure below comes fro
 
 `python -m benchmarks NAME` prints a table and, as its last line, one JSON object of figures;
 `python -m benchmarks all` (what `make bench` calls) runs each benchmark in its own process.
-`--tiny` runs a benchmark on tiny settings (what the `tests/test_benchmarks*.py` files check); `--limit N`
-shortens the ones that take long.
+`--tiny` runs a benchmark on tiny settings (what `tests/test_benchmarks.py` and
+`tests/test_benchmarks_processes.py` check); `--limit N` shortens the ones that take long.
 
 ## How to read the figures
 
