@@ -11,6 +11,8 @@ DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 STREAMLIT_ARGS ?= --server.headless true
+# One test file per process at a time, in the order of tests/conftest.py::SLOWEST_FIRST (not xdist's own).
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: run test test-fast lint bench venv clean-venv
 
@@ -18,12 +20,12 @@ run: $(RUN_STAMP)
 	$(BIN)/streamlit run streamlit_app.py $(STREAMLIT_ARGS)
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Everyday edits: engine and page tests on synthetic data, no browser, no real model or worker process
 # (the tests marked slow); CI runs everything.
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

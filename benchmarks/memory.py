@@ -59,9 +59,9 @@ def run(options: Options) -> Result:
         folds, epochs = ("2", "2") if options.tiny else ("5", str(FROZEN.epochs))
         study = probe("study", str(options.data), str(tmp_path / "study"), size, weights, folds, epochs)
         large = make_large_set(options.data, tmp_path / "large", count)
-        steps = ("eager",) if options.tiny else ()
-        on_array = probe("train", str(large), str(tmp_path / "large-artifacts"), size, weights, "array", *steps)
-        on_memmap = probe("train", str(large), str(tmp_path / "large-artifacts"), size, weights, "batches", *steps)
+        eager = ("eager",) if options.tiny else ()
+        on_array = probe("train", str(large), str(tmp_path / "large-artifacts"), size, weights, "array", *eager)
+        on_memmap = probe("train", str(large), str(tmp_path / "large-artifacts"), size, weights, "batches", *eager)
     rows = [
         {
             "process": f"cold frozen study, MobileNet 1.0, {folds} folds",

@@ -31,8 +31,9 @@ requires_shared = pytest.mark.skipif(
 
 
 # The longest files first, alternating those that run in the test process with those that start processes of
-# their own (workers, servers, Chromium, probes), since two of the latter at once contend for the 2 cores far more
-# (CONTRIBUTING.md, "Test suite timings"). pytest-xdist hands a file to whichever worker is free
+# their own (workers, servers, Chromium, probes), so that two of the latter run at once less often: which files
+# run side by side moved single files' times between runs (test_compilation.py: 29 s to 71 s; CONTRIBUTING.md,
+# "Test suite timings"). pytest-xdist hands a file to whichever worker is free
 # (``--dist loadfile --no-loadscope-reorder``), so the last files to start are short ones. Its own default order,
 # most tests first, started the one-test browser and load files last, and one worker ran them alone at the end.
 SLOWEST_FIRST = (

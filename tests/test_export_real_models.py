@@ -19,10 +19,7 @@ import numpy as np
 import pytest
 
 from engine import settings
-from engine.models.export import (
-    export_runs,
-    study_images,
-)
+from engine.models.export import export_runs, study_images
 from engine.models.inference import load_classifier, load_keras_model
 from engine.models.runtime import load_exported
 from engine.results import artifacts
