@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from engine.data.datasets import load_dataset
+from engine.data.datasets import import_dataset, load_dataset
 from engine.models import serving
 from engine.models.backbones import get_backbone
 from engine.models.export import export_model
@@ -21,8 +21,9 @@ from engine.models.inference import load_classifier
 from engine.models.layers import BlockStatisticsPool
 from engine.models.runtime import load_exported
 from engine.results import artifacts
+from engine.training.features import cached_features
 from engine.training.linear_head import fit_linear_head
-from engine.training.presets import XRAY_PROBE
+from engine.training.presets import PROTOCOLS, XRAY_PROBE
 from engine.training.protocols import Protocol, Stage
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
@@ -173,3 +174,55 @@ def test_an_onnx_export_of_the_probe_matches_keras(probe, tmp_path):
     )
     reference = graph.predict_on_batch(images[..., None].astype("float32"))
     np.testing.assert_allclose(exported["probabilities"], reference["probabilities"], atol=1e-4)
+
+
+VARIED = dataclasses.replace(PROTOCOLS["harmonise-probe-varied"], feature_views=2, inner_folds=2, head_c=(1.0, 10.0))
+
+
+def test_augmented_views_need_cached_features_and_a_second_view():
+    with pytest.raises(ValueError, match="view_augmentation needs cached_features=True and feature_views >= 2"):
+        dataclasses.replace(VARIED, feature_views=1)
+    assert Protocol.from_dict(VARIED.to_dict()) == VARIED
+    assert "view_augmentation" not in XRAY_PROBE.to_dict(), "a study made before views were augmented keeps its id"
+
+
+def test_augmented_views_are_seeded_draws_after_the_image_as_it_is(tmp_path):
+    data = make_dataset(tmp_path / "tiny", n_per_class=4)
+    dataset = import_dataset(data, input_size=32, artifacts_root=tmp_path / "a")
+    options = dict(weights="imagenet", pooling="block-statistics", harmonise=(("downscale", 2),))
+
+    def features(root, views, augmentation):
+        return np.asarray(
+            cached_features(
+                dataset, "MobileNet-0.25", views=views, artifacts_root=root, augmentation=augmentation, **options
+            )
+        )
+
+    plain = features(tmp_path / "plain", 1, None)
+    varied = features(tmp_path / "varied", 3, VARIED.view_augmentation)
+    again = features(tmp_path / "again", 3, VARIED.view_augmentation)
+    assert varied.shape == (12, 3, plain.shape[-1])
+    np.testing.assert_allclose(varied[:, 0], plain[:, 0], atol=1e-5)
+    np.testing.assert_array_equal(varied, again)
+    change = np.abs(varied[:, 1:] - varied[:, :1]).mean(axis=-1)
+    assert (change > 1e-3).all(), "every draw changes every image"
+    assert np.abs(varied[:, 1] - varied[:, 2]).mean() > 1e-3, "each view draws its own changes"
+
+
+@pytest.mark.slow
+def test_a_head_fitted_on_augmented_views_is_saved_and_tested_on_images_as_they_are(tmp_path):
+    import keras
+
+    data = make_dataset(tmp_path / "tiny", n_per_class=8)
+    root = tmp_path / "artifacts"
+    request = StudyRequest(protocol=VARIED, n_folds=2, weights="imagenet")
+    study = run_study(data, backbones=["MobileNet-0.25"], request=request, input_size=32, artifacts_root=root)
+    (features,) = (root / "features").glob("*.npy")
+    assert np.load(features).shape[:2] == (24, 2)
+    dataset = load_dataset(study.dataset.fingerprint, input_size=32, artifacts_root=root)
+    for run in artifacts.study_runs(study.study_id, root):
+        assert run.config["protocol"]["view_augmentation"] == VARIED.view_augmentation.to_dict()
+        model = keras.saving.load_model(run.model_path, safe_mode=True, compile=False)
+        images = np.asarray(dataset.images[study.folds[run.fold]], dtype="float32")[..., None]
+        saved = np.array([[float(r[k]) for k in r if k.startswith("p[")] for r in artifacts.read_predictions(run)])
+        np.testing.assert_allclose(model.predict_on_batch(images), saved, atol=1e-5)

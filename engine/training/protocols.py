@@ -31,6 +31,7 @@ ADDED_LATER = {
         "head_c",
         "inner_folds",
         "harmonise",
+        "view_augmentation",
     ),
 }
 SCHEDULES = ("constant", "cosine")
@@ -162,6 +163,11 @@ class Protocol:
     ``head`` ``"logistic-regression"`` fits the head on cached features as scikit-learn's multinomial
     logistic regression of standardised features, its inverse L2 strength chosen from ``head_c`` by
     accuracy over ``inner_folds`` stratified folds of the training folds; the test fold is never seen.
+
+    ``view_augmentation`` makes the cached features' views after the first (the image as it is) seeded draws
+    of this augmentation instead of flips: a logistic-regression head then learns from every view of its
+    training images, so that what an acquisition changes cannot tell the classes apart. Test images are
+    always read as they are.
     """
 
     name: str
@@ -184,6 +190,7 @@ class Protocol:
     head_c: tuple[float, ...] = ()
     inner_folds: int = 0
     harmonise: Harmonise | None = None
+    view_augmentation: Augmentation | None = None
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -222,6 +229,11 @@ class Protocol:
             raise ValueError(f"head='logistic-regression' has no epochs to select, got selection={self.selection!r}")
         if any(c <= 0 for c in self.head_c):
             raise ValueError(f"head_c must hold positive values, got head_c={self.head_c!r}")
+        if self.view_augmentation is not None and not (self.cached_features and self.feature_views >= 2):
+            raise ValueError(
+                "view_augmentation needs cached_features=True and feature_views >= 2 (the image, then its draws), "
+                f"got cached_features={self.cached_features!r}, feature_views={self.feature_views!r}"
+            )
 
     @property
     def epochs(self) -> int:
@@ -252,6 +264,8 @@ class Protocol:
             data["head_c"] = list(self.head_c)
         if self.harmonise is not None:
             data["harmonise"] = self.harmonise.to_dict()
+        if self.view_augmentation is not None:
+            data["view_augmentation"] = self.view_augmentation.to_dict()
         return data
 
     @classmethod
@@ -261,6 +275,8 @@ class Protocol:
         data["augmentation"] = Augmentation(**data["augmentation"]) if data.get("augmentation") else None
         data["head_c"] = tuple(data.get("head_c", ()))
         data["harmonise"] = Harmonise(**data["harmonise"]) if data.get("harmonise") else None
+        views = data.get("view_augmentation")
+        data["view_augmentation"] = Augmentation(**views) if views else None
         return cls(**data)
 
     def preprocessing(self) -> dict:

@@ -41,24 +41,25 @@ def train_logistic_probe(
     by inner cross-validation on the training folds; the fitted scaling folds into the Dense head's weights."""
     from engine.training.linear_head import fit_linear_head
 
-    feats = _probe_features(
+    all_views = _probe_features(
         model, plan, on_progress=on_progress, should_stop=should_stop, artifacts_root=artifacts_root
     )
-    feats = np.asarray(feats[:, 0])
+    feats = np.asarray(all_views[:, 0])
     head, weights, segments = model.get_layer("head"), plan.sample_weights(), _segments(model)
     if on_progress:
         on_progress(Progress(plan.backbone, plan.fold, "head", 0, 1, 0, 1))
+    rows = _training_rows(plan, all_views, weights)
     fitted = fit_linear_head(
-        feats[plan.train],
-        plan.dataset.labels[plan.train],
+        rows.features,
+        rows.labels,
         segments=segments,
         grid=plan.protocol.head_c,
         inner_folds=plan.protocol.inner_folds,
-        sample_weight=None if weights is None else weights[plan.train],
+        sample_weight=rows.weights,
         n_classes=len(plan.classes),
         seed=plan.seed,
         should_stop=should_stop,
-        groups=None if plan.groups is None else plan.groups[plan.train],
+        groups=rows.groups,
     )
     if fitted is None:
         raise Cancelled(f"{plan.backbone} fold {plan.fold}: cancelled")
@@ -72,6 +73,36 @@ def train_logistic_probe(
         on_progress(Progress(plan.backbone, plan.fold, "head", 1, 1, 1, 1, logs=dict(fitted.history_logs)))
     history = {key: [value] for key, value in fitted.history_logs.items()}
     return FoldOutcome(model, history, fitted.predict_proba(feats[plan.test]), head_choice=fitted.choice)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    features: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None
+    groups: np.ndarray | None
+
+
+def _training_rows(plan: FoldPlan, all_views: np.ndarray, weights: np.ndarray | None) -> _Rows:
+    """What a logistic-regression head is fitted on: the training images as they are or, with augmented views,
+    every view of each (its label, weight and group repeated, the group the image's patient or the image
+    itself, so that the inner folds choosing ``C`` keep an image's views on one side)."""
+    train = plan.train
+    if plan.protocol.view_augmentation is None:
+        return _Rows(
+            features=np.asarray(all_views[train, 0]),
+            labels=plan.dataset.labels[train],
+            weights=None if weights is None else weights[train],
+            groups=None if plan.groups is None else plan.groups[train],
+        )
+    views = all_views.shape[1]
+    groups = train if plan.groups is None else plan.groups[train]
+    return _Rows(
+        features=np.asarray(all_views[train]).reshape(len(train) * views, -1),
+        labels=np.repeat(plan.dataset.labels[train], views),
+        weights=None if weights is None else np.repeat(weights[train], views),
+        groups=np.repeat(groups, views),
+    )
 
 
 def train_adam_probe(
@@ -211,6 +242,7 @@ def _probe_features(
         should_stop=should_stop,
         pooling=plan.protocol.pooling,
         harmonise=harmonise_key(plan.protocol),
+        augmentation=plan.protocol.view_augmentation,
     )
     _own_base(model, plan)
     return feats
