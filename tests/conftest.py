@@ -52,6 +52,7 @@ SLOWEST_FIRST = (
     "test_benchmarks.py",
     "test_load.py",
     "test_backbones.py",
+    "test_benchmarks_app.py",
 )
 
 
