@@ -1,4 +1,5 @@
-"""Home: what the selected study found, what it is, which data and weights produced it, and where to start."""
+"""Home: the model to use outside the source and why, what the selected study found, what it is, which data and
+weights produced it, and where to start."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ study_id = common.selected_study()
 if study_id is None:
     st.info(common.NO_STUDY_HELP.format(root=common.artifacts_root()))
     st.stop()
+
+served = summary_sections.served_summary(common.artifacts_root())
+if served:
+    st.header("The model to use outside the source")
+    st.markdown(served)
+    common.page_link("classify", "Try the served model on your own X-ray")
+    common.page_link("report", "Read how every figure was measured, in the reproduction report")
 
 st.header("What this study found")
 for line in common.study_cached(findings, study_id):

@@ -104,6 +104,26 @@ def test_home_names_the_dataset_weights_and_where_to_start(study_root: TinyStudy
     }
 
 
+def test_home_opens_on_the_served_model_and_its_figures_outside_the_source(
+    study_root: TinyStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committed = json.loads((settings.PROJECT_ROOT / "artifacts" / "served.json").read_text())
+    monkeypatch.setattr("engine.reports.summary_sections.read_choice", lambda root: committed)
+    at = open_page()
+    assert at.header[0].value == "The model to use outside the source"
+    served = at.markdown[0].value
+    met = sum(1 for ok in committed["targets"].values() if ok)
+    assert f"The model to use outside the source: {committed['backbone']}" in served
+    assert f"`{committed['study_id']}`" in served and f"It meets {met} of {len(committed['targets'])} targets" in served
+    assert "ieee8023-adult (adults, other source): COVID-19 recall" in served
+    assert [link.proto.page for link in at.get("page_link")][:2] == ["classify", "report"]
+
+
+def test_home_without_a_served_model_opens_on_the_study(study_root: TinyStudy) -> None:
+    at = open_page()
+    assert at.header[0].value == "What this study found"
+
+
 def test_comparison_table_toggle_and_paired_test(study_root: TinyStudy) -> None:
     at = open_page("pages/comparison.py", query={"study": study_root.study_id})
     means = at.dataframe[0].value.set_index("backbone")

@@ -120,15 +120,19 @@ def _metadata_tables(g: Generalisation) -> list[str]:
     return ["By the metadata the sets give:", "", _table(rows), ""] if rows else []
 
 
+def served_summary(artifacts_root: Path | None) -> str | None:
+    """The answer first, as the report and the Home page open: the served model with its figures outside the source
+    and the targets it meets, then models trained without adult normals beside it; None before a choice."""
+    choice = read_choice(artifacts_root)
+    return "\n".join(_served_bullet(choice) + _earlier_bullets(choice)) if choice else None
+
+
 def summary_section(artifacts_root: Path | None) -> str:
     """At most one screen: the model to use, how sure, what holds outside the source, what a shortcut explains."""
     studies = judged_studies(artifacts_root)
-    choice = read_choice(artifacts_root)
-    lines = []
-    if choice:
-        lines += _served_bullet(choice) + _earlier_bullets(choice)
-    else:
-        lines.append("- No served model has been chosen yet (`python -m engine serve --choose`).")
+    lines = [
+        served_summary(artifacts_root) or "- No served model has been chosen yet (`python -m engine serve --choose`)."
+    ]
     lines += _shortcut_bullets(studies)
     lines.append(
         "- In-fold figures on these public sets say little on their own: read each beside its no-anatomy baseline, "
