@@ -33,6 +33,7 @@ if served:
     common.page_link("report", "Read how every figure was measured, in the reproduction report")
 
 st.header("What this study found")
+common.study_caption(study_id)
 for line in common.study_cached(findings, study_id):
     st.markdown(f"- {line}")
 common.page_link(
@@ -59,7 +60,6 @@ st.caption(
 
 source = common.cached(explore.provenance, study_id)
 st.header("Where these results come from")
-common.study_caption(study_id)
 data_col, protocol_col = st.columns(2)
 with data_col:
     st.subheader("Dataset")
