@@ -13,7 +13,7 @@ import pytest
 
 from engine import settings
 from engine.cli.main import main
-from engine.reports.served import SHIFTS, Candidate
+from engine.reports.served import SHIFTS, Candidate, target_figures
 
 
 def candidate(name: str, *, accuracy: float, normals: float, covid: float, drop: float) -> Candidate:
@@ -82,7 +82,9 @@ def test_the_demo_serves_a_model_that_tells_adults_apart_and_choosing_again_rewr
         committed["backbone"],
         committed["export"],
     )
-    assert chosen["why"] in card_path.read_text() and "rewrote" in capsys.readouterr().out
+    card = card_path.read_text()
+    assert chosen["why"] in card and "rewrote" in capsys.readouterr().out
+    assert all(f"- {name}: " in card for name in chosen["targets"]), "the card gives each target's figure and verdict"
 
 
 def test_a_target_is_met_only_when_its_whole_interval_clears_the_bar():
@@ -91,3 +93,20 @@ def test_a_target_is_met_only_when_its_whole_interval_clears_the_bar():
     cleared = dataclasses.replace(straddling, adult_normals={"estimate": 0.95, "low": 0.91, "high": 0.98})
     name = next(n for n in straddling.met() if n.startswith("adult normals"))
     assert straddling.met()[name] is False and cleared.met()[name] is True
+
+
+def test_the_card_gives_each_target_its_figure_and_says_when_an_interval_straddles_the_bar():
+    from engine.reports.model_card import _served_lines
+
+    model = candidate("served", accuracy=0.97, normals=0.92, covid=0.80, drop=0.01)
+    model = dataclasses.replace(model, adult_normals={"estimate": 0.921, "low": 0.885, "high": 0.952})
+    record = dataclasses.asdict(model)
+    lines = _served_lines(
+        {"why": "w", "rule": "r", "targets": model.met(), "measured": target_figures(record), "others": []}
+    )
+    assert (
+        "- adult normals called Normal ≥ 0.90 (nih-adult-normal): 0.921 [0.885, 0.952], not met: the interval "
+        "straddles 0.9" in lines
+    )
+    assert "- COVID-19 recall ≥ 0.90 (ieee8023-adult): 0.800, not met" in lines
+    assert "- accuracy drop ≤ 0.05 under noise 4: 0.010 (pooled over its folds), met" in lines

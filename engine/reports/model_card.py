@@ -21,7 +21,7 @@ from engine.models.runtime import read_sidecar
 from engine.reports.checklist import limitations
 from engine.reports.explore import REFERENCE_DIR
 from engine.reports.generalisation import generalisation, split_label
-from engine.reports.served import read_choice
+from engine.reports.served import TARGETS, read_choice, target_figures
 from engine.results import artifacts, atomic
 from engine.results.studies import Study
 
@@ -89,8 +89,15 @@ def _served(study_id: str, backbone: str, artifacts_root: Path) -> dict | None:
     choice = read_choice(artifacts_root)
     if not choice or (choice["study_id"], choice["backbone"]) != (study_id, backbone):
         return None
+    mine = [c for c in choice["candidates"] if (c["study_id"], c["backbone"]) == (study_id, backbone)]
     others = [c for c in choice["candidates"] if (c["study_id"], c["backbone"]) != (study_id, backbone)]
-    return {"why": choice["why"], "rule": choice["rule"], "targets": choice["targets"], "others": others}
+    return {
+        "why": choice["why"],
+        "rule": choice["rule"],
+        "targets": choice["targets"],
+        "measured": target_figures(mine[0]) if mine else None,
+        "others": others,
+    }
 
 
 def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
@@ -250,6 +257,17 @@ def _served_lines(served: dict | None) -> list[str]:
     if not served:
         return []
     lines = ["", "## Why this model is served", "", f"{served['why']}. {served['rule']}", ""]
+    if served.get("measured"):
+        lines += ["Its targets (a figure with an interval meets its bar only when the whole interval clears it):", ""]
+        for name, figure in served["measured"].items():
+            measured = interval_text(figure) if isinstance(figure, dict) else "not measured"
+            if isinstance(figure, float):
+                measured = f"{figure:.3f} (pooled over its folds)"
+            verdict = {True: "met", False: "not met", None: "not measured"}[served["targets"].get(name)]
+            if verdict == "not met" and isinstance(figure, dict) and figure["estimate"] >= TARGETS[name]:
+                verdict = f"not met: the interval straddles {TARGETS[name]:g}"
+            lines.append(f"- {name}: {measured}, {verdict}")
+        lines += ["", "The other candidates:", ""]
     for c in served["others"]:
         lines.append(
             f"- {c['backbone']} (`{c['protocol']}`, study `{c['study_id']}`, {c['split']}-level folds): adult normals "

@@ -56,11 +56,9 @@ class Candidate:
     def met(self) -> dict[str, bool | None]:
         """Each of :data:`TARGETS`: met, not met, or None when not measured. A figure with an interval meets its bar
         only when the whole interval clears it (its lower end); the robustness drops have none, so their estimates."""
-        figures = (self.paper_accuracy, self.paper_covid_recall, self.adult_normals, self.external_covid)
-        values = [None if f is None else f.get("low", f.get("estimate")) for f in figures]
-        values += [self.drops.get(f"{shift} {amount:g}") for shift, amount in SHIFTS]
         found: dict[str, bool | None] = {}
-        for (name, bar), value in zip(TARGETS.items(), values, strict=True):
+        for (name, bar), figure in zip(TARGETS.items(), target_figures(asdict(self)).values(), strict=True):
+            value = figure.get("low", figure.get("estimate")) if isinstance(figure, dict) else figure
             found[name] = (
                 None if value is None else (value <= bar if name.startswith("accuracy drop") else value >= bar)
             )
@@ -74,6 +72,14 @@ class Candidate:
         robust = sum(1 for name, ok in self.met().items() if ok and name.startswith("accuracy drop"))
         accuracy = (self.paper_accuracy or {}).get("estimate") or 0.0
         return (min(outside, default=0.0), robust, accuracy)
+
+
+def target_figures(candidate: dict) -> dict[str, dict | float | None]:
+    """What a candidate's record (:class:`Candidate` as a dict) measured for each of :data:`TARGETS`: an interval
+    (``Interval.to_dict``), an accuracy drop, or None when not measured."""
+    figures = [candidate[key] for key in ("paper_accuracy", "paper_covid_recall", "adult_normals", "external_covid")]
+    figures += [candidate["drops"].get(f"{shift} {amount:g}") for shift, amount in SHIFTS]
+    return dict(zip(TARGETS, figures, strict=True))
 
 
 def _drops(study_id: str, backbone: str, artifacts_root: Path) -> dict[str, float | None]:
