@@ -13,7 +13,7 @@ from pathlib import Path
 from engine.evaluation.bootstrap import interval_text
 from engine.reports.generalisation import Generalisation, generalisation
 from engine.reports.results_sections import CPU_BUDGET_S, interval_verdict
-from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, SHIFTS, TARGETS, candidates
+from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, SHIFTS, TARGETS, accuracy_drops, candidates
 from engine.results import artifacts
 from engine.results.studies import Study
 from engine.training.presets import (
@@ -111,7 +111,7 @@ def generalisation_targets(artifacts_root: Path | None) -> str:
 def _ablation_row(name: str, g: Generalisation | None, artifacts_root: Path | None) -> list[str]:
     model = g.model(ABLATION_BACKBONE) if g else None
     if g is None or model is None:
-        return [f"`{name}`", "not run yet", *["–"] * 6]
+        return [f"`{name}`", "not run yet", *["–"] * 7]
     paper = model.by_source.get(g.sources[0], {}).get("metrics", {})
     held = model.by_source.get(ADULT_NORMALS, {}).get("metrics", {})
     external = model.external_set(EXTERNAL_ADULTS)
@@ -126,7 +126,14 @@ def _ablation_row(name: str, g: Generalisation | None, artifacts_root: Path | No
         interval_text(occlusion.get("lungs only")) if occlusion else "not audited",
         interval_text(external.recall.get("COVID-19")) if external else "not evaluated",
         interval_text(external.recall.get("Viral Pneumonia")) if external else "not evaluated",
+        _drops_text(accuracy_drops(g.study_id, ABLATION_BACKBONE, artifacts_root)),
     ]
+
+
+def _drops_text(drops: dict[str, float | None]) -> str:
+    if all(d is None for d in drops.values()):
+        return "not measured"
+    return " / ".join("–" if d is None else f"{d:.3f}" for d in drops.values())
 
 
 def harmonisation_section(artifacts_root: Path | None) -> str:
@@ -155,6 +162,7 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
         "lungs only",
         f"{EXTERNAL_ADULTS} COVID-19 recall",
         f"{EXTERNAL_ADULTS} Viral Pneumonia recall",
+        "accuracy drop: noise σ 4 / blur 1 px / 112 px",
     ]
     descriptions = "; ".join(f"`{p.name}`: {p.description}" for p in HARMONISATION_ABLATION)
     lung_crop = (
@@ -168,7 +176,8 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
         [
             f"### Harmonisation, one option at a time ({ABLATION_BACKBONE}, multi-source, patient-level folds)",
             "",
-            f"Every row on the same images and folds; 95 % intervals. {descriptions}",
+            f"Every row on the same images and folds; 95 % intervals; accuracy drops of the fold models on their "
+            f"held-out images, pooled (the robustness analysis). {descriptions}",
             "",
             _table(header, rows),
             "",

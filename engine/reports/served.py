@@ -82,7 +82,8 @@ def target_figures(candidate: dict) -> dict[str, dict | float | None]:
     return dict(zip(TARGETS, figures, strict=True))
 
 
-def _drops(study_id: str, backbone: str, artifacts_root: Path) -> dict[str, float | None]:
+def accuracy_drops(study_id: str, backbone: str, artifacts_root: Path) -> dict[str, float | None]:
+    """The pooled accuracy drop of a backbone's fold models under each of :data:`SHIFTS` (None: not measured)."""
     table = pooled_table(saved_results(study_id, backbone, artifacts_root))
     found: dict[str, float | None] = {f"{shift} {value:g}": None for shift, value in SHIFTS}
     for row in table:
@@ -127,7 +128,7 @@ def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
                     adult_normals_how=how,
                     external_covid=covid.recall.get("COVID-19"),
                     external_viral=covid.recall.get("Viral Pneumonia"),
-                    drops=_drops(study_id, model.model, root),
+                    drops=accuracy_drops(study_id, model.model, root),
                 )
             )
     return sorted(found, key=lambda c: c.rank(), reverse=True)
