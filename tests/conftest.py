@@ -36,11 +36,14 @@ requires_shared = pytest.mark.skipif(
 # "Test suite timings"). pytest-xdist hands a file to whichever worker is free
 # (``--dist loadfile --no-loadscope-reorder``), so the last files to start are short ones. Its own default order,
 # most tests first, started the one-test browser and load files last, and one worker ran them alone at the end.
+# test_robustness_jobs.py (3 s of tests) comes first of the files that read the shared tiny explorer study, so
+# that it builds the study (about 20 s) and test_app_robustness.py finds it built.
 SLOWEST_FIRST = (
     "test_export.py",
     "test_jobs.py",
     "test_export_int8_real_model.py",
     "test_benchmarks_processes.py",
+    "test_robustness_jobs.py",
     "test_app_robustness.py",
     "test_faults.py",
     "test_export_real_models.py",
