@@ -17,7 +17,7 @@ from engine.training.protocols import Augmentation, Protocol
 FEATURE_BATCH = 64
 VIEW_SEED = 7
 AUGMENTED_VIEWS_VERSION = 1
-"""Changes whenever :func:`_augmented` draws its views otherwise, so features cached before are computed again."""
+"""Changes whenever :func:`_augmenter` draws its views otherwise, so features cached before are computed again."""
 
 
 def harmonise_key(protocol: Protocol) -> tuple[tuple[str, object], ...]:
