@@ -21,6 +21,7 @@ from engine.models.runtime import read_sidecar
 from engine.reports.checklist import limitations
 from engine.reports.explore import REFERENCE_DIR
 from engine.reports.generalisation import generalisation, split_label
+from engine.reports.results_sections import interval_verdict
 from engine.reports.served import TARGETS, read_choice, target_figures
 from engine.results import artifacts, atomic
 from engine.results.studies import Study
@@ -260,12 +261,13 @@ def _served_lines(served: dict | None) -> list[str]:
     if served.get("measured"):
         lines += ["Its targets (a figure with an interval meets its bar only when the whole interval clears it):", ""]
         for name, figure in served["measured"].items():
-            measured = interval_text(figure) if isinstance(figure, dict) else "not measured"
-            if isinstance(figure, float):
+            if isinstance(figure, dict):
+                measured, verdict = interval_text(figure), interval_verdict(figure, TARGETS[name])
+            elif figure is None:
+                measured, verdict = "not measured", "not measured"
+            else:
                 measured = f"{figure:.3f} (pooled over its folds)"
-            verdict = {True: "met", False: "not met", None: "not measured"}[served["targets"].get(name)]
-            if verdict == "not met" and isinstance(figure, dict) and figure["estimate"] >= TARGETS[name]:
-                verdict = f"not met: the interval straddles {TARGETS[name]:g}"
+                verdict = "met" if served["targets"].get(name) else "not met"
             lines.append(f"- {name}: {measured}, {verdict}")
         lines += ["", "The other candidates:", ""]
     for c in served["others"]:
