@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import threading
+import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -223,6 +225,30 @@ def _peak_import_bytes(root: Path, size: int) -> int:
         tracemalloc.stop()
     assert dataset.images.shape == (len(dataset), size, size)
     return peak
+
+
+def test_a_slow_file_holds_back_at_most_one_window_of_decoded_images(tmp_path, artifacts_root, monkeypatch):
+    """The first file decodes slowly (a huge PNG): the other thread decodes on, but no further than the window
+    ahead of what is written, instead of the whole folder (joblib dispatches as batches finish)."""
+    root = _many_pngs(tmp_path / "many", 200)
+    decode, decoded, lock = datasets_module._decode, [], threading.Lock()
+
+    def slow_first(entry, size):
+        with lock:
+            first = not decoded
+            decoded.append(entry.relpath)
+        if first:
+            ahead, stalled = -1, 0
+            while stalled < 5 and ahead < 400:
+                time.sleep(0.05)
+                stalled, ahead = (stalled + 1, ahead) if len(decoded) - 1 == ahead else (0, len(decoded) - 1)
+            slow_first.ahead = ahead
+        return decode(entry, size)
+
+    monkeypatch.setattr(datasets_module, "_decode", slow_first)
+    dataset = import_dataset(root, input_size=16, n_jobs=2)
+    assert len(dataset) == 400 and len(decoded) == 400
+    assert 0 < slow_first.ahead < datasets_module.DECODE_WINDOW, slow_first.ahead
 
 
 def test_import_memory_does_not_grow_with_the_number_of_images(tmp_path, artifacts_root):

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import lzma
 import os
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 
 from engine import settings
 from engine.data import overlap
@@ -41,7 +44,10 @@ IGNORED_FOLDERS = {"masks", "__macosx"}
 TRANSPARENT_FOLDERS = {"images"}
 SIDE_FILE_SUFFIXES = (".xlsx", ".csv", ".txt", ".md", ".json", ".metadata")
 COPY_ROWS = 512
-DECODE_BATCH = 4
+DECODE_WINDOW = 128
+"""Images decoded ahead of the memory map at most. joblib's generator dispatched the next batch when one
+finished, not when its result was read, and held every later result while an earlier file decoded slowly (a
+huge PNG): the whole folder's pixels could wait in memory. 128 rows are 6 MB at 224 px."""
 READ_ERRORS = (
     OSError,
     EOFError,
@@ -229,6 +235,22 @@ def _shrink_npy(path: Path, rows: int) -> None:
         compact_path.unlink(missing_ok=True)
 
 
+def _decoded(entries: list[_Entry], size: int, n_jobs: int) -> Iterator[tuple]:
+    """``_decode`` of each entry, in order, on ``n_jobs`` threads, never more than :data:`DECODE_WINDOW` ahead
+    of the caller: the next file is handed out as a result is taken."""
+    todo = iter(entries)
+    pool = ThreadPoolExecutor(effective_n_jobs(n_jobs))
+    try:
+        pending = deque(pool.submit(_decode, entry, size) for entry in itertools.islice(todo, DECODE_WINDOW))
+        while pending:
+            result = pending.popleft().result()
+            if (entry := next(todo, None)) is not None:
+                pending.append(pool.submit(_decode, entry, size))
+            yield result
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 def _decode_all(
     entries: list[_Entry], tmp: Path, *, size: int, n_jobs: int, report: ImportReport, where: str, min_classes: int
 ) -> tuple[list[_Entry], list[tuple[int, int]]]:
@@ -237,10 +259,7 @@ def _decode_all(
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(entries), size, size))
     kept: list[_Entry] = []
     sizes: list[tuple[int, int]] = []
-    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator", batch_size=DECODE_BATCH)(
-        delayed(_decode)(entry, size) for entry in entries
-    )
-    for entry, (pixels, error, notes, source_size) in zip(entries, results, strict=True):
+    for entry, (pixels, error, notes, source_size) in zip(entries, _decoded(entries, size, n_jobs), strict=True):
         if error:
             report.skipped.append({"file": entry.relpath, "reason": error})
             continue
