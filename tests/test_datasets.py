@@ -229,7 +229,7 @@ def _peak_import_bytes(root: Path, size: int) -> int:
 
 def test_a_slow_file_holds_back_at_most_one_window_of_decoded_images(tmp_path, artifacts_root, monkeypatch):
     """The first file decodes slowly (a huge PNG): the other thread decodes on, but no further than the window
-    ahead of what is written, instead of the whole folder (joblib dispatches as batches finish)."""
+    ahead of what is written, not the whole folder."""
     root = _many_pngs(tmp_path / "many", 200)
     decode, decoded, lock = datasets_module._decode, [], threading.Lock()
 

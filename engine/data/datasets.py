@@ -45,9 +45,8 @@ TRANSPARENT_FOLDERS = {"images"}
 SIDE_FILE_SUFFIXES = (".xlsx", ".csv", ".txt", ".md", ".json", ".metadata")
 COPY_ROWS = 512
 DECODE_WINDOW = 128
-"""Images decoded ahead of the memory map at most. joblib's generator dispatched the next batch when one
-finished, not when its result was read, and held every later result while an earlier file decoded slowly (a
-huge PNG): the whole folder's pixels could wait in memory. 128 rows are 6 MB at 224 px."""
+"""Images decoded ahead of the memory map at most, so that while one file decodes slowly (a huge PNG) the
+files after it cannot all wait in memory: 128 rows are 6 MB at 224 px."""
 READ_ERRORS = (
     OSError,
     EOFError,
