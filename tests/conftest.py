@@ -17,6 +17,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]), user_api="blas")
 
+# The JAX processes the tests start compile with XLA's backend optimisations off: they check what the code does
+# with XLA (its persistent cache, a JAX-trained model served on TensorFlow, the GPU benchmark's figures), not how
+# fast the compiled code runs. test_compilation.py's JAX fold took 62 s of CPU at XLA's default level, 39 s at 0;
+# ``python -m benchmarks gpu --tiny`` 46 s and 27 s.
+FAST_XLA_FLAGS = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
 from engine import settings  # noqa: E402
 from engine.training import compiled_models  # noqa: E402
 from tests.synthetic import make_dataset  # noqa: E402

@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAST_XLA_FLAGS
 from tests.test_benchmarks import check, run_tiny
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpu", "memory", "features"])
-def test_benchmark_prints_figures_last(name: str, tiny_set: Path, artifacts_root: Path, capsys) -> None:
+def test_benchmark_prints_figures_last(
+    name: str, tiny_set: Path, artifacts_root: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if name == "gpu":
+        monkeypatch.setenv("XLA_FLAGS", FAST_XLA_FLAGS)  # for its spawned JAX worker
     check(run_tiny(name, tiny_set, capsys), name)

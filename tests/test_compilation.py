@@ -20,6 +20,7 @@ from engine.data.images import decode_xray
 from engine.models.inference import load_classifier
 from engine.results import artifacts
 from engine.training.compilation import use_persistent_cache, xla_cache_dir
+from tests.conftest import FAST_XLA_FLAGS
 from tests.synthetic import make_dataset
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,13 @@ def test_tensorflow_backend_leaves_the_artifacts_folder_alone(tmp_path: Path) ->
 def test_a_fold_trained_on_jax_uses_the_cache_and_its_model_serves_on_tensorflow(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=6)
     root = tmp_path / "artifacts"
-    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "CUDA_VISIBLE_DEVICES": "",
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": FAST_XLA_FLAGS,
+    }
     done = subprocess.run(
         [sys.executable, "-c", JAX_FOLD, str(data), str(root)],
         cwd=PROJECT,
