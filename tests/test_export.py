@@ -101,7 +101,10 @@ def test_int8_options_default_to_the_products_settings_and_are_checked():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, str]:
     """A finished 2-fold study of MobileNet-0.25 at 32 px (random weights, one epoch of the paper's protocol): a fold
-    ensemble whose members have bases of their own (a frozen-base study's members share one, run once)."""
+    ensemble whose members have bases of their own (a frozen-base study's members share one, run once).
+
+    It and :func:`ensemble` cost about 50 s on the 2-core machine (two LiteRT/ONNX conversions of the ensemble), so
+    every test that reads them is marked slow: ``make test-fast`` leaves them to ``make test``."""
     base = tmp_path_factory.mktemp("ensemble")
     request = StudyRequest(protocol=get_protocol("paper").replace(epochs=1, batch_size=8), n_folds=2, weights=None)
     data = make_dataset(base / "data", n_per_class=8)
@@ -154,6 +157,7 @@ def test_a_fold_ensemble_exports_and_matches_its_keras_serving_graph(tiny, ensem
     assert [m["fold"] for m in exported.meta["members"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_an_export_carries_an_ood_detector_fitted_on_its_own_features(ensemble, tiny):
     root, study_id = tiny
     meta = json.loads(sidecar_path(ensemble["litert"]).read_text())
@@ -172,6 +176,7 @@ def test_an_export_carries_an_ood_detector_fitted_on_its_own_features(ensemble, 
     assert (result.warnings[:1] == [OOD_WARNING]) == (result.ood_score > 1.0)
 
 
+@pytest.mark.slow
 def test_a_float_export_copies_the_detector_its_keras_model_saved(ensemble, tiny):
     """Its features are the Keras model's (to 1e-4), so fitting again on the same training images is not needed."""
     root, study_id = tiny
@@ -184,6 +189,7 @@ def test_a_float_export_copies_the_detector_its_keras_model_saved(ensemble, tiny
     assert np.array_equal(exported.ood.score(features["features"]), keras_detector.score(features["features"]))
 
 
+@pytest.mark.slow
 def test_the_keras_detector_is_copied_only_for_the_same_models_features_and_training_images(ensemble, tiny):
     root, study_id = tiny
     runs = ensemble_runs(study_models(study_id, "MobileNet-0.25", root), root)
@@ -209,6 +215,7 @@ def test_the_keras_detector_is_copied_only_for_the_same_models_features_and_trai
         os.utime(model, ns=(saved.st_atime_ns, saved.st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_the_float_layers_of_int8_are_each_members_first_convolutions(ensemble):
     """Counted along the graph from the input, so both members of a fold ensemble keep theirs."""
     from ai_edge_litert.interpreter import Interpreter
@@ -223,6 +230,7 @@ def test_the_float_layers_of_int8_are_each_members_first_convolutions(ensemble):
         assert sum(f"/{member}" in n.split(";")[0] for n in litert_names) == 3, litert_names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [7, 24])
 def test_onnx_int8_calibrates_any_count_of_images_a_chunk_at_a_time(ensemble, tmp_path, count):
     """Percentile ranges come from histograms grown ``CALIBRATION_CHUNK`` images at a time, or a divisor of the
@@ -280,6 +288,7 @@ def test_an_int8_litert_file_keeps_float_exactly_each_members_first_convolutions
     assert {dtypes[name] for name in dtypes.keys() - floats} == {"int8"}
 
 
+@pytest.mark.slow
 def test_a_run_folder_without_its_fold_models_is_served_by_its_exported_ensemble(ensemble, tiny, tmp_path):
     """A fresh clone commits the export, not the fold models: the run folder still loads, without Keras models."""
     root, study_id = tiny
@@ -295,6 +304,7 @@ def test_a_run_folder_without_its_fold_models_is_served_by_its_exported_ensemble
         load_classifier(folder, artifacts_root=copy)
 
 
+@pytest.mark.slow
 def test_cli_exports_the_study_ensemble_with_its_sidecar(ensemble):
     code, out, _ = ensemble["cli"]
     assert code == 0, out
@@ -305,6 +315,7 @@ def test_cli_exports_the_study_ensemble_with_its_sidecar(ensemble):
     assert set(meta["outputs"]) == set(serving.OUTPUTS) and meta["versions"]["keras"]
 
 
+@pytest.mark.slow
 def test_the_cli_writes_a_model_card_from_the_artifacts(ensemble, tiny):
     root, study_id = tiny
     card = json.loads(card_path(ensemble["litert"], "json").read_text())
@@ -325,6 +336,7 @@ def one_error(result: tuple[int, str, str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_cli_bad_input_gives_one_line_errors(tiny, tmp_path):
     root, study_id = tiny
     model = study_models(study_id, "MobileNet-0.25", root)[0]
@@ -345,6 +357,7 @@ def test_cli_bad_input_gives_one_line_errors(tiny, tmp_path):
     assert "not both" in one_error(run_cli("--study", study_id, "--model", str(model), "--artifacts", str(root)))
 
 
+@pytest.mark.slow
 def test_runtime_refuses_bad_files_with_one_line_errors(ensemble, tmp_path):
     exported = tmp_path / CLI_FILE
     shutil.copy(ensemble["litert"], exported)
