@@ -30,7 +30,7 @@ from tests.synthetic import make_dataset, make_image
 WEIGHTS = "imagenet" if HAS_SHARED_WEIGHTS else None
 """Real ImageNet features where the shared weights are (always in CI): a model that learns the tiny classes,
 so a figure computed on the wrong labels cannot equal the right one by chance."""
-REQUEST = StudyRequest(protocol=get_protocol("frozen").replace(epochs=20), n_folds=2, weights=WEIGHTS)
+REQUEST = StudyRequest(protocol=get_protocol("frozen").replace(epochs=10), n_folds=2, weights=WEIGHTS)
 tiny_study = app_fixtures.tiny_study
 pytestmark = pytest.mark.usefixtures("eager_tensorflow")
 
