@@ -141,10 +141,19 @@ def subgroups(files: list[str], y: np.ndarray, proba: np.ndarray, classes, colum
     return found
 
 
-def _external(study_id: str, model: str, artifacts_root: Path) -> tuple[External, ...]:
+@functools.lru_cache(maxsize=4)
+def _evaluations(root: Path, changed: tuple[int, int]) -> tuple[ExternalEvaluation, ...]:
+    """Every saved evaluation, read once per state of the artifacts folder: each model of each study looks through
+    all of them (a README table read the 45 committed files 33 times, 3 of its 10 s)."""
+    return tuple(saved_evaluations(root))
+
+
+def _external(
+    study_id: str, model: str, artifacts_root: Path, evaluations: tuple[ExternalEvaluation, ...]
+) -> tuple[External, ...]:
     """The model's saved evaluations, one per set: its Keras fold models' where both they and an export were run."""
     chosen: dict[str, ExternalEvaluation] = {}
-    for e in saved_evaluations(artifacts_root):
+    for e in evaluations:
         if e.study_id != study_id or e.backbone != model or e.fold is not None:
             continue
         name = e.data.name
@@ -210,6 +219,7 @@ def _generalisation(study_id: str, root: Path, changed: tuple[int, int]) -> Gene
     twin_models = set(model_names(twin, root)) if twin else set()
     baseline = _audit(study_id, "baseline", root)
     columns = _metadata(study.dataset.fingerprint, root)
+    evaluations = _evaluations(root, changed)
     region = None
     models = []
     for model in model_names(study_id, root):
@@ -226,7 +236,7 @@ def _generalisation(study_id: str, root: Path, changed: tuple[int, int]) -> Gene
                 image_level=_in_fold(twin, model, root)[0]["accuracy"] if model in twin_models else None,
                 occlusion=({c: audit["occlusion"][c]["metrics"]["accuracy"] for c in CONDITIONS} if audit else None),
                 source_probe=audit["source_probe"] if audit else None,
-                external=_external(study_id, model, root),
+                external=_external(study_id, model, root, evaluations),
             )
         )
     return Generalisation(
