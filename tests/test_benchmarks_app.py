@@ -2,7 +2,7 @@
 on each): it ends with one JSON line of positive, finite figures.
 
 A browser test, alone in its file because it is long: a tiny training, a LiteRT conversion and two servers, each
-driven by Chromium, took 66 and 87 s on 2 cores (CONTRIBUTING.md, "Test suite timings"), and none of them can be
+driven by Chromium, took 37 to 87 s on 2 cores (CONTRIBUTING.md, "Test suite timings"), and none of them can be
 left out of what it measures (the export server against the Keras one). The other benchmarks that start processes
 are in ``test_benchmarks_processes.py``.
 """
