@@ -48,7 +48,7 @@ requires_shared = pytest.mark.skipif(
 SLOWEST_FIRST = (
     "test_export.py",
     "test_jobs.py",
-    "test_export_int8_real_model.py",
+    "test_export_int8_real_model_onnx.py",
     "test_benchmarks_processes.py",
     "test_robustness_jobs.py",
     "test_app_robustness.py",
@@ -58,6 +58,7 @@ SLOWEST_FIRST = (
     "test_training.py",
     "test_distributed.py",
     "test_inference_cli.py",
+    "test_export_int8_real_model_litert.py",
     "test_compilation.py",
     "test_benchmarks.py",
     "test_load.py",

@@ -1,5 +1,5 @@
 """Float exports of the committed demo models against Keras on real held-out images, and the runtime without
-TensorFlow (the int8 file's bars are in ``test_export_int8_real_model.py``).
+TensorFlow (the int8 files' bars are in ``int8_real_model.py``).
 
 Tolerances of the float exports, on 64 held-out real images of the committed demo models:
 probabilities within 1e-4 (measured: about 1e-5), class maps within 1e-4 of their largest

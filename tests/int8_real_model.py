@@ -1,6 +1,7 @@
 """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out real images, against the
 export issue's bars; its held-out fold and the run's saved probabilities are read as ``test_export_real_models.py``
-reads them."""
+reads them. One test file per format (``test_export_int8_real_model_litert.py``, ``..._onnx.py``): the two
+exports took 83 to 97 s together in one file, and apart they can run on both test workers at once."""
 
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from engine.models.export import (
 from engine.models.inference import load_keras_model
 from engine.models.runtime import load_exported
 from engine.results import artifacts
-from tests.conftest import requires_shared
-from tests.test_export_real_models import DEMO, FORMATS, FROZEN, PAPER_DATA, held_out
+from tests.test_export_real_models import DEMO, FROZEN, PAPER_DATA, held_out
 
 CORRECTED = {"litert": 20, "onnx": 24}
 """MobileNet 1.0's 27 convolutions less the float ones: each is followed by a BatchNorm that takes its shift."""
@@ -30,7 +30,7 @@ INT8_MAX_DROP = 0.005
 
 @pytest.fixture(scope="module")
 def frozen_held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The frozen MobileNet's held-out fold (images, labels) and its Keras probabilities, once for both formats.
+    """The frozen MobileNet's held-out fold (images, labels) and its Keras probabilities.
 
     The Keras probabilities are the run's saved ``predictions.csv``, in the fold's order: the model still
     gives them (``test_committed_models_still_load_and_reproduce_their_predictions``), and reading them
@@ -41,8 +41,8 @@ def frozen_held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def frozen_model():
-    """The frozen MobileNet, loaded once for both formats: an export clones each member's backbone, so the int8
-    bias correction of one format never reaches the other's."""
+    """The frozen MobileNet, as ``export_runs`` loads it (an export clones each member's backbone, so the int8
+    bias correction never reaches this model)."""
     return load_keras_model(FROZEN)
 
 
@@ -59,12 +59,7 @@ def frozen_calibration() -> np.ndarray:
     return images[calibration_indices(study, [run.fold], count=INT8_DEFAULTS.calibration_images)]
 
 
-@pytest.mark.slow
-@requires_shared
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(
-    tmp_path, fmt, frozen_model, frozen_held_out, frozen_calibration
-):
+def check_int8_export(fmt: str, tmp_path, frozen_model, frozen_held_out, frozen_calibration) -> None:
     """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out images, against
     the export issue's bars: 99 % argmax agreement, 0.5 points of accuracy.
 
