@@ -4,8 +4,9 @@ Serves ``streamlit run streamlit_app.py`` on a free localhost port against a cop
 study, and drives Debian's headless Chromium with playwright (helpers shared with
 ``docs/screenshots/take.py``). Skipped when /usr/bin/chromium or playwright is missing.
 
-The one test file allowed over 90 s (69 to 113 s on the 2-core machine): a server, a worker and a browser
-start once and every page is opened in the same session; split, each part would start all three again.
+A browser test, so allowed over 90 s (57 to 113 s on the 2-core machine in CONTRIBUTING.md's runs): a server,
+a worker and a browser start once and every page is opened in the same session; split, each part would start all
+three again. The other Chromium files, ``test_load.py`` and ``test_benchmarks_app.py``, say why they are long.
 """
 
 from __future__ import annotations
