@@ -1,9 +1,11 @@
 """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out real images, against the
 export issue's bars; its held-out fold and the run's saved probabilities are read as ``test_export_real_models.py``
 reads them. One test file per format (``test_export_int8_real_model_litert.py``, ``..._onnx.py``): the two
-exports took 83 to 97 s together in one file, and apart they can run on both test workers at once."""
+exports took 81 to 97 s together in one file, and apart they can run on both test workers at once."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -28,38 +30,39 @@ INT8_MAX_DROP = 0.005
 ``INT8_MIN_AGREEMENT``)."""
 
 
-@pytest.fixture(scope="module")
-def frozen_held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The frozen MobileNet's held-out fold (images, labels) and its Keras probabilities.
+@dataclass(frozen=True)
+class FrozenFold:
+    """What both formats' tests read: the frozen MobileNet, its held-out fold with the run's Keras probabilities,
+    and the calibration images ``export_runs`` picks for it."""
 
-    The Keras probabilities are the run's saved ``predictions.csv``, in the fold's order: the model still
-    gives them (``test_committed_models_still_load_and_reproduce_their_predictions``), and reading them
-    spares this file a Keras pass over 579 images at 224 px.
+    model: object
+    images: np.ndarray
+    labels: np.ndarray
+    keras_proba: np.ndarray
+    calibration: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def frozen_fold() -> FrozenFold:
+    """The frozen MobileNet's fold 3, read once per test file.
+
+    The model is loaded as ``export_runs`` loads it (an export clones each member's backbone, so the int8 bias
+    correction never reaches it). The Keras probabilities are the run's saved ``predictions.csv``, in the fold's
+    order: the model still gives them (``test_committed_models_still_load_and_reproduce_their_predictions``), and
+    reading them spares a Keras pass over 579 images at 224 px. The calibration images are the training folds',
+    as ``export_runs`` picks them, so that the file is written as ``python -m engine export --quantize int8``
+    writes it, without the OOD detector that the command then fits on the file's own features of 2,318 training
+    images (24 s; the tiny ensemble's int8 test checks it).
     """
-    return held_out(FROZEN)
-
-
-@pytest.fixture(scope="module")
-def frozen_model():
-    """The frozen MobileNet, as ``export_runs`` loads it (an export clones each member's backbone, so the int8
-    bias correction never reaches this model)."""
-    return load_keras_model(FROZEN)
-
-
-@pytest.fixture(scope="module")
-def frozen_calibration() -> np.ndarray:
-    """The calibration images ``export_runs`` picks for the frozen MobileNet (its training folds').
-
-    The test calls ``export_model`` with them, so that the file is written as ``python -m engine export
-    --quantize int8`` writes it, without the OOD detector that the command then fits on the file's own
-    features of 2,318 training images (24 s of this test; the tiny ensemble's int8 test checks it)."""
+    images, labels, keras_proba = held_out(FROZEN)
     run = artifacts.read_run(FROZEN.parent)
     study = artifacts.read_study(run.study_id, DEMO)
-    images = study_images(study, DEMO, data=PAPER_DATA)
-    return images[calibration_indices(study, [run.fold], count=INT8_DEFAULTS.calibration_images)]
+    pool = study_images(study, DEMO, data=PAPER_DATA)
+    calibration = pool[calibration_indices(study, [run.fold], count=INT8_DEFAULTS.calibration_images)]
+    return FrozenFold(load_keras_model(FROZEN), images, labels, keras_proba, calibration)
 
 
-def check_int8_export(fmt: str, tmp_path, frozen_model, frozen_held_out, frozen_calibration) -> None:
+def check_int8_export(fmt: str, tmp_path, fold: FrozenFold) -> None:
     """Post-training int8 of the demo's best model (frozen MobileNet 1.0) on its 579 held-out images, against
     the export issue's bars: 99 % argmax agreement, 0.5 points of accuracy.
 
@@ -73,22 +76,21 @@ def check_int8_export(fmt: str, tmp_path, frozen_model, frozen_held_out, frozen_
     points of 579 images is under 3 images, and an ONNX file agreeing on 5 fewer images would miss 99 %; over
     the five folds of the same protocol retrained, 2,897 images, the README's int8 table gives both formats.
     """
-    images, labels, keras_proba = frozen_held_out
     result = export_model(
-        frozen_model,
+        fold.model,
         out_dir=tmp_path,
         classes=tuple(artifacts.read_run(FROZEN.parent).config["classes"]),
         format=fmt,
         quantize="int8",
-        calibration_images=frozen_calibration,
+        calibration_images=fold.calibration,
     )
     assert result.meta["quantization"]["calibration_images"] == 128
     assert result.meta["quantization"]["float_layers"] == f"each member's first {FLOAT_FIRST_CONVS[fmt]} convolutions"
     assert result.meta["quantization"]["bias_correction"].startswith(f"{CORRECTED[fmt]} int8 convolutions")
     assert result.size_bytes < 0.3 * FROZEN.stat().st_size
-    proba = probabilities(load_exported(result.path), images)
-    agreement = np.mean(proba.argmax(1) == keras_proba.argmax(1))
-    drop = np.mean(keras_proba.argmax(1) == labels) - np.mean(proba.argmax(1) == labels)
+    proba = probabilities(load_exported(result.path), fold.images)
+    agreement = np.mean(proba.argmax(1) == fold.keras_proba.argmax(1))
+    drop = np.mean(fold.keras_proba.argmax(1) == fold.labels) - np.mean(proba.argmax(1) == fold.labels)
     print(f"{fmt} int8: agreement {agreement:.4f}, accuracy drop {drop * 100:.2f} points")
     assert agreement >= INT8_MIN_AGREEMENT
     assert drop <= INT8_MAX_DROP

@@ -7,14 +7,10 @@ import pytest
 from tests import int8_real_model
 from tests.conftest import requires_shared
 
-frozen_model = int8_real_model.frozen_model
-frozen_held_out = int8_real_model.frozen_held_out
-frozen_calibration = int8_real_model.frozen_calibration
+frozen_fold = int8_real_model.frozen_fold
 
 
 @pytest.mark.slow
 @requires_shared
-def test_litert_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(
-    tmp_path, frozen_model, frozen_held_out, frozen_calibration
-) -> None:
-    int8_real_model.check_int8_export("litert", tmp_path, frozen_model, frozen_held_out, frozen_calibration)
+def test_litert_int8_export_of_the_frozen_mobilenet_on_its_held_out_fold(tmp_path, frozen_fold) -> None:
+    int8_real_model.check_int8_export("litert", tmp_path, frozen_fold)
