@@ -13,7 +13,7 @@ import pytest
 
 from engine import settings
 from engine.cli.main import main
-from engine.reports.served import SHIFTS, Candidate, target_figures
+from engine.reports.served import SHIFTS, Candidate, pick, target_figures
 
 
 def candidate(name: str, *, accuracy: float, normals: float, covid: float, drop: float) -> Candidate:
@@ -50,6 +50,22 @@ def test_robustness_then_in_fold_accuracy_break_a_tie_outside_the_source():
     assert sorted([fragile, robust], key=Candidate.rank, reverse=True)[0] is robust
     sharper = candidate("sharper", accuracy=0.95, normals=0.80, covid=0.82, drop=0.01)
     assert sorted([robust, sharper], key=Candidate.rank, reverse=True)[0] is sharper
+
+
+def test_a_better_candidate_whose_fold_models_are_not_here_is_named_not_passed_over():
+    """A checkout without the best study's fold models (a fresh clone keeps only the served export) must not
+    serve the runner-up in silence."""
+    best = candidate("best", accuracy=0.96, normals=0.93, covid=0.91, drop=0.01)
+    runner_up = candidate("runner-up", accuracy=0.96, normals=0.90, covid=0.90, drop=0.01)
+    ranked = sorted([runner_up, best], key=Candidate.rank, reverse=True)
+    assert pick(ranked) is best
+    absent = dataclasses.replace(best, folds=())
+    with pytest.raises(
+        ValueError, match="MobileNet-0.25 of study best .* ranks above MobileNet-0.25 of study runner-up"
+    ):
+        pick([absent, runner_up])
+    with pytest.raises(ValueError, match="no fold ensemble here"):
+        pick([absent])
 
 
 @pytest.mark.slow

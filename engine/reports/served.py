@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine import settings
+from engine.evaluation.predictions import ENSEMBLE
 from engine.evaluation.robustness import pooled_table, saved_results
 from engine.models.inference import SERVED_FILE, list_models
 from engine.reports.generalisation import generalisation
@@ -134,16 +135,32 @@ def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
     return sorted(found, key=lambda c: c.rank(), reverse=True)
 
 
-def choose(artifacts_root: Path | None = None) -> dict:
-    """Write ``served.json``: the best candidate, why, and every candidate's figures."""
-    root = artifacts_root or settings.artifacts_dir()
-    ranked = [c for c in candidates(root) if c.folds]
-    if not ranked:
+def pick(ranked: list[Candidate]) -> Candidate:
+    """The first of ``ranked`` (best first) whose fold models are here. One ranked above it without them is an
+    error, not a quiet second choice: a checkout that lacks a study's fold models must not serve a worse model."""
+    servable = [c for c in ranked if c.folds]
+    if not servable:
         raise ValueError(
             f"no fold ensemble here has both an {ADULT_NORMALS} and an {EXTERNAL_ADULTS} figure; evaluate the "
             "candidates first (python -m engine evaluate --data ... --model .../runs/BACKBONE)"
         )
-    best = ranked[0]
+    best, first = servable[0], ranked[0]
+    if first is not best:
+        raise ValueError(
+            f"{first.backbone} of study {first.study_id} ({first.protocol}) ranks above {best.backbone} of study "
+            f"{best.study_id}, but neither its fold models nor its export are in this artifacts folder: run its "
+            "study here, then choose again"
+        )
+    return best
+
+
+def choose(artifacts_root: Path | None = None) -> dict:
+    """Write ``served.json``: the best candidate, why, and every candidate's figures (those whose fold models are
+    not here too: their figures come from committed evaluations)."""
+    root = artifacts_root or settings.artifacts_dir()
+    # a study's "ensemble" (the mean of its backbones) is judged in the report but is not one backbone's fold ensemble
+    ranked = [c for c in candidates(root) if c.backbone != ENSEMBLE]
+    best = pick(ranked)
     met = best.met()
     choice = {
         "study_id": best.study_id,
