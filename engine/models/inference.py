@@ -30,6 +30,9 @@ MAX_UPLOAD_BYTES = 32 * 2**20
 OOD_FILE = "ood.npz"
 MODEL_FILE = "model.keras"
 SERVED_FILE = "served.json"
+CLASSIFY_CHUNK = 2
+"""Uploads per forward pass: a pass holds the activations of every image in it, and a LiteRT interpreter keeps the
+arena of its largest batch, so on a 1 GB host memory must not grow with the number of uploads."""
 """In the artifacts folder: the fold ensemble chosen to serve by default, and why (``engine.reports.served``)."""
 NO_OOD_CHECK = (
     "no out-of-distribution check for this model (no detector is saved with it: python -m engine ood fits "
@@ -269,7 +272,10 @@ class Classifier:
             results[i].warnings = [*decoded.notes, *looks_like_xray(decoded, data)]
             ready.append(i)
         if ready:
-            proba, heatmaps, ratios = self._predict(np.stack([results[i].image for i in ready]))
+            images = np.stack([results[i].image for i in ready])
+            parts = [self._predict(images[i : i + CLASSIFY_CHUNK]) for i in range(0, len(ready), CLASSIFY_CHUNK)]
+            proba, heatmaps = (np.concatenate([part[k] for part in parts]) for k in (0, 1))
+            ratios = None if parts[0][2] is None else np.concatenate([part[2] for part in parts])
             for row, i in enumerate(ready):
                 results[i].probabilities = {c: float(p) for c, p in zip(self.classes, proba[row], strict=True)}
                 results[i].predicted = self.classes[int(proba[row].argmax())]
