@@ -27,7 +27,7 @@ from engine.jobs.store import JobRequest, JobStore, UnknownJobError
 from engine.jobs.worker import ProgressWriter, worker_alive
 from engine.results import artifacts
 from engine.settings import ReadOnlyError
-from engine.training.progress import Progress
+from engine.training.progress import WARM_UP_END, Progress
 from tests.conftest import SHARED, requires_shared
 from tests.synthetic import make_dataset, study_json
 
@@ -267,7 +267,7 @@ def test_a_head_warm_up_on_cached_features_is_timed_as_its_own_phase(
     at = timed_writer(artifacts_root, tiny_data, monkeypatch, folds=2)
     at(0, Progress(BACKBONE, 0, "head", 0, 60, 1, 10))
     assert at(6, Progress(BACKBONE, 0, "head", 30, 60, 0, 10)) == pytest.approx(6.0), "the head's time left only"
-    warm = Progress(BACKBONE, 0, "head", 60, 60, 0, 10)
+    warm = Progress(BACKBONE, 0, "head", 60, 60, 0, 10, end=WARM_UP_END)
     assert warm.fraction == pytest.approx(0.1)
     at(12, Progress(BACKBONE, 0, "train", 0, 6, 1, 10, start=0.1))
     # one of 6 image epochs in 60 s: 300 s more for this fold, then 1 more fold of 360 s

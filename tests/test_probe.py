@@ -24,6 +24,7 @@ from engine.results import artifacts
 from engine.training.features import cached_features
 from engine.training.linear_head import fit_linear_head
 from engine.training.presets import PROTOCOLS, XRAY_PROBE
+from engine.training.progress import EXTRACTION_END, Progress
 from engine.training.protocols import Protocol, Stage
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest
@@ -40,8 +41,19 @@ noise tells apart."""
 def probe(tmp_path_factory):
     data = make_dataset(tmp_path_factory.mktemp("data") / "tiny", n_per_class=8)
     root = tmp_path_factory.mktemp("artifacts")
-    study = run_study(data, backbones=["MobileNet-0.25"], request=TINY_PROBE, input_size=32, artifacts_root=root)
+    study = run_study(
+        data,
+        backbones=["MobileNet-0.25"],
+        request=TINY_PROBE,
+        input_size=32,
+        artifacts_root=root,
+        on_progress=PROBE_PROGRESS.append,
+    )
     return root, artifacts.study_runs(study.study_id, root)
+
+
+PROBE_PROGRESS: list[Progress] = []
+"""What the ``probe`` fixture's study reported, fold by fold."""
 
 
 def _blobs(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +128,19 @@ def test_every_block_of_mobilenet_is_read_and_the_choice_of_c_is_saved(probe):
         assert set(run.history) == {"loss", "accuracy"}
     (features,) = (root / "features").glob("*.npy")
     assert np.load(features).shape == (24, 1, 2 * (64 + 2 * 128 + 2 * 256 + 6 * 512 + 2 * 1024) // 4)
+
+
+def test_a_probe_fold_s_bar_moves_forward_through_extraction_then_the_head(probe):
+    """Extraction fills the first half of the bar, the head's fit the rest: the bar does not wait at a tenth
+    for the whole fold, then jump."""
+    _, runs = probe
+    assert any(p.phase == "features" for p in PROBE_PROGRESS), "the first fold extracts; the others read the cache"
+    for fold in {run.fold for run in runs}:
+        mine = [p for p in PROBE_PROGRESS if p.fold == fold]
+        fractions = [p.fraction for p in mine]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0, fractions
+        assert max((p.fraction for p in mine if p.phase == "features"), default=0.0) <= EXTRACTION_END
+        assert min(p.fraction for p in mine if p.phase == "head") == EXTRACTION_END
 
 
 def test_the_saved_model_reproduces_its_fitted_predictions(probe):

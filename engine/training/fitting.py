@@ -29,9 +29,10 @@ def progress_callback(
     epochs: int,
     phase: str = "train",
     start: float = 0.0,
+    end: float = 1.0,
 ):
     """Progress of ``epochs`` epochs of one phase: ``"head"`` for a head warmed up on cached features (seconds),
-    then ``"train"`` for the epochs on images (minutes), which begin at ``start`` of the fold's bar.
+    then ``"train"`` for the epochs on images (minutes), from ``start`` to ``end`` of the fold's bar.
 
     When ``should_stop`` says so, the callback ends ``fit`` and ``raise_if_stopped`` raises ``Cancelled``.
     """
@@ -59,7 +60,7 @@ def progress_callback(
             elapsed = time.monotonic() - self.started
             rate = self.seen / elapsed if elapsed > 0 else None
             clean = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v) or np.ndim(v) == 0}
-            on_progress(Progress(backbone, fold, phase, self.epoch, epochs, batch, batches, clean, rate, start))
+            on_progress(Progress(backbone, fold, phase, self.epoch, epochs, batch, batches, clean, rate, start, end))
             self.last = time.monotonic()
 
         def on_train_batch_end(self, batch, logs=None):

@@ -12,8 +12,16 @@ class Cancelled(Exception):
 
 
 PHASES_ON_CACHED_FEATURES = ("features", "head")
-"""Phases of a fold on cached features: seconds to minutes, the first tenth of its bar, timed on their own
-(they say nothing of the epochs on images)."""
+"""Phases of a fold on cached features: seconds to minutes, timed on their own (they say nothing of the epochs
+on images)."""
+
+WARM_UP_END = 0.1
+"""Where a head warmed up on cached features ends on its fold's bar: its seconds are not most of the fold when
+epochs on images follow."""
+
+EXTRACTION_END = 0.5
+"""Where feature extraction ends on the bar of a fold trained on cached features alone (a probe, a frozen base):
+the head's fit takes the rest, so the bar does not wait at a tenth and then jump."""
 
 
 @dataclass
@@ -30,6 +38,7 @@ class Progress:
     logs: dict[str, float] = field(default_factory=dict)
     images_per_second: float | None = None
     start: float = 0.0
+    end: float = 1.0
 
     @property
     def phase_fraction(self) -> float:
@@ -40,11 +49,9 @@ class Progress:
 
     @property
     def fraction(self) -> float:
-        """Fraction of this fold done: feature extraction, when cached, and a head warmed up on cached
-        features (``phase="head"``, seconds) count as the first tenth; a phase begins at ``start``."""
-        if self.phase in PHASES_ON_CACHED_FEATURES:
-            return 0.1 * self.phase_fraction
-        return self.start + (1.0 - self.start) * self.phase_fraction
+        """Fraction of this fold done: the phase runs from ``start`` to ``end`` of the fold's bar (a warm-up to
+        :data:`WARM_UP_END`, feature extraction to :data:`EXTRACTION_END` when the head alone follows)."""
+        return self.start + (self.end - self.start) * self.phase_fraction
 
     def to_dict(self) -> dict:
         return {**asdict(self), "fraction": self.fraction}

@@ -19,7 +19,7 @@ from engine.models import builders
 from engine.training.features import cached_features, harmonise_key
 from engine.training.fitting import FitData, compiled_model, fit_selected, fit_stages, progress_callback
 from engine.training.plan import FoldPlan
-from engine.training.progress import Cancelled, Progress, ProgressFn, StopFn
+from engine.training.progress import EXTRACTION_END, WARM_UP_END, Cancelled, Progress, ProgressFn, StopFn
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def train_logistic_probe(
     feats = np.asarray(all_views[:, 0])
     head, weights, segments = model.get_layer("head"), plan.sample_weights(), _segments(model)
     if on_progress:
-        on_progress(Progress(plan.backbone, plan.fold, "head", 0, 1, 0, 1))
+        on_progress(Progress(plan.backbone, plan.fold, "head", 0, 1, 0, 1, start=EXTRACTION_END))
     rows = _training_rows(plan, all_views, weights)
     fitted = fit_linear_head(
         rows.features,
@@ -70,7 +70,9 @@ def train_logistic_probe(
         model.get_layer("pool").set_weights([fitted.center.astype(np.float32)])
     head.set_weights([fitted.kernel.astype(np.float32), bias.astype(np.float32)])
     if on_progress:
-        on_progress(Progress(plan.backbone, plan.fold, "head", 1, 1, 1, 1, logs=dict(fitted.history_logs)))
+        on_progress(
+            Progress(plan.backbone, plan.fold, "head", 1, 1, 1, 1, logs=dict(fitted.history_logs), start=EXTRACTION_END)
+        )
     history = {key: [value] for key, value in fitted.history_logs.items()}
     return FoldOutcome(model, history, fitted.predict_proba(feats[plan.test]), head_choice=fitted.choice)
 
@@ -123,7 +125,9 @@ def train_adam_probe(
         validation=(np.asarray(feats[plan.validation_rows, 0]), targets[plan.validation_rows]),
         steps_per_epoch=-(-len(plan.train) * views // plan.protocol.batch_size),
     )
-    progress = progress_callback(plan, on_progress=on_progress, should_stop=should_stop, epochs=plan.protocol.epochs)
+    progress = progress_callback(
+        plan, on_progress=on_progress, should_stop=should_stop, epochs=plan.protocol.epochs, start=EXTRACTION_END
+    )
     history, selected = fit_selected(head, plan, data, progress=progress, compiled=False)
     proba = head.predict(np.asarray(feats[plan.test, 0]), batch_size=256, verbose=0)
     return FoldOutcome(model, history, proba, selected_epoch=selected)
@@ -172,7 +176,7 @@ def train_on_images(
         on_progress=on_progress,
         should_stop=should_stop,
         epochs=on_images.protocol.epochs,
-        start=0.1 if warm_history else 0.0,
+        start=WARM_UP_END if warm_history else 0.0,
     )
     warm_loss = warm_history["val_loss"][-1] if warm_history else None
     trained, selected = fit_selected(
@@ -200,7 +204,12 @@ def _warm_head(
     if not warm:
         return {}
     progress = progress_callback(
-        plan, on_progress=on_progress, should_stop=should_stop, epochs=sum(s.epochs for s in warm), phase="head"
+        plan,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        epochs=sum(s.epochs for s in warm),
+        phase="head",
+        end=WARM_UP_END,
     )
     feats = cached_features(
         plan.dataset,
@@ -230,7 +239,9 @@ def _probe_features(
 
     def on_batch(step: int, steps: int) -> None:
         if on_progress:
-            on_progress(Progress(plan.backbone, plan.fold, "features", 0, plan.protocol.epochs, step, steps))
+            on_progress(
+                Progress(plan.backbone, plan.fold, "features", 0, plan.protocol.epochs, step, steps, end=EXTRACTION_END)
+            )
 
     feats = cached_features(
         plan.dataset,
