@@ -30,10 +30,10 @@ MAX_UPLOAD_BYTES = 32 * 2**20
 OOD_FILE = "ood.npz"
 MODEL_FILE = "model.keras"
 SERVED_FILE = "served.json"
+"""In the artifacts folder: the fold ensemble chosen to serve by default, and why (``engine.reports.served``)."""
 CLASSIFY_CHUNK = 2
 """Uploads per forward pass: a pass holds the activations of every image in it, and a LiteRT interpreter keeps the
 arena of its largest batch, so on a 1 GB host memory must not grow with the number of uploads."""
-"""In the artifacts folder: the fold ensemble chosen to serve by default, and why (``engine.reports.served``)."""
 NO_OOD_CHECK = (
     "no out-of-distribution check for this model (no detector is saved with it: python -m engine ood fits "
     "one for a study's models, python -m engine export writes one with each export): "
@@ -273,9 +273,10 @@ class Classifier:
             ready.append(i)
         if ready:
             images = np.stack([results[i].image for i in ready])
-            parts = [self._predict(images[i : i + CLASSIFY_CHUNK]) for i in range(0, len(ready), CLASSIFY_CHUNK)]
-            proba, heatmaps = (np.concatenate([part[k] for part in parts]) for k in (0, 1))
-            ratios = None if parts[0][2] is None else np.concatenate([part[2] for part in parts])
+            chunks = [self._predict(images[i : i + CLASSIFY_CHUNK]) for i in range(0, len(ready), CLASSIFY_CHUNK)]
+            probas, maps, scores = zip(*chunks, strict=True)
+            proba, heatmaps = np.concatenate(probas), np.concatenate(maps)
+            ratios = None if scores[0] is None else np.concatenate(scores)
             for row, i in enumerate(ready):
                 results[i].probabilities = {c: float(p) for c, p in zip(self.classes, proba[row], strict=True)}
                 results[i].predicted = self.classes[int(proba[row].argmax())]
