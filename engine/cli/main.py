@@ -100,17 +100,6 @@ def expand_arches(arches: list[str]) -> list[str]:
     return out
 
 
-def _progress_line(progress) -> None:
-    logs = " ".join(f"{k}={v:.3f}" for k, v in progress.logs.items())
-    width = 24
-    filled = int(width * progress.fraction)
-    sys.stderr.write(
-        f"\r{progress.backbone} fold {progress.fold} [{'#' * filled}{'.' * (width - filled)}] "
-        f"{progress.phase} epoch {min(progress.epoch + 1, progress.epochs)}/{progress.epochs} {logs}\033[K"
-    )
-    sys.stderr.flush()
-
-
 def summary_table(rows: list[dict], keys: tuple[str, ...]) -> str:
     header = ["backbone", "protocol", "folds", *keys]
     lines = [header]
@@ -144,22 +133,22 @@ def study_lines(study: Study) -> list[str]:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from engine.cli.progress import FoldBars
     from engine.training.runner import run_study
     from engine.training.study import summarize
 
     request = study_job_request(args)
-    study = run_study(
-        request.sources,
-        backbones=list(request.backbones),
-        request=request.study_request(),
-        input_size=request.input_size,
-        artifacts_root=args.artifacts,
-        on_progress=_progress_line,
-        on_run=lambda run: sys.stderr.write(
-            f"\r{run.backbone} fold {run.fold}: accuracy {run.metrics['accuracy']:.3f}\033[K\n"
-        ),
-        on_study=lambda study: print("\n".join(study_lines(study)), file=sys.stderr, flush=True),
-    )
+    with FoldBars() as bars:
+        study = run_study(
+            request.sources,
+            backbones=list(request.backbones),
+            request=request.study_request(),
+            input_size=request.input_size,
+            artifacts_root=args.artifacts,
+            on_progress=bars.on_progress,
+            on_run=bars.on_run,
+            on_study=lambda study: bars.say("\n".join(study_lines(study))),
+        )
     rows = [r for r in summarize(args.artifacts) if r["study_id"] == study.study_id]
     print(f"study {study.study_id}: {study.title}")
     print(summary_table(rows, TABLE_KEYS))
