@@ -11,6 +11,7 @@ from PIL import Image
 
 from engine.data.datasets import DatasetError, import_dataset
 from engine.data.sources import import_sources, study_dataset
+from engine.training.plan import plan_fold
 from engine.training.presets import get_protocol
 from engine.training.study import StudyRequest, prepare_study
 from tests.synthetic import make_dataset, make_image
@@ -84,3 +85,27 @@ def test_study_dataset_names_the_fingerprint_it_needs(tmp_path, artifacts_root):
     assert again.fingerprint == dataset.fingerprint
     with pytest.raises(DatasetError, match=f"not {dataset.fingerprint}"):
         study_dataset(study, artifacts_root, data=[first])
+
+
+def test_weights_by_source_split_each_class_alike_between_the_sources_that_bring_it(tmp_path, artifacts_root):
+    first = make_dataset(tmp_path / "paper", n_per_class=12, size=24)
+    second = _nih_normals(tmp_path / "nih", patients=4, films=1)
+    dataset = import_sources([first, second], input_size=24)
+    protocol = get_protocol("harmonise-probe-varied-by-source")
+    study = prepare_study(dataset, StudyRequest(protocol=protocol, n_folds=2, weights=None))
+    plan = plan_fold(dataset, study, "MobileNet-0.25", 0)
+    weights, rows = plan.sample_weights(), plan.train
+    labels, sources = dataset.labels[rows], dataset.source_index[rows]
+    n = len(rows)
+    assert weights[rows][labels == 0].sum() == pytest.approx(n / 3), "a class of one source keeps its third"
+    normal_paper = weights[rows][(labels == 1) & (sources == 0)]
+    normal_nih = weights[rows][(labels == 1) & (sources == 1)]
+    assert normal_paper.sum() == pytest.approx(n / 6) and normal_nih.sum() == pytest.approx(n / 6)
+    assert len(normal_nih) < len(normal_paper) and normal_nih[0] > normal_paper[0], "the few adults weigh more each"
+    balanced = plan_fold(
+        dataset,
+        prepare_study(dataset, StudyRequest(protocol=get_protocol("xray-probe"), n_folds=2, weights=None)),
+        "MobileNet-0.25",
+        0,
+    )
+    assert balanced.sample_weights()[balanced.train][dataset.labels[balanced.train] == 1].std() == 0.0

@@ -50,12 +50,22 @@ class FoldPlan:
         return np.eye(len(self.classes), dtype=np.float32)[labels] if self.protocol.label_smoothing else labels
 
     def sample_weights(self) -> np.ndarray | None:
-        """Per dataset row, ``n / (classes x n_class)`` over the rows it trains on; None when not weighted."""
+        """Per dataset row, its weight over the rows it trains on (each class's rows weigh ``n / classes`` in
+        all); None when not weighted. By source, a class's weight is split alike between the sources that
+        bring it."""
         if self.protocol.class_weight == "none":
             return None
-        counts = np.bincount(self.dataset.labels[self.train], minlength=len(self.classes))
-        per_class = len(self.train) / (len(self.classes) * np.maximum(counts, 1))
-        return per_class[self.dataset.labels].astype(np.float32)
+        labels = self.dataset.labels
+        n_classes = len(self.classes)
+        if self.protocol.class_weight == "balanced":
+            counts = np.bincount(labels[self.train], minlength=n_classes)
+            per_class = len(self.train) / (n_classes * np.maximum(counts, 1))
+            return per_class[labels].astype(np.float32)
+        groups = labels * len(self.dataset.sources) + self.dataset.source_index
+        counts = np.bincount(groups[self.train], minlength=n_classes * len(self.dataset.sources))
+        sources_per_class = (counts.reshape(n_classes, -1) > 0).sum(axis=1)
+        share = len(self.train) / (n_classes * np.maximum(sources_per_class, 1))
+        return (share[labels] / np.maximum(counts[groups], 1)).astype(np.float32)
 
 
 def plan_fold(dataset: Dataset, study: Study, backbone: str, fold: int) -> FoldPlan:

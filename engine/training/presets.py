@@ -245,11 +245,31 @@ measured in-fold, by the shortcut audit and on the external sets. The first seve
 ran on test folds; `harmonise-probe-varied` was added once `harmonise-probe-downscale`'s robustness was known
 (accuracy drops of 6 to 7 points under noise, blur and 112 px), and fixed before it ran."""
 
+SOURCE_WEIGHTING: tuple[Protocol, ...] = (
+    dataclasses.replace(
+        next(p for p in HARMONISATION_ABLATION if p.name == "harmonise-probe-varied"),
+        name="harmonise-probe-varied-by-source",
+        description=(
+            "`harmonise-probe-varied`, each class's weight split alike between the sources that bring it "
+            "(class_weight `balanced-by-source`): 252 adult normals weigh as much as the paper's 1,340 children's "
+            "normals, and a large source of adult COVID-19 cannot outweigh the only adult normals."
+        ),
+        class_weight="balanced-by-source",
+    ),
+)
+"""How a multi-source study's sources weigh. Added after `harmonise-probe-varied` ran on the paper's images, the
+NIH adult normals and `covid19-extra` (3,128 more COVID-19 images of the same release) with class-balanced
+weights: with 3,347 adult COVID-19 images against 252 adult normals, its first fold called 8 of 51 held-out adult
+normals COVID-19. Fixed before it ran on any test fold; nothing in it was chosen on a test fold."""
+
 PRESETS: dict[str, Protocol] = {
     p.name: p
     for p in (PAPER, XRAY_HARMONISED, XRAY_PROBE_HARMONISED, XRAY_PROBE, XRAY_FINETUNE, FROZEN, WARMUP_FINETUNE)
 }
-PROTOCOLS: dict[str, Protocol] = {**PRESETS, **{p.name: p for p in (*ABLATION, *HARMONISATION_ABLATION)}}
+PROTOCOLS: dict[str, Protocol] = {
+    **PRESETS,
+    **{p.name: p for p in (*ABLATION, *HARMONISATION_ABLATION, *SOURCE_WEIGHTING)},
+}
 
 
 def get_protocol(name: str) -> Protocol:

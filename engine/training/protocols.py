@@ -37,7 +37,7 @@ ADDED_LATER = {
 SCHEDULES = ("constant", "cosine")
 STAGE_INPUTS = ("images", "cached-features")
 BATCHNORM_MODES = ("train", "inference")
-CLASS_WEIGHTS = ("none", "balanced")
+CLASS_WEIGHTS = ("none", "balanced", "balanced-by-source")
 SELECTIONS = ("last", "best-inner-validation")
 POOLINGS = ("average", "block-statistics")
 INTENSITIES = ("none", "equalise", "standardise")
@@ -152,7 +152,10 @@ class Protocol:
 
     ``batchnorm`` ``"inference"`` keeps the base's BatchNorm layers on their ImageNet statistics
     while the base trains (the paper's ``"train"`` re-estimates them from each batch).
-    ``class_weight`` ``"balanced"`` weighs each image by ``n / (classes x n_class)``.
+    ``class_weight`` ``"balanced"`` weighs each image by ``n / (classes x n_class)``; ``"balanced-by-source"``
+    gives each class the same total weight too, split alike between the sources (dataset folders) that bring it,
+    so 252 adult normals weigh as much as 1,340 children's normals and a large source of one class cannot decide
+    what that class looks like.
     ``selection`` ``"best-inner-validation"`` holds out ``validation_fraction`` of the training
     folds (stratified, seeded) and keeps the weights of the epoch with the lowest loss there; the
     test fold is used only once, at the end. ``"last"`` keeps the last epoch, as the paper did,
