@@ -277,14 +277,18 @@ def test_study_images_in_an_external_set_are_left_out_and_counted(env, tmp_path,
     _, _, data = env
     mixed = make_dataset(tmp_path / "mixed", n_per_class=4, seed=11)
     copied = copy_study_images(data, mixed, n=2) + copy_study_images(data, mixed, n=1, brighten=6)
+    (mixed / "NORMAL" / "report.png").write_bytes(b"%PDF-1.4 not an image")
     assert main(["evaluate", "--data", str(mixed), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     seen = result["data"]["overlap_with_study"]
     assert (seen["checked"], seen["identical"], seen["near_duplicates"]) == (15, 2, 1)
     assert sorted(seen["left_out"]) == sorted(copied)
     assert result["data"]["counts"] == {"COVID-19": 4, "Normal": 4, "Viral Pneumonia": 4}
+    assert [item["file"] for item in result["data"]["skipped"]] == ["NORMAL/report.png"]
     assert main(["evaluate", "--data", str(mixed)]) == 0
-    assert "2 identical and 1 near-duplicate image(s) of 15 left out" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 identical and 1 near-duplicate image(s) of 15 left out" in out
+    assert "\n  skipped NORMAL/report.png: " in out
 
 
 @pytest.mark.slow

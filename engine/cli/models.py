@@ -24,6 +24,10 @@ def _pick_model(args: argparse.Namespace):
     return load_classifier(models[0].serving_path, artifacts_root=args.artifacts)
 
 
+SKIPPED_SHOWN = 10
+"""Skipped files named with their reason in ``evaluate``'s text output; ``--json`` has them all."""
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluation.bootstrap import interval_text
     from engine.evaluation.external import evaluate_folder, evaluate_study_ensemble
@@ -43,6 +47,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"model: {evaluation.model_label} · {evaluation.protocol} (study {evaluation.study_id})")
     data = evaluation.data
     print(f"data: {data.name} ({data.fingerprint}) {data.counts}; skipped {len(data.skipped)}")
+    for item in data.skipped[:SKIPPED_SHOWN]:
+        print(f"  skipped {item['file']}: {item['reason']}")
+    if len(data.skipped) > SKIPPED_SHOWN:
+        print(f"  and {len(data.skipped) - SKIPPED_SHOWN} more (--json lists every one)")
     if data.relation == "same source":
         print("same source as the study: these are same-source held-out figures, not an external validation")
     seen = data.overlap
