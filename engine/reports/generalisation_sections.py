@@ -13,11 +13,20 @@ from pathlib import Path
 from engine.evaluation.bootstrap import interval_text
 from engine.reports.generalisation import Generalisation, generalisation
 from engine.reports.results_sections import CPU_BUDGET_S, interval_verdict
-from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, SHIFTS, TARGETS, accuracy_drops, candidates
+from engine.reports.served import (
+    ADULT_NORMALS,
+    EXTERNAL_ADULTS,
+    SHIFTS,
+    TARGETS,
+    accuracy_drops,
+    candidates,
+    read_choice,
+)
 from engine.results import artifacts
 from engine.results.studies import Study
 from engine.training.presets import (
     HARMONISATION_ABLATION,
+    PROBE_VARIED_BY_SOURCE,
     XRAY_FINETUNE,
     XRAY_HARMONISED,
     XRAY_PROBE,
@@ -42,13 +51,15 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _multi_source(protocol: str, artifacts_root: Path | None) -> list[Study]:
-    """Patient-level studies of ``protocol`` on several sources, the most finished runs first."""
+    """Patient-level studies of ``protocol`` on several sources: the served model's study first, then the most
+    finished runs first."""
+    served = (read_choice(artifacts_root) or {}).get("study_id")
     found = []
     for study_id in artifacts.list_study_ids(artifacts_root):
         study = artifacts.read_study(study_id, artifacts_root)
         if study.protocol_name == protocol and study.dataset.multi_source:
             found.append(study)
-    return sorted(found, key=lambda s: -len(artifacts.study_runs(s.study_id, artifacts_root)))
+    return sorted(found, key=lambda s: (s.study_id != served, -len(artifacts.study_runs(s.study_id, artifacts_root))))
 
 
 def targets_section(artifacts_root: Path | None, protocol: str) -> str:
@@ -104,7 +115,7 @@ def targets_section(artifacts_root: Path | None, protocol: str) -> str:
 def generalisation_targets(artifacts_root: Path | None) -> str:
     return "\n\n".join(
         f"### `{p.name}` (multi-source)\n\n{targets_section(artifacts_root, p.name)}"
-        for p in (XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
+        for p in (PROBE_VARIED_BY_SOURCE, XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
     )
 
 

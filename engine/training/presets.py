@@ -245,35 +245,44 @@ measured in-fold, by the shortcut audit and on the external sets. The first seve
 ran on test folds; `harmonise-probe-varied` was added once `harmonise-probe-downscale`'s robustness was known
 (accuracy drops of 6 to 7 points under noise, blur and 112 px), and fixed before it ran."""
 
-SOURCE_WEIGHTING: tuple[Protocol, ...] = (
-    dataclasses.replace(
-        next(p for p in HARMONISATION_ABLATION if p.name == "harmonise-probe-varied"),
-        name="harmonise-probe-varied-by-source",
-        description=(
-            "For a model you will use outside its source: train it on several sources, adult normals beside the "
-            "paper's children (--data once per source). A frozen ImageNet base reads every film at 112 px of detail, "
-            "which narrows the sharpness gap between sources; its head, a logistic regression of every block's "
-            "statistics, also learns from 3 augmented versions of each training image (pose, exposure, noise, a "
-            "resolution from 64 px, a blur or sharpening, JPEG), so what an acquisition changes cannot tell the "
-            "classes apart; and each class's weight is split alike between the sources that bring it, so 252 adult "
-            "normals weigh as much as 1,340 children's normals and no one source decides what a class looks like. "
-            "`harmonise-probe-varied` with class_weight `balanced-by-source`."
-        ),
-        class_weight="balanced-by-source",
+PROBE_VARIED_BY_SOURCE = dataclasses.replace(
+    next(p for p in HARMONISATION_ABLATION if p.name == "harmonise-probe-varied"),
+    name="harmonise-probe-varied-by-source",
+    description=(
+        "For a model you will use outside its source: train it on several sources, adult normals beside the "
+        "paper's children (--data once per source). A frozen ImageNet base reads every film at 112 px of detail, "
+        "which narrows the sharpness gap between sources; its head, a logistic regression of every block's "
+        "statistics, also learns from 3 augmented versions of each training image (pose, exposure, noise, a "
+        "resolution from 64 px, a blur or sharpening, JPEG), so what an acquisition changes cannot tell the "
+        "classes apart; and each class's weight is split alike between the sources that bring it, so 252 adult "
+        "normals weigh as much as 1,340 children's normals and no one source decides what a class looks like. "
+        "`harmonise-probe-varied` with class_weight `balanced-by-source`."
     ),
+    class_weight="balanced-by-source",
 )
-"""How a multi-source study's sources weigh. Added after `harmonise-probe-varied` ran on the paper's images, the
-NIH adult normals and `covid19-extra` (3,128 more COVID-19 images of the same release) with class-balanced
-weights: with 3,347 adult COVID-19 images against 252 adult normals, its first fold called 8 of 51 held-out adult
-normals COVID-19. Fixed before it ran on any test fold; nothing in it was chosen on a test fold."""
+"""The recommended protocol for a model used outside its source: on the paper's images and the NIH adult normals,
+the serving rule (``engine.reports.served``) ranks its MobileNet study first. Added after `harmonise-probe-varied`
+ran on those and `covid19-extra` (3,128 more COVID-19 images of the same release) with class-balanced weights:
+with 3,347 adult COVID-19 images against 252 adult normals, its first fold called 8 of 51 held-out adult normals
+COVID-19. Fixed before it ran on any test fold; nothing in it was chosen on a test fold."""
+
 
 PRESETS: dict[str, Protocol] = {
     p.name: p
-    for p in (PAPER, XRAY_HARMONISED, XRAY_PROBE_HARMONISED, XRAY_PROBE, XRAY_FINETUNE, FROZEN, WARMUP_FINETUNE)
+    for p in (
+        PAPER,
+        PROBE_VARIED_BY_SOURCE,
+        XRAY_HARMONISED,
+        XRAY_PROBE_HARMONISED,
+        XRAY_PROBE,
+        XRAY_FINETUNE,
+        FROZEN,
+        WARMUP_FINETUNE,
+    )
 }
 PROTOCOLS: dict[str, Protocol] = {
     **PRESETS,
-    **{p.name: p for p in (*ABLATION, *HARMONISATION_ABLATION, *SOURCE_WEIGHTING)},
+    **{p.name: p for p in (*ABLATION, *HARMONISATION_ABLATION)},
 }
 
 
