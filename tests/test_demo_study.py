@@ -81,6 +81,16 @@ def test_the_demo_s_recommended_and_frozen_studies_keep_every_patient_in_one_fol
         assert sorted(i for fold in study.folds for i in fold) == list(range(len(patients)))
 
 
+def test_the_app_opens_on_the_served_model_s_study():
+    """The sidebar's default study (the first row) is the served model's, not the one with the most runs."""
+    from engine.reports.explore import list_studies
+    from engine.reports.served import read_choice
+
+    table = list_studies(DEMO)
+    assert table.iloc[0]["study_id"] == read_choice(DEMO)["study_id"] and table["served"].sum() == 1
+    assert table.iloc[1:]["folds_done"].is_monotonic_decreasing
+
+
 def test_committed_artifacts_stay_under_60_mb():
     listed = subprocess.run(
         ["git", "ls-files", "-z", "artifacts"], cwd=settings.PROJECT_ROOT, capture_output=True, check=True

@@ -19,6 +19,7 @@ from engine.evaluation.predictions import ENSEMBLE, ensemble_out_of_fold, model_
 from engine.evaluation.stats import mean_sd
 from engine.evaluation.summary import model_summary, paired_difference
 from engine.reports.generalisation import split_label
+from engine.reports.served import read_choice
 from engine.results import artifacts
 from engine.training.study import summarize
 
@@ -45,8 +46,10 @@ def _root(artifacts_root: Path | None) -> Path:
 
 
 def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
-    """One row per study, newest first: what it is and how far it got."""
+    """One row per study: what it is and how far it got. The served model's study first (what the app opens on),
+    then the most finished runs, then the newest."""
     root = _root(artifacts_root)
+    served = (read_choice(root) or {}).get("study_id")
     rows = []
     for study_id in artifacts.list_study_ids(root):
         study = artifacts.read_study(study_id, root)
@@ -63,6 +66,7 @@ def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
                 "backbones": len({r.backbone for r in runs}),
                 "folds_done": len(runs),
                 "created_at": pd.to_datetime(study.created_at, unit="s"),
+                "served": study_id == served,
             }
         )
     columns = [
@@ -76,9 +80,10 @@ def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
         "backbones",
         "folds_done",
         "created_at",
+        "served",
     ]
     table = pd.DataFrame(rows, columns=columns)
-    return table.sort_values(["folds_done", "created_at"], ascending=False, ignore_index=True)
+    return table.sort_values(["served", "folds_done", "created_at"], ascending=False, ignore_index=True)
 
 
 def fold_metrics(study_id: str, artifacts_root: Path | None = None, *, ensemble: bool = False) -> pd.DataFrame:
