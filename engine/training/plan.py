@@ -55,15 +55,12 @@ class FoldPlan:
         bring it."""
         if self.protocol.class_weight == "none":
             return None
-        labels = self.dataset.labels
-        n_classes = len(self.classes)
-        if self.protocol.class_weight == "balanced":
-            counts = np.bincount(labels[self.train], minlength=n_classes)
-            per_class = len(self.train) / (n_classes * np.maximum(counts, 1))
-            return per_class[labels].astype(np.float32)
-        groups = labels * len(self.dataset.sources) + self.dataset.source_index
-        counts = np.bincount(groups[self.train], minlength=n_classes * len(self.dataset.sources))
-        sources_per_class = (counts.reshape(n_classes, -1) > 0).sum(axis=1)
+        labels, n_classes = self.dataset.labels, len(self.classes)
+        by_source = self.protocol.class_weight == "balanced-by-source"
+        n_sources = len(self.dataset.sources) if by_source else 1
+        groups = labels * n_sources + (self.dataset.source_index if by_source else 0)
+        counts = np.bincount(groups[self.train], minlength=n_classes * n_sources)
+        sources_per_class = (counts.reshape(n_classes, n_sources) > 0).sum(axis=1)
         share = len(self.train) / (n_classes * np.maximum(sources_per_class, 1))
         return (share[labels] / np.maximum(counts[groups], 1)).astype(np.float32)
 
