@@ -139,12 +139,11 @@ def _robustness_status(study_ids: list[str], artifacts_root: Path | None) -> str
 def checklist_section(artifacts_root: Path | None) -> str:
     """The checklist answered from one study's files: the served model's study, else the newest judged study."""
     from engine.reports.checklist import checklist_markdown
-    from engine.reports.served import read_choice
+    from engine.reports.served import served_study_id
     from engine.reports.summary_sections import judged_studies
 
-    choice = read_choice(artifacts_root)
     judged = judged_studies(artifacts_root)
-    study_id = choice["study_id"] if choice else (judged[0].study_id if judged else None)
+    study_id = served_study_id(artifacts_root) or (judged[0].study_id if judged else None)
     if study_id is None:
         return "No study with patient-level folds or a shortcut audit yet: the checklist is answered from one."
     study = artifacts.read_study(study_id, artifacts_root)

@@ -19,7 +19,7 @@ from engine.evaluation.predictions import ENSEMBLE, ensemble_out_of_fold, model_
 from engine.evaluation.stats import mean_sd
 from engine.evaluation.summary import model_summary, paired_difference
 from engine.reports.generalisation import split_label
-from engine.reports.served import read_choice
+from engine.reports.served import served_study_id
 from engine.results import artifacts
 from engine.training.study import summarize
 
@@ -49,7 +49,7 @@ def list_studies(artifacts_root: Path | None = None) -> pd.DataFrame:
     """One row per study: what it is and how far it got. The served model's study first (what the app opens on),
     then the most finished runs, then the newest."""
     root = _root(artifacts_root)
-    served = (read_choice(root) or {}).get("study_id")
+    served = served_study_id(root)
     rows = []
     for study_id in artifacts.list_study_ids(root):
         study = artifacts.read_study(study_id, root)

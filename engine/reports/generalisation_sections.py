@@ -20,7 +20,7 @@ from engine.reports.served import (
     TARGETS,
     accuracy_drops,
     candidates,
-    read_choice,
+    served_study_id,
 )
 from engine.results import artifacts
 from engine.results.studies import Study
@@ -53,7 +53,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _multi_source(protocol: str, artifacts_root: Path | None) -> list[Study]:
     """Patient-level studies of ``protocol`` on several sources: the served model's study first, then the most
     finished runs first."""
-    served = (read_choice(artifacts_root) or {}).get("study_id")
+    served = served_study_id(artifacts_root)
     found = []
     for study_id in artifacts.list_study_ids(artifacts_root):
         study = artifacts.read_study(study_id, artifacts_root)

@@ -184,3 +184,9 @@ def choose(artifacts_root: Path | None = None) -> dict:
 def read_choice(artifacts_root: Path | None = None) -> dict | None:
     path = (artifacts_root or settings.artifacts_dir()) / SERVED_FILE
     return atomic.read_json(path) if path.is_file() else None
+
+
+def served_study_id(artifacts_root: Path | None = None) -> str | None:
+    """The study of the served model, or None before a choice."""
+    choice = read_choice(artifacts_root)
+    return choice["study_id"] if choice else None
