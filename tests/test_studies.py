@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from engine import settings
+from engine.results import atomic
 from engine.results.studies import SplitRecord, Study
 
 COMMITTED = sorted((settings.PROJECT_ROOT / "artifacts" / "studies").glob("*/study.json"))
@@ -15,7 +16,7 @@ COMMITTED = sorted((settings.PROJECT_ROOT / "artifacts" / "studies").glob("*/stu
 
 def written(data: dict) -> bytes:
     """What ``engine.results.atomic.write_json`` writes."""
-    return (json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    return atomic.json_text(data).encode()
 
 
 def old_study() -> dict:
