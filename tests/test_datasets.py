@@ -43,6 +43,8 @@ def write_png(path: Path, value: int, size: int = 24) -> None:
         ("COVID", "NORMAL", "VIRAL_PNEUMONIA"),
         ("COVID-19", "Normal", "Viral Pneumonia"),
         ("covid19", "normal", "Viral_Pneumonia"),
+        ("SARS-CoV-2", "No Finding", "viral"),
+        ("COVID", "Healthy", "Viral Pneumonia"),
     ],
 )
 def test_folder_name_variants_map_to_the_paper_classes(tmp_path, artifacts_root, folders):

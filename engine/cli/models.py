@@ -179,7 +179,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("evaluate", help="evaluate a trained model on a folder of labelled images no fold has seen")
-    p.add_argument("--data", required=True, help="folder with one sub-folder per class (some classes may be missing)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="folder with one sub-folder per class, named as the class or a common variant (COVID, SARS-CoV-2; "
+        "NORMAL, No Finding, Healthy; VIRAL_PNEUMONIA); some classes may be missing",
+    )
     add_model(p)
     p.add_argument(
         "--study",
