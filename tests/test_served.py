@@ -72,7 +72,8 @@ def test_a_better_candidate_whose_fold_models_are_not_here_is_named_not_passed_o
 def test_the_demo_serves_a_model_that_tells_adults_apart_and_choosing_again_rewrites_its_card(tmp_path, capsys):
     """The committed choice ranks first a model far better on adult normals than the old served one
     (MobileNetV2-0.35 of 4b07a4dd6629: 0.008 called Normal). A clean clone has the fold models of no study, only
-    the served export, so choosing again on the committed artifacts keeps that export and rewrites its card."""
+    the committed exports, so choosing again on the committed artifacts keeps the served export and rewrites every
+    export's card: the served one says why, the others no longer do."""
     archive = subprocess.run(
         ["git", "archive", "--format=tar", "HEAD", "artifacts"],
         cwd=settings.PROJECT_ROOT,
@@ -90,7 +91,10 @@ def test_the_demo_serves_a_model_that_tells_adults_apart_and_choosing_again_rewr
     assert lower > old["adult_normals"]["estimate"] + 0.5
 
     card_path = (copy / committed["export"]).with_name(Path(committed["export"]).name + ".card.md")
-    card_path.write_text("stale")
+    cards = sorted(copy.glob("studies/*/runs/*/export/*.card.md"))
+    assert len(cards) >= 2, "the demo commits an export beside the served one"
+    for path in cards:
+        path.write_text("stale")
     assert main(["serve", "--choose", "--artifacts", str(copy)]) == 0
     chosen = json.loads((copy / "served.json").read_text())
     assert (chosen["study_id"], chosen["backbone"], chosen["export"]) == (
@@ -100,6 +104,8 @@ def test_the_demo_serves_a_model_that_tells_adults_apart_and_choosing_again_rewr
     )
     card = card_path.read_text()
     assert chosen["why"] in card and "rewrote" in capsys.readouterr().out
+    others = [path.read_text() for path in cards if path != card_path]
+    assert all(text != "stale" and "Why this model is served" not in text for text in others)
     assert all(f"- {name}: " in card for name in chosen["targets"]), "the card gives each target's figure and verdict"
 
 
@@ -117,8 +123,20 @@ def test_the_card_gives_each_target_its_figure_and_says_when_an_interval_straddl
     model = candidate("served", accuracy=0.97, normals=0.92, covid=0.80, drop=0.01)
     model = dataclasses.replace(model, adult_normals={"estimate": 0.921, "low": 0.885, "high": 0.952})
     record = dataclasses.asdict(model)
+    in_fold = dataclasses.asdict(candidate("in-fold", accuracy=0.99, normals=0.02, covid=0.90, drop=0.01))
     lines = _served_lines(
-        {"why": "w", "rule": "r", "targets": model.met(), "measured": target_figures(record), "others": []}
+        {
+            "why": "w",
+            "rule": "r",
+            "targets": model.met(),
+            "measured": target_figures(record),
+            "in_fold_best": in_fold,
+            "others": [in_fold],
+        }
+    )
+    assert lines[5].startswith(
+        "Chosen on in-fold accuracy instead, the default would be MobileNet-0.25 (`p`, study `in-fold`, "
+        "patient-level folds): in-fold accuracy 0.990, but adult normals called Normal 0.020 (held out"
     )
     assert (
         "- adult normals called Normal ≥ 0.90 (nih-adult-normal): 0.921 [0.885, 0.952], undecided: the "

@@ -117,6 +117,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine import settings
     from engine.evaluation.bootstrap import interval_text
+    from engine.models.inference import list_models
     from engine.reports.model_card import write_model_card
     from engine.reports.served import choose, read_choice
 
@@ -124,10 +125,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if choice is None:
         print("no served model chosen yet (python -m engine serve --choose); the best held-out accuracy is served")
         return 0
-    if args.choose and choice["export"]:
-        # the served export's card says why it is served: it follows the choice
-        _, card = write_model_card((args.artifacts or settings.artifacts_dir()) / choice["export"], args.artifacts)
-        print(f"rewrote {card} and its .json")
+    if args.choose:
+        # every export's card says whether it is served and why: all of them follow the choice
+        for model in list_models(args.artifacts or settings.artifacts_dir()):
+            if model.export is not None:
+                _, card = write_model_card(model.export, args.artifacts)
+                print(f"rewrote {card} and its .json")
     if args.json:
         print(json.dumps(choice, indent=2))
         return 0

@@ -92,11 +92,13 @@ def _served(study_id: str, backbone: str, artifacts_root: Path) -> dict | None:
         return None
     mine = [c for c in choice["candidates"] if (c["study_id"], c["backbone"]) == (study_id, backbone)]
     others = [c for c in choice["candidates"] if (c["study_id"], c["backbone"]) != (study_id, backbone)]
+    in_fold_best = max(choice["candidates"], key=lambda c: (c["paper_accuracy"] or {}).get("estimate") or 0.0)
     return {
         "why": choice["why"],
         "rule": choice["rule"],
         "targets": choice["targets"],
         "measured": target_figures(mine[0]) if mine else None,
+        "in_fold_best": None if in_fold_best in mine else in_fold_best,
         "others": others,
     }
 
@@ -258,6 +260,15 @@ def _served_lines(served: dict | None) -> list[str]:
     if not served:
         return []
     lines = ["", "## Why this model is served", "", f"{served['why']}. {served['rule']}", ""]
+    if best := served.get("in_fold_best"):
+        lines += [
+            f"Chosen on in-fold accuracy instead, the default would be {best['backbone']} (`{best['protocol']}`, "
+            f"study `{best['study_id']}`, {best['split']}-level folds): in-fold accuracy "
+            f"{interval_text(best['paper_accuracy'])}, but adult normals called Normal "
+            f"{interval_text(best['adult_normals'])} ({best['adult_normals_how']}) and external COVID-19 recall "
+            f"{interval_text(best['external_covid'])}.",
+            "",
+        ]
     if served.get("measured"):
         lines += ["Its targets (a figure with an interval meets its bar only when the whole interval clears it):", ""]
         for name, figure in served["measured"].items():
