@@ -13,7 +13,9 @@ import pytest
 
 from engine import settings
 from engine.cli.main import main
+from engine.models.inference import SERVED_FILE
 from engine.reports.served import SHIFTS, Candidate, pick, target_figures
+from engine.results import atomic
 
 
 def candidate(name: str, *, accuracy: float, normals: float, covid: float, drop: float) -> Candidate:
@@ -103,7 +105,8 @@ def test_the_demo_serves_a_model_that_tells_adults_apart_and_choosing_again_rewr
         committed["export"],
     )
     card = card_path.read_text()
-    assert chosen["why"] in card and "rewrote" in capsys.readouterr().out
+    assert chosen["why"] in card and "rewrote" in capsys.readouterr().err
+    assert "Ranked on in-fold accuracy on the paper's images alone, the first of the" in card
     others = [path.read_text() for path in cards if path != card_path]
     assert all(text != "stale" and "Why this model is served" not in text for text in others)
     assert all(f"- {name}: " in card for name in chosen["targets"]), "the card gives each target's figure and verdict"
@@ -135,8 +138,9 @@ def test_the_card_gives_each_target_its_figure_and_says_when_an_interval_straddl
         }
     )
     assert lines[5].startswith(
-        "Chosen on in-fold accuracy instead, the default would be MobileNet-0.25 (`p`, study `in-fold`, "
-        "patient-level folds): in-fold accuracy 0.990, but adult normals called Normal 0.020 (held out"
+        "Ranked on in-fold accuracy on the paper's images alone, the first of the 2 candidates would be "
+        "MobileNet-0.25 (`p`, study `in-fold`, patient-level folds): in-fold accuracy 0.990, adult normals called "
+        "Normal 0.020 (held out"
     )
     assert (
         "- adult normals called Normal ≥ 0.90 (nih-adult-normal): 0.921 [0.885, 0.952], undecided: the "
@@ -144,3 +148,18 @@ def test_the_card_gives_each_target_its_figure_and_says_when_an_interval_straddl
     )
     assert "- COVID-19 recall ≥ 0.90 (ieee8023-adult): 0.800, not met (no interval)" in lines
     assert "- accuracy drop ≤ 0.05 under noise 4: 0.010 (pooled over its folds), met" in lines
+
+
+def test_the_served_card_names_the_in_fold_favourite_only_when_it_is_another_model(tmp_path):
+    from engine.reports.model_card import _served
+
+    served = dataclasses.asdict(candidate("served", accuracy=0.95, normals=0.93, covid=0.93, drop=0.01))
+    favourite = dataclasses.asdict(candidate("favourite", accuracy=0.99, normals=0.02, covid=0.90, drop=0.01))
+    choice = {"study_id": "served", "backbone": "MobileNet-0.25", "why": "w", "rule": "r", "targets": {}}
+    atomic.write_json(tmp_path / SERVED_FILE, {**choice, "candidates": [served, favourite]})
+    assert _served("served", "MobileNet-0.25", tmp_path)["in_fold_best"]["study_id"] == "favourite"
+    assert _served("favourite", "MobileNet-0.25", tmp_path) is None, "a model not served has no such section"
+    atomic.write_json(tmp_path / SERVED_FILE, {**choice, "candidates": [favourite, {**served, "paper_accuracy": None}]})
+    assert _served("served", "MobileNet-0.25", tmp_path)["in_fold_best"]["study_id"] == "favourite"
+    atomic.write_json(tmp_path / SERVED_FILE, {**choice, "candidates": [served]})
+    assert _served("served", "MobileNet-0.25", tmp_path)["in_fold_best"] is None

@@ -117,7 +117,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine import settings
     from engine.evaluation.bootstrap import interval_text
-    from engine.models.inference import list_models
     from engine.reports.model_card import write_model_card
     from engine.reports.served import choose, read_choice
 
@@ -126,11 +125,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("no served model chosen yet (python -m engine serve --choose); the best held-out accuracy is served")
         return 0
     if args.choose:
-        # every export's card says whether it is served and why: all of them follow the choice
-        for model in list_models(args.artifacts or settings.artifacts_dir()):
-            if model.export is not None:
-                _, card = write_model_card(model.export, args.artifacts)
-                print(f"rewrote {card} and its .json")
+        # every card says whether its export is served and why: all of them follow the choice
+        root = args.artifacts or settings.artifacts_dir()
+        for old in sorted(root.glob("studies/*/runs/**/export/*.card.json")):
+            export = old.with_name(old.name.removesuffix(".card.json"))
+            if export.is_file():
+                _, card = write_model_card(export, args.artifacts)
+                print(f"rewrote {card} and its .json", file=sys.stderr)
     if args.json:
         print(json.dumps(choice, indent=2))
         return 0

@@ -262,11 +262,11 @@ def _served_lines(served: dict | None) -> list[str]:
     lines = ["", "## Why this model is served", "", f"{served['why']}. {served['rule']}", ""]
     if best := served.get("in_fold_best"):
         lines += [
-            f"Chosen on in-fold accuracy instead, the default would be {best['backbone']} (`{best['protocol']}`, "
-            f"study `{best['study_id']}`, {best['split']}-level folds): in-fold accuracy "
-            f"{interval_text(best['paper_accuracy'])}, but adult normals called Normal "
-            f"{interval_text(best['adult_normals'])} ({best['adult_normals_how']}) and external COVID-19 recall "
-            f"{interval_text(best['external_covid'])}.",
+            f"Ranked on in-fold accuracy on the paper's images alone, the first of the {len(served['others']) + 1} "
+            f"candidates would be {best['backbone']} (`{best['protocol']}`, study `{best['study_id']}`, "
+            f"{best['split']}-level folds): in-fold accuracy {interval_text(best['paper_accuracy'])}, adult normals "
+            f"called Normal {interval_text(best['adult_normals'])} ({best['adult_normals_how']}), external COVID-19 "
+            f"recall {interval_text(best['external_covid'])}.",
             "",
         ]
     if served.get("measured"):

@@ -56,9 +56,9 @@ def json_text(obj: Any) -> str:
 
 
 def _indented(value: Any, depth: int = 0) -> str:
-    """JSON indented by 2 with sorted keys, except that a list of numbers (or of lists of numbers) stays on one
-    line: one line per number, the probabilities and image statistics of the committed results took a third
-    of their bytes in indentation."""
+    """JSON indented by 2, except that a list of numbers (or of lists of numbers) stays on one line: one line
+    per number, the probabilities and image statistics of the committed results took 30 % of their bytes in
+    indentation."""
     pad = "  " * (depth + 1)
     if isinstance(value, dict) and value:
         body = ",\n".join(f"{pad}{json.dumps(key)}: {_indented(item, depth + 1)}" for key, item in value.items())
