@@ -115,9 +115,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from engine import settings
     from engine.evaluation.bootstrap import interval_text
-    from engine.reports.model_card import write_model_card
+    from engine.reports.model_card import rewrite_model_cards
     from engine.reports.served import choose, read_choice
 
     choice = choose(args.artifacts) if args.choose else read_choice(args.artifacts)
@@ -126,12 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.choose:
         # every card says whether its export is served and why: all of them follow the choice
-        root = args.artifacts or settings.artifacts_dir()
-        for old in sorted(root.glob("studies/*/runs/**/export/*.card.json")):
-            export = old.with_name(old.name.removesuffix(".card.json"))
-            if export.is_file():
-                _, card = write_model_card(export, args.artifacts)
-                print(f"rewrote {card} and its .json", file=sys.stderr)
+        for card in rewrite_model_cards(args.artifacts):
+            print(f"rewrote {card} and its .json", file=sys.stderr)
     if args.json:
         print(json.dumps(choice, indent=2))
         return 0

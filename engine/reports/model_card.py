@@ -296,3 +296,15 @@ def write_model_card(export: Path, artifacts_root: Path | None = None) -> tuple[
     atomic.write_json(card_path(export, "json"), card)
     atomic.write_text(card_path(export, "md"), card_markdown(card))
     return card_path(export, "json"), card_path(export, "md")
+
+
+def rewrite_model_cards(artifacts_root: Path | None = None) -> list[Path]:
+    """Write again the card of every exported file that has one (each says whether it is served, and why), after
+    the served model changed; the Markdown cards written."""
+    root = artifacts_root or settings.artifacts_dir()
+    written = []
+    for old in sorted(root.glob("studies/*/runs/**/export/*.card.json")):
+        export = old.with_name(old.name.removesuffix(".card.json"))
+        if export.is_file():
+            written.append(write_model_card(export, artifacts_root)[1])
+    return written
