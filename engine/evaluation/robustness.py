@@ -180,42 +180,68 @@ def fold_robustness(
         from engine.models.inference import load_classifier
 
         classifier = load_classifier(run.model_path, artifacts_root=root)
-        rows = study.held_out(run.fold)
-        images = np.asarray(dataset.images[rows])
-        y_true = dataset.labels[rows]
-        n_classes = len(classifier.classes)
-        conditions = [(None, None, None)]
-        conditions += [(s, strength, p) for s in SHIFTS for strength, p in zip(STRENGTHS, s.parameters, strict=True)]
-        found = []
-        for step, (shift, strength, parameter) in enumerate(conditions):
-            if should_stop and should_stop():
-                raise Cancelled(f"{run.backbone} fold {run.fold}: robustness cancelled")
-            seen = images if shift is None else shifted(images, shift, parameter)
-            proba = np.concatenate(
-                [classifier.outputs(seen[i : i + BATCH])["probabilities"] for i in range(0, len(seen), BATCH)]
-            )
-            found.append(
-                {
-                    "shift": shift.name if shift else "none",
-                    "strength": strength,
-                    "parameter": parameter,
-                    **_counts(y_true, proba, n_classes),
-                }
-            )
-            if on_progress:
-                on_progress(step + 1, len(conditions))
-        return {
-            "schema_version": ROBUSTNESS_SCHEMA,
-            "study_id": run.study_id,
-            "backbone": run.backbone,
-            "fold": run.fold,
-            "classes": list(classifier.classes),
-            "dataset": dataset.fingerprint,
-            "shifts": shifts_definition(),
-            "conditions": found,
-        }
+        conditions = _conditions(
+            lambda batch: classifier.outputs(batch)["probabilities"],
+            study.held_out(run.fold),
+            dataset,
+            n_classes=len(classifier.classes),
+            name=f"{run.backbone} fold {run.fold}",
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        return _result(run.study_id, run.backbone, run.fold, classifier.classes, dataset, conditions)
 
     return cache.remembered(path, compute, replaces=lambda: path.parent.glob(f"fold-{run.fold}-*.json"))
+
+
+def _conditions(
+    predict: Callable[[np.ndarray], np.ndarray],
+    rows: np.ndarray,
+    dataset: Dataset,
+    *,
+    n_classes: int,
+    name: str,
+    on_progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> list[dict]:
+    """Counts of ``predict`` (uint8 batch -> probabilities) on the dataset's ``rows``, as they are and under every
+    shift at every strength."""
+    images = np.asarray(dataset.images[rows])
+    y_true = dataset.labels[rows]
+    conditions = [(None, None, None)]
+    conditions += [(s, strength, p) for s in SHIFTS for strength, p in zip(STRENGTHS, s.parameters, strict=True)]
+    found = []
+    for step, (shift, strength, parameter) in enumerate(conditions):
+        if should_stop and should_stop():
+            raise Cancelled(f"{name}: robustness cancelled")
+        seen = images if shift is None else shifted(images, shift, parameter)
+        proba = np.concatenate([predict(seen[i : i + BATCH]) for i in range(0, len(seen), BATCH)])
+        found.append(
+            {
+                "shift": shift.name if shift else "none",
+                "strength": strength,
+                "parameter": parameter,
+                **_counts(y_true, proba, n_classes),
+            }
+        )
+        if on_progress:
+            on_progress(step + 1, len(conditions))
+    return found
+
+
+def _result(
+    study_id: str, backbone: str, fold: int, classes: tuple[str, ...], dataset: Dataset, conditions: list[dict]
+) -> dict:
+    return {
+        "schema_version": ROBUSTNESS_SCHEMA,
+        "study_id": study_id,
+        "backbone": backbone,
+        "fold": fold,
+        "classes": list(classes),
+        "dataset": dataset.fingerprint,
+        "shifts": shifts_definition(),
+        "conditions": conditions,
+    }
 
 
 def saved_results(study_id: str, backbone: str, artifacts_root: Path | None = None) -> list[dict]:
