@@ -11,7 +11,8 @@ folder's studies, one after the other in ABBA order (``--tiny``: one start each)
   ``python -m engine export --model`` runs, with the study's images for the parity check and the OOD
   detector), so the real artifacts folder is never written to.
 - ``keras``: the same model from a copy without any ``export/`` folder, served not read-only
-  (read-only mode lists only exported models), so the page loads its ``model.keras`` through Keras.
+  (read-only mode lists only exported models), so the page loads its ``model.keras`` through Keras
+  (for a study's ensemble of backbones, every backbone's fold models).
 
 For each server, headless Chromium opens ``/classify?model=<id>`` (the deep link goes through the
 router), uploads the same X-rays in one batch (8 real ones from ``--data``; ``--tiny``: 2 of its
@@ -87,7 +88,7 @@ def copy_studies(source: Path, target: Path, *, exports: bool) -> Path:
     """``source/studies`` under ``target`` (no caches, no job store); without ``exports``, no ``export/`` folder."""
     shutil.copytree(source / "studies", target / "studies", ignore=_skip_temp, copy_function=_tolerant_copy)
     if not exports:
-        for folder in sorted((target / "studies").glob("*/runs/**/export")):
+        for folder in sorted([*(target / "studies").glob("*/runs/**/export"), *(target / "studies").glob("*/export")]):
             shutil.rmtree(folder)
     return target
 
@@ -170,8 +171,15 @@ def prepare(options: Options, work: Path, *, source: Path, backbone: str = BACKB
         label=on_export[ident].label,
         export_file=str(export_file.relative_to(export_root)),
         export_source=made,
-        ood=export_file.with_name(export_file.name + ".ood.npz").is_file(),
+        ood=has_detector(export_file),
     )
+
+
+def has_detector(export_file: Path) -> bool:
+    """Whether the export has its OOD detector: an ensemble of backbones' manifest, each member's."""
+    from engine.models.backbone_ensemble import served_files
+
+    return all(f.with_name(f.name + ".ood.npz").is_file() for f in served_files(export_file))
 
 
 def _export(model: Path, artifacts_root: Path, *, data: Path | None) -> Path:

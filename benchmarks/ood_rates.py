@@ -1,6 +1,7 @@
 """How often an exported model's OOD detector flags real X-rays and images that are not chest X-rays.
 
     python -m benchmarks.ood_rates artifacts/studies/4b07a4dd6629/runs/MobileNetV2-0.35/export/<file>.tflite
+    python -m benchmarks.ood_rates artifacts/studies/02eb85d77f81/export/ensemble.json   # an ensemble of backbones
 
 Prints the flagged share of the study's own images, of ``covid19-extra`` (COVID-19 X-rays no fold
 saw) and of the 151 non-X-ray images of ``tests/non_xray.py``. Runs on the export's own runtime
@@ -17,23 +18,25 @@ import numpy as np
 
 from engine import settings
 from engine.data.datasets import import_dataset
-from engine.models.runtime import load_exported
+from engine.models.inference import load_classifier
 from tests import non_xray
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="an exported .tflite or .onnx with its .ood.npz")
+    parser.add_argument(
+        "model", type=Path, help="an exported .tflite or .onnx with its .ood.npz, or an ensemble.json of them"
+    )
     data = settings.shared_dir() / "data"
     parser.add_argument("--study-data", type=Path, default=data / "covid19-radiography-paper")
     parser.add_argument("--extra", type=Path, default=data / "covid19-extra")
     args = parser.parse_args()
-    classifier = load_exported(args.model)
-    if classifier.ood is None:
+    classifier = load_classifier(args.model, artifacts_root=settings.artifacts_dir())
+    if not classifier.has_detector:
         raise SystemExit(f"no OOD detector beside {args.model}")
 
     def flagged(images: np.ndarray) -> np.ndarray:
-        return classifier.ood.flags(classifier.features(images))
+        return ~(classifier.ood_ratios(images) <= 1.0)
 
     size = classifier.input_size
     own = flagged(import_dataset(args.study_data, input_size=size).images)

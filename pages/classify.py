@@ -175,9 +175,12 @@ if choice and (choice["study_id"], choice["backbone"]) == (chosen.study_id, chos
         "reproduction report.",
         icon=":material/verified:",
     )
-served = "exported LiteRT/ONNX file, no TensorFlow" if chosen.export else "Keras model"
+if chosen.export and chosen.backbones:
+    served = f"exported LiteRT/ONNX files of its {len(chosen.backbones)} backbones, no TensorFlow"
+else:
+    served = "exported LiteRT/ONNX file, no TensorFlow" if chosen.export else "Keras model"
 held_out = (
-    f"its {len(chosen.folds)} members' pooled accuracy on their own held-out folds {chosen.accuracy:.3f}"
+    f"its {chosen.n_members} members' pooled accuracy on their own held-out folds {chosen.accuracy:.3f}"
     if chosen.is_ensemble
     else f"accuracy on its held-out fold {chosen.accuracy:.3f}"
 )

@@ -12,6 +12,7 @@ import streamlit as st
 from engine import settings
 from engine.data.sources import study_dataset
 from engine.evaluation import robustness
+from engine.evaluation.predictions import ENSEMBLE
 from engine.jobs.states import ACTIVE_STATES
 from engine.jobs.store import DB_NAME, JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
@@ -27,20 +28,30 @@ NOTHING = {"finished": [], "with_model": [], "analysed": [], "classes": [], "cla
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _study_state(artifacts_root: str, study_id: str, key: tuple) -> dict[str, dict]:
-    """Per backbone: its finished folds, those with a saved model, and its pooled robustness table."""
+    """Per backbone: its finished folds, those with a saved model, and its pooled robustness table; and the
+    study's ensemble of backbones, when it was analysed (``python -m engine robustness --backbone ensemble``)."""
     runs = artifacts.study_runs(study_id, Path(artifacts_root))
     state = {}
     for backbone in sorted({r.backbone for r in runs}):
         results = robustness.saved_results(study_id, backbone, Path(artifacts_root))
-        state[backbone] = {
-            "finished": sorted(r.fold for r in runs if r.backbone == backbone),
-            "with_model": sorted(r.fold for r in runs if r.backbone == backbone and r.model_path),
-            "analysed": sorted(int(r["fold"]) for r in results),
-            "classes": list(results[0]["classes"]) if results else [],
-            "class_images": class_images(results),
-            "table": robustness.pooled_table(results),
-        }
+        finished = sorted(r.fold for r in runs if r.backbone == backbone)
+        with_model = sorted(r.fold for r in runs if r.backbone == backbone and r.model_path)
+        state[backbone] = _state(results, finished=finished, with_model=with_model)
+    if results := robustness.saved_results(study_id, ENSEMBLE, Path(artifacts_root)):
+        analysed = sorted(int(r["fold"]) for r in results)
+        state[ENSEMBLE] = _state(results, finished=analysed, with_model=analysed)
     return state
+
+
+def _state(results: list[dict], *, finished: list[int], with_model: list[int]) -> dict:
+    return {
+        "finished": finished,
+        "with_model": with_model,
+        "analysed": sorted(int(r["fold"]) for r in results),
+        "classes": list(results[0]["classes"]) if results else [],
+        "class_images": class_images(results),
+        "table": robustness.pooled_table(results),
+    }
 
 
 def class_images(results: list[dict]) -> dict[str, int]:
@@ -183,8 +194,9 @@ def results_table(table: list[dict], classes: list[str], folds: list[int]) -> pd
 def results_section(backbone: str, found: dict, chosen: str) -> None:
     table, classes, folds = found["table"], found["classes"], found["analysed"]
     unshifted = unshifted_row(table)
+    whose = "The mean of every backbone's model of each fold" if backbone == ENSEMBLE else "Each fold's model"
     st.caption(
-        f"Each fold's model on its own held-out images: fold(s) {folds_text(folds)}, {unshifted['n_images']:,} images, "
+        f"{whose} on its own held-out images: fold(s) {folds_text(folds)}, {unshifted['n_images']:,} images, "
         f"once as they are and under {len(robustness.SHIFTS)} shifts × {len(STRENGTHS)} strengths applied to the "
         "decoded image at the model's input size; correct counts are added up over the folds. The dashed line is "
         "the unshifted figure; hover a point for its setting and its change from it."
@@ -303,7 +315,8 @@ def shifts_section() -> None:
 study_id = common.study_page("Robustness to acquisition shifts")
 state = study_state(study_id)
 # Analysed backbones first: the page opens on results where there are some.
-backbones = sorted(common.backbones_of(study_id), key=lambda b: not state.get(b, {}).get("analysed"))
+backbones = [*common.backbones_of(study_id), *([ENSEMBLE] if ENSEMBLE in state else [])]
+backbones = sorted(backbones, key=lambda b: not state.get(b, {}).get("analysed"))
 picker, class_picker, _ = st.columns([2, 1.4, 1.6])
 backbone = common.choose("Backbone", backbones, param="backbone", where=picker, format_func=backbone_label(state))
 found = state.get(backbone, NOTHING)

@@ -235,6 +235,11 @@ def test_robustness_of_the_demo_study(demo: Path) -> None:
     )
     assert "fold(s) 3, 579 images" in texts(at.caption)
     assert "Fold(s) 0, 1, 2, 4 of MobileNet kept no model.keras" in texts(at.caption)
+    served = json.loads((DEMO / "served.json").read_text())["study_id"]
+    at = open_page(ROBUSTNESS, query={"study": served, "backbone": "ensemble"})  # its ensemble of backbones
+    results = robustness_json(demo, served, "ensemble")
+    assert reference_line(chart(at, 0)) == pytest.approx(pooled(results, "none", None))
+    assert "The mean of every backbone's model of each fold on its own held-out images" in texts(at.caption)
     at = open_page(ROBUSTNESS, query={"study": "0c18372e7d3f", "backbone": "MobileNet-0.25"})
     assert "are not on this machine" in texts(at.warning)  # a fresh clone: no decoded images
     for backbone in ("MobileNet", "MobileNet-0.25"):  # the first two listed, made unanalysed

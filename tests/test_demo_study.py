@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engine import settings
+from engine.models.backbone_ensemble import served_files
 from engine.models.inference import list_models, load_classifier
 from engine.reports.reproduction import reproduction_report
 from engine.training.study import summarize
@@ -91,12 +92,13 @@ def test_the_app_opens_on_the_served_model_s_study():
     assert table.iloc[1:]["folds_done"].is_monotonic_decreasing
 
 
-def test_committed_artifacts_stay_under_60_mb():
+def test_committed_artifacts_stay_under_70_mb():
+    """The budget .gitignore names: a hosted demo clones them all."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "artifacts"], cwd=settings.PROJECT_ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
     total = sum((settings.PROJECT_ROOT / name.decode()).stat().st_size for name in listed if name)
-    assert 0 < total < 60 * 2**20
+    assert 0 < total < 70 * 2**20
 
 
 def test_a_committed_model_classifies_an_image(monkeypatch):
@@ -117,4 +119,6 @@ def test_the_hosted_demo_serves_a_committed_export(monkeypatch):
     exported = [m for m in list_models(DEMO) if m.export is not None]
     assert exported, "no exported model is committed: the hosted demo's Classify page would have nothing to serve"
     path = exported[0].export
-    assert {p.name for p in path.parent.iterdir()} >= {path.name + s for s in (".json", ".ood.npz", ".card.md")}
+    assert path.with_name(path.name + ".card.md").is_file()
+    for file in served_files(path):  # an ensemble of backbones is served from its members' exports
+        assert {p.name for p in file.parent.iterdir()} >= {file.name + s for s in (".json", ".ood.npz", ".card.md")}

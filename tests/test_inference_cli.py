@@ -227,6 +227,9 @@ def test_evaluate_a_studys_ensemble_of_backbones_is_the_mean_of_every_fold_model
     assert json.loads(capsys.readouterr().out)["evaluated_at"] == result["evaluated_at"]
     assert main(argv[:-1]) == 0
     assert "model: ensemble of MobileNet-0.25, MobileNetV2-0.35 (folds 0, 1 of each)" in capsys.readouterr().out
+    runs = str(root / "studies" / study_id / "runs")  # the same ensemble by its path: the same saved evaluation
+    assert main(["evaluate", "--data", str(data), "--model", runs, "--artifacts", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["key"] == result["key"]
     export_runs(study_models(study_id, "MobileNet-0.25", root), format="onnx", artifacts_root=root)
     assert main(argv) == 0, "one member now served by its export: evaluated again, not the saved file"
     served = json.loads(capsys.readouterr().out)

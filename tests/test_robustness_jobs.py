@@ -89,3 +89,30 @@ def test_a_robustness_task_fails_in_one_line_without_the_studys_images(tiny_copy
     assert outcome.error.startswith(f"DatasetError: the images of study {study_id} ")
     assert "are not on this machine" in outcome.error and "\n" not in outcome.error
     assert robustness_files(root, study_id) == [] and store.get(job.id).state == "running"
+
+
+@pytest.mark.slow
+def test_the_ensemble_of_backbones_is_measured_on_the_mean_of_each_folds_models(tiny_copy) -> None:
+    """Unshifted, it is right exactly where the mean of the backbones' held-out probabilities is (the comparison's
+    "ensemble" row); it is kept beside the backbones' results, and a fold without every backbone's model is refused."""
+    from engine.data.sources import study_dataset
+    from engine.evaluation.predictions import ENSEMBLE, ensemble_out_of_fold
+    from engine.evaluation.robustness import ensemble_fold_robustness
+    from engine.reports.served import accuracy_drops
+
+    root, study_id = tiny_copy
+    dataset = study_dataset(artifacts.read_study(study_id, root), root)
+    result = ensemble_fold_robustness(study_id, 0, dataset, artifacts_root=root)
+    assert result["backbone"] == ENSEMBLE and result["backbones"] == sorted(TINY_BACKBONES)
+    assert len(result["conditions"]) == 22 and robustness_files(root, study_id)[0].startswith("fold-0-")
+    unshifted = next(c for c in result["conditions"] if c["shift"] == "none")
+    oof = ensemble_out_of_fold(study_id, root)
+    rows = oof.folds == 0
+    right = oof.proba[rows].argmax(axis=1) == oof.y_true[rows]
+    assert sum(unshifted["correct"]) == int(right.sum()) and sum(unshifted["n"]) == int(rows.sum())
+    assert ensemble_fold_robustness(study_id, 0, dataset, artifacts_root=root) == result, "read back, not rerun"
+    assert all(v is not None for v in accuracy_drops(study_id, ENSEMBLE, root).values())
+
+    (artifacts.run_dir(study_id, TINY_BACKBONES[1], 1, root) / "model.keras").unlink()
+    with pytest.raises(ValueError, match=rf"fold 1: .*missing \['{TINY_BACKBONES[1]}'\]"):
+        ensemble_fold_robustness(study_id, 1, dataset, artifacts_root=root)

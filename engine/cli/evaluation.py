@@ -60,24 +60,31 @@ def cmd_intervals(args: argparse.Namespace) -> int:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     from engine.data.sources import study_dataset
-    from engine.evaluation.robustness import fold_robustness, pooled_table, saved_results
+    from engine.evaluation.predictions import ENSEMBLE, backbones_of, shared_folds
+    from engine.evaluation.robustness import ensemble_fold_robustness, fold_robustness, pooled_table, saved_results
     from engine.results import artifacts
 
     study_id = _study_id(args)
     study = artifacts.read_study(study_id, args.artifacts)
-    runs = [r for r in artifacts.study_runs(study_id, args.artifacts) if r.backbone == args.backbone]
-    runs = [r for r in runs if args.fold is None or r.fold == args.fold]
-    with_model = [r for r in runs if r.model_path is not None]
-    if not with_model:
-        raise ValueError(
-            f"no saved model of backbone={args.backbone!r}"
-            + (f" fold {args.fold}" if args.fold is not None else "")
-            + f" in study {study_id}; robustness needs each fold's model.keras"
-        )
     dataset = study_dataset(study, args.artifacts, data=args.data)
-    for run in with_model:
-        fold_robustness(run, dataset, artifacts_root=args.artifacts)
-    folds = {r.fold for r in with_model}
+    if args.backbone == ENSEMBLE:
+        folds = set(shared_folds(study_id, backbones_of(study_id, args.artifacts), args.artifacts))
+        folds = {f for f in folds if args.fold is None or f == args.fold}
+        for fold in sorted(folds):
+            ensemble_fold_robustness(study_id, fold, dataset, artifacts_root=args.artifacts)
+    else:
+        runs = [r for r in artifacts.study_runs(study_id, args.artifacts) if r.backbone == args.backbone]
+        runs = [r for r in runs if args.fold is None or r.fold == args.fold]
+        with_model = [r for r in runs if r.model_path is not None]
+        if not with_model:
+            raise ValueError(
+                f"no saved model of backbone={args.backbone!r}"
+                + (f" fold {args.fold}" if args.fold is not None else "")
+                + f" in study {study_id}; robustness needs each fold's model.keras"
+            )
+        for run in with_model:
+            fold_robustness(run, dataset, artifacts_root=args.artifacts)
+        folds = {r.fold for r in with_model}
     table = pooled_table([r for r in saved_results(study_id, args.backbone, args.artifacts) if r["fold"] in folds])
     if args.json:
         print(json.dumps({"study_id": study_id, "backbone": args.backbone, "folds": sorted(folds), "table": table}))
@@ -182,7 +189,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("robustness", help="saved fold models on their held-out images under acquisition shifts")
     p.add_argument("--study", required=True, help="study id")
-    p.add_argument("--backbone", required=True)
+    p.add_argument(
+        "--backbone",
+        required=True,
+        help="a backbone of the study, or 'ensemble': the mean of every backbone's model of each fold",
+    )
     p.add_argument("--fold", type=int, default=None, help="one fold (default: every fold with a saved model)")
     add_study_data(p)
     p.add_argument("--json", action="store_true")

@@ -25,9 +25,51 @@ def _model_paths(args: argparse.Namespace) -> list:
     return [args.model]
 
 
+def _export_ensemble(args: argparse.Namespace) -> int:
+    """Each backbone's fold ensemble exported (those already exported in float are kept), then the manifest that
+    serves them as one model, and its card."""
+    from engine.evaluation.predictions import backbones_of
+    from engine.models.backbone_ensemble import require_backbones, write_manifest
+    from engine.models.export import export_runs, study_models
+    from engine.models.inference import members_export
+    from engine.reports.model_card import write_model_card
+    from engine.results import artifacts
+
+    if args.quantize or args.out:
+        raise ValueError(
+            "an ensemble of backbones is served from its members' float exports: leave out --quantize and --out"
+        )
+    root = args.artifacts or settings.artifacts_dir()
+    backbones = backbones_of(args.study, root)
+    require_backbones(args.study, backbones)
+    exports = {}
+    for backbone in backbones:
+        folder = artifacts.study_dir(args.study, root) / "runs" / backbone / "export"
+        found = members_export(folder, ())
+        if found is None or found[0].suffix != {"litert": ".tflite", "onnx": ".onnx"}[args.format]:
+            result = export_runs(
+                study_models(args.study, backbone, root),
+                format=args.format,
+                artifacts_root=args.artifacts,
+                data=args.data,
+            )
+            write_model_card(result.path, args.artifacts)
+            found = (result.path, ())
+        exports[backbone] = found[0]
+        print(f"{backbone}: {found[0]}")
+    manifest = write_manifest(args.study, exports, root)
+    _, card_md = write_model_card(manifest, args.artifacts)
+    print(f"wrote {manifest} (an ensemble of {', '.join(exports)}); model card {card_md} (and .json)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from engine.evaluation.predictions import ENSEMBLE
     from engine.models.export import INT8_MIN_AGREEMENT, export_runs
     from engine.reports.model_card import write_model_card
+
+    if args.study and args.backbone == ENSEMBLE:
+        return _export_ensemble(args)
 
     result = export_runs(
         _model_paths(args),
@@ -70,7 +112,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained model (or a fold ensemble) to LiteRT or ONNX")
     p.add_argument("--model", default=None, help="a model.keras of a finished run in the artifacts folder")
     p.add_argument("--study", default=None, help="a study id: export every saved fold model of --backbone together")
-    p.add_argument("--backbone", default=None, help="with --study: the backbone whose fold models form the ensemble")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="with --study: the backbone whose fold models form the ensemble, or 'ensemble': every backbone's "
+        "exported fold ensemble served as one (a manifest beside them, no file written twice)",
+    )
     p.add_argument("--format", default="litert", help="litert (.tflite, default) or onnx (.onnx)")
     p.add_argument("--quantize", default=None, help="int8: post-training quantization on training images")
     p.add_argument(

@@ -13,15 +13,31 @@ REPORT_OUT = "docs/reproduction.md"
 """The project's own report; writing it rewrites the README's results table too, unless told otherwise."""
 
 
-def _pick_model(args: argparse.Namespace):
-    from engine.models.inference import list_models, load_classifier
+def _model_path(args: argparse.Namespace) -> Path:
+    """``--model``, or the model served by default (the first listed)."""
+    from engine.models.inference import list_models
 
     if args.model:
-        return load_classifier(args.model, artifacts_root=args.artifacts)
+        return Path(args.model)
     models = list_models(args.artifacts)
     if not models:
         raise ValueError("no trained model in the artifacts folder; run a study first or pass --model")
-    return load_classifier(models[0].serving_path, artifacts_root=args.artifacts)
+    return models[0].serving_path
+
+
+def _pick_model(args: argparse.Namespace):
+    from engine.models.inference import load_classifier
+
+    return load_classifier(_model_path(args), artifacts_root=args.artifacts)
+
+
+def _backbone_ensemble_study(path: Path) -> str | None:
+    """The study of an ensemble of backbones (its manifest, or its ``runs`` folder), else None."""
+    from engine.models.backbone_ensemble import is_manifest
+
+    if is_manifest(path):
+        return path.parent.parent.name
+    return path.parent.name if path.is_dir() and path.name == "runs" else None
 
 
 SKIPPED_SHOWN = 10
@@ -38,6 +54,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.model:
             raise ValueError(f"give --model or --study, not both, got --model={args.model!r} --study={args.study!r}")
         result = evaluate_study_ensemble(args.study, args.data, artifacts_root=args.artifacts, relation=relation)
+    elif study_id := _backbone_ensemble_study(_model_path(args)):  # the same mean as --study, kept once
+        result = evaluate_study_ensemble(study_id, args.data, artifacts_root=args.artifacts, relation=relation)
     else:
         result = evaluate_folder(_pick_model(args), args.data, artifacts_root=args.artifacts, relation=relation)
     if args.json:
@@ -117,7 +135,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.evaluation.bootstrap import interval_text
     from engine.reports.model_card import rewrite_model_cards
-    from engine.reports.served import choose, read_choice
+    from engine.reports.served import candidate_name, choose, read_choice
 
     choice = choose(args.artifacts) if args.choose else read_choice(args.artifacts)
     if choice is None:
@@ -130,7 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(choice, indent=2))
         return 0
-    print(f"served: {choice['backbone']} ensemble of folds {choice['folds']} of study {choice['study_id']}")
+    print(f"served: {candidate_name(choice['backbone'])}, folds {choice['folds']} of study {choice['study_id']}")
     print(f"why: {choice['why']}")
     for c in choice["candidates"]:
         met = sum(1 for ok in c["met"].values() if ok)

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.evaluation.metrics import flat_metrics, fold_metrics
+from engine.models.backbone_ensemble import ENSEMBLE as ENSEMBLE  # the pages and reports name it from here
 from engine.results import artifacts
-
-ENSEMBLE = "ensemble"
 
 
 @dataclass(frozen=True)

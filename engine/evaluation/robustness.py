@@ -244,6 +244,60 @@ def _result(
     }
 
 
+def ensemble_fold_robustness(
+    study_id: str,
+    fold: int,
+    dataset: Dataset,
+    *,
+    artifacts_root: Path | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> dict:
+    """The study's ensemble of backbones on fold ``fold``'s held-out images: the mean of every backbone's fold-``fold``
+    model's probabilities, unshifted and under every shift; kept under ``robustness/ensemble/``."""
+    from engine.evaluation.predictions import ENSEMBLE, backbones_of
+
+    root = artifacts_root or settings.artifacts_dir()
+    study = artifacts.read_study(study_id, root)
+    if dataset.fingerprint != study.dataset.fingerprint:
+        raise ValueError(f"dataset {dataset.fingerprint} is not the one of study {study_id}")
+    backbones = backbones_of(study_id, root)
+    runs = [artifacts.read_run(artifacts.study_dir(study_id, root) / "runs" / b / f"fold-{fold}") for b in backbones]
+    missing = [b for b, run in zip(backbones, runs, strict=True) if run is None or run.model_path is None]
+    if len(backbones) < 2 or missing:
+        raise ValueError(
+            f"study {study_id} fold {fold}: an ensemble of backbones needs each backbone's saved fold model "
+            f"(model.keras); backbones {backbones}, missing {missing}"
+        )
+    key = cache.key(
+        {
+            "models": [atomic.file_sha256(run.model_path) for run in runs],
+            "dataset": dataset.fingerprint,
+            "shifts": shifts_definition(),
+            "noise_seed": NOISE_SEED,
+        },
+        schema=ROBUSTNESS_SCHEMA,
+    )
+    path = artifacts.study_dir(study_id, root) / "robustness" / ENSEMBLE / f"fold-{fold}-{key}.json"
+
+    def compute() -> dict:
+        from engine.models.inference import load_classifier
+
+        members = [load_classifier(run.model_path, artifacts_root=root) for run in runs]
+        conditions = _conditions(
+            lambda batch: np.mean([m.outputs(batch)["probabilities"] for m in members], axis=0),
+            study.held_out(fold),
+            dataset,
+            n_classes=len(members[0].classes),
+            name=f"ensemble fold {fold}",
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        return {**_result(study_id, ENSEMBLE, fold, members[0].classes, dataset, conditions), "backbones": backbones}
+
+    return cache.remembered(path, compute, replaces=lambda: path.parent.glob(f"fold-{fold}-*.json"))
+
+
 def saved_results(study_id: str, backbone: str, artifacts_root: Path | None = None) -> list[dict]:
     """Every fold's robustness file of ``backbone`` (one per fold: the newest key replaced the others)."""
     folder = artifacts.study_dir(study_id, artifacts_root or settings.artifacts_dir()) / "robustness" / backbone

@@ -50,7 +50,8 @@ class ModelInfo:
     fold models are the members). ``export`` is the exported runtime file to serve it with, when
     there is one (``engine.models.export``): no TensorFlow needed. ``accuracy`` is held-out: the
     fold's, or for an ensemble its members' pooled over their own held-out folds (the ensemble
-    itself has no held-out image).
+    itself has no held-out image). A study's ensemble of backbones (``engine.models.backbone_ensemble``) has
+    ``backbone`` "ensemble", its backbones in ``backbones``, and its manifest as ``path`` and ``export``.
     """
 
     path: Path
@@ -64,13 +65,24 @@ class ModelInfo:
     classes: tuple[str, ...]
     input_size: int
     export: Path | None = None
+    backbones: tuple[str, ...] = ()
 
     @property
     def is_ensemble(self) -> bool:
         return self.fold is None
 
     @property
+    def n_members(self) -> int:
+        """Fold models averaged: each fold's, of each backbone."""
+        return len(self.folds) * max(len(self.backbones), 1)
+
+    @property
     def label(self) -> str:
+        if self.backbones:
+            return (
+                f"ensemble of {', '.join(self.backbones)} · {self.protocol} · {len(self.folds)} fold models of each · "
+                f"members' held-out accuracy {self.accuracy:.3f}"
+            )
         if self.is_ensemble:
             return (
                 f"{self.backbone} · {self.protocol} · ensemble of {len(self.folds)} fold models · "
@@ -115,7 +127,7 @@ def _exports(folder: Path) -> list[tuple[Path, dict]]:
     return sorted(found, key=lambda f: (f[1].get("quantization") is not None, f[0].suffix != ".tflite", f[0].name))
 
 
-def _members_export(folder: Path, folds: tuple[int, ...]) -> tuple[Path, tuple[int, ...]] | None:
+def members_export(folder: Path, folds: tuple[int, ...]) -> tuple[Path, tuple[int, ...]] | None:
     """The preferred export in ``folder`` whose members are ``folds`` (or, with none given, any ensemble's)."""
     for path, meta in _exports(folder):
         members = tuple(sorted(m["fold"] for m in meta["members"]))
@@ -137,7 +149,7 @@ def model_name(info: dict) -> str:
 
 def fold_export(run: artifacts.RunResult) -> Path | None:
     """The preferred exported file of one fold's model, when it was exported."""
-    found = _members_export(run.path / "export", (run.fold,))
+    found = members_export(run.path / "export", (run.fold,))
     return found[0] if found else None
 
 
@@ -145,6 +157,7 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
     """Every servable model: each backbone's fold ensemble first (best members first), then single fold models."""
     ensembles, singles = [], []
     for study_id in artifacts.list_study_ids(artifacts_root):
+        saved_folds: dict[str, tuple[int, ...]] = {}
         study = artifacts.read_study(study_id, artifacts_root)
         by_backbone: dict[str, list[artifacts.RunResult]] = {}
         for run in artifacts.study_runs(study_id, artifacts_root):
@@ -167,7 +180,8 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
                         )
                     )
             saved = tuple(sorted(r.fold for r in runs if r.model_path is not None))
-            export = _members_export(runs[0].path.parent / "export", saved if len(saved) > 1 else ())
+            saved_folds[backbone] = saved
+            export = members_export(runs[0].path.parent / "export", saved if len(saved) > 1 else ())
             folds = export[1] if export else saved
             if len(folds) > 1:
                 members = [r for r in runs if r.fold in folds]
@@ -182,8 +196,52 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
                         **common,
                     )
                 )
+        if (found := _backbone_ensemble(study_id, study.title, by_backbone, saved_folds, artifacts_root)) is not None:
+            ensembles.append(found)
     served = _served(artifacts_root)
     return sorted(ensembles, key=lambda m: _best_first(m, served)) + sorted(singles, key=_best_first)
+
+
+def _backbone_ensemble(
+    study_id: str,
+    title: str,
+    by_backbone: dict[str, list[artifacts.RunResult]],
+    saved_folds: dict[str, tuple[int, ...]],
+    artifacts_root: Path | None,
+) -> ModelInfo | None:
+    """The study's ensemble of backbones: exported, when its manifest is there; otherwise on the Keras path, when
+    two or more backbones saved the same two or more fold models. Its accuracy is its members' pooled over their
+    own held-out folds."""
+    from engine.models.backbone_ensemble import ENSEMBLE, manifest_path
+
+    path = manifest_path(study_id, artifacts_root or settings.artifacts_dir())
+    if path.is_file():
+        manifest = atomic.read_json(path)
+        backbones, folds, export = tuple(manifest["backbones"]), tuple(manifest["folds"]), path
+    else:
+        kept = {b: f for b, f in saved_folds.items() if len(f) > 1}
+        if len(kept) < 2 or len(set(kept.values())) > 1:
+            return None
+        backbones, folds, export = tuple(sorted(kept)), next(iter(kept.values())), None
+        path = path.parent.parent / "runs"
+    members = [r for b in backbones for r in by_backbone.get(b, []) if r.fold in folds]
+    tested = sum(r.config["n_test"] for r in members)
+    if not tested:
+        return None
+    return ModelInfo(
+        path=path,
+        study_id=study_id,
+        title=title,
+        backbone=ENSEMBLE,
+        fold=None,
+        folds=folds,
+        protocol=members[0].config["protocol"]["name"],
+        accuracy=sum(r.metrics["accuracy"] * r.config["n_test"] for r in members) / tested,
+        classes=tuple(members[0].config["classes"]),
+        input_size=int(members[0].config["input_size"]),
+        export=export,
+        backbones=backbones,
+    )
 
 
 def _served(artifacts_root: Path | None) -> tuple[str, str] | None:
@@ -244,6 +302,18 @@ class Classifier:
         return np.concatenate(
             [self.outputs(np.asarray(images[i : i + batch]))["features"] for i in range(0, len(images), batch)]
         )
+
+    @property
+    def has_detector(self) -> bool:
+        """Whether it says when an image is unlike its training images."""
+        return self.ood is not None
+
+    def ood_ratios(self, images: np.ndarray, *, batch: int = 64) -> np.ndarray | None:
+        """Each image's OOD score over its detector's threshold (above 1: unlike the training images); None
+        without a detector."""
+        if self.ood is None:
+            return None
+        return self.ood.score(self.features(images, batch=batch)) / self.ood.threshold
 
     def predict_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and heatmaps (N, S, S) in [0, 1] for uint8 images (N, S, S)."""
@@ -337,11 +407,18 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
         from engine.models.runtime import load_exported
 
         return load_exported(path)
+    from engine.models.backbone_ensemble import is_manifest, keras_backbone_ensemble, load_backbone_ensemble
+
+    if is_manifest(path):
+        return load_backbone_ensemble(path)
+    if path.is_dir() and path.name == "runs":
+        return keras_backbone_ensemble(path, root)
     if path.is_dir():
         return _load_ensemble(path, root)
     if path.suffix != ".keras":
         raise ValueError(
-            f"model must be a .keras file, an exported model or a run folder inside {root}, got path={str(path)!r}"
+            f"model must be a .keras file, an exported model, an ensemble manifest or a run folder inside {root}, "
+            f"got path={str(path)!r}"
         )
     run = artifacts.read_run(path.parent)
     if run is None:
@@ -367,7 +444,7 @@ def _load_ensemble(folder: Path, artifacts_root: Path) -> Classifier:
     """Every saved fold model of one backbone (``folder`` is ``runs/<backbone>``) as one serving graph."""
     runs = [r for r in (artifacts.read_run(p) for p in sorted(folder.glob("fold-*"))) if r and r.model_path]
     if len(runs) < 2:
-        exported = _members_export(folder / "export", ())
+        exported = members_export(folder / "export", ())
         if exported is not None:
             from engine.models.runtime import load_exported
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from engine import settings
 from engine.evaluation.bootstrap import interval_text
-from engine.evaluation.predictions import out_of_fold
+from engine.evaluation.predictions import ENSEMBLE, ensemble_out_of_fold, out_of_fold
 from engine.evaluation.summary import model_summary
+from engine.models.backbone_ensemble import is_manifest, read_manifest
 from engine.models.backbones import get_backbone
 from engine.models.runtime import read_sidecar
 from engine.reports.checklist import limitations
@@ -103,35 +104,95 @@ def _served(study_id: str, backbone: str, artifacts_root: Path) -> dict | None:
     }
 
 
-def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
-    """The card of exported file ``export``, from its sidecar and the artifacts of its members' study."""
-    root = artifacts_root or settings.artifacts_dir()
-    meta = read_sidecar(export)
-    members = meta["members"]
-    study_id, backbone = members[0]["study_id"], members[0]["backbone"]
-    study = artifacts.read_study(study_id, root)
-    folds = sorted(m["fold"] for m in members)
-    summary = model_summary(out_of_fold(study_id, backbone, root, folds=folds), root)
+def _model(export: Path, meta: dict, backbone: str, folds: list[int]) -> dict:
+    """What the card says of one backbone's exported fold ensemble."""
     spec = get_backbone(backbone)
     return {
-        "schema_version": CARD_SCHEMA,
-        "model": {
-            "file": export.name,
-            "sha256": meta["sha256"],
-            "format": meta["format"],
-            "quantization": meta["quantization"],
-            "network": spec.constructor,
-            "options": spec.kwargs,
-            "backbone": backbone,
-            "members": [f"fold {f}" for f in folds],
-            "classes": meta["classes"],
-            "input": {
-                **meta["input"],
-                "meaning": "a grayscale chest X-ray resized to the input size, grey levels 0-255",
-                "preprocessing": f"in the graph: gray to 3 channels, keras.applications' '{spec.preprocess_mode}' mode",
-            },
-            "outputs": meta["outputs"],
+        "file": export.name,
+        "sha256": meta["sha256"],
+        "format": meta["format"],
+        "quantization": meta["quantization"],
+        "network": spec.constructor,
+        "options": spec.kwargs,
+        "backbone": backbone,
+        "members": [f"fold {f}" for f in folds],
+        "classes": meta["classes"],
+        "input": {
+            **meta["input"],
+            "meaning": "a grayscale chest X-ray resized to the input size, grey levels 0-255",
+            "preprocessing": f"in the graph: gray to 3 channels, keras.applications' '{spec.preprocess_mode}' mode",
         },
+        "outputs": meta["outputs"],
+        "combine": None,
+    }
+
+
+def _ensemble_model(manifest_file: Path, manifest: dict) -> tuple[dict, dict | None, dict | None]:
+    """The card's model part for an ensemble of backbones, with its members' parity (the worst of them) and
+    OOD detectors."""
+    study_dir = manifest_file.parent.parent
+    sides = [read_sidecar(study_dir / m["file"]) for m in manifest["members"]]
+    parts = [
+        _model(study_dir / m["file"], s, m["backbone"], manifest["folds"])
+        for m, s in zip(manifest["members"], sides, strict=True)
+    ]
+    model = {
+        **parts[0],
+        "file": manifest_file.name,
+        "sha256": atomic.file_sha256(manifest_file),
+        "network": " + ".join(f"{p['network']}{p['options'] or ''}" for p in parts),
+        "options": None,
+        "backbone": f"ensemble of {', '.join(manifest['backbones'])}",
+        "members": [f"{b} fold {f}" for b in manifest["backbones"] for f in manifest["folds"]],
+        "input": {
+            **parts[0]["input"],
+            "preprocessing": "in each member's graph, its own: "
+            + "; ".join(f"{p['backbone']}: {p['input']['preprocessing']}" for p in parts),
+        },
+        "combine": manifest["combine"],
+        "member_files": [
+            {"backbone": m["backbone"], "file": m["file"], "sha256": m["sha256"]} for m in manifest["members"]
+        ],
+    }
+    checks = [s.get("parity") for s in sides]
+    parity = None
+    if all(checks):
+        parity = {
+            "images": min(c["images"] for c in checks),
+            "max_abs_dp": max(c["max_abs_dp"] for c in checks),
+            "argmax_agreement": min(c["argmax_agreement"] for c in checks),
+            "of": "each member against its Keras fold models; the worst member",
+        }
+    detectors = [s.get("ood") for s in sides]
+    ood = (
+        {"members": detectors, "combine": "median of the members' score-over-threshold ratios"}
+        if all(detectors)
+        else None
+    )
+    return model, parity, ood
+
+
+def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
+    """The card of exported file ``export`` (or of an ensemble of backbones' manifest), from its sidecar and the
+    artifacts of its members' study."""
+    root = artifacts_root or settings.artifacts_dir()
+    if is_manifest(export):
+        manifest = read_manifest(export)
+        study_id, backbone, folds = manifest["study_id"], ENSEMBLE, list(manifest["folds"])
+        model, parity, ood = _ensemble_model(export, manifest)
+        predictions = ensemble_out_of_fold(study_id, root)
+    else:
+        meta = read_sidecar(export)
+        members = meta["members"]
+        study_id, backbone = members[0]["study_id"], members[0]["backbone"]
+        folds = sorted(m["fold"] for m in members)
+        model, parity, ood = _model(export, meta, backbone, folds), meta.get("parity"), meta.get("ood")
+        predictions = out_of_fold(study_id, backbone, root, folds=folds)
+    study = artifacts.read_study(study_id, root)
+    summary = model_summary(predictions, root)
+    return {
+        "schema_version": CARD_SCHEMA,
+        "model": model,
         "training": {
             "study": study_id,
             "dataset": _dataset(study),
@@ -147,9 +208,9 @@ def model_card(export: Path, artifacts_root: Path | None = None) -> dict:
             "metrics": {key: summary["metrics"][key] for key in CARD_METRICS if key in summary["metrics"]},
             "calibration": summary["calibration"],
             "outside": _outside(study_id, backbone, root),
-            "parity_with_keras": meta.get("parity"),
+            "parity_with_keras": parity,
         },
-        "out_of_distribution": meta.get("ood"),
+        "out_of_distribution": ood,
         "served": _served(study_id, backbone, root),
         "intended_use": INTENDED_USE,
         "limitations": [*limitations(study, generalisation(study_id, root)), *LIMITATIONS],
@@ -174,6 +235,7 @@ def card_markdown(card: dict) -> str:
         f"- Input `{model['input']['name']}` {model['input']['shape']} float32: {model['input']['meaning']}; "
         f"{model['input']['preprocessing']}",
         f"- Outputs: {', '.join(model['outputs'])} (class probabilities, class maps for Grad-CAM, pooled features)",
+        *_combine_lines(model),
         "",
         "## Training data",
         "",
@@ -219,7 +281,17 @@ def card_markdown(card: dict) -> str:
         ]
     ood = card["out_of_distribution"]
     lines += ["", "## Images unlike the training set", ""]
-    if ood:
+    if ood and "members" in ood:
+        first = ood["members"][0]
+        files = ", ".join(f"`{d['file']}`" for d in ood["members"])
+        lines.append(
+            f"Each member's own detector: a Mahalanobis score of its pooled features ({first['method']}), threshold "
+            f"at the {first['quantile']:.1%} quantile of {first['n_fit']:,} training images' cross-fitted scores "
+            f"({files}). The image is unlike the training set when the "
+            f'{ood["combine"]} is above 1, that is when most members flag it; then the app says: "this image is unlike '
+            'the images the model was trained on; its prediction means nothing".'
+        )
+    elif ood:
         lines.append(
             f"Mahalanobis score of the pooled features ({ood['method']}), threshold at the {ood['quantile']:.1%} "
             f"quantile of {ood['n_fit']:,} training images' cross-fitted scores (`{ood['file']}`). Above it the "
@@ -236,6 +308,14 @@ def card_markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _combine_lines(model: dict) -> list[str]:
+    """An ensemble of backbones' members' files and how their outputs are combined; nothing for one backbone."""
+    if not model.get("combine"):
+        return []
+    files = ", ".join(f"`{m['file']}` (sha256 `{m['sha256'][:16]}…`)" for m in model["member_files"])
+    return [f"- Member files: {files}", f"- Combined: {model['combine']}"]
 
 
 def _outside_lines(outside: dict) -> list[str]:
@@ -303,7 +383,7 @@ def rewrite_model_cards(artifacts_root: Path | None = None) -> list[Path]:
     the served model changed; the Markdown cards written."""
     root = artifacts_root or settings.artifacts_dir()
     written = []
-    for old in sorted(root.glob("studies/*/runs/**/export/*.card.json")):
+    for old in sorted([*root.glob("studies/*/runs/**/export/*.card.json"), *root.glob("studies/*/export/*.card.json")]):
         export = old.with_name(old.name.removesuffix(".card.json"))
         if export.is_file():
             written.append(write_model_card(export, artifacts_root)[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
+from engine.evaluation.predictions import ENSEMBLE
 from engine.reports import explore
 from engine.reports.generalisation import Generalisation, generalisation
 from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, read_choice
@@ -56,7 +57,12 @@ def results_table(artifacts_root: Path | None = None) -> str:
     for c in choice["candidates"] if choice else []:
         g = generalisation(c["study_id"], artifacts_root)
         served = c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]
-        name = f"{'**served:** ' if served else ''}`{c['protocol']}`, {c['backbone']} (5-fold ensemble)"
+        model = (
+            "ensemble of the study's backbones (their 5-fold ensembles averaged)"
+            if c["backbone"] == ENSEMBLE
+            else f"{c['backbone']} (5-fold ensemble)"
+        )
+        name = f"{'**served:** ' if served else ''}`{c['protocol']}`, {model}"
         rows.append(
             [
                 name,

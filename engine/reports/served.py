@@ -1,11 +1,12 @@
 """Which model the app serves by default: the fold ensemble that holds best outside its source, not the one
 with the best in-fold accuracy.
 
-Every backbone's fold ensemble with both an adult-normal figure and an external COVID-19 figure is a
-candidate. Candidates are ranked by the lower of those two figures (point estimates): a model that calls every
-adult COVID-19 has a high COVID-19 recall and a Normal recall of 0, and holds nowhere. Then by how many of the
-robustness targets it meets (an accuracy drop of at most 5 points under noise of sd 4, a 1 px blur, and 112 px
-and back), then by in-fold accuracy. Each candidate's verdict on every target is kept beside it.
+Every backbone's fold ensemble, and every study's ensemble of its backbones, with both an adult-normal figure
+and an external COVID-19 figure is a candidate. Candidates are ranked by the lower of those two figures (point
+estimates): a model that calls every adult COVID-19 has a high COVID-19 recall and a Normal recall of 0, and
+holds nowhere. Then by how many of the robustness targets it meets (an accuracy drop of at most 5 points under
+noise of sd 4, a 1 px blur, and 112 px and back), then by in-fold accuracy. Each candidate's verdict on every
+target is kept beside it.
 
 ``python -m engine serve --choose`` writes the choice with its evidence to ``<artifacts>/served.json``;
 ``engine.models.inference.list_models`` puts the model it names first, which is what Classify, ``evaluate``
@@ -158,8 +159,7 @@ def choose(artifacts_root: Path | None = None) -> dict:
     """Write ``served.json``: the best candidate, why, and every candidate's figures (those whose fold models are
     not here too: their figures come from committed evaluations)."""
     root = artifacts_root or settings.artifacts_dir()
-    # a study's "ensemble" (the mean of its backbones) is judged in the report but is not one backbone's fold ensemble
-    ranked = [c for c in candidates(root) if c.backbone != ENSEMBLE]
+    ranked = candidates(root)
     best = pick(ranked)
     met = best.met()
     choice = {
@@ -169,7 +169,8 @@ def choose(artifacts_root: Path | None = None) -> dict:
         "export": best.export,
         "rule": __doc__.split("\n\n")[1].replace("\n", " "),
         "why": (
-            f"{best.backbone} fold ensemble of study {best.study_id} ({best.protocol}, {best.split}-level folds) has "
+            f"{candidate_name(best.backbone)[0].upper()}{candidate_name(best.backbone)[1:]} of study {best.study_id} "
+            f"({best.protocol}, {best.split}-level folds) has "
             f"the highest lower figure outside its source of {len(ranked)} candidates: adult normals called Normal "
             f"{best.adult_normals['estimate']:.3f}, adult COVID-19 recall {best.external_covid['estimate']:.3f}; it "
             f"meets {sum(1 for ok in met.values() if ok)} of {len(met)} targets"
@@ -179,6 +180,13 @@ def choose(artifacts_root: Path | None = None) -> dict:
     }
     atomic.write_json(root / SERVED_FILE, choice)
     return choice
+
+
+def candidate_name(backbone: str) -> str:
+    """A candidate in words: ``MobileNet fold ensemble``, or a study's ensemble of its backbones."""
+    if backbone == ENSEMBLE:
+        return "the ensemble of its backbones (the mean of each backbone's fold ensemble)"
+    return f"{backbone} fold ensemble"
 
 
 def read_choice(artifacts_root: Path | None = None) -> dict | None:

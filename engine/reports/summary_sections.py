@@ -12,7 +12,7 @@ from pathlib import Path
 from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.robustness import SHIFTS_BY_NAME
 from engine.reports.generalisation import Generalisation, generalisation, headline_rows
-from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, SHIFTS, read_choice
+from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, SHIFTS, candidate_name, read_choice
 from engine.results import artifacts
 
 
@@ -44,7 +44,7 @@ def _served_bullet(choice: dict) -> list[str]:
     )
     met = sum(1 for ok in best["met"].values() if ok)
     return [
-        f"- **The model to use outside the source: {best['backbone']}** (`{best['protocol']}`, fold ensemble of study "
+        f"- **The model to use outside the source: {candidate_name(best['backbone'])}** (`{best['protocol']}`, study "
         f"`{best['study_id']}`, {best['split']}-level folds), chosen on what holds outside the source, not on "
         f"in-fold accuracy. It meets {met} of {len(best['met'])} targets (a figure with an interval only when the "
         "whole interval clears its bar):",

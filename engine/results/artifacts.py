@@ -175,6 +175,7 @@ CHANGE_PATTERNS = (
     "runs/*/fold-*/ood.npz",
     "runs/*/fold-*/export/*",
     "runs/*/export/*",
+    "export/*",
     "runs/*/ood-folds-*.npz",
     "evaluation/*.json",
     "robustness/*/*.json",
