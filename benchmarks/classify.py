@@ -17,7 +17,8 @@ from benchmarks.harness import Options, Result
 from engine import settings
 from engine.data.datasets import import_dataset
 from engine.data.images import decode_xray
-from engine.models.inference import list_models, load_classifier
+from engine.models.catalog import list_models
+from engine.models.inference import load_classifier
 from engine.training.fold import train_fold
 from engine.training.presets import FROZEN
 from engine.training.study import StudyRequest, prepare_study

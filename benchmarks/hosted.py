@@ -132,7 +132,7 @@ class Prepared:
 
 def prepare(options: Options, work: Path, *, source: Path, backbone: str = BACKBONE) -> Prepared:
     """The export copy (with the model's export, made there when ``source`` has none) and the Keras copy."""
-    from engine.models.inference import list_models
+    from engine.models.catalog import list_models
     from engine.results import artifacts
 
     listed = list_models(source)

@@ -10,12 +10,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine import settings
-from engine.models.inference import (
-    MAX_UPLOAD_BYTES,
-    OOD_WARNING,
-    ModelInfo,
-    Prediction,
-)
+from engine.models.catalog import ModelInfo
+from engine.models.inference import MAX_UPLOAD_BYTES, OOD_WARNING, Prediction
 from engine.reports.served import read_choice
 from engine.results import artifacts
 from pages import common

@@ -21,7 +21,8 @@ from engine.reports import explore
 from engine.results import artifacts, atomic
 
 if TYPE_CHECKING:
-    from engine.models.inference import Classifier, ModelInfo
+    from engine.models.catalog import ModelInfo
+    from engine.models.inference import Classifier
 
 NOT_A_DEVICE = (
     "Research tool, not a diagnostic device: results describe models trained on a public research "
@@ -109,7 +110,7 @@ def classifier(path: str, key: tuple) -> Classifier:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _models(artifacts_root: str, key: tuple) -> list[ModelInfo]:
-    from engine.models.inference import list_models
+    from engine.models.catalog import list_models
 
     return list_models(Path(artifacts_root))
 

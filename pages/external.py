@@ -24,9 +24,7 @@ from engine.evaluation.external import (
 from engine.evaluation.external_results import UNSTATED, ExternalEvaluation
 from engine.evaluation.metrics import confusion_rates
 from engine.evaluation.predictions import ENSEMBLE
-from engine.models.inference import (
-    ModelInfo,
-)
+from engine.models.catalog import ModelInfo
 from engine.results import artifacts
 from pages import common
 

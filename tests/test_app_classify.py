@@ -11,7 +11,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import engine.models.inference
-from engine.models.inference import list_models, load_classifier
+from engine.models.catalog import list_models
+from engine.models.inference import load_classifier
 from tests import app_fixtures, dicom_fixtures
 from tests.app_fixtures import TinyStudy
 from tests.synthetic import make_image

@@ -19,7 +19,8 @@ from engine.models.backbone_ensemble import (
     read_manifest,
     write_manifest,
 )
-from engine.models.inference import list_models, load_classifier
+from engine.models.catalog import list_models
+from engine.models.inference import load_classifier
 from engine.models.runtime import load_exported
 from engine.results import atomic
 from tests import app_fixtures

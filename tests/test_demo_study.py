@@ -10,7 +10,8 @@ import pytest
 
 from engine import settings
 from engine.models.backbone_ensemble import served_files
-from engine.models.inference import list_models, load_classifier
+from engine.models.catalog import list_models
+from engine.models.inference import load_classifier
 from engine.reports.reproduction import reproduction_report
 from engine.training.study import summarize
 from tests.synthetic import make_image

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from engine import settings
+from engine.models.catalog import list_models
 from engine.models.export import export_runs
-from engine.models.inference import list_models
 from engine.training.presets import get_protocol
 from engine.training.runner import run_study
 from engine.training.study import StudyRequest

@@ -15,8 +15,9 @@ from engine.data.classes import canonical_class
 from engine.data.images import decode_xray
 from engine.evaluation.external import mistakes
 from engine.evaluation.predictions import backbones_of
+from engine.models.catalog import list_models
 from engine.models.export import export_runs, study_models
-from engine.models.inference import list_models, load_classifier
+from engine.models.inference import load_classifier
 from engine.reports.reproduction import reproduction_report
 from engine.results import artifacts, atomic
 from engine.training.presets import get_protocol

@@ -13,7 +13,7 @@ import pytest
 
 from engine import settings
 from engine.cli.main import main
-from engine.models.inference import SERVED_FILE
+from engine.models.catalog import SERVED_FILE
 from engine.reports.served import SHIFTS, Candidate, pick, target_figures
 from engine.results import atomic
 

@@ -30,8 +30,8 @@ def _export_ensemble(args: argparse.Namespace) -> int:
     serves them as one model, and its card."""
     from engine.evaluation.predictions import backbones_of
     from engine.models.backbone_ensemble import require_backbones, write_manifest
+    from engine.models.catalog import members_export
     from engine.models.export import export_runs, study_models
-    from engine.models.inference import members_export
     from engine.reports.model_card import write_model_card
     from engine.results import artifacts
 

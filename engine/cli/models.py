@@ -15,7 +15,7 @@ REPORT_OUT = "docs/reproduction.md"
 
 def _model_path(args: argparse.Namespace) -> Path:
     """``--model``, or the model served by default (the first listed)."""
-    from engine.models.inference import list_models
+    from engine.models.catalog import list_models
 
     if args.model:
         return Path(args.model)

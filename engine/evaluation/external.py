@@ -34,7 +34,8 @@ from engine.evaluation.external_results import ExternalEvaluation
 from engine.evaluation.metrics import fold_metrics
 from engine.evaluation.predictions import ENSEMBLE, backbones_of
 from engine.evaluation.summary import DEFAULT_INTERVALS
-from engine.models.inference import Classifier, ModelInfo, list_models, load_classifier
+from engine.models.catalog import ModelInfo, list_models
+from engine.models.inference import Classifier, load_classifier
 from engine.results import artifacts, atomic, cache
 
 BATCH = 64

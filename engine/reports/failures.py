@@ -22,7 +22,7 @@ import pandas as pd
 from engine import settings
 from engine.data.datasets import DatasetError, load_dataset
 from engine.evaluation.predictions import OutOfFold
-from engine.models.inference import fold_export
+from engine.models.catalog import fold_export
 from engine.results import artifacts
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"

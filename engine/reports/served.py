@@ -9,7 +9,7 @@ noise of sd 4, a 1 px blur, and 112 px and back), then by in-fold accuracy. Each
 target is kept beside it.
 
 ``python -m engine serve --choose`` writes the choice with its evidence to ``<artifacts>/served.json``;
-``engine.models.inference.list_models`` puts the model it names first, which is what Classify, ``evaluate``
+``engine.models.catalog.list_models`` puts the model it names first, which is what Classify, ``evaluate``
 without ``--model`` and the hosted demo use.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from engine import settings
 from engine.evaluation.predictions import ENSEMBLE
 from engine.evaluation.robustness import pooled_table, saved_results
-from engine.models.inference import SERVED_FILE, list_models
+from engine.models.catalog import SERVED_FILE, list_models
 from engine.reports.generalisation import generalisation
 from engine.results import artifacts, atomic
 
