@@ -103,7 +103,8 @@ def _ensemble_studies(artifacts_root: str, key: tuple) -> dict[str, list[str]]:
 
 def choices(available: list[ModelInfo]) -> dict[str, Choice]:
     """Fold ensembles, then each study's ensemble of backbones, then single fold models (the engine's order)."""
-    found = {model_id(m): Choice(model_label(m), m.study_id, m.classes, m) for m in available}
+    # a study's ensemble of backbones is offered once, below, whatever serves it (the engine's one saved evaluation)
+    found = {model_id(m): Choice(model_label(m), m.study_id, m.classes, m) for m in available if not m.backbones}
     ensembles = {k: v for k, v in found.items() if v.model.is_ensemble}
     classes = {m.study_id: m.classes for m in available}
     root = common.artifacts_root()

@@ -91,6 +91,8 @@ def folds_text(folds: list[int]) -> str:
 def backbone_label(state: dict[str, dict]):
     def label(backbone: str) -> str:
         found = state.get(backbone, {})
+        if backbone == ENSEMBLE:
+            return f"ensemble of the study's backbones · shifts run on {len(found['analysed'])} fold(s)"
         if found.get("analysed"):
             return f"{backbone} · shifts run on {len(found['analysed'])} fold model(s)"
         if found.get("with_model"):
@@ -246,7 +248,7 @@ def missing_section(study_id: str, backbone: str, found: dict) -> None:
     with_model, analysed = found["with_model"], found["analysed"]
     without_model = [k for k in found["finished"] if k not in with_model]
     if not with_model:
-        others = [b for b, s in study_state(study_id).items() if s["with_model"]]
+        others = [b for b, s in study_state(study_id).items() if s["with_model"] and b != ENSEMBLE]
         st.info(
             f"{backbone} has no saved fold model (model.keras) in this study: robustness runs each fold's own model "
             "on its held-out images, so there is nothing to analyse. "

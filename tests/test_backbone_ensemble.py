@@ -106,6 +106,11 @@ def test_a_member_changed_or_gone_after_the_manifest_is_refused_by_name(tmp_path
     member.unlink()
     with pytest.raises(ValueError, match=f"member {first['backbone']} file .* is not there"):
         read_manifest(manifest)
+    escaping = atomic.read_json(manifest)
+    escaping["members"][0]["file"] = "../../../../etc/passwd"
+    manifest.write_text(json.dumps(escaping))
+    with pytest.raises(ValueError, match="is outside its study folder"):
+        read_manifest(manifest)
     manifest.write_text("{not json")
     with pytest.raises(ValueError, match="not a readable ensemble manifest"):
         read_manifest(manifest)
@@ -145,4 +150,4 @@ def test_a_study_not_exported_serves_its_ensemble_of_backbones_from_its_keras_fo
     images = np.stack([make_image(k, info.input_size, np.random.default_rng(k)) for k in range(3)])
     expected = np.mean([m.predict_arrays(images)[0] for m in folds], axis=0)
     np.testing.assert_allclose(ensemble.predict_arrays(images)[0], expected, atol=1e-6)
-    assert ensemble.info["format"] == "keras" and ensemble.info["backbones"] == list(info.backbones)
+    assert ensemble.info["format"] is None and ensemble.info["backbones"] == list(info.backbones)

@@ -357,6 +357,7 @@ def test_cli_bad_input_gives_one_line_errors(tiny, tmp_path):
     assert "not both" in one_error(run_cli("--study", study_id, "--model", str(model), "--artifacts", str(root)))
     ensemble = ("--study", study_id, "--backbone", "ensemble", "--artifacts", str(root))
     assert "leave out --quantize" in one_error(run_cli(*ensemble, "--quantize", "int8"))
+    assert "got format='tflite'" in one_error(run_cli(*ensemble, "--format", "tflite"))
     assert "needs 2 or more exports, got ['MobileNet-0.25']" in one_error(run_cli(*ensemble))
 
 

@@ -60,7 +60,7 @@ def cmd_intervals(args: argparse.Namespace) -> int:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     from engine.data.sources import study_dataset
-    from engine.evaluation.predictions import ENSEMBLE, backbones_of, shared_folds
+    from engine.evaluation.predictions import ENSEMBLE
     from engine.evaluation.robustness import ensemble_fold_robustness, fold_robustness, pooled_table, saved_results
     from engine.results import artifacts
 
@@ -68,7 +68,14 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     study = artifacts.read_study(study_id, args.artifacts)
     dataset = study_dataset(study, args.artifacts, data=args.data)
     if args.backbone == ENSEMBLE:
-        folds = set(shared_folds(study_id, backbones_of(study_id, args.artifacts), args.artifacts))
+        runs = artifacts.study_runs(study_id, args.artifacts)
+        with_models = [{r.fold for r in runs if r.backbone == b and r.model_path} for b in {r.backbone for r in runs}]
+        folds = set.intersection(*with_models) if with_models else set()
+        if args.fold is not None and args.fold not in folds:
+            raise ValueError(
+                f"fold={args.fold} is not a fold where every backbone of study {study_id} kept its model "
+                f"(model.keras): those are {sorted(folds) or 'none'}"
+            )
         folds = {f for f in folds if args.fold is None or f == args.fold}
         for fold in sorted(folds):
             ensemble_fold_robustness(study_id, fold, dataset, artifacts_root=args.artifacts)
@@ -192,7 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backbone",
         required=True,
-        help="a backbone of the study, or 'ensemble': the mean of every backbone's model of each fold",
+        help="a backbone of the study, or 'ensemble': the mean of every backbone's model of each fold (the folds "
+        "where every backbone kept its model)",
     )
     p.add_argument("--fold", type=int, default=None, help="one fold (default: every fold with a saved model)")
     add_study_data(p)

@@ -32,6 +32,7 @@ def _export_ensemble(args: argparse.Namespace) -> int:
     from engine.models.backbone_ensemble import require_backbones, write_manifest
     from engine.models.catalog import members_export
     from engine.models.export import export_runs, study_models
+    from engine.models.runtime import FORMATS
     from engine.reports.model_card import write_model_card
     from engine.results import artifacts
 
@@ -39,14 +40,16 @@ def _export_ensemble(args: argparse.Namespace) -> int:
         raise ValueError(
             "an ensemble of backbones is served from its members' float exports: leave out --quantize and --out"
         )
+    if args.format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, got format={args.format!r}")
     root = args.artifacts or settings.artifacts_dir()
     backbones = backbones_of(args.study, root)
     require_backbones(args.study, backbones)
     exports = {}
     for backbone in backbones:
         folder = artifacts.study_dir(args.study, root) / "runs" / backbone / "export"
-        found = members_export(folder, ())
-        if found is None or found[0].suffix != {"litert": ".tflite", "onnx": ".onnx"}[args.format]:
+        found = members_export(folder, (), float_only=True)
+        if found is None or found[0].suffix != FORMATS[args.format]:
             result = export_runs(
                 study_models(args.study, backbone, root),
                 format=args.format,

@@ -25,10 +25,10 @@ def _model_path(args: argparse.Namespace) -> Path:
     return models[0].serving_path
 
 
-def _pick_model(args: argparse.Namespace):
+def _pick_model(args: argparse.Namespace, path: Path | None = None):
     from engine.models.inference import load_classifier
 
-    return load_classifier(_model_path(args), artifacts_root=args.artifacts)
+    return load_classifier(path or _model_path(args), artifacts_root=args.artifacts)
 
 
 def _backbone_ensemble_study(path: Path) -> str | None:
@@ -54,10 +54,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.model:
             raise ValueError(f"give --model or --study, not both, got --model={args.model!r} --study={args.study!r}")
         result = evaluate_study_ensemble(args.study, args.data, artifacts_root=args.artifacts, relation=relation)
-    elif study_id := _backbone_ensemble_study(_model_path(args)):  # the same mean as --study, kept once
+    elif study_id := _backbone_ensemble_study(path := _model_path(args)):  # the same mean as --study, kept once
         result = evaluate_study_ensemble(study_id, args.data, artifacts_root=args.artifacts, relation=relation)
     else:
-        result = evaluate_folder(_pick_model(args), args.data, artifacts_root=args.artifacts, relation=relation)
+        result = evaluate_folder(_pick_model(args, path), args.data, artifacts_root=args.artifacts, relation=relation)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -4,7 +4,8 @@ Each backbone's fold ensemble is exported on its own (``engine.models.export``);
 manifest beside them, ``studies/<id>/export/ensemble.json``, naming each member's file and SHA-256. Loaded, it
 averages the members' probabilities (the same mean as the comparison's "ensemble" row and ``evaluate --study``),
 shows the mean of the members' Grad-CAM maps of the class it predicts, and calls an image unlike the training
-images when most members' detectors do (the median of their score-over-threshold ratios is above 1).
+images when the median of the members' score-over-threshold ratios is above 1 (of three members: when two or three
+detectors flag it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ MANIFEST_SCHEMA = 1
 COMBINE = (
     "the mean of the members' probabilities; the heatmap is the mean of the members' Grad-CAM maps of the "
     "predicted class; an image is unlike the training images when the median of the members' OOD scores over "
-    "their thresholds is above 1 (most members' detectors flag it)"
+    "their thresholds is above 1 (of three members: when two or three detectors flag it)"
 )
 
 
@@ -99,14 +100,16 @@ def read_manifest(path: Path) -> dict:
         raise ValueError(f"{path}: not a readable ensemble manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("schema_version") != MANIFEST_SCHEMA:
         raise ValueError(f"{path}: not an ensemble manifest of schema version {MANIFEST_SCHEMA}")
-    study_dir = path.parent.parent
+    study_dir = path.parent.parent.resolve()
     for member in manifest["members"]:
-        file = study_dir / member["file"]
+        file = (study_dir / member["file"]).resolve()
+        if study_dir not in file.parents:
+            raise ValueError(f"{path}: member {member['backbone']} file {member['file']!r} is outside its study folder")
         if not file.is_file():
-            raise ValueError(f"{path.name}: member {member['backbone']} file {member['file']} is not there")
+            raise ValueError(f"{path}: member {member['backbone']} file {member['file']} is not there")
         if atomic.file_sha256(file) != member["sha256"]:
             raise ValueError(
-                f"{path.name}: {member['file']} changed after the ensemble was written; export the ensemble again "
+                f"{path}: {member['file']} changed after the ensemble was written; export the ensemble again "
                 f"(python -m engine export --study {manifest['study_id']} --backbone {ENSEMBLE})"
             )
     return manifest
@@ -122,7 +125,7 @@ def served_files(export: Path) -> list[Path]:
 class BackboneEnsemble(Classifier):
     """The members' exported classifiers as one :class:`~engine.models.inference.Classifier` (see the module)."""
 
-    def __init__(self, members: list[Classifier], *, path: Path, manifest: dict) -> None:
+    def __init__(self, members: list[Classifier], *, manifest: dict) -> None:
         info = {
             "backbone": ENSEMBLE,
             "backbones": list(manifest["backbones"]),
@@ -136,8 +139,6 @@ class BackboneEnsemble(Classifier):
         first = members[0]
         super().__init__(None, classes=first.classes, input_size=first.input_size, info=info, ood=None)
         self.members = members
-        self.path = path
-        self.meta = manifest
 
     @property
     def has_detector(self) -> bool:
@@ -175,7 +176,7 @@ def load_backbone_ensemble(path: str | Path, *, threads: int | None = None) -> B
     path = Path(path)
     manifest = read_manifest(path)
     members = [load_exported(path.parent.parent / m["file"], threads=threads) for m in manifest["members"]]
-    return BackboneEnsemble(members, path=path, manifest=manifest)
+    return BackboneEnsemble(members, manifest=manifest)
 
 
 def keras_backbone_ensemble(runs: Path, artifacts_root: Path) -> BackboneEnsemble:
@@ -193,6 +194,6 @@ def keras_backbone_ensemble(runs: Path, artifacts_root: Path) -> BackboneEnsembl
         "study_id": members[0].info["study_id"],
         "protocol": members[0].info["protocol"],
         "folds": list(folds.pop()),
-        "format": "keras",
+        "format": None,  # the Keras fold models, not an exported file
     }
-    return BackboneEnsemble(members, path=runs, manifest=manifest)
+    return BackboneEnsemble(members, manifest=manifest)

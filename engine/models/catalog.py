@@ -7,11 +7,14 @@ or an exported file); ``engine.models.inference.load_classifier`` loads it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine import settings
 from engine.results import artifacts, atomic
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 SERVED_FILE = "served.json"
@@ -27,7 +30,8 @@ class ModelInfo:
     there is one (``engine.models.export``): no TensorFlow needed. ``accuracy`` is held-out: the
     fold's, or for an ensemble its members' pooled over their own held-out folds (the ensemble
     itself has no held-out image). A study's ensemble of backbones (``engine.models.backbone_ensemble``) has
-    ``backbone`` "ensemble", its backbones in ``backbones``, and its manifest as ``path`` and ``export``.
+    ``backbone`` "ensemble" and its backbones in ``backbones``; exported, its manifest is ``path`` and ``export``,
+    otherwise ``path`` is the study's ``runs`` folder (its backbones' fold models) and ``export`` is None.
     """
 
     path: Path
@@ -84,9 +88,14 @@ def _exports(folder: Path) -> list[tuple[Path, dict]]:
     return sorted(found, key=lambda f: (f[1].get("quantization") is not None, f[0].suffix != ".tflite", f[0].name))
 
 
-def members_export(folder: Path, folds: tuple[int, ...]) -> tuple[Path, tuple[int, ...]] | None:
-    """The preferred export in ``folder`` whose members are ``folds`` (or, with none given, any ensemble's)."""
+def members_export(
+    folder: Path, folds: tuple[int, ...], *, float_only: bool = False
+) -> tuple[Path, tuple[int, ...]] | None:
+    """The preferred export in ``folder`` whose members are ``folds`` (or, with none given, any ensemble's); with
+    ``float_only``, never an int8 file."""
     for path, meta in _exports(folder):
+        if float_only and meta.get("quantization") is not None:
+            continue
         members = tuple(sorted(m["fold"] for m in meta["members"]))
         if members == folds or (not folds and len(members) > 1):
             return path, members
@@ -158,17 +167,30 @@ def _backbone_ensemble(
     """The study's ensemble of backbones: exported, when its manifest is there; otherwise on the Keras path, when
     two or more backbones saved the same two or more fold models. Its accuracy is its members' pooled over their
     own held-out folds."""
-    from engine.models.backbone_ensemble import ENSEMBLE, manifest_path
+    from engine.models.backbone_ensemble import ENSEMBLE, manifest_path, read_manifest
 
     path = manifest_path(study_id, artifacts_root or settings.artifacts_dir())
     if path.is_file():
-        manifest = atomic.read_json(path)
-        backbones, folds, export = tuple(manifest["backbones"]), tuple(manifest["folds"]), path
-    else:
-        kept = {b: f for b, f in saved_folds.items() if len(f) > 1}
-        if len(kept) < 2 or len(set(kept.values())) > 1:
+        try:
+            manifest = read_manifest(path)
+        except ValueError as exc:
+            log.warning("not listed: %s", exc)
             return None
-        backbones, folds, export = tuple(sorted(kept)), next(iter(kept.values())), None
+        backbones, folds, export = tuple(manifest["backbones"]), tuple(manifest["folds"]), path
+        if sorted(backbones) != sorted(saved_folds):
+            log.warning(
+                "not listed: %s holds %s, but study %s has %s now; export it again (--backbone ensemble)",
+                path,
+                ", ".join(backbones),
+                study_id,
+                ", ".join(sorted(saved_folds)),
+            )
+            return None
+    else:
+        # every backbone of the study, each with the same 2 or more saved fold models (what the Keras path loads)
+        if len(saved_folds) < 2 or len(set(saved_folds.values())) > 1 or len(next(iter(saved_folds.values()))) < 2:
+            return None
+        backbones, folds, export = tuple(sorted(saved_folds)), next(iter(saved_folds.values())), None
         path = path.parent.parent / "runs"
     members = [r for b in backbones for r in by_backbone.get(b, []) if r.fold in folds]
     tested = sum(r.config["n_test"] for r in members)

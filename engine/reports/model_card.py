@@ -23,7 +23,7 @@ from engine.reports.checklist import limitations
 from engine.reports.explore import REFERENCE_DIR
 from engine.reports.generalisation import generalisation, split_label
 from engine.reports.results_sections import interval_verdict
-from engine.reports.served import TARGETS, read_choice, target_figures
+from engine.reports.served import TARGETS, candidate_name, read_choice, target_figures
 from engine.results import artifacts, atomic
 from engine.results.studies import Study
 
@@ -343,7 +343,8 @@ def _served_lines(served: dict | None) -> list[str]:
     if best := served.get("in_fold_best"):
         lines += [
             f"Ranked on in-fold accuracy on the paper's images alone, the first of the {len(served['others']) + 1} "
-            f"candidates would be {best['backbone']} (`{best['protocol']}`, study `{best['study_id']}`, "
+            f"candidates would be {candidate_name(best['backbone'])} (`{best['protocol']}`, "
+            f"study `{best['study_id']}`, "
             f"{best['split']}-level folds): in-fold accuracy {interval_text(best['paper_accuracy'])}, adult normals "
             f"called Normal {interval_text(best['adult_normals'])} ({best['adult_normals_how']}), external COVID-19 "
             f"recall {interval_text(best['external_covid'])}.",
@@ -363,7 +364,8 @@ def _served_lines(served: dict | None) -> list[str]:
         lines += ["", "The other candidates:", ""]
     for c in served["others"]:
         lines.append(
-            f"- {c['backbone']} (`{c['protocol']}`, study `{c['study_id']}`, {c['split']}-level folds): adult normals "
+            f"- {candidate_name(c['backbone'])} (`{c['protocol']}`, study `{c['study_id']}`, {c['split']}-level "
+            "folds): adult normals "
             f"called Normal {interval_text(c['adult_normals'])} ({c['adult_normals_how']}), external COVID-19 recall "
             f"{interval_text(c['external_covid'])}"
         )

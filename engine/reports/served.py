@@ -1,5 +1,5 @@
-"""Which model the app serves by default: the fold ensemble that holds best outside its source, not the one
-with the best in-fold accuracy.
+"""Which model the app serves by default: the ensemble that holds best outside its source, not the one with the
+best in-fold accuracy.
 
 Every backbone's fold ensemble, and every study's ensemble of its backbones, with both an adult-normal figure
 and an external COVID-19 figure is a candidate. Candidates are ranked by the lower of those two figures (point
@@ -39,7 +39,8 @@ TARGETS = {
 
 @dataclass(frozen=True)
 class Candidate:
-    """One fold ensemble and the figures it is chosen on (intervals as ``Interval.to_dict``; drops as floats)."""
+    """One fold ensemble, or a study's ensemble of backbones, and the figures it is chosen on (intervals as
+    ``Interval.to_dict``; drops as floats)."""
 
     study_id: str
     backbone: str
@@ -185,7 +186,7 @@ def choose(artifacts_root: Path | None = None) -> dict:
 def candidate_name(backbone: str) -> str:
     """A candidate in words: ``MobileNet fold ensemble``, or a study's ensemble of its backbones."""
     if backbone == ENSEMBLE:
-        return "the ensemble of its backbones (the mean of each backbone's fold ensemble)"
+        return "an ensemble of backbones (the mean of each backbone's fold ensemble)"
     return f"{backbone} fold ensemble"
 
 
