@@ -234,6 +234,10 @@ def commands_section(artifacts_root: Path | None) -> str:
         study_id, backbone = export.parts[-5], export.parts[-3]
         fmt = "onnx" if ".onnx" in export.name else "litert"
         lines.append(f"python -m engine export --study {study_id} --backbone {backbone} --format {fmt}")
+    for manifest in sorted(
+        (artifacts_root or artifacts.settings.artifacts_dir()).glob("studies/*/export/ensemble.json")
+    ):
+        lines.append(f"python -m engine export --study {manifest.parts[-3]} --backbone ensemble")
     seen = set()
     for e in list_evaluations(artifacts_root):
         m = e["model"]
