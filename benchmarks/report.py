@@ -257,7 +257,8 @@ def hosted_finding(record: dict | None) -> str:
     imported = found.get("tensorflow_imported", {})
     said = lambda side: "imported" if imported.get(side) else "did not import"  # noqa: E731
     return (
-        f"The hosted demo's server, serving {found.get('model')} from its exported file read-only, showed the "
+        f"The hosted demo's server, serving {found.get('model')} from its export ({found.get('export')}) read-only, "
+        "showed the "
         f"first result {value('export_first_s')} s after the upload and peaked at {value('export_rss_mb')} MB "
         f"after 8 images; the same model on the Keras path took {value('keras_first_s')} s and "
         f"{value('keras_rss_mb')} MB (x{value('first_speedup')} and x{value('rss_ratio')}, `hosted` below). "
