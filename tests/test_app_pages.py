@@ -14,6 +14,7 @@ import pytest
 from engine import settings
 from engine.evaluation.stats import corrected_resampled_ttest
 from engine.reports import explore
+from engine.reports.served import candidate_name
 from engine.results import artifacts
 from engine.training.presets import XRAY_PROBE
 from tests import app_fixtures
@@ -113,7 +114,7 @@ def test_home_opens_on_the_served_model_and_its_figures_outside_the_source(
     assert at.header[0].value == "The model to use outside the source"
     served = at.markdown[0].value
     met = sum(1 for ok in committed["targets"].values() if ok)
-    assert f"The model to use outside the source: {committed['backbone']}" in served
+    assert f"The model to use outside the source: {candidate_name(committed['backbone'])}" in served
     assert f"`{committed['study_id']}`" in served and f"It meets {met} of {len(committed['targets'])} targets" in served
     assert "ieee8023-adult (adults, other source): COVID-19 recall" in served
     assert [link.proto.page for link in at.get("page_link")][:2] == ["classify", "report"]
