@@ -7,13 +7,16 @@ explorer study that several files share, and a file started later finds it built
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sqlite3
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
+from engine.cli.main import main
 from engine.jobs.store import JobRequest, JobStore
 from engine.results import artifacts
 from tests import app_fixtures
@@ -116,3 +119,8 @@ def test_the_ensemble_of_backbones_is_measured_on_the_mean_of_each_folds_models(
     (artifacts.run_dir(study_id, TINY_BACKBONES[1], 1, root) / "model.keras").unlink()
     with pytest.raises(ValueError, match=rf"fold 1: .*missing \['{TINY_BACKBONES[1]}'\]"):
         ensemble_fold_robustness(study_id, 1, dataset, artifacts_root=root)
+    command = ["robustness", "--study", study_id, "--backbone", ENSEMBLE, "--artifacts", str(root)]
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        assert main([*command, "--fold", "1"]) == 2
+    assert "fold=1 is not a fold where every backbone" in err.getvalue() and "those are [0]" in err.getvalue()
