@@ -31,15 +31,6 @@ def _pick_model(args: argparse.Namespace, path: Path | None = None):
     return load_classifier(path or _model_path(args), artifacts_root=args.artifacts)
 
 
-def _backbone_ensemble_study(path: Path) -> str | None:
-    """The study of an ensemble of backbones (its manifest, or its ``runs`` folder), else None."""
-    from engine.models.backbone_ensemble import is_manifest
-
-    if is_manifest(path):
-        return path.parent.parent.name
-    return path.parent.name if path.is_dir() and path.name == "runs" else None
-
-
 SKIPPED_SHOWN = 10
 """Skipped files named with their reason in ``evaluate``'s text output; ``--json`` has them all."""
 
@@ -48,13 +39,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluation.bootstrap import interval_text
     from engine.evaluation.external import evaluate_folder, evaluate_study_ensemble
     from engine.evaluation.external_results import ExternalEvaluation
+    from engine.models.backbone_ensemble import ensemble_study
 
     relation = "same source" if args.same_source else "other source"
     if args.study:
         if args.model:
             raise ValueError(f"give --model or --study, not both, got --model={args.model!r} --study={args.study!r}")
         result = evaluate_study_ensemble(args.study, args.data, artifacts_root=args.artifacts, relation=relation)
-    elif study_id := _backbone_ensemble_study(path := _model_path(args)):  # the same mean as --study, kept once
+    elif study_id := ensemble_study(path := _model_path(args)):  # the same mean as --study, kept once
         result = evaluate_study_ensemble(study_id, args.data, artifacts_root=args.artifacts, relation=relation)
     else:
         result = evaluate_folder(_pick_model(args, path), args.data, artifacts_root=args.artifacts, relation=relation)

@@ -38,6 +38,18 @@ def is_manifest(path: Path) -> bool:
     return path.name == MANIFEST_NAME and path.parent.name == "export"
 
 
+def is_runs_folder(path: Path) -> bool:
+    """A study's ``runs`` folder: its backbones' fold models, served as one ensemble on the Keras path."""
+    return path.is_dir() and path.name == "runs"
+
+
+def ensemble_study(path: Path) -> str | None:
+    """The study whose ensemble of backbones ``path`` is (its manifest or its ``runs`` folder), else None."""
+    if is_manifest(path):
+        return path.parent.parent.name
+    return path.parent.name if is_runs_folder(path) else None
+
+
 def _member_entry(study_dir: Path, export: Path) -> dict:
     side = json.loads(export.with_name(export.name + ".json").read_text())
     members = side["members"]
@@ -164,8 +176,7 @@ class BackboneEnsemble(Classifier):
         heatmaps = np.mean([serving.heatmaps(r["class_maps"], predicted, size=size) for r in raws], axis=0)
         ratios = None
         if self.has_detector:
-            scores = [m.ood.score(r["features"]) / m.ood.threshold for m, r in zip(self.members, raws, strict=True)]
-            ratios = np.median(scores, axis=0)
+            ratios = np.median([m.ood.ratios(r["features"]) for m, r in zip(self.members, raws, strict=True)], axis=0)
         return proba, heatmaps, ratios
 
 

@@ -125,7 +125,7 @@ class Classifier:
         without a detector."""
         if self.ood is None:
             return None
-        return self.ood.score(self.features(images, batch=batch)) / self.ood.threshold
+        return self.ood.ratios(self.features(images, batch=batch))
 
     def predict_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) and heatmaps (N, S, S) in [0, 1] for uint8 images (N, S, S)."""
@@ -136,7 +136,7 @@ class Classifier:
         raw = self.outputs(images)
         proba = raw["probabilities"].astype(np.float64)
         heatmaps = serving.heatmaps(raw["class_maps"], proba.argmax(axis=1), size=self.input_size)
-        ratios = None if self.ood is None else self.ood.score(raw["features"]) / self.ood.threshold
+        ratios = None if self.ood is None else self.ood.ratios(raw["features"])
         return proba, heatmaps, ratios
 
     def classify(self, items: list[tuple[str, bytes]]) -> list[Prediction]:
@@ -219,11 +219,16 @@ def load_classifier(path: str | Path, *, artifacts_root: Path | None = None) -> 
         from engine.models.runtime import load_exported
 
         return load_exported(path)
-    from engine.models.backbone_ensemble import is_manifest, keras_backbone_ensemble, load_backbone_ensemble
+    from engine.models.backbone_ensemble import (
+        is_manifest,
+        is_runs_folder,
+        keras_backbone_ensemble,
+        load_backbone_ensemble,
+    )
 
     if is_manifest(path):
         return load_backbone_ensemble(path)
-    if path.is_dir() and path.name == "runs":
+    if is_runs_folder(path):
         return keras_backbone_ensemble(path, root)
     if path.is_dir():
         return _load_ensemble(path, root)

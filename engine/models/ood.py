@@ -100,6 +100,10 @@ class OODDetector:
         roots = _roots(_checked(features, self.dim))
         return _distances(roots, self.mean.astype(np.float64), self.whitening.astype(np.float64))
 
+    def ratios(self, features: np.ndarray) -> np.ndarray:
+        """Each row's score over the threshold: above 1, unlike the training images (what Classify shows)."""
+        return self.score(features) / self.threshold
+
     def flags(self, features: np.ndarray) -> np.ndarray:
         """True where an image is unlike the training images; a non-finite score is flagged too."""
         return ~(self.score(features) <= self.threshold)
