@@ -115,7 +115,8 @@ def figure_intervals(y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...])
     Recall needs images of the class; precision needs images of the class and a prediction of it, and a
     set of one class has none worth the name (1 for its class, 0 for the others, whatever the model
     does); the macro figures need every class of the model in the set. What is left out is named, with
-    why, under ``"undefined"``.
+    why, under ``"undefined"``. Each recall keeps its class's image count as ``n``: what its interval can tell
+    (``engine.evaluation.sample_size``).
     """
     found = bootstrap_confusion_metrics(
         y,
@@ -126,7 +127,8 @@ def figure_intervals(y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...])
         seed=DEFAULT_INTERVALS.seed,
         method=DEFAULT_INTERVALS.method,
     )
-    present = np.bincount(y, minlength=len(classes)) > 0
+    counts = np.bincount(y, minlength=len(classes))
+    present = counts > 0
     predicted = np.bincount(proba.argmax(axis=1), minlength=len(classes)) > 0
     one_class = int(present.sum()) == 1
     names, undefined = ["accuracy"], []
@@ -149,11 +151,11 @@ def figure_intervals(y: np.ndarray, proba: np.ndarray, classes: tuple[str, ...])
         names += MACRO
     else:
         undefined.append("macro figures: not every class of the model is in the set")
-    return {
-        "description": intervals_description(),
-        "metrics": {name: found[name].to_dict() for name in names},
-        "undefined": undefined,
-    }
+    metrics = {name: found[name].to_dict() for name in names}
+    for k, name in enumerate(classes):
+        if present[k]:
+            metrics[f"recall[{name}]"]["n"] = int(counts[k])
+    return {"description": intervals_description(), "metrics": metrics, "undefined": undefined}
 
 
 def evaluation_key(model_info: dict, data_fingerprint: str) -> str:

@@ -161,7 +161,7 @@ def _external(
             chosen[name] = e
     found = []
     for name, e in sorted(chosen.items()):
-        recall = {c: e.interval(f"recall[{c}]") for c in e.data.counts}
+        recall = {c: {**v, "n": n} for c, n in e.data.counts.items() if (v := e.interval(f"recall[{c}]"))}
         columns = _metadata(e.data.fingerprint, artifacts_root)
         predictions = e.predictions
         by_metadata = (
@@ -181,7 +181,7 @@ def _external(
                 relation=e.relation,
                 counts=e.data.counts,
                 accuracy=None if e.one_class else e.interval("accuracy"),
-                recall={c: v for c, v in recall.items() if v is not None},
+                recall=recall,
                 served_by=e.served_by,
                 key=e.key,
                 by_metadata=by_metadata,

@@ -10,6 +10,7 @@ from engine.evaluation.external import saved_evaluations
 from engine.evaluation.external_results import ExternalEvaluation
 from engine.evaluation.predictions import ENSEMBLE, model_names, study_out_of_fold
 from engine.evaluation.robustness import pooled_table, saved_results
+from engine.evaluation.sample_size import count_to_clear
 from engine.evaluation.summary import model_summary
 from engine.reports import explore
 from engine.reports.generalisation import split_label
@@ -143,7 +144,8 @@ def _verdict(value: float | None, ok: bool | None, *, complete: bool = True) -> 
 
 def interval_verdict(found: dict | None, bar: float, *, complete: bool = True) -> str:
     """Met only when the whole 95 % interval clears ``bar``; not met when all of it falls short; otherwise the
-    interval straddles the bar and the data cannot say."""
+    interval straddles the bar and the data cannot say. A recall short of met that knows its ``n`` also says how
+    many of the ``n`` images would clear it."""
     if not found or found.get("estimate") is None:
         return "not measured yet"
     low, high = found.get("low"), found.get("high")
@@ -155,6 +157,9 @@ def interval_verdict(found: dict | None, bar: float, *, complete: bool = True) -
         verdict = "not met"
     else:
         verdict = f"undecided: the interval straddles {bar:g}"
+    if low is not None and low < bar and found.get("n"):
+        n = found["n"]
+        verdict += f"; {count_to_clear(n, bar, confidence=found.get('confidence', 0.95))} of {n:,} would clear it"
     return verdict if complete else f"so far {verdict} (the study is not finished)"
 
 
