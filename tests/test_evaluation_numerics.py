@@ -16,18 +16,17 @@ from scipy import stats as scipy_stats
 from scipy.special import softmax
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from engine.evaluation.bootstrap import (
-    bootstrap_confusion_metrics,
-    bootstrap_difference,
-    bootstrap_metrics,
-    confusion_metric_names,
-    stratified_resample_indices,
-)
+from engine.evaluation.bootstrap import bootstrap_metrics, stratified_resample_indices
 from engine.evaluation.calibration import (
     apply_temperature,
     cross_fitted_temperature,
     fit_temperature,
     reliability,
+)
+from engine.evaluation.confusion_bootstrap import (
+    bootstrap_confusion_metrics,
+    bootstrap_difference,
+    confusion_metric_names,
 )
 from engine.evaluation.discrimination import discrimination_intervals, pr_curves, roc_curves, weighted_auc_and_ap
 from engine.evaluation.metrics import flat_metrics, fold_metrics

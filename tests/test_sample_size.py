@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.evaluation.bootstrap import bootstrap_confusion_metrics
+from engine.evaluation.confusion_bootstrap import bootstrap_confusion_metrics
 from engine.evaluation.sample_size import count_to_clear, lower_end
 
 

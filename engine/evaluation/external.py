@@ -29,7 +29,7 @@ import numpy as np
 from engine import settings
 from engine.data import overlap
 from engine.data.datasets import Dataset, import_dataset
-from engine.evaluation.bootstrap import bootstrap_confusion_metrics
+from engine.evaluation.confusion_bootstrap import bootstrap_confusion_metrics
 from engine.evaluation.external_results import ExternalEvaluation
 from engine.evaluation.metrics import fold_metrics
 from engine.evaluation.predictions import ENSEMBLE, backbones_of

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine import settings
-from engine.evaluation.bootstrap import MIN_RESAMPLES, bootstrap_confusion_metrics, bootstrap_difference
+from engine.evaluation.bootstrap import MIN_RESAMPLES
 from engine.evaluation.calibration import cross_fitted_temperature, reliability
+from engine.evaluation.confusion_bootstrap import bootstrap_confusion_metrics, bootstrap_difference
 from engine.evaluation.discrimination import discrimination_intervals
 from engine.evaluation.predictions import OutOfFold
 from engine.results import artifacts, atomic, cache
