@@ -247,6 +247,12 @@ def missing_section(study_id: str, backbone: str, found: dict) -> None:
     """What is missing for this backbone, and the button that queues the analysis of its saved fold models."""
     with_model, analysed = found["with_model"], found["analysed"]
     without_model = [k for k in found["finished"] if k not in with_model]
+    if not with_model and analysed:
+        st.caption(
+            f"The results above were computed from {backbone}'s fold models (model.keras), which this copy does not "
+            "keep: they can be read here, not run again."
+        )
+        return
     if not with_model:
         others = [b for b, s in study_state(study_id).items() if s["with_model"] and b != ENSEMBLE]
         st.info(
@@ -316,9 +322,9 @@ def shifts_section() -> None:
 
 study_id = common.study_page("Robustness to acquisition shifts")
 state = study_state(study_id)
-# Analysed backbones first: the page opens on results where there are some.
+# The served model, then analysed backbones first: the page opens on results where there are some.
 backbones = [*common.backbones_of(study_id), *([ENSEMBLE] if ENSEMBLE in state else [])]
-backbones = sorted(backbones, key=lambda b: not state.get(b, {}).get("analysed"))
+backbones = common.served_first(study_id, sorted(backbones, key=lambda b: not state.get(b, {}).get("analysed")))
 picker, class_picker, _ = st.columns([2, 1.4, 1.6])
 backbone = common.choose("Backbone", backbones, param="backbone", where=picker, format_func=backbone_label(state))
 found = state.get(backbone, NOTHING)
