@@ -124,6 +124,9 @@ def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path,
     assert "Folds: **image-level**" in texts(at.caption)
     probe = at.dataframe[-1].value
     assert list(probe["class"]) == ["Normal"] and list(probe["counts"]) == ["a 8, b 8"]
+    best, chance = probe["balanced_accuracy"].max(), probe["chance"].iloc[0]
+    reading = "Near chance" if best - chance < 0.05 else f"Here they do: {best:.3f}"
+    assert reading in texts(at.caption)
     assert len(at.get("plotly_chart")) >= 2
 
 
