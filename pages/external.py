@@ -25,6 +25,7 @@ from engine.evaluation.external_results import UNSTATED, ExternalEvaluation
 from engine.evaluation.metrics import confusion_rates
 from engine.evaluation.predictions import ENSEMBLE
 from engine.models.catalog import ModelInfo
+from engine.reports.served import read_choice
 from engine.results import artifacts
 from pages import common
 
@@ -102,7 +103,8 @@ def _ensemble_studies(artifacts_root: str, key: tuple) -> dict[str, list[str]]:
 
 
 def choices(available: list[ModelInfo]) -> dict[str, Choice]:
-    """Fold ensembles, then each study's ensemble of backbones, then single fold models (the engine's order)."""
+    """The served model (``list_models``'s first) first, then fold ensembles, each study's ensemble of backbones,
+    and single fold models (the engine's order)."""
     # a study's ensemble of backbones is offered once, below, whatever serves it (the engine's one saved evaluation)
     found = {model_id(m): Choice(model_label(m), m.study_id, m.classes, m) for m in available if not m.backbones}
     ensembles = {k: v for k, v in found.items() if v.model.is_ensemble}
@@ -110,8 +112,15 @@ def choices(available: list[ModelInfo]) -> dict[str, Choice]:
     root = common.artifacts_root()
     for study_id, backbones in _ensemble_studies(str(root), artifacts.changed_key(root)).items():
         label = f"ensemble of {', '.join(backbones)} (the study's ensemble row) · study {study_id}"
-        ensembles[f"{study_id}/{ENSEMBLE}/backbones"] = Choice(label, study_id, classes[study_id])
-    return ensembles | found
+        ensembles[_backbones_key(study_id)] = Choice(label, study_id, classes[study_id])
+    offered = ensembles | found
+    first = available[0] if available else None
+    served = _backbones_key(first.study_id) if first and first.backbones else first and model_id(first)
+    return {key: offered[key] for key in sorted(offered, key=lambda key: key != served)}
+
+
+def _backbones_key(study_id: str) -> str:
+    return f"{study_id}/{ENSEMBLE}/backbones"
 
 
 def run_evaluation(chosen: Choice, folder: str, upload, relation: str) -> ExternalEvaluation | None:
@@ -359,10 +368,15 @@ def saved_section(found: list[ExternalEvaluation]) -> None:
         return
     st.dataframe(saved_table(found), hide_index=True)
     by_key = {e.key: e for e in found}
-    newest = sorted(found, key=lambda e: -(e.evaluated_at or 0))
+    served = read_choice(common.artifacts_root()) or {}
+
+    def first(e: ExternalEvaluation) -> tuple:
+        of_served = (e.study_id, e.backbone) == (served.get("study_id"), served.get("backbone"))
+        return (not of_served, e.relation != "other source", -(e.evaluated_at or 0))
+
     key = common.choose(
-        "Open an evaluation",
-        [e.key for e in newest],
+        "Open an evaluation (the served model's on other sources first, then the newest)",
+        [e.key for e in sorted(found, key=first)],
         param="evaluation",
         format_func=lambda k: evaluation_label(by_key[k]),
     )
@@ -370,6 +384,7 @@ def saved_section(found: list[ExternalEvaluation]) -> None:
 
 
 st.title("External validation")
+st.warning(common.NOT_A_DEVICE, icon=":material/warning:")
 st.caption(
     "A saved fold model on labelled images that none of its study's folds saw: the test of whether it generalises "
     "beyond the hospitals and devices of its training set. “Unseen” is checked, not assumed."
