@@ -10,8 +10,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine import settings
+from engine.evaluation.bootstrap import interval_text
+from engine.evaluation.predictions import ENSEMBLE
 from engine.models.catalog import ModelInfo
 from engine.models.inference import MAX_UPLOAD_BYTES, OOD_WARNING, Prediction
+from engine.reports import explore
 from engine.reports.served import read_choice
 from engine.results import artifacts
 from pages import common
@@ -20,6 +23,22 @@ common.require_router(__file__)
 
 MAX_FILES = 50
 ACCEPTED = ("png", "jpg", "jpeg", "dcm", "dicom")
+
+
+def ensemble_accuracy(chosen: ModelInfo) -> str:
+    """An ensemble's pooled out-of-fold accuracy with its interval, the figure the Comparison page and the report
+    give it: each held-out image scored by the members that did not train on it."""
+    table = common.cached(explore.interval_table, chosen.study_id)
+    model = ENSEMBLE if chosen.backbones else chosen.backbone
+    row = table[(table["model"] == model) & (table["folds"] == len(chosen.folds))]
+    if row.empty:
+        return f"its {chosen.n_members} members' pooled accuracy on their own held-out folds {chosen.accuracy:.3f}"
+    found = row.iloc[0]
+    interval = {"estimate": found["accuracy"], "low": found["accuracy low"], "high": found["accuracy high"]}
+    return (
+        f"{chosen.n_members} members · held-out accuracy {interval_text(interval)} on the study's "
+        f"{int(found['images']):,} images, each scored by the members that did not train on it"
+    )
 
 
 def classified(path: str, items: list[tuple[str, bytes]]) -> list[Prediction]:
@@ -175,11 +194,7 @@ if chosen.export and chosen.backbones:
     served = f"exported LiteRT/ONNX files of its {len(chosen.backbones)} backbones, no TensorFlow"
 else:
     served = "exported LiteRT/ONNX file, no TensorFlow" if chosen.export else "Keras model"
-held_out = (
-    f"its {chosen.n_members} members' pooled accuracy on their own held-out folds {chosen.accuracy:.3f}"
-    if chosen.is_ensemble
-    else f"accuracy on its held-out fold {chosen.accuracy:.3f}"
-)
+held_out = ensemble_accuracy(chosen) if chosen.is_ensemble else f"accuracy on its held-out fold {chosen.accuracy:.3f}"
 st.caption(
     f"{chosen.title} · trained on {len(chosen.classes)} classes at {chosen.input_size} px · {held_out} · "
     f"served by the {served}"

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 import engine.models.inference
 from engine.models.catalog import list_models
 from engine.models.inference import load_classifier
+from engine.reports import explore
 from tests import app_fixtures, dicom_fixtures
 from tests.app_fixtures import TinyStudy
 from tests.synthetic import make_image
@@ -51,6 +52,10 @@ def test_batch_gets_probabilities_heatmap_table_and_a_visible_error(
     at.switch_page("pages/classify.py").run()
     assert "not a diagnostic device" in "\n".join(e.value for e in at.error)
     assert best.is_ensemble and at.selectbox(key="choose-model").value == f"{best.study_id}/{best.backbone}/ensemble"
+    pooled = explore.interval_table(best.study_id, tiny_study.root).set_index("model").loc[best.backbone]
+    assert f"held-out accuracy {pooled['accuracy']:.3f} [{pooled['accuracy low']:.3f}, " in "\n".join(
+        c.value for c in at.caption
+    ), "the ensemble's own pooled figure, as the Comparison page gives it"
     at.get("file_uploader")[0].set_value([("xray.png", image, "image/png"), ("notes.png", b"hello", "image/png")])
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -59,10 +59,8 @@ class ModelInfo:
     @property
     def label(self) -> str:
         if self.backbones:
-            return (
-                f"ensemble of {', '.join(self.backbones)} · {self.protocol} · {len(self.folds)} fold models of each · "
-                f"members' held-out accuracy {self.accuracy:.3f}"
-            )
+            # its members' pooled accuracy is not its own (the mean of several backbones' probabilities beats it)
+            return f"ensemble of {', '.join(self.backbones)} · {self.protocol} · {len(self.folds)} fold models of each"
         if self.is_ensemble:
             return (
                 f"{self.backbone} · {self.protocol} · ensemble of {len(self.folds)} fold models · "
