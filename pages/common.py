@@ -18,6 +18,7 @@ import streamlit as st
 from engine import settings
 from engine.evaluation import predictions, summary
 from engine.reports import explore
+from engine.reports.served import read_choice
 from engine.results import artifacts, atomic
 
 if TYPE_CHECKING:
@@ -216,11 +217,25 @@ def require_models(
 ) -> list[str]:
     """The study's models with out-of-fold predictions (:func:`model_names_of`), or ``none_yet`` and the end of the
     page's script."""
-    models = study_cached(model_names_of, study_id)
+    models = served_first(study_id, study_cached(model_names_of, study_id))
     if not models:
         st.info(none_yet)
         st.stop()
     return models
+
+
+def served_first(study_id: str, models: list[str]) -> list[str]:
+    """``models`` with the served one first when it is of this study: a page opens on the model Home speaks of."""
+    choice = read_choice(artifacts_root()) or {}
+    served = choice.get("backbone") if choice.get("study_id") == study_id else None
+    return sorted(models, key=lambda m: m != served)
+
+
+def model_folds(study_id: str, model: str) -> list[int]:
+    """The folds a model has held-out predictions of: a backbone's finished folds, the ensemble's shared ones."""
+    if model == predictions.ENSEMBLE:
+        return study_cached(out_of_fold_of, study_id, model).fold_ids
+    return folds_of(study_id, model)
 
 
 def page_link(page: str, label: str, *, query_params: dict[str, str] | None = None, where=st) -> None:

@@ -1,4 +1,4 @@
-"""Confusion matrices: which classes each backbone mixes up, per fold or summed over folds."""
+"""Confusion matrices: which classes each backbone, and their ensemble, mixes up, per fold or summed over folds."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def fold_label(fold: object) -> str:
 
 def backbone_panel(study_id: str, backbone: str, fold: object, view: str) -> None:
     chosen = None if fold == ALL_FOLDS else int(fold)
-    if chosen is not None and chosen not in common.folds_of(study_id, backbone):
+    if chosen is not None and chosen not in common.model_folds(study_id, backbone):
         st.info(f"{backbone} has not finished fold {chosen}; showing all its finished folds summed.")
         chosen = None
     matrix = common.cached(explore.confusion_matrix, study_id, backbone, chosen)
@@ -72,11 +72,18 @@ def backbone_panel(study_id: str, backbone: str, fold: object, view: str) -> Non
 
 
 study_id = common.study_page("Confusion matrices")
-backbones = common.backbones_of(study_id)
+backbones = common.require_models(study_id)
 first, second, fold_column, view_column = st.columns([2, 2, 1.4, 2])
-backbone = common.choose("Backbone", backbones, param="backbone", where=first)
-other = common.choose("Side by side with", ["none", *backbones], param="vs", where=second, exclude=backbone)
-folds = sorted(set(common.folds_of(study_id, backbone)))
+backbone = common.choose("Model", backbones, param="backbone", where=first, format_func=common.model_label)
+other = common.choose(
+    "Side by side with",
+    ["none", *backbones],
+    param="vs",
+    where=second,
+    exclude=backbone,
+    format_func=common.model_label,
+)
+folds = sorted(set(common.model_folds(study_id, backbone)))
 fold = common.choose("Fold", [ALL_FOLDS, *folds], param="fold", where=fold_column, format_func=fold_label)
 view = view_column.radio("Show", list(VIEWS), format_func=VIEWS.get, horizontal=False)
 st.caption(

@@ -186,6 +186,31 @@ def test_confusion_page_opens_the_view_of_a_shared_link(study_root: TinyStudy) -
     assert at.query_params["fold"] == "all"
 
 
+def test_confusion_page_shows_the_ensemble_of_the_backbones(study_root: TinyStudy) -> None:
+    at = open_page("pages/confusion.py", query={"study": study_root.study_id, "backbone": "ensemble"})
+    assert at.selectbox(key="choose-backbone").value == "ensemble"
+    per_class = at.dataframe[0].value.set_index("class")
+    right = sum(per_class["sensitivity"] * per_class["support"])
+    assert right / per_class["support"].sum() == pytest.approx(ensemble_accuracy_by_hand(study_root, pooled=True))
+
+    at.selectbox(key="choose-fold").set_value(1).run()
+    assert not at.exception
+    per_class = at.dataframe[0].value.set_index("class")
+    right = sum(per_class["sensitivity"] * per_class["support"])
+    assert right / per_class["support"].sum() == pytest.approx(ensemble_accuracy_by_hand(study_root)[1])
+
+
+@pytest.mark.parametrize(("page", "key"), [("pages/confusion.py", "backbone"), ("pages/calibration.py", "model")])
+def test_a_study_page_opens_on_the_served_model(
+    study_root: TinyStudy, monkeypatch: pytest.MonkeyPatch, page: str, key: str
+) -> None:
+    served = {"study_id": study_root.study_id, "backbone": "ensemble"}
+    monkeypatch.setattr("pages.common.read_choice", lambda root: served)
+    assert open_page(page, query={"study": study_root.study_id}).selectbox(key=f"choose-{key}").value == "ensemble"
+    monkeypatch.setattr("pages.common.read_choice", lambda root: {**served, "study_id": "another"})
+    assert open_page(page, query={"study": study_root.study_id}).selectbox(key=f"choose-{key}").value != "ensemble"
+
+
 def test_curves_page_marks_the_lowest_validation_loss(study_root: TinyStudy) -> None:
     at = open_page("pages/curves.py", query={"study": study_root.study_id})
     assert len(at.get("plotly_chart")) == 2

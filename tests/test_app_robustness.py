@@ -240,6 +240,13 @@ def test_robustness_of_the_demo_study(demo: Path) -> None:
     results = robustness_json(demo, served, "ensemble")
     assert reference_line(chart(at, 0)) == pytest.approx(pooled(results, "none", None))
     assert "The mean of every backbone's model of each fold on its own held-out images" in texts(at.caption)
+    for model in (demo / "studies" / served / "runs" / "MobileNet").glob("fold-*/model.keras"):
+        model.unlink()  # as a fresh clone has it: the results, not the fold models
+    at = open_page(ROBUSTNESS, query={"study": served, "backbone": "MobileNet"})
+    unshifted = pooled(robustness_json(demo, served, "MobileNet"), "none", None)
+    assert reference_line(chart(at, 0)) == pytest.approx(unshifted)
+    assert "nothing to analyse" not in texts(at.info)
+    assert "The results above were computed from MobileNet's fold models" in texts(at.caption)
     at = open_page(ROBUSTNESS, query={"study": "0c18372e7d3f", "backbone": "MobileNet-0.25"})
     assert "are not on this machine" in texts(at.warning)  # a fresh clone: no decoded images
     for backbone in ("MobileNet", "MobileNet-0.25"):  # the first two listed, made unanalysed
@@ -318,7 +325,11 @@ def test_external_validation_evaluates_a_studys_ensemble_of_backbones(copy: Tiny
     box = at.selectbox(key="choose-model")
     (choice,) = [o for o in box.options if "the study's ensemble row" in o]
     assert choice == f"ensemble of {', '.join(TINY_BACKBONES)} (the study's ensemble row) · study {copy.study_id}"
-    box.select(f"{copy.study_id}/ensemble/backbones")
+    assert box.options[0] != choice, "a fold ensemble is served: it comes first"
+    (copy.root / "served.json").write_text(json.dumps({"study_id": copy.study_id, "backbone": "ensemble"}))
+    at = open_page(EXTERNAL)
+    box = at.selectbox(key="choose-model")
+    assert box.options[0] == choice and box.value == f"{copy.study_id}/ensemble/backbones", "the served one first"
     at = evaluate(at, folder=str(data))
     assert "Saved as evaluation" in texts(at.success)
     saved = {name: json.loads(raw) for name, raw in evaluation_files(copy.root).items()}

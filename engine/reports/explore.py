@@ -228,15 +228,24 @@ def classes_of(study_id: str, artifacts_root: Path | None = None) -> list[str]:
 def confusion_matrix(
     study_id: str, backbone: str, fold: int | None = None, artifacts_root: Path | None = None
 ) -> pd.DataFrame:
-    """Counts (rows: true class, columns: predicted) of one fold, or summed over every finished fold."""
+    """Counts (rows: true class, columns: predicted) of one fold, or summed over every finished fold; for the
+    ``ensemble``, of the mean of the backbones' probabilities on their shared folds."""
     root = _root(artifacts_root)
     classes = classes_of(study_id, root)
-    runs = [r for r in artifacts.study_runs(study_id, root) if r.backbone == backbone]
-    if fold is not None:
-        runs = [r for r in runs if r.fold == fold]
-    if not runs:
-        raise ValueError(f"no finished run of backbone={backbone!r}, fold={fold!r} in study {study_id}")
-    total = np.sum([np.asarray(r.metrics["confusion_matrix"], dtype=np.int64) for r in runs], axis=0)
+    if backbone == ENSEMBLE:
+        oof = study_out_of_fold(study_id, ENSEMBLE, root)
+        rows = np.ones(len(oof), dtype=bool) if fold is None else oof.folds == fold
+        if not rows.any():
+            raise ValueError(f"fold={fold!r} is not one of the ensemble's folds {oof.fold_ids} in study {study_id}")
+        cells = oof.y_true[rows] * len(classes) + oof.proba[rows].argmax(axis=1)
+        total = np.bincount(cells, minlength=len(classes) ** 2).reshape(len(classes), len(classes))
+    else:
+        runs = [r for r in artifacts.study_runs(study_id, root) if r.backbone == backbone]
+        if fold is not None:
+            runs = [r for r in runs if r.fold == fold]
+        if not runs:
+            raise ValueError(f"no finished run of backbone={backbone!r}, fold={fold!r} in study {study_id}")
+        total = np.sum([np.asarray(r.metrics["confusion_matrix"], dtype=np.int64) for r in runs], axis=0)
     return pd.DataFrame(total, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
 
 
