@@ -59,6 +59,7 @@ class External:
     counts: dict[str, int]
     accuracy: dict | None
     recall: dict[str, dict]
+    called: dict[str, dict[str, int]]
     served_by: str
     key: str
     by_metadata: dict[str, dict[str, dict]]
@@ -148,6 +149,16 @@ def _evaluations(root: Path, changed: tuple[int, int]) -> tuple[ExternalEvaluati
     return tuple(saved_evaluations(root))
 
 
+def _called(e: ExternalEvaluation) -> dict[str, dict[str, int]]:
+    """What the set's images of each class were called: ``{true class: {predicted class: count}}``, counts above 0."""
+    matrix = e.confusion_matrix
+    return {
+        true: {called: int(n) for called, n in zip(e.classes, matrix[row], strict=True) if n}
+        for row, true in enumerate(e.classes)
+        if true in e.data.counts
+    }
+
+
 def _external(
     study_id: str, model: str, artifacts_root: Path, evaluations: tuple[ExternalEvaluation, ...]
 ) -> tuple[External, ...]:
@@ -182,6 +193,7 @@ def _external(
                 counts=e.data.counts,
                 accuracy=None if e.one_class else e.interval("accuracy"),
                 recall=recall,
+                called=_called(e),
                 served_by=e.served_by,
                 key=e.key,
                 by_metadata=by_metadata,

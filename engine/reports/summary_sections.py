@@ -42,7 +42,23 @@ def judged_studies(artifacts_root: Path | None) -> list[Generalisation]:
     return sorted(found, key=lambda g: (len(g.sources) == 1, g.protocol, g.study_id))
 
 
-def _served_bullet(choice: dict) -> list[str]:
+def _served_details(study_id: str, backbone: str, artifacts_root: Path | None) -> tuple[str, str]:
+    """How many of the paper's images the in-fold figures are over, and what the served model called the adult
+    viral pneumonias; empty where this artifacts folder lacks the study or its evaluation."""
+    if not (artifacts.study_dir(study_id, artifacts_root) / "study.json").is_file():
+        return "", ""
+    dataset = artifacts.read_study(study_id, artifacts_root).dataset
+    images = f" ({sum(dataset.by_source[dataset.sources[0]].values()):,} held-out images)"
+    model = generalisation(study_id, artifacts_root).model(backbone)
+    external = model.external_set(EXTERNAL_ADULTS) if model else None
+    viral = (external.called if external else {}).get("Viral Pneumonia")
+    if not viral:
+        return images, ""
+    calls = sorted(viral.items(), key=lambda item: -item[1])
+    return images, f": of its {sum(viral.values())}, " + ", ".join(f"{n} called {name}" for name, n in calls)
+
+
+def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
     best = next(
         c for c in choice["candidates"] if c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]
     )
@@ -54,15 +70,16 @@ def _served_bullet(choice: dict) -> list[str]:
     met = sum(1 for ok in best["met"].values() if ok)
     with_bars = list(zip(target_figures(best).values(), TARGETS.values(), strict=True))[:4]
     accuracy, covid, normals, external = [_judged(figure, bar) for figure, bar in with_bars]
+    images, viral = _served_details(best["study_id"], best["backbone"], artifacts_root)
     return [
         f"- **The model to use outside the source: {candidate_name(best['backbone'])}** (`{best['protocol']}`, study "
         f"`{best['study_id']}`, {best['split']}-level folds), chosen on what holds outside the source, not on "
         f"in-fold accuracy. It meets {met} of {len(best['met'])} targets (a figure with an interval only when the "
         "whole interval clears its bar):",
-        f"  - in-fold on the paper's images: accuracy {accuracy}, COVID-19 recall {covid};",
+        f"  - in-fold on the paper's images{images}: accuracy {accuracy}, COVID-19 recall {covid};",
         f"  - adult normals ({ADULT_NORMALS}, {best['adult_normals_how']}): called Normal {normals};",
         f"  - {EXTERNAL_ADULTS} (adults, other source): COVID-19 recall {external}, "
-        f"Viral Pneumonia recall {interval_text(best['external_viral'])} (reported, no bar);",
+        f"Viral Pneumonia recall {interval_text(best['external_viral'])} (reported, no bar{viral});",
         f"  - accuracy change under acquisition shifts: {drops or 'not measured'}.",
     ]
 
@@ -138,7 +155,7 @@ def served_summary(artifacts_root: Path | None) -> str | None:
     """The answer first, as the report and the Home page open: the served model with its figures outside the source
     and the targets it meets, then models trained without adult normals beside it; None before a choice."""
     choice = read_choice(artifacts_root)
-    return "\n".join(_served_bullet(choice) + _earlier_bullets(choice)) if choice else None
+    return "\n".join(_served_bullet(choice, artifacts_root) + _earlier_bullets(choice)) if choice else None
 
 
 def summary_section(artifacts_root: Path | None) -> str:
@@ -189,8 +206,10 @@ def study_findings(g: Generalisation) -> list[str]:
     if not g.models:
         return []
     best = max(g.models, key=lambda m: m.in_fold["accuracy"]["estimate"])
+    n = len(g.sources)
+    where = f" on the held-out images of {'both' if n == 2 else f'all {n}'} sources" if n > 1 else ""
     lines = [
-        f"Best in-fold accuracy: **{best.model}** {interval_text(best.in_fold['accuracy'])}, COVID-19 recall "
+        f"Best in-fold accuracy{where}: **{best.model}** {interval_text(best.in_fold['accuracy'])}, COVID-19 recall "
         f"{interval_text(best.in_fold.get('recall[COVID-19]'))} ({g.split}-level folds)."
     ]
     if best.image_level:
@@ -207,7 +226,8 @@ def study_findings(g: Generalisation) -> list[str]:
         m = max(audited, key=lambda m: m.in_fold["accuracy"]["estimate"])
         lines.append(
             f"{m.model} with the lung fields hidden: {interval_text(m.occlusion['lungs hidden'])}; with only them "
-            f"kept: {interval_text(m.occlusion['lungs only'])}."
+            f"kept: {interval_text(m.occlusion['lungs only'])}; on whole films: "
+            f"{interval_text(m.in_fold['accuracy'])}."
         )
     for m in g.models:
         for source, figures in m.by_source.items():
