@@ -292,7 +292,13 @@ if chosen.empty:
 mistakes_table(chosen, oof.classes)
 
 st.subheader(f"The {min(GRID_SIZE, len(chosen))} most confident of these mistakes")
-with_maps = st.toggle("Overlay the Grad-CAM heat map (runs the fold's saved model)", value=True)
+any_saved = any(m.path is not None for m in fold_models.values())
+with_maps = st.toggle(
+    "Overlay the Grad-CAM heat map (runs the fold's saved model)",
+    value=any_saved,
+    disabled=not any_saved,
+    help=None if any_saved else "No fold model of this study is in this copy (model.keras): nothing to run.",
+)
 st.caption(
     f"Heat maps: Grad-CAM of the class the fold model predicts, on the image at {source.input_size} px; red is "
     f"where the evidence for it is strongest. Saved models: {saved_models_line(oof.fold_ids, fold_models)}."

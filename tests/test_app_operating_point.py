@@ -322,6 +322,20 @@ def test_failures_of_the_demo_ensemble_without_images_still_show_the_table(demo_
     assert at.query_params["pair"] == pair and at.query_params["fold"] == "2"
 
 
+def test_without_a_fold_model_the_heat_map_toggle_is_off_and_says_why(
+    tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_study.root, root)
+    for model in root.glob("studies/*/runs/*/fold-*/model.keras"):
+        model.unlink()
+    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
+    at = open_page("pages/failures.py", query={"study": tiny_study.study_id})
+    toggle = at.toggle[0]
+    assert toggle.value is False and toggle.proto.disabled
+    assert "No fold model of this study is in this copy" in toggle.proto.help
+
+
 def test_failures_say_which_fold_models_are_saved(demo_root: Path) -> None:
     at = open_page("pages/failures.py", query={"study": DEMO, "model": "MobileNet"})
     runs = demo_root / "studies" / DEMO / "runs" / "MobileNet"
