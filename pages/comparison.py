@@ -89,14 +89,17 @@ def intervals_table(study_id: str, labels: dict[str, str]) -> None:
     )
 
 
-def paper_table(comparison: pd.DataFrame, definition: str) -> None:
+def paper_table(study_id: str, comparison: pd.DataFrame, definition: str) -> None:
     st.subheader("The paper's Table 1 beside this study")
     side = explore.paper_vs_study(comparison, definition=definition)
     ours = "per-class (macro)" if definition == "per-class" else "the paper's"
+    source = common.cached(explore.provenance, study_id)
     st.caption(
         f"paper: the paper's mean over its 5 folds. study: this study's mean over its folds, with {ours} "
         "precision/recall/F1. diff = study − paper, only where both use the same definition (per-class figures "
-        "are not comparable with the paper's pooled ones). Only backbones of the paper trained here are listed."
+        "are not comparable with the paper's pooled ones). Only backbones of the paper trained here are listed.  \n"
+        f"A diff is not the network's alone: the paper fine-tuned every layer (`paper` protocol) on its images with "
+        f"image-level folds; this study ran `{source.protocol}` on {source.dataset} with {source.split}."
     )
     numbers = side.drop(columns=["in this study"])
     styled = numbers[side["in this study"]]
@@ -187,7 +190,7 @@ st.info(DEFINITIONS_NOTE, icon=":material/info:")
 labels = metric_labels(per_class)
 means_table(comparison, labels)
 intervals_table(study_id, labels)
-paper_table(comparison, definition)
+paper_table(study_id, comparison, definition)
 fold_plot(study_id, labels)
 pairwise_test(study_id, list(comparison["backbone"]), labels)
 common.page_link("confusion", "See the confusion matrices of these backbones", query_params={"study": study_id})
