@@ -12,6 +12,9 @@ from pages import common
 
 common.require_router(__file__)
 
+ROW_HEIGHT_PX = 35
+"""A dataframe row's height in Streamlit: a table sized to its rows shows every fold without scrolling."""
+
 PANELS = {"accuracy": "Accuracy", "loss": "Loss"}
 SEPARATOR = ","
 
@@ -108,7 +111,7 @@ if not choices.empty:
         "so there are no epochs to plot. Each fold's L2 strength C was chosen by accuracy over inner folds of its "
         "training images (a smaller C is a stronger penalty):"
     )
-    st.dataframe(choices, hide_index=True)
+    st.dataframe(choices, hide_index=True, height=ROW_HEIGHT_PX * (len(choices) + 1) + 3)
     st.stop()
 curves = common.cached(explore.histories, study_id)
 available = sorted(curves["backbone"].unique())
