@@ -161,7 +161,7 @@ def choose_prevalence(sample_prevalence: float, class_name: str, where) -> float
         f"Prevalence of {class_name} (%)",
         min_value=0.01,
         max_value=99.99,
-        value=remembered_number("prevalence", round(100 * sample_prevalence, 2), 0.01, 99.99),
+        value=remembered_number("prevalence", 100 * sample_prevalence, 0.01, 99.99),
         step=0.1,
         format="%.2f",
         key=f"op-prevalence-{class_name}",

@@ -208,12 +208,15 @@ def test_operating_point_of_the_demo_at_a_target_sensitivity_and_a_dragged_thres
     assert at.radio(key="op-mode").value == "sensitivity"
     positive, score = covid_scores(demo_root, DEMO, DEMO_BACKBONES[0], "COVID-19")
     sample = positive.mean()
-    assert at.number_input(key="op-prevalence-COVID-19").value == pytest.approx(round(100 * sample, 2))
+    assert at.number_input(key="op-prevalence-COVID-19").value == pytest.approx(100 * sample), "the sample's own"
     assert f"{len(score):,} images ({positive.sum():,} COVID-19" in texts(at.caption)
     # The highest threshold with sensitivity >= 0.95: the k-th highest COVID-19 score, k = ceil(0.95 * positives).
     k = math.ceil(0.95 * positive.sum())
     threshold = np.sort(score[positive])[::-1][k - 1]
-    check_figures(at, expected_point(positive, score, threshold), round(100 * sample, 2) / 100)
+    check_figures(at, expected_point(positive, score, threshold), sample)
+    figures = at.dataframe[0].value.set_index("measure")
+    for measure in ("PPV (precision)", "NPV"):  # at the sample's own prevalence, Bayes' rule gives the sample's
+        assert figures.loc[measure, "at the chosen prevalence"] == pytest.approx(figures.loc[measure, "in this sample"])
     assert {m.label: m.value for m in at.metric}["Threshold"] == f"{threshold:.4g}"
     assert "optimistic" in texts(at.info) and "external data" in texts(at.info)
     assert len(at.get("plotly_chart")) == 1
@@ -249,12 +252,12 @@ def test_a_shared_link_opens_its_point_and_an_unreachable_target_shows_the_neare
     warning = texts(at.warning)
     assert "No threshold reaches a specificity of 100.0%" in warning
     assert f"specificity is {best['specificity']:.2%}" in warning
-    check_figures(at, best, round(100 * positive.mean(), 2) / 100)
+    check_figures(at, best, positive.mean())
 
     at.selectbox(key="choose-class").set_value("COVID-19").run()
     assert not at.warning
     assert at.number_input(key="op-prevalence-COVID-19").value == pytest.approx(
-        round(100 * covid_scores(demo_root, DEMO_PAPER, "MobileNetV2-0.35", "COVID-19")[0].mean(), 2)
+        100 * covid_scores(demo_root, DEMO_PAPER, "MobileNetV2-0.35", "COVID-19")[0].mean()
     ), "a new class starts at its own prevalence"
 
 
@@ -271,7 +274,7 @@ def test_operating_point_of_the_tiny_ensemble_is_the_mean_of_its_members(study_r
     threshold = float(np.median(score))
     at.slider(key="op-threshold").set_value(threshold).run()
     assert not at.exception, [e.value for e in at.exception]
-    check_figures(at, expected_point(positive, score, threshold), round(100 * positive.mean(), 2) / 100)
+    check_figures(at, expected_point(positive, score, threshold), positive.mean())
 
 
 # Failure analysis
