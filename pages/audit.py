@@ -115,6 +115,9 @@ def features_by_class(study_id: str) -> None:
         if table[name].max() <= 0:
             column.caption(f"{name}: not recorded by the import of this dataset.")
             continue
+        if table[name].nunique() == 1:
+            column.caption(f"{name}: {table[name].iloc[0]:g} for every image, so it cannot tell the classes apart.")
+            continue
         figure = px.box(
             table, x="class", y=name, color="source" if table["source"].nunique() > 1 else None, points=False
         )

@@ -128,6 +128,7 @@ def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path,
     reading = "Near chance" if best - chance < 0.05 else f"Here they do: {best:.3f}"
     assert reading in texts(at.caption)
     assert len(at.get("plotly_chart")) >= 2
+    assert "source size: 32 for every image, so it cannot tell the classes apart." in texts(at.caption)
 
 
 @pytest.mark.slow
