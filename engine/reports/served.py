@@ -171,8 +171,8 @@ def choose(artifacts_root: Path | None = None) -> dict:
         "rule": __doc__.split("\n\n")[1].replace("\n", " "),
         "why": (
             f"{candidate_name(best.backbone)[0].upper()}{candidate_name(best.backbone)[1:]} of study {best.study_id} "
-            f"({best.protocol}, {best.split}-level folds) has "
-            f"the highest lower figure outside its source of {len(ranked)} candidates: adult normals called Normal "
+            f"({best.protocol}, {best.split}-level folds) ranks first of {len(ranked)} candidates on the weaker of "
+            f"its two figures outside its source: adult normals called Normal "
             f"{best.adult_normals['estimate']:.3f}, adult COVID-19 recall {best.external_covid['estimate']:.3f}; it "
             f"meets {sum(1 for ok in met.values() if ok)} of {len(met)} targets"
         ),
