@@ -120,7 +120,7 @@ def diagram(
     figure.update_xaxes(range=[0, 1], row=1, col=1)
     figure.update_xaxes(range=[0, 1], title_text="mean predicted probability", row=2, col=1)
     figure.update_yaxes(range=[-0.02, 1.02], title_text="observed frequency", row=1, col=1)
-    figure.update_yaxes(type="log", title_text="images", row=2, col=1)
+    figure.update_yaxes(type="log", dtick=1, title_text="images", row=2, col=1)  # a tick a decade: 1, 10, 100
     return figure
 
 
