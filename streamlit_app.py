@@ -74,8 +74,19 @@ def study_picker() -> None:
     if done.empty:
         st.sidebar.caption("No finished study yet.")
         return
-    titles = {row.study_id: f"{row.title} ({row.folds_done} runs)" for row in done.itertuples()}
-    common.choose("Study", list(titles), param="study", where=st.sidebar, format_func=titles.get)
+    # the protocol first: several studies share a dataset, and the box shows the start of the label
+    titles = {
+        row.study_id: f"{'served · ' if row.served else ''}{row.protocol} · {row.dataset} · {row.study_id}"
+        for row in done.itertuples()
+    }
+    common.choose(
+        "Study",
+        list(titles),
+        param="study",
+        where=st.sidebar,
+        format_func=titles.get,
+        help="The studies of this artifacts folder: protocol · dataset · study id. Home lists them all.",
+    )
 
 
 def launch_form() -> None:

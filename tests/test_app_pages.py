@@ -96,6 +96,7 @@ def test_home_names_the_dataset_weights_and_where_to_start(study_root: TinyStudy
     assert sorted(weights["backbone"]) == sorted(TINY_BACKBONES)
     assert "not a diagnostic device" in texts(at.warning)
     assert at.sidebar.selectbox(key="choose-study").value == study_root.study_id
+    assert at.sidebar.selectbox(key="choose-study").options == [f"frozen · tiny-data · {study_root.study_id}"]
     assert {link.proto.page for link in at.get("page_link")} >= {
         "comparison",
         "confusion",
