@@ -13,6 +13,7 @@ from engine.evaluation.image_statistics import SUMMARY
 from engine.evaluation.predictions import ENSEMBLE
 from engine.evaluation.shortcuts import BASELINE, CONDITIONS
 from engine.reports import generalisation
+from engine.reports.served import ADULT_NORMALS
 from pages import common
 
 common.require_router(__file__)
@@ -157,9 +158,12 @@ def source_probe(found: generalisation.Generalisation) -> None:
         "Near chance: the features do not encode the source."
         if best["balanced_accuracy"] - best["chance"] < NEAR_CHANCE
         else f"Here they do: {best['balanced_accuracy']:.3f} for {best['model']} within {best['class']}, against "
-        f"{best['chance']:.2f} by chance. Where the sources also differ in their patients (the paper's normals are "
-        "children, the NIH set's adults) that is anatomy as much as acquisition; either way a head can use it, and "
+        f"{best['chance']:.2f} by chance. Where the sources also differ in their patients (the NIH set's normals are "
+        "adults, the paper's children) that is anatomy as much as acquisition; either way a head can use it, and "
         "the external sets measure whether it did."
+        if ADULT_NORMALS in found.sources and best["class"] == "Normal"
+        else f"Here they do: {best['balanced_accuracy']:.3f} for {best['model']} within {best['class']}, against "
+        f"{best['chance']:.2f} by chance: a head can use the source, and the external sets measure whether it did."
     )
     st.caption(
         "Balanced accuracy of a logistic regression telling the source of an image from the model's own pooled "

@@ -27,7 +27,7 @@ ACCEPTED = ("png", "jpg", "jpeg", "dcm", "dicom")
 
 def ensemble_accuracy(chosen: ModelInfo) -> str:
     """An ensemble's pooled out-of-fold accuracy with its interval, the figure the Comparison page and the report
-    give it: each held-out image scored by the members that did not train on it."""
+    give it: each held-out image scored by the member(s) that did not train on it."""
     table = common.cached(explore.interval_table, chosen.study_id)
     model = ENSEMBLE if chosen.backbones else chosen.backbone
     row = table[(table["model"] == model) & (table["folds"] == len(chosen.folds))]
@@ -35,9 +35,10 @@ def ensemble_accuracy(chosen: ModelInfo) -> str:
         return f"its {chosen.n_members} members' pooled accuracy on their own held-out folds {chosen.accuracy:.3f}"
     found = row.iloc[0]
     interval = {"estimate": found["accuracy"], "low": found["accuracy low"], "high": found["accuracy high"]}
+    scored_by = "each backbone's fold model that" if chosen.backbones else "the fold model that"
     return (
         f"{chosen.n_members} members · held-out accuracy {interval_text(interval)} on the study's "
-        f"{int(found['images']):,} images, each scored by the members that did not train on it"
+        f"{int(found['images']):,} images, each scored by {scored_by} did not train on it"
     )
 
 

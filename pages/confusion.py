@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.evaluation.metrics import confusion_rates
+from engine.evaluation.predictions import ENSEMBLE
 from engine.reports import explore
 from pages import common
 
@@ -60,7 +61,8 @@ def fold_label(fold: object) -> str:
 def backbone_panel(study_id: str, backbone: str, fold: object, view: str) -> None:
     chosen = None if fold == ALL_FOLDS else int(fold)
     if chosen is not None and chosen not in common.model_folds(study_id, backbone):
-        st.info(f"{backbone} has not finished fold {chosen}; showing all its finished folds summed.")
+        what = "Not every backbone has" if backbone == ENSEMBLE else f"{backbone} has not"
+        st.info(f"{what} finished fold {chosen}; showing all its finished folds summed.")
         chosen = None
     matrix = common.cached(explore.confusion_matrix, study_id, backbone, chosen)
     title = f"{backbone} · {fold_label(ALL_FOLDS if chosen is None else chosen)}"

@@ -372,7 +372,7 @@ def saved_section(found: list[ExternalEvaluation]) -> None:
 
     def first(e: ExternalEvaluation) -> tuple:
         of_served = (e.study_id, e.backbone) == (served.get("study_id"), served.get("backbone"))
-        return (not of_served, e.relation != "other source", -(e.evaluated_at or 0))
+        return (not (of_served and e.relation == "other source"), -(e.evaluated_at or 0))
 
     key = common.choose(
         "Open an evaluation (the served model's on other sources first, then the newest)",

@@ -297,7 +297,7 @@ with_maps = st.toggle(
     "Overlay the Grad-CAM heat map (runs the fold's saved model)",
     value=any_saved,
     disabled=not any_saved,
-    help=None if any_saved else "No fold model of this study is in this copy (model.keras): nothing to run.",
+    help=None if any_saved else f"No fold model of {model} is in this copy (model.keras): nothing to run.",
 )
 st.caption(
     f"Heat maps: Grad-CAM of the class the fold model predicts, on the image at {source.input_size} px; red is "

@@ -330,13 +330,16 @@ def test_without_a_fold_model_the_heat_map_toggle_is_off_and_says_why(
 ) -> None:
     root = tmp_path / "artifacts"
     shutil.copytree(tiny_study.root, root)
-    for model in root.glob("studies/*/runs/*/fold-*/model.keras"):
+    backbone, other = TINY_BACKBONES
+    for model in root.glob(f"studies/*/runs/{backbone}/fold-*/model.keras"):
         model.unlink()
     monkeypatch.setenv("CXR_ARTIFACTS", str(root))
-    at = open_page("pages/failures.py", query={"study": tiny_study.study_id})
+    at = open_page("pages/failures.py", query={"study": tiny_study.study_id, "model": backbone})
     toggle = at.toggle[0]
     assert toggle.value is False and toggle.proto.disabled
-    assert "No fold model of this study is in this copy" in toggle.proto.help
+    assert f"No fold model of {backbone} is in this copy" in toggle.proto.help
+    at = open_page("pages/failures.py", query={"study": tiny_study.study_id, "model": other})
+    assert at.toggle[0].value is True and not at.toggle[0].proto.disabled, "its own fold models are here"
 
 
 def test_failures_say_which_fold_models_are_saved(demo_root: Path) -> None:

@@ -40,13 +40,20 @@ def test_more_images_need_a_smaller_share() -> None:
     assert shares[-1] > 0.90
 
 
+def test_numpy_counts_are_counts() -> None:
+    assert lower_end(np.int64(88), np.int64(93)) == lower_end(88, 93)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: lower_end(3, 0), "n must be"),
-        (lambda: lower_end(4, 3), "k must be"),
+        (lambda: lower_end(3, 0), "n must be a whole number at least 1, got n=0"),
+        (lambda: lower_end(4, 3), "k must be a whole number between 0 and 3, got k=4"),
+        (lambda: lower_end(True, 3), "k must be"),
         (lambda: lower_end(1, 3, confidence=1.0), "confidence must be"),
         (lambda: count_to_clear(10, 1.5), "bar must be"),
+        (lambda: count_to_clear(-1, 0.9), "n must be"),
+        (lambda: count_to_clear(93.0, 0.9), "got n=93.0"),
     ],
 )
 def test_bad_input_names_the_argument(call, message: str) -> None:
@@ -58,8 +65,18 @@ def test_a_verdict_short_of_its_bar_says_what_would_clear_it() -> None:
     from engine.reports.results_sections import interval_verdict
 
     straddles = {"estimate": 88 / 93, "low": 0.892, "high": 0.989, "n": 93}
-    assert interval_verdict(straddles, 0.90) == "undecided: the interval straddles 0.9; 89 of 93 would clear it"
+    assert interval_verdict(straddles, 0.90) == "undecided: the interval straddles 0.9; about 89 of 93 would clear it"
     short = {"estimate": 0.8, "low": 0.7, "high": 0.85, "n": 20}
-    assert interval_verdict(short, 0.90).endswith(f"; {count_to_clear(20, 0.90)} of 20 would clear it")
+    assert interval_verdict(short, 0.90).endswith(f"; about {count_to_clear(20, 0.90)} of 20 would clear it")
     assert interval_verdict({**straddles, "low": 0.91}, 0.90) == "met"
     assert interval_verdict({k: v for k, v in straddles.items() if k != "n"}, 0.90).endswith("straddles 0.9")
+    assert interval_verdict({**straddles, "method": "bca"}, 0.90).endswith("straddles 0.9"), "no limit known for BCa"
+
+
+def test_the_count_asked_for_is_never_the_one_already_found() -> None:
+    """A finite bootstrap's lower end can miss the bar at the count whose limit clears it (354 of 382, low 0.8979)."""
+    from engine.reports.results_sections import interval_verdict
+
+    k = count_to_clear(382, 0.90)
+    found = {"estimate": k / 382, "low": 0.8979, "high": 0.95, "n": 382}
+    assert interval_verdict(found, 0.90).endswith(f"; about {k + 1} of 382 would clear it")

@@ -144,8 +144,8 @@ def _verdict(value: float | None, ok: bool | None, *, complete: bool = True) -> 
 
 def interval_verdict(found: dict | None, bar: float, *, complete: bool = True) -> str:
     """Met only when the whole 95 % interval clears ``bar``; not met when all of it falls short; otherwise the
-    interval straddles the bar and the data cannot say. A recall short of met that knows its ``n`` also says how
-    many of the ``n`` images would clear it."""
+    interval straddles the bar and the data cannot say. A recall short of met that knows its ``n`` also says about
+    how many of the ``n`` images would clear it (for a percentile interval, whose limit ``sample_size`` knows)."""
     if not found or found.get("estimate") is None:
         return "not measured yet"
     low, high = found.get("low"), found.get("high")
@@ -157,10 +157,17 @@ def interval_verdict(found: dict | None, bar: float, *, complete: bool = True) -
         verdict = "not met"
     else:
         verdict = f"undecided: the interval straddles {bar:g}"
-    if low is not None and low < bar and found.get("n"):
-        n = found["n"]
-        verdict += f"; {count_to_clear(n, bar, confidence=found.get('confidence', 0.95))} of {n:,} would clear it"
+    if low is not None and low < bar and found.get("n") and found.get("method", "percentile") == "percentile":
+        verdict += f"; about {_count_to_clear(found, bar)} of {found['n']:,} would clear it"
     return verdict if complete else f"so far {verdict} (the study is not finished)"
+
+
+def _count_to_clear(found: dict, bar: float) -> int:
+    """The binomial limit's count (``sample_size``), and at least one more than found now: a finite bootstrap's lower
+    end can fall short of the bar at the count the limit says clears it."""
+    n = found["n"]
+    now = round(found["estimate"] * n)
+    return min(n, max(count_to_clear(n, bar, confidence=found.get("confidence", 0.95)), now + 1))
 
 
 def _robustness_drop(study: Study, backbone: str, artifacts_root: Path | None) -> tuple[float | None, str]:

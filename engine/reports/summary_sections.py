@@ -226,8 +226,8 @@ def study_findings(g: Generalisation) -> list[str]:
         m = max(audited, key=lambda m: m.in_fold["accuracy"]["estimate"])
         lines.append(
             f"{m.model} with the lung fields hidden: {interval_text(m.occlusion['lungs hidden'])}; with only them "
-            f"kept: {interval_text(m.occlusion['lungs only'])}; on whole films: "
-            f"{interval_text(m.in_fold['accuracy'])}."
+            f"kept: {interval_text(m.occlusion['lungs only'])}; on the same images as given: "
+            f"{interval_text(m.occlusion['as given'])}."
         )
     for m in g.models:
         for source, figures in m.by_source.items():
