@@ -18,8 +18,7 @@ from pages import common
 
 common.require_router(__file__)
 
-NEAR_CHANCE = 0.05
-"""A probe within this much of chance balanced accuracy reads as the features not encoding the source."""
+NEAR_CHANCE = 0.05  # a probe within this much of chance reads as the features not encoding the source
 
 INTRO = (
     "A network can score well on the public COVID-19 sets without looking at the lungs: the classes differ in how "

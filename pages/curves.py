@@ -12,8 +12,7 @@ from pages import common
 
 common.require_router(__file__)
 
-ROW_HEIGHT_PX = 35
-"""A dataframe row's height in Streamlit: a table sized to its rows shows every fold without scrolling."""
+ROW_HEIGHT_PX = 35  # a dataframe row's height: a table sized to its rows shows every fold without scrolling
 
 PANELS = {"accuracy": "Accuracy", "loss": "Loss"}
 SEPARATOR = ","
