@@ -69,7 +69,7 @@ def backbone_panel(study_id: str, backbone: str, fold: object, view: str) -> Non
     st.plotly_chart(heatmap(matrix, view=view, title=title), width="stretch", key=f"cm-{backbone}")
     table = explore.per_class_table(matrix)
     st.dataframe(
-        table.style.format("{:.3f}", subset=["sensitivity", "specificity", "precision", "npv"]), hide_index=True
+        table.style.format("{:.3f}", subset=["sensitivity", "specificity", "precision", "npv", "f1"]), hide_index=True
     )
 
 
