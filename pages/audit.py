@@ -153,17 +153,21 @@ def source_probe(found: generalisation.Generalisation) -> None:
     table["counts"] = table["counts"].map(lambda c: ", ".join(f"{k} {v}" for k, v in c.items()))
     st.dataframe(table, hide_index=True)
     best = table.loc[(table["balanced_accuracy"] - table["chance"]).idxmax()]
-    reading = (
-        "Near chance: the features do not encode the source."
-        if best["balanced_accuracy"] - best["chance"] < NEAR_CHANCE
-        else f"Here they do: {best['balanced_accuracy']:.3f} for {best['model']} within {best['class']}, against "
-        f"{best['chance']:.2f} by chance. Where the sources also differ in their patients (the NIH set's normals are "
-        "adults, the paper's children) that is anatomy as much as acquisition; either way a head can use it, and "
-        "the external sets measure whether it did."
-        if ADULT_NORMALS in found.sources and best["class"] == "Normal"
-        else f"Here they do: {best['balanced_accuracy']:.3f} for {best['model']} within {best['class']}, against "
-        f"{best['chance']:.2f} by chance: a head can use the source, and the external sets measure whether it did."
-    )
+    if best["balanced_accuracy"] - best["chance"] < NEAR_CHANCE:
+        reading = "Near chance: the features do not encode the source."
+    else:
+        reading = (
+            f"Here they do: {best['balanced_accuracy']:.3f} for {best['model']} within {best['class']}, against "
+            f"{best['chance']:.2f} by chance"
+        )
+        if ADULT_NORMALS in found.sources and best["class"] == "Normal":
+            reading += (
+                ". Where the sources also differ in their patients (the NIH set's normals are adults, the paper's "
+                "children) that is anatomy as much as acquisition; either way a head can use it, and"
+            )
+        else:
+            reading += ": a head can use the source, and"
+        reading += " the external sets measure whether it did."
     st.caption(
         "Balanced accuracy of a logistic regression telling the source of an image from the model's own pooled "
         f"features, within one class, out of fold. {reading}"
