@@ -14,7 +14,6 @@ from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.predictions import ENSEMBLE
 from engine.models.catalog import ModelInfo
 from engine.models.inference import MAX_UPLOAD_BYTES, OOD_WARNING, Prediction
-from engine.reports import explore
 from engine.reports.served import read_choice
 from engine.results import artifacts
 from pages import common
@@ -28,17 +27,14 @@ ACCEPTED = ("png", "jpg", "jpeg", "dcm", "dicom")
 def ensemble_accuracy(chosen: ModelInfo) -> str:
     """An ensemble's pooled out-of-fold accuracy with its interval, the figure the Comparison page and the report
     give it: each held-out image scored by the member(s) that did not train on it."""
-    table = common.cached(explore.interval_table, chosen.study_id)
     model = ENSEMBLE if chosen.backbones else chosen.backbone
-    row = table[(table["model"] == model) & (table["folds"] == len(chosen.folds))]
-    if row.empty:
+    found = common.study_cached(common.summary_of, chosen.study_id, model)
+    if len(found["folds"]) != len(chosen.folds):
         return f"its {chosen.n_members} members' pooled accuracy on their own held-out folds {chosen.accuracy:.3f}"
-    found = row.iloc[0]
-    interval = {"estimate": found["accuracy"], "low": found["accuracy low"], "high": found["accuracy high"]}
     scored_by = "each backbone's fold model that" if chosen.backbones else "the fold model that"
     return (
-        f"{chosen.n_members} members · held-out accuracy {interval_text(interval)} on the study's "
-        f"{int(found['images']):,} images, each scored by {scored_by} did not train on it"
+        f"{chosen.n_members} members · held-out accuracy {interval_text(found['metrics']['accuracy'])} on the "
+        f"study's {found['n_images']:,} images, each scored by {scored_by} did not train on it"
     )
 
 
