@@ -60,7 +60,7 @@ def cmd_intervals(args: argparse.Namespace) -> int:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     from engine.data.sources import study_dataset
-    from engine.evaluation.predictions import ENSEMBLE
+    from engine.evaluation.predictions import ENSEMBLE, backbones_of, shared_folds
     from engine.evaluation.robustness import ensemble_fold_robustness, fold_robustness, pooled_table, saved_results
     from engine.results import artifacts
 
@@ -68,9 +68,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     study = artifacts.read_study(study_id, args.artifacts)
     dataset = study_dataset(study, args.artifacts, data=args.data)
     if args.backbone == ENSEMBLE:
-        runs = artifacts.study_runs(study_id, args.artifacts)
-        with_models = [{r.fold for r in runs if r.backbone == b and r.model_path} for b in {r.backbone for r in runs}]
-        folds = set.intersection(*with_models) if with_models else set()
+        folds = set(shared_folds(study_id, backbones_of(study_id, args.artifacts), args.artifacts, with_model=True))
         if args.fold is not None and args.fold not in folds:
             raise ValueError(
                 f"fold={args.fold} is not a fold where every backbone of study {study_id} kept its model "

@@ -91,9 +91,14 @@ def backbones_of(study_id: str, artifacts_root: Path | None = None) -> list[str]
     return sorted({r.backbone for r in artifacts.study_runs(study_id, artifacts_root)})
 
 
-def shared_folds(study_id: str, backbones: list[str], artifacts_root: Path | None = None) -> list[int]:
-    """The folds every one of ``backbones`` has finished."""
-    done = [{r.fold for r in _runs_of(study_id, b, artifacts_root)} for b in backbones]
+def shared_folds(
+    study_id: str, backbones: list[str], artifacts_root: Path | None = None, *, with_model: bool = False
+) -> list[int]:
+    """The folds every one of ``backbones`` has finished (with ``with_model``, and kept its ``model.keras``)."""
+    done = [
+        {r.fold for r in _runs_of(study_id, b, artifacts_root) if not with_model or r.model_path is not None}
+        for b in backbones
+    ]
     return sorted(set.intersection(*done)) if done else []
 
 
