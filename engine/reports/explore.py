@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from engine import settings
 from engine.evaluation.metrics import flat_metrics, per_class_from_confusion
@@ -237,8 +238,7 @@ def confusion_matrix(
         rows = np.ones(len(oof), dtype=bool) if fold is None else oof.folds == fold
         if not rows.any():
             raise ValueError(f"fold={fold!r} is not one of the ensemble's folds {oof.fold_ids} in study {study_id}")
-        cells = oof.y_true[rows] * len(classes) + oof.proba[rows].argmax(axis=1)
-        total = np.bincount(cells, minlength=len(classes) ** 2).reshape(len(classes), len(classes))
+        total = sk_confusion_matrix(oof.y_true[rows], oof.proba[rows].argmax(axis=1), labels=range(len(classes)))
     else:
         runs = [r for r in artifacts.study_runs(study_id, root) if r.backbone == backbone]
         if fold is not None:
