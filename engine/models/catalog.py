@@ -137,14 +137,12 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
             export = members_export(runs[0].path.parent / "export", saved if len(saved) > 1 else ())
             folds = export[1] if export else saved
             if len(folds) > 1:
-                members = [r for r in runs if r.fold in folds]
-                correct = sum(r.metrics["accuracy"] * r.config["n_test"] for r in members)
                 ensembles.append(
                     ModelInfo(
                         path=runs[0].path.parent,
                         fold=None,
                         folds=folds,
-                        accuracy=correct / sum(r.config["n_test"] for r in members),
+                        accuracy=_pooled_accuracy([r for r in runs if r.fold in folds]),
                         export=export[0] if export else None,
                         **common,
                     )
@@ -153,6 +151,12 @@ def list_models(artifacts_root: Path | None = None) -> list[ModelInfo]:
             ensembles.append(found)
     served = _served(artifacts_root)
     return sorted(ensembles, key=lambda m: _best_first(m, served)) + sorted(singles, key=_best_first)
+
+
+def _pooled_accuracy(members: list[artifacts.RunResult]) -> float | None:
+    """The members' held-out accuracy pooled over their own held-out images; None when they tested none."""
+    tested = sum(r.config["n_test"] for r in members)
+    return sum(r.metrics["accuracy"] * r.config["n_test"] for r in members) / tested if tested else None
 
 
 def _backbone_ensemble(
@@ -191,8 +195,8 @@ def _backbone_ensemble(
         backbones, folds, export = tuple(sorted(saved_folds)), next(iter(saved_folds.values())), None
         path = path.parent.parent / "runs"
     members = [r for b in backbones for r in by_backbone.get(b, []) if r.fold in folds]
-    tested = sum(r.config["n_test"] for r in members)
-    if not tested:
+    accuracy = _pooled_accuracy(members)
+    if accuracy is None:
         return None
     return ModelInfo(
         path=path,
@@ -202,7 +206,7 @@ def _backbone_ensemble(
         fold=None,
         folds=folds,
         protocol=members[0].config["protocol"]["name"],
-        accuracy=sum(r.metrics["accuracy"] * r.config["n_test"] for r in members) / tested,
+        accuracy=accuracy,
         classes=tuple(members[0].config["classes"]),
         input_size=int(members[0].config["input_size"]),
         export=export,
