@@ -142,3 +142,31 @@ def test_every_model_evaluated_on_the_extra_set_gets_its_own_target_row():
         ],
     ]
     assert [r[1:] for r in extra_set_rows(evaluations, "s3")] == [["–", "not measured yet"]]
+
+
+def test_the_summary_sets_every_audited_study_beside_its_no_anatomy_baseline_in_one_table():
+    """One row per study with a baseline, naming its best model; a study without one is left out, not filled in."""
+    from types import SimpleNamespace
+
+    from engine.reports.summary_sections import shortcut_table
+
+    def model(name: str, accuracy: float, image_level: dict | None = None) -> SimpleNamespace:
+        interval = {"estimate": accuracy, "low": accuracy - 0.01, "high": accuracy + 0.01}
+        return SimpleNamespace(model=name, in_fold={"accuracy": interval}, image_level=image_level)
+
+    baseline = {"figures": {"metrics": {"accuracy": {"estimate": 0.905, "low": 0.894, "high": 0.915}}}}
+    audited = SimpleNamespace(
+        protocol="xray-probe",
+        sources=["paper", "nih"],
+        split="patient",
+        baseline=baseline,
+        models=[model("A", 0.97), model("B", 0.98, image_level={"estimate": 0.985})],
+    )
+    unaudited = SimpleNamespace(protocol="frozen", sources=["paper"], split="image", baseline=None, models=[])
+    lines = shortcut_table([audited, unaudited])
+    rows = [line for line in "\n".join(lines).splitlines() if line.startswith("| `")]
+    assert rows == [
+        "| `xray-probe` | paper + nih, patient-level folds | 0.980 [0.970, 0.990] (B) | 0.905 [0.894, 0.915] "
+        "| B 0.985 (patient-level 0.980) |"
+    ]
+    assert shortcut_table([unaudited]) == []

@@ -104,26 +104,38 @@ def _earlier_bullets(choice: dict) -> list[str]:
     return lines[:3]
 
 
-def _shortcut_bullets(studies: list[Generalisation]) -> list[str]:
-    lines = []
+def shortcut_table(studies: list[Generalisation]) -> list[str]:
+    """Every audited study in one row: its best in-fold accuracy beside what global image statistics with no anatomy
+    reach on the same folds (and, where run, the same backbone on image-level folds)."""
+    rows = []
     for g in studies:
         if g.baseline is None:
             continue
-        base = g.baseline["figures"]["metrics"]["accuracy"]
         best = max(g.models, key=lambda m: m.in_fold["accuracy"]["estimate"])
         leak = next((m for m in g.models if m.image_level), None)
-        text = (
-            f"- `{g.protocol}` on {' + '.join(g.sources)} ({g.split}-level folds): best in-fold accuracy "
-            f"{interval_text(best.in_fold['accuracy'])} ({best.model}); global image statistics with no anatomy "
-            f"reach {interval_text(base)} on the same folds."
+        rows.append(
+            {
+                "protocol": f"`{g.protocol}`",
+                "trained on": f"{' + '.join(g.sources)}, {g.split}-level folds",
+                "best in-fold accuracy": f"{interval_text(best.in_fold['accuracy'])} ({best.model})",
+                "no-anatomy baseline, same folds": interval_text(g.baseline["figures"]["metrics"]["accuracy"]),
+                "image-level folds instead": (
+                    f"{leak.model} {leak.image_level['estimate']:.3f} (patient-level "
+                    f"{leak.in_fold['accuracy']['estimate']:.3f})"
+                    if leak
+                    else "–"
+                ),
+            }
         )
-        if leak:
-            text += (
-                f" Image-level folds would give {leak.model} {leak.image_level['estimate']:.3f} against "
-                f"{leak.in_fold['accuracy']['estimate']:.3f} by patient."
-            )
-        lines.append(text)
-    return lines
+    if not rows:
+        return []
+    return [
+        "",
+        "How far a shortcut goes in each audited study: global image statistics with no anatomy (intensity, "
+        "sharpness, border content) against the best model, on the same folds:",
+        "",
+        _table(rows),
+    ]
 
 
 def _metadata_tables(g: Generalisation) -> list[str]:
@@ -164,11 +176,11 @@ def summary_section(artifacts_root: Path | None) -> str:
     lines = [
         served_summary(artifacts_root) or "- No served model has been chosen yet (`python -m engine serve --choose`)."
     ]
-    lines += _shortcut_bullets(studies)
     lines.append(
         "- In-fold figures on these public sets say little on their own: read each beside its no-anatomy baseline, "
         "its occlusion and its external figures below. Research use only, not a diagnostic device."
     )
+    lines += shortcut_table(studies)
     return "\n".join(lines)
 
 
