@@ -11,8 +11,6 @@ sits side by side as "not comparable".
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +18,16 @@ import numpy as np
 from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.external import saved_evaluations
 from engine.evaluation.metrics import per_class_from_confusion
-from engine.models.backbones import REGISTRY, get_backbone
 from engine.reports import (
     evaluation_sections,
     explore,
     generalisation_sections,
+    paper_differences,
     results_sections,
     summary_sections,
 )
+from engine.reports.paper_networks import NOT_COMPARABLE, paper_row_of, paper_table1, same_network_as_paper, variant
 from engine.results import artifacts
-from engine.results.studies import Study
-from engine.training.protocols import Protocol
 from engine.training.study import summarize
 
 COLUMNS = explore.COMPARISON_METRICS
@@ -46,48 +43,17 @@ HEADERS = (
     "loss",
 )
 PAPER_DEFINITIONS = ("accuracy", "precision", "recall", "f1")
-NOT_COMPARABLE = "not comparable"
 TABLE4_BACKBONE = "MobileNet"
-DATASETS = json.loads((explore.REFERENCE_DIR / "datasets.json").read_text())
-
-
-def paper_table1() -> dict[str, dict[str, float]]:
-    """The paper's Table 1 rows by ``keras.applications`` name, under this project's metric keys."""
-    table = explore.paper_table1().set_index("keras_application")
-    renamed = table.rename(columns={"f1_score": "f1"})[["accuracy", "precision", "recall", "f1", "loss"]]
-    return renamed.to_dict(orient="index")
 
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _count(n: int) -> str:
-    return f"{n:,}"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def _variant(backbone: str) -> str:
-    """The network a registry entry builds, e.g. ``MobileNet (alpha 0.25)``."""
-    spec = get_backbone(backbone)
-    options = ", ".join(f"{k} {v}" for k, v in sorted(spec.kwargs.items()))
-    return f"{spec.constructor} ({options})" if options else spec.constructor
-
-
-def _same_network_as_paper(backbone: str) -> bool:
-    """True when the registry entry is the very network of the paper's Table 1 row of that name."""
-    return get_backbone(backbone).in_paper
-
-
-def _paper_row_of(backbone: str) -> str | None:
-    """The paper's Table 1 row of the same architecture family (the constructor), if any."""
-    constructor = get_backbone(backbone).constructor
-    return constructor if constructor in paper_table1() else None
 
 
 def _study_section(rows: list[dict]) -> str:
@@ -132,15 +98,15 @@ def _difference_row(r: dict, reference: dict[str, float]) -> list[str]:
 def _comparison(rows: list[dict]) -> str:
     paper = paper_table1()
     body = []
-    for family in sorted({f for r in rows if (f := _paper_row_of(r["backbone"]))}):
+    for family in sorted({f for r in rows if (f := paper_row_of(r["backbone"]))}):
         ref = paper[family]
         body.append([f"**paper** {family}", "paper", "image-level (stratified)", *[_fmt(ref.get(c)) for c in COLUMNS]])
         for r in rows:
-            if _paper_row_of(r["backbone"]) != family:
+            if paper_row_of(r["backbone"]) != family:
                 continue
             cells = [_mean_cell(r["metrics"][c], r["folds_done"]) if c in r["metrics"] else "–" for c in COLUMNS]
             body.append([f"ours {r['backbone']}", r["protocol"], f"{r['split']}-level", *cells])
-            if _same_network_as_paper(r["backbone"]):
+            if same_network_as_paper(r["backbone"]):
                 body.append(
                     [f"difference (ours − paper) {r['backbone']}", r["protocol"], "–", *_difference_row(r, ref)]
                 )
@@ -158,119 +124,6 @@ def _folds_sentence(rows: list[dict]) -> str:
         "whether a patient's films could sit on both sides (image-level) or not (patient-level); a multi-source "
         "study's rows are on more images than the paper's."
     )
-
-
-def _studies(rows: list[dict], artifacts_root: Path | None) -> dict[str, Study]:
-    return {sid: artifacts.read_study(sid, artifacts_root) for sid in sorted({r["study_id"] for r in rows})}
-
-
-def _data_bullet(studies: dict[str, Study]) -> str:
-    paper = DATASETS["paper_dataset"]
-    paper_counts = ", ".join(f"{c} {_count(n)}" for c, n in paper["counts"].items())
-    lines = [f"- **Data.** The paper used {_count(paper['images'])} images ({paper_counts})."]
-    datasets = {s.dataset.fingerprint: s.dataset for s in studies.values()}
-    for fingerprint, dataset in sorted(datasets.items()):
-        counts = ", ".join(f"{c} {_count(n)}" for c, n in dataset.counts.items())
-        lines.append(
-            f"  This report's dataset {dataset.name} (fingerprint `{fingerprint}`) has "
-            f"{_count(dataset.n_images)} images ({counts})."
-        )
-        known = DATASETS["known_datasets"].get(fingerprint)
-        if known:
-            lines.append(f"  About this dataset (known by its fingerprint; source: {known['source']}): {known['note']}")
-    return "\n".join(lines)
-
-
-def _network_bullet(rows: list[dict]) -> str | None:
-    others = sorted({r["backbone"] for r in rows if not _same_network_as_paper(r["backbone"])})
-    if not others:
-        return None
-    described = []
-    for backbone in others:
-        family = _paper_row_of(backbone)
-        paper_net = _variant(family) if family and family in REGISTRY else family
-        where = f"the paper's {family} row is {paper_net}" if family else "the paper has no row of its family"
-        described.append(f"{backbone} is {_variant(backbone)}; {where}")
-    return (
-        "- **Networks.** Rows of networks the paper did not train are shown beside its closest row, never "
-        "subtracted from it: " + "; ".join(described) + "."
-    )
-
-
-def _protocol_bullet(studies: dict[str, Study]) -> str:
-    protocols = {s.protocol_name: s.protocol_description for s in studies.values()}
-    return "- **Protocols.** " + " ".join(f"`{name}`: {text}" for name, text in sorted(protocols.items()))
-
-
-def _batchnorm_sentence(study: Study, runs: list[artifacts.RunResult]) -> str | None:
-    """How much ImageNet BatchNorm statistics survive a study's fine-tuning, from its runs' own figures."""
-    protocol = Protocol.from_dict(study.protocol)
-    if protocol.cached_features:
-        return None
-    epochs = sum(stage.epochs for stage in protocol.stages if stage.trainable == "all")
-    momenta = sorted({m for run in runs for m in run.config.get("batchnorm_momentum", [])})
-    if not epochs or not runs or len(momenta) != 1:
-        return None
-    steps = sorted({math.ceil(run.config["n_train"] / protocol.batch_size) for run in runs})
-    total = epochs * steps[0]
-    kept = 100 * momenta[0] ** total
-    step_text = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]} to {steps[-1]}"
-    return (
-        f"{runs[0].backbone} (`{protocol.name}`): momentum {momenta[0]:g}, {epochs} epoch{'s' * (epochs != 1)} "
-        f"of {step_text} steps, "
-        f"so its moving averages still hold {momenta[0]:g}^{total} = {kept:.2g} % of the ImageNet statistics"
-    )
-
-
-def _batchnorm_bullet(studies: dict[str, Study], artifacts_root: Path | None) -> str | None:
-    sentences = []
-    for study_id, study in studies.items():
-        by_backbone: dict[str, list[artifacts.RunResult]] = {}
-        for run in artifacts.study_runs(study_id, artifacts_root):
-            by_backbone.setdefault(run.backbone, []).append(run)
-        for runs in by_backbone.values():
-            sentence = _batchnorm_sentence(study, runs)
-            if sentence:
-                sentences.append(sentence)
-    if not sentences:
-        return None
-    return (
-        "- **BatchNorm under full fine-tuning.** When every layer trains, BatchNorm layers normalise each augmented "
-        "training batch by its own statistics while evaluation uses their moving averages, which move towards X-ray "
-        "statistics only as fast as the layers' momentum allows. "
-        + "; ".join(sentences)
-        + ". Held-out accuracy can then swing from epoch to epoch (see the Training curves page), and the paper's "
-        "rule of reporting the last epoch can catch a poor one. A protocol whose base is frozen does not meet this."
-    )
-
-
-def _loss_bullet() -> str:
-    losses = [row["loss"] for row in paper_table1().values()]
-    return (
-        f"- **Loss.** The paper's losses ({min(losses):.3f} to {max(losses):.3f}) are far below a cross-entropy "
-        "consistent with its accuracies, so they were probably another quantity; ours is the categorical "
-        f"cross-entropy on the held-out fold. They are {NOT_COMPARABLE}, so no difference is shown."
-    )
-
-
-METRICS_BULLET = (
-    "- **Metric definitions.** The paper's precision/recall are Keras `Precision()`/`Recall()` on one-hot outputs "
-    "at a 0.5 threshold (every image-class cell is one decision), which is why its precision is above its "
-    "accuracy; macro (per-class) figures are the ones to judge a model by, and the paper has none to compare with."
-)
-
-
-def _why(rows: list[dict], artifacts_root: Path | None) -> str:
-    studies = _studies(rows, artifacts_root)
-    bullets = [
-        _data_bullet(studies),
-        _network_bullet(rows),
-        _protocol_bullet(studies),
-        _batchnorm_bullet(studies, artifacts_root),
-        METRICS_BULLET,
-        _loss_bullet(),
-    ]
-    return "\n".join(b for b in bullets if b) + "\n"
 
 
 def _table4_candidate(rows: list[dict]) -> dict | None:
@@ -297,7 +150,7 @@ def _confusion_section(rows: list[dict], artifacts_root: Path | None) -> str:
     ]
     chosen = _table4_candidate(rows)
     if chosen is None:
-        parts.append(f"\nNo study here trained the paper's {TABLE4_BACKBONE} ({_variant(TABLE4_BACKBONE)}).")
+        parts.append(f"\nNo study here trained the paper's {TABLE4_BACKBONE} ({variant(TABLE4_BACKBONE)}).")
         return "\n".join(parts)
     runs = [r for r in artifacts.study_runs(chosen["study_id"], artifacts_root) if r.backbone == TABLE4_BACKBONE]
     best = max(runs, key=lambda r: (r.metrics["accuracy"], -r.fold))
@@ -407,7 +260,7 @@ def reproduction_report(artifacts_root: Path | None = None) -> str:
             "",
             "## Why the numbers differ from the paper's",
             "",
-            _why(rows, artifacts_root),
+            paper_differences.why_section(rows, artifacts_root),
             "## Confusion matrix against the paper's Table 4",
             "",
             _confusion_section(rows, artifacts_root),
