@@ -92,7 +92,7 @@ def backbone_label(state: dict[str, dict]):
     def label(backbone: str) -> str:
         found = state.get(backbone, {})
         if backbone == ENSEMBLE:
-            return f"ensemble of the study's backbones · shifts run on {len(found['analysed'])} fold(s)"
+            return f"ensemble of backbones · shifts run on {len(found['analysed'])} fold(s)"
         if found.get("analysed"):
             return f"{backbone} · shifts run on {len(found['analysed'])} fold model(s)"
         if found.get("with_model"):

@@ -115,7 +115,7 @@ def test_home_opens_on_the_served_model_and_its_figures_outside_the_source(
     assert at.header[0].value == "The model to use outside the source"
     served = at.markdown[0].value
     met = sum(1 for ok in committed["targets"].values() if ok)
-    assert f"The model to use outside the source: {candidate_name(committed['backbone'])}" in served
+    assert f"The model to use outside the source: the {candidate_name(committed['backbone'])}" in served
     assert f"`{committed['study_id']}`" in served and f"It meets {met} of {len(committed['targets'])} targets" in served
     assert "ieee8023-adult (adults, other source): COVID-19 recall" in served
     assert [link.proto.page for link in at.get("page_link")][:2] == ["classify", "report"]

@@ -139,7 +139,7 @@ def test_the_card_gives_each_target_its_figure_and_says_when_an_interval_straddl
     )
     assert lines[5].startswith(
         "Ranked on in-fold accuracy on the paper's images alone, the first of the 2 candidates would be "
-        "MobileNet-0.25 fold ensemble (`p`, study `in-fold`, patient-level folds): in-fold accuracy 0.990, adult "
+        "the MobileNet-0.25 fold ensemble (`p`, study `in-fold`, patient-level folds): in-fold accuracy 0.990, adult "
         "normals called Normal 0.020 (held out"
     )
     assert (

@@ -343,7 +343,7 @@ def _served_lines(served: dict | None) -> list[str]:
     if best := served.get("in_fold_best"):
         lines += [
             f"Ranked on in-fold accuracy on the paper's images alone, the first of the {len(served['others']) + 1} "
-            f"candidates would be {candidate_name(best['backbone'])} (`{best['protocol']}`, "
+            f"candidates would be the {candidate_name(best['backbone'])} (`{best['protocol']}`, "
             f"study `{best['study_id']}`, "
             f"{best['split']}-level folds): in-fold accuracy {interval_text(best['paper_accuracy'])}, adult normals "
             f"called Normal {interval_text(best['adult_normals'])} ({best['adult_normals_how']}), external COVID-19 "

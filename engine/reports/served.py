@@ -170,7 +170,7 @@ def choose(artifacts_root: Path | None = None) -> dict:
         "export": best.export,
         "rule": __doc__.split("\n\n")[1].replace("\n", " "),
         "why": (
-            f"{candidate_name(best.backbone)[0].upper()}{candidate_name(best.backbone)[1:]} of study {best.study_id} "
+            f"The {candidate_name(best.backbone)} of study {best.study_id} "
             f"({best.protocol}, {best.split}-level folds) ranks first of {len(ranked)} candidates on the weaker of "
             f"its two figures outside its source: adult normals called Normal "
             f"{best.adult_normals['estimate']:.3f}, adult COVID-19 recall {best.external_covid['estimate']:.3f}; it "
@@ -184,9 +184,10 @@ def choose(artifacts_root: Path | None = None) -> dict:
 
 
 def candidate_name(backbone: str) -> str:
-    """A candidate in words: ``MobileNet fold ensemble``, or a study's ensemble of its backbones."""
+    """A candidate in words, one name in every sentence and table: ``MobileNet fold ensemble``, or a study's
+    ensemble of its backbones."""
     if backbone == ENSEMBLE:
-        return "an ensemble of backbones (the mean of each backbone's fold ensemble)"
+        return "ensemble of backbones (the mean of each backbone's fold ensemble)"
     return f"{backbone} fold ensemble"
 
 

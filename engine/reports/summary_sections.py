@@ -72,8 +72,8 @@ def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
     accuracy, covid, normals, external = [_judged(figure, bar) for figure, bar in with_bars]
     images, viral = _served_details(best["study_id"], best["backbone"], artifacts_root)
     return [
-        f"- **The model to use outside the source: {candidate_name(best['backbone'])}** (`{best['protocol']}`, study "
-        f"`{best['study_id']}`, {best['split']}-level folds), chosen on what holds outside the source, not on "
+        f"- **The model to use outside the source: the {candidate_name(best['backbone'])}** (`{best['protocol']}`, "
+        f"study `{best['study_id']}`, {best['split']}-level folds), chosen on what holds outside the source, not on "
         f"in-fold accuracy. It meets {met} of {len(best['met'])} targets (a figure with an interval only when the "
         "whole interval clears its bar):",
         f"  - in-fold on the paper's images{images}: accuracy {accuracy}, COVID-19 recall {covid};",
