@@ -170,3 +170,23 @@ def test_the_summary_sets_every_audited_study_beside_its_no_anatomy_baseline_in_
         "| B 0.985 (patient-level 0.980) |"
     ]
     assert shortcut_table([unaudited]) == []
+
+
+def test_the_occlusion_region_is_said_once_when_every_audit_used_it_and_under_each_study_otherwise(monkeypatch):
+    from types import SimpleNamespace
+
+    from engine.reports import summary_sections
+
+    def study(study_id: str, region: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            study_id=study_id, protocol="p", sources=["a"], split="patient", region=region, models=[]
+        )
+
+    monkeypatch.setattr(summary_sections, "headline_rows", lambda g: [{"model": g.study_id}])
+    monkeypatch.setattr(summary_sections, "judged_studies", lambda root: [study("s1", "box"), study("s2", "box")])
+    text = summary_sections.generalisation_section(None)
+    assert text.count("Lungs hidden / lungs only: box;") == 1 and text.index("Lungs hidden") < text.index("### ")
+    monkeypatch.setattr(summary_sections, "judged_studies", lambda root: [study("s1", "box"), study("s2", "mask")])
+    text = summary_sections.generalisation_section(None)
+    assert text.count("Lungs hidden / lungs only: box;") == 1 and text.count("Lungs hidden / lungs only: mask;") == 1
+    assert text.index("### `p` · a · patient-level folds · study `s1`") < text.index("box;") < text.index("study `s2`")

@@ -185,32 +185,35 @@ def summary_section(artifacts_root: Path | None) -> str:
 
 
 def generalisation_section(artifacts_root: Path | None) -> str:
-    """A table per judged study: every model beside its leakage, shortcut and external figures."""
+    """A table per judged study: every model beside its leakage, shortcut and external figures. The occlusion's
+    region is said once when every audit used the same one, else under each study."""
+    studies = [g for g in judged_studies(artifacts_root) if headline_rows(g)]
+    regions = {g.region for g in studies if g.region}
     parts = []
-    for g in judged_studies(artifacts_root):
-        rows = headline_rows(g)
-        if not rows:
-            continue
+    for g in studies:
         parts += [
             f"### `{g.protocol}` · {' + '.join(g.sources)} · {g.split}-level folds · study `{g.study_id}`",
             "",
-            _table(rows),
+            _table(headline_rows(g)),
             "",
         ]
-        if g.region:
-            parts += [f"Lungs hidden / lungs only: {g.region}; the fill is each image's median grey level.", ""]
+        if g.region and len(regions) > 1:
+            parts += [_region_sentence(g.region), ""]
         parts += _metadata_tables(g)
     if not parts:
         return "No study with patient-level folds or a shortcut audit yet (`python -m engine audit --study ID`)."
-    return "\n".join(
-        [
-            "95 % bootstrap intervals of the pooled out-of-fold predictions (in-fold, held out by source, occlusion) "
-            "or of the set's predictions (external); *same source* marks a set from a source the study already has, "
-            "whose figures are same-source held-out figures, not external ones.",
-            "",
-            *parts,
-        ]
+    intro = (
+        "95 % bootstrap intervals of the pooled out-of-fold predictions (in-fold, held out by source, occlusion) "
+        "or of the set's predictions (external); *same source* marks a set from a source the study already has, "
+        "whose figures are same-source held-out figures, not external ones."
     )
+    if len(regions) == 1:
+        intro += " " + _region_sentence(next(iter(regions)))
+    return "\n".join([intro, "", *parts])
+
+
+def _region_sentence(region: str) -> str:
+    return f"Lungs hidden / lungs only: {region}; the fill is each image's median grey level."
 
 
 def study_findings(g: Generalisation) -> list[str]:
