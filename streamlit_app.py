@@ -15,12 +15,13 @@ from engine import settings
 from engine.jobs.store import JobRequest, JobStore
 from engine.jobs.worker import ensure_worker
 from engine.models.backbones import PAPER_BACKBONES, REGISTRY
-from engine.training.presets import PRESETS
+from engine.training.presets import PRESETS, PROBE_VARIED_BY_SOURCE
 from pages import common
 
 ALL_PAPER = "All 14 of the paper"
-DEFAULT_PROTOCOL = "frozen"
-DEFAULT_DATA = settings.shared_dir() / "data" / "covid19-radiography-paper"
+DEFAULT_PROTOCOL = PROBE_VARIED_BY_SOURCE.name
+# The recommended composition: the paper's images, then adult normals as a second source (where they are here).
+DEFAULT_DATA = [settings.shared_dir() / "data" / name for name in ("covid19-radiography-paper", "nih-adult-normal")]
 # The navigation menu: each section's pages, with the title the menu gives each (icons: ``common.ICONS``);
 # ``home`` opens first.
 MENU = {
@@ -100,7 +101,7 @@ def launch_form() -> None:
     with st.sidebar.form("launch", border=True):
         folder = st.text_area(
             "Dataset folders on the server (one sub-folder per class), one per line",
-            value=str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else "",
+            value="\n".join(str(folder) for folder in DEFAULT_DATA if folder.is_dir()),
             help="The first folder sets the classes; each further folder adds images to them, each image keeping "
             "its source (a multi-source study: adult normals beside the paper's children, say).",
             height=68,

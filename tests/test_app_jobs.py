@@ -69,11 +69,31 @@ def test_form_queues_a_job_and_wakes_the_worker(artifacts_root: Path, tiny_data:
     request = jobs[0].request
     assert request.data == str(tiny_data.resolve())
     assert request.backbones == ("MobileNet-0.25",)
-    assert (request.protocol, request.folds, request.epochs, request.batch_size) == ("frozen", 2, 1, 8)
+    assert (request.protocol, request.folds, request.epochs, request.batch_size) == (
+        "harmonise-probe-varied-by-source",
+        2,
+        1,
+        8,
+    )
     assert (request.input_size, request.seed, request.weights) == (32, 42, "none")
     assert started_workers == [artifacts_root]
     assert jobs[0].id in "\n".join(s.value for s in at.sidebar.success)
     assert any(link.proto.page.endswith("jobs") for link in at.sidebar.get("page_link"))
+
+
+def test_the_form_opens_on_the_recommended_protocol_and_composition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recommended recipe is what a first job runs: its protocol, the paper's images and the adult normals."""
+    for name in ("covid19-radiography-paper", "nih-adult-normal"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    monkeypatch.setenv("CXR_SHARED", str(tmp_path))
+    at = home()
+    assert at.sidebar.selectbox(key="launch_protocol").value == "harmonise-probe-varied-by-source"
+    folders = at.sidebar.text_area[0].value.splitlines()
+    assert folders == [str(tmp_path / "data" / name) for name in ("covid19-radiography-paper", "nih-adult-normal")]
+    (tmp_path / "data" / "nih-adult-normal").rmdir()
+    assert home().sidebar.text_area[0].value == str(tmp_path / "data" / "covid19-radiography-paper")
 
 
 def test_several_folders_and_image_level_folds_from_the_form(
