@@ -190,3 +190,39 @@ def test_the_occlusion_region_is_said_once_when_every_audit_used_it_and_under_ea
     text = summary_sections.generalisation_section(None)
     assert text.count("Lungs hidden / lungs only: box;") == 1 and text.count("Lungs hidden / lungs only: mask;") == 1
     assert text.index("### `p` · a · patient-level folds · study `s1`") < text.index("box;") < text.index("study `s2`")
+
+
+def test_the_summary_says_which_compositions_clear_the_in_fold_covid_bar(tmp_path, monkeypatch):
+    """Grouped by what each candidate was trained on; a group with none says its best, and the served one is named."""
+    from types import SimpleNamespace
+
+    from engine.reports import summary_sections
+
+    compositions = {"kids": ("paper",), "adults": ("paper", "nih"), "more": ("paper", "nih", "extra")}
+    for study_id in compositions:
+        (tmp_path / study_id).mkdir()
+        (tmp_path / study_id / "study.json").write_text("{}")
+    fake = SimpleNamespace(
+        study_dir=lambda study_id, root: tmp_path / study_id,
+        read_study=lambda study_id, root: SimpleNamespace(dataset=SimpleNamespace(sources=compositions[study_id])),
+    )
+    monkeypatch.setattr(summary_sections, "artifacts", fake)
+
+    def candidate(study_id: str, low: float, normals: float) -> dict:
+        covid = {"estimate": low + 0.02, "low": low, "high": low + 0.04}
+        return {"study_id": study_id, "paper_covid_recall": covid, "adult_normals": {"estimate": normals}}
+
+    choice = {
+        "study_id": "adults",
+        "candidates": [
+            candidate("kids", 0.96, 0.03),
+            candidate("kids", 0.90, 0.01),
+            candidate("adults", 0.91, 0.97),
+            candidate("adults", 0.89, 0.95),
+            candidate("more", 0.97, 0.92),
+        ],
+    }
+    (line,) = summary_sections._in_fold_covid_bullet(choice, None)
+    assert "trained on paper, 1 of 2, which call at most 0.030 of nih-adult-normal Normal" in line
+    assert "trained on paper + nih, the served model's sources, none of 2 (the best: 0.930 [0.910, 0.950])" in line
+    assert "trained on paper + nih + extra, 1 of 1, which call at most 0.920" in line

@@ -84,6 +84,41 @@ def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
     ]
 
 
+def _in_fold_covid_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
+    """Which candidates clear the in-fold COVID-19 bar, by what they were trained on: on these sets the bar is
+    cleared by models trained without adult normals, whose adult normals are called COVID-19, or with more
+    COVID-19 images of the same release, and not by a model of the served model's own composition."""
+    name, bar = next((n, b) for n, b in TARGETS.items() if n.startswith("in-fold COVID-19"))
+    sources = {
+        c["study_id"]: artifacts.read_study(c["study_id"], artifacts_root).dataset.sources
+        for c in choice["candidates"]
+        if (artifacts.study_dir(c["study_id"], artifacts_root) / "study.json").is_file()
+    }
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for c in choice["candidates"]:
+        if c["study_id"] in sources and c["paper_covid_recall"]:
+            groups.setdefault(sources[c["study_id"]], []).append(c)
+    served = sources.get(choice["study_id"])
+    if not groups or served is None:
+        return []
+    parts = []
+    for composition, members in sorted(groups.items(), key=lambda item: (len(item[0]), item[0])):
+        where = " + ".join(composition) + (", the served model's sources" if composition == served else "")
+        clear = [c for c in members if (c["paper_covid_recall"].get("low") or 0.0) >= bar]
+        if clear:
+            normals = max(c["adult_normals"]["estimate"] for c in clear)
+            parts.append(
+                f"trained on {where}, {len(clear)} of {len(members)}, which call at most {normals:.3f} of "
+                f"{ADULT_NORMALS} Normal"
+            )
+        else:
+            best = max(members, key=lambda c: c["paper_covid_recall"]["estimate"])
+            parts.append(
+                f"trained on {where}, none of {len(members)} (the best: {interval_text(best['paper_covid_recall'])})"
+            )
+    return [f"- Which candidates clear {name.split(' (')[0]} (whole interval): " + "; ".join(parts) + "."]
+
+
 def _judged(figure: dict | None, bar: float) -> str:
     """A target's interval with its verdict against ``bar``."""
     return f"{interval_text(figure)} (target {bar:g}, {interval_verdict(figure, bar)})"
@@ -167,7 +202,13 @@ def served_summary(artifacts_root: Path | None) -> str | None:
     """The answer first, as the report and the Home page open: the served model with its figures outside the source
     and the targets it meets, then models trained without adult normals beside it; None before a choice."""
     choice = read_choice(artifacts_root)
-    return "\n".join(_served_bullet(choice, artifacts_root) + _earlier_bullets(choice)) if choice else None
+    if not choice:
+        return None
+    return "\n".join(
+        _served_bullet(choice, artifacts_root)
+        + _in_fold_covid_bullet(choice, artifacts_root)
+        + _earlier_bullets(choice)
+    )
 
 
 def summary_section(artifacts_root: Path | None) -> str:
