@@ -20,8 +20,8 @@ from pages import common
 
 ALL_PAPER = "All 14 of the paper"
 DEFAULT_PROTOCOL = PROBE_VARIED_BY_SOURCE.name
-# The recommended composition: the paper's images, then adult normals as a second source (where they are here).
-DEFAULT_DATA = [settings.shared_dir() / "data" / name for name in ("covid19-radiography-paper", "nih-adult-normal")]
+DEFAULT_DATA = settings.shared_dir() / "data" / "covid19-radiography-paper"
+DEFAULT_SECOND_SOURCE = settings.shared_dir() / "data" / "nih-adult-normal"
 # The navigation menu: each section's pages, with the title the menu gives each (icons: ``common.ICONS``);
 # ``home`` opens first.
 MENU = {
@@ -90,6 +90,14 @@ def study_picker() -> None:
     )
 
 
+def _default_folders() -> str:
+    """The recommended composition where ../shared has it: the paper's images (which set the classes), then the
+    adult normals as a second source; never the adult normals alone, a one-class dataset."""
+    if not DEFAULT_DATA.is_dir():
+        return ""
+    return "\n".join(str(folder) for folder in (DEFAULT_DATA, DEFAULT_SECOND_SOURCE) if folder.is_dir())
+
+
 def launch_form() -> None:
     """Dataset, backbones and protocol parameters; submitting queues a job and wakes the worker."""
     st.sidebar.subheader("Launch a training job")
@@ -101,7 +109,7 @@ def launch_form() -> None:
     with st.sidebar.form("launch", border=True):
         folder = st.text_area(
             "Dataset folders on the server (one sub-folder per class), one per line",
-            value="\n".join(str(folder) for folder in DEFAULT_DATA if folder.is_dir()),
+            value=_default_folders(),
             help="The first folder sets the classes; each further folder adds images to them, each image keeping "
             "its source (a multi-source study: adult normals beside the paper's children, say).",
             height=68,

@@ -94,6 +94,9 @@ def test_the_form_opens_on_the_recommended_protocol_and_composition(
     assert folders == [str(tmp_path / "data" / name) for name in ("covid19-radiography-paper", "nih-adult-normal")]
     (tmp_path / "data" / "nih-adult-normal").rmdir()
     assert home().sidebar.text_area[0].value == str(tmp_path / "data" / "covid19-radiography-paper")
+    (tmp_path / "data" / "covid19-radiography-paper").rmdir()
+    (tmp_path / "data" / "nih-adult-normal").mkdir()
+    assert home().sidebar.text_area[0].value == "", "the adult normals alone would be a one-class dataset"
 
 
 def test_several_folders_and_image_level_folds_from_the_form(
