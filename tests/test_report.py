@@ -156,23 +156,27 @@ def test_the_summary_sets_every_audited_study_beside_its_no_anatomy_baseline_in_
 
     baseline = {"figures": {"metrics": {"accuracy": {"estimate": 0.905, "low": 0.894, "high": 0.915}}}}
     audited = SimpleNamespace(
+        study_id="s1",
         protocol="xray-probe",
         sources=["paper", "nih"],
         split="patient",
         baseline=baseline,
         models=[model("A", 0.97), model("B", 0.98, image_level={"estimate": 0.985})],
     )
-    unaudited = SimpleNamespace(protocol="frozen", sources=["paper"], split="image", baseline=None, models=[])
+    unaudited = SimpleNamespace(
+        study_id="s2", protocol="frozen", sources=["paper"], split="image", baseline=None, models=[]
+    )
     lines = shortcut_table([audited, unaudited])
     rows = [line for line in "\n".join(lines).splitlines() if line.startswith("| `")]
     assert rows == [
-        "| `xray-probe` | paper + nih, patient-level folds | 0.980 [0.970, 0.990] (B) | 0.905 [0.894, 0.915] "
+        "| `s1` | `xray-probe` | paper + nih, patient-level folds | 0.980 [0.970, 0.990] (B) | 0.905 [0.894, 0.915] "
         "| B 0.985 (patient-level 0.980) |"
     ]
     assert shortcut_table([unaudited]) == []
 
 
 def test_the_occlusion_region_is_said_once_when_every_audit_used_it_and_under_each_study_otherwise(monkeypatch):
+    """Twenty copies of one sentence under twenty tables bury the tables; two regions must each stay by its own."""
     from types import SimpleNamespace
 
     from engine.reports import summary_sections
@@ -185,20 +189,26 @@ def test_the_occlusion_region_is_said_once_when_every_audit_used_it_and_under_ea
     monkeypatch.setattr(summary_sections, "headline_rows", lambda g: [{"model": g.study_id}])
     monkeypatch.setattr(summary_sections, "judged_studies", lambda root: [study("s1", "box"), study("s2", "box")])
     text = summary_sections.generalisation_section(None)
-    assert text.count("Lungs hidden / lungs only: box;") == 1 and text.index("Lungs hidden") < text.index("### ")
+    assert text.count("(occlusion) use box;") == 1 and text.index("Lungs hidden") < text.index("### ")
     monkeypatch.setattr(summary_sections, "judged_studies", lambda root: [study("s1", "box"), study("s2", "mask")])
     text = summary_sections.generalisation_section(None)
-    assert text.count("Lungs hidden / lungs only: box;") == 1 and text.count("Lungs hidden / lungs only: mask;") == 1
+    assert text.count("(occlusion) use box;") == 1 and text.count("(occlusion) use mask;") == 1
     assert text.index("### `p` · a · patient-level folds · study `s1`") < text.index("box;") < text.index("study `s2`")
 
 
 def test_the_summary_says_which_compositions_clear_the_in_fold_covid_bar(tmp_path, monkeypatch):
-    """Grouped by what each candidate was trained on; a group with none says its best, and the served one is named."""
+    """Grouped by sources and split, not by study; "at most" is over the candidates that clear the bar only; a group
+    with none gives its best; the served model's sources are named."""
     from types import SimpleNamespace
 
     from engine.reports import summary_sections
 
-    compositions = {"kids": ("paper",), "adults": ("paper", "nih"), "more": ("paper", "nih", "extra")}
+    compositions = {
+        "kids": ("paper",),
+        "kids-too": ("paper",),
+        "adults": ("paper", "nih"),
+        "more": ("paper", "nih", "extra"),
+    }
     for study_id in compositions:
         (tmp_path / study_id).mkdir()
         (tmp_path / study_id / "study.json").write_text("{}")
@@ -208,21 +218,46 @@ def test_the_summary_says_which_compositions_clear_the_in_fold_covid_bar(tmp_pat
     )
     monkeypatch.setattr(summary_sections, "artifacts", fake)
 
-    def candidate(study_id: str, low: float, normals: float) -> dict:
-        covid = {"estimate": low + 0.02, "low": low, "high": low + 0.04}
-        return {"study_id": study_id, "paper_covid_recall": covid, "adult_normals": {"estimate": normals}}
+    def candidate(study_id: str, low: float | None, normals: float, *, split: str = "patient") -> dict:
+        covid = None if low is None else {"estimate": low + 0.02, "low": low, "high": low + 0.04}
+        how = "external" if study_id.startswith("kids") else "held out by patient in its fold"
+        return {
+            "study_id": study_id,
+            "split": split,
+            "paper_covid_recall": covid,
+            "adult_normals": {"estimate": normals},
+            "adult_normals_how": how,
+        }
 
     choice = {
         "study_id": "adults",
         "candidates": [
             candidate("kids", 0.96, 0.03),
-            candidate("kids", 0.90, 0.01),
+            candidate("kids-too", 0.97, 0.02),
+            candidate("kids-too", 0.90, 0.50),
+            candidate("kids", 0.99, 0.01, split="image"),
             candidate("adults", 0.91, 0.97),
             candidate("adults", 0.89, 0.95),
+            candidate("adults", None, 0.99),
             candidate("more", 0.97, 0.92),
         ],
     }
     (line,) = summary_sections._in_fold_covid_bullet(choice, None)
-    assert "trained on paper, 1 of 2, which call at most 0.030 of nih-adult-normal Normal" in line
-    assert "trained on paper + nih, the served model's sources, none of 2 (the best: 0.930 [0.910, 0.950])" in line
-    assert "trained on paper + nih + extra, 1 of 1, which call at most 0.920" in line
+    parts = line.split("; ")
+    assert parts[0].endswith(
+        "the one trained on paper (image-level folds) clears it and calls 0.010 of nih-adult-normal Normal (external)"
+    )
+    assert parts[1] == (
+        "of the 3 trained on paper (patient-level folds), 2 clear it and call at most 0.030 of nih-adult-normal "
+        "Normal (external)"
+    )
+    assert parts[2] == (
+        "none of the 2 trained on paper + nih (patient-level folds, the served model's sources) does (the best: "
+        "0.930 [0.910, 0.950])"
+    )
+    assert parts[3] == (
+        "the one trained on paper + nih + extra (patient-level folds) clears it and calls 0.920 of nih-adult-normal "
+        "Normal (held out by patient in its fold)."
+    )
+    (tmp_path / "adults" / "study.json").unlink()
+    assert summary_sections._in_fold_covid_bullet(choice, None) == [], "no sources for the served study: no bullet"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
+from engine.evaluation.predictions import ENSEMBLE
 from engine.evaluation.robustness import SHIFTS_BY_NAME
 from engine.reports.generalisation import Generalisation, generalisation, headline_rows
 from engine.reports.results_sections import interval_verdict
@@ -45,7 +46,7 @@ def judged_studies(artifacts_root: Path | None) -> list[Generalisation]:
 def _served_details(study_id: str, backbone: str, artifacts_root: Path | None) -> tuple[str, str]:
     """How many of the paper's images the in-fold figures are over, and what the served model called the adult
     viral pneumonias; empty where this artifacts folder lacks the study or its evaluation."""
-    if not (artifacts.study_dir(study_id, artifacts_root) / "study.json").is_file():
+    if not _has_study(study_id, artifacts_root):
         return "", ""
     dataset = artifacts.read_study(study_id, artifacts_root).dataset
     images = f" ({sum(dataset.by_source[dataset.sources[0]].values()):,} held-out images)"
@@ -84,39 +85,47 @@ def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
     ]
 
 
+def _has_study(study_id: str, artifacts_root: Path | None) -> bool:
+    return (artifacts.study_dir(study_id, artifacts_root) / "study.json").is_file()
+
+
 def _in_fold_covid_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
-    """Which candidates clear the in-fold COVID-19 bar, by what they were trained on: on these sets the bar is
-    cleared by models trained without adult normals, whose adult normals are called COVID-19, or with more
-    COVID-19 images of the same release, and not by a model of the served model's own composition."""
+    """Which candidates clear the in-fold COVID-19 bar, grouped by what they were trained on and how their folds
+    were split, with what the ones that clear it call the adult normals: a reader can then tell whether the bar
+    is missed for want of a better model or cleared only by a model that fails the adults."""
     name, bar = next((n, b) for n, b in TARGETS.items() if n.startswith("in-fold COVID-19"))
-    sources = {
-        c["study_id"]: artifacts.read_study(c["study_id"], artifacts_root).dataset.sources
-        for c in choice["candidates"]
-        if (artifacts.study_dir(c["study_id"], artifacts_root) / "study.json").is_file()
-    }
-    groups: dict[tuple[str, ...], list[dict]] = {}
+    ids = {c["study_id"] for c in choice["candidates"]} | {choice["study_id"]}
+    sources = {i: artifacts.read_study(i, artifacts_root).dataset.sources for i in ids if _has_study(i, artifacts_root)}
+    if choice["study_id"] not in sources:
+        return []
+    groups: dict[tuple[tuple[str, ...], str], list[dict]] = {}
     for c in choice["candidates"]:
         if c["study_id"] in sources and c["paper_covid_recall"]:
-            groups.setdefault(sources[c["study_id"]], []).append(c)
-    served = sources.get(choice["study_id"])
-    if not groups or served is None:
-        return []
+            groups.setdefault((sources[c["study_id"]], c["split"]), []).append(c)
     parts = []
-    for composition, members in sorted(groups.items(), key=lambda item: (len(item[0]), item[0])):
-        where = " + ".join(composition) + (", the served model's sources" if composition == served else "")
+    for (composition, split), members in sorted(groups.items(), key=lambda item: (len(item[0][0]), item[0])):
+        served = ", the served model's sources" if composition == sources[choice["study_id"]] else ""
+        trained = f"trained on {' + '.join(composition)} ({split}-level folds{served})"
         clear = [c for c in members if (c["paper_covid_recall"].get("low") or 0.0) >= bar]
-        if clear:
-            normals = max(c["adult_normals"]["estimate"] for c in clear)
-            parts.append(
-                f"trained on {where}, {len(clear)} of {len(members)}, which call at most {normals:.3f} of "
-                f"{ADULT_NORMALS} Normal"
+        best = max(members, key=lambda c: c["paper_covid_recall"]["estimate"])
+        worst = max(clear, key=lambda c: c["adult_normals"]["estimate"]) if clear else None
+        normals = (
+            f"{worst['adult_normals']['estimate']:.3f} of {ADULT_NORMALS} Normal ({worst['adult_normals_how']})"
+            if worst
+            else ""
+        )
+        if len(members) == 1:
+            verdict = (
+                f"clears it and calls {normals}" if clear else f"does not ({interval_text(best['paper_covid_recall'])})"
             )
+            parts.append(f"the one {trained} {verdict}")
+        elif clear:
+            parts.append(f"of the {len(members)} {trained}, {len(clear)} clear it and call at most {normals}")
         else:
-            best = max(members, key=lambda c: c["paper_covid_recall"]["estimate"])
             parts.append(
-                f"trained on {where}, none of {len(members)} (the best: {interval_text(best['paper_covid_recall'])})"
+                f"none of the {len(members)} {trained} does (the best: {interval_text(best['paper_covid_recall'])})"
             )
-    return [f"- Which candidates clear {name.split(' (')[0]} (whole interval): " + "; ".join(parts) + "."]
+    return [f"- Which candidates clear {name}, whole interval: " + "; ".join(parts) + "."] if parts else []
 
 
 def _judged(figure: dict | None, bar: float) -> str:
@@ -131,12 +140,18 @@ def _earlier_bullets(choice: dict) -> list[str]:
             continue
         if c["adult_normals_how"] == "external" and c["adult_normals"]["estimate"] is not None:
             lines.append(
-                f"- {c['backbone']} (`{c['protocol']}`, study `{c['study_id']}`, {c['split']}-level folds), trained "
-                f"without adult normals: calls {c['adult_normals']['estimate']:.1%} of {ADULT_NORMALS} Normal "
+                f"- The {candidate_name(c['backbone'])} (`{c['protocol']}`, study `{c['study_id']}`, "
+                f"{c['split']}-level folds), trained without adult normals: calls "
+                f"{c['adult_normals']['estimate']:.1%} of {ADULT_NORMALS} Normal "
                 f"({interval_text(c['adult_normals'])}) while its in-fold accuracy is "
                 f"{interval_text(c['paper_accuracy'])}."
             )
     return lines[:3]
+
+
+def _model_name(model: str) -> str:
+    """A study's model in a table: a backbone (its fold models' held-out predictions), or its ensemble of backbones."""
+    return "ensemble of backbones" if model == ENSEMBLE else model
 
 
 def shortcut_table(studies: list[Generalisation]) -> list[str]:
@@ -150,9 +165,10 @@ def shortcut_table(studies: list[Generalisation]) -> list[str]:
         leak = next((m for m in g.models if m.image_level), None)
         rows.append(
             {
+                "study": f"`{g.study_id}`",
                 "protocol": f"`{g.protocol}`",
                 "trained on": f"{' + '.join(g.sources)}, {g.split}-level folds",
-                "best in-fold accuracy": f"{interval_text(best.in_fold['accuracy'])} ({best.model})",
+                "best in-fold accuracy": f"{interval_text(best.in_fold['accuracy'])} ({_model_name(best.model)})",
                 "no-anatomy baseline, same folds": interval_text(g.baseline["figures"]["metrics"]["accuracy"]),
                 "image-level folds instead": (
                     f"{leak.model} {leak.image_level['estimate']:.3f} (patient-level "
@@ -228,14 +244,14 @@ def summary_section(artifacts_root: Path | None) -> str:
 def generalisation_section(artifacts_root: Path | None) -> str:
     """A table per judged study: every model beside its leakage, shortcut and external figures. The occlusion's
     region is said once when every audit used the same one, else under each study."""
-    studies = [g for g in judged_studies(artifacts_root) if headline_rows(g)]
-    regions = {g.region for g in studies if g.region}
+    tables = {g.study_id: (g, rows) for g in judged_studies(artifacts_root) if (rows := headline_rows(g))}
+    regions = {g.region for g, _ in tables.values() if g.region}
     parts = []
-    for g in studies:
+    for g, rows in tables.values():
         parts += [
             f"### `{g.protocol}` · {' + '.join(g.sources)} · {g.split}-level folds · study `{g.study_id}`",
             "",
-            _table(headline_rows(g)),
+            _table(rows),
             "",
         ]
         if g.region and len(regions) > 1:
@@ -254,7 +270,7 @@ def generalisation_section(artifacts_root: Path | None) -> str:
 
 
 def _region_sentence(region: str) -> str:
-    return f"Lungs hidden / lungs only: {region}; the fill is each image's median grey level."
+    return f"Lungs hidden and lungs only (occlusion) use {region}; the fill is each image's median grey level."
 
 
 def study_findings(g: Generalisation) -> list[str]:
