@@ -60,8 +60,10 @@ def submit_tiny_job(page, data: Path) -> None:
     sidebar.get_by_role("textbox", name="Dataset folders on the server (one sub-folder per class), one per line").fill(
         str(data)
     )
-    for label, value in (("Folds", "2"), ("Epochs", "2"), ("Input size (px)", "32"), ("Batch size", "8")):
+    for label, value in (("Folds", "2"), ("Input size (px)", "32"), ("Batch size", "8")):
         sidebar.get_by_label(label, exact=True).fill(value)
+    # The form opens on the recommended protocol, a logistic-regression head with no epochs to set.
+    assert sidebar.get_by_label("Epochs", exact=True).count() == 0
     weights = sidebar.locator("[data-testid=stSelectbox]").filter(has_text="Weights")
     weights.locator("input").click()
     page.keyboard.type("none")
