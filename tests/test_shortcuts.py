@@ -99,6 +99,8 @@ def test_model_audit_of_a_two_source_study_is_kept_read_back_and_shown(tmp_path,
     assert found.split == "image"
     assert found.baseline is not None and found.region == REGION.description
     row = found.model("MobileNet-0.25")
+    counts = artifacts.read_study(study.study_id).dataset.counts
+    assert {c: row.in_fold[f"recall[{c}]"]["n"] for c in counts} == counts, "each recall knows its class's images"
     assert set(row.occlusion) == set(CONDITIONS)
     assert set(row.by_source) == {"a", "b"}
     with pytest.raises(ValueError, match="no saved fold model of backbone='MobileNet'"):
