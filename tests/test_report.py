@@ -261,3 +261,23 @@ def test_the_summary_says_which_compositions_clear_the_in_fold_covid_bar(tmp_pat
     )
     (tmp_path / "adults" / "study.json").unlink()
     assert summary_sections._in_fold_covid_bullet(choice, None) == [], "no sources for the served study: no bullet"
+
+
+def test_the_readme_headline_shows_the_first_ranked_then_the_first_of_each_protocol_trained_without_adults():
+    """The rest stay in the report's ranked table; a protocol already shown among the first is not shown twice."""
+    from engine.reports.readme import HEADLINE_RANKS, headline_candidates
+
+    def candidate(protocol: str, how: str = "held out by patient in its fold") -> dict:
+        return {"protocol": protocol, "adult_normals_how": how}
+
+    first = [candidate(f"multi-{i}") for i in range(HEADLINE_RANKS - 1)] + [candidate("frozen", "external")]
+    later = [
+        candidate("multi-late"),
+        candidate("frozen", "external"),
+        candidate("xray-probe", "external"),
+        candidate("xray-probe", "external"),
+    ]
+    shown = headline_candidates(first + later)
+    assert shown == [*first, later[2]]
+    assert shown[-1] is later[2], "the first of its protocol, in rank order"
+    assert headline_candidates(first[:2]) == first[:2]

@@ -23,6 +23,7 @@ from engine.reports import (
     explore,
     generalisation_sections,
     paper_differences,
+    readme,
     results_sections,
     summary_sections,
 )
@@ -231,6 +232,10 @@ def reproduction_report(artifacts_root: Path | None = None) -> str:
             "## Summary",
             "",
             summary_sections.summary_section(artifacts_root),
+            "",
+            "## Every candidate, ranked",
+            "",
+            readme.candidates_table(artifacts_root),
             "",
             "## What holds outside the source",
             "",
