@@ -64,6 +64,7 @@ def submit_tiny_job(page, data: Path) -> None:
         sidebar.get_by_label(label, exact=True).fill(value)
     # The form opens on the recommended protocol, a logistic-regression head with no epochs to set.
     assert sidebar.get_by_label("Epochs", exact=True).count() == 0
+    playwright.expect(sidebar.get_by_text("No epochs: the head is a logistic regression")).to_be_visible()
     weights = sidebar.locator("[data-testid=stSelectbox]").filter(has_text="Weights")
     weights.locator("input").click()
     page.keyboard.type("none")

@@ -281,3 +281,10 @@ def test_the_readme_headline_shows_the_first_ranked_then_the_first_of_each_proto
     assert shown == [*first, later[2]]
     assert shown[-1] is later[2], "the first of its protocol, in rank order"
     assert headline_candidates(first[:2]) == first[:2]
+
+
+def test_a_target_never_measured_is_counted_apart_from_one_missed():
+    from engine.reports.readme import _met
+
+    assert _met({"met": {"a": True, "b": None, "c": False}}) == "1 of 3 (1 not measured)"
+    assert _met({"met": {"a": True, "b": False}}) == "1 of 2"

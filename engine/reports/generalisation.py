@@ -211,7 +211,7 @@ def _in_fold(study_id: str, model: str, artifacts_root: Path) -> tuple[dict, obj
     """The model's held-out figures; each recall keeps its class's image count as ``n``, as the external sets' do,
     so a verdict can say how many images would clear its bar (``engine.evaluation.sample_size``)."""
     oof = study_out_of_fold(study_id, model, artifacts_root)
-    counts = {f"recall[{c}]": int((oof.y_true == i).sum()) for i, c in enumerate(oof.classes)}
+    counts = {f"recall[{c}]": n for i, c in enumerate(oof.classes) if (n := int((oof.y_true == i).sum()))}
     metrics = model_summary(oof, artifacts_root)["metrics"]
     return {name: {**figure, "n": counts[name]} if name in counts else figure for name, figure in metrics.items()}, oof
 

@@ -101,13 +101,22 @@ def results_table(artifacts_root: Path | None = None) -> str:
     rows += [_candidate_row(c, choice, artifacts_root) for c in shown]
     lines = _markdown(HEADER, rows)
     if len(shown) < len(candidates):
+        without = len(shown) > HEADLINE_RANKS
         lines += [
             "",
-            f"The first {HEADLINE_RANKS} of {len(candidates)} candidates by the serving rule, then the first of each "
-            "protocol trained without the adult normals; the [report](docs/reproduction.md#every-candidate-ranked) "
-            "ranks all of them.",
+            f"The first {HEADLINE_RANKS} of {len(candidates)} candidates by the serving rule"
+            + (", then the first of each protocol trained without the adult normals" if without else "")
+            + "; the [report](docs/reproduction.md#every-candidate-ranked) ranks all of them.",
         ]
     return "\n".join([START, *lines, END])
+
+
+def _met(candidate: dict) -> str:
+    """Targets met of those measured: a target never run is neither met nor missed."""
+    verdicts = list(candidate["met"].values())
+    unmeasured = sum(1 for ok in verdicts if ok is None)
+    text = f"{sum(1 for ok in verdicts if ok)} of {len(verdicts)}"
+    return f"{text} ({unmeasured} not measured)" if unmeasured else text
 
 
 def candidates_table(artifacts_root: Path | None = None) -> str:
@@ -124,11 +133,6 @@ def candidates_table(artifacts_root: Path | None = None) -> str:
         f"{choice['rule']} Targets met counts a figure with an interval only when the whole interval clears its bar."
     )
     return "\n".join([intro, "", *_markdown(["rank", *HEADER, "study", "targets met"], rows)])
-
-
-def _met(candidate: dict) -> str:
-    met = candidate["met"].values()
-    return f"{sum(1 for ok in met if ok)} of {len(met)}"
 
 
 def with_results_table(readme: str, table: str) -> str:
