@@ -15,6 +15,7 @@ from engine.evaluation.predictions import model_names, study_out_of_fold
 from engine.evaluation.robustness import STRENGTHS, pooled_table, saved_results
 from engine.evaluation.summary import DEFAULT_INTERVALS, model_summary
 from engine.reports import explore
+from engine.reports.markdown import markdown_table
 from engine.results import artifacts
 
 INTERVAL_COLUMNS = (
@@ -24,12 +25,6 @@ INTERVAL_COLUMNS = (
     ("specificity[COVID-19]", "COVID-19 specificity"),
     ("roc_auc", "ROC AUC (mean over classes)"),
 )
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _summaries(study_id: str, artifacts_root: Path | None) -> dict[str, dict]:
@@ -84,7 +79,7 @@ def models_section(study_ids: list[str], artifacts_root: Path | None) -> str:
             "ECE",
             "Brier",
         ]
-        parts += ["", f"Study `{study_id}` (`{study.protocol_name}`):", "", _table(header, rows)]
+        parts += ["", f"Study `{study_id}` (`{study.protocol_name}`):", "", markdown_table(header, rows)]
     return "\n".join(parts)
 
 
@@ -115,7 +110,7 @@ def robustness_section(study_ids: list[str], artifacts_root: Path | None) -> str
                 f"{backbone}, study `{study_id}` (`{study.protocol_name}`), folds {folds}: "
                 f"{base['n_images']:,} held-out images, each seen by its own fold's model.",
                 "",
-                _table(["shift", "strength", "accuracy", "change", "recall per class"], rows),
+                markdown_table(["shift", "strength", "accuracy", "change", "recall per class"], rows),
             ]
     if not parts:
         return "No robustness analysis in the artifacts yet (`python -m engine robustness --study ID --backbone NAME`)."

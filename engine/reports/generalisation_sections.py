@@ -12,6 +12,7 @@ from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
 from engine.reports.generalisation import Generalisation, ModelFigures, generalisation
+from engine.reports.markdown import markdown_table
 from engine.reports.results_sections import CPU_BUDGET_S, interval_verdict
 from engine.reports.served import (
     ADULT_NORMALS,
@@ -42,12 +43,6 @@ ABLATION_ROWS = (
     *(p.name for p in HARMONISATION_ABLATION if p.cached_features),
     XRAY_PROBE_HARMONISED.name,
 )
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _multi_source(protocol: str, artifacts_root: Path | None) -> list[Study]:
@@ -110,7 +105,7 @@ def targets_section(artifacts_root: Path | None, protocol: str) -> str:
             "many of its images would clear it: the stratified bootstrap's lower end tends to the binomial quantile "
             "(`engine.evaluation.sample_size`), so 88 of 93 gives 0.892 and 89 of 93 gives 0.914.",
             "",
-            _table(["model", "target", "measured", "verdict"], rows),
+            markdown_table(["model", "target", "measured", "verdict"], rows),
         ]
     )
 
@@ -202,7 +197,7 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
             f"Every row on the same images and folds; 95 % intervals; accuracy drops of the fold models on their "
             f"held-out images, pooled (the robustness analysis). {descriptions}",
             "",
-            _table(header, rows),
+            markdown_table(header, rows),
             "",
             lung_crop,
         ]

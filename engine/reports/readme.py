@@ -12,6 +12,7 @@ from pathlib import Path
 from engine.evaluation.bootstrap import interval_text
 from engine.reports import explore
 from engine.reports.generalisation import Generalisation, generalisation
+from engine.reports.markdown import markdown_table
 from engine.reports.served import ADULT_NORMALS, EXTERNAL_ADULTS, candidate_name, read_choice
 from engine.results import artifacts
 
@@ -76,10 +77,6 @@ def _candidate_row(c: dict, choice: dict, artifacts_root: Path | None) -> list[s
     ]
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def headline_candidates(candidates: list[dict]) -> list[dict]:
     """The first :data:`HEADLINE_RANKS` of ``candidates`` (ranked), then the first of each protocol whose adult-normal
     figure is external (trained without them), in rank order."""
@@ -99,7 +96,7 @@ def results_table(artifacts_root: Path | None = None) -> str:
     candidates = choice["candidates"] if choice else []
     shown = headline_candidates(candidates)
     rows += [_candidate_row(c, choice, artifacts_root) for c in shown]
-    lines = _markdown(HEADER, rows)
+    lines = [markdown_table(HEADER, rows)]
     if len(shown) < len(candidates):
         without = len(shown) > HEADLINE_RANKS
         lines += [
@@ -132,7 +129,7 @@ def candidates_table(artifacts_root: Path | None = None) -> str:
     intro = (
         f"{choice['rule']} Targets met counts a figure with an interval only when the whole interval clears its bar."
     )
-    return "\n".join([intro, "", *_markdown(["rank", *HEADER, "study", "targets met"], rows)])
+    return "\n".join([intro, "", markdown_table(["rank", *HEADER, "study", "targets met"], rows)])
 
 
 def with_results_table(readme: str, table: str) -> str:

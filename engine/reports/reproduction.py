@@ -27,6 +27,7 @@ from engine.reports import (
     results_sections,
     summary_sections,
 )
+from engine.reports.markdown import markdown_table
 from engine.reports.paper_networks import NOT_COMPARABLE, paper_row_of, paper_table1, same_network_as_paper, variant
 from engine.results import artifacts
 from engine.training.study import summarize
@@ -51,12 +52,6 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _study_section(rows: list[dict]) -> str:
     body = []
     for r in rows:
@@ -74,7 +69,7 @@ def _study_section(rows: list[dict]) -> str:
                 r["study_id"],
             ]
         )
-    return _table(
+    return markdown_table(
         ["backbone", "protocol", "folds", "split", "dataset", "dataset fingerprint", "ImageNet weights", "study"],
         body,
     )
@@ -111,7 +106,7 @@ def _comparison(rows: list[dict]) -> str:
                 body.append(
                     [f"difference (ours − paper) {r['backbone']}", r["protocol"], "–", *_difference_row(r, ref)]
                 )
-    return _table(["model", "protocol", "folds", *HEADERS], body)
+    return markdown_table(["model", "protocol", "folds", *HEADERS], body)
 
 
 def _folds_sentence(rows: list[dict]) -> str:
@@ -146,7 +141,7 @@ def _confusion_section(rows: list[dict], artifacts_root: Path | None) -> str:
     parts = [
         "Paper, Table 4 (MobileNet, best fold):",
         "",
-        _table(header, [[c, *map(str, r)] for c, r in zip(classes, paper, strict=True)]),
+        markdown_table(header, [[c, *map(str, r)] for c, r in zip(classes, paper, strict=True)]),
         _recall_line("paper", paper, classes),
     ]
     chosen = _table4_candidate(rows)
@@ -164,7 +159,7 @@ def _confusion_section(rows: list[dict], artifacts_root: Path | None) -> str:
         "",
         f"Ours ({label}):",
         "",
-        _table(header, [[c, *map(str, r)] for c, r in zip(classes, cm, strict=True)]),
+        markdown_table(header, [[c, *map(str, r)] for c, r in zip(classes, cm, strict=True)]),
         _recall_line("ours", cm, classes),
     ]
     return "\n".join(parts)
@@ -199,7 +194,7 @@ def _external_section(artifacts_root: Path | None) -> str:
             "rest of the release its COVID-19 images come from): unseen, but not external. On a set of one class "
             "the only figure is that class's recall.",
             "",
-            _table(
+            markdown_table(
                 [
                     "data",
                     "relation to the study",

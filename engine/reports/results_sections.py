@@ -14,6 +14,7 @@ from engine.evaluation.sample_size import count_to_clear
 from engine.evaluation.summary import model_summary
 from engine.reports import explore
 from engine.reports.generalisation import split_label
+from engine.reports.markdown import markdown_table
 from engine.results import artifacts
 from engine.results.studies import Study
 from engine.training.presets import ABLATION, ABLATION_EXTRAS, ABLATION_STEPS, PAPER, XRAY_FINETUNE, XRAY_PROBE
@@ -32,12 +33,6 @@ TARGET = 0.98
 MAX_DROP = 0.02
 CPU_BUDGET_S = 3 * 3600
 EXTRA_SET = "covid19-extra"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _studies_by_protocol(artifacts_root: Path | None, dataset: str | None = None) -> dict[str, list[Study]]:
@@ -114,7 +109,7 @@ def ablation_section(artifacts_root: Path | None) -> str:
             "changes before it. The steps were fixed before any of them ran on the test folds; the last row is a "
             "candidate measured beside the recommended protocol, not part of it.",
             "",
-            _table(header, rows),
+            markdown_table(header, rows),
         ]
     )
 
@@ -265,7 +260,7 @@ def targets_section(artifacts_root: Path | None, protocol: Protocol) -> str:
         [
             f"Study `{study.study_id}` (`{protocol.name}`): {protocol.description}",
             "",
-            _table(["target", "measured", "verdict"], rows),
+            markdown_table(["target", "measured", "verdict"], rows),
             "",
             selected_epochs(runs) if protocol.trains_by_epochs else selected_heads(runs),
         ]

@@ -13,6 +13,7 @@ from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.predictions import ENSEMBLE
 from engine.evaluation.robustness import SHIFTS_BY_NAME
 from engine.reports.generalisation import Generalisation, generalisation, headline_rows
+from engine.reports.markdown import markdown_table
 from engine.reports.results_sections import interval_verdict
 from engine.reports.served import (
     ADULT_NORMALS,
@@ -27,10 +28,9 @@ from engine.results import artifacts
 
 
 def _table(rows: list[dict[str, str]]) -> str:
+    """Rows keyed by column: the columns in the order first met, "–" where a row has none."""
     header = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row.get(k, "–") for k in header) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, [[row.get(k, "–") for k in header] for row in rows])
 
 
 def judged_studies(artifacts_root: Path | None) -> list[Generalisation]:
