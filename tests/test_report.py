@@ -213,7 +213,7 @@ def test_the_summary_says_which_compositions_clear_the_in_fold_covid_bar(tmp_pat
         (tmp_path / study_id).mkdir()
         (tmp_path / study_id / "study.json").write_text("{}")
     fake = SimpleNamespace(
-        study_dir=lambda study_id, root: tmp_path / study_id,
+        list_study_ids=lambda root: sorted(p.name for p in tmp_path.iterdir() if (p / "study.json").is_file()),
         read_study=lambda study_id, root: SimpleNamespace(dataset=SimpleNamespace(sources=compositions[study_id])),
     )
     monkeypatch.setattr(summary_sections, "artifacts", fake)

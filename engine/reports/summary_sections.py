@@ -46,7 +46,7 @@ def judged_studies(artifacts_root: Path | None) -> list[Generalisation]:
 def _served_details(study_id: str, backbone: str, artifacts_root: Path | None) -> tuple[str, str]:
     """How many of the paper's images the in-fold figures are over, and what the served model called the adult
     viral pneumonias; empty where this artifacts folder lacks the study or its evaluation."""
-    if not _has_study(study_id, artifacts_root):
+    if study_id not in artifacts.list_study_ids(artifacts_root):
         return "", ""
     dataset = artifacts.read_study(study_id, artifacts_root).dataset
     images = f" ({sum(dataset.by_source[dataset.sources[0]].values()):,} held-out images)"
@@ -85,17 +85,14 @@ def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
     ]
 
 
-def _has_study(study_id: str, artifacts_root: Path | None) -> bool:
-    return (artifacts.study_dir(study_id, artifacts_root) / "study.json").is_file()
-
-
 def _in_fold_covid_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
     """Which candidates clear the in-fold COVID-19 bar, grouped by what they were trained on and how their folds
     were split, with what the ones that clear it call the adult normals: a reader can then tell whether the bar
     is missed for want of a better model or cleared only by a model that fails the adults."""
     name, bar = next((n, b) for n, b in TARGETS.items() if n.startswith("in-fold COVID-19"))
-    ids = {c["study_id"] for c in choice["candidates"]} | {choice["study_id"]}
-    sources = {i: artifacts.read_study(i, artifacts_root).dataset.sources for i in ids if _has_study(i, artifacts_root)}
+    named = {c["study_id"] for c in choice["candidates"]} | {choice["study_id"]}
+    here = named & set(artifacts.list_study_ids(artifacts_root))
+    sources = {i: artifacts.read_study(i, artifacts_root).dataset.sources for i in here}
     if choice["study_id"] not in sources:
         return []
     groups: dict[tuple[tuple[str, ...], str], list[dict]] = {}
