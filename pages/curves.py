@@ -108,7 +108,13 @@ if not choices.empty:
     st.info(
         "This study's heads were fitted in one step, a logistic regression on the frozen base's cached features, "
         "so there are no epochs to plot. Each fold's L2 strength C was chosen by accuracy over inner folds of its "
-        "training images (a smaller C is a stronger penalty):"
+        "training images (a smaller C is a stronger penalty)"
+        + (
+            ". Its protocol's recall floor then raised one class's logit until those inner folds found that share "
+            "of its images:"
+            if any(column.endswith("logit offset") for column in choices.columns)
+            else ":"
+        )
     )
     st.dataframe(choices, hide_index=True, height=ROW_HEIGHT_PX * (len(choices) + 1) + 3)
     st.stop()

@@ -251,3 +251,32 @@ def test_a_head_fitted_on_augmented_views_is_saved_and_tested_on_images_as_they_
         images = np.asarray(dataset.images[study.folds[run.fold]], dtype="float32")[..., None]
         saved = np.array([[float(r[k]) for k in r if k.startswith("p[")] for r in artifacts.read_predictions(run)])
         np.testing.assert_allclose(model.predict_on_batch(images), saved, atol=1e-5)
+
+
+def test_a_recall_floor_raises_one_class_s_bias_until_the_inner_folds_find_that_share_of_it():
+    features, labels = _blobs(240, 6, seed=3)
+    features = features + np.random.default_rng(4).normal(0, 400, features.shape)
+    options = dict(segments=None, grid=(1.0,), inner_folds=3, n_classes=3, seed=0)
+    plain = fit_linear_head(features, labels, **options)
+    floored = fit_linear_head(features, labels, recall_floor=(2, 0.95), **options)
+    point = floored.choice["recall_floor"]
+    assert point["inner_recall"] < 0.95 <= point["inner_recall_after"]
+    assert point["logit_offset"] > 0
+    np.testing.assert_allclose(floored.kernel, plain.kernel)
+    np.testing.assert_allclose(floored.bias - plain.bias, [0, 0, point["logit_offset"]])
+    assert (floored.predict_proba(features).argmax(1) == 2).sum() > (plain.predict_proba(features).argmax(1) == 2).sum()
+    met = fit_linear_head(features, labels, recall_floor=(2, 0.05), **options)
+    assert met.choice["recall_floor"]["logit_offset"] == 0, "a head that already meets the floor is left as fitted"
+    np.testing.assert_allclose(met.bias, plain.bias)
+
+
+def test_a_recall_floor_needs_a_logistic_regression_head_and_a_class_the_dataset_has():
+    screening = PROTOCOLS["harmonise-probe-screening"]
+    assert Protocol.from_dict(screening.to_dict()) == screening
+    assert "recall_floor" not in PROTOCOLS["harmonise-probe-varied-by-source"].to_dict(), "older studies keep their id"
+    with pytest.raises(ValueError, match="recall_floor is met on the inner folds of a logistic-regression head"):
+        dataclasses.replace(PROTOCOLS["xray-finetune"], recall_floor=screening.recall_floor)
+    with pytest.raises(ValueError, match=r"recall must be in \(0, 1\), got recall=1.0"):
+        dataclasses.replace(screening.recall_floor, recall=1.0)
+    with pytest.raises(ValueError, match="recall_floor's target must be one of the dataset's classes"):
+        screening.check_classes(("cat", "dog"))

@@ -279,13 +279,32 @@ def histories(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame
 
 def head_choices(study_id: str, artifacts_root: Path | None = None) -> pd.DataFrame:
     """The L2 strength each fold's inner cross-validation chose for a logistic-regression head, as
-    (backbone, fold, C, inner accuracy) rows; empty for a study whose heads train over epochs."""
+    (backbone, fold, C, inner accuracy) rows; empty for a study whose heads train over epochs. A protocol with a
+    recall floor adds, per fold, the offset added to the class's logit and its inner recall before and after."""
     rows = []
     for run in artifacts.study_runs(study_id, _root(artifacts_root)):
         choice = run.config.get("head_selection")
         if choice:
-            rows.append((run.backbone, run.fold, choice["C"], choice["inner_accuracy"][str(float(choice["C"]))]))
-    return pd.DataFrame(rows, columns=["backbone", "fold", "C", "inner accuracy"])
+            floor = choice.get("recall_floor")
+            rows.append(
+                {
+                    "backbone": run.backbone,
+                    "fold": run.fold,
+                    "C": choice["C"],
+                    "inner accuracy": choice["inner_accuracy"][str(float(choice["C"]))],
+                    **(_floor_columns(floor, run.config["classes"]) if floor else {}),
+                }
+            )
+    return pd.DataFrame(rows, columns=None if rows else ["backbone", "fold", "C", "inner accuracy"])
+
+
+def _floor_columns(floor: dict, classes: list[str]) -> dict:
+    name = classes[floor["target"]]
+    return {
+        f"{name} logit offset": floor["logit_offset"],
+        f"{name} inner recall, as fitted": floor["inner_recall"],
+        f"{name} inner recall, with the offset": floor["inner_recall_after"],
+    }
 
 
 def history_bands(curves: pd.DataFrame) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from engine.results import artifacts
 from engine.results.studies import Study
 from engine.training.presets import (
     HARMONISATION_ABLATION,
+    PROBE_SCREENING,
     PROBE_VARIED_BY_SOURCE,
     XRAY_FINETUNE,
     XRAY_HARMONISED,
@@ -41,6 +42,8 @@ ABLATION_ROWS = (
     XRAY_HARMONISED.name,
     XRAY_PROBE.name,
     *(p.name for p in HARMONISATION_ABLATION if p.cached_features),
+    PROBE_VARIED_BY_SOURCE.name,
+    PROBE_SCREENING.name,
     XRAY_PROBE_HARMONISED.name,
 )
 
@@ -122,7 +125,7 @@ def _same_source_covid(model: ModelFigures) -> list[list[str]]:
 def generalisation_targets(artifacts_root: Path | None) -> str:
     return "\n\n".join(
         f"### `{p.name}` (multi-source)\n\n{targets_section(artifacts_root, p.name)}"
-        for p in (PROBE_VARIED_BY_SOURCE, XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
+        for p in (PROBE_VARIED_BY_SOURCE, PROBE_SCREENING, XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
     )
 
 
@@ -182,7 +185,9 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
         f"{EXTERNAL_ADULTS} Viral Pneumonia recall",
         "accuracy drop: noise σ 4 / blur 1 px / 112 px",
     ]
-    descriptions = "; ".join(f"`{p.name}`: {p.description}" for p in HARMONISATION_ABLATION)
+    descriptions = "; ".join(
+        f"`{p.name}`: {p.description}" for p in (*HARMONISATION_ABLATION, PROBE_VARIED_BY_SOURCE, PROBE_SCREENING)
+    )
     lung_crop = (
         "A lung-field crop was not built: no lung-mask model with a licence to build on could be had offline. "
         "Searched: imlab-uiip/lung-segmentation-2d and its forks, raghavian/lungVAE, TonyIvchenko/lung-segmentation, "
@@ -193,6 +198,10 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
     return "\n".join(
         [
             f"### Harmonisation, one option at a time ({ABLATION_BACKBONE}, multi-source, patient-level folds)",
+            "",
+            "Then the two steps built on `harmonise-probe-varied`: class weights split between sources "
+            "(`harmonise-probe-varied-by-source`, the recommended protocol) and, on it, a COVID-19 recall floor "
+            "met on the training folds (`harmonise-probe-screening`).",
             "",
             f"Every row on the same images and folds; 95 % intervals; accuracy drops of the fold models on their "
             f"held-out images, pooled (the robustness analysis). {descriptions}",

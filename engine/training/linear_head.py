@@ -7,6 +7,10 @@ chosen by accuracy over stratified inner folds of the training rows, then the mo
 of them. Standardising and the logits are both affine, so the fit folds into the training mean (which the
 features are centred on) and one Dense layer's kernel and bias: the saved Keras model computes what
 was fitted.
+
+With a recall floor for one class (``engine.training.protocols.RecallFloor``), the inner folds' held-out
+logits at the chosen ``C`` also set an offset on that class's bias: the smallest that brings the class's recall
+over those held-out images to the floor.
 """
 
 from __future__ import annotations
@@ -75,10 +79,15 @@ def fit_linear_head(
     sample_weight: np.ndarray | None = None,
     should_stop: Callable[[], bool] | None = None,
     groups: np.ndarray | None = None,
+    recall_floor: tuple[int, float] | None = None,
+    scored: np.ndarray | None = None,
 ) -> LinearHead | None:
     """The head fitted on ``features`` (N, D) of the training rows; None when ``should_stop`` asked to stop.
 
     With ``groups`` (a patient per row), the inner folds that choose ``C`` keep each patient on one side.
+    ``recall_floor`` (class index, recall) raises that class's bias until its recall over the inner folds'
+    held-out rows reaches the floor; ``scored`` (a boolean per row) says which rows count there (the images as
+    they are, not their augmented views), all of them when None.
     """
     if not grid:
         raise ValueError("grid must hold at least one C, got an empty grid")
@@ -89,17 +98,23 @@ def fit_linear_head(
     else:
         splits = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(x, y, groups)
     scores: dict[float, list[float]] = {c: [] for c in grid}
+    held_out = {c: np.zeros((len(y), n_classes)) for c in grid}
     for fit_rows, check_rows in splits:
         for c in grid:
             if should_stop and should_stop():
                 return None
             w = None if sample_weight is None else sample_weight[fit_rows]
             center, kernel, bias = _fit(x[fit_rows], y[fit_rows], w, c=c, n_classes=n_classes, segments=segments)
-            predicted = _logits(x[check_rows], center, kernel, bias).argmax(axis=1)
-            scores[c].append(float((predicted == y[check_rows]).mean()))
+            held_out[c][check_rows] = _logits(x[check_rows], center, kernel, bias)
+            scores[c].append(float((held_out[c][check_rows].argmax(axis=1) == y[check_rows]).mean()))
     mean_scores = {c: float(np.mean(v)) for c, v in scores.items()}
     best = max(grid, key=lambda c: (mean_scores[c], -c))
     center, kernel, bias = _fit(x, y, sample_weight, c=best, n_classes=n_classes, segments=segments)
+    point = None
+    if recall_floor is not None:
+        rows = np.ones(len(y), dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
+        point = logit_offset_for_recall(held_out[best][rows], y[rows], target=recall_floor[0], recall=recall_floor[1])
+        bias = bias + np.eye(n_classes)[recall_floor[0]] * point["logit_offset"]
     proba = softmax(_logits(x, center, kernel, bias), axis=1)
     logs = {
         "loss": float(log_loss(y, proba, labels=list(range(n_classes)))),
@@ -109,5 +124,26 @@ def fit_linear_head(
         "C": best,
         "inner_folds": inner_folds,
         "inner_accuracy": {str(c): round(v, 5) for c, v in mean_scores.items()},
+        **({"recall_floor": point} if point else {}),
     }
     return LinearHead(center=center, kernel=kernel, bias=bias, choice=choice, history_logs=logs)
+
+
+def logit_offset_for_recall(logits: np.ndarray, labels: np.ndarray, *, target: int, recall: float) -> dict:
+    """The smallest offset to add to class ``target``'s logit so that at least ``recall`` of its rows in
+    ``logits`` (N, K) are predicted as it; 0 when they already are. Returns the offset and the recall before
+    and after it."""
+    rows = labels == target
+    if not rows.any():
+        raise ValueError(f"the inner folds hold no row of class {target}, so its recall floor cannot be met")
+    others = np.delete(logits[rows], target, axis=1).max(axis=1)
+    margin = np.sort(others - logits[rows, target])
+    needed = int(np.ceil(recall * len(margin) - 1e-9))
+    offset = max(0.0, float(np.nextafter(margin[needed - 1], np.inf)))
+    return {
+        "target": int(target),
+        "inner_recall_floor": recall,
+        "inner_recall": round(float((margin < 0).mean()), 5),
+        "logit_offset": offset,
+        "inner_recall_after": round(float((margin < offset).mean()), 5),
+    }

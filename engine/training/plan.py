@@ -44,6 +44,12 @@ class FoldPlan:
         """What is validated on each epoch: the inner split, or (the paper's way) the test fold."""
         return self.validation if self.inner_validation else self.test
 
+    @property
+    def recall_floor(self) -> tuple[int, float] | None:
+        """The protocol's recall floor as (class index, recall), or None."""
+        point = self.protocol.recall_floor
+        return None if point is None else (self.classes.index(point.target), point.recall)
+
     def targets(self) -> np.ndarray:
         """Every dataset row's target: its class index, or a one-hot row when the loss smooths labels."""
         labels = self.dataset.labels
@@ -72,6 +78,7 @@ def plan_fold(dataset: Dataset, study: Study, backbone: str, fold: int) -> FoldP
             f"dataset {dataset.fingerprint} is not the one of study {study.study_id} ({study.dataset.fingerprint})"
         )
     protocol = Protocol.from_dict(study.protocol)
+    protocol.check_classes(dataset.classes)
     seed = _seed(study, fold)
     train = train_indices(study.folds[fold], len(dataset))
     validation = np.zeros(0, dtype=np.int64)

@@ -32,6 +32,7 @@ ADDED_LATER = {
         "inner_folds",
         "harmonise",
         "view_augmentation",
+        "recall_floor",
     ),
 }
 SCHEDULES = ("constant", "cosine")
@@ -116,6 +117,25 @@ class Harmonise:
 
 
 @dataclass(frozen=True)
+class RecallFloor:
+    """A floor on one class's recall, met on the training folds: after a logistic-regression head is fitted,
+    the smallest logit offset for ``target`` that brings its recall over the inner folds' held-out images (the
+    same inner folds that chose ``C``) to ``recall`` is added to the head's bias for that class. A screening
+    test is set the same way, at a sensitivity fixed in advance on development data; the test fold is never
+    seen. Never lowers the class's logit: a head that already meets the floor is left as fitted."""
+
+    target: str
+    recall: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.recall < 1.0:
+            raise ValueError(f"recall must be in (0, 1), got recall={self.recall!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Stage:
     """A span of epochs with one learning rate; ``trainable`` is ``"all"`` or ``"head"``.
 
@@ -171,6 +191,9 @@ class Protocol:
     of this augmentation instead of flips: a logistic-regression head then learns from every view of its
     training images, so that what an acquisition changes cannot tell the classes apart. Test images are
     always read as they are.
+
+    ``recall_floor`` sets a logistic-regression head's bias for one class so that its recall over the inner
+    folds reaches a floor (:class:`RecallFloor`).
     """
 
     name: str
@@ -194,6 +217,7 @@ class Protocol:
     inner_folds: int = 0
     harmonise: Harmonise | None = None
     view_augmentation: Augmentation | None = None
+    recall_floor: RecallFloor | None = None
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -232,6 +256,10 @@ class Protocol:
             raise ValueError(f"head='logistic-regression' has no epochs to select, got selection={self.selection!r}")
         if any(c <= 0 for c in self.head_c):
             raise ValueError(f"head_c must hold positive values, got head_c={self.head_c!r}")
+        if self.recall_floor is not None and not regression:
+            raise ValueError(
+                f"recall_floor is met on the inner folds of a logistic-regression head, got head={self.head!r}"
+            )
         if self.view_augmentation is not None and not (self.cached_features and self.feature_views >= 2):
             raise ValueError(
                 "view_augmentation needs cached_features=True and feature_views >= 2 (the image, then its draws), "
@@ -254,6 +282,15 @@ class Protocol:
             stages = (*stages[:-1], dataclasses.replace(stages[-1], epochs=epochs))
         return dataclasses.replace(self, stages=stages, batch_size=batch_size or self.batch_size)
 
+    def check_classes(self, classes: tuple[str, ...]) -> None:
+        """Refuses a dataset without the class the recall floor is for."""
+        point = self.recall_floor
+        if point is not None and point.target not in classes:
+            raise ValueError(
+                f"recall_floor's target must be one of the dataset's classes {list(classes)}, "
+                f"got target={point.target!r}"
+            )
+
     def on_images(self) -> Protocol:
         """The protocol without its head warm-up on cached features: the stages that see images."""
         stages = tuple(stage for stage in self.stages if stage.on == "images")
@@ -269,6 +306,8 @@ class Protocol:
             data["harmonise"] = self.harmonise.to_dict()
         if self.view_augmentation is not None:
             data["view_augmentation"] = self.view_augmentation.to_dict()
+        if self.recall_floor is not None:
+            data["recall_floor"] = self.recall_floor.to_dict()
         return data
 
     @classmethod
@@ -280,6 +319,8 @@ class Protocol:
         data["harmonise"] = Harmonise(**data["harmonise"]) if data.get("harmonise") else None
         views = data.get("view_augmentation")
         data["view_augmentation"] = Augmentation(**views) if views else None
+        point = data.get("recall_floor")
+        data["recall_floor"] = RecallFloor(**point) if point else None
         return cls(**data)
 
     def preprocessing(self) -> dict:

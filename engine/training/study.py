@@ -112,6 +112,7 @@ def _new_study(dataset: Dataset, request: StudyRequest, study_id: str) -> Study:
     level = split_level(dataset, request)
     patients = np.asarray(dataset.patients.patients) if level == "patient" else None
     _check_sources(dataset, request.n_folds, patients)
+    request.protocol.check_classes(dataset.classes)
     strata = dataset.source_index * len(dataset.classes) + dataset.labels if len(dataset.sources) > 1 else None
     folds = stratified_folds(
         dataset.labels, dataset.classes, n_splits=request.n_folds, seed=request.seed, groups=patients, strata=strata

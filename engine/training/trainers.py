@@ -60,6 +60,8 @@ def train_logistic_probe(
         seed=plan.seed,
         should_stop=should_stop,
         groups=rows.groups,
+        recall_floor=plan.recall_floor,
+        scored=rows.scored,
     )
     if fitted is None:
         raise Cancelled(f"{plan.backbone} fold {plan.fold}: cancelled")
@@ -83,12 +85,14 @@ class _Rows:
     labels: np.ndarray
     weights: np.ndarray | None
     groups: np.ndarray | None
+    scored: np.ndarray | None = None
 
 
 def _training_rows(plan: FoldPlan, all_views: np.ndarray, weights: np.ndarray | None) -> _Rows:
     """What a logistic-regression head is fitted on: the training images as they are or, with augmented views,
     every view of each (its label, weight and group repeated, the group the image's patient or the image
-    itself, so that the inner folds choosing ``C`` keep an image's views on one side)."""
+    itself, so that the inner folds choosing ``C`` keep an image's views on one side); a recall floor's
+    recall counts each image once, as it is (``scored``)."""
     train = plan.train
     if plan.protocol.view_augmentation is None:
         return _Rows(
@@ -104,6 +108,7 @@ def _training_rows(plan: FoldPlan, all_views: np.ndarray, weights: np.ndarray | 
         labels=np.repeat(plan.dataset.labels[train], views),
         weights=None if weights is None else np.repeat(weights[train], views),
         groups=np.repeat(groups, views),
+        scored=np.arange(len(train) * views) % views == 0,
     )
 
 
