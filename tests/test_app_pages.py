@@ -245,6 +245,23 @@ def test_curves_page_of_the_demo_probe_lists_each_folds_chosen_c(
         assert choice["inner_accuracy"][str(float(row["C"]))] == row["inner accuracy"]
 
 
+def test_curves_page_of_a_study_with_a_recall_floor_shows_each_folds_logit_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The screening protocol's heads: the offset each fold added to COVID-19's logit, and the inner recalls."""
+    study_id = "c0d9f7c09ea3"
+    shutil.copytree(settings.PROJECT_ROOT / "artifacts" / "studies" / study_id, tmp_path / "studies" / study_id)
+    monkeypatch.setenv("CXR_ARTIFACTS", str(tmp_path))
+    at = open_page("pages/curves.py", query={"study": study_id})
+    assert "recall floor then raised one class's logit" in texts(at.info)
+    runs = tmp_path / "studies" / study_id / "runs"
+    for row in at.dataframe[0].value.to_dict("records"):
+        config = json.loads((runs / row["backbone"] / f"fold-{row['fold']}" / "config.json").read_text())
+        floor = config["head_selection"]["recall_floor"]
+        assert row["COVID-19 logit offset"] == floor["logit_offset"] > 0
+        assert row["COVID-19 inner recall, as fitted"] < 0.98 <= row["COVID-19 inner recall, with the offset"]
+
+
 def test_report_page_renders_the_live_report_with_this_studys_figures(study_root: TinyStudy) -> None:
     at = open_page("pages/report.py")
     live, committed = at.tabs
