@@ -132,7 +132,7 @@ def generalisation_targets(artifacts_root: Path | None) -> str:
 def _ablation_row(name: str, g: Generalisation | None, artifacts_root: Path | None) -> list[str]:
     model = g.model(ABLATION_BACKBONE) if g else None
     if g is None or model is None:
-        return [f"`{name}`", "not run yet", *["–"] * 7]
+        return [f"`{name}`", "not run yet", *["–"] * 8]
     paper = model.by_source.get(g.sources[0], {}).get("metrics", {})
     held = model.by_source.get(ADULT_NORMALS, {}).get("metrics", {})
     external = model.external_set(EXTERNAL_ADULTS)
@@ -142,6 +142,7 @@ def _ablation_row(name: str, g: Generalisation | None, artifacts_root: Path | No
         f"`{name}`",
         f"{folds}/5",
         interval_text(paper.get("accuracy")),
+        interval_text(paper.get("recall[COVID-19]")),
         interval_text(held.get("recall[Normal]")),
         interval_text(occlusion.get("lungs hidden")) if occlusion else "not audited",
         interval_text(occlusion.get("lungs only")) if occlusion else "not audited",
@@ -178,6 +179,7 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
         "protocol",
         "folds",
         "accuracy, paper's images (in-fold)",
+        "COVID-19 recall, paper's images (in-fold)",
         f"{ADULT_NORMALS} called Normal (held out)",
         "lungs hidden",
         "lungs only",
