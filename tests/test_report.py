@@ -259,6 +259,12 @@ def test_the_summary_says_which_compositions_clear_the_in_fold_covid_bar(tmp_pat
         "the one trained on paper + nih + extra (patient-level folds) clears it and calls 0.920 of nih-adult-normal "
         "Normal (held out by patient in its fold)."
     )
+    choice["candidates"].append(candidate("adults", 0.96, 0.69))
+    (line,) = summary_sections._in_fold_covid_bullet(choice, None)
+    assert line.split("; ")[2] == (
+        "of the 3 trained on paper + nih (patient-level folds, the served model's sources), 1 clears it and calls "
+        "0.690 of nih-adult-normal Normal (held out by patient in its fold)"
+    )
     (tmp_path / "adults" / "study.json").unlink()
     assert summary_sections._in_fold_covid_bullet(choice, None) == [], "no sources for the served study: no bullet"
 
