@@ -105,16 +105,17 @@ def panel(
 study_id = common.study_page("Training curves")
 choices = common.cached(explore.head_choices, study_id)
 if not choices.empty:
+    floor = common.cached(explore.recall_floor, study_id)
+    floor_text = (
+        f". Its protocol then raised {floor.target}'s logit until those inner folds found {floor.recall:.0%} of "
+        f"their {floor.target} images (the offset and the inner recalls, per fold):"
+        if floor
+        else ":"
+    )
     st.info(
         "This study's heads were fitted in one step, a logistic regression on the frozen base's cached features, "
         "so there are no epochs to plot. Each fold's L2 strength C was chosen by accuracy over inner folds of its "
-        "training images (a smaller C is a stronger penalty)"
-        + (
-            ". Its protocol's recall floor then raised one class's logit until those inner folds found that share "
-            "of its images:"
-            if any(column.endswith("logit offset") for column in choices.columns)
-            else ":"
-        )
+        "training images (a smaller C is a stronger penalty)" + floor_text
     )
     st.dataframe(choices, hide_index=True, height=ROW_HEIGHT_PX * (len(choices) + 1) + 3)
     st.stop()

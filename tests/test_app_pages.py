@@ -253,7 +253,7 @@ def test_curves_page_of_a_study_with_a_recall_floor_shows_each_folds_logit_offse
     shutil.copytree(settings.PROJECT_ROOT / "artifacts" / "studies" / study_id, tmp_path / "studies" / study_id)
     monkeypatch.setenv("CXR_ARTIFACTS", str(tmp_path))
     at = open_page("pages/curves.py", query={"study": study_id})
-    assert "recall floor then raised one class's logit" in texts(at.info)
+    assert "raised COVID-19's logit until those inner folds found 98% of their COVID-19 images" in texts(at.info)
     runs = tmp_path / "studies" / study_id / "runs"
     for row in at.dataframe[0].value.to_dict("records"):
         config = json.loads((runs / row["backbone"] / f"fold-{row['fold']}" / "config.json").read_text())

@@ -22,7 +22,7 @@ from engine.models.layers import BlockStatisticsPool
 from engine.models.runtime import load_exported
 from engine.results import artifacts
 from engine.training.features import cached_features
-from engine.training.linear_head import fit_linear_head
+from engine.training.linear_head import fit_linear_head, logit_offset_for_recall
 from engine.training.presets import PROTOCOLS, XRAY_PROBE
 from engine.training.progress import EXTRACTION_END, Progress
 from engine.training.protocols import Protocol, Stage
@@ -280,3 +280,15 @@ def test_a_recall_floor_needs_a_logistic_regression_head_and_a_class_the_dataset
         dataclasses.replace(screening.recall_floor, recall=1.0)
     with pytest.raises(ValueError, match="recall_floor's target must be one of the dataset's classes"):
         screening.check_classes(("cat", "dog"))
+
+
+def test_the_offset_lands_midway_to_the_next_image_and_its_recalls_are_argmax_recalls():
+    logits = np.array([[0.0, 0.0, -1.0], [0.0, 0.0, -2.0], [0.0, 0.0, -3.0], [0.0, 0.0, 1.0], [0.0, 0.0, -5.0]])
+    point = logit_offset_for_recall(logits, np.full(5, 2), target=2, recall=0.6)
+    assert point["logit_offset"] == pytest.approx(2.5), "margins -1, 1, 2, 3, 5: midway between the 3rd and the 4th"
+    assert (point["inner_recall"], point["inner_recall_after"]) == (0.2, 0.6)
+    assert logit_offset_for_recall(logits, np.full(5, 2), target=2, recall=0.2)["logit_offset"] == 0
+    tied = logit_offset_for_recall(logits[[0, 0]], np.full(2, 2), target=2, recall=0.5)
+    assert tied["inner_recall_after"] == 1.0, "past the tie, which argmax would give the first class"
+    with pytest.raises(ValueError, match="got target=3"):
+        logit_offset_for_recall(logits, np.full(5, 2), target=3, recall=0.5)

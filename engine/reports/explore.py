@@ -22,6 +22,7 @@ from engine.evaluation.summary import model_summary, paired_difference
 from engine.reports.generalisation import split_label
 from engine.reports.served import served_study_id
 from engine.results import artifacts
+from engine.training.protocols import Protocol, RecallFloor
 from engine.training.study import summarize
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
@@ -296,6 +297,11 @@ def head_choices(study_id: str, artifacts_root: Path | None = None) -> pd.DataFr
                 }
             )
     return pd.DataFrame(rows, columns=None if rows else ["backbone", "fold", "C", "inner accuracy"])
+
+
+def recall_floor(study_id: str, artifacts_root: Path | None = None) -> RecallFloor | None:
+    """The study protocol's recall floor: the class whose logit its heads raised, and the recall they aimed at."""
+    return Protocol.from_dict(artifacts.read_study(study_id, _root(artifacts_root)).protocol).recall_floor
 
 
 def _floor_columns(floor: dict, classes: list[str]) -> dict:

@@ -201,9 +201,9 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
         [
             f"### Harmonisation, one option at a time ({ABLATION_BACKBONE}, multi-source, patient-level folds)",
             "",
-            "Then the two steps built on `harmonise-probe-varied`: class weights split between sources "
-            "(`harmonise-probe-varied-by-source`, the recommended protocol) and, on it, a COVID-19 recall floor "
-            "met on the training folds (`harmonise-probe-screening`).",
+            "Each option alone, then the two protocols built on `harmonise-probe-varied`: class weights split "
+            "between sources (`harmonise-probe-varied-by-source`, the recommended protocol) and, on it, a COVID-19 "
+            "recall floor met on the training folds (`harmonise-probe-screening`).",
             "",
             f"Every row on the same images and folds; 95 % intervals; accuracy drops of the fold models on their "
             f"held-out images, pooled (the robustness analysis). {descriptions}",

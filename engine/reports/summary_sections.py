@@ -116,10 +116,9 @@ def _in_fold_covid_bullet(choice: dict, artifacts_root: Path | None) -> list[str
                 f"clears it and calls {normals}" if clear else f"does not ({interval_text(best['paper_covid_recall'])})"
             )
             parts.append(f"the one {trained} {verdict}")
-        elif len(clear) == 1:
-            parts.append(f"of the {len(members)} {trained}, 1 clears it and calls {normals}")
         elif clear:
-            parts.append(f"of the {len(members)} {trained}, {len(clear)} clear it and call at most {normals}")
+            verbs = "clears it and calls" if len(clear) == 1 else "clear it and call at most"
+            parts.append(f"of the {len(members)} {trained}, {len(clear)} {verbs} {normals}")
         else:
             parts.append(
                 f"none of the {len(members)} {trained} does (the best: {interval_text(best['paper_covid_recall'])})"

@@ -9,8 +9,8 @@ features are centred on) and one Dense layer's kernel and bias: the saved Keras 
 was fitted.
 
 With a recall floor for one class (``engine.training.protocols.RecallFloor``), the inner folds' held-out
-logits at the chosen ``C`` also set an offset on that class's bias: the smallest that brings the class's recall
-over those held-out images to the floor.
+logits at the chosen ``C`` also set an offset on that class's bias: one that brings the class's recall over
+those held-out images to the floor, midway to the next image it would find.
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ def fit_linear_head(
     """The head fitted on ``features`` (N, D) of the training rows; None when ``should_stop`` asked to stop.
 
     With ``groups`` (a patient per row), the inner folds that choose ``C`` keep each patient on one side.
-    ``recall_floor`` (class index, recall) raises that class's bias until its recall over the inner folds'
-    held-out rows reaches the floor; ``scored`` (a boolean per row) says which rows count there (the images as
-    they are, not their augmented views), all of them when None.
+    ``recall_floor`` (class index, recall) adds to that class's bias the offset that brings the inner folds' models
+    to that recall over their held-out rows (:func:`logit_offset_for_recall`); the head refitted on every row
+    gets it. ``scored`` (a boolean per row) says which rows count there (the images as they are, not their
+    augmented views), all of them when None.
     """
     if not grid:
         raise ValueError("grid must hold at least one C, got an empty grid")
@@ -113,6 +114,8 @@ def fit_linear_head(
     point = None
     if recall_floor is not None:
         rows = np.ones(len(y), dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
+        if rows.shape != y.shape:
+            raise ValueError(f"scored must hold one flag per row ({len(y)}), got {rows.shape[0]}")
         point = logit_offset_for_recall(held_out[best][rows], y[rows], target=recall_floor[0], recall=recall_floor[1])
         bias = bias + np.eye(n_classes)[recall_floor[0]] * point["logit_offset"]
     proba = softmax(_logits(x, center, kernel, bias), axis=1)
@@ -130,20 +133,32 @@ def fit_linear_head(
 
 
 def logit_offset_for_recall(logits: np.ndarray, labels: np.ndarray, *, target: int, recall: float) -> dict:
-    """The smallest offset to add to class ``target``'s logit so that at least ``recall`` of its rows in
-    ``logits`` (N, K) are predicted as it; 0 when they already are. Returns the offset and the recall before
-    and after it."""
+    """The offset to add to class ``target``'s logit so that at least ``recall`` of its rows in ``logits`` (N, K)
+    are predicted as it (argmax): midway between the margin of the last of them it must find and the next one's,
+    so that a head refitted on more rows keeps the choice; 0 when they already are. Returns the offset and the
+    recall before and after it."""
+    if not 0.0 < recall < 1.0:
+        raise ValueError(f"recall must be in (0, 1), got recall={recall!r}")
+    if not 0 <= target < logits.shape[1]:
+        raise ValueError(f"target must index one of the {logits.shape[1]} classes, got target={target!r}")
     rows = labels == target
     if not rows.any():
-        raise ValueError(f"the inner folds hold no row of class {target}, so its recall floor cannot be met")
+        raise ValueError(f"no row has class {target}, so its recall floor cannot be met (target={target!r})")
     others = np.delete(logits[rows], target, axis=1).max(axis=1)
     margin = np.sort(others - logits[rows, target])
-    needed = int(np.ceil(recall * len(margin) - 1e-9))
-    offset = max(0.0, float(np.nextafter(margin[needed - 1], np.inf)))
+    needed = max(1, int(np.ceil(recall * len(margin) - 1e-9)))
+    last = margin[needed - 1]
+    beyond = margin[needed] if needed < len(margin) else last
+    offset = 0.0 if last < 0 else float(max((last + beyond) / 2, last + 1e-6))
+
+    def found(shift: float) -> float:
+        shifted = logits[rows] + shift * np.eye(logits.shape[1])[target]
+        return round(float((shifted.argmax(axis=1) == target).mean()), 5)
+
     return {
         "target": int(target),
         "inner_recall_floor": recall,
-        "inner_recall": round(float((margin < 0).mean()), 5),
+        "inner_recall": found(0.0),
         "logit_offset": offset,
-        "inner_recall_after": round(float((margin < offset).mean()), 5),
+        "inner_recall_after": found(offset),
     }
