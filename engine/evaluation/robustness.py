@@ -205,9 +205,12 @@ def _conditions(
     should_stop: StopFn | None,
 ) -> list[dict]:
     """Counts of ``predict`` (uint8 batch -> probabilities) on the dataset's ``rows``, as they are and under every
-    shift at every strength."""
+    shift at every strength; with several sources, each source's counts too (``by_source``), so that one source's
+    class (the adult normals) can be followed under each shift."""
     images = np.asarray(dataset.images[rows])
     y_true = dataset.labels[rows]
+    source = dataset.source_index[rows]
+    sources = dict(enumerate(dataset.sources)) if len(dataset.sources) > 1 else {}
     conditions = [(None, None, None)]
     conditions += [(s, strength, p) for s in SHIFTS for strength, p in zip(STRENGTHS, s.parameters, strict=True)]
     found = []
@@ -216,12 +219,14 @@ def _conditions(
             raise Cancelled(f"{name}: robustness cancelled")
         seen = images if shift is None else shifted(images, shift, parameter)
         proba = np.concatenate([predict(seen[i : i + BATCH]) for i in range(0, len(seen), BATCH)])
+        by_source = {label: _counts(y_true[source == i], proba[source == i], n_classes) for i, label in sources.items()}
         found.append(
             {
                 "shift": shift.name if shift else "none",
                 "strength": strength,
                 "parameter": parameter,
                 **_counts(y_true, proba, n_classes),
+                **({"by_source": by_source} if by_source else {}),
             }
         )
         if on_progress:
@@ -304,8 +309,11 @@ def saved_results(study_id: str, backbone: str, artifacts_root: Path | None = No
     return [atomic.read_json(p) for p in sorted(folder.glob("fold-*.json"))] if folder.is_dir() else []
 
 
-def pooled_table(results: list[dict]) -> list[dict]:
-    """Per shift and strength, the folds' counts added up: accuracy, per-class recall, change from unshifted."""
+def pooled_table(results: list[dict], *, source: str | None = None) -> list[dict]:
+    """Per shift and strength, the folds' counts added up: accuracy, per-class recall, change from unshifted. With
+    ``source``, that source's images only, over the folds that counted them by source (older files did not)."""
+    if source is not None:
+        results = [r for r in results if all(source in c.get("by_source", {}) for c in r["conditions"])]
     if not results:
         return []
     classes = tuple(results[0]["classes"])
@@ -313,9 +321,10 @@ def pooled_table(results: list[dict]) -> list[dict]:
     for result in results:
         for c in result["conditions"]:
             key = (c["shift"], c["strength"], c["parameter"])
+            counts = c if source is None else c["by_source"][source]
             slot = totals.setdefault(key, {"n": np.zeros(len(classes), int), "correct": np.zeros(len(classes), int)})
-            slot["n"] += c["n"]
-            slot["correct"] += c["correct"]
+            slot["n"] += counts["n"]
+            slot["correct"] += counts["correct"]
     baseline = _figures(totals[("none", None, None)], classes)["accuracy"]
     table = []
     for (shift, strength, parameter), counts in totals.items():
