@@ -23,7 +23,16 @@ common.require_router(__file__)
 
 STRENGTHS = list(robustness.STRENGTHS)
 LAST_JOB = "robustness_job"
-NOTHING = {"finished": [], "with_model": [], "analysed": [], "classes": [], "class_images": {}, "table": []}
+EVERY_SOURCE = "every source"
+NOTHING = {
+    "finished": [],
+    "with_model": [],
+    "analysed": [],
+    "classes": [],
+    "class_images": {},
+    "table": [],
+    "sources": {},
+}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -51,15 +60,34 @@ def _state(results: list[dict], *, finished: list[int], with_model: list[int]) -
         "classes": list(results[0]["classes"]) if results else [],
         "class_images": class_images(results),
         "table": robustness.pooled_table(results),
+        "sources": {source: _source_view(results, source) for source in sources_counted(results)},
     }
 
 
-def class_images(results: list[dict]) -> dict[str, int]:
-    """Held-out images of each class, added up over the analysed folds (their unshifted condition)."""
+def sources_counted(results: list[dict]) -> list[str]:
+    """The sources whose images a multi-source study's files counted apart, in the study's order."""
+    unshifted = [next(c for c in r["conditions"] if c["shift"] == "none") for r in results]
+    return list(dict.fromkeys(name for c in unshifted for name in c.get("by_source", {})))
+
+
+def _source_view(results: list[dict], source: str) -> dict:
+    """The pooled table of one source's held-out images, over the folds that counted them apart."""
+    counted = [r for r in results if all(source in c.get("by_source", {}) for c in r["conditions"])]
+    return {
+        "analysed": sorted(int(r["fold"]) for r in counted),
+        "class_images": class_images(counted, source=source),
+        "table": robustness.pooled_table(counted, source=source),
+    }
+
+
+def class_images(results: list[dict], *, source: str | None = None) -> dict[str, int]:
+    """Held-out images of each class (of one source's, when given), added up over the analysed folds (their
+    unshifted condition)."""
     counts: dict[str, int] = {}
     for result in results:
         unshifted = next(c for c in result["conditions"] if c["shift"] == "none")
-        for name, n in zip(result["classes"], unshifted["n"], strict=True):
+        found = unshifted if source is None else unshifted["by_source"][source]
+        for name, n in zip(result["classes"], found["n"], strict=True):
             counts[name] = counts.get(name, 0) + int(n)
     return counts
 
@@ -193,12 +221,13 @@ def results_table(table: list[dict], classes: list[str], folds: list[int]) -> pd
     return pd.DataFrame(rows)
 
 
-def results_section(backbone: str, found: dict, chosen: str) -> None:
+def results_section(backbone: str, found: dict, chosen: str, source: str | None) -> None:
     table, classes, folds = found["table"], found["classes"], found["analysed"]
     unshifted = unshifted_row(table)
     whose = "The mean of every backbone's model of each fold" if backbone == ENSEMBLE else "Each fold's model"
+    which = f"held-out images from {source}" if source else "held-out images"
     st.caption(
-        f"{whose} on its own held-out images: fold(s) {folds_text(folds)}, {unshifted['n_images']:,} images, "
+        f"{whose} on its own {which}: fold(s) {folds_text(folds)}, {unshifted['n_images']:,} images, "
         f"once as they are and under {len(robustness.SHIFTS)} shifts × {len(STRENGTHS)} strengths applied to the "
         "decoded image at the model's input size; correct counts are added up over the folds. The dashed line is "
         "the unshifted figure; hover a point for its setting and its change from it."
@@ -325,11 +354,21 @@ state = study_state(study_id)
 # The served model, then analysed backbones first: the page opens on results where there are some.
 backbones = [*common.backbones_of(study_id), *([ENSEMBLE] if ENSEMBLE in state else [])]
 backbones = common.served_first(study_id, sorted(backbones, key=lambda b: not state.get(b, {}).get("analysed")))
-picker, class_picker, _ = st.columns([2, 1.4, 1.6])
+picker, class_picker, source_picker = st.columns([2, 1.4, 1.6])
 backbone = common.choose("Backbone", backbones, param="backbone", where=picker, format_func=backbone_label(state))
 found = state.get(backbone, NOTHING)
 if found["table"]:
     chosen = common.choose("Recall of class", found["classes"], param="class", where=class_picker)
-    results_section(backbone, found, chosen)
+    source = None
+    if found["sources"]:
+        source = common.choose(
+            "Held-out images from",
+            [EVERY_SOURCE, *found["sources"]],
+            param="source",
+            where=source_picker,
+            help="A multi-source study's images of one source alone: follow the adult normals under each shift.",
+        )
+        source = None if source == EVERY_SOURCE else source
+    results_section(backbone, {**found, **found["sources"][source]} if source else found, chosen, source)
 missing_section(study_id, backbone, found)
 shifts_section()

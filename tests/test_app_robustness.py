@@ -32,6 +32,7 @@ ROBUSTNESS = "pages/robustness.py"
 EXTERNAL = "pages/external.py"
 DEMO = settings.PROJECT_ROOT / "artifacts"
 DEMO_STUDY = "9da277b73bda"
+ADULTS = "nih-adult-normal"
 tiny_study = app_fixtures.tiny_study
 served_navigation = app_fixtures.served_navigation
 pytestmark = pytest.mark.usefixtures("served_navigation", "eager_tensorflow")
@@ -240,6 +241,18 @@ def test_robustness_of_the_demo_study(demo: Path) -> None:
     results = robustness_json(demo, served, "ensemble")
     assert reference_line(chart(at, 0)) == pytest.approx(pooled(results, "none", None))
     assert "The mean of every backbone's model of each fold on its own held-out images" in texts(at.caption)
+    at = open_page(ROBUSTNESS, query={"study": served, "backbone": "ensemble", "source": ADULTS, "class": "Normal"})
+    adults = [
+        {**r, "conditions": [{**c, **c["by_source"][ADULTS]} for c in r["conditions"]]}
+        for r in results
+        if all(ADULTS in c.get("by_source", {}) for c in r["conditions"])
+    ]
+    assert adults, "the served ensemble's robustness files count the adult normals apart"
+    assert reference_line(chart(at, 1)) == pytest.approx(pooled(adults, "none", None, cls=1))
+    assert line_of(chart(at, 1), "jpeg") == pytest.approx(
+        [pooled(adults, "jpeg", s, cls=1) for s in ("mild", "middle", "strong")]
+    )
+    assert f"on its own held-out images from {ADULTS}" in texts(at.caption)
     for model in (demo / "studies" / served / "runs" / "MobileNet").glob("fold-*/model.keras"):
         model.unlink()  # as a fresh clone has it: the results, not the fold models
     at = open_page(ROBUSTNESS, query={"study": served, "backbone": "MobileNet"})

@@ -96,6 +96,17 @@ def accuracy_drops(study_id: str, backbone: str, artifacts_root: Path) -> dict[s
     return found
 
 
+def recall_under_shifts(
+    study_id: str, backbone: str, artifacts_root: Path | None, *, source: str, class_name: str, strength: str
+) -> tuple[dict[str, float | None], int]:
+    """One source's recall of one class as acquired and under each shift at ``strength``, pooled over the folds
+    whose files counted that source apart, and how many folds that is; ``({}, 0)`` when none did."""
+    table = pooled_table(saved_results(study_id, backbone, artifacts_root), source=source)
+    rows = [row for row in table if row["strength"] in ("none", strength)]
+    recalls = {"as acquired" if row["shift"] == "none" else row["setting"]: row["recall"][class_name] for row in rows}
+    return recalls, (table[0]["folds"] if table else 0)
+
+
 def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
     """Every fold ensemble with an adult-normal and an external COVID-19 figure, best first; one whose fold models
     are not here (a clean clone keeps only the served export) is judged but has no ``folds`` to serve."""

@@ -22,6 +22,7 @@ from engine.reports.served import (
     TARGETS,
     candidate_name,
     read_choice,
+    recall_under_shifts,
     target_figures,
 )
 from engine.results import artifacts
@@ -72,6 +73,7 @@ def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
     with_bars = list(zip(target_figures(best).values(), TARGETS.values(), strict=True))[:4]
     accuracy, covid, normals, external = [_judged(figure, bar) for figure, bar in with_bars]
     images, viral = _served_details(best["study_id"], best["backbone"], artifacts_root)
+    under = _normals_under_shifts(best, artifacts_root)
     return [
         f"- **The model to use outside the source: the {candidate_name(best['backbone'])}** (`{best['protocol']}`, "
         f"study `{best['study_id']}`, {best['split']}-level folds), chosen on what holds outside the source, not on "
@@ -81,8 +83,24 @@ def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
         f"  - adult normals ({ADULT_NORMALS}, {best['adult_normals_how']}): called Normal {normals};",
         f"  - {EXTERNAL_ADULTS} (adults, other source): COVID-19 recall {external}, "
         f"Viral Pneumonia recall {interval_text(best['external_viral'])} (reported, no bar{viral});",
-        f"  - accuracy change under acquisition shifts: {drops or 'not measured'}.",
+        f"  - accuracy change under acquisition shifts: {drops or 'not measured'}" + (";" if under else "."),
+        *([under] if under else []),
     ]
+
+
+def _normals_under_shifts(best: dict, artifacts_root: Path | None) -> str:
+    """The held-out adult normals alone under each shift's strongest setting: would healthy adults filmed or
+    processed another way still be called Normal?"""
+    recalls, folds = recall_under_shifts(
+        best["study_id"], best["backbone"], artifacts_root, source=ADULT_NORMALS, class_name="Normal", strength="strong"
+    )
+    if not recalls:
+        return ""
+    shown = ", ".join(f"{setting} {value:.3f}" for setting, value in recalls.items() if value is not None)
+    return (
+        f"  - adult normals ({ADULT_NORMALS}, held out) called Normal as acquired and under the strongest setting of "
+        f"each shift, pooled over {folds} folds: {shown}."
+    )
 
 
 def _in_fold_covid_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
