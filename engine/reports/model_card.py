@@ -23,7 +23,7 @@ from engine.reports.checklist import limitations
 from engine.reports.explore import REFERENCE_DIR
 from engine.reports.generalisation import generalisation, split_label
 from engine.reports.results_sections import interval_verdict
-from engine.reports.served import TARGETS, candidate_name, read_choice, target_figures
+from engine.reports.served import TARGETS, candidate_name, read_choice, recall_under_shifts, shifts_text, target_figures
 from engine.results import artifacts, atomic
 from engine.results.studies import Study
 
@@ -70,20 +70,40 @@ def _dataset(study: Study) -> dict:
 
 
 def _outside(study_id: str, backbone: str, artifacts_root: Path) -> dict:
-    """The model's figures outside its training: each source held out by its folds, each saved evaluation."""
-    found = generalisation(study_id, artifacts_root).model(backbone)
+    """The model's figures outside its training: each source held out by its folds, each saved evaluation, and each
+    added source's held-out images under acquisition shifts (the adult normals filmed or processed another way)."""
+    judged = generalisation(study_id, artifacts_root)
+    found = judged.model(backbone)
     if found is None:
-        return {"held_out_by_source": {}, "evaluations": []}
+        return {"held_out_by_source": {}, "evaluations": [], "under_shifts": {}}
+    held_out = {
+        source: {k: v for k, v in figures["metrics"].items() if k == "accuracy" or k.startswith("recall[")}
+        for source, figures in found.by_source.items()
+    }
     return {
-        "held_out_by_source": {
-            source: {k: v for k, v in figures["metrics"].items() if k == "accuracy" or k.startswith("recall[")}
-            for source, figures in found.by_source.items()
-        },
+        "held_out_by_source": held_out,
+        "under_shifts": _under_shifts(study_id, backbone, artifacts_root, held_out, added=judged.sources[1:]),
         "evaluations": [
             {"data": e.name, "relation": e.relation, "counts": e.counts, "accuracy": e.accuracy, "recall": e.recall}
             for e in found.external
         ],
     }
+
+
+def _under_shifts(
+    study_id: str, backbone: str, artifacts_root: Path, held_out: dict[str, dict], *, added: list[str]
+) -> dict[str, dict]:
+    """Per added source and class it brings: its recall under each shift, mild to strong, over the folds counted."""
+    found = {}
+    for source in added:
+        for key in held_out.get(source, {}):
+            if not key.startswith("recall["):
+                continue
+            name = key[7:-1]
+            recalls, folds = recall_under_shifts(study_id, backbone, artifacts_root, source=source, class_name=name)
+            if folds:
+                found[f"{source} {name}"] = {"source": source, "class": name, "folds": folds, "recall": recalls}
+    return found
 
 
 def _served(study_id: str, backbone: str, artifacts_root: Path) -> dict | None:
@@ -331,6 +351,12 @@ def _outside_lines(outside: dict) -> list[str]:
         recalls = ", ".join(f"{c} recall {interval_text(v)}" for c, v in e["recall"].items())
         accuracy = "" if e["accuracy"] is None else f"accuracy {interval_text(e['accuracy'])}; "
         lines.append(f"- `{e['data']}` ({kind}; {counts}): {accuracy}{recalls}")
+    for found in outside.get("under_shifts", {}).values():
+        (unshifted,) = found["recall"]["none"]
+        lines.append(
+            f"- `{found['source']}` under acquisition shifts, held out by its folds ({found['folds']} folds): "
+            f"{found['class']} recall {unshifted[1]:.3f} as acquired; mild to strong: {shifts_text(found['recall'])}"
+        )
     if len(lines) == 3:
         lines.append("- No figure outside its training images has been saved yet.")
     return lines

@@ -97,14 +97,25 @@ def accuracy_drops(study_id: str, backbone: str, artifacts_root: Path) -> dict[s
 
 
 def recall_under_shifts(
-    study_id: str, backbone: str, artifacts_root: Path | None, *, source: str, class_name: str, strength: str
-) -> tuple[dict[str, float | None], int]:
-    """One source's recall of one class as acquired and under each shift at ``strength``, pooled over the folds
-    whose files counted that source apart, and how many folds that is; ``({}, 0)`` when none did."""
+    study_id: str, backbone: str, artifacts_root: Path | None, *, source: str, class_name: str
+) -> tuple[dict[str, list[tuple[str, float | None]]], int]:
+    """One source's recall of one class as acquired (under ``"none"``) and under each shift at each strength, as
+    (setting, recall) pairs mildest first, pooled over the folds whose files counted that source apart, and how
+    many folds that is; ``({}, 0)`` when none did."""
     table = pooled_table(saved_results(study_id, backbone, artifacts_root), source=source)
-    rows = [row for row in table if row["strength"] in ("none", strength)]
-    recalls = {"as acquired" if row["shift"] == "none" else row["setting"]: row["recall"][class_name] for row in rows}
-    return recalls, (table[0]["folds"] if table else 0)
+    found: dict[str, list[tuple[str, float | None]]] = {}
+    for row in table:
+        found.setdefault(row["shift"], []).append((row["setting"], row["recall"][class_name]))
+    return found, (table[0]["folds"] if table else 0)
+
+
+def shifts_text(recalls: dict[str, list[tuple[str, float | None]]]) -> str:
+    """:func:`recall_under_shifts`' figures under the shifts, one shift after another, mild to strong."""
+    return "; ".join(
+        ", ".join(f"{setting} {value:.3f}" for setting, value in steps if value is not None)
+        for shift, steps in recalls.items()
+        if shift != "none"
+    )
 
 
 def candidates(artifacts_root: Path | None = None) -> list[Candidate]:

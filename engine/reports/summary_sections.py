@@ -23,6 +23,7 @@ from engine.reports.served import (
     candidate_name,
     read_choice,
     recall_under_shifts,
+    shifts_text,
     target_figures,
 )
 from engine.results import artifacts
@@ -89,17 +90,17 @@ def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
 
 
 def _normals_under_shifts(best: dict, artifacts_root: Path | None) -> str:
-    """The held-out adult normals alone under each shift's strongest setting: would healthy adults filmed or
-    processed another way still be called Normal?"""
+    """The held-out adult normals alone under each shift, mild to strong: would healthy adults filmed or processed
+    another way still be called Normal?"""
     recalls, folds = recall_under_shifts(
-        best["study_id"], best["backbone"], artifacts_root, source=ADULT_NORMALS, class_name="Normal", strength="strong"
+        best["study_id"], best["backbone"], artifacts_root, source=ADULT_NORMALS, class_name="Normal"
     )
     if not recalls:
         return ""
-    shown = ", ".join(f"{setting} {value:.3f}" for setting, value in recalls.items() if value is not None)
+    (unshifted,) = recalls["none"]
     return (
-        f"  - adult normals ({ADULT_NORMALS}, held out) called Normal as acquired and under the strongest setting of "
-        f"each shift, pooled over {folds} folds: {shown}."
+        f"  - adult normals ({ADULT_NORMALS}, held out) called Normal, {unshifted[1]:.3f} as acquired, under each "
+        f"shift from mild to strong (pooled over {folds} folds): {shifts_text(recalls)}."
     )
 
 
