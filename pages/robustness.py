@@ -222,7 +222,8 @@ def results_table(table: list[dict], classes: list[str], folds: list[int]) -> pd
 
 
 def results_section(backbone: str, found: dict, chosen: str, source: str | None) -> None:
-    table, classes, folds = found["table"], found["classes"], found["analysed"]
+    table, folds = found["table"], found["analysed"]
+    classes = [c for c in found["classes"] if found["class_images"].get(c)]  # those with held-out images here
     unshifted = unshifted_row(table)
     whose = "The mean of every backbone's model of each fold" if backbone == ENSEMBLE else "Each fold's model"
     which = f"held-out images from {source}" if source else "held-out images"
