@@ -60,8 +60,14 @@ def _state(results: list[dict], *, finished: list[int], with_model: list[int]) -
         "classes": list(results[0]["classes"]) if results else [],
         "class_images": class_images(results),
         "table": robustness.pooled_table(results),
-        "sources": {source: _source_view(results, source) for source in sources_counted(results)},
+        "sources": source_views(results),
     }
+
+
+def source_views(results: list[dict]) -> dict[str, dict]:
+    """Each counted source's view (:func:`_source_view`), for the sources with held-out images in its folds."""
+    views = {source: _source_view(results, source) for source in sources_counted(results)}
+    return {source: view for source, view in views.items() if sum(view["class_images"].values())}
 
 
 def sources_counted(results: list[dict]) -> list[str]:
@@ -71,8 +77,9 @@ def sources_counted(results: list[dict]) -> list[str]:
 
 
 def _source_view(results: list[dict], source: str) -> dict:
-    """The pooled table of one source's held-out images, over the folds that counted them apart."""
-    counted = [r for r in results if all(source in c.get("by_source", {}) for c in r["conditions"])]
+    """The pooled table of one source's held-out images, over the folds that counted them apart (a source with no
+    held-out image there is not offered)."""
+    counted = robustness.counted_by_source(results, source)
     return {
         "analysed": sorted(int(r["fold"]) for r in counted),
         "class_images": class_images(counted, source=source),
@@ -178,10 +185,11 @@ def unshifted_row(table: list[dict]) -> dict:
     return next(row for row in table if row["shift"] == "none")
 
 
-def accuracy_chart(backbone: str, table: list[dict]) -> None:
+def accuracy_chart(backbone: str, table: list[dict], source: str | None) -> None:
     unshifted = unshifted_row(table)["accuracy"]
+    title = f"{backbone}: accuracy" + (f", {source}'s images" if source else "")
     figure = strength_chart(
-        table, figure_of=lambda r: r["accuracy"], unshifted=unshifted, y_title="accuracy", title=f"{backbone}: accuracy"
+        table, figure_of=lambda r: r["accuracy"], unshifted=unshifted, y_title="accuracy", title=title
     )
     st.plotly_chart(figure, width="stretch", key="robustness-accuracy")
 
@@ -235,7 +243,7 @@ def results_section(backbone: str, found: dict, chosen: str, source: str | None)
     )
     left, right = st.columns(2)
     with left:
-        accuracy_chart(backbone, table)
+        accuracy_chart(backbone, table, source)
     with right:
         recall_chart(backbone, table, chosen, found["class_images"].get(chosen, 0))
     numbers = ["accuracy", "change", *(f"recall {c}" for c in classes)]
@@ -359,7 +367,6 @@ picker, class_picker, source_picker = st.columns([2, 1.4, 1.6])
 backbone = common.choose("Backbone", backbones, param="backbone", where=picker, format_func=backbone_label(state))
 found = state.get(backbone, NOTHING)
 if found["table"]:
-    chosen = common.choose("Recall of class", found["classes"], param="class", where=class_picker)
     source = None
     if found["sources"]:
         source = common.choose(
@@ -370,6 +377,9 @@ if found["table"]:
             help="A multi-source study's images of one source alone: follow the adult normals under each shift.",
         )
         source = None if source == EVERY_SOURCE else source
-    results_section(backbone, {**found, **found["sources"][source]} if source else found, chosen, source)
+    view = {**found, **found["sources"][source]} if source else found
+    present = [c for c in view["classes"] if view["class_images"].get(c)]
+    chosen = common.choose("Recall of class", present, param="class", where=class_picker)
+    results_section(backbone, view, chosen, source)
 missing_section(study_id, backbone, found)
 shifts_section()

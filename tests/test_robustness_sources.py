@@ -64,3 +64,14 @@ def test_a_sources_pooled_table_uses_only_the_files_that_counted_it():
     (whole,) = robustness.pooled_table([result(3), result(1), result(0, by_source=False)])
     assert whole["folds"] == 3 and whole["accuracy"] == 1.0
     assert robustness.pooled_table([result(0, by_source=False)], source="adults") == []
+
+
+def test_the_shifts_text_leaves_out_settings_and_shifts_without_a_figure():
+    from engine.reports.served import shifts_text
+
+    recalls = {
+        "none": [("none", 0.9)],
+        "noise": [("noise σ 4", None)],
+        "blur": [("blur 1 px", 0.9), ("blur 2 px", None), ("blur 4 px", 0.85)],
+    }
+    assert shifts_text(recalls) == "blur 1 px 0.900, blur 4 px 0.850"

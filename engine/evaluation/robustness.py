@@ -209,7 +209,7 @@ def _conditions(
     class (the adult normals) can be followed under each shift."""
     images = np.asarray(dataset.images[rows])
     y_true = dataset.labels[rows]
-    source = dataset.source_index[rows]
+    source_of = dataset.source_index[rows]
     sources = dict(enumerate(dataset.sources)) if len(dataset.sources) > 1 else {}
     conditions = [(None, None, None)]
     conditions += [(s, strength, p) for s in SHIFTS for strength, p in zip(STRENGTHS, s.parameters, strict=True)]
@@ -219,7 +219,9 @@ def _conditions(
             raise Cancelled(f"{name}: robustness cancelled")
         seen = images if shift is None else shifted(images, shift, parameter)
         proba = np.concatenate([predict(seen[i : i + BATCH]) for i in range(0, len(seen), BATCH)])
-        by_source = {label: _counts(y_true[source == i], proba[source == i], n_classes) for i, label in sources.items()}
+        by_source = {
+            label: _counts(y_true[source_of == i], proba[source_of == i], n_classes) for i, label in sources.items()
+        }
         found.append(
             {
                 "shift": shift.name if shift else "none",
@@ -309,11 +311,16 @@ def saved_results(study_id: str, backbone: str, artifacts_root: Path | None = No
     return [atomic.read_json(p) for p in sorted(folder.glob("fold-*.json"))] if folder.is_dir() else []
 
 
+def counted_by_source(results: list[dict], source: str) -> list[dict]:
+    """The fold files that counted ``source``'s images apart (files written before ``by_source`` did not)."""
+    return [r for r in results if all(source in c.get("by_source", {}) for c in r["conditions"])]
+
+
 def pooled_table(results: list[dict], *, source: str | None = None) -> list[dict]:
     """Per shift and strength, the folds' counts added up: accuracy, per-class recall, change from unshifted. With
     ``source``, that source's images only, over the folds that counted them by source (older files did not)."""
     if source is not None:
-        results = [r for r in results if all(source in c.get("by_source", {}) for c in r["conditions"])]
+        results = counted_by_source(results, source)
     if not results:
         return []
     classes = tuple(results[0]["classes"])

@@ -100,22 +100,25 @@ def recall_under_shifts(
     study_id: str, backbone: str, artifacts_root: Path | None, *, source: str, class_name: str
 ) -> tuple[dict[str, list[tuple[str, float | None]]], int]:
     """One source's recall of one class as acquired (under ``"none"``) and under each shift at each strength, as
-    (setting, recall) pairs mildest first, pooled over the folds whose files counted that source apart, and how
-    many folds that is; ``({}, 0)`` when none did."""
+    (setting, recall) pairs in the files' order (mild to strong), pooled over the folds whose files counted that
+    source apart, and how many folds that is; ``({}, 0)`` when none did or they hold no image of the class."""
     table = pooled_table(saved_results(study_id, backbone, artifacts_root), source=source)
+    if not table or table[0]["recall"][class_name] is None:
+        return {}, 0
     found: dict[str, list[tuple[str, float | None]]] = {}
     for row in table:
         found.setdefault(row["shift"], []).append((row["setting"], row["recall"][class_name]))
-    return found, (table[0]["folds"] if table else 0)
+    return found, table[0]["folds"]
 
 
 def shifts_text(recalls: dict[str, list[tuple[str, float | None]]]) -> str:
     """:func:`recall_under_shifts`' figures under the shifts, one shift after another, mild to strong."""
-    return "; ".join(
+    groups = (
         ", ".join(f"{setting} {value:.3f}" for setting, value in steps if value is not None)
         for shift, steps in recalls.items()
         if shift != "none"
     )
+    return "; ".join(group for group in groups if group)
 
 
 def candidates(artifacts_root: Path | None = None) -> list[Candidate]:
