@@ -229,9 +229,13 @@ def results_table(table: list[dict], classes: list[str], folds: list[int]) -> pd
     return pd.DataFrame(rows)
 
 
+def classes_present(found: dict) -> list[str]:
+    """The classes with held-out images in this view (one source's adult normals: Normal alone)."""
+    return [c for c in found["classes"] if found["class_images"].get(c)]
+
+
 def results_section(backbone: str, found: dict, chosen: str, source: str | None) -> None:
-    table, folds = found["table"], found["analysed"]
-    classes = [c for c in found["classes"] if found["class_images"].get(c)]  # those with held-out images here
+    table, classes, folds = found["table"], classes_present(found), found["analysed"]
     unshifted = unshifted_row(table)
     whose = "The mean of every backbone's model of each fold" if backbone == ENSEMBLE else "Each fold's model"
     which = f"held-out images from {source}" if source else "held-out images"
@@ -378,8 +382,7 @@ if found["table"]:
         )
         source = None if source == EVERY_SOURCE else source
     view = {**found, **found["sources"][source]} if source else found
-    present = [c for c in view["classes"] if view["class_images"].get(c)]
-    chosen = common.choose("Recall of class", present, param="class", where=class_picker)
+    chosen = common.choose("Recall of class", classes_present(view), param="class", where=class_picker)
     results_section(backbone, view, chosen, source)
 missing_section(study_id, backbone, found)
 shifts_section()

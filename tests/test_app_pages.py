@@ -6,10 +6,12 @@ import csv
 import json
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from engine import settings
 from engine.evaluation.stats import corrected_resampled_ttest
@@ -225,22 +227,32 @@ def test_curves_page_marks_the_lowest_validation_loss(study_root: TinyStudy) -> 
     assert at.query_params["backbones"] == TINY_BACKBONES[0]
 
 
+def _curves_of_committed_study(
+    study_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[AppTest, Callable[[dict], dict]]:
+    """The Curves page of a committed study, copied alone into an artifacts folder, and what each shown row's run
+    saved as its head selection (read from its config.json, not through the page)."""
+    shutil.copytree(settings.PROJECT_ROOT / "artifacts" / "studies" / study_id, tmp_path / "studies" / study_id)
+    monkeypatch.setenv("CXR_ARTIFACTS", str(tmp_path))
+    runs = tmp_path / "studies" / study_id / "runs"
+
+    def head_selection(row: dict) -> dict:
+        config = json.loads((runs / row["backbone"] / f"fold-{row['fold']}" / "config.json").read_text())
+        return config["head_selection"]
+
+    return open_page("pages/curves.py", query={"study": study_id}), head_selection
+
+
 def test_curves_page_of_the_demo_probe_lists_each_folds_chosen_c(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A logistic-regression head has no epochs: the page shows the C each fold's inner folds chose instead."""
-    study_id = "0a561e15795f"
-    shutil.copytree(settings.PROJECT_ROOT / "artifacts" / "studies" / study_id, tmp_path / "studies" / study_id)
-    monkeypatch.setenv("CXR_ARTIFACTS", str(tmp_path))
-    at = open_page("pages/curves.py", query={"study": study_id})
+    at, head_selection = _curves_of_committed_study("0a561e15795f", tmp_path, monkeypatch)
     assert not at.get("plotly_chart") and "no epochs to plot" in texts(at.info)
     shown = at.dataframe[0].value
     assert len(shown) == 3 * 5 and set(shown["C"]) <= set(XRAY_PROBE.head_c)
-    runs = tmp_path / "studies" / study_id / "runs"
     for row in shown.to_dict("records"):
-        choice = json.loads((runs / row["backbone"] / f"fold-{row['fold']}" / "config.json").read_text())[
-            "head_selection"
-        ]
+        choice = head_selection(row)
         assert choice["C"] == row["C"]
         assert choice["inner_accuracy"][str(float(row["C"]))] == row["inner accuracy"]
 
@@ -249,15 +261,10 @@ def test_curves_page_of_a_study_with_a_recall_floor_shows_each_folds_logit_offse
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The screening protocol's heads: the offset each fold added to COVID-19's logit, and the inner recalls."""
-    study_id = "c0d9f7c09ea3"
-    shutil.copytree(settings.PROJECT_ROOT / "artifacts" / "studies" / study_id, tmp_path / "studies" / study_id)
-    monkeypatch.setenv("CXR_ARTIFACTS", str(tmp_path))
-    at = open_page("pages/curves.py", query={"study": study_id})
+    at, head_selection = _curves_of_committed_study("c0d9f7c09ea3", tmp_path, monkeypatch)
     assert "raised COVID-19's logit until those inner folds found 98% of their COVID-19 images" in texts(at.info)
-    runs = tmp_path / "studies" / study_id / "runs"
     for row in at.dataframe[0].value.to_dict("records"):
-        config = json.loads((runs / row["backbone"] / f"fold-{row['fold']}" / "config.json").read_text())
-        floor = config["head_selection"]["recall_floor"]
+        floor = head_selection(row)["recall_floor"]
         assert row["COVID-19 logit offset"] == floor["logit_offset"] > 0
         assert row["COVID-19 inner recall, as fitted"] < 0.98 <= row["COVID-19 inner recall, with the offset"]
 

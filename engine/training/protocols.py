@@ -119,8 +119,9 @@ class Harmonise:
 @dataclass(frozen=True)
 class RecallFloor:
     """A floor on one class's recall, met on the training folds: after a logistic-regression head is fitted,
-    the smallest logit offset for ``target`` that brings its recall over the inner folds' held-out images (the
-    same inner folds that chose ``C``) to ``recall`` is added to the head's bias for that class. A screening
+    a logit offset for ``target`` that brings its recall over the inner folds' held-out images (the same inner
+    folds that chose ``C``) to ``recall`` (``linear_head.logit_offset_for_recall``) is added to the head's bias for
+    that class. A screening
     test is set the same way, at a sensitivity fixed in advance on development data; the test fold is never
     seen. Never lowers the class's logit: a head that already meets the floor is left as fitted."""
 
