@@ -14,6 +14,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from engine.data.datasets import import_dataset, load_dataset
+from engine.evaluation.robustness import SHIFTS_BY_NAME
 from engine.models import serving
 from engine.models.backbones import get_backbone
 from engine.models.export import export_model
@@ -280,6 +281,19 @@ def test_a_recall_floor_needs_a_logistic_regression_head_and_a_class_the_dataset
         dataclasses.replace(screening.recall_floor, recall=1.0)
     with pytest.raises(ValueError, match="recall_floor's target must be one of the dataset's classes"):
         screening.check_classes(("cat", "dog"))
+
+
+def test_the_exposure_protocol_trains_its_head_on_the_robustness_grids_strongest_exposures_and_nothing_else():
+    exposure, base = PROTOCOLS["harmonise-probe-exposure"], PROTOCOLS["harmonise-probe-varied-by-source"]
+    views = exposure.view_augmentation
+    for name in ("contrast", "gamma", "brightness"):
+        assert getattr(views, name) == max(SHIFTS_BY_NAME[name].parameters) > getattr(base.view_augmentation, name)
+    plain = dataclasses.replace(
+        views, **{n: getattr(base.view_augmentation, n) for n in ("contrast", "gamma", "brightness")}
+    )
+    assert plain == base.view_augmentation, "only the exposure of the views differs"
+    assert dataclasses.replace(exposure, name=base.name, description=base.description, view_augmentation=plain) == base
+    assert Protocol.from_dict(exposure.to_dict()) == exposure
 
 
 def test_the_offset_lands_midway_to_the_next_image_and_its_recalls_are_argmax_recalls():
