@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
+from engine.evaluation.robustness import SHIFTS_BY_NAME
 from engine.reports.generalisation import Generalisation, ModelFigures, generalisation
 from engine.reports.markdown import markdown_table
 from engine.reports.results_sections import CPU_BUDGET_S, interval_verdict
@@ -21,12 +22,14 @@ from engine.reports.served import (
     TARGETS,
     accuracy_drops,
     candidates,
+    recall_under_shifts,
     served_study_id,
 )
 from engine.results import artifacts
 from engine.results.studies import Study
 from engine.training.presets import (
     HARMONISATION_ABLATION,
+    PROBE_EXPOSURE,
     PROBE_SCREENING,
     PROBE_VARIED_BY_SOURCE,
     XRAY_FINETUNE,
@@ -36,14 +39,19 @@ from engine.training.presets import (
 )
 
 ABLATION_BACKBONE = "MobileNet-0.25"
+EXPOSURE_SHIFTS = ("contrast", "gamma", "brightness")
+EXPOSURE_SETTINGS = tuple(SHIFTS_BY_NAME[s].label(max(SHIFTS_BY_NAME[s].parameters)) for s in EXPOSURE_SHIFTS)
+"""The robustness grid's strongest exposure shifts, where the held-out adult normals fall furthest."""
+BUILT_ON_VARIED = (PROBE_VARIED_BY_SOURCE, PROBE_SCREENING, PROBE_EXPOSURE)
+"""The protocols built on `harmonise-probe-varied`: its class weights split between sources, and on that a recall
+floor or a wider range of exposure."""
 ABLATION_ROWS = (
     XRAY_FINETUNE.name,
     *(p.name for p in HARMONISATION_ABLATION if not p.cached_features),
     XRAY_HARMONISED.name,
     XRAY_PROBE.name,
     *(p.name for p in HARMONISATION_ABLATION if p.cached_features),
-    PROBE_VARIED_BY_SOURCE.name,
-    PROBE_SCREENING.name,
+    *(p.name for p in BUILT_ON_VARIED),
     XRAY_PROBE_HARMONISED.name,
 )
 
@@ -125,14 +133,14 @@ def _same_source_covid(model: ModelFigures) -> list[list[str]]:
 def generalisation_targets(artifacts_root: Path | None) -> str:
     return "\n\n".join(
         f"### `{p.name}` (multi-source)\n\n{targets_section(artifacts_root, p.name)}"
-        for p in (PROBE_VARIED_BY_SOURCE, PROBE_SCREENING, XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
+        for p in (*BUILT_ON_VARIED, XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
     )
 
 
 def _ablation_row(name: str, g: Generalisation | None, artifacts_root: Path | None) -> list[str]:
     model = g.model(ABLATION_BACKBONE) if g else None
     if g is None or model is None:
-        return [f"`{name}`", "not run yet", *["–"] * 8]
+        return [f"`{name}`", "not run yet", *["–"] * 9]
     paper = model.by_source.get(g.sources[0], {}).get("metrics", {})
     held = model.by_source.get(ADULT_NORMALS, {}).get("metrics", {})
     external = model.external_set(EXTERNAL_ADULTS)
@@ -149,7 +157,20 @@ def _ablation_row(name: str, g: Generalisation | None, artifacts_root: Path | No
         interval_text(external.recall.get("COVID-19")) if external else "not evaluated",
         interval_text(external.recall.get("Viral Pneumonia")) if external else "not evaluated",
         _drops_text(accuracy_drops(g.study_id, ABLATION_BACKBONE, artifacts_root)),
+        _normals_under_exposure(g.study_id, artifacts_root),
     ]
+
+
+def _normals_under_exposure(study_id: str, artifacts_root: Path | None) -> str:
+    """The held-out adult normals called Normal under each exposure shift's strongest setting, from robustness files
+    that counted them apart; those of a recipe trained on those exposures are not unseen shifts."""
+    recalls, _ = recall_under_shifts(
+        study_id, ABLATION_BACKBONE, artifacts_root, source=ADULT_NORMALS, class_name="Normal"
+    )
+    strongest = [recalls[shift][-1][1] for shift in EXPOSURE_SHIFTS if shift in recalls]
+    if len(strongest) < len(EXPOSURE_SHIFTS) or None in strongest:
+        return "–"
+    return " / ".join(f"{value:.3f}" for value in strongest)
 
 
 def _drops_text(drops: dict[str, float | None]) -> str:
@@ -186,10 +207,9 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
         f"{EXTERNAL_ADULTS} COVID-19 recall",
         f"{EXTERNAL_ADULTS} Viral Pneumonia recall",
         "accuracy drop: noise σ 4 / blur 1 px / 112 px",
+        f"{ADULT_NORMALS} called Normal under {' / '.join(EXPOSURE_SETTINGS)}",
     ]
-    descriptions = "; ".join(
-        f"`{p.name}`: {p.description}" for p in (*HARMONISATION_ABLATION, PROBE_VARIED_BY_SOURCE, PROBE_SCREENING)
-    )
+    descriptions = "; ".join(f"`{p.name}`: {p.description}" for p in (*HARMONISATION_ABLATION, *BUILT_ON_VARIED))
     lung_crop = (
         "A lung-field crop was not built: no lung-mask model with a licence to build on could be had offline. "
         "Searched: imlab-uiip/lung-segmentation-2d and its forks, raghavian/lungVAE, TonyIvchenko/lung-segmentation, "
@@ -201,12 +221,15 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
         [
             f"### Harmonisation, one option at a time ({ABLATION_BACKBONE}, multi-source, patient-level folds)",
             "",
-            "Each option alone, then the two protocols built on `harmonise-probe-varied`: class weights split "
+            "Each option alone, then the protocols built on `harmonise-probe-varied`: class weights split "
             "between sources (`harmonise-probe-varied-by-source`, the recommended protocol) and, on it, a COVID-19 "
-            "recall floor met on the training folds (`harmonise-probe-screening`).",
+            "recall floor met on the training folds (`harmonise-probe-screening`) or a wider range of exposure in "
+            "the head's augmented views (`harmonise-probe-exposure`).",
             "",
             f"Every row on the same images and folds; 95 % intervals; accuracy drops of the fold models on their "
-            f"held-out images, pooled (the robustness analysis). {descriptions}",
+            f"held-out images, pooled (the robustness analysis). The last column counts the held-out adult normals "
+            f"under the strongest exposure shifts, where robustness files count each source apart (– where "
+            f"they do not); `harmonise-probe-exposure`'s head was trained on those exposures. {descriptions}",
             "",
             markdown_table(header, rows),
             "",
