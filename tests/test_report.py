@@ -242,7 +242,8 @@ def test_the_summary_says_which_compositions_clear_the_in_fold_covid_bar(tmp_pat
             candidate("more", 0.97, 0.92),
         ],
     }
-    (line,) = summary_sections._in_fold_covid_bullet(choice, None)
+    line, films = summary_sections._in_fold_covid_bullet(choice, None)
+    assert films == f"  - {summary_sections.FILMS_WITHOUT_FINDINGS}", "the cited reason sits under the bullet"
     parts = line.split("; ")
     assert parts[0].endswith(
         "the one trained on paper (image-level folds) clears it and calls 0.010 of nih-adult-normal Normal (external)"
@@ -260,7 +261,7 @@ def test_the_summary_says_which_compositions_clear_the_in_fold_covid_bar(tmp_pat
         "Normal (held out by patient in its fold)."
     )
     choice["candidates"].append(candidate("adults", 0.96, 0.69))
-    (line,) = summary_sections._in_fold_covid_bullet(choice, None)
+    line, _ = summary_sections._in_fold_covid_bullet(choice, None)
     assert line.split("; ")[2] == (
         "of the 3 trained on paper + nih (patient-level folds, the served model's sources), 1 clears it and calls "
         "0.690 of nih-adult-normal Normal (held out by patient in its fold)"
