@@ -108,7 +108,8 @@ if not choices.empty:
     floor = common.cached(explore.recall_floor, study_id)
     floor_text = (
         f". Its protocol then raised {floor.target}'s logit until those inner folds found {floor.recall:.0%} of "
-        f"their {floor.target} images (the offset and the inner recalls, per fold):"
+        f"their {floor.target} images{' in each source' if floor.in_each_source else ''} (the offset and the inner "
+        "recalls, per fold):"
         if floor
         else ":"
     )

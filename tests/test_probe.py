@@ -271,6 +271,29 @@ def test_a_recall_floor_raises_one_class_s_bias_until_the_inner_folds_find_that_
     np.testing.assert_allclose(met.bias, plain.bias)
 
 
+def test_a_floor_in_each_source_lifts_the_hard_source_that_a_floor_over_all_rows_leaves_below_it():
+    """Class 2's rows of source 1 sit among class 0's: over all rows the floor is met without them, in each
+    source it is not, so the offset grows until source 1's own recall reaches the floor too."""
+    features, labels = _blobs(300, 6, seed=3)
+    rng = np.random.default_rng(5)
+    sources = np.zeros(len(labels), dtype=int)
+    hard = np.flatnonzero(labels == 2)[:20]
+    sources[hard] = 1
+    features[hard] = features[labels == 0][:20] + rng.normal(0, 1.0, (20, features.shape[1]))
+    options = dict(segments=None, grid=(1.0,), inner_folds=3, n_classes=3, seed=0, recall_floor=(2, 0.8))
+    overall = fit_linear_head(features, labels, **options).choice["recall_floor"]
+    each = fit_linear_head(features, labels, floor_sources=sources, **options).choice["recall_floor"]
+    assert overall["inner_recall"] >= 0.8 and overall["logit_offset"] == 0, "over all rows the floor is met"
+    assert each["by_source"]["1"]["inner_recall"] < 0.8 <= each["by_source"]["1"]["inner_recall_after"]
+    assert each["by_source"]["0"]["inner_recall_after"] >= 0.8 and each["logit_offset"] > 0
+    assert set(each["by_source"]) == {"0", "1"}
+    with pytest.raises(ValueError, match="floor_sources must hold one source per row"):
+        fit_linear_head(features, labels, floor_sources=sources[:-1], **options)
+    normal_floor = PROTOCOLS["harmonise-probe-normal-floor"]
+    assert Protocol.from_dict(normal_floor.to_dict()) == normal_floor
+    assert "in_each_source" not in PROTOCOLS["harmonise-probe-screening"].to_dict()["recall_floor"], "ids kept"
+
+
 def test_a_recall_floor_needs_a_logistic_regression_head_and_a_class_the_dataset_has():
     screening = PROTOCOLS["harmonise-probe-screening"]
     assert Protocol.from_dict(screening.to_dict()) == screening

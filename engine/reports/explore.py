@@ -283,6 +283,7 @@ def head_choices(study_id: str, artifacts_root: Path | None = None) -> pd.DataFr
     (backbone, fold, C, inner accuracy) rows; empty for a study whose heads train over epochs. A protocol with a
     recall floor adds, per fold, the offset added to the class's logit and its inner recall before and after."""
     rows = []
+    sources = artifacts.read_study(study_id, _root(artifacts_root)).dataset.sources
     for run in artifacts.study_runs(study_id, _root(artifacts_root)):
         choice = run.config.get("head_selection")
         if choice:
@@ -293,7 +294,7 @@ def head_choices(study_id: str, artifacts_root: Path | None = None) -> pd.DataFr
                     "fold": run.fold,
                     "C": choice["C"],
                     "inner accuracy": choice["inner_accuracy"][str(float(choice["C"]))],
-                    **(_floor_columns(floor, run.config["classes"]) if floor else {}),
+                    **(_floor_columns(floor, run.config["classes"], sources) if floor else {}),
                 }
             )
     return pd.DataFrame(rows, columns=None if rows else ["backbone", "fold", "C", "inner accuracy"])
@@ -304,12 +305,20 @@ def recall_floor(study_id: str, artifacts_root: Path | None = None) -> RecallFlo
     return Protocol.from_dict(artifacts.read_study(study_id, _root(artifacts_root)).protocol).recall_floor
 
 
-def _floor_columns(floor: dict, classes: list[str]) -> dict:
+def _floor_columns(floor: dict, classes: list[str], sources: tuple[str, ...]) -> dict:
+    """The offset and the inner recalls it gave: over every source, then each source's when the floor was met in
+    each (the offset is the largest the sources asked for)."""
     name = classes[floor["target"]]
+    each = {
+        f"{name} inner recall, {sources[int(s)]}: {label}": point[key]
+        for s, point in floor.get("by_source", {}).items()
+        for label, key in (("as fitted", "inner_recall"), ("with the offset", "inner_recall_after"))
+    }
     return {
         f"{name} logit offset": floor["logit_offset"],
         f"{name} inner recall, as fitted": floor["inner_recall"],
         f"{name} inner recall, with the offset": floor["inner_recall_after"],
+        **each,
     }
 
 

@@ -81,6 +81,7 @@ def fit_linear_head(
     groups: np.ndarray | None = None,
     recall_floor: tuple[int, float] | None = None,
     scored: np.ndarray | None = None,
+    floor_sources: np.ndarray | None = None,
 ) -> LinearHead | None:
     """The head fitted on ``features`` (N, D) of the training rows; None when ``should_stop`` asked to stop.
 
@@ -88,7 +89,8 @@ def fit_linear_head(
     ``recall_floor`` (class index, recall) adds to that class's bias the offset that brings the inner folds' models
     to that recall over their held-out rows (:func:`logit_offset_for_recall`); the head refitted on every row
     gets it. ``scored`` (a boolean per row) says which rows count there (the images as they are, not their
-    augmented views), all of them when None.
+    augmented views), all of them when None. With ``floor_sources`` (a source index per row) the floor is met in
+    each source that has rows of the class: the largest of their offsets is added, each source's kept in the choice.
     """
     if not grid:
         raise ValueError("grid must hold at least one C, got an empty grid")
@@ -116,7 +118,7 @@ def fit_linear_head(
         rows = np.ones(len(y), dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
         if rows.shape != y.shape:
             raise ValueError(f"scored must hold one flag per row ({len(y)}), got {rows.shape[0]}")
-        point = logit_offset_for_recall(held_out[best][rows], y[rows], target=recall_floor[0], recall=recall_floor[1])
+        point = _floor_point(held_out[best], y, rows, floor_sources, recall_floor)
         bias = bias + np.eye(n_classes)[recall_floor[0]] * point["logit_offset"]
     proba = softmax(_logits(x, center, kernel, bias), axis=1)
     logs = {
@@ -130,6 +132,43 @@ def fit_linear_head(
         **({"recall_floor": point} if point else {}),
     }
     return LinearHead(center=center, kernel=kernel, bias=bias, choice=choice, history_logs=logs)
+
+
+def _floor_point(
+    logits: np.ndarray, y: np.ndarray, rows: np.ndarray, sources: np.ndarray | None, floor: tuple[int, float]
+) -> dict:
+    """The recall floor's offset over the scored ``rows`` or, with ``sources``, the largest of the offsets of the
+    sources that have the class, with each source's recall before and after the offset applied."""
+    target, recall = floor
+    if sources is None:
+        return logit_offset_for_recall(logits[rows], y[rows], target=target, recall=recall)
+    sources = np.asarray(sources)
+    if sources.shape != y.shape:
+        raise ValueError(f"floor_sources must hold one source per row ({len(y)}), got {sources.shape[0]}")
+    own = {int(s): rows & (sources == s) for s in np.unique(sources[rows & (y == target)])}
+    offset = max(
+        logit_offset_for_recall(logits[m], y[m], target=target, recall=recall)["logit_offset"] for m in own.values()
+    )
+    overall = logit_offset_for_recall(logits[rows], y[rows], target=target, recall=recall)
+    return {
+        **overall,
+        "logit_offset": offset,
+        "inner_recall_after": _recall_at(logits[rows], y[rows], target, offset),
+        "by_source": {
+            str(s): {
+                "inner_recall": _recall_at(logits[m], y[m], target, 0.0),
+                "inner_recall_after": _recall_at(logits[m], y[m], target, offset),
+            }
+            for s, m in own.items()
+        },
+    }
+
+
+def _recall_at(logits: np.ndarray, labels: np.ndarray, target: int, offset: float) -> float:
+    """The recall of ``target`` (argmax) once ``offset`` is added to its logit."""
+    rows = labels == target
+    shifted = logits[rows] + offset * np.eye(logits.shape[1])[target]
+    return round(float((shifted.argmax(axis=1) == target).mean()), 5)
 
 
 def logit_offset_for_recall(logits: np.ndarray, labels: np.ndarray, *, target: int, recall: float) -> dict:
@@ -151,14 +190,10 @@ def logit_offset_for_recall(logits: np.ndarray, labels: np.ndarray, *, target: i
     beyond = margin[needed] if needed < len(margin) else last
     offset = 0.0 if last < 0 else float(max((last + beyond) / 2, last + 1e-6))
 
-    def found(shift: float) -> float:
-        shifted = logits[rows] + shift * np.eye(logits.shape[1])[target]
-        return round(float((shifted.argmax(axis=1) == target).mean()), 5)
-
     return {
         "target": int(target),
         "inner_recall_floor": recall,
-        "inner_recall": found(0.0),
+        "inner_recall": _recall_at(logits, labels, target, 0.0),
         "logit_offset": offset,
-        "inner_recall_after": found(offset),
+        "inner_recall_after": _recall_at(logits, labels, target, offset),
     }

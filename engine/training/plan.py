@@ -50,6 +50,12 @@ class FoldPlan:
         point = self.protocol.recall_floor
         return None if point is None else (self.classes.index(point.target), point.recall)
 
+    @property
+    def floor_sources(self) -> np.ndarray | None:
+        """Each dataset row's source index when the recall floor is met in each source, else None."""
+        point = self.protocol.recall_floor
+        return self.dataset.source_index if point is not None and point.in_each_source else None
+
     def targets(self) -> np.ndarray:
         """Every dataset row's target: its class index, or a one-hot row when the loss smooths labels."""
         labels = self.dataset.labels

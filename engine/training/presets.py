@@ -307,6 +307,24 @@ MobileNetV2-0.35 runs were stopped before their first fold on those figures, an 
 what to spend CPU on, not of anything in the recipe."""
 
 
+PROBE_NORMAL_FLOOR = dataclasses.replace(
+    PROBE_VARIED_BY_SOURCE,
+    name="harmonise-probe-normal-floor",
+    description=(
+        "`harmonise-probe-varied-by-source` for a study whose COVID-19 images far outnumber its adult normals: each "
+        "fold's head raises its Normal bias until the inner folds of its training images call 95 % of each "
+        "source's normals Normal, so that a small source of adult normals is not given up for the COVID-19 "
+        "images of another (an operating point set on the training folds, as a test's specificity is set on "
+        "healthy controls). Expect more normals called Normal and some COVID-19 missed."
+    ),
+    recall_floor=RecallFloor(target="Normal", recall=0.95, in_each_source=True),
+)
+"""Added after `harmonise-probe-varied-by-source` on the paper's images, the NIH adult normals and covid19-extra
+(3,128 more COVID-19 images) found 216 of the paper's 219 COVID-19 images in-fold on MobileNet-0.25 but called only
+226 of the 252 adult normals Normal (0.897 [0.861, 0.933], against the issue's bar of 0.90). The floor is about the
+least share whose 95 % interval clears 0.90 on 252 images, rounded up. Fixed before it ran on any test fold; nothing
+in it was chosen on a test fold or an external set."""
+
 PRESETS: dict[str, Protocol] = {
     p.name: p
     for p in (
@@ -323,7 +341,7 @@ PRESETS: dict[str, Protocol] = {
 }
 PROTOCOLS: dict[str, Protocol] = {
     **PRESETS,
-    **{p.name: p for p in (*ABLATION, *HARMONISATION_ABLATION, PROBE_EXPOSURE)},
+    **{p.name: p for p in (*ABLATION, *HARMONISATION_ABLATION, PROBE_EXPOSURE, PROBE_NORMAL_FLOOR)},
 }
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 ADDED_LATER = {
     "Augmentation": ("brightness", "contrast", "gamma", "noise", "min_resolution", "blur", "sharpen", "jpeg"),
     "Stage": ("schedule", "on"),
+    "RecallFloor": ("in_each_source",),
     "Protocol": (
         "batchnorm",
         "label_smoothing",
@@ -123,17 +124,22 @@ class RecallFloor:
     folds that chose ``C``) to ``recall`` (``linear_head.logit_offset_for_recall``) is added to the head's bias for
     that class. A screening
     test is set the same way, at a sensitivity fixed in advance on development data; the test fold is never
-    seen. Never lowers the class's logit: a head that already meets the floor is left as fitted."""
+    seen. Never lowers the class's logit: a head that already meets the floor is left as fitted.
+
+    ``in_each_source`` meets the floor in every source (dataset folder) that brings the class, not only over all of
+    its images: the largest of the sources' offsets is added, so a small source that is hard to tell apart (252
+    adult normals beside 1,340 children's) is not left below the floor by a large one that is easy."""
 
     target: str
     recall: float
+    in_each_source: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.recall < 1.0:
             raise ValueError(f"recall must be in (0, 1), got recall={self.recall!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _without_defaults(self)
 
 
 @dataclass(frozen=True)

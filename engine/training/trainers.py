@@ -62,6 +62,7 @@ def train_logistic_probe(
         groups=rows.groups,
         recall_floor=plan.recall_floor,
         scored=rows.scored,
+        floor_sources=rows.sources,
     )
     if fitted is None:
         raise Cancelled(f"{plan.backbone} fold {plan.fold}: cancelled")
@@ -86,20 +87,22 @@ class _Rows:
     weights: np.ndarray | None
     groups: np.ndarray | None
     scored: np.ndarray | None = None
+    sources: np.ndarray | None = None
 
 
 def _training_rows(plan: FoldPlan, all_views: np.ndarray, weights: np.ndarray | None) -> _Rows:
     """What a logistic-regression head is fitted on: the training images as they are or, with augmented views,
     every view of each (its label, weight and group repeated, the group the image's patient or the image
     itself, so that the inner folds choosing ``C`` keep an image's views on one side); a recall floor's
-    recall counts each image once, as it is (``scored``)."""
-    train = plan.train
+    recall counts each image once, as it is (``scored``), in each source when the floor is met there (``sources``)."""
+    train, sources = plan.train, plan.floor_sources
     if plan.protocol.view_augmentation is None:
         return _Rows(
             features=np.asarray(all_views[train, 0]),
             labels=plan.dataset.labels[train],
             weights=None if weights is None else weights[train],
             groups=None if plan.groups is None else plan.groups[train],
+            sources=None if sources is None else sources[train],
         )
     views = all_views.shape[1]
     groups = train if plan.groups is None else plan.groups[train]
@@ -109,6 +112,7 @@ def _training_rows(plan: FoldPlan, all_views: np.ndarray, weights: np.ndarray | 
         weights=None if weights is None else np.repeat(weights[train], views),
         groups=np.repeat(groups, views),
         scored=np.arange(len(train) * views) % views == 0,
+        sources=None if sources is None else np.repeat(sources[train], views),
     )
 
 
