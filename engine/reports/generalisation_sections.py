@@ -30,6 +30,7 @@ from engine.results.studies import Study
 from engine.training.presets import (
     HARMONISATION_ABLATION,
     PROBE_EXPOSURE,
+    PROBE_NORMAL_FLOOR,
     PROBE_SCREENING,
     PROBE_VARIED_BY_SOURCE,
     XRAY_FINETUNE,
@@ -133,7 +134,7 @@ def _same_source_covid(model: ModelFigures) -> list[list[str]]:
 def generalisation_targets(artifacts_root: Path | None) -> str:
     return "\n\n".join(
         f"### `{p.name}` (multi-source)\n\n{targets_section(artifacts_root, p.name)}"
-        for p in (*BUILT_ON_VARIED, XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
+        for p in (PROBE_NORMAL_FLOOR, *BUILT_ON_VARIED, XRAY_HARMONISED, XRAY_PROBE_HARMONISED)
     )
 
 
@@ -224,7 +225,7 @@ def harmonisation_section(artifacts_root: Path | None) -> str:
             f"### Harmonisation, one option at a time ({ABLATION_BACKBONE}, multi-source, patient-level folds)",
             "",
             "Each option alone, then the protocols built on `harmonise-probe-varied`: class weights split "
-            "between sources (`harmonise-probe-varied-by-source`, the recommended protocol) and, on it, a COVID-19 "
+            "between sources (`harmonise-probe-varied-by-source`) and, on it, a COVID-19 "
             "recall floor met on the training folds (`harmonise-probe-screening`) or a wider range of exposure in "
             "the head's augmented views (`harmonise-probe-exposure`).",
             "",
