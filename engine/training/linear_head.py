@@ -145,11 +145,11 @@ def _floor_point(
     sources = np.asarray(sources)
     if sources.shape != y.shape:
         raise ValueError(f"floor_sources must hold one source per row ({len(y)}), got {sources.shape[0]}")
+    overall = logit_offset_for_recall(logits[rows], y[rows], target=target, recall=recall)
     own = {int(s): rows & (sources == s) for s in np.unique(sources[rows & (y == target)])}
     offset = max(
         logit_offset_for_recall(logits[m], y[m], target=target, recall=recall)["logit_offset"] for m in own.values()
     )
-    overall = logit_offset_for_recall(logits[rows], y[rows], target=target, recall=recall)
     return {
         **overall,
         "logit_offset": offset,
