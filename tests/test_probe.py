@@ -271,21 +271,6 @@ def test_a_recall_floor_raises_one_class_s_bias_until_the_inner_folds_find_that_
     np.testing.assert_allclose(met.bias, plain.bias)
 
 
-def _each_source_floor(features: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> list[dict]:
-    """Each source's own floor offset, from the inner folds' held-out logits that the head's choice of C used."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from engine.training import linear_head
-
-    held_out = np.zeros((len(labels), 3))
-    for fit_rows, check_rows in StratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(features, labels):
-        center, kernel, bias = linear_head._fit(
-            features[fit_rows], labels[fit_rows], None, c=1.0, n_classes=3, segments=None
-        )
-        held_out[check_rows] = linear_head._logits(features[check_rows], center, kernel, bias)
-    return [logit_offset_for_recall(held_out[sources == s], labels[sources == s], target=2, recall=0.8) for s in (0, 1)]
-
-
 def test_a_floor_in_each_source_lifts_the_hard_source_that_a_floor_over_all_rows_leaves_below_it():
     """Class 2's rows of source 1 sit among class 0's: over all rows the floor is met without them, in each
     source it is not, so the offset grows until source 1's own recall reaches the floor too."""
@@ -301,7 +286,8 @@ def test_a_floor_in_each_source_lifts_the_hard_source_that_a_floor_over_all_rows
     assert overall["inner_recall"] >= 0.8 and overall["logit_offset"] == 0, "over all rows the floor is met"
     assert each["by_source"]["1"]["inner_recall"] < 0.8 <= each["by_source"]["1"]["inner_recall_after"]
     assert each["by_source"]["0"]["inner_recall_after"] >= 0.8 and each["logit_offset"] > 0
-    assert each["logit_offset"] == max(p["logit_offset"] for p in _each_source_floor(features, labels, sources))
+    alone = [fit_linear_head(features, labels, scored=sources == s, **options).choice["recall_floor"] for s in (0, 1)]
+    assert each["logit_offset"] == max(p["logit_offset"] for p in alone), "the largest of the sources' own offsets"
     assert set(each["by_source"]) == {"0", "1"}
     with pytest.raises(ValueError, match="floor_sources must hold one source per row"):
         fit_linear_head(features, labels, floor_sources=sources[:-1], **options)
