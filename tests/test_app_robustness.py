@@ -26,6 +26,7 @@ from engine.data.images import decode_xray
 from engine.jobs.store import JobStore
 from tests import app_fixtures
 from tests.app_fixtures import TINY_BACKBONES, TINY_FOLDS, TINY_SIZE, TinyStudy, open_page, texts
+from tests.robustness_files import pooled, robustness_json
 from tests.synthetic import make_dataset
 
 ROBUSTNESS = "pages/robustness.py"
@@ -55,19 +56,6 @@ def line_of(figure: dict, name: str) -> list[float]:
 
 def run_json(root: Path, study_id: str, backbone: str, fold: int, name: str) -> dict:
     return json.loads((root / "studies" / study_id / "runs" / backbone / f"fold-{fold}" / name).read_text())
-
-
-def robustness_json(root: Path, study_id: str, backbone: str) -> list[dict]:
-    folder = root / "studies" / study_id / "robustness" / backbone
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("fold-*.json"))]
-
-
-def pooled(results: list[dict], shift: str, strength: str | None, *, cls: int | None = None) -> float:
-    """Correct / images of one condition, added up over the folds' files (one class's recall when ``cls``)."""
-    conditions = [c for r in results for c in r["conditions"] if (c["shift"], c["strength"]) == (shift, strength)]
-    if cls is None:
-        return sum(sum(c["correct"]) for c in conditions) / sum(sum(c["n"]) for c in conditions)
-    return sum(c["correct"][cls] for c in conditions) / sum(c["n"][cls] for c in conditions)
 
 
 @pytest.fixture
