@@ -300,30 +300,22 @@ def test_a_target_never_measured_is_counted_apart_from_one_missed():
 def test_the_harmonisation_ablation_counts_adult_normals_under_the_strongest_exposures_only_where_files_did():
     """Each committed study's cell is the adult normals' correct calls over its five fold files, added up; a study
     whose robustness files never counted sources apart shows a dash, not a figure from all images."""
-    import json
-
     from engine.reports.generalisation_sections import harmonisation_section
     from engine.settings import PROJECT_ROOT
+    from tests.robustness_files import pooled, robustness_json
 
-    def pooled(study_id: str) -> str:
-        files = sorted((PROJECT_ROOT / f"artifacts/studies/{study_id}/robustness/MobileNet-0.25").glob("fold-*.json"))
+    def shares(study_id: str) -> str:
+        files = robustness_json(PROJECT_ROOT / "artifacts", study_id, "MobileNet-0.25")
         assert len(files) == 5
-        shares = []
-        for shift, parameter in {"contrast": 1.7, "gamma": 2.0, "brightness": 50.0}.items():
-            correct = n = 0
-            for path in files:
-                (condition,) = [
-                    c
-                    for c in json.loads(path.read_text())["conditions"]
-                    if c["shift"] == shift and c["parameter"] == parameter
-                ]
-                counts = condition["by_source"]["nih-adult-normal"]
-                correct, n = correct + counts["correct"][1], n + counts["n"][1]
-            assert n == 252
-            shares.append(f"{correct / n:.3f}")
-        return " / ".join(shares)
+        adults = [
+            {**r, "conditions": [{**c, **c["by_source"]["nih-adult-normal"]} for c in r["conditions"]]} for r in files
+        ]
+        assert sum(c["n"][1] for r in adults for c in r["conditions"] if c["shift"] == "none") == 252
+        return " / ".join(
+            f"{pooled(adults, shift, 'strong', cls=1):.3f}" for shift in ("contrast", "gamma", "brightness")
+        )
 
     rows = {line.split(" | ")[0]: line.strip("|").split(" | ") for line in harmonisation_section(None).splitlines()}
-    assert rows["| `harmonise-probe-exposure`"][-1].strip() == pooled("7285f4392e3c")
-    assert rows["| `harmonise-probe-varied-by-source`"][-1].strip() == pooled("02eb85d77f81")
+    assert rows["| `harmonise-probe-exposure`"][-1].strip() == shares("7285f4392e3c")
+    assert rows["| `harmonise-probe-varied-by-source`"][-1].strip() == shares("02eb85d77f81")
     assert rows["| `xray-finetune`"][-1].strip() == "–"
