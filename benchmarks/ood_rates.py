@@ -1,7 +1,7 @@
 """How often an exported model's OOD detector flags real X-rays and images that are not chest X-rays.
 
     python -m benchmarks.ood_rates artifacts/studies/4b07a4dd6629/runs/MobileNetV2-0.35/export/<file>.tflite
-    python -m benchmarks.ood_rates artifacts/studies/02eb85d77f81/export/ensemble.json   # an ensemble of backbones
+    python -m benchmarks.ood_rates artifacts/studies/36fd8e3db696/export/ensemble.json   # an ensemble of backbones
 
 Prints the flagged share of the study's own images, of ``covid19-extra`` (COVID-19 X-rays no fold
 saw) and of the 151 non-X-ray images of ``tests/non_xray.py``. Runs on the export's own runtime
