@@ -147,16 +147,15 @@ def _floor_point(
         raise ValueError(f"floor_sources must hold one source per row ({len(y)}), got {sources.shape[0]}")
     overall = logit_offset_for_recall(logits[rows], y[rows], target=target, recall=recall)
     own = {int(s): rows & (sources == s) for s in np.unique(sources[rows & (y == target)])}
-    offset = max(
-        logit_offset_for_recall(logits[m], y[m], target=target, recall=recall)["logit_offset"] for m in own.values()
-    )
+    points = {s: logit_offset_for_recall(logits[m], y[m], target=target, recall=recall) for s, m in own.items()}
+    offset = max(point["logit_offset"] for point in points.values())
     return {
         **overall,
         "logit_offset": offset,
         "inner_recall_after": _recall_at(logits[rows], y[rows], target, offset),
         "by_source": {
             str(s): {
-                "inner_recall": _recall_at(logits[m], y[m], target, 0.0),
+                "inner_recall": points[s]["inner_recall"],
                 "inner_recall_after": _recall_at(logits[m], y[m], target, offset),
             }
             for s, m in own.items()
