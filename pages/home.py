@@ -3,11 +3,14 @@ weights produced it, and where to start."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from engine.reports import explore, generalisation, summary_sections
+from engine.reports.scorecard import served_scorecard
 from pages import common
 
 common.require_router(__file__)
@@ -25,10 +28,17 @@ if study_id is None:
     st.info(common.NO_STUDY_HELP.format(root=common.artifacts_root()))
     st.stop()
 
-served = summary_sections.served_summary(common.artifacts_root())
-if served:
+scorecard = served_scorecard(common.artifacts_root())
+if scorecard:
     st.header("The model to use outside the source")
-    st.markdown(served)
+    st.markdown(
+        f"The **{scorecard.model}**, `{scorecard.protocol}`, study `{scorecard.study_id}`: chosen on what holds "
+        f"outside the source, not on in-fold accuracy. It meets **{scorecard.met} of {scorecard.judged}** targets; "
+        "a target is met only when the whole 95 % interval clears its bar."
+    )
+    st.table(pd.DataFrame([asdict(row) for row in scorecard.rows]), hide_index=True, border="horizontal")
+    with st.expander("Every figure behind it, and the models trained without adult normals"):
+        st.markdown(summary_sections.served_summary(common.artifacts_root()))
     common.page_link("classify", "Try the served model on your own X-ray")
     common.page_link("report", "Read how every figure was measured, in the reproduction report")
 

@@ -108,17 +108,24 @@ def test_home_names_the_dataset_weights_and_where_to_start(study_root: TinyStudy
     }
 
 
-def test_home_opens_on_the_served_model_and_its_figures_outside_the_source(
+def test_home_opens_on_the_served_model_its_targets_and_its_figures_outside_the_source(
     study_root: TinyStudy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     committed = json.loads((settings.PROJECT_ROOT / "artifacts" / "served.json").read_text())
     monkeypatch.setattr("engine.reports.summary_sections.read_choice", lambda root: committed)
+    monkeypatch.setattr("engine.reports.scorecard.read_choice", lambda root: committed)
     at = open_page()
     assert at.header[0].value == "The model to use outside the source"
-    served = at.markdown[0].value
     met = sum(1 for ok in committed["targets"].values() if ok)
+    opening = at.markdown[0].value
+    assert f"The **{candidate_name(committed['backbone'])}**" in opening and f"`{committed['study_id']}`" in opening
+    assert f"It meets **{met} of {len(committed['targets'])}** targets" in opening
+    targets = at.table[0].value
+    assert list(targets.columns) == ["target", "measured", "verdict"] and len(targets) == len(committed["targets"]) + 1
+    met_rows = targets[targets["verdict"] == "met"]["target"].tolist()
+    assert len(met_rows) == met and "in-fold accuracy ≥ 0.95 (paper's images)" in met_rows
+    served = at.expander[0].markdown[0].value
     assert f"The model to use outside the source: the {candidate_name(committed['backbone'])}" in served
-    assert f"`{committed['study_id']}`" in served and f"It meets {met} of {len(committed['targets'])} targets" in served
     assert "ieee8023-adult (adults, other source): COVID-19 recall" in served
     assert [link.proto.page for link in at.get("page_link")][:2] == ["classify", "report"]
 

@@ -14,6 +14,7 @@ import pytest
 from engine import settings
 from engine.cli.main import main
 from engine.models.catalog import SERVED_FILE
+from engine.reports.scorecard import NO_BAR, TargetRow, served_scorecard
 from engine.reports.served import SHIFTS, Candidate, pick, target_figures
 from engine.results import atomic
 
@@ -148,6 +149,34 @@ def test_the_card_gives_each_target_its_figure_and_says_when_an_interval_straddl
     )
     assert "- COVID-19 recall ≥ 0.90 (ieee8023-adult): 0.800, not met (no interval)" in lines
     assert "- accuracy drop ≤ 0.05 under noise 4: 0.010 (pooled over its folds), met" in lines
+
+
+def test_the_home_scorecard_counts_images_and_judges_each_target_on_its_whole_interval(tmp_path):
+    model = candidate("served", accuracy=0.97, normals=0.92, covid=0.80, drop=0.06)
+    model = dataclasses.replace(
+        model,
+        adult_normals={"estimate": 232 / 252, "low": 0.885, "high": 0.952, "n": 252},
+        external_viral={"estimate": 1 / 21, "low": 0.0, "high": 0.143, "n": 21},
+    )
+    record = {**dataclasses.asdict(model), "met": model.met()}
+    atomic.write_json(
+        tmp_path / SERVED_FILE, {"study_id": "served", "backbone": "MobileNet-0.25", "candidates": [record]}
+    )
+    card = served_scorecard(tmp_path)
+    rows = {row.target: row for row in card.rows}
+    assert rows["adult normals called Normal ≥ 0.90 (nih-adult-normal)"] == TargetRow(
+        "adult normals called Normal ≥ 0.90 (nih-adult-normal)",
+        "232 of 252: 0.921 [0.885, 0.952]",
+        "undecided: the interval straddles 0.9",
+    )
+    assert rows["COVID-19 recall ≥ 0.90 (ieee8023-adult)"].verdict == "not met (no interval)"
+    assert rows["accuracy drop ≤ 0.05 under noise σ 4"].measured == "0.060"
+    assert rows["accuracy drop ≤ 0.05 under noise σ 4"].verdict == "not met"
+    assert card.rows[-1] == TargetRow(
+        "Viral Pneumonia recall (ieee8023-adult)", "1 of 21: 0.048 [0.000, 0.143]", NO_BAR
+    )
+    assert (card.met, card.judged) == (sum(model.met().values()), len(SHIFTS) + 4)
+    assert card.model == "MobileNet-0.25 fold ensemble" and served_scorecard(tmp_path / "none") is None
 
 
 def test_the_served_card_names_the_in_fold_favourite_only_when_it_is_another_model(tmp_path):

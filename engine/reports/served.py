@@ -221,6 +221,13 @@ def read_choice(artifacts_root: Path | None = None) -> dict | None:
     return atomic.read_json(path) if path.is_file() else None
 
 
+def served_candidate(choice: dict) -> dict:
+    """The served model's own record among ``choice``'s candidates (a :class:`Candidate` as a dict)."""
+    return next(
+        c for c in choice["candidates"] if c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]
+    )
+
+
 def served_study_id(artifacts_root: Path | None = None) -> str | None:
     """The study of the served model, or None before a choice."""
     choice = read_choice(artifacts_root)

@@ -23,6 +23,7 @@ from engine.reports.served import (
     candidate_name,
     read_choice,
     recall_under_shifts,
+    served_candidate,
     shifts_text,
     target_figures,
 )
@@ -62,9 +63,7 @@ def _served_details(study_id: str, backbone: str, artifacts_root: Path | None) -
 
 
 def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
-    best = next(
-        c for c in choice["candidates"] if c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]
-    )
+    best = served_candidate(choice)
     drops = ", ".join(
         f"{SHIFTS_BY_NAME[shift].label(value)} {-best['drops'][f'{shift} {value:g}']:+.3f}"
         for shift, value in SHIFTS
