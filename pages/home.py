@@ -31,14 +31,10 @@ if study_id is None:
 scorecard = served_scorecard(common.artifacts_root())
 if scorecard:
     st.header("The model to use outside the source")
-    st.markdown(
-        f"The **{scorecard.model}**, `{scorecard.protocol}`, study `{scorecard.study_id}`: chosen on what holds "
-        f"outside the source, not on in-fold accuracy. It meets **{scorecard.met} of {scorecard.judged}** targets; "
-        "a target is met only when the whole 95 % interval clears its bar."
-    )
+    st.markdown(scorecard.headline)
     st.table(pd.DataFrame([asdict(row) for row in scorecard.rows]), hide_index=True, border="horizontal")
     with st.expander("Every figure behind it, and the models trained without adult normals"):
-        st.markdown(summary_sections.served_summary(common.artifacts_root()))
+        st.markdown(summary_sections.served_details(common.artifacts_root()))
     common.page_link("classify", "Try the served model on your own X-ray")
     common.page_link("report", "Read how every figure was measured, in the reproduction report")
 

@@ -164,8 +164,9 @@ def test_the_home_scorecard_counts_images_and_judges_each_target_on_its_whole_in
     )
     card = served_scorecard(tmp_path)
     rows = {row.target: row for row in card.rows}
-    assert rows["adult normals called Normal ≥ 0.90 (nih-adult-normal)"] == TargetRow(
-        "adult normals called Normal ≥ 0.90 (nih-adult-normal)",
+    normals = "adult normals called Normal ≥ 0.90 (nih-adult-normal, held out by patient in its fold)"
+    assert rows[normals] == TargetRow(
+        normals,
         "232 of 252: 0.921 [0.885, 0.952]",
         "undecided: the interval straddles 0.9",
     )
@@ -176,7 +177,12 @@ def test_the_home_scorecard_counts_images_and_judges_each_target_on_its_whole_in
         "Viral Pneumonia recall (ieee8023-adult)", "1 of 21: 0.048 [0.000, 0.143]", NO_BAR
     )
     assert (card.met, card.judged) == (sum(model.met().values()), len(SHIFTS) + 4)
-    assert card.model == "MobileNet-0.25 fold ensemble" and served_scorecard(tmp_path / "none") is None
+    assert card.headline.startswith("**The MobileNet-0.25 fold ensemble** (`p`, study `served`, patient-level folds)")
+    assert (
+        card.markdown().splitlines()[2]
+        == f"| {card.rows[0].target} | {card.rows[0].measured} | {card.rows[0].verdict} |"
+    )
+    assert served_scorecard(tmp_path / "none") is None
 
 
 def test_the_served_card_names_the_in_fold_favourite_only_when_it_is_another_model(tmp_path):

@@ -3,13 +3,15 @@ page can open on the answer before the sentences (``summary_sections.served_summ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.robustness import SHIFTS_BY_NAME
+from engine.reports.markdown import markdown_table
 from engine.reports.results_sections import interval_verdict
 from engine.reports.served import (
+    ADULT_NORMALS,
     EXTERNAL_ADULTS,
     SHIFTS,
     TARGETS,
@@ -41,9 +43,23 @@ class Scorecard:
     model: str
     protocol: str
     study_id: str
+    split: str
     rows: tuple[TargetRow, ...]
     met: int
     judged: int
+
+    @property
+    def headline(self) -> str:
+        """The sentence the report's summary and Home open on, above :meth:`markdown`'s table."""
+        return (
+            f"**The {self.model}** (`{self.protocol}`, study `{self.study_id}`, {self.split}-level folds) is the model "
+            "to use outside the source, chosen on what holds outside the source, not on in-fold accuracy. It meets "
+            f"**{self.met} of {self.judged}** targets; a target is met only when the whole 95 % interval clears its "
+            "bar."
+        )
+
+    def markdown(self) -> str:
+        return markdown_table(["target", "measured", "verdict"], [list(astuple(row)) for row in self.rows])
 
 
 def _measured(figure: dict | float | None) -> str:
@@ -71,7 +87,9 @@ def served_scorecard(artifacts_root: Path | None = None) -> Scorecard | None:
         return None
     served = served_candidate(choice)
     shifts = [f"accuracy drop ≤ 0.05 under {SHIFTS_BY_NAME[shift].label(value)}" for shift, value in SHIFTS]
-    names = list(TARGETS)[: len(TARGETS) - len(SHIFTS)] + shifts
+    held_out = f"({ADULT_NORMALS}, {served['adult_normals_how']})"
+    names = [name.replace(f"({ADULT_NORMALS})", held_out) for name in list(TARGETS)[: len(TARGETS) - len(SHIFTS)]]
+    names += shifts
     rows = [
         TargetRow(target=name, measured=_measured(figure), verdict=_verdict(figure, bar))
         for name, bar, figure in zip(names, TARGETS.values(), target_figures(served).values(), strict=True)
@@ -87,6 +105,7 @@ def served_scorecard(artifacts_root: Path | None = None) -> Scorecard | None:
         model=candidate_name(served["backbone"]),
         protocol=served["protocol"],
         study_id=served["study_id"],
+        split=served["split"],
         rows=tuple(rows),
         met=sum(map(bool, served["met"].values())),
         judged=len(served["met"]),

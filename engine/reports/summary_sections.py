@@ -11,21 +11,18 @@ from pathlib import Path
 
 from engine.evaluation.bootstrap import interval_text
 from engine.evaluation.predictions import ENSEMBLE
-from engine.evaluation.robustness import SHIFTS_BY_NAME
 from engine.reports.generalisation import Generalisation, generalisation, headline_rows
 from engine.reports.markdown import markdown_table
-from engine.reports.results_sections import interval_verdict
+from engine.reports.scorecard import served_scorecard
 from engine.reports.served import (
     ADULT_NORMALS,
     EXTERNAL_ADULTS,
-    SHIFTS,
     TARGETS,
     candidate_name,
     read_choice,
     recall_under_shifts,
     served_candidate,
     shifts_text,
-    target_figures,
 )
 from engine.results import artifacts
 
@@ -46,45 +43,22 @@ def judged_studies(artifacts_root: Path | None) -> list[Generalisation]:
     return sorted(found, key=lambda g: (len(g.sources) == 1, g.protocol, g.study_id))
 
 
-def _served_details(study_id: str, backbone: str, artifacts_root: Path | None) -> tuple[str, str]:
+def _served_details(study_id: str, backbone: str, artifacts_root: Path | None) -> list[str]:
     """How many of the paper's images the in-fold figures are over, and what the served model called the adult
-    viral pneumonias; empty where this artifacts folder lacks the study or its evaluation."""
+    viral pneumonias; nothing where this artifacts folder lacks the study."""
     if study_id not in artifacts.list_study_ids(artifacts_root):
-        return "", ""
+        return []
     dataset = artifacts.read_study(study_id, artifacts_root).dataset
-    images = f" ({sum(dataset.by_source[dataset.sources[0]].values()):,} held-out images)"
+    line = f"- The in-fold figures are over the paper's {sum(dataset.by_source[dataset.sources[0]].values()):,} images"
     model = generalisation(study_id, artifacts_root).model(backbone)
     external = model.external_set(EXTERNAL_ADULTS) if model else None
     viral = (external.called if external else {}).get("Viral Pneumonia")
     if not viral:
-        return images, ""
-    calls = sorted(viral.items(), key=lambda item: -item[1])
-    return images, f": of its {sum(viral.values())}, " + ", ".join(f"{n} called {name}" for name, n in calls)
-
-
-def _served_bullet(choice: dict, artifacts_root: Path | None) -> list[str]:
-    best = served_candidate(choice)
-    drops = ", ".join(
-        f"{SHIFTS_BY_NAME[shift].label(value)} {-best['drops'][f'{shift} {value:g}']:+.3f}"
-        for shift, value in SHIFTS
-        if best["drops"].get(f"{shift} {value:g}") is not None
-    )
-    met = sum(1 for ok in best["met"].values() if ok)
-    with_bars = list(zip(target_figures(best).values(), TARGETS.values(), strict=True))[:4]
-    accuracy, covid, normals, external = [_judged(figure, bar) for figure, bar in with_bars]
-    images, viral = _served_details(best["study_id"], best["backbone"], artifacts_root)
-    under = _normals_under_shifts(best, artifacts_root)
+        return [line + ", each held out by its fold."]
+    calls = ", ".join(f"{n} called {name}" for name, n in sorted(viral.items(), key=lambda item: -item[1]))
     return [
-        f"- **The model to use outside the source: the {candidate_name(best['backbone'])}** (`{best['protocol']}`, "
-        f"study `{best['study_id']}`, {best['split']}-level folds), chosen on what holds outside the source, not on "
-        f"in-fold accuracy. It meets {met} of {len(best['met'])} targets (a figure with an interval only when the "
-        "whole interval clears its bar):",
-        f"  - in-fold on the paper's images{images}: accuracy {accuracy}, COVID-19 recall {covid};",
-        f"  - adult normals ({ADULT_NORMALS}, {best['adult_normals_how']}): called Normal {normals};",
-        f"  - {EXTERNAL_ADULTS} (adults, other source): COVID-19 recall {external}, "
-        f"Viral Pneumonia recall {interval_text(best['external_viral'])} (reported, no bar{viral});",
-        f"  - accuracy change under acquisition shifts: {drops or 'not measured'}" + (";" if under else "."),
-        *([under] if under else []),
+        line + f", each held out by its fold. Of the {sum(viral.values())} adult viral pneumonias of "
+        f"{EXTERNAL_ADULTS}, {calls}."
     ]
 
 
@@ -98,7 +72,7 @@ def _normals_under_shifts(best: dict, artifacts_root: Path | None) -> str:
         return ""
     (unshifted,) = recalls["none"]
     return (
-        f"  - adult normals ({ADULT_NORMALS}, held out) called Normal, {unshifted[1]:.3f} as acquired, under each "
+        f"- Adult normals ({ADULT_NORMALS}, held out) called Normal, {unshifted[1]:.3f} as acquired, under each "
         f"shift from mild to strong (pooled over {folds} folds): {shifts_text(recalls)}."
     )
 
@@ -159,11 +133,6 @@ def _in_fold_covid_bullet(choice: dict, artifacts_root: Path | None) -> list[str
         f"- Which candidates clear {name}, whole interval: " + "; ".join(parts) + ".",
         f"  - {FILMS_WITHOUT_FINDINGS}",
     ]
-
-
-def _judged(figure: dict | None, bar: float) -> str:
-    """A target's interval with its verdict against ``bar``."""
-    return f"{interval_text(figure)} (target {bar:g}, {interval_verdict(figure, bar)})"
 
 
 def _earlier_bullets(choice: dict) -> list[str]:
@@ -247,17 +216,30 @@ def _metadata_tables(g: Generalisation) -> list[str]:
     return ["By the metadata the sets give:", "", _table(rows), ""] if rows else []
 
 
-def served_summary(artifacts_root: Path | None) -> str | None:
-    """The answer first, as the report and the Home page open: the served model with its figures outside the source
-    and the targets it meets, then models trained without adult normals beside it; None before a choice."""
+def served_details(artifacts_root: Path | None) -> str | None:
+    """What the served model's scorecard (``engine.reports.scorecard``) leaves out: what its figures are over, the
+    adult normals under every shift, which candidates clear the in-fold COVID-19 bar, and models trained without
+    adult normals beside it; None before a choice."""
     choice = read_choice(artifacts_root)
     if not choice:
         return None
+    served = served_candidate(choice)
+    under = _normals_under_shifts(served, artifacts_root)
     return "\n".join(
-        _served_bullet(choice, artifacts_root)
+        _served_details(served["study_id"], served["backbone"], artifacts_root)
+        + ([under] if under else [])
         + _in_fold_covid_bullet(choice, artifacts_root)
         + _earlier_bullets(choice)
     )
+
+
+def served_summary(artifacts_root: Path | None) -> str | None:
+    """The answer first, as the report opens: the served model, its targets at a glance, then
+    :func:`served_details`; None before a choice."""
+    card = served_scorecard(artifacts_root)
+    if card is None:
+        return None
+    return "\n".join([card.headline, "", card.markdown(), "", served_details(artifacts_root) or ""])
 
 
 def summary_section(artifacts_root: Path | None) -> str:
