@@ -168,7 +168,7 @@ def test_the_home_scorecard_counts_images_and_judges_each_target_on_its_whole_in
     assert rows[normals] == TargetRow(
         normals,
         "232 of 252: 0.921 [0.885, 0.952]",
-        "undecided: the interval straddles 0.9",
+        "undecided: the interval straddles 0.9; about 235 of 252 would clear it",
     )
     assert rows["COVID-19 recall ≥ 0.90 (ieee8023-adult)"].verdict == "not met (no interval)"
     assert rows["accuracy drop ≤ 0.05 under noise σ 4"].measured == "0.060"
@@ -176,7 +176,14 @@ def test_the_home_scorecard_counts_images_and_judges_each_target_on_its_whole_in
     assert card.rows[-1] == TargetRow(
         "Viral Pneumonia recall (ieee8023-adult)", "1 of 21: 0.048 [0.000, 0.143]", NO_BAR
     )
-    assert (card.met, card.judged) == (sum(model.met().values()), len(SHIFTS) + 4)
+    assert (card.met, card.judged) == (sum(map(bool, model.met().values())), len(SHIFTS) + 4)
+    assert sum(row.verdict == "met" for row in card.rows) == card.met, "the table agrees with the rule's count"
+    nan_bounds = {**record, "paper_accuracy": {"estimate": 0.97, "low": None, "high": None}}
+    nan_bounds["met"] = Candidate(**{k: v for k, v in nan_bounds.items() if k != "met"}).met()
+    atomic.write_json(
+        tmp_path / SERVED_FILE, {"study_id": "served", "backbone": "MobileNet-0.25", "candidates": [nan_bounds]}
+    )
+    assert served_scorecard(tmp_path).rows[0].verdict == "not counted as met: no interval"
     assert card.headline.startswith("**The MobileNet-0.25 fold ensemble** (`p`, study `served`, patient-level folds)")
     assert (
         card.markdown().splitlines()[2]

@@ -1,5 +1,6 @@
-"""The served model's targets at a glance: one row per target with what was measured and its verdict, so the Home
-page can open on the answer before the sentences (``summary_sections.served_summary``) that give every figure."""
+"""The served model's targets at a glance: one row per target with what was measured and its verdict, so Home and
+the report's summary open on the answer, before the sentences (``summary_sections.served_details``) that give
+every other figure."""
 
 from __future__ import annotations
 
@@ -67,16 +68,23 @@ def _measured(figure: dict | float | None) -> str:
     if figure is None:
         return "not measured"
     if not isinstance(figure, dict):
-        return f"{figure:.3f}"
+        return f"{round(figure, 3) + 0.0:.3f}"
     if figure.get("n") and figure.get("estimate") is not None:
         return f"{round(figure['estimate'] * figure['n'])} of {figure['n']:,}: {interval_text(figure)}"
     return interval_text(figure)
 
 
-def _verdict(figure: dict | float | None, bar: float) -> str:
-    if isinstance(figure, dict) or figure is None:
-        return interval_verdict(figure, bar).split(";")[0]
-    return "met" if figure <= bar else "not met"
+def _verdict(figure: dict | float | None, bar: float, met: bool | None) -> str:
+    """``met`` is the serving rule's own verdict (``served.json``), so the table and the count never disagree; the
+    words say why a figure short of it is not met."""
+    if met:
+        return "met"
+    if figure is None:
+        return "not measured"
+    if not isinstance(figure, dict):
+        return "not met"
+    words = interval_verdict(figure, bar)
+    return "not counted as met: no interval" if words.startswith("met") else words
 
 
 def served_scorecard(artifacts_root: Path | None = None) -> Scorecard | None:
@@ -91,8 +99,8 @@ def served_scorecard(artifacts_root: Path | None = None) -> Scorecard | None:
     names = [name.replace(f"({ADULT_NORMALS})", held_out) for name in list(TARGETS)[: len(TARGETS) - len(SHIFTS)]]
     names += shifts
     rows = [
-        TargetRow(target=name, measured=_measured(figure), verdict=_verdict(figure, bar))
-        for name, bar, figure in zip(names, TARGETS.values(), target_figures(served).values(), strict=True)
+        TargetRow(target=name, measured=_measured(figure), verdict=_verdict(figure, bar, served["met"].get(key)))
+        for name, (key, bar), figure in zip(names, TARGETS.items(), target_figures(served).values(), strict=True)
     ]
     rows.append(
         TargetRow(

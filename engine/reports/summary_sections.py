@@ -217,9 +217,9 @@ def _metadata_tables(g: Generalisation) -> list[str]:
 
 
 def served_details(artifacts_root: Path | None) -> str | None:
-    """What the served model's scorecard (``engine.reports.scorecard``) leaves out: what its figures are over, the
-    adult normals under every shift, which candidates clear the in-fold COVID-19 bar, and models trained without
-    adult normals beside it; None before a choice."""
+    """What the served model's scorecard (``engine.reports.scorecard``) leaves out: what its figures are over, what
+    it called the adult viral pneumonias, the adult normals under every shift, which candidates clear the in-fold
+    COVID-19 bar, and models trained without adult normals beside it; None before a choice."""
     choice = read_choice(artifacts_root)
     if not choice:
         return None
