@@ -221,11 +221,14 @@ def read_choice(artifacts_root: Path | None = None) -> dict | None:
     return atomic.read_json(path) if path.is_file() else None
 
 
+def is_served(candidate: dict, choice: dict) -> bool:
+    """Whether ``candidate`` (a :class:`Candidate` as a dict) is the model ``choice`` serves."""
+    return candidate["study_id"] == choice["study_id"] and candidate["backbone"] == choice["backbone"]
+
+
 def served_candidate(choice: dict) -> dict:
-    """The served model's own record among ``choice``'s candidates (a :class:`Candidate` as a dict)."""
-    return next(
-        c for c in choice["candidates"] if c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]
-    )
+    """The served model's own record among ``choice``'s candidates."""
+    return next(c for c in choice["candidates"] if is_served(c, choice))
 
 
 def served_study_id(artifacts_root: Path | None = None) -> str | None:

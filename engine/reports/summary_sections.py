@@ -19,6 +19,7 @@ from engine.reports.served import (
     EXTERNAL_ADULTS,
     TARGETS,
     candidate_name,
+    is_served,
     read_choice,
     recall_under_shifts,
     served_candidate,
@@ -138,7 +139,7 @@ def _in_fold_covid_bullet(choice: dict, artifacts_root: Path | None) -> list[str
 def _earlier_bullets(choice: dict) -> list[str]:
     lines = []
     for c in choice["candidates"]:
-        if c["study_id"] == choice["study_id"] and c["backbone"] == choice["backbone"]:
+        if is_served(c, choice):
             continue
         if c["adult_normals_how"] == "external" and c["adult_normals"]["estimate"] is not None:
             lines.append(
